@@ -1,0 +1,19 @@
+//! Generates the gRPC code for `proto/warden/v1` with `protox`, so building
+//! needs no system `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let files = ["agent.proto", "admin.proto", "identity.proto", "sidecar.proto"]
+        .map(|f| root.join("warden/v1").join(f));
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let fds = protox::compile(&files, [&root])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

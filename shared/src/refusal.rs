@@ -1,0 +1,106 @@
+//! Typed refusals on the wire: every refusal is a gRPC status whose details
+//! carry a `google.rpc.ErrorInfo` with a stable machine-readable reason in
+//! domain [`DOMAIN`], so callers (and tests) branch on the reason, never on
+//! the message text.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every Warden refusal.
+pub const DOMAIN: &str = "warden.dev";
+
+macro_rules! reasons {
+    ($($(#[$m:meta])* $v:ident = $s:literal,)*) => {
+        /// Stable reasons carried in `ErrorInfo.reason`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason { $($(#[$m])* $v,)* }
+        impl Reason {
+            /// The wire form, e.g. `JOIN_TOKEN_USED`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// A request field is missing or malformed.
+    InvalidArgument = "INVALID_ARGUMENT",
+    /// The join token is unknown.
+    JoinTokenUnknown = "JOIN_TOKEN_UNKNOWN",
+    /// The join token was already used.
+    JoinTokenUsed = "JOIN_TOKEN_USED",
+    /// The join token has expired.
+    JoinTokenExpired = "JOIN_TOKEN_EXPIRED",
+    /// The join token belongs to another agent.
+    JoinTokenWrongAgent = "JOIN_TOKEN_WRONG_AGENT",
+    /// The CSR cannot be parsed or its signature is wrong.
+    CsrMalformed = "CSR_MALFORMED",
+    /// The CSR asks for an identity other than the caller's.
+    CsrIdentityMismatch = "CSR_IDENTITY_MISMATCH",
+    /// The call needs a client certificate and none was presented.
+    NoClientCertificate = "NO_CLIENT_CERTIFICATE",
+    /// The caller's certificate names a principal not allowed here.
+    WrongPrincipal = "WRONG_PRINCIPAL",
+    /// The agent does not exist.
+    AgentUnknown = "AGENT_UNKNOWN",
+    /// The agent already exists.
+    AgentExists = "AGENT_EXISTS",
+    /// The agent is suspended.
+    AgentSuspended = "AGENT_SUSPENDED",
+    /// The agent is revoked.
+    AgentRevoked = "AGENT_REVOKED",
+    /// The agent's identity record has expired.
+    AgentExpired = "AGENT_EXPIRED",
+    /// A revoked agent cannot change state again.
+    AgentStateFinal = "AGENT_STATE_FINAL",
+    /// No requested scope is within the agent's allowed scopes.
+    ScopeNotAllowed = "SCOPE_NOT_ALLOWED",
+    /// The agent already has its maximum number of open sessions.
+    SessionLimit = "SESSION_LIMIT",
+    /// The session is unknown, ended or belongs to another agent.
+    SessionUnknown = "SESSION_UNKNOWN",
+    /// No bearer token was presented.
+    TokenMissing = "TOKEN_MISSING",
+    /// The token is not a well-formed compact JWS of the expected type.
+    TokenMalformed = "TOKEN_MALFORMED",
+    /// The token's signature does not verify against the JWKS.
+    TokenBadSignature = "TOKEN_BAD_SIGNATURE",
+    /// The token has expired.
+    TokenExpired = "TOKEN_EXPIRED",
+    /// The token was issued for another audience.
+    TokenWrongAudience = "TOKEN_WRONG_AUDIENCE",
+    /// The token was issued by another issuer.
+    TokenWrongIssuer = "TOKEN_WRONG_ISSUER",
+    /// The token is bound (`cnf`) to another certificate.
+    TokenKeyBindingMismatch = "TOKEN_KEY_BINDING_MISMATCH",
+    /// The request lacks the agent API metadata header.
+    AgentHeaderMissing = "AGENT_HEADER_MISSING",
+    /// The sidecar holds no valid certificate (not enrolled, or lapsed).
+    NoIdentity = "NO_IDENTITY",
+    /// The control plane could not be reached.
+    ControlPlaneUnavailable = "CONTROL_PLANE_UNAVAILABLE",
+    /// An internal failure; details are in the server log.
+    Internal = "INTERNAL",
+}
+
+/// A status with `code`, an operator-readable `message` and `reason` in its
+/// `ErrorInfo`.
+pub fn status(code: Code, reason: Reason, message: impl Into<String>) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason.as_str(), DOMAIN, HashMap::new()),
+    )
+}
+
+/// The Warden reason of a status, if it carries one.
+pub fn reason_of(status: &Status) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .filter(|i| i.domain == DOMAIN)
+        .map(|i| i.reason.clone())
+}
