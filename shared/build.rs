@@ -5,8 +5,13 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
-    let files = ["agent.proto", "admin.proto", "identity.proto", "sidecar.proto"]
-        .map(|f| root.join("warden/v1").join(f));
+    let files = [
+        "agent.proto",
+        "admin.proto",
+        "identity.proto",
+        "sidecar.proto",
+    ]
+    .map(|f| root.join("warden/v1").join(f));
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

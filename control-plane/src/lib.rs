@@ -1,1 +1,26 @@
-//! placeholder
+//! Warden control plane: the certificate authority, session-token issuer and
+//! admin API of the mesh. `main.rs` parses flags; [`app`] wires the pieces.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod ctl;
+pub mod identity;
+pub mod init;
+pub mod jwks;
+pub mod store;
+pub mod telemetry;
+
+/// Current time, unix seconds.
+pub fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Unix seconds as a protobuf timestamp.
+pub fn timestamp(secs: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    }
+}

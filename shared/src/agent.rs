@@ -19,8 +19,13 @@ impl AgentId {
         let ok = !b.is_empty()
             && b.len() <= 63
             && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c));
-        if ok { Ok(Self(s.to_owned())) } else { Err(InvalidAgentId(s.to_owned())) }
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidAgentId(s.to_owned()))
+        }
     }
 
     /// The id as a string.

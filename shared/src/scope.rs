@@ -57,7 +57,9 @@ impl Scope {
             if seg == "*" {
                 segs.push(Segment::Any);
             } else if !seg.is_empty()
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
             {
                 segs.push(Segment::Lit(seg.to_owned()));
             } else {
@@ -135,8 +137,10 @@ pub fn any_covers(granted: &[Scope], needed: &Scope) -> bool {
 /// without duplicates or scopes already covered by another in the grant,
 /// sorted. Empty when nothing overlaps.
 pub fn intersect(requested: &[Scope], allowed: &[Scope]) -> Vec<Scope> {
-    let mut meets: Vec<Scope> =
-        requested.iter().flat_map(|r| allowed.iter().filter_map(|a| r.meet(a))).collect();
+    let mut meets: Vec<Scope> = requested
+        .iter()
+        .flat_map(|r| allowed.iter().filter_map(|a| r.meet(a)))
+        .collect();
     meets.sort();
     meets.dedup();
     let minimal: Vec<Scope> = meets
@@ -159,13 +163,25 @@ mod tests {
 
     #[test]
     fn grammar() {
-        assert_eq!(s("orders:read:user:usr_abc123").to_string(), "orders:read:user:usr_abc123");
+        assert_eq!(
+            s("orders:read:user:usr_abc123").to_string(),
+            "orders:read:user:usr_abc123"
+        );
         assert!(matches!(Scope::parse("orders"), Err(Error::TooShort(_))));
-        assert!(matches!(Scope::parse("orders::read"), Err(Error::BadSegment(_))));
-        assert!(matches!(Scope::parse("orders:re*d"), Err(Error::BadSegment(_))));
+        assert!(matches!(
+            Scope::parse("orders::read"),
+            Err(Error::BadSegment(_))
+        ));
+        assert!(matches!(
+            Scope::parse("orders:re*d"),
+            Err(Error::BadSegment(_))
+        ));
         assert!(matches!(Scope::parse("a:b c"), Err(Error::BadSegment(_))));
         assert!(matches!(Scope::parse(&"a:".repeat(9)), Err(_)));
-        assert!(matches!(Scope::parse(&"a".repeat(300)), Err(Error::TooLong(_))));
+        assert!(matches!(
+            Scope::parse(&"a".repeat(300)),
+            Err(Error::TooLong(_))
+        ));
     }
 
     #[test]
@@ -180,7 +196,10 @@ mod tests {
 
     #[test]
     fn intersection_examples() {
-        let g = intersect(&[s("data:*"), s("mail:send")], &[s("data:read"), s("data:write:eu")]);
+        let g = intersect(
+            &[s("data:*"), s("mail:send")],
+            &[s("data:read"), s("data:write:eu")],
+        );
         assert_eq!(g, vec![s("data:read"), s("data:write:eu")]);
         let g = intersect(&[s("orders:read:user:u1")], &[s("orders:*")]);
         assert_eq!(g, vec![s("orders:read:user:u1")]);

@@ -24,7 +24,9 @@ pub enum Error {
     #[error("SPIFFE ID longer than {MAX_SPIFFE_ID_LEN} bytes")]
     TooLong,
     /// A well-formed ID that names no Warden principal.
-    #[error("SPIFFE ID {0} names no Warden principal (expected /agent/<id>, /admin/<name> or /control-plane)")]
+    #[error(
+        "SPIFFE ID {0} names no Warden principal (expected /agent/<id>, /admin/<name> or /control-plane)"
+    )]
     UnknownPrincipal(String),
 }
 
@@ -54,7 +56,10 @@ impl TrustDomain {
 
     /// `spiffe://<td>/agent/<id>`
     pub fn agent(&self, id: &AgentId) -> SpiffeId {
-        SpiffeId { td: self.clone(), path: format!("/agent/{id}") }
+        SpiffeId {
+            td: self.clone(),
+            path: format!("/agent/{id}"),
+        }
     }
 
     /// `spiffe://<td>/admin/<name>`; the name must be a valid path segment.
@@ -64,7 +69,10 @@ impl TrustDomain {
 
     /// `spiffe://<td>/control-plane`
     pub fn control_plane(&self) -> SpiffeId {
-        SpiffeId { td: self.clone(), path: "/control-plane".into() }
+        SpiffeId {
+            td: self.clone(),
+            path: "/control-plane".into(),
+        }
     }
 }
 
@@ -109,13 +117,18 @@ impl SpiffeId {
                 let ok = !seg.is_empty()
                     && seg != "."
                     && seg != ".."
-                    && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b));
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b));
                 if !ok {
                     return Err(Error::Path(path.to_owned()));
                 }
             }
         }
-        Ok(Self { td, path: path.to_owned() })
+        Ok(Self {
+            td,
+            path: path.to_owned(),
+        })
     }
 
     /// The trust domain.
@@ -155,7 +168,10 @@ mod tests {
     #[test]
     fn parses_warden_principals() {
         let id = SpiffeId::parse("spiffe://example.org/agent/coder-1").unwrap();
-        assert_eq!(id.principal().unwrap(), Principal::Agent(AgentId::new("coder-1").unwrap()));
+        assert_eq!(
+            id.principal().unwrap(),
+            Principal::Agent(AgentId::new("coder-1").unwrap())
+        );
         let id = SpiffeId::parse("spiffe://example.org/admin/alice").unwrap();
         assert_eq!(id.principal().unwrap(), Principal::Admin("alice".into()));
         let id = SpiffeId::parse("spiffe://example.org/control-plane").unwrap();
@@ -166,10 +182,22 @@ mod tests {
     #[test]
     fn refuses_malformed_ids() {
         assert_eq!(SpiffeId::parse("https://x/agent/a"), Err(Error::Scheme));
-        assert!(matches!(SpiffeId::parse("spiffe://Ex.org/a"), Err(Error::TrustDomain(_))));
-        assert!(matches!(SpiffeId::parse("spiffe://ex.org/a//b"), Err(Error::Path(_))));
-        assert!(matches!(SpiffeId::parse("spiffe://ex.org/a/../b"), Err(Error::Path(_))));
-        assert!(matches!(SpiffeId::parse("spiffe://ex.org/a/"), Err(Error::Path(_))));
+        assert!(matches!(
+            SpiffeId::parse("spiffe://Ex.org/a"),
+            Err(Error::TrustDomain(_))
+        ));
+        assert!(matches!(
+            SpiffeId::parse("spiffe://ex.org/a//b"),
+            Err(Error::Path(_))
+        ));
+        assert!(matches!(
+            SpiffeId::parse("spiffe://ex.org/a/../b"),
+            Err(Error::Path(_))
+        ));
+        assert!(matches!(
+            SpiffeId::parse("spiffe://ex.org/a/"),
+            Err(Error::Path(_))
+        ));
         let id = SpiffeId::parse("spiffe://ex.org/agent/a/b").unwrap();
         assert!(matches!(id.principal(), Err(Error::UnknownPrincipal(_))));
     }

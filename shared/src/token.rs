@@ -159,7 +159,10 @@ impl Jwk {
         let (x, y) = (B64.encode(&point[1..33]), B64.encode(&point[33..]));
         // RFC 7638: members in lexicographic order, no whitespace.
         let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-        let kid = B64.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()));
+        let kid = B64.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            canonical.as_bytes(),
+        ));
         Ok(Self {
             kty: "EC".into(),
             crv: "P-256".into(),
@@ -175,8 +178,12 @@ impl Jwk {
         if self.kty != "EC" || self.crv != "P-256" {
             return Err(Error::Jwk("only EC P-256 keys are supported"));
         }
-        let x = B64.decode(&self.x).map_err(|_| Error::Jwk("x is not base64url"))?;
-        let y = B64.decode(&self.y).map_err(|_| Error::Jwk("y is not base64url"))?;
+        let x = B64
+            .decode(&self.x)
+            .map_err(|_| Error::Jwk("x is not base64url"))?;
+        let y = B64
+            .decode(&self.y)
+            .map_err(|_| Error::Jwk("y is not base64url"))?;
         if x.len() != 32 || y.len() != 32 {
             return Err(Error::Jwk("coordinates must be 32 bytes"));
         }
@@ -198,7 +205,10 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.jwk.kid).field("key", &"[redacted]").finish()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.jwk.kid)
+            .field("key", &"[redacted]")
+            .finish()
     }
 }
 
@@ -218,9 +228,18 @@ impl SigningKey {
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
             .map_err(|_| Error::Key("not a P-256 PKCS#8 key"))?;
         let jwk = Jwk::from_public(pair.public_key().as_ref())?;
-        let header = Header { alg: "ES256".into(), typ: TYP.into(), kid: jwk.kid.clone() };
+        let header = Header {
+            alg: "ES256".into(),
+            typ: TYP.into(),
+            kid: jwk.kid.clone(),
+        };
         let header_b64 = B64.encode(serde_json::to_vec(&header).map_err(|_| Error::Key("header"))?);
-        Ok(Self { pair, jwk, header_b64, rng })
+        Ok(Self {
+            pair,
+            jwk,
+            header_b64,
+            rng,
+        })
     }
 
     /// The key id (RFC 7638 thumbprint).
@@ -240,7 +259,10 @@ impl SigningKey {
         out.push_str(&self.header_b64);
         out.push('.');
         B64.encode_string(&payload, &mut out);
-        let sig = self.pair.sign(&self.rng, out.as_bytes()).map_err(|_| Error::Key("signing failed"))?;
+        let sig = self
+            .pair
+            .sign(&self.rng, out.as_bytes())
+            .map_err(|_| Error::Key("signing failed"))?;
         out.push('.');
         B64.encode_string(sig.as_ref(), &mut out);
         Ok(out)
@@ -304,17 +326,27 @@ impl Verifier {
         if header.alg != "ES256" {
             return Err(Error::Algorithm);
         }
-        if !header.typ.eq_ignore_ascii_case(TYP) && !header.typ.eq_ignore_ascii_case("application/at+jwt") {
+        if !header.typ.eq_ignore_ascii_case(TYP)
+            && !header.typ.eq_ignore_ascii_case("application/at+jwt")
+        {
             return Err(Error::Malformed("typ is not at+jwt"));
         }
-        let key = self.keys.get(&header.kid).ok_or_else(|| Error::UnknownKey(header.kid.clone()))?;
-        let sig = B64.decode(s).map_err(|_| Error::Malformed("signature is not base64url"))?;
+        let key = self
+            .keys
+            .get(&header.kid)
+            .ok_or_else(|| Error::UnknownKey(header.kid.clone()))?;
+        let sig = B64
+            .decode(s)
+            .map_err(|_| Error::Malformed("signature is not base64url"))?;
         let signed = &token[..h.len() + 1 + p.len()];
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
             .verify(signed.as_bytes(), &sig)
             .map_err(|_| Error::BadSignature)?;
-        let payload = B64.decode(p).map_err(|_| Error::Malformed("payload is not base64url"))?;
-        serde_json::from_slice(&payload).map_err(|_| Error::Malformed("payload is not the expected claims"))
+        let payload = B64
+            .decode(p)
+            .map_err(|_| Error::Malformed("payload is not base64url"))?;
+        serde_json::from_slice(&payload)
+            .map_err(|_| Error::Malformed("payload is not the expected claims"))
     }
 }
 

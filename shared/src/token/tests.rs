@@ -11,7 +11,9 @@ fn claims(now: i64) -> Claims {
         client_id: "spiffe://t.test/agent/a".into(),
         scope: "data:read mail:send".into(),
         sid: "s1".into(),
-        cnf: Confirmation { x5t_s256: "thumb".into() },
+        cnf: Confirmation {
+            x5t_s256: "thumb".into(),
+        },
         constraints: Constraints { max_tool_calls: 5 },
     }
 }
@@ -31,7 +33,10 @@ fn round_trip_and_checks() {
     let (key, pkcs8) = SigningKey::generate().unwrap();
     let reloaded = SigningKey::from_pkcs8(&pkcs8).unwrap();
     assert_eq!(key.kid(), reloaded.kid());
-    let v = Verifier::new(&JwkSet { keys: vec![key.jwk().clone()] }).unwrap();
+    let v = Verifier::new(&JwkSet {
+        keys: vec![key.jwk().clone()],
+    })
+    .unwrap();
     let c = claims(1000);
     let t = key.sign(&c).unwrap();
     let got = v.verify_signature(&t).unwrap();
@@ -56,7 +61,10 @@ fn round_trip_and_checks() {
 fn refuses_tampering_and_foreign_keys() {
     let (key, _) = SigningKey::generate().unwrap();
     let (other, _) = SigningKey::generate().unwrap();
-    let v = Verifier::new(&JwkSet { keys: vec![key.jwk().clone()] }).unwrap();
+    let v = Verifier::new(&JwkSet {
+        keys: vec![key.jwk().clone()],
+    })
+    .unwrap();
     let t = key.sign(&claims(1000)).unwrap();
     let parts: Vec<&str> = t.split('.').collect();
     let mut c = claims(1000);
@@ -65,13 +73,25 @@ fn refuses_tampering_and_foreign_keys() {
     let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
     assert_eq!(v.verify_signature(&forged), Err(Error::BadSignature));
     let foreign = other.sign(&claims(1000)).unwrap();
-    assert!(matches!(v.verify_signature(&foreign), Err(Error::UnknownKey(_))));
-    assert!(matches!(v.verify_signature("a.b"), Err(Error::Malformed(_))));
-    assert!(matches!(v.verify_signature(&"a".repeat(MAX_TOKEN_LEN + 1)), Err(Error::Malformed(_))));
+    assert!(matches!(
+        v.verify_signature(&foreign),
+        Err(Error::UnknownKey(_))
+    ));
+    assert!(matches!(
+        v.verify_signature("a.b"),
+        Err(Error::Malformed(_))
+    ));
+    assert!(matches!(
+        v.verify_signature(&"a".repeat(MAX_TOKEN_LEN + 1)),
+        Err(Error::Malformed(_))
+    ));
     // alg=none style downgrade.
     let none = format!(
         "{}.{}.",
-        B64.encode(format!(r#"{{"alg":"none","typ":"at+jwt","kid":"{}"}}"#, key.kid())),
+        B64.encode(format!(
+            r#"{{"alg":"none","typ":"at+jwt","kid":"{}"}}"#,
+            key.kid()
+        )),
         parts[1]
     );
     assert_eq!(v.verify_signature(&none), Err(Error::Algorithm));
@@ -81,8 +101,14 @@ fn refuses_tampering_and_foreign_keys() {
 fn kid_is_rfc7638_thumbprint_and_debug_is_redacted() {
     let (key, _) = SigningKey::generate().unwrap();
     let j = key.jwk();
-    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#, j.x, j.y);
-    let kid = B64.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()));
+    let canonical = format!(
+        r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+        j.x, j.y
+    );
+    let kid = B64.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ));
     assert_eq!(j.kid, kid);
     let dbg = format!("{key:?}");
     assert!(dbg.contains("[redacted]"));

@@ -1,0 +1,361 @@
+//! `warden.v1.AdminService`: admin certificates only.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use rand::RngCore;
+use tonic::{Code, Request, Response, Status};
+use warden_shared::agent::{AgentId, AgentStatus};
+use warden_shared::proto::v1 as pb;
+use warden_shared::proto::v1::admin_service_server::AdminService;
+use warden_shared::refusal::{Reason, status};
+use warden_shared::scope::Scope;
+
+use crate::app::State;
+use crate::auth;
+use crate::identity::service::{join_token_hash, store_error};
+use crate::store::{self, Agent};
+use crate::{now_unix, timestamp};
+
+/// Longest free-text field (type, version, owner, environment, reason).
+const MAX_TEXT: usize = 256;
+/// Most tools in an allow or deny list.
+const MAX_TOOLS: usize = 256;
+/// Longest join-token lifetime.
+const MAX_JOIN_TTL: u32 = 86_400;
+/// Highest session cap.
+const MAX_SESSIONS: u32 = 10_000;
+
+/// The admin service.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    state: Arc<State>,
+}
+
+impl AdminApi {
+    /// Wraps the shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+fn invalid(m: impl Into<String>) -> Status {
+    status(Code::InvalidArgument, Reason::InvalidArgument, m)
+}
+
+fn text(field: &str, v: &str, required: bool) -> Result<String, Status> {
+    if required && v.is_empty() {
+        return Err(invalid(format!("{field} is required")));
+    }
+    if v.len() > MAX_TEXT || v.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{field} must be at most {MAX_TEXT} printable characters"
+        )));
+    }
+    Ok(v.to_owned())
+}
+
+fn tool_list(field: &str, v: &[String]) -> Result<Vec<String>, Status> {
+    if v.len() > MAX_TOOLS {
+        return Err(invalid(format!(
+            "{field} has more than {MAX_TOOLS} entries"
+        )));
+    }
+    for t in v {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
+        if !ok {
+            return Err(invalid(format!(
+                "{field}: invalid tool name {t:?} (use [A-Za-z0-9_./-], at most 128)"
+            )));
+        }
+    }
+    Ok(v.to_vec())
+}
+
+fn agent_id(s: &str) -> Result<AgentId, Status> {
+    AgentId::new(s).map_err(|e| invalid(e.to_string()))
+}
+
+/// Store record to wire form.
+pub fn to_proto(a: &Agent, state: &State) -> pb::Agent {
+    pb::Agent {
+        id: a.id.to_string(),
+        agent_type: a.agent_type.clone(),
+        version: a.version.clone(),
+        owner: a.owner.clone(),
+        environment: a.environment.clone(),
+        created_at: Some(timestamp(a.created_at)),
+        expires_at: a.expires_at.map(timestamp),
+        max_concurrent_sessions: a.max_sessions,
+        allowed_scopes: a.allowed_scopes.clone(),
+        allowed_tools: a.allowed_tools.clone(),
+        denied_tools: a.denied_tools.clone(),
+        status: pb::AgentStatus::from(a.status).into(),
+        spiffe_id: state.td.agent(&a.id).to_string(),
+        updated_at: Some(timestamp(a.updated_at)),
+        status_reason: a.status_reason.clone(),
+    }
+}
+
+impl AdminApi {
+    async fn transition(
+        &self,
+        admin: &str,
+        id: &str,
+        to: AgentStatus,
+        reason: &str,
+    ) -> Result<pb::Agent, Status> {
+        let id = agent_id(id)?;
+        let reason = text("reason", reason, false)?;
+        let current = self
+            .state
+            .store
+            .get_agent(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                status(
+                    Code::NotFound,
+                    Reason::AgentUnknown,
+                    format!("agent {id} is not registered"),
+                )
+            })?;
+        // Revocation is final: a revoked identity is never brought back.
+        if current.status == AgentStatus::Revoked && to != AgentStatus::Revoked {
+            return Err(status(
+                Code::FailedPrecondition,
+                Reason::AgentStateFinal,
+                format!("agent {id} is revoked; register a new agent id instead"),
+            ));
+        }
+        let updated = self
+            .state
+            .store
+            .set_agent_status(&id, to, &reason, now_unix())
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                status(
+                    Code::NotFound,
+                    Reason::AgentUnknown,
+                    format!("agent {id} is not registered"),
+                )
+            })?;
+        tracing::warn!(agent = %id, admin, status = to.as_str(), reason = %reason, "agent status changed");
+        Ok(to_proto(&updated, &self.state))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn register_agent(
+        &self,
+        req: Request<pb::RegisterAgentRequest>,
+    ) -> Result<Response<pb::RegisterAgentResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let r = req.into_inner();
+        let now = now_unix();
+        let id = agent_id(&r.id)?;
+        let scopes = Scope::parse_all(&r.allowed_scopes)
+            .map_err(|e| invalid(format!("allowed_scopes: {e}")))?;
+        let expires_at = r.expires_at.map(|t| t.seconds);
+        if expires_at.is_some_and(|e| e <= now) {
+            return Err(invalid("expires_at must be in the future"));
+        }
+        let max_sessions = match r.max_concurrent_sessions {
+            0 => self.state.config.default_max_sessions,
+            n if n <= MAX_SESSIONS => n,
+            _ => {
+                return Err(invalid(format!(
+                    "max_concurrent_sessions must be at most {MAX_SESSIONS}"
+                )));
+            }
+        };
+        let agent = Agent {
+            id: id.clone(),
+            agent_type: text("agent_type", &r.agent_type, true)?,
+            version: text("version", &r.version, false)?,
+            owner: text("owner", &r.owner, true)?,
+            environment: text("environment", &r.environment, false)?,
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            max_sessions,
+            allowed_scopes: scopes.iter().map(ToString::to_string).collect(),
+            allowed_tools: tool_list("allowed_tools", &r.allowed_tools)?,
+            denied_tools: tool_list("denied_tools", &r.denied_tools)?,
+            status: AgentStatus::Active,
+            status_reason: String::new(),
+        };
+        match self.state.store.create_agent(&agent).await {
+            Ok(()) => {}
+            Err(store::Error::Conflict) => {
+                return Err(status(
+                    Code::AlreadyExists,
+                    Reason::AgentExists,
+                    format!("agent {id} already exists"),
+                ));
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+        tracing::info!(agent = %id, admin, "agent registered");
+        Ok(Response::new(pb::RegisterAgentResponse {
+            agent: Some(to_proto(&agent, &self.state)),
+        }))
+    }
+
+    async fn get_agent(
+        &self,
+        req: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::GetAgentResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        let id = agent_id(&req.get_ref().id)?;
+        let a = self
+            .state
+            .store
+            .get_agent(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                status(
+                    Code::NotFound,
+                    Reason::AgentUnknown,
+                    format!("agent {id} is not registered"),
+                )
+            })?;
+        Ok(Response::new(pb::GetAgentResponse {
+            agent: Some(to_proto(&a, &self.state)),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        let all = self.state.store.list_agents().await.map_err(store_error)?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: all.iter().map(|a| to_proto(a, &self.state)).collect(),
+        }))
+    }
+
+    async fn suspend_agent(
+        &self,
+        req: Request<pb::SuspendAgentRequest>,
+    ) -> Result<Response<pb::SuspendAgentResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let r = req.get_ref();
+        let agent = self
+            .transition(&admin, &r.id, AgentStatus::Suspended, &r.reason)
+            .await?;
+        Ok(Response::new(pb::SuspendAgentResponse {
+            agent: Some(agent),
+        }))
+    }
+
+    async fn resume_agent(
+        &self,
+        req: Request<pb::ResumeAgentRequest>,
+    ) -> Result<Response<pb::ResumeAgentResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let agent = self
+            .transition(&admin, &req.get_ref().id, AgentStatus::Active, "")
+            .await?;
+        Ok(Response::new(pb::ResumeAgentResponse {
+            agent: Some(agent),
+        }))
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::RevokeAgentResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let r = req.get_ref();
+        let agent = self
+            .transition(&admin, &r.id, AgentStatus::Revoked, &r.reason)
+            .await?;
+        Ok(Response::new(pb::RevokeAgentResponse {
+            agent: Some(agent),
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let r = req.into_inner();
+        let id = agent_id(&r.agent_id)?;
+        let ttl = match r.ttl_seconds {
+            0 => self.state.config.join_token_ttl_secs,
+            n if n <= MAX_JOIN_TTL => n,
+            _ => {
+                return Err(invalid(format!(
+                    "ttl_seconds must be at most {MAX_JOIN_TTL}"
+                )));
+            }
+        };
+        let agent = self
+            .state
+            .store
+            .get_agent(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                status(
+                    Code::NotFound,
+                    Reason::AgentUnknown,
+                    format!("agent {id} is not registered"),
+                )
+            })?;
+        let now = now_unix();
+        crate::identity::service::ensure_active(&agent, now)?;
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let token = format!(
+            "wjt_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let expires_at = now + i64::from(ttl);
+        self.state
+            .store
+            .insert_join_token(&join_token_hash(&token), &id, &admin, now, expires_at)
+            .await
+            .map_err(store_error)?;
+        tracing::info!(agent = %id, admin, expires_at, "join token created");
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            join_token: token,
+            agent_id: id.to_string(),
+            expires_at: Some(timestamp(expires_at)),
+        }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        req: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let ring = self
+            .state
+            .keys
+            .rotate(self.state.store.as_ref(), now_unix())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "signing key rotation failed");
+                status(
+                    Code::Unavailable,
+                    Reason::Internal,
+                    "signing key rotation failed; see the control plane log",
+                )
+            })?;
+        tracing::warn!(admin, kid = ring.active.kid(), "token signing key rotated");
+        Ok(Response::new(pb::RotateSigningKeyResponse {
+            kid: ring.active.kid().to_owned(),
+            published_kids: ring.jwks.keys.iter().map(|k| k.kid.clone()).collect(),
+        }))
+    }
+}

@@ -1,0 +1,160 @@
+//! Builds and runs the control plane: store, CA, key ring, gRPC services on
+//! one mTLS listener, JWKS over HTTP, health reporting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use warden_shared::proto::v1::admin_service_server::AdminServiceServer;
+use warden_shared::proto::v1::identity_service_server::IdentityServiceServer;
+use warden_shared::spiffe::TrustDomain;
+
+use crate::admin::service::AdminApi;
+use crate::config::Config;
+use crate::identity::ca::Ca;
+use crate::identity::keys::KeyRing;
+use crate::identity::service::IdentityApi;
+use crate::store::{SqliteStore, Store};
+
+/// Largest gRPC message accepted.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct State {
+    /// Settings.
+    pub config: Config,
+    /// Trust domain.
+    pub td: TrustDomain,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Certificate authority.
+    pub ca: Ca,
+    /// Token-signing keys.
+    pub keys: KeyRing,
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound JWKS address.
+    pub jwks_addr: SocketAddr,
+    /// Shared state (tests inspect the store and keys through it).
+    pub state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Path of the database file inside the data directory.
+pub fn db_path(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("warden.db")
+}
+
+/// Opens the state of an initialised data directory.
+pub async fn open_state(config: Config) -> anyhow::Result<State> {
+    let td = TrustDomain::new(&config.trust_domain)?;
+    let ca = Ca::load(&td, &config.data_dir.join("ca")).context("loading the CA")?;
+    let store = SqliteStore::open(&db_path(&config), config.durable_sync)
+        .await
+        .context("opening the store")?;
+    let keys = KeyRing::load(&store, crate::now_unix())
+        .await
+        .context("loading signing keys")?;
+    Ok(State {
+        config,
+        td,
+        store: Arc::new(store),
+        ca,
+        keys,
+    })
+}
+
+/// Starts serving; returns once both listeners are bound.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let state = Arc::new(open_state(config).await?);
+    let config = &state.config;
+
+    // A fresh server certificate each start: short-lived, key only in memory.
+    let server = state.ca.issue(
+        &state.td.control_plane(),
+        &config.server_names,
+        &[std::net::IpAddr::from([127, 0, 0, 1])],
+        true,
+        Duration::from_secs(30 * 86_400),
+    )?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
+        .client_ca_root(Certificate::from_pem(state.ca.cert_pem()))
+        // Enroll is the one call without a client certificate; every other
+        // handler demands one (auth.rs). A presented certificate must still
+        // chain to our CA or the handshake fails.
+        .client_auth_optional(true)
+        .timeout(Duration::from_secs(10));
+
+    let grpc = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let jwks = TcpListener::bind(config.jwks_listen)
+        .await
+        .with_context(|| format!("binding {}", config.jwks_listen))?;
+    let grpc_addr = grpc.local_addr()?;
+    let jwks_addr = jwks.local_addr()?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminApi>>()
+        .await;
+    health_reporter
+        .set_serving::<IdentityServiceServer<IdentityApi>>()
+        .await;
+
+    let (shutdown, rx) = watch::channel(false);
+    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let identity = IdentityServiceServer::new(IdentityApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut stop = rx.clone();
+    let grpc_task = tokio::spawn(async move {
+        Server::builder()
+            .tls_config(tls)?
+            .concurrency_limit_per_connection(256)
+            .add_service(health_service)
+            .add_service(admin)
+            .add_service(identity)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
+            .await?;
+        Ok(())
+    });
+    let jwks_task = tokio::spawn(crate::jwks::serve(jwks, Arc::clone(&state), rx));
+    tracing::info!(%grpc_addr, %jwks_addr, trust_domain = %state.td, "control plane serving");
+    Ok(Running {
+        grpc_addr,
+        jwks_addr,
+        state,
+        shutdown,
+        tasks: vec![grpc_task, jwks_task],
+    })
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight calls, and waits for the servers.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.await??;
+        }
+        Ok(())
+    }
+}

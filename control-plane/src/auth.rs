@@ -1,0 +1,96 @@
+//! Who is calling: the SPIFFE ID in the verified client certificate. The TLS
+//! layer has already checked the chain against our CA; here we read the
+//! identity and check it belongs to our trust domain and the right kind.
+
+use tonic::{Code, Request, Status};
+use warden_shared::agent::AgentId;
+use warden_shared::refusal::{Reason, status};
+use warden_shared::spiffe::{Principal, SpiffeId, TrustDomain};
+use warden_shared::svid;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Its SPIFFE ID.
+    pub id: SpiffeId,
+    /// Which principal that is.
+    pub principal: Principal,
+    /// Leaf certificate DER.
+    pub cert_der: Vec<u8>,
+}
+
+/// Reads the caller's identity from its client certificate.
+pub fn caller<T>(req: &Request<T>, td: &TrustDomain) -> Result<Caller, Status> {
+    let certs = req.peer_certs().filter(|c| !c.is_empty()).ok_or_else(|| {
+        status(
+            Code::Unauthenticated,
+            Reason::NoClientCertificate,
+            "this call requires a client certificate (mTLS)",
+        )
+    })?;
+    let leaf = certs[0].as_ref();
+    let id = svid::spiffe_id_of(leaf).map_err(|e| {
+        status(
+            Code::Unauthenticated,
+            Reason::WrongPrincipal,
+            format!("client certificate is not an X.509-SVID: {e}"),
+        )
+    })?;
+    if id.trust_domain() != td {
+        return Err(status(
+            Code::PermissionDenied,
+            Reason::WrongPrincipal,
+            format!("client identity {id} is not in trust domain {td}"),
+        ));
+    }
+    let principal = id.principal().map_err(|e| {
+        status(
+            Code::PermissionDenied,
+            Reason::WrongPrincipal,
+            e.to_string(),
+        )
+    })?;
+    Ok(Caller {
+        id,
+        principal,
+        cert_der: leaf.to_vec(),
+    })
+}
+
+/// The caller, which must be an admin.
+pub fn admin<T>(req: &Request<T>, td: &TrustDomain) -> Result<(Caller, String), Status> {
+    let c = caller(req, td)?;
+    match &c.principal {
+        Principal::Admin(name) => {
+            let name = name.clone();
+            Ok((c, name))
+        }
+        _ => Err(status(
+            Code::PermissionDenied,
+            Reason::WrongPrincipal,
+            format!(
+                "the admin API requires an admin certificate; caller is {}",
+                c.id
+            ),
+        )),
+    }
+}
+
+/// The caller, which must be an agent.
+pub fn agent<T>(req: &Request<T>, td: &TrustDomain) -> Result<(Caller, AgentId), Status> {
+    let c = caller(req, td)?;
+    match &c.principal {
+        Principal::Agent(id) => {
+            let id = id.clone();
+            Ok((c, id))
+        }
+        _ => Err(status(
+            Code::PermissionDenied,
+            Reason::WrongPrincipal,
+            format!(
+                "this call requires an agent certificate; caller is {}",
+                c.id
+            ),
+        )),
+    }
+}

@@ -1,0 +1,192 @@
+//! Control-plane configuration: a TOML file written by `init`, overridden by
+//! environment variables (names in [`env`]) and flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable names, in one place.
+pub mod env {
+    /// Overrides `listen`.
+    pub const LISTEN: &str = "WARDEN_CP_LISTEN";
+    /// Overrides `jwks_listen`.
+    pub const JWKS_LISTEN: &str = "WARDEN_CP_JWKS_LISTEN";
+    /// Overrides `data_dir`.
+    pub const DATA_DIR: &str = "WARDEN_CP_DATA_DIR";
+    /// Overrides `log_format` (`text` or `json`).
+    pub const LOG_FORMAT: &str = "WARDEN_LOG_FORMAT";
+}
+
+/// Name of the config file `init` writes into the data directory.
+pub const CONFIG_FILE: &str = "control-plane.toml";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source} (run `warden-control-plane init` first?)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Control-plane settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// SPIFFE trust domain, e.g. `warden.local`.
+    pub trust_domain: String,
+    /// Directory holding the CA, the database and admin credentials.
+    #[serde(default)]
+    pub data_dir: PathBuf,
+    /// gRPC (mTLS) listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// JWKS HTTP listen address.
+    #[serde(default = "default_jwks_listen")]
+    pub jwks_listen: SocketAddr,
+    /// DNS names in the control plane's server certificate.
+    #[serde(default = "default_server_names")]
+    pub server_names: Vec<String>,
+    /// Agent certificate lifetime, seconds.
+    #[serde(default = "default_cert_ttl")]
+    pub cert_ttl_secs: u64,
+    /// Default join token lifetime, seconds.
+    #[serde(default = "default_join_ttl")]
+    pub join_token_ttl_secs: u32,
+    /// Default cap on concurrent sessions for agents registered without one.
+    #[serde(default = "default_max_sessions")]
+    pub default_max_sessions: u32,
+    /// Default tool-call cap per session (0: none).
+    #[serde(default)]
+    pub default_max_tool_calls: u32,
+    /// `true`: every commit reaches the disk (SQLite synchronous=FULL).
+    #[serde(default = "yes")]
+    pub durable_sync: bool,
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+fn default_jwks_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7480))
+}
+fn default_server_names() -> Vec<String> {
+    vec!["localhost".into()]
+}
+fn default_cert_ttl() -> u64 {
+    3600
+}
+fn default_join_ttl() -> u32 {
+    600
+}
+fn default_max_sessions() -> u32 {
+    10
+}
+fn yes() -> bool {
+    true
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+impl Config {
+    /// Defaults for a trust domain and data directory.
+    pub fn new(trust_domain: &str, data_dir: &Path) -> Self {
+        Self {
+            trust_domain: trust_domain.into(),
+            data_dir: data_dir.into(),
+            listen: default_listen(),
+            jwks_listen: default_jwks_listen(),
+            server_names: default_server_names(),
+            cert_ttl_secs: default_cert_ttl(),
+            join_token_ttl_secs: default_join_ttl(),
+            default_max_sessions: default_max_sessions(),
+            default_max_tool_calls: 0,
+            durable_sync: true,
+            log_format: default_log_format(),
+        }
+    }
+
+    /// Reads `<data_dir>/control-plane.toml`, then applies environment
+    /// overrides, then validates.
+    pub fn load(data_dir: &Path) -> Result<Self, Error> {
+        let path = data_dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut c: Self = toml::from_str(&text).map_err(|source| Error::Parse { path, source })?;
+        c.data_dir = data_dir.into();
+        c.apply_env()?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn apply_env(&mut self) -> Result<(), Error> {
+        let addr = |name: &str| -> Result<Option<SocketAddr>, Error> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| Error::Invalid(format!("{name}={v:?} is not host:port"))),
+                Err(_) => Ok(None),
+            }
+        };
+        if let Some(a) = addr(env::LISTEN)? {
+            self.listen = a;
+        }
+        if let Some(a) = addr(env::JWKS_LISTEN)? {
+            self.jwks_listen = a;
+        }
+        if let Ok(v) = std::env::var(env::LOG_FORMAT) {
+            self.log_format = v;
+        }
+        Ok(())
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), Error> {
+        warden_shared::spiffe::TrustDomain::new(&self.trust_domain)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        if !(60..=30 * 86_400).contains(&self.cert_ttl_secs) {
+            return Err(Error::Invalid(
+                "cert_ttl_secs must be between 60 and 2592000".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&self.join_token_ttl_secs) {
+            return Err(Error::Invalid(
+                "join_token_ttl_secs must be between 1 and 86400".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.default_max_sessions) {
+            return Err(Error::Invalid(
+                "default_max_sessions must be between 1 and 10000".into(),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(Error::Invalid("log_format must be text or json".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,481 @@
+//! The identity gRPC API: `Enroll` (join token + CSR), `Renew` and
+//! `IssueToken` (mTLS). The agent's status is read from the store on every
+//! call, so a suspension or revocation takes effect on the next request even
+//! on an established connection.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use rand::RngCore;
+use tonic::{Code, Request, Response, Status};
+use warden_shared::agent::{AgentId, AgentStatus};
+use warden_shared::proto::v1 as pb;
+use warden_shared::proto::v1::identity_service_server::IdentityService;
+use warden_shared::refusal::{Reason, status};
+use warden_shared::scope::{self, Scope};
+use warden_shared::svid;
+use warden_shared::token::{Claims, Confirmation, Constraints, TOKEN_TTL_SECS};
+
+use crate::app::State;
+use crate::auth;
+use crate::identity::ca::{self, Signed};
+use crate::store::{self, Agent, IssuedCert, JoinTokenUse, NewSession};
+use crate::{now_unix, timestamp};
+
+/// Longest join token accepted.
+const MAX_JOIN_TOKEN_LEN: usize = 128;
+/// Bounds on session context.
+const MAX_CONTEXT_ENTRIES: usize = 16;
+const MAX_CONTEXT_KEY: usize = 64;
+const MAX_CONTEXT_VALUE: usize = 256;
+const MAX_USER_ID: usize = 128;
+
+/// The identity service.
+#[derive(Debug, Clone)]
+pub struct IdentityApi {
+    state: Arc<State>,
+}
+
+impl IdentityApi {
+    /// Wraps the shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+/// Hash under which a join token is stored.
+pub fn join_token_hash(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+pub(crate) fn store_error(e: store::Error) -> Status {
+    tracing::error!(error = %e, "store failure");
+    status(
+        Code::Unavailable,
+        Reason::Internal,
+        "the control plane's store failed; retry later",
+    )
+}
+
+/// Refuses an agent that is not active or has expired.
+pub(crate) fn ensure_active(agent: &Agent, now: i64) -> Result<(), Status> {
+    match agent.status {
+        AgentStatus::Active => {}
+        AgentStatus::Suspended => {
+            return Err(status(
+                Code::PermissionDenied,
+                Reason::AgentSuspended,
+                format!("agent {} is suspended", agent.id),
+            ));
+        }
+        AgentStatus::Revoked => {
+            return Err(status(
+                Code::PermissionDenied,
+                Reason::AgentRevoked,
+                format!("agent {} is revoked", agent.id),
+            ));
+        }
+    }
+    if agent.expires_at.is_some_and(|e| e <= now) {
+        return Err(status(
+            Code::PermissionDenied,
+            Reason::AgentExpired,
+            format!("agent {} has expired", agent.id),
+        ));
+    }
+    Ok(())
+}
+
+fn csr_error(e: ca::Error) -> Status {
+    match e {
+        ca::Error::CsrMalformed(_) | ca::Error::KeyType => {
+            status(Code::InvalidArgument, Reason::CsrMalformed, e.to_string())
+        }
+        ca::Error::CsrIdentity { .. } => status(
+            Code::PermissionDenied,
+            Reason::CsrIdentityMismatch,
+            e.to_string(),
+        ),
+        other => {
+            tracing::error!(error = %other, "certificate signing failed");
+            status(
+                Code::Internal,
+                Reason::Internal,
+                "certificate signing failed",
+            )
+        }
+    }
+}
+
+fn random_id(prefix: &str) -> String {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    format!(
+        "{prefix}_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
+}
+
+impl IdentityApi {
+    async fn agent(&self, id: &AgentId) -> Result<Agent, Status> {
+        self.state
+            .store
+            .get_agent(id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                status(
+                    Code::PermissionDenied,
+                    Reason::AgentUnknown,
+                    format!("agent {id} is not registered"),
+                )
+            })
+    }
+
+    async fn issue_cert(
+        &self,
+        agent: &AgentId,
+        csr: &ca::CheckedCsr,
+        reason: &'static str,
+    ) -> Result<pb::Certificate, Status> {
+        let id = self.state.td.agent(agent);
+        let ttl = Duration::from_secs(self.state.config.cert_ttl_secs);
+        let Signed {
+            der,
+            serial,
+            not_after,
+        } = self.state.ca.sign(csr, &id, ttl).map_err(csr_error)?;
+        // The control plane checks the SAN it signs.
+        if svid::spiffe_id_of(&der).ok().as_ref() != Some(&id) {
+            return Err(status(
+                Code::Internal,
+                Reason::Internal,
+                "issued certificate failed self-check",
+            ));
+        }
+        let record = IssuedCert {
+            serial: serial.clone(),
+            agent_id: agent.clone(),
+            thumbprint: svid::thumbprint(&der),
+            not_after,
+            issued_at: now_unix(),
+            reason,
+        };
+        self.state
+            .store
+            .record_certificate(&record)
+            .await
+            .map_err(store_error)?;
+        tracing::info!(agent = %agent, %serial, not_after, reason, "certificate issued");
+        Ok(pb::Certificate {
+            certificate_der: der,
+            trust_bundle_der: vec![self.state.ca.cert_der().to_vec()],
+            spiffe_id: id.to_string(),
+            not_after: Some(timestamp(not_after)),
+            serial,
+        })
+    }
+}
+
+fn check_context(
+    user_id: &str,
+    context: &std::collections::HashMap<String, String>,
+) -> Result<(), Status> {
+    let bad = |m: String| status(Code::InvalidArgument, Reason::InvalidArgument, m);
+    if user_id.len() > MAX_USER_ID || user_id.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "user_id must be at most {MAX_USER_ID} printable characters"
+        )));
+    }
+    if context.len() > MAX_CONTEXT_ENTRIES {
+        return Err(bad(format!(
+            "context has more than {MAX_CONTEXT_ENTRIES} entries"
+        )));
+    }
+    if context
+        .iter()
+        .any(|(k, v)| k.is_empty() || k.len() > MAX_CONTEXT_KEY || v.len() > MAX_CONTEXT_VALUE)
+    {
+        return Err(bad(format!(
+            "context keys must be 1..={MAX_CONTEXT_KEY} bytes and values at most {MAX_CONTEXT_VALUE}"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl IdentityService for IdentityApi {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let req = req.into_inner();
+        let agent_id = AgentId::new(&req.agent_id).map_err(|e| {
+            status(
+                Code::InvalidArgument,
+                Reason::InvalidArgument,
+                e.to_string(),
+            )
+        })?;
+        if req.join_token.is_empty() || req.join_token.len() > MAX_JOIN_TOKEN_LEN {
+            return Err(status(
+                Code::Unauthenticated,
+                Reason::JoinTokenUnknown,
+                "join token is missing or malformed",
+            ));
+        }
+        let now = now_unix();
+        let hash = join_token_hash(&req.join_token);
+        // Check everything that can fail before spending the token, so a bad
+        // request leaves it usable.
+        let agent = self
+            .state
+            .store
+            .get_agent(&agent_id)
+            .await
+            .map_err(store_error)?;
+        let Some(agent) = agent else {
+            return Err(status(
+                Code::Unauthenticated,
+                Reason::JoinTokenUnknown,
+                "join token is not valid",
+            ));
+        };
+        let token_error = |u: JoinTokenUse| match u {
+            JoinTokenUse::Consumed => None,
+            JoinTokenUse::Unknown => Some(status(
+                Code::Unauthenticated,
+                Reason::JoinTokenUnknown,
+                "join token is not valid",
+            )),
+            JoinTokenUse::Used => Some(status(
+                Code::Unauthenticated,
+                Reason::JoinTokenUsed,
+                "join token was already used; ask an admin for a new one (`wardenctl join-token create`)",
+            )),
+            JoinTokenUse::Expired => Some(status(
+                Code::Unauthenticated,
+                Reason::JoinTokenExpired,
+                "join token has expired; ask an admin for a new one (`wardenctl join-token create`)",
+            )),
+            JoinTokenUse::WrongAgent => Some(status(
+                Code::PermissionDenied,
+                Reason::JoinTokenWrongAgent,
+                format!("join token was not issued for agent {agent_id}"),
+            )),
+        };
+        let peek = self
+            .state
+            .store
+            .peek_join_token(&hash, &agent_id, now)
+            .await
+            .map_err(store_error)?;
+        if let Some(e) = token_error(peek) {
+            tracing::warn!(agent = %agent_id, reason = ?peek, "enrollment refused");
+            return Err(e);
+        }
+        ensure_active(&agent, now)?;
+        let spiffe = self.state.td.agent(&agent_id);
+        let csr = self
+            .state
+            .ca
+            .check_csr(&req.csr_der, &spiffe)
+            .map_err(csr_error)?;
+        let spent = self
+            .state
+            .store
+            .consume_join_token(&hash, &agent_id, now)
+            .await
+            .map_err(store_error)?;
+        if let Some(e) = token_error(spent) {
+            return Err(e);
+        }
+        let cert = self.issue_cert(&agent_id, &csr, "enroll").await?;
+        Ok(Response::new(pb::EnrollResponse {
+            certificate: Some(cert),
+        }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let (_, agent_id) = auth::agent(&req, &self.state.td)?;
+        let agent = self.agent(&agent_id).await?;
+        ensure_active(&agent, now_unix())?;
+        let spiffe = self.state.td.agent(&agent_id);
+        let csr = self
+            .state
+            .ca
+            .check_csr(&req.get_ref().csr_der, &spiffe)
+            .map_err(csr_error)?;
+        let cert = self.issue_cert(&agent_id, &csr, "renew").await?;
+        Ok(Response::new(pb::RenewResponse {
+            certificate: Some(cert),
+        }))
+    }
+
+    async fn issue_token(
+        &self,
+        req: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let (caller, agent_id) = auth::agent(&req, &self.state.td)?;
+        let now = now_unix();
+        let agent = self.agent(&agent_id).await?;
+        ensure_active(&agent, now)?;
+        let req = req.into_inner();
+        check_context(&req.user_id, &req.context)?;
+        if req.scopes.is_empty() {
+            return Err(status(
+                Code::InvalidArgument,
+                Reason::InvalidArgument,
+                "request at least one scope",
+            ));
+        }
+        let requested = Scope::parse_all(&req.scopes).map_err(|e| {
+            status(
+                Code::InvalidArgument,
+                Reason::InvalidArgument,
+                e.to_string(),
+            )
+        })?;
+        let allowed = Scope::parse_all(&agent.allowed_scopes).map_err(|e| {
+            tracing::error!(agent = %agent_id, error = %e, "stored allowed_scopes do not parse");
+            status(Code::Internal, Reason::Internal, "agent record is invalid")
+        })?;
+        let granted = scope::intersect(&requested, &allowed);
+        if granted.is_empty() {
+            return Err(status(
+                Code::PermissionDenied,
+                Reason::ScopeNotAllowed,
+                format!("none of the requested scopes is allowed for agent {agent_id}"),
+            ));
+        }
+        let scope_str = granted
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+
+        // The token never outlives the certificate it is bound to.
+        let cert_not_after = x509_parser::parse_x509_certificate(&caller.cert_der)
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .unwrap_or(now);
+        let exp = (now + TOKEN_TTL_SECS).min(cert_not_after);
+        if exp <= now {
+            return Err(status(
+                Code::Unauthenticated,
+                Reason::NoIdentity,
+                "client certificate has expired",
+            ));
+        }
+        let max_tool_calls = match (req.max_tool_calls, self.state.config.default_max_tool_calls) {
+            (0, d) => d,
+            (r, 0) => r,
+            (r, d) => r.min(d),
+        };
+        let thumbprint = svid::thumbprint(&caller.cert_der);
+        let session = NewSession {
+            id: random_id("ses"),
+            agent_id: agent_id.clone(),
+            user_id: req.user_id.clone(),
+            scopes: scope_str.clone(),
+            context: serde_json::to_string(&req.context.iter().collect::<BTreeMap<_, _>>())
+                .unwrap_or_default(),
+            jti: random_id("tok"),
+            thumbprint: thumbprint.clone(),
+            max_tool_calls,
+            created_at: now,
+            expires_at: exp,
+        };
+        let opened = self
+            .state
+            .store
+            .open_session(&session, agent.max_sessions, now)
+            .await
+            .map_err(store_error)?;
+        if !opened {
+            return Err(status(
+                Code::ResourceExhausted,
+                Reason::SessionLimit,
+                format!(
+                    "agent {agent_id} already has {} open sessions (its maximum); end one first",
+                    agent.max_sessions
+                ),
+            ));
+        }
+        let spiffe = caller.id.to_string();
+        let claims = Claims {
+            iss: self.state.td.control_plane().to_string(),
+            sub: if req.user_id.is_empty() {
+                spiffe.clone()
+            } else {
+                req.user_id
+            },
+            aud: spiffe.clone(),
+            exp,
+            iat: now,
+            jti: session.jti,
+            client_id: spiffe,
+            scope: scope_str,
+            sid: session.id.clone(),
+            cnf: Confirmation {
+                x5t_s256: thumbprint,
+            },
+            constraints: Constraints { max_tool_calls },
+        };
+        let token = self
+            .state
+            .keys
+            .current()
+            .active
+            .sign(&claims)
+            .map_err(|e| {
+                tracing::error!(error = %e, "token signing failed");
+                status(Code::Internal, Reason::Internal, "token signing failed")
+            })?;
+        tracing::info!(agent = %agent_id, session = %session.id, scopes = %claims.scope, exp, "session token issued");
+        Ok(Response::new(pb::IssueTokenResponse {
+            token,
+            session_id: session.id,
+            scopes: granted.iter().map(ToString::to_string).collect(),
+            expires_at: Some(timestamp(exp)),
+        }))
+    }
+
+    async fn release_session(
+        &self,
+        req: Request<pb::ReleaseSessionRequest>,
+    ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
+        let (_, agent_id) = auth::agent(&req, &self.state.td)?;
+        let ended = self
+            .state
+            .store
+            .end_session(&agent_id, &req.get_ref().session_id, now_unix())
+            .await
+            .map_err(store_error)?;
+        if !ended {
+            return Err(status(
+                Code::NotFound,
+                Reason::SessionUnknown,
+                "no open session with that id for this agent",
+            ));
+        }
+        tracing::info!(agent = %agent_id, session = %req.get_ref().session_id, "session ended");
+        Ok(Response::new(pb::ReleaseSessionResponse {}))
+    }
+
+    async fn get_jwks(
+        &self,
+        req: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        auth::caller(&req, &self.state.td)?;
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: self.state.keys.current().jwks_json.clone(),
+        }))
+    }
+}

@@ -1,0 +1,204 @@
+//! The control plane's durable state, behind [`Store`] so that SQLite (the
+//! embedded default) and PostgreSQL (for replicas) are interchangeable.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use warden_shared::agent::{AgentId, AgentStatus};
+
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database refused or failed the operation.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Schema migration failed at startup.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row could not be decoded (a corrupted or foreign database).
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt {
+        /// Table of the bad row.
+        table: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A record with this key already exists.
+    #[error("already exists")]
+    Conflict,
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An agent's identity record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agent {
+    /// Agent id.
+    pub id: AgentId,
+    /// Kind of agent.
+    pub agent_type: String,
+    /// Agent software version.
+    pub version: String,
+    /// Accountable owner.
+    pub owner: String,
+    /// Deployment environment.
+    pub environment: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Unix seconds; `None` for no expiry.
+    pub expires_at: Option<i64>,
+    /// Cap on concurrently open sessions.
+    pub max_sessions: u32,
+    /// Scope patterns the agent may be granted.
+    pub allowed_scopes: Vec<String>,
+    /// Tools the agent may call (empty: decided by policy).
+    pub allowed_tools: Vec<String>,
+    /// Tools the agent may never call.
+    pub denied_tools: Vec<String>,
+    /// Lifecycle state.
+    pub status: AgentStatus,
+    /// Why the status was last changed.
+    pub status_reason: String,
+}
+
+/// Outcome of presenting a join token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinTokenUse {
+    /// The token is valid (from a peek) or was valid and is now spent.
+    Consumed,
+    /// No such token.
+    Unknown,
+    /// Already spent.
+    Used,
+    /// Past its expiry.
+    Expired,
+    /// Issued for another agent; left unspent.
+    WrongAgent,
+}
+
+/// A session to open.
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    /// Session id.
+    pub id: String,
+    /// Owning agent.
+    pub agent_id: AgentId,
+    /// End user, or empty.
+    pub user_id: String,
+    /// Granted scopes, space-separated.
+    pub scopes: String,
+    /// Session context as a JSON object.
+    pub context: String,
+    /// Token id.
+    pub jti: String,
+    /// Thumbprint of the certificate the token is bound to.
+    pub thumbprint: String,
+    /// Tool-call cap (0: none).
+    pub max_tool_calls: u32,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// An issued certificate, for the record.
+#[derive(Clone, Debug)]
+pub struct IssuedCert {
+    /// Hex serial.
+    pub serial: String,
+    /// Subject agent.
+    pub agent_id: AgentId,
+    /// `x5t#S256`.
+    pub thumbprint: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// `enroll` or `renew`.
+    pub reason: &'static str,
+}
+
+/// A stored token-signing key.
+#[derive(Clone)]
+pub struct StoredKey {
+    /// Key id.
+    pub kid: String,
+    /// PKCS#8 DER.
+    pub pkcs8: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; `None` while active.
+    pub retired_at: Option<i64>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("pkcs8", &"[redacted]")
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish()
+    }
+}
+
+/// Durable control-plane state. Every mutation is atomic.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Inserts a new agent; [`Error::Conflict`] if the id exists.
+    async fn create_agent(&self, agent: &Agent) -> Result<()>;
+    /// Loads one agent.
+    async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>>;
+    /// All agents, by id.
+    async fn list_agents(&self) -> Result<Vec<Agent>>;
+    /// Sets an agent's status; returns the updated record, `None` if unknown.
+    async fn set_agent_status(
+        &self,
+        id: &AgentId,
+        status: AgentStatus,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<Agent>>;
+
+    /// Records a join token by its hash.
+    async fn insert_join_token(
+        &self,
+        hash: &[u8],
+        agent: &AgentId,
+        created_by: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()>;
+    /// Spends a join token if it is valid for `agent` at `now`; a token for
+    /// another agent is left unspent.
+    async fn consume_join_token(
+        &self,
+        hash: &[u8],
+        agent: &AgentId,
+        now: i64,
+    ) -> Result<JoinTokenUse>;
+    /// What [`Store::consume_join_token`] would answer, without spending.
+    async fn peek_join_token(&self, hash: &[u8], agent: &AgentId, now: i64)
+    -> Result<JoinTokenUse>;
+
+    /// Records an issued certificate.
+    async fn record_certificate(&self, cert: &IssuedCert) -> Result<()>;
+
+    /// Opens a session unless the agent already has `max` open ones; returns
+    /// whether it was opened. The check and the insert are one statement.
+    async fn open_session(&self, session: &NewSession, max: u32, now: i64) -> Result<bool>;
+    /// Ends an agent's open session; returns whether one was ended.
+    async fn end_session(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool>;
+    /// Number of open sessions of an agent.
+    async fn open_sessions(&self, agent: &AgentId, now: i64) -> Result<u32>;
+
+    /// Adds a signing key and retires every other active one.
+    async fn rotate_signing_key(&self, kid: &str, pkcs8: &[u8], now: i64) -> Result<()>;
+    /// All signing keys, newest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>>;
+}

@@ -1,0 +1,331 @@
+//! SQLite backend: the embedded default. WAL journal, foreign keys on, and
+//! every multi-step change in one statement or one transaction.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use warden_shared::agent::{AgentId, AgentStatus};
+
+use super::{Agent, Error, IssuedCert, JoinTokenUse, NewSession, Result, Store, StoredKey};
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file and applies migrations.
+    /// `durable` selects `synchronous=FULL` (every commit reaches the disk)
+    /// over `NORMAL` (safe against a process crash, not a power cut).
+    pub async fn open(path: &Path, durable: bool) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if durable {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn corrupt(table: &'static str, detail: impl ToString) -> Error {
+    Error::Corrupt {
+        table,
+        detail: detail.to_string(),
+    }
+}
+
+fn agent_from_row(row: &SqliteRow) -> Result<Agent> {
+    let list = |col: &str| -> Result<Vec<String>> {
+        let s: String = row.try_get(col)?;
+        serde_json::from_str(&s).map_err(|e| corrupt("agents", format!("{col}: {e}")))
+    };
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    Ok(Agent {
+        id: AgentId::new(&id).map_err(|e| corrupt("agents", e))?,
+        agent_type: row.try_get("agent_type")?,
+        version: row.try_get("version")?,
+        owner: row.try_get("owner")?,
+        environment: row.try_get("environment")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        expires_at: row.try_get("expires_at")?,
+        max_sessions: u32::try_from(row.try_get::<i64, _>("max_sessions")?)
+            .map_err(|e| corrupt("agents", e))?,
+        allowed_scopes: list("allowed_scopes")?,
+        allowed_tools: list("allowed_tools")?,
+        denied_tools: list("denied_tools")?,
+        status: AgentStatus::parse(&status).ok_or_else(|| corrupt("agents", "status"))?,
+        status_reason: row.try_get("status_reason")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_agent(&self, a: &Agent) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO agents (id, agent_type, version, owner, environment, created_at, updated_at,
+                expires_at, max_sessions, allowed_scopes, allowed_tools, denied_tools, status, status_reason)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(a.id.as_str())
+        .bind(&a.agent_type)
+        .bind(&a.version)
+        .bind(&a.owner)
+        .bind(&a.environment)
+        .bind(a.created_at)
+        .bind(a.updated_at)
+        .bind(a.expires_at)
+        .bind(i64::from(a.max_sessions))
+        .bind(json_list(&a.allowed_scopes))
+        .bind(json_list(&a.allowed_tools))
+        .bind(json_list(&a.denied_tools))
+        .bind(a.status.as_str())
+        .bind(&a.status_reason)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(Error::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>> {
+        let row = sqlx::query("SELECT * FROM agents WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn list_agents(&self) -> Result<Vec<Agent>> {
+        let rows = sqlx::query("SELECT * FROM agents ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn set_agent_status(
+        &self,
+        id: &AgentId,
+        status: AgentStatus,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<Agent>> {
+        let row = sqlx::query(
+            "UPDATE agents SET status = ?, status_reason = ?, updated_at = ? WHERE id = ? RETURNING *",
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn insert_join_token(
+        &self,
+        hash: &[u8],
+        agent: &AgentId,
+        created_by: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO join_tokens (token_hash, agent_id, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(hash)
+        .bind(agent.as_str())
+        .bind(created_by)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn consume_join_token(
+        &self,
+        hash: &[u8],
+        agent: &AgentId,
+        now: i64,
+    ) -> Result<JoinTokenUse> {
+        // One conditional UPDATE spends the token, so two concurrent
+        // enrollments with the same token cannot both succeed.
+        let spent = sqlx::query(
+            "UPDATE join_tokens SET used_at = ?
+             WHERE token_hash = ? AND agent_id = ? AND used_at IS NULL AND expires_at > ?",
+        )
+        .bind(now)
+        .bind(hash)
+        .bind(agent.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if spent.rows_affected() == 1 {
+            return Ok(JoinTokenUse::Consumed);
+        }
+        Ok(match self.peek_join_token(hash, agent, now).await? {
+            // Valid a moment ago and not spent by us: a concurrent use won.
+            JoinTokenUse::Consumed => JoinTokenUse::Used,
+            other => other,
+        })
+    }
+
+    async fn peek_join_token(
+        &self,
+        hash: &[u8],
+        agent: &AgentId,
+        now: i64,
+    ) -> Result<JoinTokenUse> {
+        let row = sqlx::query(
+            "SELECT agent_id, expires_at, used_at FROM join_tokens WHERE token_hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(JoinTokenUse::Unknown);
+        };
+        let owner: String = row.try_get("agent_id")?;
+        let expires_at: i64 = row.try_get("expires_at")?;
+        let used_at: Option<i64> = row.try_get("used_at")?;
+        Ok(if owner != agent.as_str() {
+            JoinTokenUse::WrongAgent
+        } else if used_at.is_some() {
+            JoinTokenUse::Used
+        } else if expires_at <= now {
+            JoinTokenUse::Expired
+        } else {
+            JoinTokenUse::Consumed
+        })
+    }
+
+    async fn record_certificate(&self, c: &IssuedCert) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO certificates (serial, agent_id, thumbprint, not_after, issued_at, reason) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.serial)
+        .bind(c.agent_id.as_str())
+        .bind(&c.thumbprint)
+        .bind(c.not_after)
+        .bind(c.issued_at)
+        .bind(c.reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn open_session(&self, s: &NewSession, max: u32, now: i64) -> Result<bool> {
+        // Check and insert in one statement: SQLite serialises writers, so
+        // concurrent opens cannot overshoot the cap.
+        let r = sqlx::query(
+            "INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at)
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+             WHERE (SELECT COUNT(*) FROM sessions
+                    WHERE agent_id = ? AND ended_at IS NULL AND expires_at > ?) < ?",
+        )
+        .bind(&s.id)
+        .bind(s.agent_id.as_str())
+        .bind(&s.user_id)
+        .bind(&s.scopes)
+        .bind(&s.context)
+        .bind(&s.jti)
+        .bind(&s.thumbprint)
+        .bind(i64::from(s.max_tool_calls))
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .bind(s.agent_id.as_str())
+        .bind(now)
+        .bind(i64::from(max))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn end_session(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE sessions SET ended_at = ? WHERE id = ? AND agent_id = ? AND ended_at IS NULL AND expires_at > ?",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(agent.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn open_sessions(&self, agent: &AgentId, now: i64) -> Result<u32> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions WHERE agent_id = ? AND ended_at IS NULL AND expires_at > ?",
+        )
+        .bind(agent.as_str())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        u32::try_from(n).map_err(|e| corrupt("sessions", e))
+    }
+
+    async fn rotate_signing_key(&self, kid: &str, pkcs8: &[u8], now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES (?, ?, ?)")
+            .bind(kid)
+            .bind(pkcs8)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>> {
+        let rows = sqlx::query("SELECT kid, pkcs8, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, rowid DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredKey {
+                    kid: r.try_get("kid")?,
+                    pkcs8: r.try_get("pkcs8")?,
+                    created_at: r.try_get("created_at")?,
+                    retired_at: r.try_get("retired_at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+use super::*;
+
+fn agent(id: &str, max: u32) -> Agent {
+    Agent {
+        id: AgentId::new(id).unwrap(),
+        agent_type: "coder".into(),
+        version: "1".into(),
+        owner: "team".into(),
+        environment: "test".into(),
+        created_at: 100,
+        updated_at: 100,
+        expires_at: None,
+        max_sessions: max,
+        allowed_scopes: vec!["data:*".into()],
+        allowed_tools: vec![],
+        denied_tools: vec!["rm".into()],
+        status: AgentStatus::Active,
+        status_reason: String::new(),
+    }
+}
+
+async fn store() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("w.db"), false)
+        .await
+        .unwrap();
+    (s, dir)
+}
+
+fn session(id: &str, agent: &str, exp: i64) -> NewSession {
+    NewSession {
+        id: id.into(),
+        agent_id: AgentId::new(agent).unwrap(),
+        user_id: String::new(),
+        scopes: "data:read".into(),
+        context: "{}".into(),
+        jti: format!("j-{id}"),
+        thumbprint: "t".into(),
+        max_tool_calls: 0,
+        created_at: 100,
+        expires_at: exp,
+    }
+}
+
+#[tokio::test]
+async fn agents_round_trip_and_conflict() {
+    let (s, _d) = store().await;
+    let a = agent("a1", 2);
+    s.create_agent(&a).await.unwrap();
+    assert!(matches!(s.create_agent(&a).await, Err(Error::Conflict)));
+    assert_eq!(s.get_agent(&a.id).await.unwrap().unwrap(), a);
+    let up = s
+        .set_agent_status(&a.id, AgentStatus::Suspended, "why", 200)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(up.status, AgentStatus::Suspended);
+    assert_eq!(up.updated_at, 200);
+    assert!(
+        s.set_agent_status(&AgentId::new("zz").unwrap(), AgentStatus::Active, "", 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.list_agents().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn join_tokens_are_single_use_and_bound() {
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 2)).await.unwrap();
+    s.create_agent(&agent("a2", 2)).await.unwrap();
+    let a1 = AgentId::new("a1").unwrap();
+    let a2 = AgentId::new("a2").unwrap();
+    s.insert_join_token(b"h1", &a1, "admin", 100, 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.consume_join_token(b"h1", &a2, 150).await.unwrap(),
+        JoinTokenUse::WrongAgent
+    );
+    assert_eq!(
+        s.consume_join_token(b"h1", &a1, 150).await.unwrap(),
+        JoinTokenUse::Consumed
+    );
+    assert_eq!(
+        s.consume_join_token(b"h1", &a1, 151).await.unwrap(),
+        JoinTokenUse::Used
+    );
+    s.insert_join_token(b"h2", &a1, "admin", 100, 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.consume_join_token(b"h2", &a1, 200).await.unwrap(),
+        JoinTokenUse::Expired
+    );
+    assert_eq!(
+        s.consume_join_token(b"nope", &a1, 150).await.unwrap(),
+        JoinTokenUse::Unknown
+    );
+}
+
+#[tokio::test]
+async fn session_cap_holds_under_concurrency() {
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 3)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.open_session(&session(&format!("s{i}"), "a1", 1000), 3, 150)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut opened = 0;
+    for t in tasks {
+        opened += usize::from(t.await.unwrap());
+    }
+    assert_eq!(opened, 3);
+    let a1 = AgentId::new("a1").unwrap();
+    assert_eq!(s.open_sessions(&a1, 150).await.unwrap(), 3);
+    // Expired sessions do not count.
+    assert_eq!(s.open_sessions(&a1, 1000).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn signing_key_rotation_retires_previous() {
+    let (s, _d) = store().await;
+    s.rotate_signing_key("k1", b"one", 100).await.unwrap();
+    s.rotate_signing_key("k2", b"two", 200).await.unwrap();
+    let keys = s.signing_keys().await.unwrap();
+    assert_eq!(keys[0].kid, "k2");
+    assert_eq!(keys[0].retired_at, None);
+    assert_eq!(keys[1].retired_at, Some(200));
+    assert!(format!("{:?}", keys[0]).contains("[redacted]"));
+}
