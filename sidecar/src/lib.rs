@@ -1,1 +1,16 @@
-//! placeholder
+//! Warden sidecar: holds the agent's certificate, verifies its session
+//! tokens locally, and serves the agent-facing API. `main.rs` parses flags;
+//! [`app`] wires the pieces.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod cp;
+pub mod gateway;
+pub mod health;
+pub mod identity;
+
+/// Current time, unix seconds.
+pub fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

@@ -1,1 +1,162 @@
-fn main() {}
+//! `warden-sidecar`: parses flags and wires; see `app.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use warden_sidecar::app;
+use warden_sidecar::config::{Config, env};
+
+/// Exit code for a bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "warden-sidecar",
+    version,
+    about = "Warden sidecar: enrolls the agent's identity and serves its local API",
+    after_help = "A sidecar without a valid certificate starts anyway, reports not ready on /readyz, \
+                  and enrolls as soon as a join token is written to <data-dir>/join-token."
+)]
+struct Cli {
+    /// TOML config file; flags and environment override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Control-plane URL, e.g. https://localhost:7443.
+    #[arg(long, env = env::CONTROL_PLANE)]
+    control_plane: Option<String>,
+    /// PEM trust bundle to verify the control plane at enrollment.
+    #[arg(long, env = env::CA_BUNDLE)]
+    ca_bundle: Option<PathBuf>,
+    /// The agent this sidecar serves.
+    #[arg(long, env = env::AGENT_ID)]
+    agent_id: Option<String>,
+    /// SPIFFE trust domain.
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Identity and state directory (created 0700).
+    #[arg(long, env = env::DATA_DIR)]
+    data_dir: Option<PathBuf>,
+    /// Join token for the first enrollment (prefer WARDEN_JOIN_TOKEN or the join-token file).
+    #[arg(long, env = env::JOIN_TOKEN, hide_env_values = true)]
+    join_token: Option<String>,
+    /// Agent API address (loopback only).
+    #[arg(long, env = env::LISTEN)]
+    listen: Option<SocketAddr>,
+    /// Agent API Unix socket (default <data-dir>/agent.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Health HTTP address (/healthz, /readyz).
+    #[arg(long, env = env::HEALTH_LISTEN)]
+    health_listen: Option<SocketAddr>,
+    /// Log format: text or json.
+    #[arg(long, env = env::LOG_FORMAT)]
+    log_format: Option<String>,
+}
+
+fn build(cli: Cli) -> Result<Config, String> {
+    let mut c = match &cli.config {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+        None => {
+            let need = |v: Option<String>, flag: &str| {
+                v.ok_or_else(|| format!("missing --{flag} (or a --config file)"))
+            };
+            Config::new(
+                &need(cli.control_plane.clone(), "control-plane")?,
+                cli.ca_bundle
+                    .clone()
+                    .ok_or("missing --ca-bundle (or a --config file)")?,
+                &need(cli.agent_id.clone(), "agent-id")?,
+                cli.data_dir
+                    .clone()
+                    .ok_or("missing --data-dir (or a --config file)")?,
+            )
+        }
+    };
+    if let Some(v) = cli.control_plane {
+        c.control_plane = v;
+    }
+    if let Some(v) = cli.ca_bundle {
+        c.ca_bundle = v;
+    }
+    if let Some(v) = cli.agent_id {
+        c.agent_id = v;
+    }
+    if let Some(v) = cli.trust_domain {
+        c.trust_domain = v;
+    }
+    if let Some(v) = cli.data_dir {
+        c.data_dir = v;
+    }
+    if let Some(v) = cli.join_token {
+        c.join_token = Some(v);
+    }
+    if let Some(v) = cli.listen {
+        c.listen = v;
+    }
+    if let Some(v) = cli.socket {
+        c.socket = Some(v);
+    }
+    if let Some(v) = cli.health_listen {
+        c.health_listen = v;
+    }
+    if let Some(v) = cli.log_format {
+        c.log_format = v;
+    }
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn init_logs(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match build(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logs(config.log_format == "json");
+    tracing::info!(config = ?config, "effective configuration");
+    let running = match app::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "sidecar failed to start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    match tokio::time::timeout(Duration::from_secs(10), running.shutdown()).await {
+        Ok(Ok(())) | Err(_) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::error!(error = format!("{e:#}"), "server error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The agent-facing gRPC API (`warden.v1.AgentService`), on loopback TCP and
+//! a Unix socket. Every request must carry `warden-agent: true`.
+
+use std::sync::Arc;
+
+use tonic::service::Interceptor;
+use tonic::{Code, Request, Response, Status};
+use warden_shared::proto::v1 as pb;
+use warden_shared::proto::v1::agent_service_server::AgentService;
+use warden_shared::refusal::{Reason, status};
+use warden_shared::token::{self, Claims};
+use warden_shared::{AGENT_HEADER, AGENT_HEADER_VALUE};
+
+use crate::cp::ControlPlane;
+use crate::gateway::authenticate::{self, Authenticator};
+use crate::identity::rotation::Manager;
+use crate::now_unix;
+
+/// Refuses requests without the agent header (see [`AGENT_HEADER`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequireAgentHeader;
+
+impl Interceptor for RequireAgentHeader {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        match req.metadata().get(AGENT_HEADER) {
+            Some(v) if v.as_bytes() == AGENT_HEADER_VALUE.as_bytes() => Ok(req),
+            _ => Err(status(
+                Code::InvalidArgument,
+                Reason::AgentHeaderMissing,
+                format!(
+                    "security header missing: set metadata `{AGENT_HEADER}: {AGENT_HEADER_VALUE}`"
+                ),
+            )),
+        }
+    }
+}
+
+/// The agent API.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    identity: Arc<Manager>,
+    cp: Arc<ControlPlane>,
+    auth: Arc<Authenticator>,
+}
+
+fn ts(secs: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    }
+}
+
+/// Maps an authentication failure to the agent-facing status.
+pub fn auth_status(e: &authenticate::Error) -> Status {
+    use token::Error as T;
+    let (code, reason) = match e {
+        authenticate::Error::NoIdentity => (Code::FailedPrecondition, Reason::NoIdentity),
+        authenticate::Error::SessionEnded(_) => (Code::Unauthenticated, Reason::SessionUnknown),
+        authenticate::Error::Token(t) => match t {
+            T::Expired(_) => (Code::Unauthenticated, Reason::TokenExpired),
+            T::BadSignature | T::UnknownKey(_) => {
+                (Code::Unauthenticated, Reason::TokenBadSignature)
+            }
+            T::WrongAudience(_) => (Code::Unauthenticated, Reason::TokenWrongAudience),
+            T::WrongIssuer(_) => (Code::Unauthenticated, Reason::TokenWrongIssuer),
+            T::KeyBinding => (Code::Unauthenticated, Reason::TokenKeyBindingMismatch),
+            _ => (Code::Unauthenticated, Reason::TokenMalformed),
+        },
+    };
+    status(code, reason, e.to_string())
+}
+
+fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
+    let missing = || {
+        status(
+            Code::Unauthenticated,
+            Reason::TokenMissing,
+            "send the session token as `authorization: Bearer <token>`",
+        )
+    };
+    let v = req.metadata().get("authorization").ok_or_else(missing)?;
+    let v = v.to_str().map_err(|_| missing())?;
+    v.strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(missing)
+}
+
+impl AgentApi {
+    /// Wires the API.
+    pub fn new(identity: Arc<Manager>, cp: Arc<ControlPlane>, auth: Arc<Authenticator>) -> Self {
+        Self { identity, cp, auth }
+    }
+
+    /// Fetches the JWKS from the control plane into the authenticator.
+    pub async fn refresh_jwks(&self) -> Result<(), Status> {
+        let mut client = self.cp.identity_client()?;
+        let r = client.get_jwks(pb::GetJwksRequest {}).await?.into_inner();
+        let set: token::JwkSet = serde_json::from_str(&r.jwks_json).map_err(|_| {
+            status(
+                Code::Unavailable,
+                Reason::ControlPlaneUnavailable,
+                "control plane sent an invalid JWKS",
+            )
+        })?;
+        self.auth.set_jwks(&set).map_err(|e| {
+            status(
+                Code::Unavailable,
+                Reason::ControlPlaneUnavailable,
+                format!("invalid JWKS: {e}"),
+            )
+        })
+    }
+
+    /// Authenticates the request's bearer token, refreshing the JWKS once
+    /// (rate-limited) if the token names an unknown key.
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Claims>, Status> {
+        let token = bearer(req)?;
+        let snap = self.identity.snapshot();
+        match self.auth.verify(token, &snap, now_unix()) {
+            Err(authenticate::Error::Token(token::Error::UnknownKey(_)))
+                if self.auth.may_refresh() =>
+            {
+                if let Err(e) = self.refresh_jwks().await {
+                    tracing::warn!(error = %e.message(), "JWKS refresh failed");
+                }
+                self.auth
+                    .verify(token, &snap, now_unix())
+                    .map_err(|e| auth_status(&e))
+            }
+            r => r.map_err(|e| {
+                tracing::info!(error = %e, "token refused");
+                auth_status(&e)
+            }),
+        }
+    }
+}
+
+fn forward(s: Status) -> Status {
+    // Keep the control plane's code, message and details: they are written
+    // for the caller.
+    s
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn start_session(
+        &self,
+        req: Request<pb::StartSessionRequest>,
+    ) -> Result<Response<pb::StartSessionResponse>, Status> {
+        let mut client = self.cp.identity_client()?;
+        let r = req.into_inner();
+        let resp = client
+            .issue_token(pb::IssueTokenRequest {
+                scopes: r.scopes,
+                user_id: r.user_id,
+                context: r.context,
+                max_tool_calls: r.max_tool_calls,
+            })
+            .await
+            .map_err(forward)?
+            .into_inner();
+        tracing::info!(session = %resp.session_id, scopes = ?resp.scopes, "session started");
+        Ok(Response::new(pb::StartSessionResponse {
+            token: resp.token,
+            session_id: resp.session_id,
+            scopes: resp.scopes,
+            expires_at: resp.expires_at,
+        }))
+    }
+
+    async fn end_session(
+        &self,
+        req: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        let claims = self.authenticate(&req).await?;
+        // Refuse the token here at once, whatever the control plane says.
+        self.auth.end_session(&claims.sid, claims.exp, now_unix());
+        let mut client = self.cp.identity_client()?;
+        client
+            .release_session(pb::ReleaseSessionRequest {
+                session_id: claims.sid.clone(),
+            })
+            .await
+            .map_err(forward)?;
+        tracing::info!(session = %claims.sid, "session ended");
+        Ok(Response::new(pb::EndSessionResponse {}))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let claims = self.authenticate(&req).await?;
+        let snap = self.identity.snapshot();
+        let id = snap.valid(now_unix()).ok_or_else(|| {
+            status(
+                Code::FailedPrecondition,
+                Reason::NoIdentity,
+                "no valid certificate",
+            )
+        })?;
+        let agent_id = match id.spiffe_id.principal() {
+            Ok(warden_shared::spiffe::Principal::Agent(a)) => a.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::WhoAmIResponse {
+            spiffe_id: id.spiffe_id.to_string(),
+            agent_id,
+            session_id: claims.sid.clone(),
+            scopes: claims.scopes().map(str::to_owned).collect(),
+            user_id: claims.user_id().unwrap_or_default().to_owned(),
+            token_expires_at: Some(ts(claims.exp)),
+            certificate_not_after: Some(ts(id.not_after)),
+            certificate_serial: id.serial.clone(),
+            max_tool_calls: claims.constraints.max_tool_calls,
+        }))
+    }
+}

@@ -1,0 +1,163 @@
+//! Builds and runs the sidecar: identity manager, control-plane client,
+//! token authenticator, agent API on TCP and a Unix socket, health.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use warden_shared::agent::AgentId;
+use warden_shared::proto::v1::agent_service_server::AgentServiceServer;
+use warden_shared::spiffe::TrustDomain;
+
+use crate::api::{AgentApi, RequireAgentHeader};
+use crate::config::Config;
+use crate::cp::ControlPlane;
+use crate::gateway::authenticate::Authenticator;
+use crate::identity::rotation::Manager;
+
+/// Largest agent request accepted.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound agent API address.
+    pub agent_addr: SocketAddr,
+    /// Agent API Unix socket.
+    pub socket_path: PathBuf,
+    /// Bound health address.
+    pub health_addr: SocketAddr,
+    /// The identity manager.
+    pub identity: Arc<Manager>,
+    /// The agent API (tests and benches call it directly too).
+    pub api: AgentApi,
+    /// The token authenticator.
+    pub auth: Arc<Authenticator>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts the sidecar; returns once every listener is bound. A sidecar
+/// without a valid certificate still starts (and reports not ready).
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    config.validate()?;
+    let td = TrustDomain::new(&config.trust_domain)?;
+    let agent = AgentId::new(&config.agent_id)?;
+    let expected = td.agent(&agent);
+    let identity = Manager::start(config.clone(), expected.clone()).await?;
+    let cp = Arc::new(ControlPlane::new(
+        config.control_plane.clone(),
+        Arc::clone(&identity),
+    ));
+    let auth = Arc::new(Authenticator::new(
+        td.control_plane().to_string(),
+        expected.to_string(),
+    ));
+    let api = AgentApi::new(Arc::clone(&identity), cp, Arc::clone(&auth));
+    if identity.snapshot().valid(crate::now_unix()).is_some() {
+        if let Err(e) = api.refresh_jwks().await {
+            tracing::warn!(error = %e.message(), "initial JWKS fetch failed; will retry on first token");
+        }
+    }
+
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let agent_addr = tcp.local_addr()?;
+    let socket_path = config.socket_path();
+    // A stale socket from a previous run would make bind fail.
+    let _ = std::fs::remove_file(&socket_path);
+    let uds = UnixListener::bind(&socket_path)
+        .with_context(|| format!("binding {}", socket_path.display()))?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
+    let health = TcpListener::bind(config.health_listen)
+        .await
+        .with_context(|| format!("binding {}", config.health_listen))?;
+    let health_addr = health.local_addr()?;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let (shutdown, rx) = watch::channel(false);
+    let svc = AgentServiceServer::with_interceptor(api.clone(), RequireAgentHeader);
+    let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+    for incoming in [Incoming::Tcp(tcp), Incoming::Unix(uds)] {
+        let svc = svc.clone();
+        let health_service = health_service.clone();
+        let mut stop = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let router = Server::builder()
+                .add_service(health_service)
+                .add_service(svc);
+            let signal = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            match incoming {
+                Incoming::Tcp(l) => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::TcpListenerStream::new(l),
+                            signal,
+                        )
+                        .await?
+                }
+                Incoming::Unix(l) => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::UnixListenerStream::new(l),
+                            signal,
+                        )
+                        .await?
+                }
+            }
+            Ok(())
+        }));
+    }
+    tasks.push(tokio::spawn(crate::health::serve_http(
+        health,
+        Arc::clone(&identity),
+        rx.clone(),
+    )));
+    let (id2, rx2) = (Arc::clone(&identity), rx.clone());
+    tasks.push(tokio::spawn(async move {
+        crate::health::track(reporter, id2, rx2).await;
+        Ok(())
+    }));
+    let (id3, rx3) = (Arc::clone(&identity), rx.clone());
+    tasks.push(tokio::spawn(async move {
+        id3.run(rx3).await;
+        Ok(())
+    }));
+    tracing::info!(%agent_addr, socket = %socket_path.display(), %health_addr, spiffe_id = %expected, "sidecar serving");
+    Ok(Running {
+        agent_addr,
+        socket_path,
+        health_addr,
+        identity,
+        api,
+        auth,
+        shutdown,
+        tasks,
+    })
+}
+
+enum Incoming {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Running {
+    /// Stops and drains.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.await??;
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! Sidecar configuration: a TOML file or flags, with environment overrides
+//! whose names live in [`env`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable names, in one place.
+pub mod env {
+    /// Control-plane URL.
+    pub const CONTROL_PLANE: &str = "WARDEN_CONTROL_PLANE";
+    /// Trust bundle for the first contact (PEM).
+    pub const CA_BUNDLE: &str = "WARDEN_CA_BUNDLE";
+    /// Agent id.
+    pub const AGENT_ID: &str = "WARDEN_AGENT_ID";
+    /// Data directory.
+    pub const DATA_DIR: &str = "WARDEN_SIDECAR_DATA_DIR";
+    /// Join token (prefer the file in the data directory).
+    pub const JOIN_TOKEN: &str = "WARDEN_JOIN_TOKEN";
+    /// Agent API TCP address.
+    pub const LISTEN: &str = "WARDEN_SIDECAR_LISTEN";
+    /// Health HTTP address.
+    pub const HEALTH_LISTEN: &str = "WARDEN_SIDECAR_HEALTH_LISTEN";
+    /// `text` or `json`.
+    pub const LOG_FORMAT: &str = "WARDEN_LOG_FORMAT";
+}
+
+/// Name of the file a new join token may be dropped into, in the data dir.
+pub const JOIN_TOKEN_FILE: &str = "join-token";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value is missing or out of range.
+    #[error("invalid sidecar config: {0}")]
+    Invalid(String),
+    /// The config file could not be read or parsed.
+    #[error("cannot load {path}: {detail}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Sidecar settings.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Control-plane URL, e.g. `https://localhost:7443`.
+    pub control_plane: String,
+    /// PEM trust bundle used to verify the control plane before enrollment.
+    pub ca_bundle: PathBuf,
+    /// The agent this sidecar serves.
+    pub agent_id: String,
+    /// SPIFFE trust domain of the mesh.
+    #[serde(default = "default_td")]
+    pub trust_domain: String,
+    /// Identity and state directory (0700).
+    pub data_dir: PathBuf,
+    /// Agent API on TCP; must be a loopback address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Agent API on a Unix socket (default `<data_dir>/agent.sock`).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Health HTTP endpoint (`/healthz`, `/readyz`).
+    #[serde(default = "default_health")]
+    pub health_listen: SocketAddr,
+    /// Join token for the first enrollment (never logged).
+    #[serde(default, skip_serializing)]
+    pub join_token: Option<String>,
+    /// Fraction of the certificate lifetime after which to renew.
+    #[serde(default = "default_renew_fraction")]
+    pub renew_fraction: f64,
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("control_plane", &self.control_plane)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("agent_id", &self.agent_id)
+            .field("trust_domain", &self.trust_domain)
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("socket", &self.socket_path())
+            .field("health_listen", &self.health_listen)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("renew_fraction", &self.renew_fraction)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+fn default_td() -> String {
+    "warden.local".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7600))
+}
+fn default_health() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7601))
+}
+fn default_renew_fraction() -> f64 {
+    0.5
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+impl Config {
+    /// Minimal settings with defaults.
+    pub fn new(control_plane: &str, ca_bundle: PathBuf, agent_id: &str, data_dir: PathBuf) -> Self {
+        Self {
+            control_plane: control_plane.into(),
+            ca_bundle,
+            agent_id: agent_id.into(),
+            trust_domain: default_td(),
+            data_dir,
+            listen: default_listen(),
+            socket: None,
+            health_listen: default_health(),
+            join_token: None,
+            renew_fraction: default_renew_fraction(),
+            log_format: default_log_format(),
+        }
+    }
+
+    /// Loads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, Error> {
+        let err = |detail: String| Error::File {
+            path: path.into(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| err(e.to_string()))
+    }
+
+    /// The Unix socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("agent.sock"))
+    }
+
+    /// Checks values.
+    pub fn validate(&self) -> Result<(), Error> {
+        warden_shared::agent::AgentId::new(&self.agent_id)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        warden_shared::spiffe::TrustDomain::new(&self.trust_domain)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        if !self.control_plane.starts_with("https://") {
+            return Err(Error::Invalid(
+                "control_plane must be an https:// URL".into(),
+            ));
+        }
+        if !self.listen.ip().is_loopback() {
+            return Err(Error::Invalid(format!(
+                "listen {} is not a loopback address; the agent API must not be reachable from the network",
+                self.listen
+            )));
+        }
+        if !(0.1..=0.9).contains(&self.renew_fraction) {
+            return Err(Error::Invalid(
+                "renew_fraction must be between 0.1 and 0.9".into(),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(Error::Invalid("log_format must be text or json".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Backoff bounds for renewal retries.
+pub const RETRY_MIN: Duration = Duration::from_secs(1);
+/// See [`RETRY_MIN`].
+pub const RETRY_MAX: Duration = Duration::from_secs(60);

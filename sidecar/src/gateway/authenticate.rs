@@ -1,0 +1,140 @@
+//! Stage 1 of the pipeline: verify a session token locally — signature
+//! against the JWKS, issuer, audience (this agent), expiry, key binding to
+//! our current or previous certificate, and not ended here.
+//!
+//! Signature verification (an ECDSA verify, tens of µs) is cached per token
+//! string: the cache maps the exact token text to the claims it was proven
+//! to carry, which is safe because a different token text misses the cache.
+//! Everything time- or state-dependent is re-checked on every call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use warden_shared::token::{self, Claims, Expect, JwkSet, Verifier};
+
+use crate::identity::rotation::Snapshot;
+
+/// Most cached verified tokens; the cache is swept of expired entries, then
+/// cleared, when full.
+const CACHE_MAX: usize = 16_384;
+/// Minimum interval between JWKS refreshes triggered by unknown key ids.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// Allowed clock skew for `iat`.
+const LEEWAY_SECS: i64 = 30;
+
+/// Why a token was refused (or could not be checked).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The token itself is bad.
+    #[error(transparent)]
+    Token(#[from] token::Error),
+    /// The session was ended.
+    #[error("session {0} has ended")]
+    SessionEnded(String),
+    /// The sidecar has no valid certificate to bind tokens to.
+    #[error("the sidecar holds no valid certificate")]
+    NoIdentity,
+}
+
+/// Verifies session tokens presented to this sidecar.
+#[derive(Debug)]
+pub struct Authenticator {
+    issuer: String,
+    audience: String,
+    verifier: RwLock<Arc<Verifier>>,
+    cache: Mutex<HashMap<Arc<str>, Arc<Claims>>>,
+    ended: Mutex<HashMap<String, i64>>,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+impl Authenticator {
+    /// Expects tokens from `issuer` for `audience`.
+    pub fn new(issuer: String, audience: String) -> Self {
+        Self {
+            issuer,
+            audience,
+            verifier: RwLock::new(Arc::new(Verifier::default())),
+            cache: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
+            last_refresh: Mutex::new(None),
+        }
+    }
+
+    /// Installs a new JWK Set.
+    pub fn set_jwks(&self, set: &JwkSet) -> Result<(), token::Error> {
+        let v = Verifier::new(set)?;
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
+        // A key may have left the set: re-prove every token against the new one.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+
+    /// Whether a refresh for an unknown key may run now (rate-limited).
+    pub fn may_refresh(&self) -> bool {
+        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Marks a session as ended here until its token would have expired.
+    pub fn end_session(&self, sid: &str, exp: i64, now: i64) {
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.retain(|_, e| *e > now);
+        ended.insert(sid.to_owned(), exp);
+    }
+
+    /// Verifies `token` at `now` against the identity snapshot.
+    pub fn verify(&self, token: &str, ids: &Snapshot, now: i64) -> Result<Arc<Claims>, Error> {
+        let current = ids.valid(now).ok_or(Error::NoIdentity)?;
+        let claims = self.signature(token, now)?;
+        let mut thumbs: [&str; 2] = [&current.thumbprint, ""];
+        let n = match &ids.previous_thumbprint {
+            Some(p) => {
+                thumbs[1] = p;
+                2
+            }
+            None => 1,
+        };
+        token::check(
+            &claims,
+            &Expect {
+                issuer: &self.issuer,
+                audience: &self.audience,
+                thumbprints: &thumbs[..n],
+                now,
+                leeway: LEEWAY_SECS,
+            },
+        )?;
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if ended.contains_key(&claims.sid) {
+            return Err(Error::SessionEnded(claims.sid.clone()));
+        }
+        Ok(claims)
+    }
+
+    fn signature(&self, token: &str, now: i64) -> Result<Arc<Claims>, Error> {
+        if let Some(c) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+        {
+            return Ok(Arc::clone(c));
+        }
+        let verifier = Arc::clone(&self.verifier.read().unwrap_or_else(|p| p.into_inner()));
+        let claims = Arc::new(verifier.verify_signature(token)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, c| c.exp > now);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(Arc::from(token), Arc::clone(&claims));
+        Ok(claims)
+    }
+}

@@ -1,0 +1,235 @@
+//! The sidecar's X.509-SVID: generated locally, enrolled with a join token,
+//! persisted 0600, renewed before it lapses.
+
+pub mod enroll;
+pub mod rotation;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+use rcgen::{KeyPair, PublicKeyData};
+use warden_shared::spiffe::SpiffeId;
+use warden_shared::svid;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Why an identity could not be obtained, loaded or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The control plane refused the request.
+    #[error("control plane refused: {}", .0.message())]
+    Refused(#[source] tonic::Status),
+    /// The control plane could not be reached.
+    #[error("cannot reach the control plane: {0}")]
+    Transport(String),
+    /// The certificate received is not acceptable.
+    #[error("received certificate rejected: {0}")]
+    Untrusted(String),
+    /// Key or CSR generation failed.
+    #[error("key generation failed: {0}")]
+    Key(#[from] rcgen::Error),
+    /// Reading or writing identity files failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File involved.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No valid certificate is held.
+    #[error("no valid certificate: {0}")]
+    NoIdentity(String),
+}
+
+/// A certificate, its private key and the trust bundle. `Debug` never prints
+/// the key.
+#[derive(Clone)]
+pub struct Identity {
+    /// SPIFFE ID in the certificate.
+    pub spiffe_id: SpiffeId,
+    /// Leaf DER.
+    pub cert_der: Vec<u8>,
+    /// Leaf PEM.
+    pub cert_pem: String,
+    key_pem: String,
+    /// Trust anchors, PEM.
+    pub bundle_pem: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Hex serial.
+    pub serial: String,
+    /// `x5t#S256` of the leaf.
+    pub thumbprint: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("spiffe_id", &self.spiffe_id.to_string())
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+const KEY: &str = "svid.key";
+const CERT: &str = "svid.crt";
+const BUNDLE: &str = "bundle.crt";
+
+fn pem(tag: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {tag}-----\n");
+    for chunk in b.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {tag}-----\n"));
+    out
+}
+
+fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(contents).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+impl Identity {
+    /// Checks a received certificate before trusting it: its SAN is exactly
+    /// `expected`, it certifies our key, it chains to the bundle, and it is
+    /// currently valid.
+    pub fn verify(
+        cert_der: Vec<u8>,
+        key_pem: String,
+        bundle_der: &[Vec<u8>],
+        expected: &SpiffeId,
+        now: i64,
+    ) -> Result<Self, Error> {
+        let bad = |m: String| Error::Untrusted(m);
+        let (_, cert) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| bad(format!("not a certificate: {e}")))?;
+        let id = svid::spiffe_id_of_parsed(&cert).map_err(|e| bad(e.to_string()))?;
+        if &id != expected {
+            return Err(bad(format!("certificate names {id}, expected {expected}")));
+        }
+        let key = KeyPair::from_pem(&key_pem)?;
+        if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(bad("certificate does not certify this sidecar's key".into()));
+        }
+        let chained = bundle_der.iter().any(|ca| {
+            X509Certificate::from_der(ca)
+                .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
+        });
+        if !chained {
+            return Err(bad("certificate does not chain to the trust bundle".into()));
+        }
+        let (not_before, not_after) = (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        );
+        if not_after <= now {
+            return Err(Error::NoIdentity(format!(
+                "certificate expired at {not_after}"
+            )));
+        }
+        let serial = cert
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let bundle_pem = bundle_der.iter().map(|d| pem("CERTIFICATE", d)).collect();
+        Ok(Self {
+            spiffe_id: id,
+            cert_pem: pem("CERTIFICATE", &cert_der),
+            thumbprint: svid::thumbprint(&cert_der),
+            cert_der,
+            key_pem,
+            bundle_pem,
+            not_before,
+            not_after,
+            serial,
+        })
+    }
+
+    /// The private key PEM (for the TLS client only).
+    pub(crate) fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// Whether the certificate is valid at `now`.
+    pub fn valid_at(&self, now: i64) -> bool {
+        self.not_before <= now && now < self.not_after
+    }
+
+    /// Persists to `dir` (0700), key 0600, each file replaced atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), Error> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        write_atomic(&dir.join(KEY), self.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&dir.join(BUNDLE), self.bundle_pem.as_bytes(), 0o644)?;
+        write_atomic(&dir.join(CERT), self.cert_pem.as_bytes(), 0o644)
+    }
+
+    /// Loads a persisted identity; `Ok(None)` if there is none. The loaded
+    /// identity is verified exactly like a received one (except expiry,
+    /// which the caller judges).
+    pub fn load(dir: &Path, expected: &SpiffeId) -> Result<Option<Self>, Error> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            fs::read(&path).map_err(|source| Error::Io { path, source })
+        };
+        if !dir.join(CERT).exists() {
+            return Ok(None);
+        }
+        let key_pem = String::from_utf8(read(KEY)?)
+            .map_err(|_| Error::Untrusted("key file is not PEM".into()))?;
+        let certs = |bytes: Vec<u8>| -> Vec<Vec<u8>> {
+            rustls_pemfile::certs(&mut bytes.as_slice())
+                .filter_map(Result::ok)
+                .map(|c| c.to_vec())
+                .collect()
+        };
+        let leaf = certs(read(CERT)?)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Untrusted("no certificate in file".into()))?;
+        let bundle = certs(read(BUNDLE)?);
+        // Expiry is judged by the caller (a lapsed identity is still reported).
+        Self::verify(leaf, key_pem, &bundle, expected, i64::MIN + 1).map(Some)
+    }
+}
+
+/// Creates a private directory.
+pub fn private_dir(dir: &Path) -> Result<(), Error> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}

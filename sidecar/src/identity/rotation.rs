@@ -1,0 +1,254 @@
+//! Keeps the sidecar's certificate fresh: renews at about `renew_fraction`
+//! of its lifetime (jittered), retries with jittered exponential backoff
+//! while the current certificate stays in service, and, once it has lapsed,
+//! says so and waits for a new join token.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Mutex, watch};
+use warden_shared::spiffe::SpiffeId;
+
+use super::{Error, Identity, enroll};
+use crate::config::{Config, JOIN_TOKEN_FILE, RETRY_MAX, RETRY_MIN};
+use crate::now_unix;
+
+/// What readers see: the current identity, and the thumbprint of the one
+/// before it (tokens bound to it stay valid until they expire).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Current certificate, possibly lapsed.
+    pub current: Option<Arc<Identity>>,
+    /// Thumbprint of the previous certificate.
+    pub previous_thumbprint: Option<String>,
+}
+
+impl Snapshot {
+    /// The current identity if it is valid at `now`.
+    pub fn valid(&self, now: i64) -> Option<&Arc<Identity>> {
+        self.current.as_ref().filter(|i| i.valid_at(now))
+    }
+}
+
+/// When to renew an identity: `fraction` of its lifetime, ±10% jitter of
+/// the lifetime, never before `not_before`.
+pub fn renew_at(id: &Identity, fraction: f64, jitter: f64) -> i64 {
+    let life = (id.not_after - id.not_before).max(1) as f64;
+    let offset = life * (fraction + jitter.clamp(-0.1, 0.1));
+    id.not_before + offset.round() as i64
+}
+
+/// Owns the identity and publishes it.
+#[derive(Debug)]
+pub struct Manager {
+    config: Config,
+    expected: SpiffeId,
+    dir: PathBuf,
+    tx: watch::Sender<Snapshot>,
+    // Serialises enroll/renew so two never race on the files.
+    busy: Mutex<()>,
+}
+
+impl Manager {
+    /// Loads a persisted identity (if any) and, when none is valid, enrolls
+    /// with the configured join token. Never fails on a missing identity:
+    /// the sidecar then reports itself not ready and waits for a token.
+    pub async fn start(config: Config, expected: SpiffeId) -> Result<Arc<Self>, Error> {
+        let dir = config.data_dir.join("identity");
+        super::private_dir(&config.data_dir)?;
+        let loaded = match Identity::load(&dir, &expected) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, "persisted identity is unusable; ignoring it");
+                None
+            }
+        };
+        let (tx, _) = watch::channel(Snapshot {
+            current: loaded.map(Arc::new),
+            previous_thumbprint: None,
+        });
+        let m = Arc::new(Self {
+            config,
+            expected,
+            dir,
+            tx,
+            busy: Mutex::new(()),
+        });
+        let valid = m.snapshot().valid(now_unix()).is_some();
+        if !valid {
+            if let Some(token) = m.config.join_token.clone() {
+                if let Err(e) = m.enroll(&token).await {
+                    tracing::error!(error = %e, "enrollment failed");
+                }
+            } else {
+                m.report_missing();
+            }
+        }
+        Ok(m)
+    }
+
+    fn report_missing(&self) {
+        let snap = self.snapshot();
+        let token_file = self.config.data_dir.join(JOIN_TOKEN_FILE);
+        match &snap.current {
+            Some(id) => tracing::error!(
+                not_after = id.not_after,
+                "certificate has lapsed; provide a new join token in {} (or restart with --join-token)",
+                token_file.display()
+            ),
+            None => tracing::warn!(
+                "not enrolled; provide a join token in {} (or start with --join-token)",
+                token_file.display()
+            ),
+        }
+    }
+
+    /// Subscribes to identity changes.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.tx.subscribe()
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        self.tx.borrow().clone()
+    }
+
+    fn install(&self, id: Identity) -> Result<(), Error> {
+        id.save(&self.dir)?;
+        tracing::info!(spiffe_id = %id.spiffe_id, serial = %id.serial, not_after = id.not_after, "certificate installed");
+        self.tx.send_modify(|s| {
+            s.previous_thumbprint = s.current.as_ref().map(|c| c.thumbprint.clone());
+            s.current = Some(Arc::new(id));
+        });
+        Ok(())
+    }
+
+    /// Enrolls with a join token.
+    pub async fn enroll(&self, join_token: &str) -> Result<(), Error> {
+        let _g = self.busy.lock().await;
+        let bundle =
+            std::fs::read_to_string(&self.config.ca_bundle).map_err(|source| Error::Io {
+                path: self.config.ca_bundle.clone(),
+                source,
+            })?;
+        let id = enroll::enroll(
+            &self.config.control_plane,
+            &bundle,
+            &self.expected,
+            &self.config.agent_id,
+            join_token.trim(),
+            now_unix(),
+        )
+        .await?;
+        self.install(id)
+    }
+
+    /// Renews now. On failure the current certificate stays in service.
+    pub async fn renew_once(&self) -> Result<(), Error> {
+        let _g = self.busy.lock().await;
+        let now = now_unix();
+        let current = self
+            .snapshot()
+            .valid(now)
+            .cloned()
+            .ok_or_else(|| Error::NoIdentity("nothing to renew".into()))?;
+        let id = enroll::renew(&self.config.control_plane, &current, now).await?;
+        self.install(id)
+    }
+
+    /// Consumes a join token dropped into the data directory, if any.
+    async fn try_token_file(&self) {
+        let path = self.config.data_dir.join(JOIN_TOKEN_FILE);
+        let Ok(token) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        // Single use either way: remove it so a bad token is not retried forever.
+        let _ = std::fs::remove_file(&path);
+        match self.enroll(&token).await {
+            Ok(()) => tracing::info!("enrolled with the join token from {}", path.display()),
+            Err(e) => tracing::error!(error = %e, "enrollment with {} failed", path.display()),
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = RETRY_MIN;
+        let mut reported_lapse = false;
+        loop {
+            let now = now_unix();
+            let snap = self.snapshot();
+            let wait = match snap.valid(now) {
+                Some(id) => {
+                    reported_lapse = false;
+                    let jitter = rand::rng().random_range(-0.1..0.1);
+                    let at = renew_at(id, self.config.renew_fraction, jitter);
+                    if now >= at {
+                        match self.renew_once().await {
+                            Ok(()) => {
+                                backoff = RETRY_MIN;
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, retry_in = ?backoff, expires_at = id.not_after, "renewal failed; still serving the current certificate");
+                                let w = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+                                backoff = (backoff * 2).min(RETRY_MAX);
+                                w
+                            }
+                        }
+                    } else {
+                        Duration::from_secs((at - now) as u64)
+                    }
+                }
+                None => {
+                    if !reported_lapse {
+                        self.report_missing();
+                        reported_lapse = true;
+                    }
+                    self.try_token_file().await;
+                    if self.snapshot().valid(now_unix()).is_some() {
+                        continue;
+                    }
+                    Duration::from_secs(1)
+                }
+            };
+            // Wake early if the identity changes (e.g. a manual renewal).
+            let mut changes = self.subscribe();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = changes.changed() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_at_half_life_with_bounded_jitter() {
+        let (key, csr) =
+            enroll::key_and_csr(&SpiffeId::parse("spiffe://t/agent/a").unwrap()).unwrap();
+        drop((key, csr));
+        // renew_at only reads the validity window.
+        let mk = |nb, na| Identity {
+            spiffe_id: SpiffeId::parse("spiffe://t/agent/a").unwrap(),
+            cert_der: vec![],
+            cert_pem: String::new(),
+            key_pem: String::new(),
+            bundle_pem: String::new(),
+            not_before: nb,
+            not_after: na,
+            serial: String::new(),
+            thumbprint: String::new(),
+        };
+        let id = mk(1000, 4600);
+        assert_eq!(renew_at(&id, 0.5, 0.0), 2800);
+        assert_eq!(renew_at(&id, 0.5, 0.5), 2800 + 360);
+        assert_eq!(renew_at(&id, 0.5, -0.5), 2800 - 360);
+        assert!(!id.valid_at(999) && id.valid_at(1000) && !id.valid_at(4600));
+    }
+}
