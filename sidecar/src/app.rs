@@ -33,6 +33,8 @@ pub struct Running {
     pub socket_path: PathBuf,
     /// Bound health address.
     pub health_addr: SocketAddr,
+    /// The data directory (identity under `identity/`).
+    pub data_dir: PathBuf,
     /// The identity manager.
     pub identity: Arc<Manager>,
     /// The agent API (tests and benches call it directly too).
@@ -137,6 +139,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         agent_addr,
         socket_path,
         health_addr,
+        data_dir: config.data_dir.clone(),
         identity,
         api,
         auth,
