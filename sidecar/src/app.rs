@@ -62,10 +62,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         expected.to_string(),
     ));
     let api = AgentApi::new(Arc::clone(&identity), cp, Arc::clone(&auth));
-    if identity.snapshot().valid(crate::now_unix()).is_some() {
-        if let Err(e) = api.refresh_jwks().await {
-            tracing::warn!(error = %e.message(), "initial JWKS fetch failed; will retry on first token");
-        }
+    if identity.snapshot().valid(crate::now_unix()).is_some()
+        && let Err(e) = api.refresh_jwks().await
+    {
+        tracing::warn!(error = %e.message(), "initial JWKS fetch failed; will retry on first token");
     }
 
     let tcp = TcpListener::bind(config.listen)

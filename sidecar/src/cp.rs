@@ -41,10 +41,10 @@ impl ControlPlane {
             )
         })?;
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((thumb, ch)) = cached.as_ref() {
-            if *thumb == id.thumbprint {
-                return Ok(IdentityServiceClient::new(ch.clone()));
-            }
+        if let Some((thumb, ch)) = cached.as_ref()
+            && *thumb == id.thumbprint
+        {
+            return Ok(IdentityServiceClient::new(ch.clone()));
         }
         let ch = enroll::channel(&self.url, &id.bundle_pem, Some(id)).map_err(|e| {
             status(

@@ -59,7 +59,10 @@ impl Mesh {
         // Tests favour speed; durability is exercised by the store's own tests.
         config.durable_sync = false;
         let cp = app::start(config).await?;
-        let ctl = CtlConfig::from_dir(&data.join("admin"), Some(format!("https://localhost:{}", cp.grpc_addr.port())))?;
+        let ctl = CtlConfig::from_dir(
+            &data.join("admin"),
+            Some(format!("https://localhost:{}", cp.grpc_addr.port())),
+        )?;
         Ok(Self { dir, cp, ctl })
     }
 
@@ -92,7 +95,12 @@ impl Mesh {
     }
 
     /// Registers an agent.
-    pub async fn register(&self, id: &str, scopes: &[&str], max_sessions: u32) -> anyhow::Result<pb::Agent> {
+    pub async fn register(
+        &self,
+        id: &str,
+        scopes: &[&str],
+        max_sessions: u32,
+    ) -> anyhow::Result<pb::Agent> {
         let r = self
             .admin()
             .await?
@@ -114,7 +122,10 @@ impl Mesh {
         let r = self
             .admin()
             .await?
-            .create_join_token(pb::CreateJoinTokenRequest { agent_id: id.into(), ttl_seconds: 0 })
+            .create_join_token(pb::CreateJoinTokenRequest {
+                agent_id: id.into(),
+                ttl_seconds: 0,
+            })
             .await?
             .into_inner();
         Ok(r.join_token)
@@ -122,7 +133,10 @@ impl Mesh {
 
     /// Sidecar settings for an agent, in a fresh directory under the mesh.
     pub fn sidecar_config(&self, agent: &str, join_token: Option<String>) -> SidecarConfig {
-        let dir = self.dir.path().join(format!("sidecar-{agent}-{}", rand_suffix()));
+        let dir = self
+            .dir
+            .path()
+            .join(format!("sidecar-{agent}-{}", rand_suffix()));
         let mut c = SidecarConfig::new(&self.url(), self.ca_path(), agent, dir);
         c.trust_domain = TD.into();
         c.listen = any_port();
@@ -132,11 +146,19 @@ impl Mesh {
     }
 
     /// Registers `agent`, and starts an enrolled sidecar for it.
-    pub async fn agent(&self, agent: &str, scopes: &[&str], max_sessions: u32) -> anyhow::Result<Sidecar> {
+    pub async fn agent(
+        &self,
+        agent: &str,
+        scopes: &[&str],
+        max_sessions: u32,
+    ) -> anyhow::Result<Sidecar> {
         self.register(agent, scopes, max_sessions).await?;
         let token = self.join_token(agent).await?;
         let sc = warden_sidecar::app::start(self.sidecar_config(agent, Some(token))).await?;
-        anyhow::ensure!(sc.identity.snapshot().current.is_some(), "sidecar did not enroll");
+        anyhow::ensure!(
+            sc.identity.snapshot().current.is_some(),
+            "sidecar did not enroll"
+        );
         Ok(sc)
     }
 
@@ -144,17 +166,27 @@ impl Mesh {
     pub async fn anonymous_identity(&self) -> anyhow::Result<IdentityServiceClient<Channel>> {
         let ca = std::fs::read_to_string(self.ca_path())?;
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-        let ch = Endpoint::from_shared(self.url())?.tls_config(tls)?.connect().await?;
+        let ch = Endpoint::from_shared(self.url())?
+            .tls_config(tls)?
+            .connect()
+            .await?;
         Ok(IdentityServiceClient::new(ch))
     }
 
     /// A channel presenting `cert_pem`/`key_pem`.
-    pub async fn mtls_channel(&self, cert_pem: &str, key_pem: &str) -> Result<Channel, tonic::transport::Error> {
+    pub async fn mtls_channel(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Channel, tonic::transport::Error> {
         let ca = std::fs::read_to_string(self.ca_path()).unwrap_or_default();
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca))
             .identity(Identity::from_pem(cert_pem, key_pem));
-        Endpoint::from_shared(self.url())?.tls_config(tls)?.connect().await
+        Endpoint::from_shared(self.url())?
+            .tls_config(tls)?
+            .connect()
+            .await
     }
 }
 
@@ -176,10 +208,14 @@ pub struct AgentAuth {
 impl Interceptor for AgentAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if !self.no_header {
-            req.metadata_mut().insert(warden_shared::AGENT_HEADER, MetadataValue::from_static("true"));
+            req.metadata_mut().insert(
+                warden_shared::AGENT_HEADER,
+                MetadataValue::from_static("true"),
+            );
         }
         if let Some(t) = &self.token {
-            let v = MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| tonic::Status::internal("token"))?;
+            let v = MetadataValue::try_from(format!("Bearer {t}"))
+                .map_err(|_| tonic::Status::internal("token"))?;
             req.metadata_mut().insert("authorization", v);
         }
         Ok(req)
@@ -191,7 +227,9 @@ pub type AgentClient = AgentServiceClient<InterceptedService<Channel, AgentAuth>
 
 /// An agent client over the sidecar's TCP port.
 pub async fn agent_tcp(sc: &Sidecar, auth: AgentAuth) -> anyhow::Result<AgentClient> {
-    let ch = Endpoint::from_shared(format!("http://{}", sc.agent_addr))?.connect().await?;
+    let ch = Endpoint::from_shared(format!("http://{}", sc.agent_addr))?
+        .connect()
+        .await?;
     Ok(AgentServiceClient::with_interceptor(ch, auth))
 }
 
@@ -201,7 +239,9 @@ pub async fn agent_unix(path: &Path, auth: AgentAuth) -> anyhow::Result<AgentCli
     let ch = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await?;
     Ok(AgentServiceClient::with_interceptor(ch, auth))
@@ -209,16 +249,26 @@ pub async fn agent_unix(path: &Path, auth: AgentAuth) -> anyhow::Result<AgentCli
 
 /// The Warden reason of a status.
 pub fn reason(s: &tonic::Status) -> String {
-    warden_shared::refusal::reason_of(s).unwrap_or_else(|| format!("<no reason; {:?}: {}>", s.code(), s.message()))
+    warden_shared::refusal::reason_of(s)
+        .unwrap_or_else(|| format!("<no reason; {:?}: {}>", s.code(), s.message()))
 }
 
 /// Asserts a refusal's code and reason.
 #[track_caller]
-pub fn assert_refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: tonic::Code, why: &str) -> tonic::Status {
+pub fn assert_refused<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    code: tonic::Code,
+    why: &str,
+) -> tonic::Status {
     match r {
         Ok(v) => panic!("expected {code:?}/{why}, got success: {v:?}"),
         Err(s) => {
-            assert_eq!((s.code(), reason(&s).as_str()), (code, why), "message: {}", s.message());
+            assert_eq!(
+                (s.code(), reason(&s).as_str()),
+                (code, why),
+                "message: {}",
+                s.message()
+            );
             s
         }
     }
@@ -228,7 +278,9 @@ pub fn assert_refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: ton
 pub fn jwt_payload(token: &str) -> serde_json::Value {
     use base64::Engine;
     let p = token.split('.').nth(1).unwrap_or_default();
-    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).unwrap_or_default();
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(p)
+        .unwrap_or_default();
     serde_json::from_slice(&b).unwrap_or_default()
 }
 
@@ -254,7 +306,10 @@ where
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
     let (head, body) = buf.split_once("\r\n\r\n").context("no header end")?;

@@ -1,6 +1,11 @@
 //! End to end: enrollment, sessions, local token checks, and every refusal
 //! named in the foundation issue, each with its exact code and reason.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
 use std::os::unix::fs::PermissionsExt;
 
 use tonic::Code;
@@ -10,11 +15,20 @@ use warden_tests::*;
 #[tokio::test]
 async fn enroll_start_session_and_who_am_i_over_tcp_and_unix_socket() {
     let mesh = Mesh::start().await.unwrap();
-    let sc = mesh.agent("coder-1", &["data:*", "mail:send"], 4).await.unwrap();
+    let sc = mesh
+        .agent("coder-1", &["data:*", "mail:send"], 4)
+        .await
+        .unwrap();
 
     let id = sc.identity.snapshot().current.clone().unwrap();
-    assert_eq!(id.spiffe_id.to_string(), format!("spiffe://{TD}/agent/coder-1"));
-    let key_mode = std::fs::metadata(sc.data_dir.join("identity/svid.key")).unwrap().permissions().mode();
+    assert_eq!(
+        id.spiffe_id.to_string(),
+        format!("spiffe://{TD}/agent/coder-1")
+    );
+    let key_mode = std::fs::metadata(sc.data_dir.join("identity/svid.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(key_mode & 0o777, 0o600);
 
     let mut agent = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
@@ -27,7 +41,11 @@ async fn enroll_start_session_and_who_am_i_over_tcp_and_unix_socket() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(s.scopes, ["data:read", "mail:send"], "admin:all is not allowed and must not be granted");
+    assert_eq!(
+        s.scopes,
+        ["data:read", "mail:send"],
+        "admin:all is not allowed and must not be granted"
+    );
     let claims = jwt_payload(&s.token);
     assert_eq!(claims["sub"], "usr_42");
     assert_eq!(claims["client_id"], format!("spiffe://{TD}/agent/coder-1"));
@@ -38,10 +56,30 @@ async fn enroll_start_session_and_who_am_i_over_tcp_and_unix_socket() {
     assert_eq!(ttl, 15 * 60);
 
     for mut client in [
-        agent_tcp(&sc, AgentAuth { token: Some(s.token.clone()), no_header: false }).await.unwrap(),
-        agent_unix(&sc.socket_path, AgentAuth { token: Some(s.token.clone()), no_header: false }).await.unwrap(),
+        agent_tcp(
+            &sc,
+            AgentAuth {
+                token: Some(s.token.clone()),
+                no_header: false,
+            },
+        )
+        .await
+        .unwrap(),
+        agent_unix(
+            &sc.socket_path,
+            AgentAuth {
+                token: Some(s.token.clone()),
+                no_header: false,
+            },
+        )
+        .await
+        .unwrap(),
     ] {
-        let me = client.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
+        let me = client
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(me.agent_id, "coder-1");
         assert_eq!(me.session_id, s.session_id);
         assert_eq!(me.user_id, "usr_42");
@@ -60,13 +98,31 @@ async fn enroll_start_session_and_who_am_i_over_tcp_and_unix_socket() {
 async fn agent_api_requires_the_security_header() {
     let mesh = Mesh::start().await.unwrap();
     let sc = mesh.agent("a1", &["data:read"], 2).await.unwrap();
-    let mut c = agent_tcp(&sc, AgentAuth { token: None, no_header: true }).await.unwrap();
-    let r = c.start_session(pb::StartSessionRequest { scopes: vec!["data:read".into()], ..Default::default() }).await;
+    let mut c = agent_tcp(
+        &sc,
+        AgentAuth {
+            token: None,
+            no_header: true,
+        },
+    )
+    .await
+    .unwrap();
+    let r = c
+        .start_session(pb::StartSessionRequest {
+            scopes: vec!["data:read".into()],
+            ..Default::default()
+        })
+        .await;
     assert_refused(r, Code::InvalidArgument, "AGENT_HEADER_MISSING");
     // Nothing was opened: the agent still has its full session budget.
     let mut ok = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
     for _ in 0..2 {
-        ok.start_session(pb::StartSessionRequest { scopes: vec!["data:read".into()], ..Default::default() }).await.unwrap();
+        ok.start_session(pb::StartSessionRequest {
+            scopes: vec!["data:read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
 }
 
@@ -75,12 +131,28 @@ async fn scopes_beyond_the_allowed_set_are_refused() {
     let mesh = Mesh::start().await.unwrap();
     let sc = mesh.agent("a1", &["data:read"], 2).await.unwrap();
     let mut c = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
-    let r = c.start_session(pb::StartSessionRequest { scopes: vec!["data:write".into()], ..Default::default() }).await;
+    let r = c
+        .start_session(pb::StartSessionRequest {
+            scopes: vec!["data:write".into()],
+            ..Default::default()
+        })
+        .await;
     assert_refused(r, Code::PermissionDenied, "SCOPE_NOT_ALLOWED");
-    let r = c.start_session(pb::StartSessionRequest { scopes: vec!["bad scope".into()], ..Default::default() }).await;
+    let r = c
+        .start_session(pb::StartSessionRequest {
+            scopes: vec!["bad scope".into()],
+            ..Default::default()
+        })
+        .await;
     assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT");
     // The refusals opened no session.
-    let open = mesh.cp.state.store.open_sessions(&"a1".parse_agent(), warden_control_plane::now_unix()).await.unwrap();
+    let open = mesh
+        .cp
+        .state
+        .store
+        .open_sessions(&"a1".parse_agent(), warden_control_plane::now_unix())
+        .await
+        .unwrap();
     assert_eq!(open, 0);
 }
 
@@ -89,15 +161,37 @@ async fn one_session_over_the_cap_is_refused_until_one_ends() {
     let mesh = Mesh::start().await.unwrap();
     let sc = mesh.agent("a1", &["data:read"], 2).await.unwrap();
     let mut c = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
-    let req = || pb::StartSessionRequest { scopes: vec!["data:read".into()], ..Default::default() };
+    let req = || pb::StartSessionRequest {
+        scopes: vec!["data:read".into()],
+        ..Default::default()
+    };
     let first = c.start_session(req()).await.unwrap().into_inner();
     c.start_session(req()).await.unwrap();
-    assert_refused(c.start_session(req()).await, Code::ResourceExhausted, "SESSION_LIMIT");
+    assert_refused(
+        c.start_session(req()).await,
+        Code::ResourceExhausted,
+        "SESSION_LIMIT",
+    );
 
-    let mut with_token = agent_tcp(&sc, AgentAuth { token: Some(first.token.clone()), no_header: false }).await.unwrap();
-    with_token.end_session(pb::EndSessionRequest {}).await.unwrap();
+    let mut with_token = agent_tcp(
+        &sc,
+        AgentAuth {
+            token: Some(first.token.clone()),
+            no_header: false,
+        },
+    )
+    .await
+    .unwrap();
+    with_token
+        .end_session(pb::EndSessionRequest {})
+        .await
+        .unwrap();
     // The ended session's token is refused at once; its slot is free again.
-    assert_refused(with_token.who_am_i(pb::WhoAmIRequest {}).await, Code::Unauthenticated, "SESSION_UNKNOWN");
+    assert_refused(
+        with_token.who_am_i(pb::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+        "SESSION_UNKNOWN",
+    );
     c.start_session(req()).await.unwrap();
 }
 

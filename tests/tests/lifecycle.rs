@@ -1,6 +1,11 @@
 //! Agent lifecycle: suspended, revoked and expired agents get nothing, on
 //! every call (not once per connection); renewal; lapse and re-enrollment.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
 use std::time::Duration;
 
 use tonic::Code;
@@ -15,7 +20,10 @@ use warden_sidecar::identity::enroll::key_and_csr;
 use warden_tests::*;
 
 fn session_req() -> pb::StartSessionRequest {
-    pb::StartSessionRequest { scopes: vec!["data:read".into()], ..Default::default() }
+    pb::StartSessionRequest {
+        scopes: vec!["data:read".into()],
+        ..Default::default()
+    }
 }
 
 fn refused_reason(e: IdError) -> (Code, String) {
@@ -34,22 +42,57 @@ async fn suspended_agent_is_refused_everything_until_resumed() {
     agent.start_session(session_req()).await.unwrap();
     let spare_token = mesh.join_token("a1").await.unwrap();
     let mut admin = mesh.admin().await.unwrap();
-    admin.suspend_agent(pb::SuspendAgentRequest { id: "a1".into(), reason: "investigation".into() }).await.unwrap();
+    admin
+        .suspend_agent(pb::SuspendAgentRequest {
+            id: "a1".into(),
+            reason: "investigation".into(),
+        })
+        .await
+        .unwrap();
 
-    assert_refused(agent.start_session(session_req()).await, Code::PermissionDenied, "AGENT_SUSPENDED");
-    assert_eq!(refused_reason(sc.identity.renew_once().await.unwrap_err()), (Code::PermissionDenied, "AGENT_SUSPENDED".into()));
+    assert_refused(
+        agent.start_session(session_req()).await,
+        Code::PermissionDenied,
+        "AGENT_SUSPENDED",
+    );
+    assert_eq!(
+        refused_reason(sc.identity.renew_once().await.unwrap_err()),
+        (Code::PermissionDenied, "AGENT_SUSPENDED".into())
+    );
     let mut anon = mesh.anonymous_identity().await.unwrap();
-    let spiffe = TrustDomain::new(TD).unwrap().agent(&AgentId::new("a1").unwrap());
+    let spiffe = TrustDomain::new(TD)
+        .unwrap()
+        .agent(&AgentId::new("a1").unwrap());
     let (_, csr) = key_and_csr(&spiffe).unwrap();
-    let r = anon.enroll(pb::EnrollRequest { agent_id: "a1".into(), join_token: spare_token.clone(), csr_der: csr.clone() }).await;
+    let r = anon
+        .enroll(pb::EnrollRequest {
+            agent_id: "a1".into(),
+            join_token: spare_token.clone(),
+            csr_der: csr.clone(),
+        })
+        .await;
     assert_refused(r, Code::PermissionDenied, "AGENT_SUSPENDED");
-    let r = admin.create_join_token(pb::CreateJoinTokenRequest { agent_id: "a1".into(), ttl_seconds: 0 }).await;
+    let r = admin
+        .create_join_token(pb::CreateJoinTokenRequest {
+            agent_id: "a1".into(),
+            ttl_seconds: 0,
+        })
+        .await;
     assert_refused(r, Code::PermissionDenied, "AGENT_SUSPENDED");
 
-    admin.resume_agent(pb::ResumeAgentRequest { id: "a1".into() }).await.unwrap();
+    admin
+        .resume_agent(pb::ResumeAgentRequest { id: "a1".into() })
+        .await
+        .unwrap();
     agent.start_session(session_req()).await.unwrap();
     // The refused enrollment did not spend the token.
-    anon.enroll(pb::EnrollRequest { agent_id: "a1".into(), join_token: spare_token, csr_der: csr }).await.unwrap();
+    anon.enroll(pb::EnrollRequest {
+        agent_id: "a1".into(),
+        join_token: spare_token,
+        csr_der: csr,
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -60,19 +103,49 @@ async fn revoked_agent_is_refused_everything_for_good() {
     agent.start_session(session_req()).await.unwrap();
     let spare_token = mesh.join_token("a1").await.unwrap();
     let mut admin = mesh.admin().await.unwrap();
-    let r = admin.revoke_agent(pb::RevokeAgentRequest { id: "a1".into(), reason: "compromised".into() }).await.unwrap();
-    assert_eq!(r.into_inner().agent.unwrap().status, pb::AgentStatus::Revoked as i32);
+    let r = admin
+        .revoke_agent(pb::RevokeAgentRequest {
+            id: "a1".into(),
+            reason: "compromised".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.into_inner().agent.unwrap().status,
+        pb::AgentStatus::Revoked as i32
+    );
 
-    assert_refused(agent.start_session(session_req()).await, Code::PermissionDenied, "AGENT_REVOKED");
-    assert_eq!(refused_reason(sc.identity.renew_once().await.unwrap_err()), (Code::PermissionDenied, "AGENT_REVOKED".into()));
-    let spiffe = TrustDomain::new(TD).unwrap().agent(&AgentId::new("a1").unwrap());
+    assert_refused(
+        agent.start_session(session_req()).await,
+        Code::PermissionDenied,
+        "AGENT_REVOKED",
+    );
+    assert_eq!(
+        refused_reason(sc.identity.renew_once().await.unwrap_err()),
+        (Code::PermissionDenied, "AGENT_REVOKED".into())
+    );
+    let spiffe = TrustDomain::new(TD)
+        .unwrap()
+        .agent(&AgentId::new("a1").unwrap());
     let (_, csr) = key_and_csr(&spiffe).unwrap();
     let mut anon = mesh.anonymous_identity().await.unwrap();
-    let r = anon.enroll(pb::EnrollRequest { agent_id: "a1".into(), join_token: spare_token, csr_der: csr }).await;
+    let r = anon
+        .enroll(pb::EnrollRequest {
+            agent_id: "a1".into(),
+            join_token: spare_token,
+            csr_der: csr,
+        })
+        .await;
     assert_refused(r, Code::PermissionDenied, "AGENT_REVOKED");
-    let r = admin.resume_agent(pb::ResumeAgentRequest { id: "a1".into() }).await;
+    let r = admin
+        .resume_agent(pb::ResumeAgentRequest { id: "a1".into() })
+        .await;
     assert_refused(r, Code::FailedPrecondition, "AGENT_STATE_FINAL");
-    assert_refused(agent.start_session(session_req()).await, Code::PermissionDenied, "AGENT_REVOKED");
+    assert_refused(
+        agent.start_session(session_req()).await,
+        Code::PermissionDenied,
+        "AGENT_REVOKED",
+    );
 }
 
 #[tokio::test]
@@ -103,29 +176,61 @@ async fn expired_agent_cannot_enroll_renew_or_get_tokens() {
         })
         .await
         .unwrap();
-    mesh.cp.state.store.insert_join_token(&join_token_hash("wjt_old"), &id, "root", now, now + 600).await.unwrap();
+    mesh.cp
+        .state
+        .store
+        .insert_join_token(&join_token_hash("wjt_old"), &id, "root", now, now + 600)
+        .await
+        .unwrap();
     let spiffe = TrustDomain::new(TD).unwrap().agent(&id);
     let (key_pem, csr) = key_and_csr(&spiffe).unwrap();
     let mut anon = mesh.anonymous_identity().await.unwrap();
-    let r = anon.enroll(pb::EnrollRequest { agent_id: "old".into(), join_token: "wjt_old".into(), csr_der: csr.clone() }).await;
+    let r = anon
+        .enroll(pb::EnrollRequest {
+            agent_id: "old".into(),
+            join_token: "wjt_old".into(),
+            csr_der: csr.clone(),
+        })
+        .await;
     assert_refused(r, Code::PermissionDenied, "AGENT_EXPIRED");
 
     // A certificate it may still hold (signed by the real CA) buys nothing.
-    let signed = mesh.cp.state.ca.sign_csr(&csr, &spiffe, Duration::from_secs(600)).unwrap();
+    let signed = mesh
+        .cp
+        .state
+        .ca
+        .sign_csr(&csr, &spiffe, Duration::from_secs(600))
+        .unwrap();
     let cert_pem = pem_cert(&signed.der);
     let ch = mesh.mtls_channel(&cert_pem, &key_pem).await.unwrap();
     let mut c = IdentityServiceClient::new(ch);
-    let r = c.issue_token(pb::IssueTokenRequest { scopes: vec!["data:read".into()], ..Default::default() }).await;
+    let r = c
+        .issue_token(pb::IssueTokenRequest {
+            scopes: vec!["data:read".into()],
+            ..Default::default()
+        })
+        .await;
     assert_refused(r, Code::PermissionDenied, "AGENT_EXPIRED");
     let (_, csr2) = key_and_csr(&spiffe).unwrap();
-    assert_refused(c.renew(pb::RenewRequest { csr_der: csr2 }).await, Code::PermissionDenied, "AGENT_EXPIRED");
+    assert_refused(
+        c.renew(pb::RenewRequest { csr_der: csr2 }).await,
+        Code::PermissionDenied,
+        "AGENT_EXPIRED",
+    );
 }
 
 fn pem_cert(der: &[u8]) -> String {
     use base64::Engine;
     let b = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+    let lines: Vec<&str> = b
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
 }
 
 #[tokio::test]
@@ -134,7 +239,11 @@ async fn renewal_rotates_the_key_and_tokens_bound_to_the_previous_cert_still_ver
     let sc = mesh.agent("a1", &["data:read"], 4).await.unwrap();
     let before = sc.identity.snapshot().current.clone().unwrap();
     let mut agent = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
-    let s = agent.start_session(session_req()).await.unwrap().into_inner();
+    let s = agent
+        .start_session(session_req())
+        .await
+        .unwrap()
+        .into_inner();
 
     sc.identity.renew_once().await.unwrap();
     let after = sc.identity.snapshot().current.clone().unwrap();
@@ -144,11 +253,29 @@ async fn renewal_rotates_the_key_and_tokens_bound_to_the_previous_cert_still_ver
     let on_disk = std::fs::read_to_string(sc.data_dir.join("identity/svid.crt")).unwrap();
     assert_eq!(on_disk, after.cert_pem);
 
-    let mut with_old = agent_tcp(&sc, AgentAuth { token: Some(s.token), no_header: false }).await.unwrap();
-    with_old.who_am_i(pb::WhoAmIRequest {}).await.expect("token bound to the previous certificate");
+    let mut with_old = agent_tcp(
+        &sc,
+        AgentAuth {
+            token: Some(s.token),
+            no_header: false,
+        },
+    )
+    .await
+    .unwrap();
+    with_old
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect("token bound to the previous certificate");
     // New sessions use the new certificate (the mTLS channel was rebuilt).
-    let s2 = agent.start_session(session_req()).await.unwrap().into_inner();
-    assert_eq!(jwt_payload(&s2.token)["cnf"]["x5t#S256"], after.thumbprint.as_str());
+    let s2 = agent
+        .start_session(session_req())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        jwt_payload(&s2.token)["cnf"]["x5t#S256"],
+        after.thumbprint.as_str()
+    );
 }
 
 #[tokio::test]
@@ -156,17 +283,34 @@ async fn failed_renewal_keeps_serving_the_valid_certificate() {
     let mesh = Mesh::start().await.unwrap();
     let sc = mesh.agent("a1", &["data:read"], 4).await.unwrap();
     let mut agent = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
-    let s = agent.start_session(session_req()).await.unwrap().into_inner();
+    let s = agent
+        .start_session(session_req())
+        .await
+        .unwrap()
+        .into_inner();
     let before = sc.identity.snapshot().current.clone().unwrap();
     let Mesh { dir, cp, ctl } = mesh;
     cp.shutdown().await.unwrap();
     let e = sc.identity.renew_once().await.unwrap_err();
     assert!(matches!(e, IdError::Transport(_)), "{e}");
-    assert_eq!(sc.identity.snapshot().current.unwrap().serial, before.serial);
+    assert_eq!(
+        sc.identity.snapshot().current.unwrap().serial,
+        before.serial
+    );
     let (code, _) = http_get(sc.health_addr, "/readyz").await.unwrap();
     assert_eq!(code, 200);
-    let mut c = agent_tcp(&sc, AgentAuth { token: Some(s.token), no_header: false }).await.unwrap();
-    c.who_am_i(pb::WhoAmIRequest {}).await.expect("local verification needs no control plane");
+    let mut c = agent_tcp(
+        &sc,
+        AgentAuth {
+            token: Some(s.token),
+            no_header: false,
+        },
+    )
+    .await
+    .unwrap();
+    c.who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect("local verification needs no control plane");
     drop((dir, ctl));
 }
 
@@ -177,27 +321,50 @@ async fn lapsed_certificate_is_reported_and_a_new_join_token_recovers() {
     let config = mesh.sidecar_config("a1", None);
     // Plant an identity whose certificate has already expired (real CA,
     // zero lifetime), as a sidecar that was down for too long would hold.
-    let spiffe = TrustDomain::new(TD).unwrap().agent(&AgentId::new("a1").unwrap());
+    let spiffe = TrustDomain::new(TD)
+        .unwrap()
+        .agent(&AgentId::new("a1").unwrap());
     let (key_pem, csr) = key_and_csr(&spiffe).unwrap();
-    let signed = mesh.cp.state.ca.sign_csr(&csr, &spiffe, Duration::ZERO).unwrap();
+    let signed = mesh
+        .cp
+        .state
+        .ca
+        .sign_csr(&csr, &spiffe, Duration::ZERO)
+        .unwrap();
     let idir = config.data_dir.join("identity");
     std::fs::create_dir_all(&idir).unwrap();
     std::fs::write(idir.join("svid.key"), key_pem).unwrap();
     std::fs::write(idir.join("svid.crt"), pem_cert(&signed.der)).unwrap();
-    std::fs::write(idir.join("bundle.crt"), std::fs::read(mesh.ca_path()).unwrap()).unwrap();
+    std::fs::write(
+        idir.join("bundle.crt"),
+        std::fs::read(mesh.ca_path()).unwrap(),
+    )
+    .unwrap();
 
     let sc = warden_sidecar::app::start(config.clone()).await.unwrap();
     let (code, body) = http_get(sc.health_addr, "/readyz").await.unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("lapsed"), "{body}");
     let mut agent = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
-    assert_refused(agent.start_session(session_req()).await, Code::FailedPrecondition, "NO_IDENTITY");
+    assert_refused(
+        agent.start_session(session_req()).await,
+        Code::FailedPrecondition,
+        "NO_IDENTITY",
+    );
 
     // Hand it a new join token through the data directory.
     let token = mesh.join_token("a1").await.unwrap();
     std::fs::write(config.data_dir.join("join-token"), token).unwrap();
-    let ready = eventually(Duration::from_secs(10), || async { http_get(sc.health_addr, "/readyz").await.is_ok_and(|r| r.0 == 200) }).await;
+    let ready = eventually(Duration::from_secs(10), || async {
+        http_get(sc.health_addr, "/readyz")
+            .await
+            .is_ok_and(|r| r.0 == 200)
+    })
+    .await;
     assert!(ready, "sidecar did not re-enroll from the join-token file");
-    assert!(!config.data_dir.join("join-token").exists(), "the spent token file is removed");
+    assert!(
+        !config.data_dir.join("join-token").exists(),
+        "the spent token file is removed"
+    );
     agent.start_session(session_req()).await.unwrap();
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: sets up what the tests need, then runs every test in the
+# workspace. Usage: ./tests/run.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+target="${CARGO_TARGET_DIR:-target}"
+
+# Python for the interoperability test (PyJWT + cryptography), in a venv
+# kept beside the build output so reruns are instant.
+if [ -z "${WARDEN_PYTHON:-}" ]; then
+    venv="$(realpath -m "$target/py-venv")"
+    if ! "$venv/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
+        echo "==> creating Python virtualenv at $venv"
+        py="$(command -v python3.11 || command -v python3)"
+        rm -rf "$venv"
+        mkdir -p "$target"
+        "$py" -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+    fi
+    export WARDEN_PYTHON="$venv/bin/python"
+fi
+
+echo "==> cargo test --workspace"
+cargo test --workspace "$@"
