@@ -129,7 +129,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .add_service(admin)
             .add_service(identity)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                // Small responses must not wait on Nagle + delayed ACK (40 ms).
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },

@@ -17,6 +17,8 @@ pub struct Caller {
     pub principal: Principal,
     /// Leaf certificate DER.
     pub cert_der: Vec<u8>,
+    /// The leaf's `notAfter`, unix seconds.
+    pub not_after: i64,
 }
 
 /// Reads the caller's identity from its client certificate.
@@ -29,7 +31,17 @@ pub fn caller<T>(req: &Request<T>, td: &TrustDomain) -> Result<Caller, Status> {
         )
     })?;
     let leaf = certs[0].as_ref();
-    let id = svid::spiffe_id_of(leaf).map_err(|e| {
+    let parsed = x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, c)| c)
+        .map_err(|_| {
+            status(
+                Code::Unauthenticated,
+                Reason::WrongPrincipal,
+                "client certificate does not parse",
+            )
+        })?;
+    let not_after = parsed.validity().not_after.timestamp();
+    let id = svid::spiffe_id_of_parsed(&parsed).map_err(|e| {
         status(
             Code::Unauthenticated,
             Reason::WrongPrincipal,
@@ -54,6 +66,7 @@ pub fn caller<T>(req: &Request<T>, td: &TrustDomain) -> Result<Caller, Status> {
         id,
         principal,
         cert_der: leaf.to_vec(),
+        not_after,
     })
 }
 

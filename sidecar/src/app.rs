@@ -102,7 +102,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 Incoming::Tcp(l) => {
                     router
                         .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(l),
+                            tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
                             signal,
                         )
                         .await?

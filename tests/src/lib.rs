@@ -44,6 +44,13 @@ pub fn any_port() -> SocketAddr {
 impl Mesh {
     /// Initialises and starts a control plane.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|c| c.durable_sync = false).await
+    }
+
+    /// [`Mesh::start`] with a config tweak.
+    pub async fn start_with(
+        tweak: impl FnOnce(&mut warden_control_plane::config::Config),
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("cp");
         init::run(&InitOptions {
@@ -56,8 +63,9 @@ impl Mesh {
             jwks_listen: any_port(),
         })?;
         let mut config = warden_control_plane::config::Config::load(&data)?;
-        // Tests favour speed; durability is exercised by the store's own tests.
-        config.durable_sync = false;
+        // Tests favour speed (durable_sync = false); durability is exercised
+        // by the store's own tests and the benchmark runs the default.
+        tweak(&mut config);
         let cp = app::start(config).await?;
         let ctl = CtlConfig::from_dir(
             &data.join("admin"),
@@ -164,13 +172,17 @@ impl Mesh {
 
     /// An identity client without a client certificate.
     pub async fn anonymous_identity(&self) -> anyhow::Result<IdentityServiceClient<Channel>> {
+        Ok(IdentityServiceClient::new(self.anonymous_channel().await?))
+    }
+
+    /// A TLS channel without a client certificate.
+    pub async fn anonymous_channel(&self) -> anyhow::Result<Channel> {
         let ca = std::fs::read_to_string(self.ca_path())?;
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-        let ch = Endpoint::from_shared(self.url())?
+        Ok(Endpoint::from_shared(self.url())?
             .tls_config(tls)?
             .connect()
-            .await?;
-        Ok(IdentityServiceClient::new(ch))
+            .await?)
     }
 
     /// A channel presenting `cert_pem`/`key_pem`.

@@ -362,9 +362,7 @@ impl IdentityService for IdentityApi {
             .join(" ");
 
         // The token never outlives the certificate it is bound to.
-        let cert_not_after = x509_parser::parse_x509_certificate(&caller.cert_der)
-            .map(|(_, c)| c.validity().not_after.timestamp())
-            .unwrap_or(now);
+        let cert_not_after = caller.not_after;
         let exp = (now + TOKEN_TTL_SECS).min(cert_not_after);
         if exp <= now {
             return Err(status(

@@ -28,6 +28,13 @@ pub enum Error {
     /// A record with this key already exists.
     #[error("already exists")]
     Conflict,
+    /// The batch holding this write failed to commit; nothing was written.
+    #[error("write not committed: {0}")]
+    Commit(String),
+    /// The write was not run: the writer has stopped or could not start a
+    /// transaction.
+    #[error("the store could not run the write (writer stopped or transaction failed to start)")]
+    WriterGone,
 }
 
 /// Result alias.

@@ -5,19 +5,24 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
+use sqlx::{Connection, Row, SqliteConnection};
+use tokio::sync::mpsc;
 use warden_shared::agent::{AgentId, AgentStatus};
 
 use super::{Agent, Error, IssuedCert, JoinTokenUse, NewSession, Result, Store, StoredKey};
 
-/// SQLite-backed [`Store`].
+mod writer;
+
+/// SQLite-backed [`Store`]: reads on a pool, writes through one writer task
+/// with group commit (see [`writer`]).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writes: mpsc::Sender<writer::Job>,
 }
 
 impl SqliteStore {
@@ -37,10 +42,47 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let conn = SqliteConnection::connect_with(&opts).await?;
+        let (writes, rx) = mpsc::channel(writer::QUEUE);
+        tokio::spawn(writer::run(conn, rx));
+        Ok(Self { pool, writes })
+    }
+
+    /// Queues a single-statement write and waits until it is committed.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> writer::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    /// Queues a multi-statement write (all or nothing) and waits.
+    async fn write_all<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> writer::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, F>(&self, f: F, multi: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> writer::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        let (job, rx) = writer::job(f, multi);
+        self.writes.send(job).await.map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
     }
 }
 
@@ -88,32 +130,38 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_agent(&self, a: &Agent) -> Result<()> {
-        let r = sqlx::query(
-            "INSERT INTO agents (id, agent_type, version, owner, environment, created_at, updated_at,
-                expires_at, max_sessions, allowed_scopes, allowed_tools, denied_tools, status, status_reason)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(a.id.as_str())
-        .bind(&a.agent_type)
-        .bind(&a.version)
-        .bind(&a.owner)
-        .bind(&a.environment)
-        .bind(a.created_at)
-        .bind(a.updated_at)
-        .bind(a.expires_at)
-        .bind(i64::from(a.max_sessions))
-        .bind(json_list(&a.allowed_scopes))
-        .bind(json_list(&a.allowed_tools))
-        .bind(json_list(&a.denied_tools))
-        .bind(a.status.as_str())
-        .bind(&a.status_reason)
-        .execute(&self.pool)
-        .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(Error::Conflict),
-            Err(e) => Err(e.into()),
-        }
+        let a = a.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                let r = sqlx::query(
+                    "INSERT INTO agents (id, agent_type, version, owner, environment, created_at, updated_at,
+                        expires_at, max_sessions, allowed_scopes, allowed_tools, denied_tools, status, status_reason)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(a.id.as_str())
+                .bind(&a.agent_type)
+                .bind(&a.version)
+                .bind(&a.owner)
+                .bind(&a.environment)
+                .bind(a.created_at)
+                .bind(a.updated_at)
+                .bind(a.expires_at)
+                .bind(i64::from(a.max_sessions))
+                .bind(json_list(&a.allowed_scopes))
+                .bind(json_list(&a.allowed_tools))
+                .bind(json_list(&a.denied_tools))
+                .bind(a.status.as_str())
+                .bind(&a.status_reason)
+                .execute(&mut *c)
+                .await;
+                match r {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_unique_violation(&e) => Err(Error::Conflict),
+                    Err(e) => Err(e.into()),
+                }
+            })
+        })
+        .await
     }
 
     async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>> {
@@ -138,16 +186,22 @@ impl Store for SqliteStore {
         reason: &str,
         now: i64,
     ) -> Result<Option<Agent>> {
-        let row = sqlx::query(
-            "UPDATE agents SET status = ?, status_reason = ?, updated_at = ? WHERE id = ? RETURNING *",
-        )
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(now)
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(agent_from_row).transpose()
+        let (id, reason) = (id.clone(), reason.to_owned());
+        self.write(move |c| {
+            Box::pin(async move {
+                let row = sqlx::query(
+                    "UPDATE agents SET status = ?, status_reason = ?, updated_at = ? WHERE id = ? RETURNING *",
+                )
+                .bind(status.as_str())
+                .bind(&reason)
+                .bind(now)
+                .bind(id.as_str())
+                .fetch_optional(&mut *c)
+                .await?;
+                row.as_ref().map(agent_from_row).transpose()
+            })
+        })
+        .await
     }
 
     async fn insert_join_token(
@@ -158,17 +212,23 @@ impl Store for SqliteStore {
         now: i64,
         expires_at: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO join_tokens (token_hash, agent_id, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(hash)
-        .bind(agent.as_str())
-        .bind(created_by)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let (hash, agent, by) = (hash.to_vec(), agent.clone(), created_by.to_owned());
+        self.write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO join_tokens (token_hash, agent_id, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(&hash)
+                .bind(agent.as_str())
+                .bind(&by)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn consume_join_token(
@@ -179,17 +239,25 @@ impl Store for SqliteStore {
     ) -> Result<JoinTokenUse> {
         // One conditional UPDATE spends the token, so two concurrent
         // enrollments with the same token cannot both succeed.
-        let spent = sqlx::query(
-            "UPDATE join_tokens SET used_at = ?
-             WHERE token_hash = ? AND agent_id = ? AND used_at IS NULL AND expires_at > ?",
-        )
-        .bind(now)
-        .bind(hash)
-        .bind(agent.as_str())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        if spent.rows_affected() == 1 {
+        let (h, a) = (hash.to_vec(), agent.clone());
+        let spent = self
+            .write(move |c| {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE join_tokens SET used_at = ?
+                         WHERE token_hash = ? AND agent_id = ? AND used_at IS NULL AND expires_at > ?",
+                    )
+                    .bind(now)
+                    .bind(&h)
+                    .bind(a.as_str())
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(r.rows_affected() == 1)
+                })
+            })
+            .await?;
+        if spent {
             return Ok(JoinTokenUse::Consumed);
         }
         Ok(match self.peek_join_token(hash, agent, now).await? {
@@ -228,59 +296,79 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn record_certificate(&self, c: &IssuedCert) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO certificates (serial, agent_id, thumbprint, not_after, issued_at, reason) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&c.serial)
-        .bind(c.agent_id.as_str())
-        .bind(&c.thumbprint)
-        .bind(c.not_after)
-        .bind(c.issued_at)
-        .bind(c.reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    async fn record_certificate(&self, cert: &IssuedCert) -> Result<()> {
+        let cert = cert.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO certificates (serial, agent_id, thumbprint, not_after, issued_at, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&cert.serial)
+                .bind(cert.agent_id.as_str())
+                .bind(&cert.thumbprint)
+                .bind(cert.not_after)
+                .bind(cert.issued_at)
+                .bind(cert.reason)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
-    async fn open_session(&self, s: &NewSession, max: u32, now: i64) -> Result<bool> {
-        // Check and insert in one statement: SQLite serialises writers, so
+    async fn open_session(&self, session: &NewSession, max: u32, now: i64) -> Result<bool> {
+        // Check and insert in one statement on the single writer, so
         // concurrent opens cannot overshoot the cap.
-        let r = sqlx::query(
-            "INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at)
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-             WHERE (SELECT COUNT(*) FROM sessions
-                    WHERE agent_id = ? AND ended_at IS NULL AND expires_at > ?) < ?",
-        )
-        .bind(&s.id)
-        .bind(s.agent_id.as_str())
-        .bind(&s.user_id)
-        .bind(&s.scopes)
-        .bind(&s.context)
-        .bind(&s.jti)
-        .bind(&s.thumbprint)
-        .bind(i64::from(s.max_tool_calls))
-        .bind(s.created_at)
-        .bind(s.expires_at)
-        .bind(s.agent_id.as_str())
-        .bind(now)
-        .bind(i64::from(max))
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        let s = session.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                let r = sqlx::query(
+                    "INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at)
+                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+                     WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions
+                            WHERE agent_id = ? AND ended_at IS NULL AND expires_at > ? LIMIT ?)) < ?",
+                )
+                .bind(&s.id)
+                .bind(s.agent_id.as_str())
+                .bind(&s.user_id)
+                .bind(&s.scopes)
+                .bind(&s.context)
+                .bind(&s.jti)
+                .bind(&s.thumbprint)
+                .bind(i64::from(s.max_tool_calls))
+                .bind(s.created_at)
+                .bind(s.expires_at)
+                .bind(s.agent_id.as_str())
+                .bind(now)
+                // Counting stops at the cap: the check costs O(max), not O(open).
+                .bind(i64::from(max))
+                .bind(i64::from(max))
+                .execute(&mut *c)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            })
+        })
+        .await
     }
 
     async fn end_session(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE sessions SET ended_at = ? WHERE id = ? AND agent_id = ? AND ended_at IS NULL AND expires_at > ?",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(agent.as_str())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        let (agent, id) = (agent.clone(), id.to_owned());
+        self.write(move |c| {
+            Box::pin(async move {
+                let r = sqlx::query(
+                    "UPDATE sessions SET ended_at = ? WHERE id = ? AND agent_id = ? AND ended_at IS NULL AND expires_at > ?",
+                )
+                .bind(now)
+                .bind(&id)
+                .bind(agent.as_str())
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            })
+        })
+        .await
     }
 
     async fn open_sessions(&self, agent: &AgentId, now: i64) -> Result<u32> {
@@ -295,25 +383,32 @@ impl Store for SqliteStore {
     }
 
     async fn rotate_signing_key(&self, kid: &str, pkcs8: &[u8], now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES (?, ?, ?)")
-            .bind(kid)
-            .bind(pkcs8)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (kid, pkcs8) = (kid.to_owned(), pkcs8.to_vec());
+        // Both statements run in this write's savepoint: all or nothing.
+        self.write_all(move |c| {
+            Box::pin(async move {
+                sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?;
+                sqlx::query("INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES (?, ?, ?)")
+                    .bind(&kid)
+                    .bind(&pkcs8)
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>> {
-        let rows = sqlx::query("SELECT kid, pkcs8, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, rowid DESC")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT kid, pkcs8, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, rowid DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(StoredKey {
