@@ -24,9 +24,13 @@ pub(super) const QUEUE: usize = 4096;
 pub(super) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Called after the batch commit (Ok) or rollback (Err) to answer a caller.
 type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
-/// One queued write: runs its statements, reports success, returns its finisher.
+/// Runs a write's statements; returns whether they succeeded, and its finisher.
+type Run =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
+
+/// One queued write.
 pub(super) struct Job {
-    run: Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Finish)> + Send>,
+    run: Run,
     /// Several statements: wrap in a savepoint so a failure undoes them all.
     /// A single statement is atomic on its own in SQLite.
     multi: bool,
@@ -40,8 +44,6 @@ where
     F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    type Run =
-        Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
     let run: Run = Box::new(move |conn| {
         Box::pin(async move {
             let r = f(conn).await;
