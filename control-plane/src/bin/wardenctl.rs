@@ -59,9 +59,9 @@ enum Agents {
         version: String,
         #[arg(long, default_value = "")]
         environment: String,
-        /// Identity lifetime in days from now (default: no expiry).
-        #[arg(long)]
-        expires_in_days: Option<u32>,
+        /// Identity lifetime from now, e.g. 90s, 30m, 12h, 30d (default: no expiry).
+        #[arg(long, value_parser = ctl::parse_duration)]
+        expires_in: Option<std::time::Duration>,
         /// Maximum concurrent sessions (default: the server's).
         #[arg(long, default_value_t = 0)]
         max_sessions: u32,
@@ -207,15 +207,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 owner,
                 version,
                 environment,
-                expires_in_days,
+                expires_in,
                 max_sessions,
                 scopes,
                 allowed_tools,
                 denied_tools,
             } => {
-                let expires_at = expires_in_days.map(|d| prost_types::Timestamp {
-                    seconds: time::OffsetDateTime::now_utc().unix_timestamp()
-                        + i64::from(d) * 86_400,
+                let expires_at = expires_in.map(|d| prost_types::Timestamp {
+                    seconds: time::OffsetDateTime::now_utc().unix_timestamp() + d.as_secs() as i64,
                     nanos: 0,
                 });
                 let r = client

@@ -1,0 +1,71 @@
+//! `warden-sidecar` refuses bad configuration with exit code 64 and a
+//! message that says what to fix.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_warden-sidecar"))
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_exits_64() {
+    let (code, err) = run(&[
+        "--ca-bundle",
+        "/x",
+        "--agent-id",
+        "a",
+        "--data-dir",
+        "/tmp/x",
+    ]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("missing --control-plane"), "{err}");
+
+    let base = [
+        "--control-plane",
+        "https://localhost:7443",
+        "--ca-bundle",
+        "/x",
+        "--data-dir",
+        "/tmp/x",
+    ];
+    let (code, err) = run(&[&base[..], &["--agent-id", "Bad Id"]].concat());
+    assert_eq!(code, Some(64));
+    assert!(err.contains("invalid agent id"), "{err}");
+
+    let (code, err) = run(&[&base[..], &["--agent-id", "a", "--listen", "0.0.0.0:7600"]].concat());
+    assert_eq!(code, Some(64));
+    assert!(err.contains("not a loopback address"), "{err}");
+
+    let (code, err) = run(&[
+        "--control-plane",
+        "http://localhost:1",
+        "--ca-bundle",
+        "/x",
+        "--data-dir",
+        "/tmp/x",
+        "--agent-id",
+        "a",
+    ]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("https://"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sidecar.toml");
+    std::fs::write(&cfg, "control_plane = \"https://x\"\nunknown_key = 1\n").unwrap();
+    let (code, err) = run(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("unknown field"), "{err}");
+}
