@@ -1,0 +1,630 @@
+//! The Warden walkthrough: real processes on this machine, in a temporary
+//! directory, cleaned up at the end. Run it with `./deploy/demo.sh`.
+//!
+//! It starts a control plane and two sidecars, registers and enrolls agents,
+//! opens a session as an agent would, shows the token and the certificate
+//! identity, then shows each refusal failing with its reason.
+
+#![allow(clippy::unwrap_used, reason = "a demo stops at the first surprise")]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tonic::Status;
+use warden_control_plane::identity::ca::Ca;
+use warden_shared::agent::AgentId;
+use warden_shared::proto::v1 as pb;
+use warden_shared::spiffe::TrustDomain;
+use warden_shared::token::Claims;
+use warden_sidecar::identity::enroll::key_and_csr;
+use warden_tests::{AgentAuth, agent_unix, eventually, http_get, jwt_payload, reason};
+
+const TD: &str = "demo.warden";
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn step(title: &str) {
+    println!("\n\x1b[1m▶ {title}\x1b[0m");
+}
+
+fn refused<T: std::fmt::Debug>(case: &str, r: Result<T, Status>) {
+    match r {
+        Ok(v) => panic!("{case}: expected a refusal, got {v:?}"),
+        Err(s) => println!(
+            "  ✗ {case:<44} {:?} {} — {}",
+            s.code(),
+            reason(&s),
+            s.message()
+        ),
+    }
+}
+
+struct Demo {
+    bin: PathBuf,
+    dir: PathBuf,
+    cp_addr: SocketAddr,
+}
+
+impl Demo {
+    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        println!("  $ wardenctl {}", args.join(" "));
+        let o = Command::new(self.bin.join("wardenctl"))
+            .arg("--config-dir")
+            .arg(self.dir.join("cp/admin"))
+            .args(args)
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        if o.status.success() {
+            Ok(out)
+        } else {
+            Err(err)
+        }
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self
+            .ctl(args)
+            .unwrap_or_else(|e| panic!("wardenctl failed: {e}"));
+        for l in out.lines() {
+            println!("    {l}");
+        }
+        out
+    }
+
+    fn sidecar(&self, agent: &str, join_token: &str) -> (Child, PathBuf, SocketAddr) {
+        let data = self.dir.join(format!("sidecar-{agent}"));
+        let health = free_addr();
+        let log = std::fs::File::create(self.dir.join(format!("sidecar-{agent}.log"))).unwrap();
+        let child = Command::new(self.bin.join("warden-sidecar"))
+            .args([
+                "--control-plane",
+                &format!("https://localhost:{}", self.cp_addr.port()),
+            ])
+            .arg("--ca-bundle")
+            .arg(self.dir.join("cp/admin/ca.crt"))
+            .args(["--agent-id", agent, "--trust-domain", TD])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen",
+                &free_addr().to_string(),
+                "--health-listen",
+                &health.to_string(),
+            ])
+            .env("WARDEN_JOIN_TOKEN", join_token)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        (child, data, health)
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}", self.cp_addr.port())
+    }
+
+    async fn anonymous(
+        &self,
+    ) -> warden_shared::proto::v1::identity_service_client::IdentityServiceClient<
+        tonic::transport::Channel,
+    > {
+        let ca = std::fs::read_to_string(self.dir.join("cp/admin/ca.crt")).unwrap();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        let ch = tonic::transport::Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        warden_shared::proto::v1::identity_service_client::IdentityServiceClient::new(ch)
+    }
+
+    async fn mtls(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<tonic::transport::Channel, Status> {
+        let ca = std::fs::read_to_string(self.dir.join("cp/admin/ca.crt")).unwrap();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        tonic::transport::Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("TLS handshake refused: {}", source_chain(&e)))
+            })
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s = format!("{s}: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+fn spiffe(agent: &str) -> warden_shared::spiffe::SpiffeId {
+    TrustDomain::new(TD)
+        .unwrap()
+        .agent(&AgentId::new(agent).unwrap())
+}
+
+fn session_req(scopes: &[&str]) -> pb::StartSessionRequest {
+    pb::StartSessionRequest {
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn wait_ready(health: SocketAddr, what: &str) {
+    let ok = eventually(Duration::from_secs(20), || async {
+        http_get(health, "/readyz").await.is_ok_and(|r| r.0 == 200)
+    })
+    .await;
+    assert!(ok, "{what} did not become ready");
+}
+
+#[tokio::main]
+async fn main() {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().to_owned();
+    for b in ["warden-control-plane", "wardenctl", "warden-sidecar"] {
+        assert!(
+            bin.join(b).exists(),
+            "{} is not built; run ./deploy/demo.sh",
+            bin.join(b).display()
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let mut procs = Procs(Vec::new());
+    let cp_addr = free_addr();
+    let demo = Demo {
+        bin: bin.clone(),
+        dir: dir.clone(),
+        cp_addr,
+    };
+    println!(
+        "Warden demo — everything lives in {} and is removed at the end",
+        dir.display()
+    );
+
+    step("1. Initialise the control plane: a CA, a config, the first admin credential");
+    let jwks_addr = free_addr();
+    let o = Command::new(bin.join("warden-control-plane"))
+        .args([
+            "init",
+            "--trust-domain",
+            TD,
+            "--listen",
+            &cp_addr.to_string(),
+            "--jwks-listen",
+            &jwks_addr.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.join("cp"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    print!(
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    let log = std::fs::File::create(dir.join("control-plane.log")).unwrap();
+    procs.0.push(
+        Command::new(bin.join("warden-control-plane"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.join("cp"))
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let up = eventually(Duration::from_secs(20), || async {
+        demo.ctl(&["agents", "list"]).is_ok()
+    })
+    .await;
+    assert!(
+        up,
+        "control plane did not start; see {}/control-plane.log",
+        dir.display()
+    );
+    println!(
+        "    control plane serving gRPC (mTLS) on {cp_addr}, JWKS on http://{jwks_addr}/.well-known/jwks.json"
+    );
+
+    step("2. Register two agents (non-human identities) and create join tokens");
+    demo.ctl_ok(&[
+        "agents",
+        "register",
+        "coder-1",
+        "--type",
+        "coder",
+        "--owner",
+        "platform-team",
+        "--environment",
+        "dev",
+        "--scope",
+        "repo:read",
+        "--scope",
+        "repo:write:*",
+        "--scope",
+        "tickets:read",
+        "--deny-tool",
+        "shell",
+        "--max-sessions",
+        "2",
+    ]);
+    demo.ctl_ok(&[
+        "agents",
+        "register",
+        "reviewer-1",
+        "--type",
+        "reviewer",
+        "--owner",
+        "platform-team",
+        "--scope",
+        "repo:read",
+    ]);
+    let coder_token = demo
+        .ctl_ok(&["join-token", "create", "coder-1"])
+        .trim()
+        .to_owned();
+    let reviewer_token = demo
+        .ctl_ok(&["join-token", "create", "reviewer-1"])
+        .trim()
+        .to_owned();
+
+    step(
+        "3. Start a sidecar per agent: each generates its key locally and enrolls with its join token",
+    );
+    let (c1, coder_dir, coder_health) = demo.sidecar("coder-1", &coder_token);
+    procs.0.push(c1);
+    let (c2, reviewer_dir, reviewer_health) = demo.sidecar("reviewer-1", &reviewer_token);
+    procs.0.push(c2);
+    wait_ready(coder_health, "coder-1's sidecar").await;
+    wait_ready(reviewer_health, "reviewer-1's sidecar").await;
+    let (_, body) = http_get(coder_health, "/readyz").await.unwrap();
+    println!("    GET /readyz → {body}");
+
+    step("4. As the agent: open a session over the sidecar's Unix socket");
+    let sock = coder_dir.join("agent.sock");
+    let mut agent = agent_unix(&sock, AgentAuth::default()).await.unwrap();
+    let s = agent
+        .start_session(pb::StartSessionRequest {
+            scopes: vec![
+                "repo:read".into(),
+                "repo:write:warden".into(),
+                "payments:send".into(),
+            ],
+            user_id: "usr_alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    println!("    asked for  repo:read repo:write:warden payments:send");
+    println!(
+        "    granted    {}   (requested ∩ allowed; payments:send dropped)",
+        s.scopes.join(" ")
+    );
+    println!("    session    {}", s.session_id);
+    println!(
+        "    token claims (ES256, typ at+jwt, 15 minutes, bound to the sidecar's certificate):"
+    );
+    for l in serde_json::to_string_pretty(&jwt_payload(&s.token))
+        .unwrap()
+        .lines()
+    {
+        println!("      {l}");
+    }
+    let cert = std::fs::read(coder_dir.join("identity/svid.crt")).unwrap();
+    let der = rustls_pem_first(&cert);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    println!(
+        "    certificate: SPIFFE ID {} , serial {}, valid until {}",
+        warden_shared::svid::spiffe_id_of(&der).unwrap(),
+        parsed.raw_serial_as_string(),
+        parsed.validity().not_after
+    );
+    let mut with_token = agent_unix(
+        &sock,
+        AgentAuth {
+            token: Some(s.token.clone()),
+            no_header: false,
+        },
+    )
+    .await
+    .unwrap();
+    let me = with_token
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    println!(
+        "    WhoAmI (verified locally by the sidecar): agent {} for user {}, scopes {:?}",
+        me.agent_id, me.user_id, me.scopes
+    );
+
+    step("5. Refusals — each with its gRPC code and reason");
+    // Agent API.
+    let mut no_header = agent_unix(
+        &sock,
+        AgentAuth {
+            token: None,
+            no_header: true,
+        },
+    )
+    .await
+    .unwrap();
+    refused(
+        "request without the agent header",
+        no_header.start_session(session_req(&["repo:read"])).await,
+    );
+    refused(
+        "scopes beyond the allowed set",
+        agent.start_session(session_req(&["payments:send"])).await,
+    );
+    agent
+        .start_session(session_req(&["repo:read"]))
+        .await
+        .unwrap();
+    refused(
+        "third session (max 2 concurrent)",
+        agent.start_session(session_req(&["repo:read"])).await,
+    );
+    // Tokens.
+    let mut claims: Claims = serde_json::from_value(jwt_payload(&s.token)).unwrap();
+    let parts: Vec<&str> = s.token.split('.').collect();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut forged_claims = claims.clone();
+    forged_claims.scope = "repo:* admin:*".into();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(serde_json::to_vec(&forged_claims).unwrap()),
+        parts[2]
+    );
+    refused("token with a forged payload", who(&sock, forged).await);
+    // The demo re-signs claims with the control plane's real key to show
+    // what the sidecar does with an expired or re-bound token.
+    let store = warden_control_plane::store::SqliteStore::open(&dir.join("cp/warden.db"), false)
+        .await
+        .unwrap();
+    let ring = warden_control_plane::identity::keys::KeyRing::load(
+        &store,
+        warden_control_plane::now_unix(),
+    )
+    .await
+    .unwrap();
+    let key = &ring.current().active;
+    claims.exp = warden_control_plane::now_unix() - 1;
+    refused(
+        "expired token (exp in the past)",
+        who(&sock, key.sign(&claims).unwrap()).await,
+    );
+    let mut reviewer = agent_unix(&reviewer_dir.join("agent.sock"), AgentAuth::default())
+        .await
+        .unwrap();
+    let rs = reviewer
+        .start_session(session_req(&["repo:read"]))
+        .await
+        .unwrap()
+        .into_inner();
+    refused(
+        "reviewer-1's token at coder-1's sidecar",
+        who(&sock, rs.token.clone()).await,
+    );
+    let mut rebound: Claims = serde_json::from_value(jwt_payload(&rs.token)).unwrap();
+    rebound.aud = spiffe("coder-1").to_string();
+    refused(
+        "token bound to another certificate",
+        who(&sock, key.sign(&rebound).unwrap()).await,
+    );
+    // Enrollment.
+    let mut anon = demo.anonymous().await;
+    let enroll = |agent: &str, token: &str, csr: Vec<u8>| pb::EnrollRequest {
+        agent_id: agent.into(),
+        join_token: token.into(),
+        csr_der: csr,
+    };
+    let (_, csr) = key_and_csr(&spiffe("coder-1")).unwrap();
+    refused(
+        "reused join token",
+        anon.enroll(enroll("coder-1", &coder_token, csr.clone()))
+            .await,
+    );
+    let short = demo
+        .ctl(&["join-token", "create", "coder-1", "--ttl", "1"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    println!("    (waiting 2 s for a 1-second join token to expire)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    refused(
+        "expired join token",
+        anon.enroll(enroll("coder-1", &short, csr.clone())).await,
+    );
+    let fresh = demo
+        .ctl(&["join-token", "create", "coder-1"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (_, rcsr) = key_and_csr(&spiffe("reviewer-1")).unwrap();
+    refused(
+        "join token of another agent",
+        anon.enroll(enroll("reviewer-1", &fresh, rcsr.clone()))
+            .await,
+    );
+    refused(
+        "malformed CSR",
+        anon.enroll(enroll("coder-1", &fresh, b"not a CSR".to_vec()))
+            .await,
+    );
+    refused(
+        "CSR asking for another identity",
+        anon.enroll(enroll("coder-1", &fresh, rcsr)).await,
+    );
+    // Certificates.
+    let foreign_dir = dir.join("foreign-ca");
+    let foreign = Ca::create(&TrustDomain::new(TD).unwrap(), &foreign_dir).unwrap();
+    let cred = foreign
+        .issue(
+            &spiffe("coder-1"),
+            &[],
+            &[],
+            false,
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let foreign_call = async {
+        let ch = demo.mtls(&cred.cert_pem, &cred.key_pem).await?;
+        let mut c =
+            warden_shared::proto::v1::identity_service_client::IdentityServiceClient::new(ch);
+        c.issue_token(pb::IssueTokenRequest {
+            scopes: vec!["repo:read".into()],
+            ..Default::default()
+        })
+        .await
+    };
+    match foreign_call.await {
+        Ok(v) => panic!("foreign CA accepted: {v:?}"),
+        Err(s) => println!(
+            "  ✗ {:<44} {:?} — the control plane refused the TLS handshake: {}",
+            "client certificate from a foreign CA",
+            s.code(),
+            std::error::Error::source(&s)
+                .map(source_chain)
+                .unwrap_or_else(|| s.message().to_owned())
+        ),
+    }
+    let agent_cert = std::fs::read_to_string(coder_dir.join("identity/svid.crt")).unwrap();
+    let agent_key = std::fs::read_to_string(coder_dir.join("identity/svid.key")).unwrap();
+    let ch = demo.mtls(&agent_cert, &agent_key).await.unwrap();
+    let mut as_admin = warden_shared::proto::v1::admin_service_client::AdminServiceClient::new(ch);
+    refused(
+        "admin call with an agent certificate",
+        as_admin
+            .revoke_agent(pb::RevokeAgentRequest {
+                id: "reviewer-1".into(),
+                reason: String::new(),
+            })
+            .await,
+    );
+    // Lifecycle.
+    demo.ctl_ok(&["agents", "suspend", "coder-1", "--reason", "demo"]);
+    refused(
+        "suspended agent opening a session",
+        agent.start_session(session_req(&["repo:read"])).await,
+    );
+    demo.ctl_ok(&["agents", "resume", "coder-1"]);
+    demo.ctl_ok(&[
+        "agents",
+        "revoke",
+        "reviewer-1",
+        "--reason",
+        "demo kill switch",
+    ]);
+    refused(
+        "revoked agent opening a session",
+        reviewer.start_session(session_req(&["repo:read"])).await,
+    );
+    demo.ctl_ok(&[
+        "agents",
+        "register",
+        "temp-1",
+        "--type",
+        "batch",
+        "--owner",
+        "platform-team",
+        "--scope",
+        "repo:read",
+        "--expires-in",
+        "2s",
+    ]);
+    let temp_token = demo
+        .ctl(&["join-token", "create", "temp-1"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    println!("    (waiting 3 s for temp-1's identity to expire)");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, tcsr) = key_and_csr(&spiffe("temp-1")).unwrap();
+    refused(
+        "expired agent enrolling",
+        anon.enroll(enroll("temp-1", &temp_token, tcsr)).await,
+    );
+
+    step("6. The JWKS anyone can verify tokens with (e.g. PyJWT)");
+    let (_, jwks) = http_get(jwks_addr, "/.well-known/jwks.json").await.unwrap();
+    println!("    GET http://{jwks_addr}/.well-known/jwks.json → {jwks}");
+
+    step("Done — stopping processes and removing the temporary directory");
+    drop(procs);
+    drop(store);
+    drop(tmp);
+}
+
+async fn who(sock: &Path, token: String) -> Result<pb::WhoAmIResponse, Status> {
+    let mut c = agent_unix(
+        sock,
+        AgentAuth {
+            token: Some(token),
+            no_header: false,
+        },
+    )
+    .await
+    .unwrap();
+    c.who_am_i(pb::WhoAmIRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn rustls_pem_first(pem: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(pem);
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
