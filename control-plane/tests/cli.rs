@@ -272,3 +272,13 @@ fn control_plane_refuses_bad_configuration_with_exit_64() {
     assert_eq!(o.status.code(), Some(64));
     assert!(err(&o).contains("unknown field"), "{}", err(&o));
 }
+
+#[test]
+fn the_example_config_in_deploy_is_valid_and_matches_the_defaults() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config/control-plane.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let c: Config = toml::from_str(&text).unwrap();
+    c.validate().unwrap();
+    let d = Config::new("warden.local", Path::new(""));
+    assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
+}

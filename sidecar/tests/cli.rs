@@ -69,3 +69,11 @@ fn bad_configuration_exits_64() {
     assert_eq!(code, Some(64));
     assert!(err.contains("unknown field"), "{err}");
 }
+
+#[test]
+fn the_example_config_in_deploy_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config/sidecar.toml");
+    let c = warden_sidecar::config::Config::from_file(std::path::Path::new(path)).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.agent_id, "coder-1");
+}
