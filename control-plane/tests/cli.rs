@@ -275,7 +275,10 @@ fn control_plane_refuses_bad_configuration_with_exit_64() {
 
 #[test]
 fn the_example_config_in_deploy_is_valid_and_matches_the_defaults() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config/control-plane.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/config/control-plane.toml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let c: Config = toml::from_str(&text).unwrap();
     c.validate().unwrap();

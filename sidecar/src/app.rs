@@ -85,7 +85,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let (shutdown, rx) = watch::channel(false);
-    let svc = AgentServiceServer::with_interceptor(api.clone(), RequireAgentHeader);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        AgentServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        RequireAgentHeader,
+    );
     let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
     for incoming in [Incoming::Tcp(tcp), Incoming::Unix(uds)] {
         let svc = svc.clone();

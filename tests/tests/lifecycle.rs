@@ -368,3 +368,58 @@ async fn lapsed_certificate_is_reported_and_a_new_join_token_recovers() {
     );
     agent.start_session(session_req()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_sidecar_started_before_the_control_plane_enrolls_once_it_is_up() {
+    let mesh = Mesh::start().await.unwrap();
+    mesh.register("early", &["data:read"], 4).await.unwrap();
+    let token = mesh.join_token("early").await.unwrap();
+    let config = mesh.sidecar_config("early", Some(token));
+    let Mesh { dir, cp, ctl } = mesh;
+    let (addr, jwks) = (cp.grpc_addr, cp.jwks_addr);
+    cp.shutdown().await.unwrap();
+
+    let sc = warden_sidecar::app::start(config).await.unwrap();
+    assert!(sc.identity.snapshot().current.is_none());
+    let (code, _) = http_get(sc.health_addr, "/readyz").await.unwrap();
+    assert_eq!(code, 503);
+
+    let mut cfg = warden_control_plane::config::Config::load(&dir.path().join("cp")).unwrap();
+    cfg.durable_sync = false;
+    cfg.listen = addr;
+    cfg.jwks_listen = jwks;
+    let _cp = warden_control_plane::app::start(cfg).await.unwrap();
+    let ready = eventually(Duration::from_secs(15), || async {
+        http_get(sc.health_addr, "/readyz")
+            .await
+            .is_ok_and(|r| r.0 == 200)
+    })
+    .await;
+    assert!(ready, "the sidecar did not retry its join token");
+    let mut agent = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
+    agent.start_session(session_req()).await.unwrap();
+    drop(ctl);
+}
+
+#[tokio::test]
+async fn a_token_never_outlives_the_certificate_it_is_bound_to() {
+    let mesh = Mesh::start_with(|c| {
+        c.durable_sync = false;
+        c.cert_ttl_secs = 120;
+    })
+    .await
+    .unwrap();
+    let sc = mesh.agent("short", &["data:read"], 4).await.unwrap();
+    let mut agent = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
+    let s = agent
+        .start_session(session_req())
+        .await
+        .unwrap()
+        .into_inner();
+    let cert_not_after = sc.identity.snapshot().current.unwrap().not_after;
+    assert_eq!(s.expires_at.unwrap().seconds, cert_not_after);
+    assert_eq!(
+        jwt_payload(&s.token)["exp"].as_i64().unwrap(),
+        cert_not_after
+    );
+}

@@ -471,7 +471,11 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        auth::caller(&req, &self.state.td)?;
+        let caller = auth::caller(&req, &self.state.td)?;
+        // Suspended, revoked or expired agents get nothing, not even public keys.
+        if let warden_shared::spiffe::Principal::Agent(id) = &caller.principal {
+            ensure_active(&self.agent(id).await?, now_unix())?;
+        }
         Ok(Response::new(pb::GetJwksResponse {
             jwks_json: self.state.keys.current().jwks_json.clone(),
         }))

@@ -49,6 +49,9 @@ pub struct Manager {
     tx: watch::Sender<Snapshot>,
     // Serialises enroll/renew so two never race on the files.
     busy: Mutex<()>,
+    // A configured join token not yet used because the control plane was
+    // unreachable; retried with backoff (a sidecar may boot first).
+    pending: std::sync::Mutex<Option<String>>,
 }
 
 impl Manager {
@@ -75,15 +78,15 @@ impl Manager {
             dir,
             tx,
             busy: Mutex::new(()),
+            pending: std::sync::Mutex::new(None),
         });
         let valid = m.snapshot().valid(now_unix()).is_some();
         if !valid {
-            if let Some(token) = m.config.join_token.clone() {
-                if let Err(e) = m.enroll(&token).await {
-                    tracing::error!(error = %e, "enrollment failed");
+            match m.config.join_token.clone() {
+                Some(token) => {
+                    m.enroll_or_keep(token).await;
                 }
-            } else {
-                m.report_missing();
+                None => m.report_missing(),
             }
         }
         Ok(m)
@@ -158,6 +161,24 @@ impl Manager {
         self.install(id)
     }
 
+    /// Enrolls with `token`; if the control plane is unreachable, keeps the
+    /// token for a retry. Returns whether a retry is pending.
+    async fn enroll_or_keep(&self, token: String) -> bool {
+        let retry = match self.enroll(&token).await {
+            Ok(()) => false,
+            Err(e @ Error::Transport(_)) => {
+                tracing::warn!(error = %e, "enrollment failed; will retry with the same join token");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "enrollment refused");
+                false
+            }
+        };
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = retry.then_some(token);
+        retry
+    }
+
     /// Consumes a join token dropped into the data directory, if any.
     async fn try_token_file(&self) {
         let path = self.config.data_dir.join(JOIN_TOKEN_FILE);
@@ -202,15 +223,31 @@ impl Manager {
                     }
                 }
                 None => {
-                    if !reported_lapse {
+                    let pending = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
+                    let retrying = match pending {
+                        Some(token) => self.enroll_or_keep(token).await,
+                        None => false,
+                    };
+                    if !retrying && !reported_lapse && self.snapshot().valid(now_unix()).is_none() {
                         self.report_missing();
                         reported_lapse = true;
                     }
                     self.try_token_file().await;
                     if self.snapshot().valid(now_unix()).is_some() {
+                        backoff = RETRY_MIN;
                         continue;
                     }
-                    Duration::from_secs(1)
+                    if retrying {
+                        let w = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                        w.max(Duration::from_millis(200))
+                    } else {
+                        Duration::from_secs(1)
+                    }
                 }
             };
             // Wake early if the identity changes (e.g. a manual renewal).
