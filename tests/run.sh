@@ -10,13 +10,17 @@ target="${CARGO_TARGET_DIR:-target}"
 # kept beside the build output so reruns are instant.
 if [ -z "${WARDEN_PYTHON:-}" ]; then
     venv="$(realpath -m "$target/py-venv")"
-    if ! "$venv/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
+    if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
         echo "==> creating Python virtualenv at $venv"
         py="$(command -v python3.11 || command -v python3)"
         rm -rf "$venv"
         mkdir -p "$target"
         "$py" -m venv "$venv"
+    fi
+    # Reinstall only when the requirements changed.
+    if ! cmp -s tests/python/requirements.txt "$venv/.requirements"; then
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+        cp tests/python/requirements.txt "$venv/.requirements"
     fi
     export WARDEN_PYTHON="$venv/bin/python"
 fi

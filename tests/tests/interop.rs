@@ -86,3 +86,32 @@ async fn pyjwt_verifies_tokens_and_cryptography_reads_the_svid() {
     assert!(!success, "PyJWT accepted a wrong audience");
     assert!(stderr.to_lowercase().contains("audience"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_python_agent_uses_the_sidecar_over_its_unix_socket() {
+    let python = std::env::var("WARDEN_PYTHON").expect(
+        "WARDEN_PYTHON must point at a Python with tests/python/requirements.txt installed; run the tests with ./tests/run.sh",
+    );
+    let mesh = Mesh::start().await.unwrap();
+    let sc = mesh.agent("py-agent", &["data:*"], 2).await.unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/agent_client.py");
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    let socket = sc.socket_path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(["--proto-dir", proto, "--scope", "data:read", "--socket"])
+            .arg(socket)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python agent failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["agent_id"], "py-agent");
+    assert_eq!(v["user_id"], "usr_py");
+    assert_eq!(v["scopes"], serde_json::json!(["data:read"]));
+    assert_eq!(v["spiffe_id"], format!("spiffe://{TD}/agent/py-agent"));
+}
