@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 target="${CARGO_TARGET_DIR:-target}"
 
-# Python for the interoperability test (PyJWT + cryptography), in a venv
+# Python for the interoperability tests (PyJWT, cryptography, grpcio), in a venv
 # kept beside the build output so reruns are instant.
 if [ -z "${WARDEN_PYTHON:-}" ]; then
     venv="$(realpath -m "$target/py-venv")"
