@@ -89,9 +89,17 @@ pub fn admin<T>(req: &Request<T>, td: &TrustDomain) -> Result<(Caller, String), 
     }
 }
 
-/// The caller, which must be an agent.
+/// The caller, which must be an agent with an unexpired certificate (an
+/// HTTP/2 connection can outlive the certificate it was opened with).
 pub fn agent<T>(req: &Request<T>, td: &TrustDomain) -> Result<(Caller, AgentId), Status> {
     let c = caller(req, td)?;
+    if c.not_after <= time::OffsetDateTime::now_utc().unix_timestamp() {
+        return Err(status(
+            Code::Unauthenticated,
+            Reason::NoIdentity,
+            "client certificate has expired; enroll again with a join token",
+        ));
+    }
     match &c.principal {
         Principal::Agent(id) => {
             let id = id.clone();

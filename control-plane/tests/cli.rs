@@ -135,6 +135,31 @@ async fn wardenctl_manages_agents_and_join_tokens() {
     assert!(!o.status.success());
     assert!(err(&o).contains("[AGENT_STATE_FINAL]"), "{}", err(&o));
 
+    // Credentials from flags instead of the config directory.
+    let admin = d.join("cp/admin");
+    let (ca, cert, key) = (
+        admin.join("ca.crt"),
+        admin.join("admin.crt"),
+        admin.join("admin.key"),
+    );
+    let addr2 = addr.clone();
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_wardenctl"))
+            .args(["--config-dir", "/nonexistent", "--address", &addr2, "--ca"])
+            .arg(ca)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .args(["--json", "agents", "get", "coder-1"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("\"status\":\"revoked\""), "{}", out(&o));
+
     let o = ctl(d, &addr, &["keys", "rotate"]).await;
     assert!(out(&o).contains("active key:"), "{}", out(&o));
 }

@@ -74,6 +74,8 @@ reasons! {
     TokenWrongAudience = "TOKEN_WRONG_AUDIENCE",
     /// The token was issued by another issuer.
     TokenWrongIssuer = "TOKEN_WRONG_ISSUER",
+    /// The token was issued in the future (clock skew beyond the leeway).
+    TokenNotYetValid = "TOKEN_NOT_YET_VALID",
     /// The token is bound (`cnf`) to another certificate.
     TokenKeyBindingMismatch = "TOKEN_KEY_BINDING_MISMATCH",
     /// The request lacks the agent API metadata header.

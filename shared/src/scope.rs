@@ -135,20 +135,32 @@ pub fn any_covers(granted: &[Scope], needed: &Scope) -> bool {
 
 /// The grant for a request: every meet of a requested and an allowed scope,
 /// without duplicates or scopes already covered by another in the grant,
-/// sorted. Empty when nothing overlaps.
-pub fn intersect(requested: &[Scope], allowed: &[Scope]) -> Vec<Scope> {
+/// sorted. Empty when nothing overlaps; [`Error::TooMany`] when the grant
+/// would exceed [`MAX_SCOPES`] (ask for narrower scopes).
+pub fn intersect(requested: &[Scope], allowed: &[Scope]) -> Result<Vec<Scope>, Error> {
     let mut meets: Vec<Scope> = requested
         .iter()
         .flat_map(|r| allowed.iter().filter_map(|a| r.meet(a)))
         .collect();
-    meets.sort();
+    // A scope can only be covered by a shorter one, or by one of the same
+    // length with fewer literal segments: visiting in that order, a scope is
+    // redundant exactly when an already kept one covers it. The work is
+    // bounded by |meets| x MAX_SCOPES.
+    let literals = |s: &Scope| s.0.iter().filter(|g| matches!(g, Segment::Lit(_))).count();
+    meets.sort_by(|a, b| (a.0.len(), literals(a), a).cmp(&(b.0.len(), literals(b), b)));
     meets.dedup();
-    let minimal: Vec<Scope> = meets
-        .iter()
-        .filter(|s| !meets.iter().any(|o| o != *s && o.covers(s)))
-        .cloned()
-        .collect();
-    minimal
+    let mut kept: Vec<Scope> = Vec::new();
+    for m in meets {
+        if kept.iter().any(|k| k.covers(&m)) {
+            continue;
+        }
+        if kept.len() == MAX_SCOPES {
+            return Err(Error::TooMany);
+        }
+        kept.push(m);
+    }
+    kept.sort();
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -202,11 +214,20 @@ mod tests {
         let g = intersect(
             &[s("data:*"), s("mail:send")],
             &[s("data:read"), s("data:write:eu")],
-        );
+        )
+        .unwrap();
         assert_eq!(g, vec![s("data:read"), s("data:write:eu")]);
-        let g = intersect(&[s("orders:read:user:u1")], &[s("orders:*")]);
+        let g = intersect(&[s("orders:read:user:u1")], &[s("orders:*")]).unwrap();
         assert_eq!(g, vec![s("orders:read:user:u1")]);
-        assert!(intersect(&[s("mail:send")], &[s("data:*")]).is_empty());
+        assert!(
+            intersect(&[s("mail:send")], &[s("data:*")])
+                .unwrap()
+                .is_empty()
+        );
+        // 64 x 64 pairwise-distinct meets would make a 4096-scope grant.
+        let req: Vec<Scope> = (0..64).map(|i| s(&format!("*:*:q{i}"))).collect();
+        let allow: Vec<Scope> = (0..64).map(|i| s(&format!("a{i}:*"))).collect();
+        assert_eq!(intersect(&req, &allow), Err(Error::TooMany));
     }
 
     fn seg() -> impl Strategy<Value = String> {
@@ -264,7 +285,7 @@ mod tests {
             allow in prop::collection::vec(scope(), 0..4),
             x in concrete(),
         ) {
-            let grant = intersect(&req, &allow);
+            let grant = intersect(&req, &allow).unwrap();
             let granted = any_covers(&grant, &x);
             prop_assert_eq!(granted, any_covers(&req, &x) && any_covers(&allow, &x));
         }

@@ -64,6 +64,7 @@ pub fn auth_status(e: &authenticate::Error) -> Status {
             T::WrongAudience(_) => (Code::Unauthenticated, Reason::TokenWrongAudience),
             T::WrongIssuer(_) => (Code::Unauthenticated, Reason::TokenWrongIssuer),
             T::KeyBinding => (Code::Unauthenticated, Reason::TokenKeyBindingMismatch),
+            T::NotYetValid => (Code::Unauthenticated, Reason::TokenNotYetValid),
             _ => (Code::Unauthenticated, Reason::TokenMalformed),
         },
     };
@@ -137,9 +138,18 @@ impl AgentApi {
 }
 
 fn forward(s: Status) -> Status {
-    // Keep the control plane's code, message and details: they are written
-    // for the caller.
-    s
+    // A refusal from the control plane carries its own code, message and
+    // reason, written for the caller: pass it on. Anything without a reason
+    // is a transport failure between sidecar and control plane.
+    if warden_shared::refusal::reason_of(&s).is_some() {
+        return s;
+    }
+    tracing::warn!(code = ?s.code(), error = %s.message(), "control plane call failed");
+    status(
+        Code::Unavailable,
+        Reason::ControlPlaneUnavailable,
+        "the control plane is unreachable; retry later",
+    )
 }
 
 #[tonic::async_trait]
@@ -175,7 +185,10 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
         let claims = self.authenticate(&req).await?;
         // Refuse the token here at once, whatever the control plane says.
-        self.auth.end_session(&claims.sid, claims.exp, now_unix());
+        if let Err(e) = self.auth.end_session(&claims.sid, claims.exp, now_unix()) {
+            // Refused in memory already; only a restart could revive it.
+            tracing::error!(error = %e, session = %claims.sid, "could not persist the ended session");
+        }
         let mut client = self.cp.identity_client()?;
         client
             .release_session(pb::ReleaseSessionRequest {

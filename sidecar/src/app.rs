@@ -21,6 +21,9 @@ use crate::cp::ControlPlane;
 use crate::gateway::authenticate::Authenticator;
 use crate::identity::rotation::Manager;
 
+/// How often the JWKS is refetched even without an unknown key id.
+const JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Largest agent request accepted.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
@@ -60,6 +63,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let auth = Arc::new(Authenticator::new(
         td.control_plane().to_string(),
         expected.to_string(),
+        Some(config.data_dir.join("ended-sessions.json")),
     ));
     let api = AgentApi::new(Arc::clone(&identity), cp, Arc::clone(&auth));
     if identity.snapshot().valid(crate::now_unix()).is_some()
@@ -131,6 +135,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tasks.push(tokio::spawn(async move {
         crate::health::track(reporter, id2, rx2).await;
         Ok(())
+    }));
+    // Unknown key ids trigger a refresh; this one also drops keys the
+    // control plane no longer publishes.
+    let (api2, id4, mut rx4) = (api.clone(), Arc::clone(&identity), rx.clone());
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(JWKS_REFRESH) => {}
+                _ = rx4.wait_for(|s| *s) => return Ok(()),
+            }
+            if id4.snapshot().valid(crate::now_unix()).is_some()
+                && let Err(e) = api2.refresh_jwks().await
+            {
+                tracing::warn!(error = %e.message(), "periodic JWKS refresh failed; keeping the current keys");
+            }
+        }
     }));
     let (id3, rx3) = (Arc::clone(&identity), rx.clone());
     tasks.push(tokio::spawn(async move {

@@ -108,7 +108,7 @@ async fn main() {
             .await
             .unwrap();
         let id = sc.identity.snapshot().current.clone().unwrap();
-        let key = std::fs::read_to_string(sc.data_dir.join("identity/svid.key")).unwrap();
+        let key = std::fs::read_to_string(sc.data_dir.join("identity/identity.pem")).unwrap();
         channels.push(mesh.mtls_channel(&id.cert_pem, &key).await.unwrap());
         sidecars.push(sc);
     }

@@ -539,7 +539,7 @@ async fn main() {
         ),
     }
     let agent_cert = std::fs::read_to_string(coder_dir.join("identity/svid.crt")).unwrap();
-    let agent_key = std::fs::read_to_string(coder_dir.join("identity/svid.key")).unwrap();
+    let agent_key = std::fs::read_to_string(coder_dir.join("identity/identity.pem")).unwrap();
     let ch = demo.mtls(&agent_cert, &agent_key).await.unwrap();
     let mut as_admin = warden_shared::proto::v1::admin_service_client::AdminServiceClient::new(ch);
     refused(

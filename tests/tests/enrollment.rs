@@ -207,7 +207,7 @@ async fn admin_api_refuses_agent_certificates_and_anonymous_callers() {
     let ch = mesh
         .mtls_channel(
             &id.cert_pem,
-            &std::fs::read_to_string(sc.data_dir.join("identity/svid.key")).unwrap(),
+            &std::fs::read_to_string(sc.data_dir.join("identity/identity.pem")).unwrap(),
         )
         .await
         .unwrap();

@@ -25,7 +25,7 @@ async fn enroll_start_session_and_who_am_i_over_tcp_and_unix_socket() {
         id.spiffe_id.to_string(),
         format!("spiffe://{TD}/agent/coder-1")
     );
-    let key_mode = std::fs::metadata(sc.data_dir.join("identity/svid.key"))
+    let key_mode = std::fs::metadata(sc.data_dir.join("identity/identity.pem"))
         .unwrap()
         .permissions()
         .mode();
@@ -202,4 +202,54 @@ impl ParseAgent for str {
     fn parse_agent(&self) -> warden_shared::agent::AgentId {
         warden_shared::agent::AgentId::new(self).unwrap()
     }
+}
+
+#[tokio::test]
+async fn an_ended_session_stays_ended_across_a_sidecar_restart() {
+    let mesh = Mesh::start().await.unwrap();
+    mesh.register("a1", &["data:read"], 2).await.unwrap();
+    let token = mesh.join_token("a1").await.unwrap();
+    let config = mesh.sidecar_config("a1", Some(token));
+    let sc = warden_sidecar::app::start(config.clone()).await.unwrap();
+    let mut c = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
+    let s = c
+        .start_session(pb::StartSessionRequest {
+            scopes: vec!["data:read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut t = agent_tcp(
+        &sc,
+        AgentAuth {
+            token: Some(s.token.clone()),
+            no_header: false,
+        },
+    )
+    .await
+    .unwrap();
+    t.end_session(pb::EndSessionRequest {}).await.unwrap();
+    let serial = sc.identity.snapshot().current.unwrap().serial.clone();
+    sc.shutdown().await.unwrap();
+
+    // Restarted from its data directory: same certificate, no join token needed.
+    let mut again = config;
+    again.join_token = None;
+    let sc = warden_sidecar::app::start(again).await.unwrap();
+    assert_eq!(sc.identity.snapshot().current.unwrap().serial, serial);
+    let mut t = agent_tcp(
+        &sc,
+        AgentAuth {
+            token: Some(s.token),
+            no_header: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_refused(
+        t.who_am_i(pb::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+        "SESSION_UNKNOWN",
+    );
 }

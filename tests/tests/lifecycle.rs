@@ -333,11 +333,10 @@ async fn lapsed_certificate_is_reported_and_a_new_join_token_recovers() {
         .unwrap();
     let idir = config.data_dir.join("identity");
     std::fs::create_dir_all(&idir).unwrap();
-    std::fs::write(idir.join("svid.key"), key_pem).unwrap();
-    std::fs::write(idir.join("svid.crt"), pem_cert(&signed.der)).unwrap();
+    let bundle = std::fs::read_to_string(mesh.ca_path()).unwrap();
     std::fs::write(
-        idir.join("bundle.crt"),
-        std::fs::read(mesh.ca_path()).unwrap(),
+        idir.join("identity.pem"),
+        format!("{key_pem}{}{bundle}", pem_cert(&signed.der)),
     )
     .unwrap();
 

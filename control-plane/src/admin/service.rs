@@ -136,14 +136,15 @@ impl AdminApi {
             .store
             .set_agent_status(&id, to, &reason, now_unix())
             .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                status(
-                    Code::NotFound,
-                    Reason::AgentUnknown,
-                    format!("agent {id} is not registered"),
-                )
-            })?;
+            .map_err(store_error)?;
+        let Some(updated) = updated else {
+            // Revoked (or removed) between the read above and the write.
+            return Err(status(
+                Code::FailedPrecondition,
+                Reason::AgentStateFinal,
+                format!("agent {id} is revoked; register a new agent id instead"),
+            ));
+        };
         tracing::warn!(agent = %id, admin, status = to.as_str(), reason = %reason, "agent status changed");
         Ok(to_proto(&updated, &self.state))
     }

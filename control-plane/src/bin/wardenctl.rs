@@ -23,6 +23,15 @@ struct Cli {
     /// Control-plane address, e.g. https://localhost:7443 (overrides wardenctl.toml).
     #[arg(long, env = "WARDEN_ADDRESS", global = true)]
     address: Option<String>,
+    /// CA certificate (PEM) to verify the control plane (overrides the config directory's).
+    #[arg(long, env = "WARDEN_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Admin certificate (PEM) (overrides the config directory's).
+    #[arg(long, env = "WARDEN_CERT", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Admin private key (PEM) (overrides the config directory's).
+    #[arg(long, env = "WARDEN_KEY", global = true, requires = "cert")]
+    key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -196,7 +205,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(|h| PathBuf::from(h).join(".config/warden"))
             .context("no --config-dir given and $HOME is unset")?,
     };
-    let cfg = CtlConfig::from_dir(&dir, cli.address)?;
+    let mut cfg = CtlConfig::from_dir(&dir, cli.address)?;
+    if let Some(ca) = cli.ca {
+        cfg.files.ca = ca;
+    }
+    if let (Some(cert), Some(key)) = (cli.cert, cli.key) {
+        cfg.files.cert = cert;
+        cfg.files.key = key;
+    }
     let mut client = ctl::connect(&cfg).await?;
     let j = cli.json;
     match cli.command {

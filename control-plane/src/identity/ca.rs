@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -189,10 +189,15 @@ impl Ca {
     }
 
     fn save(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), Error> {
-        fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
         let key_path = dir.join(CA_KEY);
         if key_path.exists() {
             return Err(Error::BadCa(format!(

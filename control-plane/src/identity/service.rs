@@ -136,27 +136,35 @@ impl IdentityApi {
             })
     }
 
-    async fn issue_cert(
-        &self,
-        agent: &AgentId,
-        csr: &ca::CheckedCsr,
-        reason: &'static str,
-    ) -> Result<pb::Certificate, Status> {
+    /// Signs a certificate for `agent`; nothing is recorded yet.
+    fn sign_cert(&self, agent: &AgentId, csr: &ca::CheckedCsr) -> Result<Signed, Status> {
         let id = self.state.td.agent(agent);
         let ttl = Duration::from_secs(self.state.config.cert_ttl_secs);
-        let Signed {
-            der,
-            serial,
-            not_after,
-        } = self.state.ca.sign(csr, &id, ttl).map_err(csr_error)?;
+        let signed = self.state.ca.sign(csr, &id, ttl).map_err(csr_error)?;
         // The control plane checks the SAN it signs.
-        if svid::spiffe_id_of(&der).ok().as_ref() != Some(&id) {
+        if svid::spiffe_id_of(&signed.der).ok().as_ref() != Some(&id) {
             return Err(status(
                 Code::Internal,
                 Reason::Internal,
                 "issued certificate failed self-check",
             ));
         }
+        Ok(signed)
+    }
+
+    /// Records a signed certificate and builds the reply.
+    async fn issue_cert(
+        &self,
+        agent: &AgentId,
+        signed: Signed,
+        reason: &'static str,
+    ) -> Result<pb::Certificate, Status> {
+        let id = self.state.td.agent(agent);
+        let Signed {
+            der,
+            serial,
+            not_after,
+        } = signed;
         let record = IssuedCert {
             serial: serial.clone(),
             agent_id: agent.clone(),
@@ -285,6 +293,10 @@ impl IdentityService for IdentityApi {
             .ca
             .check_csr(&req.csr_der, &spiffe)
             .map_err(csr_error)?;
+        // Sign before spending: a signing failure leaves the token usable. A
+        // certificate signed for a token that a concurrent use then spends
+        // is discarded, never returned.
+        let signed = self.sign_cert(&agent_id, &csr)?;
         let spent = self
             .state
             .store
@@ -294,7 +306,7 @@ impl IdentityService for IdentityApi {
         if let Some(e) = token_error(spent) {
             return Err(e);
         }
-        let cert = self.issue_cert(&agent_id, &csr, "enroll").await?;
+        let cert = self.issue_cert(&agent_id, signed, "enroll").await?;
         Ok(Response::new(pb::EnrollResponse {
             certificate: Some(cert),
         }))
@@ -313,7 +325,9 @@ impl IdentityService for IdentityApi {
             .ca
             .check_csr(&req.get_ref().csr_der, &spiffe)
             .map_err(csr_error)?;
-        let cert = self.issue_cert(&agent_id, &csr, "renew").await?;
+        let cert = self
+            .issue_cert(&agent_id, self.sign_cert(&agent_id, &csr)?, "renew")
+            .await?;
         Ok(Response::new(pb::RenewResponse {
             certificate: Some(cert),
         }))
@@ -347,7 +361,13 @@ impl IdentityService for IdentityApi {
             tracing::error!(agent = %agent_id, error = %e, "stored allowed_scopes do not parse");
             status(Code::Internal, Reason::Internal, "agent record is invalid")
         })?;
-        let granted = scope::intersect(&requested, &allowed);
+        let granted = scope::intersect(&requested, &allowed).map_err(|e| {
+            status(
+                Code::InvalidArgument,
+                Reason::InvalidArgument,
+                format!("{e}; request narrower scopes"),
+            )
+        })?;
         if granted.is_empty() {
             return Err(status(
                 Code::PermissionDenied,
@@ -450,6 +470,7 @@ impl IdentityService for IdentityApi {
         req: Request<pb::ReleaseSessionRequest>,
     ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
         let (_, agent_id) = auth::agent(&req, &self.state.td)?;
+        ensure_active(&self.agent(&agent_id).await?, now_unix())?;
         let ended = self
             .state
             .store

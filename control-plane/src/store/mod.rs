@@ -163,7 +163,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>>;
     /// All agents, by id.
     async fn list_agents(&self) -> Result<Vec<Agent>>;
-    /// Sets an agent's status; returns the updated record, `None` if unknown.
+    /// Sets an agent's status; returns the updated record, or `None` if the
+    /// agent is unknown or revoked (revocation is final: only `Revoked` may
+    /// be written over `Revoked`).
     async fn set_agent_status(
         &self,
         id: &AgentId,

@@ -189,13 +189,17 @@ impl Store for SqliteStore {
         let (id, reason) = (id.clone(), reason.to_owned());
         self.write(move |c| {
             Box::pin(async move {
+                // Revocation is final, enforced in the write itself so that a
+                // resume racing a revoke cannot bring the agent back.
                 let row = sqlx::query(
-                    "UPDATE agents SET status = ?, status_reason = ?, updated_at = ? WHERE id = ? RETURNING *",
+                    "UPDATE agents SET status = ?, status_reason = ?, updated_at = ?
+                     WHERE id = ? AND (status <> 'revoked' OR ? = 'revoked') RETURNING *",
                 )
                 .bind(status.as_str())
                 .bind(&reason)
                 .bind(now)
                 .bind(id.as_str())
+                .bind(status.as_str())
                 .fetch_optional(&mut *c)
                 .await?;
                 row.as_ref().map(agent_from_row).transpose()

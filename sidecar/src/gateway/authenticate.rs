@@ -8,6 +8,7 @@
 //! Everything time- or state-dependent is re-checked on every call.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -42,21 +43,26 @@ pub enum Error {
 pub struct Authenticator {
     issuer: String,
     audience: String,
-    verifier: RwLock<Arc<Verifier>>,
+    // Lock order: `cache` before `verifier`.
+    verifier: RwLock<(u64, Arc<Verifier>)>,
     cache: Mutex<HashMap<Arc<str>, Arc<Claims>>>,
     ended: Mutex<HashMap<String, i64>>,
+    ended_file: Option<PathBuf>,
     last_refresh: Mutex<Option<Instant>>,
 }
 
 impl Authenticator {
-    /// Expects tokens from `issuer` for `audience`.
-    pub fn new(issuer: String, audience: String) -> Self {
+    /// Expects tokens from `issuer` for `audience`. Ended sessions are kept
+    /// in `ended_file` (if given) so a restart does not revive their tokens.
+    pub fn new(issuer: String, audience: String, ended_file: Option<PathBuf>) -> Self {
+        let ended = ended_file.as_deref().map(load_ended).unwrap_or_default();
         Self {
             issuer,
             audience,
-            verifier: RwLock::new(Arc::new(Verifier::default())),
+            verifier: RwLock::new((0, Arc::new(Verifier::default()))),
             cache: Mutex::new(HashMap::new()),
-            ended: Mutex::new(HashMap::new()),
+            ended: Mutex::new(ended),
+            ended_file,
             last_refresh: Mutex::new(None),
         }
     }
@@ -64,9 +70,13 @@ impl Authenticator {
     /// Installs a new JWK Set.
     pub fn set_jwks(&self, set: &JwkSet) -> Result<(), token::Error> {
         let v = Verifier::new(set)?;
-        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
+        // Holding the cache lock while swapping means no verification done
+        // against the old set can be cached after this point.
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ver = self.verifier.write().unwrap_or_else(|p| p.into_inner());
+        *ver = (ver.0 + 1, Arc::new(v));
         // A key may have left the set: re-prove every token against the new one.
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        cache.clear();
         Ok(())
     }
 
@@ -80,11 +90,16 @@ impl Authenticator {
         true
     }
 
-    /// Marks a session as ended here until its token would have expired.
-    pub fn end_session(&self, sid: &str, exp: i64, now: i64) {
+    /// Marks a session as ended here until its token would have expired,
+    /// and persists the list.
+    pub fn end_session(&self, sid: &str, exp: i64, now: i64) -> std::io::Result<()> {
         let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         ended.retain(|_, e| *e > now);
         ended.insert(sid.to_owned(), exp);
+        match &self.ended_file {
+            Some(path) => save_ended(path, &ended),
+            None => Ok(()),
+        }
     }
 
     /// Verifies `token` at `now` against the identity snapshot.
@@ -125,9 +140,16 @@ impl Authenticator {
         {
             return Ok(Arc::clone(c));
         }
-        let verifier = Arc::clone(&self.verifier.read().unwrap_or_else(|p| p.into_inner()));
+        let (generation, verifier) = {
+            let v = self.verifier.read().unwrap_or_else(|p| p.into_inner());
+            (v.0, Arc::clone(&v.1))
+        };
         let claims = Arc::new(verifier.verify_signature(token)?);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if self.verifier.read().unwrap_or_else(|p| p.into_inner()).0 != generation {
+            // The key set changed meanwhile: answer, but do not cache.
+            return Ok(claims);
+        }
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, c| c.exp > now);
             if cache.len() >= CACHE_MAX {
@@ -137,4 +159,36 @@ impl Authenticator {
         cache.insert(Arc::from(token), Arc::clone(&claims));
         Ok(claims)
     }
+}
+
+/// Most ended sessions remembered (each drops out when its token expires).
+const ENDED_MAX: usize = 100_000;
+
+fn load_ended(path: &Path) -> HashMap<String, i64> {
+    let now = crate::now_unix();
+    match std::fs::read_to_string(path) {
+        Ok(text) => match serde_json::from_str::<HashMap<String, i64>>(&text) {
+            Ok(mut m) => {
+                m.retain(|_, e| *e > now);
+                m
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file = %path.display(), "ended-session list is corrupt; ignoring it");
+                HashMap::new()
+            }
+        },
+        Err(_) => HashMap::new(),
+    }
+}
+
+fn save_ended(path: &Path, ended: &HashMap<String, i64>) -> std::io::Result<()> {
+    use std::io::Write;
+    if ended.len() > ENDED_MAX {
+        return Err(std::io::Error::other("too many ended sessions to remember"));
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(serde_json::to_string(ended).unwrap_or_default().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -61,6 +61,7 @@ fn certificate(
         &c.trust_bundle_der,
         expected,
         now,
+        true,
     )
 }
 

@@ -60,6 +60,9 @@ pub struct Identity {
     pub not_before: i64,
     /// Unix seconds.
     pub not_after: i64,
+    /// When this sidecar received (or loaded) it, unix seconds: renewal is
+    /// timed from here, since `not_before` is backdated for clock skew.
+    pub received_at: i64,
     /// Hex serial.
     pub serial: String,
     /// `x5t#S256` of the leaf.
@@ -77,7 +80,10 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-const KEY: &str = "svid.key";
+/// The authoritative file: key, leaf and bundle together (0600), replaced
+/// in one atomic rename so a crash never pairs a key with another's cert.
+const IDENTITY: &str = "identity.pem";
+/// Public copies for operators and tools (not read back).
 const CERT: &str = "svid.crt";
 const BUNDLE: &str = "bundle.crt";
 
@@ -93,11 +99,16 @@ fn pem(tag: &str, der: &[u8]) -> String {
     out
 }
 
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
-    let io = |source| Error::Io {
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
         path: path.to_owned(),
         source,
-    };
+    }
+}
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename, fsync
+/// of the directory) with `mode`.
+fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
@@ -105,22 +116,29 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
         .create_new(true)
         .mode(mode)
         .open(&tmp)
-        .map_err(io)?;
-    f.write_all(contents).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+        .map_err(io_err(path))?;
+    f.write_all(contents).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
 }
 
 impl Identity {
-    /// Checks a received certificate before trusting it: its SAN is exactly
-    /// `expected`, it certifies our key, it chains to the bundle, and it is
-    /// currently valid.
+    /// Checks a certificate before trusting it: its SAN is exactly
+    /// `expected`, it certifies our key, it chains to the bundle, and (if
+    /// `require_valid`) it is valid at `now`.
     pub fn verify(
         cert_der: Vec<u8>,
         key_pem: String,
         bundle_der: &[Vec<u8>],
         expected: &SpiffeId,
         now: i64,
+        require_valid: bool,
     ) -> Result<Self, Error> {
         let bad = |m: String| Error::Untrusted(m);
         let (_, cert) = X509Certificate::from_der(&cert_der)
@@ -144,7 +162,7 @@ impl Identity {
             cert.validity().not_before.timestamp(),
             cert.validity().not_after.timestamp(),
         );
-        if not_after <= now {
+        if require_valid && not_after <= now {
             return Err(Error::NoIdentity(format!(
                 "certificate expired at {not_after}"
             )));
@@ -164,12 +182,13 @@ impl Identity {
             bundle_pem,
             not_before,
             not_after,
+            received_at: now,
             serial,
         })
     }
 
-    /// The private key PEM (for the TLS client only).
-    pub(crate) fn key_pem(&self) -> &str {
+    /// The private key PEM, for this sidecar's TLS client. Never log it.
+    pub fn key_pem(&self) -> &str {
         &self.key_pem
     }
 
@@ -178,58 +197,62 @@ impl Identity {
         self.not_before <= now && now < self.not_after
     }
 
-    /// Persists to `dir` (0700), key 0600, each file replaced atomically.
+    /// Persists to `dir` (0700): the identity file (0600) in one atomic
+    /// replacement, then public copies of the certificate and bundle.
     pub fn save(&self, dir: &Path) -> Result<(), Error> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| Error::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
-        write_atomic(&dir.join(KEY), self.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&dir.join(BUNDLE), self.bundle_pem.as_bytes(), 0o644)?;
-        write_atomic(&dir.join(CERT), self.cert_pem.as_bytes(), 0o644)
+        private_dir(dir)?;
+        let all = format!("{}{}{}", self.key_pem, self.cert_pem, self.bundle_pem);
+        write_atomic(&dir.join(IDENTITY), all.as_bytes(), 0o600)?;
+        write_atomic(&dir.join(CERT), self.cert_pem.as_bytes(), 0o644)?;
+        write_atomic(&dir.join(BUNDLE), self.bundle_pem.as_bytes(), 0o644)
     }
 
-    /// Loads a persisted identity; `Ok(None)` if there is none. The loaded
-    /// identity is verified exactly like a received one (except expiry,
-    /// which the caller judges).
-    pub fn load(dir: &Path, expected: &SpiffeId) -> Result<Option<Self>, Error> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            fs::read(&path).map_err(|source| Error::Io { path, source })
+    /// Loads a persisted identity; `Ok(None)` if there is none. It is
+    /// verified exactly like a received one, except that a lapsed
+    /// certificate is still returned (the caller reports the lapse).
+    pub fn load(dir: &Path, expected: &SpiffeId, now: i64) -> Result<Option<Self>, Error> {
+        let path = dir.join(IDENTITY);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
         };
-        if !dir.join(CERT).exists() {
-            return Ok(None);
+        let mut key = None;
+        let mut certs = Vec::new();
+        for item in rustls_pemfile::read_all(&mut bytes.as_slice()) {
+            match item.map_err(|e| Error::Untrusted(format!("{}: {e}", path.display())))? {
+                rustls_pemfile::Item::Pkcs8Key(k) if key.is_none() => {
+                    key = Some(pem("PRIVATE KEY", k.secret_pkcs8_der()));
+                }
+                rustls_pemfile::Item::X509Certificate(c) => certs.push(c.to_vec()),
+                _ => {
+                    return Err(Error::Untrusted(format!(
+                        "{}: unexpected PEM block",
+                        path.display()
+                    )));
+                }
+            }
         }
-        let key_pem = String::from_utf8(read(KEY)?)
-            .map_err(|_| Error::Untrusted("key file is not PEM".into()))?;
-        let certs = |bytes: Vec<u8>| -> Vec<Vec<u8>> {
-            rustls_pemfile::certs(&mut bytes.as_slice())
-                .filter_map(Result::ok)
-                .map(|c| c.to_vec())
-                .collect()
-        };
-        let leaf = certs(read(CERT)?)
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Untrusted("no certificate in file".into()))?;
-        let bundle = certs(read(BUNDLE)?);
-        // Expiry is judged by the caller (a lapsed identity is still reported).
-        Self::verify(leaf, key_pem, &bundle, expected, i64::MIN + 1).map(Some)
+        let key =
+            key.ok_or_else(|| Error::Untrusted(format!("{}: no private key", path.display())))?;
+        if certs.len() < 2 {
+            return Err(Error::Untrusted(format!(
+                "{}: needs a certificate and a bundle",
+                path.display()
+            )));
+        }
+        let leaf = certs.remove(0);
+        Self::verify(leaf, key, &certs, expected, now, false).map(Some)
     }
 }
 
-/// Creates a private directory.
+/// Creates a private directory (0700), tightening an existing one.
 pub fn private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| Error::Io {
-            path: dir.to_owned(),
-            source,
-        })
+        .map_err(io_err(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
 }

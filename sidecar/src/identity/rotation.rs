@@ -32,16 +32,22 @@ impl Snapshot {
     }
 }
 
+/// Never renew sooner than this after receiving a certificate (unless it
+/// expires sooner): a CA near its own end issues ever shorter leaves.
+const MIN_RENEW_DELAY_SECS: i64 = 5;
+
 /// When to renew an identity: `fraction` of its lifetime, ±10% jitter of
 /// the lifetime, never before `not_before`.
 pub fn renew_at(id: &Identity, fraction: f64, jitter: f64) -> i64 {
-    let life = (id.not_after - id.not_before).max(1) as f64;
+    // Time from when we got it: not_before is backdated for clock skew, and
+    // a certificate loaded from disk may be half used already.
+    let start = id.not_before.max(id.received_at).min(id.not_after);
+    let life = (id.not_after - start).max(1) as f64;
     let offset = life * (fraction + jitter.clamp(-0.1, 0.1));
-    id.not_before + offset.round() as i64
+    (start + offset.round() as i64).max(start + MIN_RENEW_DELAY_SECS.min(id.not_after - start))
 }
 
 /// Owns the identity and publishes it.
-#[derive(Debug)]
 pub struct Manager {
     config: Config,
     expected: SpiffeId,
@@ -54,6 +60,17 @@ pub struct Manager {
     pending: std::sync::Mutex<Option<String>>,
 }
 
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("expected", &self.expected.to_string())
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("pending_join_token", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
 impl Manager {
     /// Loads a persisted identity (if any) and, when none is valid, enrolls
     /// with the configured join token. Never fails on a missing identity:
@@ -61,7 +78,7 @@ impl Manager {
     pub async fn start(config: Config, expected: SpiffeId) -> Result<Arc<Self>, Error> {
         let dir = config.data_dir.join("identity");
         super::private_dir(&config.data_dir)?;
-        let loaded = match Identity::load(&dir, &expected) {
+        let loaded = match Identity::load(&dir, &expected, now_unix()) {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(error = %e, "persisted identity is unusable; ignoring it");
@@ -185,26 +202,35 @@ impl Manager {
         let Ok(token) = std::fs::read_to_string(&path) else {
             return;
         };
-        // Single use either way: remove it so a bad token is not retried forever.
-        let _ = std::fs::remove_file(&path);
         match self.enroll(&token).await {
             Ok(()) => tracing::info!("enrolled with the join token from {}", path.display()),
-            Err(e) => tracing::error!(error = %e, "enrollment with {} failed", path.display()),
+            // Keep the file: the control plane may only be briefly away.
+            Err(e @ Error::Transport(_)) => {
+                tracing::warn!(error = %e, "enrollment with {} failed; will retry", path.display());
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "enrollment with {} refused", path.display()),
         }
+        // Used or refused: a single-use token is never tried again.
+        let _ = std::fs::remove_file(&path);
     }
 
     /// Runs until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = RETRY_MIN;
         let mut reported_lapse = false;
+        // One jitter draw per certificate, so the renewal point is stable.
+        let mut jitter: (String, f64) = (String::new(), 0.0);
         loop {
             let now = now_unix();
             let snap = self.snapshot();
             let wait = match snap.valid(now) {
                 Some(id) => {
                     reported_lapse = false;
-                    let jitter = rand::rng().random_range(-0.1..0.1);
-                    let at = renew_at(id, self.config.renew_fraction, jitter);
+                    if jitter.0 != id.serial {
+                        jitter = (id.serial.clone(), rand::rng().random_range(-0.1..0.1));
+                    }
+                    let at = renew_at(id, self.config.renew_fraction, jitter.1);
                     if now >= at {
                         match self.renew_once().await {
                             Ok(()) => {
@@ -265,27 +291,38 @@ impl Manager {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renews_at_half_life_with_bounded_jitter() {
-        let (key, csr) =
-            enroll::key_and_csr(&SpiffeId::parse("spiffe://t/agent/a").unwrap()).unwrap();
-        drop((key, csr));
-        // renew_at only reads the validity window.
-        let mk = |nb, na| Identity {
+    fn mk(not_before: i64, not_after: i64, received_at: i64) -> Identity {
+        Identity {
             spiffe_id: SpiffeId::parse("spiffe://t/agent/a").unwrap(),
             cert_der: vec![],
             cert_pem: String::new(),
             key_pem: String::new(),
             bundle_pem: String::new(),
-            not_before: nb,
-            not_after: na,
+            not_before,
+            not_after,
+            received_at,
             serial: String::new(),
             thumbprint: String::new(),
-        };
-        let id = mk(1000, 4600);
+        }
+    }
+
+    #[test]
+    fn renews_at_half_life_with_bounded_jitter() {
+        let id = mk(1000, 4600, 1000);
         assert_eq!(renew_at(&id, 0.5, 0.0), 2800);
         assert_eq!(renew_at(&id, 0.5, 0.5), 2800 + 360);
         assert_eq!(renew_at(&id, 0.5, -0.5), 2800 - 360);
         assert!(!id.valid_at(999) && id.valid_at(1000) && !id.valid_at(4600));
+    }
+
+    #[test]
+    fn renewal_is_timed_from_receipt_not_from_the_backdated_start() {
+        // A 60 s certificate backdated by 60 s: renewing at "half life"
+        // measured from not_before would be due at once, forever.
+        let id = mk(940, 1060, 1000);
+        assert_eq!(renew_at(&id, 0.5, 0.0), 1030);
+        // Never sooner than the minimum delay, unless it expires sooner.
+        assert_eq!(renew_at(&mk(0, 1008, 1000), 0.1, -0.1), 1005);
+        assert_eq!(renew_at(&mk(0, 1002, 1000), 0.1, -0.1), 1002);
     }
 }

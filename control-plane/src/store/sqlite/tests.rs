@@ -56,6 +56,26 @@ async fn agents_round_trip_and_conflict() {
         .unwrap();
     assert_eq!(up.status, AgentStatus::Suspended);
     assert_eq!(up.updated_at, 200);
+    let revoked = s
+        .set_agent_status(&a.id, AgentStatus::Revoked, "gone", 300)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.status, AgentStatus::Revoked);
+    // Revocation is final in the store itself, whatever the caller checked.
+    for st in [AgentStatus::Active, AgentStatus::Suspended] {
+        assert!(
+            s.set_agent_status(&a.id, st, "", 400)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let still = s.get_agent(&a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (still.status, still.updated_at),
+        (AgentStatus::Revoked, 300)
+    );
     assert!(
         s.set_agent_status(&AgentId::new("zz").unwrap(), AgentStatus::Active, "", 1)
             .await
@@ -134,4 +154,51 @@ async fn signing_key_rotation_retires_previous() {
     assert_eq!(keys[0].retired_at, None);
     assert_eq!(keys[1].retired_at, Some(200));
     assert!(format!("{:?}", keys[0]).contains("[redacted]"));
+}
+
+#[tokio::test]
+async fn a_refused_write_does_not_affect_others_in_its_batch() {
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 2)).await.unwrap();
+    // Interleave writes that violate the foreign key with valid ones, all at
+    // once, so they share commit batches.
+    let mut tasks = Vec::new();
+    for i in 0..40u8 {
+        let s = s.clone();
+        let who = if i % 2 == 0 { "a1" } else { "ghost" };
+        tasks.push(tokio::spawn(async move {
+            let r = s
+                .insert_join_token(&[i], &AgentId::new(who).unwrap(), "t", 100, 200)
+                .await;
+            (i, r.is_ok())
+        }));
+    }
+    for t in tasks {
+        let (i, ok) = t.await.unwrap();
+        assert_eq!(ok, i % 2 == 0, "write {i}");
+        let want = if i % 2 == 0 {
+            JoinTokenUse::Consumed
+        } else {
+            JoinTokenUse::Unknown
+        };
+        let peeked = s
+            .peek_join_token(&[i], &AgentId::new("a1").unwrap(), 150)
+            .await
+            .unwrap();
+        assert_eq!(peeked, want, "write {i}");
+    }
+}
+
+#[tokio::test]
+async fn a_multi_statement_write_is_all_or_nothing() {
+    let (s, _d) = store().await;
+    s.rotate_signing_key("k1", b"one", 100).await.unwrap();
+    // Same kid again: the INSERT fails, so the UPDATE retiring k1 must not stay.
+    assert!(s.rotate_signing_key("k1", b"again", 200).await.is_err());
+    let keys = s.signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        keys[0].retired_at, None,
+        "the failed rotation retired the active key"
+    );
 }

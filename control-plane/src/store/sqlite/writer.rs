@@ -24,9 +24,42 @@ pub(super) const QUEUE: usize = 4096;
 pub(super) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Called after the batch commit (Ok) or rollback (Err) to answer a caller.
 type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
-/// Runs a write's statements; returns whether they succeeded, and its finisher.
+/// Runs a write's statements; returns how they went, and its finisher.
 type Run =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (Outcome, Finish)> + Send>;
+
+/// How one write went, as far as the batch is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Succeeded.
+    Ok,
+    /// Refused by a constraint (or failed after its statement): SQLite undid
+    /// only that statement; the transaction goes on.
+    Refused,
+    /// Any other database error (disk full, I/O, busy…): SQLite may have
+    /// rolled back the whole transaction, so the batch must not go on.
+    Fatal,
+}
+
+fn outcome<T>(r: &Result<T>) -> Outcome {
+    use sqlx::error::ErrorKind;
+    match r {
+        Ok(_) => Outcome::Ok,
+        Err(Error::Database(sqlx::Error::Database(d)))
+            if matches!(
+                d.kind(),
+                ErrorKind::UniqueViolation
+                    | ErrorKind::ForeignKeyViolation
+                    | ErrorKind::NotNullViolation
+                    | ErrorKind::CheckViolation
+            ) =>
+        {
+            Outcome::Refused
+        }
+        Err(Error::Database(_) | Error::Migrate(_)) => Outcome::Fatal,
+        Err(_) => Outcome::Refused,
+    }
+}
 
 /// One queued write.
 pub(super) struct Job {
@@ -47,7 +80,7 @@ where
     let run: Run = Box::new(move |conn| {
         Box::pin(async move {
             let r = f(conn).await;
-            let ok = r.is_ok();
+            let ok = outcome(&r);
             let finish: Finish = Box::new(move |commit| {
                 let _ = tx.send(match commit {
                     Ok(()) => r,
@@ -87,31 +120,53 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>)
             drop(batch);
             continue;
         }
-        for j in batch {
-            if !j.multi {
-                let (_, finish) = (j.run)(&mut conn).await;
-                finishers.push(finish);
-                continue;
-            }
-            let save = exec(&mut conn, "SAVEPOINT w").await;
-            let (ok, finish) = (j.run)(&mut conn).await;
-            if !(ok && save.is_ok())
-                && let Err(e) = exec(&mut conn, "ROLLBACK TO w").await
+        let mut fatal = None;
+        let mut jobs = batch.into_iter();
+        for j in jobs.by_ref() {
+            if j.multi
+                && let Err(e) = exec(&mut conn, "SAVEPOINT w").await
             {
-                tracing::error!(error = %e, "store: savepoint rollback failed");
+                // Dropping the job answers its caller with an error.
+                fatal = Some(format!("savepoint: {e}"));
+                break;
             }
-            if let Err(e) = exec(&mut conn, "RELEASE w").await {
-                tracing::error!(error = %e, "store: savepoint release failed");
-            }
+            let (how, finish) = (j.run)(&mut conn).await;
             finishers.push(finish);
-        }
-        let commit = match exec(&mut conn, "COMMIT").await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::error!(error = %e, "store: commit failed; batch rolled back");
-                let _ = exec(&mut conn, "ROLLBACK").await;
-                Err(e.to_string())
+            if how == Outcome::Fatal {
+                fatal = Some("a write failed; the batch was rolled back".to_owned());
+                break;
             }
+            if j.multi {
+                if how != Outcome::Ok
+                    && let Err(e) = exec(&mut conn, "ROLLBACK TO w").await
+                {
+                    fatal = Some(format!("savepoint rollback: {e}"));
+                    break;
+                }
+                if let Err(e) = exec(&mut conn, "RELEASE w").await {
+                    fatal = Some(format!("savepoint release: {e}"));
+                    break;
+                }
+            }
+        }
+        // Jobs after a fatal error never ran; dropping them answers their callers.
+        drop(jobs);
+        let commit = match fatal {
+            Some(why) => {
+                tracing::error!(reason = %why, "store: write batch rolled back");
+                if let Err(e) = exec(&mut conn, "ROLLBACK").await {
+                    tracing::error!(error = %e, "store: rollback failed");
+                }
+                Err(why)
+            }
+            None => match exec(&mut conn, "COMMIT").await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, "store: commit failed; batch rolled back");
+                    let _ = exec(&mut conn, "ROLLBACK").await;
+                    Err(e.to_string())
+                }
+            },
         };
         for f in finishers {
             f(commit.clone());
