@@ -138,15 +138,36 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await?;
         Ok(())
     });
-    let jwks_task = tokio::spawn(crate::jwks::serve(jwks, Arc::clone(&state), rx));
+    let jwks_task = tokio::spawn(crate::jwks::serve(jwks, Arc::clone(&state), rx.clone()));
+    let prune_task = tokio::spawn(prune(Arc::clone(&state), rx));
     tracing::info!(%grpc_addr, %jwks_addr, trust_domain = %state.td, "control plane serving");
     Ok(Running {
         grpc_addr,
         jwks_addr,
         state,
         shutdown,
-        tasks: vec![grpc_task, jwks_task],
+        tasks: vec![grpc_task, jwks_task, prune_task],
     })
+}
+
+/// Deletes records past their retention, hourly, until `stop`.
+async fn prune(state: Arc<State>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let days = i64::from(state.config.retention_days);
+    if days == 0 {
+        return Ok(());
+    }
+    loop {
+        let before = crate::now_unix() - days * 86_400;
+        match state.store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned records past retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
 }
 
 impl Running {

@@ -80,6 +80,10 @@ pub struct Config {
     /// `true`: every commit reaches the disk (SQLite synchronous=FULL).
     #[serde(default = "yes")]
     pub durable_sync: bool,
+    /// Spent/expired join tokens, ended sessions and lapsed certificate
+    /// records are deleted this many days after they ended (0: never).
+    #[serde(default = "default_retention")]
+    pub retention_days: u32,
     /// `text` or `json`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
@@ -103,6 +107,9 @@ fn default_join_ttl() -> u32 {
 fn default_max_sessions() -> u32 {
     10
 }
+fn default_retention() -> u32 {
+    30
+}
 fn yes() -> bool {
     true
 }
@@ -124,6 +131,7 @@ impl Config {
             default_max_sessions: default_max_sessions(),
             default_max_tool_calls: 0,
             durable_sync: true,
+            retention_days: default_retention(),
             log_format: default_log_format(),
         }
     }

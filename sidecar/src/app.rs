@@ -30,8 +30,8 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// A running sidecar.
 #[derive(Debug)]
 pub struct Running {
-    /// Bound agent API address.
-    pub agent_addr: SocketAddr,
+    /// Bound agent API address (`None` with TCP turned off).
+    pub agent_addr: Option<SocketAddr>,
     /// Agent API Unix socket.
     pub socket_path: PathBuf,
     /// Bound health address.
@@ -72,10 +72,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::warn!(error = %e.message(), "initial JWKS fetch failed; will retry on first token");
     }
 
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let agent_addr = tcp.local_addr()?;
+    let tcp = match config.tcp {
+        true => Some(
+            TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?,
+        ),
+        false => None,
+    };
+    let agent_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
     let socket_path = config.socket_path();
     // A stale socket from a previous run would make bind fail.
     let _ = std::fs::remove_file(&socket_path);
@@ -94,7 +99,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         RequireAgentHeader,
     );
     let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
-    for incoming in [Incoming::Tcp(tcp), Incoming::Unix(uds)] {
+    let listeners = tcp
+        .map(Incoming::Tcp)
+        .into_iter()
+        .chain([Incoming::Unix(uds)]);
+    for incoming in listeners {
         let svc = svc.clone();
         let health_service = health_service.clone();
         let mut stop = rx.clone();
@@ -157,7 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         id3.run(rx3).await;
         Ok(())
     }));
-    tracing::info!(%agent_addr, socket = %socket_path.display(), %health_addr, spiffe_id = %expected, "sidecar serving");
+    tracing::info!(agent_addr = ?agent_addr, socket = %socket_path.display(), %health_addr, spiffe_id = %expected, "sidecar serving");
     Ok(Running {
         agent_addr,
         socket_path,

@@ -61,6 +61,10 @@ pub struct Config {
     pub trust_domain: String,
     /// Identity and state directory (0700).
     pub data_dir: PathBuf,
+    /// Serve the agent API on TCP too (every local user can reach a
+    /// loopback port; on shared hosts turn it off and use the socket).
+    #[serde(default = "yes")]
+    pub tcp: bool,
     /// Agent API on TCP; must be a loopback address.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -89,6 +93,7 @@ impl std::fmt::Debug for Config {
             .field("agent_id", &self.agent_id)
             .field("trust_domain", &self.trust_domain)
             .field("data_dir", &self.data_dir)
+            .field("tcp", &self.tcp)
             .field("listen", &self.listen)
             .field("socket", &self.socket_path())
             .field("health_listen", &self.health_listen)
@@ -102,6 +107,9 @@ impl std::fmt::Debug for Config {
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_td() -> String {
     "warden.local".into()
 }
@@ -127,6 +135,7 @@ impl Config {
             agent_id: agent_id.into(),
             trust_domain: default_td(),
             data_dir,
+            tcp: true,
             listen: default_listen(),
             socket: None,
             health_listen: default_health(),

@@ -45,6 +45,9 @@ struct Cli {
     /// Agent API address (loopback only).
     #[arg(long, env = env::LISTEN)]
     listen: Option<SocketAddr>,
+    /// Serve the agent API on the Unix socket only (recommended on hosts shared with other users).
+    #[arg(long)]
+    no_tcp: bool,
     /// Agent API Unix socket (default <data-dir>/agent.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -95,6 +98,9 @@ fn build(cli: Cli) -> Result<Config, String> {
     }
     if let Some(v) = cli.listen {
         c.listen = v;
+    }
+    if cli.no_tcp {
+        c.tcp = false;
     }
     if let Some(v) = cli.socket {
         c.socket = Some(v);

@@ -239,7 +239,8 @@ pub type AgentClient = AgentServiceClient<InterceptedService<Channel, AgentAuth>
 
 /// An agent client over the sidecar's TCP port.
 pub async fn agent_tcp(sc: &Sidecar, auth: AgentAuth) -> anyhow::Result<AgentClient> {
-    let ch = Endpoint::from_shared(format!("http://{}", sc.agent_addr))?
+    let addr = sc.agent_addr.context("the sidecar serves no TCP port")?;
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
     Ok(AgentServiceClient::with_interceptor(ch, auth))

@@ -253,3 +253,29 @@ async fn an_ended_session_stays_ended_across_a_sidecar_restart() {
         "SESSION_UNKNOWN",
     );
 }
+
+#[tokio::test]
+async fn with_tcp_turned_off_the_agent_api_is_only_on_the_socket() {
+    let mesh = Mesh::start().await.unwrap();
+    mesh.register("a1", &["data:read"], 2).await.unwrap();
+    let token = mesh.join_token("a1").await.unwrap();
+    let mut config = mesh.sidecar_config("a1", Some(token));
+    config.tcp = false;
+    let sc = warden_sidecar::app::start(config).await.unwrap();
+    assert!(sc.agent_addr.is_none());
+    assert!(agent_tcp(&sc, AgentAuth::default()).await.is_err());
+    let mode = std::fs::metadata(&sc.socket_path)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut c = agent_unix(&sc.socket_path, AgentAuth::default())
+        .await
+        .unwrap();
+    c.start_session(pb::StartSessionRequest {
+        scopes: vec!["data:read".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}

@@ -206,6 +206,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Number of open sessions of an agent.
     async fn open_sessions(&self, agent: &AgentId, now: i64) -> Result<u32>;
 
+    /// Deletes join tokens, sessions and certificate records that ended
+    /// (were spent, expired or lapsed) before `before`; returns how many.
+    async fn prune(&self, before: i64) -> Result<u64>;
+
     /// Adds a signing key and retires every other active one.
     async fn rotate_signing_key(&self, kid: &str, pkcs8: &[u8], now: i64) -> Result<()>;
     /// All signing keys, newest first.

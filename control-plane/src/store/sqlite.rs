@@ -386,6 +386,27 @@ impl Store for SqliteStore {
         u32::try_from(n).map_err(|e| corrupt("sessions", e))
     }
 
+    async fn prune(&self, before: i64) -> Result<u64> {
+        self.write_all(move |c| {
+            Box::pin(async move {
+                let mut n = 0;
+                for sql in [
+                    "DELETE FROM join_tokens WHERE expires_at < ?1 OR used_at < ?1",
+                    "DELETE FROM sessions WHERE expires_at < ?1 OR ended_at < ?1",
+                    "DELETE FROM certificates WHERE not_after < ?1",
+                ] {
+                    n += sqlx::query(sql)
+                        .bind(before)
+                        .execute(&mut *c)
+                        .await?
+                        .rows_affected();
+                }
+                Ok(n)
+            })
+        })
+        .await
+    }
+
     async fn rotate_signing_key(&self, kid: &str, pkcs8: &[u8], now: i64) -> Result<()> {
         let (kid, pkcs8) = (kid.to_owned(), pkcs8.to_vec());
         // Both statements run in this write's savepoint: all or nothing.

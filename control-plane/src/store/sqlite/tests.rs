@@ -202,3 +202,32 @@ async fn a_multi_statement_write_is_all_or_nothing() {
         "the failed rotation retired the active key"
     );
 }
+
+#[tokio::test]
+async fn prune_drops_only_what_ended_before_the_cutoff() {
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 10)).await.unwrap();
+    let a1 = AgentId::new("a1").unwrap();
+    s.insert_join_token(b"old", &a1, "t", 100, 200)
+        .await
+        .unwrap();
+    s.insert_join_token(b"new", &a1, "t", 100, 2000)
+        .await
+        .unwrap();
+    s.open_session(&session("s-old", "a1", 300), 10, 100)
+        .await
+        .unwrap();
+    s.open_session(&session("s-new", "a1", 3000), 10, 100)
+        .await
+        .unwrap();
+    assert_eq!(s.prune(1000).await.unwrap(), 2);
+    assert_eq!(
+        s.peek_join_token(b"old", &a1, 150).await.unwrap(),
+        JoinTokenUse::Unknown
+    );
+    assert_eq!(
+        s.peek_join_token(b"new", &a1, 150).await.unwrap(),
+        JoinTokenUse::Consumed
+    );
+    assert_eq!(s.open_sessions(&a1, 150).await.unwrap(), 1);
+}
