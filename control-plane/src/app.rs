@@ -22,7 +22,7 @@ use crate::identity::service::IdentityApi;
 use crate::store::{SqliteStore, Store};
 
 /// Largest gRPC message accepted.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Everything a request handler needs.
 #[derive(Debug)]

@@ -310,3 +310,110 @@ fn the_example_config_in_deploy_is_valid_and_matches_the_defaults() {
     let d = Config::new("warden.local", Path::new(""));
     assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
 }
+
+#[tokio::test]
+async fn wardenctl_policy_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/policies/example.yaml"
+    );
+    // Offline validation needs no server and no credentials.
+    let o = Command::new(env!("CARGO_BIN_EXE_wardenctl"))
+        .args([
+            "--config-dir",
+            "/nonexistent",
+            "policy",
+            "validate",
+            example,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("valid (5 tools"), "{}", out(&o));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(example)
+            .unwrap()
+            .replace("secrets: [mail_api_key]", "secrets: [smtp]"),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_wardenctl"))
+        .args(["--config-dir", "/nonexistent", "policy", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("undefined secret \"smtp\"")
+            && err(&o).contains("[POLICY_UNDEFINED_SECRET]"),
+        "{}",
+        err(&o)
+    );
+
+    let (_cp, addr) = control_plane(dir.path()).await;
+    let d = dir.path();
+    let o = ctl(d, &addr, &["policy", "apply", example]).await;
+    assert!(
+        out(&o).contains("applied as version 1"),
+        "{} {}",
+        out(&o),
+        err(&o)
+    );
+    let o = ctl(d, &addr, &["policy", "apply", example]).await;
+    assert!(
+        out(&o).contains("unchanged: identical to version 1"),
+        "{}",
+        out(&o)
+    );
+    let o = ctl(d, &addr, &["policy", "apply", bad.to_str().unwrap()]).await;
+    assert!(err(&o).contains("[POLICY_UNDEFINED_SECRET]"), "{}", err(&o));
+
+    let changed = d.join("changed.yaml");
+    std::fs::write(
+        &changed,
+        std::fs::read_to_string(example)
+            .unwrap()
+            .replace("calls_per_minute: 30", "calls_per_minute: 10"),
+    )
+    .unwrap();
+    let o = ctl(d, &addr, &["policy", "diff", changed.to_str().unwrap()]).await;
+    assert!(
+        out(&o).contains("-    limits: { calls_per_minute: 30")
+            && out(&o).contains("+    limits: { calls_per_minute: 10"),
+        "{}",
+        out(&o)
+    );
+    let o = ctl(
+        d,
+        &addr,
+        &[
+            "policy",
+            "apply",
+            changed.to_str().unwrap(),
+            "--expect-version",
+            "1",
+        ],
+    )
+    .await;
+    assert!(
+        out(&o).contains("applied as version 2"),
+        "{} {}",
+        out(&o),
+        err(&o)
+    );
+    let o = ctl(
+        d,
+        &addr,
+        &["policy", "apply", example, "--expect-version", "1"],
+    )
+    .await;
+    assert!(err(&o).contains("[POLICY_VERSION_CONFLICT]"), "{}", err(&o));
+    let o = ctl(d, &addr, &["--json", "policy", "history"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["applied_by"], "ops");
+    let o = ctl(d, &addr, &["policy", "get", "--version", "1"]).await;
+    assert_eq!(out(&o), std::fs::read_to_string(example).unwrap());
+}

@@ -3,6 +3,7 @@
 //! format and the typed refusals every service returns.
 
 pub mod agent;
+pub mod policy;
 pub mod refusal;
 pub mod scope;
 pub mod spiffe;

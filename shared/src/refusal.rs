@@ -84,6 +84,10 @@ reasons! {
     NoIdentity = "NO_IDENTITY",
     /// The control plane could not be reached.
     ControlPlaneUnavailable = "CONTROL_PLANE_UNAVAILABLE",
+    /// The latest policy version is not the one the caller expected.
+    PolicyVersionConflict = "POLICY_VERSION_CONFLICT",
+    /// No such policy version (or none applied yet).
+    PolicyVersionUnknown = "POLICY_VERSION_UNKNOWN",
     /// An internal failure; details are in the server log.
     Internal = "INTERNAL",
 }
@@ -95,6 +99,16 @@ pub fn status(code: Code, reason: Reason, message: impl Into<String>) -> Status 
         code,
         message,
         ErrorDetails::with_error_info(reason.as_str(), DOMAIN, HashMap::new()),
+    )
+}
+
+/// Like [`status`], with a reason defined elsewhere (e.g. a policy
+/// validation [`kind`](crate::policy::Error::kind)).
+pub fn status_with(code: Code, reason: &'static str, message: impl Into<String>) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new()),
     )
 }
 

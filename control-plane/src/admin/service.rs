@@ -6,15 +6,16 @@ use base64::Engine;
 use rand::RngCore;
 use tonic::{Code, Request, Response, Status};
 use warden_shared::agent::{AgentId, AgentStatus};
+use warden_shared::policy::Policy;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::admin_service_server::AdminService;
-use warden_shared::refusal::{Reason, status};
+use warden_shared::refusal::{self, Reason, status};
 use warden_shared::scope::Scope;
 
 use crate::app::State;
 use crate::auth;
 use crate::identity::service::{join_token_hash, store_error};
-use crate::store::{self, Agent};
+use crate::store::{self, Agent, NewPolicy, PolicyApply, PolicyMeta};
 use crate::{now_unix, timestamp};
 
 /// Longest free-text field (type, version, owner, environment, reason).
@@ -358,5 +359,124 @@ impl AdminService for AdminApi {
             kid: ring.active.kid().to_owned(),
             published_kids: ring.jwks.keys.iter().map(|k| k.kid.clone()).collect(),
         }))
+    }
+
+    async fn apply_policy(
+        &self,
+        req: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let r = req.into_inner();
+        // Validated here again, whatever the client checked.
+        // Compiling schemas and type-checking Cedar is CPU work: keep it off
+        // the request threads.
+        let doc = r.document.clone();
+        let parsed = tokio::task::spawn_blocking(move || Policy::parse(&doc))
+            .await
+            .map_err(|_| status(Code::Internal, Reason::Internal, "policy validation failed"))?;
+        let policy = parsed.map_err(|e| {
+            tracing::info!(admin, kind = e.kind(), "policy refused");
+            refusal::status_with(Code::InvalidArgument, e.kind(), e.to_string())
+        })?;
+        let tools = u32::try_from(policy.document.tools.len()).unwrap_or(u32::MAX);
+        if r.dry_run {
+            return Ok(Response::new(pb::ApplyPolicyResponse {
+                version: 0,
+                changed: false,
+                digest: policy.digest,
+                tools,
+            }));
+        }
+        let expected = (r.expected_version != 0)
+            .then(|| i64::try_from(r.expected_version).unwrap_or(i64::MAX));
+        let new = NewPolicy {
+            document: r.document,
+            digest: policy.digest.clone(),
+            tools,
+            applied_by: admin.clone(),
+            applied_at: now_unix(),
+        };
+        let outcome = self
+            .state
+            .store
+            .apply_policy(&new, expected)
+            .await
+            .map_err(store_error)?;
+        let (meta, changed) = match outcome {
+            PolicyApply::Stored(m) => (m, true),
+            PolicyApply::Unchanged(m) => (m, false),
+            PolicyApply::Conflict { latest } => {
+                return Err(status(
+                    Code::FailedPrecondition,
+                    Reason::PolicyVersionConflict,
+                    format!(
+                        "the latest policy version is {latest}, not {}; review `wardenctl policy diff` and apply again",
+                        r.expected_version
+                    ),
+                ));
+            }
+        };
+        if changed {
+            tracing::warn!(admin, version = meta.version, digest = %meta.digest, tools, "policy applied");
+        }
+        Ok(Response::new(pb::ApplyPolicyResponse {
+            version: u64::try_from(meta.version).unwrap_or(0),
+            changed,
+            digest: meta.digest,
+            tools,
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        let v = req.get_ref().version;
+        let version = (v != 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
+        let (meta, document) = self
+            .state
+            .store
+            .get_policy(version)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                let what = if v == 0 {
+                    "no policy has been applied yet".to_owned()
+                } else {
+                    format!("no policy version {v}")
+                };
+                status(Code::NotFound, Reason::PolicyVersionUnknown, what)
+            })?;
+        Ok(Response::new(pb::GetPolicyResponse {
+            policy: Some(policy_proto(&meta)),
+            document,
+        }))
+    }
+
+    async fn list_policy_versions(
+        &self,
+        req: Request<pb::ListPolicyVersionsRequest>,
+    ) -> Result<Response<pb::ListPolicyVersionsResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        let all = self
+            .state
+            .store
+            .list_policies(req.get_ref().limit)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(pb::ListPolicyVersionsResponse {
+            versions: all.iter().map(policy_proto).collect(),
+        }))
+    }
+}
+
+fn policy_proto(m: &PolicyMeta) -> pb::PolicyVersion {
+    pb::PolicyVersion {
+        version: u64::try_from(m.version).unwrap_or(0),
+        digest: m.digest.clone(),
+        applied_by: m.applied_by.clone(),
+        applied_at: Some(timestamp(m.applied_at)),
+        tools: m.tools,
     }
 }

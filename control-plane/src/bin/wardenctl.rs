@@ -50,6 +50,41 @@ enum Command {
     /// Token-signing keys.
     #[command(subcommand)]
     Keys(Keys),
+    /// Policy documents (tool catalog, Cedar rules, overrides).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy file offline (no server needed).
+    Validate { file: PathBuf },
+    /// Validate on the server and store as the next version.
+    Apply {
+        file: PathBuf,
+        /// Apply only if this is still the latest version.
+        #[arg(long)]
+        expect_version: Option<u64>,
+        /// Validate on the server without storing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a stored version (default: the latest).
+    Get {
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List stored versions, newest first.
+    History {
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+    /// Show how a file differs from a stored version (default: the latest).
+    Diff {
+        file: PathBuf,
+        #[arg(long)]
+        version: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,7 +233,64 @@ fn print_agent(a: &pb::Agent, as_json: bool) {
     );
 }
 
+fn read_policy(file: &std::path::Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
+    anyhow::ensure!(
+        meta.len() <= warden_shared::policy::MAX_DOCUMENT_BYTES as u64,
+        "{} is larger than {} bytes",
+        file.display(),
+        warden_shared::policy::MAX_DOCUMENT_BYTES
+    );
+    std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+}
+
+/// `policy validate`: offline, before any connection.
+fn validate_offline(file: &std::path::Path, as_json: bool) -> anyhow::Result<()> {
+    let text = read_policy(file)?;
+    match warden_shared::policy::Policy::parse(&text) {
+        Ok(p) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"valid": true, "digest": p.digest, "tools": p.document.tools.len()})
+                );
+            } else {
+                println!(
+                    "{}: valid ({} tools, digest {})",
+                    file.display(),
+                    p.document.tools.len(),
+                    &p.digest[..16]
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"valid": false, "kind": e.kind(), "error": e.to_string()})
+                );
+            }
+            anyhow::bail!("{}: {e} [{}]", file.display(), e.kind())
+        }
+    }
+}
+
+fn version_line(v: &pb::PolicyVersion) -> String {
+    format!(
+        "{:<8} {:<22} {:<16} {:>5}  {}",
+        v.version,
+        ts(v.applied_at.as_ref()),
+        v.applied_by,
+        v.tools,
+        &v.digest[..v.digest.len().min(16)]
+    )
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Policy(PolicyCmd::Validate { file }) = &cli.command {
+        return validate_offline(file, cli.json);
+    }
     let dir = match cli.config_dir {
         Some(d) => d,
         None => std::env::var_os("HOME")
@@ -328,6 +420,115 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Policy(cmd) => match cmd {
+            PolicyCmd::Validate { .. } => unreachable!("handled before connecting"),
+            PolicyCmd::Apply {
+                file,
+                expect_version,
+                dry_run,
+            } => {
+                let document = read_policy(&file)?;
+                let r = client
+                    .apply_policy(pb::ApplyPolicyRequest {
+                        document,
+                        expected_version: expect_version.unwrap_or(0),
+                        dry_run,
+                    })
+                    .await?
+                    .into_inner();
+                if j {
+                    println!(
+                        "{}",
+                        json!({"version": r.version, "changed": r.changed, "digest": r.digest, "tools": r.tools, "dry_run": dry_run})
+                    );
+                } else if dry_run {
+                    println!(
+                        "valid on the server ({} tools, digest {}); nothing stored",
+                        r.tools,
+                        &r.digest[..16]
+                    );
+                } else if r.changed {
+                    println!(
+                        "applied as version {} ({} tools, digest {})",
+                        r.version,
+                        r.tools,
+                        &r.digest[..16]
+                    );
+                } else {
+                    println!("unchanged: identical to version {}", r.version);
+                }
+            }
+            PolicyCmd::Get { version } => {
+                let r = client
+                    .get_policy(pb::GetPolicyRequest {
+                        version: version.unwrap_or(0),
+                    })
+                    .await?
+                    .into_inner();
+                let v = r.policy.context("empty response")?;
+                if j {
+                    println!(
+                        "{}",
+                        json!({"version": v.version, "digest": v.digest, "applied_by": v.applied_by, "applied_at": ts(v.applied_at.as_ref()), "tools": v.tools, "document": r.document})
+                    );
+                } else {
+                    eprintln!(
+                        "# version {} applied by {} at {}",
+                        v.version,
+                        v.applied_by,
+                        ts(v.applied_at.as_ref())
+                    );
+                    print!("{}", r.document);
+                }
+            }
+            PolicyCmd::History { limit } => {
+                let r = client
+                    .list_policy_versions(pb::ListPolicyVersionsRequest { limit })
+                    .await?
+                    .into_inner();
+                if j {
+                    let rows: Vec<_> = r.versions.iter().map(|v| json!({"version": v.version, "digest": v.digest, "applied_by": v.applied_by, "applied_at": ts(v.applied_at.as_ref()), "tools": v.tools})).collect();
+                    println!("{}", serde_json::Value::Array(rows));
+                } else {
+                    println!(
+                        "{:<8} {:<22} {:<16} {:>5}  DIGEST",
+                        "VERSION", "APPLIED", "BY", "TOOLS"
+                    );
+                    for v in &r.versions {
+                        println!("{}", version_line(v));
+                    }
+                }
+            }
+            PolicyCmd::Diff { file, version } => {
+                let local = read_policy(&file)?;
+                let r = client
+                    .get_policy(pb::GetPolicyRequest {
+                        version: version.unwrap_or(0),
+                    })
+                    .await?
+                    .into_inner();
+                let v = r.policy.context("empty response")?;
+                let diff = similar::TextDiff::from_lines(&r.document, &local);
+                let text = diff
+                    .unified_diff()
+                    .context_radius(3)
+                    .header(
+                        &format!("version {}", v.version),
+                        &file.display().to_string(),
+                    )
+                    .to_string();
+                if j {
+                    println!(
+                        "{}",
+                        json!({"version": v.version, "identical": text.is_empty(), "diff": text})
+                    );
+                } else if text.is_empty() {
+                    println!("{} is identical to version {}", file.display(), v.version);
+                } else {
+                    print!("{text}");
+                }
+            }
+        },
         Command::Keys(Keys::Rotate) => {
             let r = client
                 .rotate_signing_key(pb::RotateSigningKeyRequest {})

@@ -130,6 +130,50 @@ pub struct IssuedCert {
     pub reason: &'static str,
 }
 
+/// Metadata of a stored policy version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyMeta {
+    /// Version number (1, 2, …).
+    pub version: i64,
+    /// SHA-256 of the canonical document, hex.
+    pub digest: String,
+    /// Number of tools in the catalog.
+    pub tools: u32,
+    /// Admin who applied it.
+    pub applied_by: String,
+    /// Unix seconds.
+    pub applied_at: i64,
+}
+
+/// Outcome of [`Store::apply_policy`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyApply {
+    /// Stored as a new version.
+    Stored(PolicyMeta),
+    /// Identical to the latest version; nothing stored.
+    Unchanged(PolicyMeta),
+    /// The latest version is not the one the caller expected.
+    Conflict {
+        /// The latest version (0: none).
+        latest: i64,
+    },
+}
+
+/// A new policy version to store.
+#[derive(Clone, Debug)]
+pub struct NewPolicy {
+    /// The YAML document as applied.
+    pub document: String,
+    /// Its digest.
+    pub digest: String,
+    /// Number of tools.
+    pub tools: u32,
+    /// Applying admin.
+    pub applied_by: String,
+    /// Unix seconds.
+    pub applied_at: i64,
+}
+
 /// A stored token-signing key.
 #[derive(Clone)]
 pub struct StoredKey {
@@ -209,6 +253,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes join tokens, sessions and certificate records that ended
     /// (were spent, expired or lapsed) before `before`; returns how many.
     async fn prune(&self, before: i64) -> Result<u64>;
+
+    /// Stores `policy` as the next version unless it equals the latest, or
+    /// `expected` is given and is not the latest. One atomic step.
+    async fn apply_policy(&self, policy: &NewPolicy, expected: Option<i64>) -> Result<PolicyApply>;
+    /// A stored version and its document (`None` version: the latest).
+    async fn get_policy(&self, version: Option<i64>) -> Result<Option<(PolicyMeta, String)>>;
+    /// Stored versions, newest first (`limit` 0: all).
+    async fn list_policies(&self, limit: u32) -> Result<Vec<PolicyMeta>>;
 
     /// Adds a signing key and retires every other active one.
     async fn rotate_signing_key(&self, kid: &str, pkcs8: &[u8], now: i64) -> Result<()>;

@@ -13,7 +13,10 @@ use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::mpsc;
 use warden_shared::agent::{AgentId, AgentStatus};
 
-use super::{Agent, Error, IssuedCert, JoinTokenUse, NewSession, Result, Store, StoredKey};
+use super::{
+    Agent, Error, IssuedCert, JoinTokenUse, NewPolicy, NewSession, PolicyApply, PolicyMeta, Result,
+    Store, StoredKey,
+};
 
 mod writer;
 
@@ -120,6 +123,17 @@ fn agent_from_row(row: &SqliteRow) -> Result<Agent> {
         denied_tools: list("denied_tools")?,
         status: AgentStatus::parse(&status).ok_or_else(|| corrupt("agents", "status"))?,
         status_reason: row.try_get("status_reason")?,
+    })
+}
+
+fn policy_meta(row: &SqliteRow) -> Result<PolicyMeta> {
+    Ok(PolicyMeta {
+        version: row.try_get("version")?,
+        digest: row.try_get("digest")?,
+        tools: u32::try_from(row.try_get::<i64, _>("tools")?)
+            .map_err(|e| corrupt("policy_versions", e))?,
+        applied_by: row.try_get("applied_by")?,
+        applied_at: row.try_get("applied_at")?,
     })
 }
 
@@ -405,6 +419,70 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn apply_policy(&self, policy: &NewPolicy, expected: Option<i64>) -> Result<PolicyApply> {
+        let p = policy.clone();
+        self.write_all(move |c| {
+            Box::pin(async move {
+                let latest =
+                    sqlx::query("SELECT * FROM policy_versions ORDER BY version DESC LIMIT 1")
+                        .fetch_optional(&mut *c)
+                        .await?;
+                let latest = latest.as_ref().map(policy_meta).transpose()?;
+                let latest_version = latest.as_ref().map_or(0, |m| m.version);
+                if expected.is_some_and(|e| e != latest_version) {
+                    return Ok(PolicyApply::Conflict {
+                        latest: latest_version,
+                    });
+                }
+                if let Some(m) = latest.filter(|m| m.digest == p.digest) {
+                    return Ok(PolicyApply::Unchanged(m));
+                }
+                let row = sqlx::query(
+                    "INSERT INTO policy_versions (document, digest, tools, applied_by, applied_at)
+                     VALUES (?, ?, ?, ?, ?) RETURNING *",
+                )
+                .bind(&p.document)
+                .bind(&p.digest)
+                .bind(i64::from(p.tools))
+                .bind(&p.applied_by)
+                .bind(p.applied_at)
+                .fetch_one(&mut *c)
+                .await?;
+                Ok(PolicyApply::Stored(policy_meta(&row)?))
+            })
+        })
+        .await
+    }
+
+    async fn get_policy(&self, version: Option<i64>) -> Result<Option<(PolicyMeta, String)>> {
+        let row = match version {
+            Some(v) => {
+                sqlx::query("SELECT * FROM policy_versions WHERE version = ?")
+                    .bind(v)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM policy_versions ORDER BY version DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        row.map(|r| Ok((policy_meta(&r)?, r.try_get("document")?)))
+            .transpose()
+    }
+
+    async fn list_policies(&self, limit: u32) -> Result<Vec<PolicyMeta>> {
+        let limit = if limit == 0 { -1 } else { i64::from(limit) };
+        let rows = sqlx::query(
+            "SELECT version, digest, tools, applied_by, applied_at FROM policy_versions ORDER BY version DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(policy_meta).collect()
     }
 
     async fn rotate_signing_key(&self, kid: &str, pkcs8: &[u8], now: i64) -> Result<()> {

@@ -1,0 +1,201 @@
+//! Policy documents: the tool catalog, Cedar rules and per-agent overrides,
+//! written by admins as YAML, validated offline (`wardenctl policy validate`)
+//! and again by the control plane before a version is stored.
+//!
+//! A document that passes [`Policy::parse`] is internally consistent: tool
+//! names are unique, every input schema compiles, every secret a tool uses
+//! is declared, every override names real tools, and the Cedar rules parse
+//! and type-check against the schema derived from the catalog
+//! ([`cedar::schema_for`]).
+
+pub mod cedar;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::Error;
+
+/// Largest policy document accepted, bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Most tools in a catalog.
+pub const MAX_TOOLS: usize = 1000;
+/// The document format this build reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A policy document as written (YAML).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// Format version; must be [`FORMAT_VERSION`].
+    pub version: u32,
+    /// Named secret references: `env:NAME` or `file:/absolute/path`. Values
+    /// are resolved by the sidecar at execution time, never stored here.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// The tool catalog.
+    #[serde(default)]
+    pub tools: Vec<Tool>,
+    /// Cedar policies (context- and argument-aware rules).
+    #[serde(default)]
+    pub cedar: String,
+    /// Per-agent-type and per-agent adjustments.
+    #[serde(default)]
+    pub overrides: Overrides,
+}
+
+/// Risk level of a tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    /// Runs automatically.
+    Low,
+    /// Runs automatically; watched.
+    Medium,
+    /// Needs a human approval.
+    High,
+    /// Never runs automatically.
+    Critical,
+}
+
+impl Risk {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// One tool of the catalog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// Unique name, `[a-z0-9][a-z0-9_.-]{0,63}`.
+    pub name: String,
+    /// What the tool does (shown to the LLM).
+    pub description: String,
+    /// JSON Schema of the arguments (an object schema).
+    pub input_schema: serde_json::Value,
+    /// Scopes a session must hold to call the tool (all of them).
+    pub scopes: Vec<String>,
+    /// Risk level.
+    pub risk: Risk,
+    /// Where the call goes.
+    #[serde(default)]
+    pub upstream: Option<Upstream>,
+    /// Names of secrets (from `secrets`) the sidecar injects.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Input/output filter settings.
+    #[serde(default)]
+    pub filters: Filters,
+}
+
+/// Upstream of a tool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `http` or `builtin`.
+    pub kind: String,
+    /// URL (http) or builtin name.
+    pub address: String,
+}
+
+/// Per-tool limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Calls per minute per agent.
+    #[serde(default)]
+    pub calls_per_minute: Option<u32>,
+    /// Largest argument document, bytes.
+    #[serde(default)]
+    pub max_argument_bytes: Option<u32>,
+    /// Upstream timeout, milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u32>,
+}
+
+/// Per-tool filter settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filters {
+    /// Check argument strings for prompt injection.
+    #[serde(default = "yes")]
+    pub injection_check: bool,
+    /// Redact secrets and PII from the output.
+    #[serde(default = "yes")]
+    pub redact_output: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Filters {
+    fn default() -> Self {
+        Self {
+            injection_check: true,
+            redact_output: true,
+        }
+    }
+}
+
+/// Adjustments by agent type and by agent id (the agent's own entry wins).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// Keyed by agent type.
+    #[serde(default)]
+    pub agent_types: BTreeMap<String, Override>,
+    /// Keyed by agent id.
+    #[serde(default)]
+    pub agents: BTreeMap<String, Override>,
+}
+
+/// One adjustment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    /// If set, only these tools.
+    #[serde(default)]
+    pub allow_tools: Option<Vec<String>>,
+    /// Never these tools.
+    #[serde(default)]
+    pub deny_tools: Vec<String>,
+    /// Raised (or lowered) risk levels per tool.
+    #[serde(default)]
+    pub risk: BTreeMap<String, Risk>,
+}
+
+/// A validated policy: the document plus what was compiled from it.
+#[derive(Debug)]
+pub struct Policy {
+    /// The document.
+    pub document: Document,
+    /// The Cedar rules.
+    pub cedar: ::cedar_policy::PolicySet,
+    /// The Cedar schema derived from the catalog.
+    pub cedar_schema: ::cedar_policy::Schema,
+    /// SHA-256 of the canonical JSON form, hex: equal for equal documents
+    /// whatever their YAML formatting.
+    pub digest: String,
+}
+
+impl Policy {
+    /// Parses and validates a YAML document.
+    pub fn parse(yaml: &str) -> Result<Self, Error> {
+        validate::parse(yaml)
+    }
+}
+
+#[cfg(test)]
+mod tests;

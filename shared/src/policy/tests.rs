@@ -1,0 +1,171 @@
+use super::*;
+use crate::policy::{Policy, Risk};
+
+const EXAMPLE: &str = include_str!("../../../deploy/policies/example.yaml");
+
+fn with(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut v: serde_json::Value = serde_norway::from_str(EXAMPLE).unwrap();
+    edit(&mut v);
+    serde_norway::to_string(&v).unwrap()
+}
+
+fn err(yaml: &str) -> Error {
+    Policy::parse(yaml).expect_err("must be refused")
+}
+
+#[test]
+fn the_example_is_valid() {
+    let p = Policy::parse(EXAMPLE).unwrap();
+    assert_eq!(p.document.tools.len(), 5);
+    assert_eq!(p.document.tools[2].risk, Risk::High);
+    assert_eq!(p.digest.len(), 64);
+    // Formatting does not change the digest; content does.
+    let reformatted = with(|_| {});
+    assert_eq!(Policy::parse(&reformatted).unwrap().digest, p.digest);
+    let changed = with(|v| v["tools"][0]["risk"] = "high".into());
+    assert_ne!(Policy::parse(&changed).unwrap().digest, p.digest);
+}
+
+#[test]
+fn yaml_that_does_not_parse() {
+    assert!(matches!(err("version: 1\ntools: [\n"), Error::Yaml(_)));
+    assert!(matches!(err("just a string"), Error::Yaml(_)));
+}
+
+#[test]
+fn unknown_fields_are_refused_at_every_level() {
+    assert!(
+        matches!(err(&with(|v| v["colour"] = "blue".into())), Error::UnknownField(m) if m.contains("colour"))
+    );
+    assert!(
+        matches!(err(&with(|v| v["tools"][0]["retries"] = 3.into())), Error::UnknownField(m) if m.contains("retries"))
+    );
+    assert!(matches!(
+        err(&with(|v| v["tools"][0]["limits"]["burst"] = 3.into())),
+        Error::UnknownField(_)
+    ));
+}
+
+#[test]
+fn a_json_schema_that_does_not_compile() {
+    let e = err(&with(|v| {
+        v["tools"][1]["input_schema"]["properties"]["customer_id"]["pattern"] = "([".into()
+    }));
+    assert!(
+        matches!(&e, Error::Schema { tool, .. } if tool == "lookup_customer"),
+        "{e}"
+    );
+    let e = err(&with(|v| {
+        v["tools"][1]["input_schema"]["properties"]["customer_id"]["type"] = "strang".into()
+    }));
+    assert!(matches!(e, Error::Schema { .. }), "{e}");
+    let e = err(&with(|v| {
+        v["tools"][1]["input_schema"] = serde_json::json!({"type": "string"})
+    }));
+    assert!(matches!(e, Error::Schema { .. }), "{e}");
+}
+
+#[test]
+fn cedar_that_does_not_parse_or_type_check() {
+    let e = err(&with(|v| {
+        v["cedar"] = "permit (principal, action, resource) when {".into()
+    }));
+    assert!(matches!(e, Error::CedarParse(_)), "{e}");
+    // A rule on an argument the tool does not have.
+    let e = err(&with(|v| {
+        v["cedar"] = r#"forbid (principal, action == Warden::Action::"send_email", resource) when { context.arguments.bcc == "x" };"#.into()
+    }));
+    assert!(matches!(e, Error::CedarValidation(_)), "{e}");
+    // A type error: comparing a string argument with a number.
+    let e = err(&with(|v| {
+        v["cedar"] = r#"forbid (principal, action == Warden::Action::"send_email", resource) when { context.arguments.to > 3 };"#.into()
+    }));
+    assert!(matches!(e, Error::CedarValidation(_)), "{e}");
+    // An action for a tool that is not in the catalog.
+    let e = err(&with(|v| {
+        v["cedar"] = r#"forbid (principal, action == Warden::Action::"rm_rf", resource);"#.into()
+    }));
+    assert!(matches!(e, Error::CedarValidation(_)), "{e}");
+}
+
+#[test]
+fn undefined_secret_and_bad_secret_refs() {
+    let e = err(&with(|v| {
+        v["tools"][0]["secrets"] = serde_json::json!(["smtp_password"])
+    }));
+    assert_eq!(
+        e,
+        Error::UndefinedSecret {
+            tool: "send_email".into(),
+            secret: "smtp_password".into()
+        }
+    );
+    let e = err(&with(|v| {
+        v["secrets"]["mail_api_key"] = "vault:kv/mail".into()
+    }));
+    assert!(matches!(e, Error::SecretRef { .. }), "{e}");
+    let e = err(&with(|v| {
+        v["secrets"]["crm_token"] = "file:relative/path".into()
+    }));
+    assert!(matches!(e, Error::SecretRef { .. }), "{e}");
+}
+
+#[test]
+fn duplicate_tool_names() {
+    let e = err(&with(|v| {
+        let t = v["tools"][0].clone();
+        v["tools"].as_array_mut().unwrap().push(t);
+    }));
+    assert_eq!(e, Error::DuplicateTool("send_email".into()));
+}
+
+#[test]
+fn other_bad_fields() {
+    assert!(matches!(
+        err(&with(|v| v["version"] = 2.into())),
+        Error::Version(2)
+    ));
+    assert!(matches!(
+        err(&with(|v| v["tools"][0]["name"] = "Send Email".into())),
+        Error::Tool { .. }
+    ));
+    assert!(matches!(
+        err(&with(|v| v["tools"][0]["scopes"] = serde_json::json!([]))),
+        Error::Tool { .. }
+    ));
+    assert!(matches!(
+        err(&with(
+            |v| v["tools"][0]["scopes"] = serde_json::json!(["mail"])
+        )),
+        Error::Tool { .. }
+    ));
+    assert!(matches!(
+        err(&with(|v| v["tools"][0]["risk"] = "extreme".into())),
+        Error::Yaml(_)
+    ));
+    assert!(matches!(
+        err(&with(|v| v["tools"][0]["upstream"]["kind"] = "ftp".into())),
+        Error::Tool { .. }
+    ));
+    assert!(matches!(
+        err(&with(|v| v["tools"][0]["limits"]["timeout_ms"] = 0.into())),
+        Error::Tool { .. }
+    ));
+    let e = err(&with(|v| {
+        v["overrides"]["agent_types"]["support-bot"]["deny_tools"] = serde_json::json!(["nope"])
+    }));
+    assert!(matches!(e, Error::Override(_)), "{e}");
+    assert!(matches!(
+        err(&"#".repeat(MAX_DOCUMENT_BYTES + 1)),
+        Error::TooLarge
+    ));
+}
+
+#[test]
+fn derived_cedar_schema_types_arguments() {
+    let p = Policy::parse(EXAMPLE).unwrap();
+    let s = crate::policy::cedar::schema_for(&p.document.tools);
+    assert!(s.contains(r#""to": String"#), "{s}");
+    assert!(s.contains(r#""cc"?: Set<String>"#), "{s}");
+    assert!(s.contains(r#""amount_cents": Long"#), "{s}");
+}

@@ -1,0 +1,277 @@
+//! Validation of policy documents; every failure is a typed [`Error`].
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use cedar_policy::{PolicySet, Schema, ValidationMode, Validator};
+
+use super::{Document, FORMAT_VERSION, MAX_DOCUMENT_BYTES, MAX_TOOLS, Policy, Tool};
+use crate::agent::AgentId;
+use crate::scope::Scope;
+
+/// Why a policy document was refused. Each variant names what to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// Larger than [`MAX_DOCUMENT_BYTES`].
+    #[error("policy document is larger than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge,
+    /// Not YAML, or not the document's shape (including unknown fields).
+    #[error("policy document does not parse: {0}")]
+    Yaml(String),
+    /// A field the document must not have.
+    #[error("unknown field in policy document: {0}")]
+    UnknownField(String),
+    /// `version` is not [`FORMAT_VERSION`].
+    #[error("policy format version {0} is not supported (expected {FORMAT_VERSION})")]
+    Version(u32),
+    /// Two tools share a name.
+    #[error("duplicate tool name {0:?}")]
+    DuplicateTool(String),
+    /// A tool field is invalid.
+    #[error("tool {tool:?}: {detail}")]
+    Tool {
+        /// The tool.
+        tool: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A tool's input schema is not a valid JSON Schema.
+    #[error("tool {tool:?}: input_schema does not compile: {detail}")]
+    Schema {
+        /// The tool.
+        tool: String,
+        /// The compiler's message.
+        detail: String,
+    },
+    /// A secret reference is malformed.
+    #[error("secret {name:?}: {detail}")]
+    SecretRef {
+        /// The secret.
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A tool uses a secret that `secrets` does not declare.
+    #[error("tool {tool:?} refers to undefined secret {secret:?}")]
+    UndefinedSecret {
+        /// The tool.
+        tool: String,
+        /// The missing secret.
+        secret: String,
+    },
+    /// An override names an unknown tool or an invalid agent id.
+    #[error("overrides: {0}")]
+    Override(String),
+    /// The Cedar text does not parse.
+    #[error("cedar policies do not parse: {0}")]
+    CedarParse(String),
+    /// The Cedar rules do not type-check against Warden's schema.
+    #[error("cedar policies fail schema validation: {0}")]
+    CedarValidation(String),
+}
+
+impl Error {
+    /// A stable machine-readable kind, e.g. for a gRPC `ErrorInfo` reason.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TooLarge => "POLICY_TOO_LARGE",
+            Self::Yaml(_) => "POLICY_YAML",
+            Self::UnknownField(_) => "POLICY_UNKNOWN_FIELD",
+            Self::Version(_) => "POLICY_VERSION",
+            Self::DuplicateTool(_) => "POLICY_DUPLICATE_TOOL",
+            Self::Tool { .. } => "POLICY_TOOL",
+            Self::Schema { .. } => "POLICY_SCHEMA",
+            Self::SecretRef { .. } => "POLICY_SECRET_REF",
+            Self::UndefinedSecret { .. } => "POLICY_UNDEFINED_SECRET",
+            Self::Override(_) => "POLICY_OVERRIDE",
+            Self::CedarParse(_) => "POLICY_CEDAR_PARSE",
+            Self::CedarValidation(_) => "POLICY_CEDAR_VALIDATION",
+        }
+    }
+}
+
+fn valid_tool_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(c))
+}
+
+fn check_secret_ref(name: &str, r: &str) -> Result<(), Error> {
+    let bad = |d: &str| Error::SecretRef {
+        name: name.to_owned(),
+        detail: d.to_owned(),
+    };
+    if !valid_tool_name(name) {
+        return Err(bad("name must be 1-64 of [a-z0-9_.-]"));
+    }
+    if let Some(var) = r.strip_prefix("env:") {
+        let ok = !var.is_empty() && var.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        return if ok {
+            Ok(())
+        } else {
+            Err(bad("env: needs a variable name of [A-Za-z0-9_]"))
+        };
+    }
+    if let Some(path) = r.strip_prefix("file:") {
+        return if path.starts_with('/') && !path.split('/').any(|s| s == "..") {
+            Ok(())
+        } else {
+            Err(bad("file: needs an absolute path without '..'"))
+        };
+    }
+    Err(bad("use env:NAME or file:/absolute/path"))
+}
+
+fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
+    let bad = |d: String| Error::Tool {
+        tool: t.name.clone(),
+        detail: d,
+    };
+    if !valid_tool_name(&t.name) {
+        return Err(bad(
+            "name must be 1-64 of [a-z0-9_.-], starting with a letter or digit".into(),
+        ));
+    }
+    if t.description.trim().is_empty() || t.description.len() > 4096 {
+        return Err(bad("description must be 1-4096 bytes".into()));
+    }
+    if t.scopes.is_empty() {
+        return Err(bad("needs at least one required scope".into()));
+    }
+    Scope::parse_all(&t.scopes).map_err(|e| bad(e.to_string()))?;
+    if t.input_schema.get("type").and_then(|v| v.as_str()) != Some("object") {
+        return Err(Error::Schema {
+            tool: t.name.clone(),
+            detail: "the top level must be {\"type\": \"object\", …}".into(),
+        });
+    }
+    jsonschema::validator_for(&t.input_schema).map_err(|e| Error::Schema {
+        tool: t.name.clone(),
+        detail: e.to_string(),
+    })?;
+    if let Some(u) = &t.upstream {
+        match u.kind.as_str() {
+            "http" if u.address.starts_with("https://") || u.address.starts_with("http://") => {}
+            "http" => {
+                return Err(bad(
+                    "an http upstream needs an http:// or https:// address".into()
+                ));
+            }
+            "builtin" if !u.address.is_empty() => {}
+            "builtin" => {
+                return Err(bad(
+                    "a builtin upstream needs the builtin's name as address".into(),
+                ));
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown upstream kind {other:?} (http or builtin)"
+                )));
+            }
+        }
+    }
+    for s in &t.secrets {
+        if !doc.secrets.contains_key(s) {
+            return Err(Error::UndefinedSecret {
+                tool: t.name.clone(),
+                secret: s.clone(),
+            });
+        }
+    }
+    let l = &t.limits;
+    if [l.calls_per_minute, l.max_argument_bytes, l.timeout_ms].contains(&Some(0)) {
+        return Err(bad("limits must be positive".into()));
+    }
+    Ok(())
+}
+
+fn check_overrides(doc: &Document, names: &BTreeSet<&str>) -> Result<(), Error> {
+    for id in doc.overrides.agents.keys() {
+        AgentId::new(id).map_err(|e| Error::Override(e.to_string()))?;
+    }
+    let all = doc
+        .overrides
+        .agent_types
+        .iter()
+        .chain(&doc.overrides.agents);
+    for (who, o) in all {
+        let tools = o
+            .allow_tools
+            .iter()
+            .flatten()
+            .chain(&o.deny_tools)
+            .chain(o.risk.keys());
+        for t in tools {
+            if !names.contains(t.as_str()) {
+                return Err(Error::Override(format!("{who}: unknown tool {t:?}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn yaml_error(e: &serde_norway::Error) -> Error {
+    let msg = e.to_string();
+    if msg.contains("unknown field") {
+        Error::UnknownField(msg)
+    } else {
+        Error::Yaml(msg)
+    }
+}
+
+pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
+    if yaml.len() > MAX_DOCUMENT_BYTES {
+        return Err(Error::TooLarge);
+    }
+    let document: Document = serde_norway::from_str(yaml).map_err(|e| yaml_error(&e))?;
+    if document.version != FORMAT_VERSION {
+        return Err(Error::Version(document.version));
+    }
+    if document.tools.len() > MAX_TOOLS {
+        return Err(Error::Tool {
+            tool: String::new(),
+            detail: format!("more than {MAX_TOOLS} tools"),
+        });
+    }
+    for (name, r) in &document.secrets {
+        check_secret_ref(name, r)?;
+    }
+    let mut names = BTreeSet::new();
+    for t in &document.tools {
+        if !names.insert(t.name.as_str()) {
+            return Err(Error::DuplicateTool(t.name.clone()));
+        }
+        check_tool(t, &document)?;
+    }
+    check_overrides(&document, &names)?;
+
+    let cedar =
+        PolicySet::from_str(&document.cedar).map_err(|e| Error::CedarParse(e.to_string()))?;
+    let schema_text = super::cedar::schema_for(&document.tools);
+    let (cedar_schema, _warnings) = Schema::from_cedarschema_str(&schema_text).map_err(|e| {
+        Error::CedarValidation(format!("schema derived from the catalog is invalid: {e}"))
+    })?;
+    let result = Validator::new(cedar_schema.clone()).validate(&cedar, ValidationMode::Strict);
+    if !result.validation_passed() {
+        let errs: Vec<String> = result
+            .validation_errors()
+            .map(ToString::to_string)
+            .collect();
+        return Err(Error::CedarValidation(errs.join("; ")));
+    }
+    let canonical = serde_json::to_vec(&document).map_err(|e| Error::Yaml(e.to_string()))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &canonical)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Policy {
+        document,
+        cedar,
+        cedar_schema,
+        digest,
+    })
+}
