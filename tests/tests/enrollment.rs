@@ -246,3 +246,27 @@ async fn admin_api_refuses_agent_certificates_and_anonymous_callers() {
         .into_inner();
     assert_eq!(a.agent.unwrap().status, pb::AgentStatus::Active as i32);
 }
+
+#[tokio::test]
+async fn concurrent_enrollments_with_one_join_token_yield_one_certificate() {
+    let mesh = Mesh::start().await.unwrap();
+    mesh.register("a1", &["data:read"], 2).await.unwrap();
+    let token = mesh.join_token("a1").await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c = mesh.anonymous_identity().await.unwrap();
+        let (_, csr) = key_and_csr(&spiffe("a1")).unwrap();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            c.enroll(enroll_req("a1", &token, csr)).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(s) => assert_eq!(reason(&s), "JOIN_TOKEN_USED", "{s:?}"),
+        }
+    }
+    assert_eq!(ok, 1, "a single-use token enrolled {ok} times");
+}

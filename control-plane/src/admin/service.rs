@@ -102,6 +102,21 @@ pub fn to_proto(a: &Agent, state: &State) -> pb::Agent {
 }
 
 impl AdminApi {
+    async fn load_agent(&self, id: &AgentId) -> Result<Agent, Status> {
+        self.state
+            .store
+            .get_agent(id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                status(
+                    Code::NotFound,
+                    Reason::AgentUnknown,
+                    format!("agent {id} is not registered"),
+                )
+            })
+    }
+
     async fn transition(
         &self,
         admin: &str,
@@ -111,19 +126,7 @@ impl AdminApi {
     ) -> Result<pb::Agent, Status> {
         let id = agent_id(id)?;
         let reason = text("reason", reason, false)?;
-        let current = self
-            .state
-            .store
-            .get_agent(&id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                status(
-                    Code::NotFound,
-                    Reason::AgentUnknown,
-                    format!("agent {id} is not registered"),
-                )
-            })?;
+        let current = self.load_agent(&id).await?;
         // Revocation is final: a revoked identity is never brought back.
         if current.status == AgentStatus::Revoked && to != AgentStatus::Revoked {
             return Err(status(
@@ -215,19 +218,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
         auth::admin(&req, &self.state.td)?;
         let id = agent_id(&req.get_ref().id)?;
-        let a = self
-            .state
-            .store
-            .get_agent(&id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                status(
-                    Code::NotFound,
-                    Reason::AgentUnknown,
-                    format!("agent {id} is not registered"),
-                )
-            })?;
+        let a = self.load_agent(&id).await?;
         Ok(Response::new(pb::GetAgentResponse {
             agent: Some(to_proto(&a, &self.state)),
         }))
@@ -301,19 +292,7 @@ impl AdminService for AdminApi {
                 )));
             }
         };
-        let agent = self
-            .state
-            .store
-            .get_agent(&id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                status(
-                    Code::NotFound,
-                    Reason::AgentUnknown,
-                    format!("agent {id} is not registered"),
-                )
-            })?;
+        let agent = self.load_agent(&id).await?;
         let now = now_unix();
         crate::identity::service::ensure_active(&agent, now)?;
         let mut secret = [0u8; 32];
