@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "admin.proto",
         "identity.proto",
         "sidecar.proto",
+        "mesh.proto",
     ]
     .map(|f| root.join("warden/v1").join(f));
     for file in &files {

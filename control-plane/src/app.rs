@@ -19,7 +19,9 @@ use crate::config::Config;
 use crate::identity::ca::Ca;
 use crate::identity::keys::KeyRing;
 use crate::identity::service::IdentityApi;
+use crate::mesh::stream::MeshApi;
 use crate::store::{SqliteStore, Store};
+use warden_shared::proto::v1::mesh_service_server::MeshServiceServer;
 
 /// Largest gRPC message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
@@ -37,6 +39,24 @@ pub struct State {
     pub ca: Ca,
     /// Token-signing keys.
     pub keys: KeyRing,
+    /// Version of the state pushed to sidecars; bumped on every change
+    /// (agent status, session revocation, signing keys) to wake the streams.
+    pub generation: watch::Sender<u64>,
+    /// Turns true when the control plane stops: long-lived streams end so
+    /// that the server can drain.
+    pub stopping: watch::Sender<bool>,
+}
+
+impl State {
+    /// Records that pushed state changed: every open stream re-evaluates.
+    pub fn bump(&self) {
+        // Millisecond wall clock as a floor keeps versions increasing across
+        // restarts (a sidecar may report a version from before a restart).
+        let floor =
+            u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(0);
+        self.generation.send_modify(|g| *g = (*g + 1).max(floor));
+    }
 }
 
 /// A running control plane.
@@ -67,13 +87,19 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
     let keys = KeyRing::load(&store, crate::now_unix())
         .await
         .context("loading signing keys")?;
-    Ok(State {
+    let (generation, _) = watch::channel(0);
+    let (stopping, _) = watch::channel(false);
+    let state = State {
         config,
         td,
         store: Arc::new(store),
         ca,
         keys,
-    })
+        generation,
+        stopping,
+    };
+    state.bump();
+    Ok(state)
 }
 
 /// Starts serving; returns once both listeners are bound.
@@ -114,12 +140,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     health_reporter
         .set_serving::<IdentityServiceServer<IdentityApi>>()
         .await;
+    health_reporter
+        .set_serving::<MeshServiceServer<MeshApi>>()
+        .await;
 
     let (shutdown, rx) = watch::channel(false);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let identity = IdentityServiceServer::new(IdentityApi::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mesh = MeshServiceServer::new(MeshApi::new(Arc::clone(&state)));
     let mut stop = rx.clone();
     let grpc_task = tokio::spawn(async move {
         Server::builder()
@@ -128,6 +158,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .add_service(health_service)
             .add_service(admin)
             .add_service(identity)
+            .add_service(mesh)
             .serve_with_incoming_shutdown(
                 // Small responses must not wait on Nagle + delayed ACK (40 ms).
                 tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
@@ -173,6 +204,7 @@ async fn prune(state: Arc<State>, mut stop: watch::Receiver<bool>) -> anyhow::Re
 impl Running {
     /// Stops accepting, drains in-flight calls, and waits for the servers.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.state.stopping.send(true);
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             t.await??;

@@ -9,6 +9,7 @@ pub mod ctl;
 pub mod identity;
 pub mod init;
 pub mod jwks;
+pub mod mesh;
 pub mod store;
 pub mod telemetry;
 

@@ -62,6 +62,8 @@ reasons! {
     SessionLimit = "SESSION_LIMIT",
     /// The session is unknown, ended or belongs to another agent.
     SessionUnknown = "SESSION_UNKNOWN",
+    /// The session was revoked by an admin.
+    SessionRevoked = "SESSION_REVOKED",
     /// No bearer token was presented.
     TokenMissing = "TOKEN_MISSING",
     /// The token is not a well-formed compact JWS of the expected type.

@@ -56,6 +56,13 @@ pub fn auth_status(e: &authenticate::Error) -> Status {
     let (code, reason) = match e {
         authenticate::Error::NoIdentity => (Code::FailedPrecondition, Reason::NoIdentity),
         authenticate::Error::SessionEnded(_) => (Code::Unauthenticated, Reason::SessionUnknown),
+        authenticate::Error::SessionRevoked(_) => (Code::Unauthenticated, Reason::SessionRevoked),
+        authenticate::Error::AgentBlocked { revoked: true, .. } => {
+            (Code::PermissionDenied, Reason::AgentRevoked)
+        }
+        authenticate::Error::AgentBlocked { revoked: false, .. } => {
+            (Code::PermissionDenied, Reason::AgentSuspended)
+        }
         authenticate::Error::Token(t) => match t {
             T::Expired(_) => (Code::Unauthenticated, Reason::TokenExpired),
             T::BadSignature | T::UnknownKey(_) => {
@@ -158,6 +165,15 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
+        // A revocation is final: refuse without asking. (A suspension is left
+        // to the control plane, which also knows about a resume that has not
+        // reached this sidecar yet.)
+        if let Some((true, reason)) = self.auth.standing().blocked.clone() {
+            return Err(auth_status(&authenticate::Error::AgentBlocked {
+                revoked: true,
+                reason,
+            }));
+        }
         let mut client = self.cp.identity_client()?;
         let r = req.into_inner();
         let resp = client

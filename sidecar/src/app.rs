@@ -65,7 +65,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         expected.to_string(),
         Some(config.data_dir.join("ended-sessions.json")),
     ));
-    let api = AgentApi::new(Arc::clone(&identity), cp, Arc::clone(&auth));
+    let api = AgentApi::new(Arc::clone(&identity), Arc::clone(&cp), Arc::clone(&auth));
     if identity.snapshot().valid(crate::now_unix()).is_some()
         && let Err(e) = api.refresh_jwks().await
     {
@@ -160,6 +160,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 tracing::warn!(error = %e.message(), "periodic JWKS refresh failed; keeping the current keys");
             }
         }
+    }));
+    let (id5, cp5, auth5, rx5) = (
+        Arc::clone(&identity),
+        Arc::clone(&cp),
+        Arc::clone(&auth),
+        rx.clone(),
+    );
+    tasks.push(tokio::spawn(async move {
+        crate::mesh::run(id5, cp5, auth5, rx5).await;
+        Ok(())
     }));
     let (id3, rx3) = (Arc::clone(&identity), rx.clone());
     tasks.push(tokio::spawn(async move {

@@ -32,6 +32,11 @@ impl ControlPlane {
 
     /// An identity client over mTLS with the current certificate.
     pub fn identity_client(&self) -> Result<IdentityServiceClient<Channel>, tonic::Status> {
+        self.channel().map(IdentityServiceClient::new)
+    }
+
+    /// The mTLS channel for the current certificate.
+    pub fn channel(&self) -> Result<Channel, tonic::Status> {
         let snap = self.identity.snapshot();
         let id = snap.valid(now_unix()).ok_or_else(|| {
             status(
@@ -44,7 +49,7 @@ impl ControlPlane {
         if let Some((thumb, ch)) = cached.as_ref()
             && *thumb == id.thumbprint
         {
-            return Ok(IdentityServiceClient::new(ch.clone()));
+            return Ok(ch.clone());
         }
         let ch = enroll::channel(&self.url, &id.bundle_pem, Some(id)).map_err(|e| {
             status(
@@ -54,6 +59,6 @@ impl ControlPlane {
             )
         })?;
         *cached = Some((id.thumbprint.clone(), ch.clone()));
-        Ok(IdentityServiceClient::new(ch))
+        Ok(ch)
     }
 }

@@ -9,6 +9,7 @@ pub mod cp;
 pub mod gateway;
 pub mod health;
 pub mod identity;
+pub mod mesh;
 
 /// Current time, unix seconds.
 pub fn now_unix() -> i64 {

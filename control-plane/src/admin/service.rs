@@ -150,6 +150,8 @@ impl AdminApi {
             ));
         };
         tracing::warn!(agent = %id, admin, status = to.as_str(), reason = %reason, "agent status changed");
+        // Push it to every sidecar now (the kill switch).
+        self.state.bump();
         Ok(to_proto(&updated, &self.state))
     }
 }
@@ -276,6 +278,38 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn revoke_session(
+        &self,
+        req: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let r = req.into_inner();
+        let reason = text("reason", &r.reason, false)?;
+        if r.session_id.is_empty() || r.session_id.len() > 64 {
+            return Err(invalid("session_id must be 1-64 bytes"));
+        }
+        let (agent, exp) = self
+            .state
+            .store
+            .revoke_session(&r.session_id, now_unix())
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                status(
+                    Code::NotFound,
+                    Reason::SessionUnknown,
+                    "no live session with that id",
+                )
+            })?;
+        tracing::warn!(admin, session = %r.session_id, agent = %agent, reason = %reason, "session revoked");
+        self.state.bump();
+        Ok(Response::new(pb::RevokeSessionResponse {
+            session_id: r.session_id,
+            agent_id: agent.to_string(),
+            expires_at: Some(timestamp(exp)),
+        }))
+    }
+
     async fn create_join_token(
         &self,
         req: Request<pb::CreateJoinTokenRequest>,
@@ -334,6 +368,7 @@ impl AdminService for AdminApi {
                 )
             })?;
         tracing::warn!(admin, kid = ring.active.kid(), "token signing key rotated");
+        self.state.bump();
         Ok(Response::new(pb::RotateSigningKeyResponse {
             kid: ring.active.kid().to_owned(),
             published_kids: ring.jwks.keys.iter().map(|k| k.kid.clone()).collect(),

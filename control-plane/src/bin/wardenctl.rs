@@ -50,9 +50,22 @@ enum Command {
     /// Token-signing keys.
     #[command(subcommand)]
     Keys(Keys),
+    /// Sessions.
+    #[command(subcommand)]
+    Sessions(Sessions),
     /// Policy documents (tool catalog, Cedar rules, overrides).
     #[command(subcommand)]
     Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum Sessions {
+    /// Revoke a session: its token is refused at every sidecar until it expires.
+    Revoke {
+        session_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -529,6 +542,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Sessions(Sessions::Revoke { session_id, reason }) => {
+            let r = client
+                .revoke_session(pb::RevokeSessionRequest { session_id, reason })
+                .await?
+                .into_inner();
+            if j {
+                println!(
+                    "{}",
+                    json!({"session_id": r.session_id, "agent_id": r.agent_id, "expires_at": ts(r.expires_at.as_ref())})
+                );
+            } else {
+                println!(
+                    "revoked session {} of agent {} (its token would have expired {})",
+                    r.session_id,
+                    r.agent_id,
+                    ts(r.expires_at.as_ref())
+                );
+            }
+        }
         Command::Keys(Keys::Rotate) => {
             let r = client
                 .rotate_signing_key(pb::RotateSigningKeyRequest {})

@@ -247,6 +247,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn open_session(&self, session: &NewSession, max: u32, now: i64) -> Result<bool>;
     /// Ends an agent's open session; returns whether one was ended.
     async fn end_session(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool>;
+    /// Revokes (and ends) a session that has not expired; returns its agent
+    /// and expiry, `None` if there is no such live session. Idempotent.
+    async fn revoke_session(&self, id: &str, now: i64) -> Result<Option<(AgentId, i64)>>;
+    /// An agent's revoked sessions whose tokens have not expired yet.
+    async fn revoked_sessions(&self, agent: &AgentId, now: i64) -> Result<Vec<(String, i64)>>;
     /// Number of open sessions of an agent.
     async fn open_sessions(&self, agent: &AgentId, now: i64) -> Result<u32>;
 

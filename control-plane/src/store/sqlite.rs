@@ -389,6 +389,43 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revoke_session(&self, id: &str, now: i64) -> Result<Option<(AgentId, i64)>> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            Box::pin(async move {
+                let row = sqlx::query(
+                    "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?1), ended_at = COALESCE(ended_at, ?1)
+                     WHERE id = ?2 AND expires_at > ?1 RETURNING agent_id, expires_at",
+                )
+                .bind(now)
+                .bind(&id)
+                .fetch_optional(&mut *c)
+                .await?;
+                row.map(|r| {
+                    let agent: String = r.try_get("agent_id")?;
+                    let agent = AgentId::new(&agent).map_err(|e| corrupt("sessions", e))?;
+                    Ok((agent, r.try_get("expires_at")?))
+                })
+                .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn revoked_sessions(&self, agent: &AgentId, now: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, expires_at FROM sessions WHERE agent_id = ? AND revoked_at IS NOT NULL AND expires_at > ?
+             ORDER BY id",
+        )
+        .bind(agent.as_str())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("expires_at")?)))
+            .collect()
+    }
+
     async fn open_sessions(&self, agent: &AgentId, now: i64) -> Result<u32> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM sessions WHERE agent_id = ? AND ended_at IS NULL AND expires_at > ?",

@@ -36,6 +36,28 @@ pub enum Error {
     /// The sidecar has no valid certificate to bind tokens to.
     #[error("the sidecar holds no valid certificate")]
     NoIdentity,
+    /// The control plane pushed that the agent is suspended or revoked.
+    #[error("agent is {} ({})", if *.revoked { "revoked" } else { "suspended" }, .reason)]
+    AgentBlocked {
+        /// Revoked (else suspended).
+        revoked: bool,
+        /// The admin's reason.
+        reason: String,
+    },
+    /// The control plane pushed that this session was revoked.
+    #[error("session {0} was revoked")]
+    SessionRevoked(String),
+}
+
+/// The agent's standing and revocations, as last pushed by the control plane.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// `Some((revoked, reason))` while the agent is suspended or revoked.
+    pub blocked: Option<(bool, String)>,
+    /// Revoked session ids and when their tokens expire.
+    pub revoked_sessions: HashMap<String, i64>,
+    /// The control plane's version of this state (0: nothing pushed yet).
+    pub version: u64,
 }
 
 /// Verifies session tokens presented to this sidecar.
@@ -49,6 +71,7 @@ pub struct Authenticator {
     ended: Mutex<HashMap<String, i64>>,
     ended_file: Option<PathBuf>,
     last_refresh: Mutex<Option<Instant>>,
+    standing: RwLock<Arc<Standing>>,
 }
 
 impl Authenticator {
@@ -64,7 +87,24 @@ impl Authenticator {
             ended: Mutex::new(ended),
             ended_file,
             last_refresh: Mutex::new(None),
+            standing: RwLock::new(Arc::new(Standing::default())),
         }
+    }
+
+    /// Replaces the pushed standing in one step (readers see the old or the
+    /// new one, never a mix).
+    pub fn set_standing(&self, s: Standing) {
+        *self.standing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    }
+
+    /// The version of the last applied push (0: none yet).
+    pub fn standing_version(&self) -> u64 {
+        self.standing().version
+    }
+
+    /// The pushed standing.
+    pub fn standing(&self) -> Arc<Standing> {
+        Arc::clone(&self.standing.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Installs a new JWK Set.
@@ -105,6 +145,13 @@ impl Authenticator {
     /// Verifies `token` at `now` against the identity snapshot.
     pub fn verify(&self, token: &str, ids: &Snapshot, now: i64) -> Result<Arc<Claims>, Error> {
         let current = ids.valid(now).ok_or(Error::NoIdentity)?;
+        let standing = self.standing();
+        if let Some((revoked, reason)) = &standing.blocked {
+            return Err(Error::AgentBlocked {
+                revoked: *revoked,
+                reason: reason.clone(),
+            });
+        }
         let claims = self.signature(token, now)?;
         let mut thumbs: [&str; 2] = [&current.thumbprint, ""];
         let n = match &ids.previous_thumbprint {
@@ -124,6 +171,9 @@ impl Authenticator {
                 leeway: LEEWAY_SECS,
             },
         )?;
+        if standing.revoked_sessions.contains_key(&claims.sid) {
+            return Err(Error::SessionRevoked(claims.sid.clone()));
+        }
         let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         if ended.contains_key(&claims.sid) {
             return Err(Error::SessionEnded(claims.sid.clone()));

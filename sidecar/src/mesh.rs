@@ -1,0 +1,201 @@
+//! The sidecar end of the mesh stream: holds one stream to the control
+//! plane, applies every push (the agent's standing, revoked sessions, signing
+//! keys) or refuses it whole, acknowledges each, and reconnects with
+//! jittered exponential backoff, reset after a good push. A clean end
+//! reconnects at once; a refusal that cannot change by retrying (the agent
+//! is revoked, the request is invalid) stops the loop with a clear log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use warden_shared::proto::v1 as pb;
+use warden_shared::proto::v1::mesh_service_client::MeshServiceClient;
+use warden_shared::token::JwkSet;
+
+use crate::config::{RETRY_MAX, RETRY_MIN};
+use crate::cp::ControlPlane;
+use crate::gateway::authenticate::{Authenticator, Standing};
+use crate::identity::rotation::Manager;
+use crate::now_unix;
+
+/// Most revoked sessions one push may carry.
+const MAX_REVOKED: usize = 100_000;
+
+/// Why a push was refused (sent back in the Nack).
+fn check(push: &pb::StreamResponse, now: i64) -> Result<(Standing, Option<JwkSet>), String> {
+    let reason = push.agent_status_reason.clone();
+    let blocked = match pb::AgentStatus::try_from(push.agent_status) {
+        Ok(pb::AgentStatus::Active) => None,
+        Ok(pb::AgentStatus::Suspended) => Some((false, reason)),
+        Ok(pb::AgentStatus::Revoked) => Some((true, reason)),
+        _ => return Err(format!("unknown agent status {}", push.agent_status)),
+    };
+    if push.revoked_sessions.len() > MAX_REVOKED {
+        return Err(format!("more than {MAX_REVOKED} revoked sessions"));
+    }
+    let mut revoked_sessions = HashMap::with_capacity(push.revoked_sessions.len());
+    for r in &push.revoked_sessions {
+        let exp = r
+            .expires_at
+            .as_ref()
+            .map(|t| t.seconds)
+            .ok_or("revoked session without expiry")?;
+        if r.session_id.is_empty() {
+            return Err("revoked session without id".into());
+        }
+        if exp > now {
+            revoked_sessions.insert(r.session_id.clone(), exp);
+        }
+    }
+    let jwks = match push.jwks_json.as_str() {
+        "" => None,
+        text => {
+            let set: JwkSet =
+                serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
+            warden_shared::token::Verifier::new(&set).map_err(|e| format!("invalid JWKS: {e}"))?;
+            Some(set)
+        }
+    };
+    Ok((
+        Standing {
+            blocked,
+            revoked_sessions,
+            version: push.version,
+        },
+        jwks,
+    ))
+}
+
+/// Whether retrying cannot help.
+fn fatal(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied
+    )
+}
+
+/// Runs until `shutdown`.
+pub async fn run(
+    identity: Arc<Manager>,
+    cp: Arc<ControlPlane>,
+    auth: Arc<Authenticator>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = RETRY_MIN;
+    let mut held = 0u64;
+    let mut applied_jwks = String::new();
+    loop {
+        let wait = 'attempt: {
+            if identity.snapshot().valid(now_unix()).is_none() {
+                break 'attempt Duration::from_secs(1);
+            }
+            let ch = match cp.channel() {
+                Ok(ch) => ch,
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "mesh: no channel to the control plane");
+                    break 'attempt backoff;
+                }
+            };
+            let (tx, rx) = mpsc::channel(8);
+            let hello = pb::StreamRequest {
+                kind: Some(pb::stream_request::Kind::Hello(pb::Hello {
+                    held_version: held,
+                })),
+            };
+            let _ = tx.send(hello).await;
+            let mut client = MeshServiceClient::new(ch);
+            let opened = tokio::select! {
+                r = client.stream(ReceiverStream::new(rx)) => r,
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            };
+            let mut inbound = match opened {
+                Ok(r) => r.into_inner(),
+                Err(s) if fatal(&s) => {
+                    let known = auth
+                        .standing()
+                        .blocked
+                        .as_ref()
+                        .is_some_and(|(revoked, _)| *revoked);
+                    if !known
+                        && warden_shared::refusal::reason_of(&s).as_deref() == Some("AGENT_REVOKED")
+                    {
+                        auth.set_standing(Standing {
+                            blocked: Some((true, s.message().to_owned())),
+                            ..Standing::default()
+                        });
+                    }
+                    tracing::error!(code = ?s.code(), error = %s.message(), "mesh: the control plane refused the stream; not retrying");
+                    return;
+                }
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?backoff, "mesh: cannot open the stream");
+                    break 'attempt backoff;
+                }
+            };
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                };
+                match msg {
+                    Ok(Some(push)) => {
+                        let reply = match check(&push, now_unix()) {
+                            Ok((standing, jwks)) => {
+                                if let Some(set) = jwks.filter(|_| push.jwks_json != applied_jwks)
+                                    && auth.set_jwks(&set).is_ok()
+                                {
+                                    applied_jwks = push.jwks_json.clone();
+                                }
+                                let blocked = standing.blocked.clone();
+                                auth.set_standing(standing);
+                                held = push.version;
+                                tracing::info!(version = push.version, blocked = ?blocked, "mesh: push applied");
+                                pb::stream_request::Kind::Ack(pb::Ack {
+                                    version: push.version,
+                                    nonce: push.nonce,
+                                })
+                            }
+                            Err(reason) => {
+                                tracing::warn!(version = push.version, %reason, "mesh: push refused; keeping what is held");
+                                pb::stream_request::Kind::Nack(pb::Nack {
+                                    version: push.version,
+                                    nonce: push.nonce,
+                                    reason,
+                                })
+                            }
+                        };
+                        backoff = RETRY_MIN;
+                        if tx
+                            .send(pb::StreamRequest { kind: Some(reply) })
+                            .await
+                            .is_err()
+                        {
+                            break 'attempt Duration::ZERO;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::info!("mesh: stream ended by the control plane; reconnecting");
+                        break 'attempt Duration::ZERO;
+                    }
+                    Err(s) => {
+                        tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?backoff, "mesh: stream failed");
+                        break 'attempt backoff;
+                    }
+                }
+            }
+        };
+        if !wait.is_zero() {
+            let jittered = wait.mul_f64(rand::rng().random_range(0.5..1.0));
+            backoff = (backoff * 2).min(RETRY_MAX);
+            tokio::select! {
+                _ = tokio::time::sleep(jittered) => {}
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            }
+        }
+    }
+}
