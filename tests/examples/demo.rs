@@ -569,6 +569,24 @@ async fn main() {
         "revoked agent opening a session",
         reviewer.start_session(session_req(&["repo:read"])).await,
     );
+    let reviewer_sock = reviewer_dir.join("agent.sock");
+    let took = until_refused(&reviewer_sock, &rs.token).await;
+    refused(
+        &format!("revoked agent's live token ({} ms)", took.as_millis()),
+        who(&reviewer_sock, rs.token.clone()).await,
+    );
+    demo.ctl_ok(&[
+        "sessions",
+        "revoke",
+        &s.session_id,
+        "--reason",
+        "token leaked",
+    ]);
+    let took = until_refused(&sock, &s.token).await;
+    refused(
+        &format!("revoked session's token ({} ms)", took.as_millis()),
+        who(&sock, s.token.clone()).await,
+    );
     demo.ctl_ok(&[
         "agents",
         "register",
@@ -603,6 +621,17 @@ async fn main() {
     drop(procs);
     drop(store);
     drop(tmp);
+}
+
+/// Polls the sidecar until it refuses `token` (the push has landed).
+async fn until_refused(sock: &Path, token: &str) -> Duration {
+    let start = std::time::Instant::now();
+    let done = eventually(Duration::from_secs(10), || async {
+        who(sock, token.to_owned()).await.is_err()
+    })
+    .await;
+    assert!(done, "the sidecar kept accepting the token");
+    start.elapsed()
 }
 
 async fn who(sock: &Path, token: String) -> Result<pb::WhoAmIResponse, Status> {
