@@ -45,6 +45,8 @@ pub struct State {
     /// Turns true when the control plane stops: long-lived streams end so
     /// that the server can drain.
     pub stopping: watch::Sender<bool>,
+    /// Open mesh streams.
+    pub sidecars: Arc<crate::mesh::registry::Registry>,
 }
 
 impl State {
@@ -97,6 +99,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         keys,
         generation,
         stopping,
+        sidecars: Arc::default(),
     };
     state.bump();
     Ok(state)

@@ -174,3 +174,57 @@ async fn a_revoked_agent_cannot_open_a_stream() {
     let r = c.stream(tokio_stream::iter([hello])).await;
     assert_refused(r.map(|_| ()), Code::PermissionDenied, "AGENT_REVOKED");
 }
+
+#[tokio::test]
+async fn sidecars_list_shows_each_stream_and_what_it_acknowledged() {
+    let mesh = Mesh::start().await.unwrap();
+    let a = mesh.agent("a1", &["data:read"], 4).await.unwrap();
+    let b = mesh.agent("b1", &["data:read"], 4).await.unwrap();
+    let mut admin = mesh.admin().await.unwrap();
+    let listed = |r: &pb::ListSidecarsResponse| {
+        r.sidecars
+            .iter()
+            .map(|s| s.agent_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let both_acked = eventually(Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        async move {
+            let r = admin
+                .list_sidecars(pb::ListSidecarsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            r.sidecars.len() == 2 && r.sidecars.iter().all(|s| s.acked_version > 0)
+        }
+    })
+    .await;
+    assert!(both_acked, "both sidecars should connect and acknowledge");
+    let r = admin
+        .list_sidecars(pb::ListSidecarsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed(&r), ["a1", "b1"]);
+    let a1 = &r.sidecars[0];
+    assert_eq!(a1.acked_version, a.auth.standing_version());
+    assert_eq!((a1.lag_seconds, a1.nack_reason.as_str()), (0, ""));
+    assert!(a1.peer.starts_with("127.0.0.1:"), "{}", a1.peer);
+
+    b.shutdown().await.unwrap();
+    let gone = eventually(Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_sidecars(pb::ListSidecarsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .sidecars
+                .len()
+                == 1
+        }
+    })
+    .await;
+    assert!(gone, "a closed stream must leave the list");
+}

@@ -278,6 +278,34 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn list_sidecars(
+        &self,
+        req: Request<pb::ListSidecarsRequest>,
+    ) -> Result<Response<pb::ListSidecarsResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        let now = now_unix();
+        let sidecars = self
+            .state
+            .sidecars
+            .list()
+            .into_iter()
+            .map(|e| pb::Sidecar {
+                agent_id: e.agent.to_string(),
+                peer: e.peer.clone(),
+                connected_at: Some(timestamp(e.connected_at)),
+                acked_version: e.acked.0,
+                acked_at: (e.acked.0 > 0).then(|| timestamp(e.acked.1)),
+                nacked_version: e.nack.as_ref().map_or(0, |n| n.0),
+                nack_reason: e.nack.as_ref().map(|n| n.1.clone()).unwrap_or_default(),
+                lag_seconds: e.lag(now),
+            })
+            .collect();
+        Ok(Response::new(pb::ListSidecarsResponse {
+            sidecars,
+            current_version: *self.state.generation.borrow(),
+        }))
+    }
+
     async fn revoke_session(
         &self,
         req: Request<pb::RevokeSessionRequest>,

@@ -53,9 +53,18 @@ enum Command {
     /// Sessions.
     #[command(subcommand)]
     Sessions(Sessions),
+    /// Sidecars connected over their mesh streams.
+    #[command(subcommand)]
+    Sidecars(SidecarsCmd),
     /// Policy documents (tool catalog, Cedar rules, overrides).
     #[command(subcommand)]
     Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum SidecarsCmd {
+    /// List connected sidecars: agent, acknowledged version, last refusal, lag.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -542,6 +551,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Sidecars(SidecarsCmd::List) => {
+            let r = client
+                .list_sidecars(pb::ListSidecarsRequest {})
+                .await?
+                .into_inner();
+            if j {
+                let rows: Vec<_> = r
+                    .sidecars
+                    .iter()
+                    .map(|s| json!({"agent_id": s.agent_id, "peer": s.peer, "connected_at": ts(s.connected_at.as_ref()),
+                        "acked_version": s.acked_version, "acked_at": s.acked_at.as_ref().map(|t| ts(Some(t))),
+                        "nacked_version": s.nacked_version, "nack_reason": s.nack_reason, "lag_seconds": s.lag_seconds}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"current_version": r.current_version, "sidecars": rows})
+                );
+            } else {
+                println!(
+                    "{:<20} {:<22} {:<16} {:>6}  LAST NACK",
+                    "AGENT", "CONNECTED", "ACKED", "LAG(s)"
+                );
+                for s in &r.sidecars {
+                    let nack = if s.nack_reason.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        format!("v{}: {}", s.nacked_version, s.nack_reason)
+                    };
+                    println!(
+                        "{:<20} {:<22} {:<16} {:>6}  {nack}",
+                        s.agent_id,
+                        ts(s.connected_at.as_ref()),
+                        s.acked_version,
+                        s.lag_seconds
+                    );
+                }
+            }
+        }
         Command::Sessions(Sessions::Revoke { session_id, reason }) => {
             let r = client
                 .revoke_session(pb::RevokeSessionRequest { session_id, reason })

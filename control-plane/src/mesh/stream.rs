@@ -128,6 +128,7 @@ impl MeshService for MeshApi {
                 format!("agent {agent} is revoked: {}", first.reason),
             ));
         }
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
         let held = match inbound.message().await? {
             Some(pb::StreamRequest {
@@ -147,7 +148,8 @@ impl MeshService for MeshApi {
         tokio::spawn(
             async move {
                 tracing::info!(held, "sidecar stream opened");
-                let ending = serve(state, agent, inbound, tx).await;
+                let reg = state.sidecars.open(agent.clone(), peer, now_unix());
+                let ending = serve(state, agent, inbound, tx, &reg).await;
                 tracing::info!(ending, "sidecar stream ended");
             }
             .instrument(span),
@@ -162,6 +164,7 @@ async fn serve(
     agent: AgentId,
     mut inbound: Streaming<pb::StreamRequest>,
     tx: mpsc::Sender<Result<pb::StreamResponse, Status>>,
+    reg: &crate::mesh::registry::Registration,
 ) -> &'static str {
     let mut generation = state.generation.subscribe();
     let mut stopping = state.stopping.subscribe();
@@ -179,6 +182,7 @@ async fn serve(
             if tx.send(Ok(push(version, &current))).await.is_err() {
                 return "sidecar gone";
             }
+            reg.pushed(version, now_unix());
             sent = Some(current.clone());
         }
         if current.status == AgentStatus::Revoked {
@@ -195,9 +199,11 @@ async fn serve(
             msg = inbound.message() => match msg {
                 Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Ack(a)) })) => {
                     tracing::debug!(version = a.version, "push acknowledged");
+                    reg.acked(a.version, now_unix());
                 }
                 Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Nack(n)) })) => {
                     tracing::warn!(version = n.version, reason = %n.reason, "push refused by the sidecar");
+                    reg.nacked(n.version, n.reason.chars().take(512).collect());
                 }
                 Ok(Some(_)) => {
                     let _ = tx.send(Err(status(Code::InvalidArgument, Reason::InvalidArgument, "unexpected message"))).await;
