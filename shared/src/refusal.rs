@@ -84,6 +84,10 @@ reasons! {
     AgentHeaderMissing = "AGENT_HEADER_MISSING",
     /// The sidecar holds no valid certificate (not enrolled, or lapsed).
     NoIdentity = "NO_IDENTITY",
+    /// The sidecar holds no policy from the control plane yet.
+    PolicyNotLoaded = "POLICY_NOT_LOADED",
+    /// The sidecar has been out of contact longer than `max_policy_age`.
+    PolicyStale = "POLICY_STALE",
     /// The control plane could not be reached.
     ControlPlaneUnavailable = "CONTROL_PLANE_UNAVAILABLE",
     /// The latest policy version is not the one the caller expected.

@@ -57,6 +57,8 @@ pub fn auth_status(e: &authenticate::Error) -> Status {
         authenticate::Error::NoIdentity => (Code::FailedPrecondition, Reason::NoIdentity),
         authenticate::Error::SessionEnded(_) => (Code::Unauthenticated, Reason::SessionUnknown),
         authenticate::Error::SessionRevoked(_) => (Code::Unauthenticated, Reason::SessionRevoked),
+        authenticate::Error::NoPolicy => (Code::FailedPrecondition, Reason::PolicyNotLoaded),
+        authenticate::Error::PolicyStale(_) => (Code::FailedPrecondition, Reason::PolicyStale),
         authenticate::Error::AgentBlocked { revoked: true, .. } => {
             (Code::PermissionDenied, Reason::AgentRevoked)
         }

@@ -60,11 +60,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.control_plane.clone(),
         Arc::clone(&identity),
     ));
-    let auth = Arc::new(Authenticator::new(
-        td.control_plane().to_string(),
-        expected.to_string(),
-        Some(config.data_dir.join("ended-sessions.json")),
-    ));
+    let auth = Arc::new(
+        Authenticator::new(
+            td.control_plane().to_string(),
+            expected.to_string(),
+            Some(config.data_dir.join("ended-sessions.json")),
+        )
+        .with_max_policy_age(config.max_policy_age_secs),
+    );
+    // Enforce the last acknowledged state at once, even with the control
+    // plane away; a tampered snapshot is refused.
+    let snapshots = crate::mesh::SnapshotFile::new(&config.data_dir);
+    match snapshots.load() {
+        Ok(Some(push)) => match crate::mesh::apply(&auth, &push, crate::now_unix()) {
+            Ok(()) => tracing::info!(version = push.version, "loaded the persisted mesh snapshot"),
+            Err(reason) => {
+                tracing::error!(%reason, "persisted mesh snapshot is unusable; waiting for the control plane")
+            }
+        },
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "persisted mesh snapshot refused; waiting for the control plane")
+        }
+    }
     let api = AgentApi::new(Arc::clone(&identity), Arc::clone(&cp), Arc::clone(&auth));
     if identity.snapshot().valid(crate::now_unix()).is_some()
         && let Err(e) = api.refresh_jwks().await
@@ -135,14 +153,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Ok(())
         }));
     }
+    let h = crate::health::Health {
+        identity: Arc::clone(&identity),
+        auth: Arc::clone(&auth),
+    };
     tasks.push(tokio::spawn(crate::health::serve_http(
         health,
-        Arc::clone(&identity),
+        h.clone(),
         rx.clone(),
     )));
-    let (id2, rx2) = (Arc::clone(&identity), rx.clone());
+    let rx2 = rx.clone();
     tasks.push(tokio::spawn(async move {
-        crate::health::track(reporter, id2, rx2).await;
+        crate::health::track(reporter, h, rx2).await;
         Ok(())
     }));
     // Unknown key ids trigger a refresh; this one also drops keys the
@@ -168,7 +190,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         rx.clone(),
     );
     tasks.push(tokio::spawn(async move {
-        crate::mesh::run(id5, cp5, auth5, rx5).await;
+        crate::mesh::run(id5, cp5, auth5, snapshots, rx5).await;
         Ok(())
     }));
     let (id3, rx3) = (Arc::clone(&identity), rx.clone());

@@ -80,6 +80,11 @@ pub struct Config {
     /// Fraction of the certificate lifetime after which to renew.
     #[serde(default = "default_renew_fraction")]
     pub renew_fraction: f64,
+    /// Refuse tokens (fail closed) once out of contact with the control
+    /// plane for longer than this many seconds. Off by default: the last
+    /// held policy keeps being enforced.
+    #[serde(default)]
+    pub max_policy_age_secs: Option<u64>,
     /// `text` or `json`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
@@ -102,6 +107,7 @@ impl std::fmt::Debug for Config {
                 &self.join_token.as_ref().map(|_| "[redacted]"),
             )
             .field("renew_fraction", &self.renew_fraction)
+            .field("max_policy_age_secs", &self.max_policy_age_secs)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -141,6 +147,7 @@ impl Config {
             health_listen: default_health(),
             join_token: None,
             renew_fraction: default_renew_fraction(),
+            max_policy_age_secs: None,
             log_format: default_log_format(),
         }
     }

@@ -1,6 +1,7 @@
 //! Health: `GET /healthz` (liveness) and `GET /readyz` (a valid certificate
-//! is held) over HTTP with certificate age and expiry, and the gRPC health
-//! service kept in step.
+//! is held, and a policy from the control plane that is not too old) over
+//! HTTP, with certificate age and expiry, policy version, link state and
+//! policy age; and the gRPC health service kept in step.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,15 +18,25 @@ use tonic_health::server::HealthReporter;
 use warden_shared::proto::v1::agent_service_server::AgentServiceServer;
 
 use crate::api::AgentApi;
+use crate::gateway::authenticate::Authenticator;
 use crate::identity::rotation::Manager;
 use crate::now_unix;
 
+/// What health reads.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// The certificate.
+    pub identity: Arc<Manager>,
+    /// The pushed policy state.
+    pub auth: Arc<Authenticator>,
+}
+
 /// The readiness report.
-pub fn report(identity: &Manager, now: i64) -> (bool, Value) {
-    let snap = identity.snapshot();
-    match &snap.current {
+pub fn report(h: &Health, now: i64) -> (bool, Value) {
+    let snap = h.identity.snapshot();
+    let (cert_ok, cert, cert_reason) = match &snap.current {
         Some(id) => {
-            let ready = id.valid_at(now);
+            let ok = id.valid_at(now);
             let cert = json!({
                 "spiffe_id": id.spiffe_id.to_string(),
                 "serial": id.serial,
@@ -34,25 +45,43 @@ pub fn report(identity: &Manager, now: i64) -> (bool, Value) {
                 "age_secs": now - id.not_before,
                 "expires_in_secs": id.not_after - now,
             });
-            let reason = if ready {
-                "certificate valid"
-            } else {
-                "certificate has lapsed; provide a new join token"
-            };
-            (
-                ready,
-                json!({"ready": ready, "reason": reason, "certificate": cert}),
-            )
+            (ok, cert, "certificate has lapsed; provide a new join token")
         }
-        None => (
-            false,
-            json!({"ready": false, "reason": "not enrolled; provide a join token", "certificate": null}),
-        ),
-    }
+        None => (false, Value::Null, "not enrolled; provide a join token"),
+    };
+    let version = h.auth.standing_version();
+    let link = h.auth.link();
+    let age = h.auth.policy_age(now);
+    // verify() is the authority on refusing; ask it the same question.
+    let policy_err = match (version, h.auth.check_policy(now)) {
+        (0, _) => Some("no policy from the control plane yet".to_owned()),
+        (_, Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    let policy = json!({
+        "version": version,
+        "connected": link.connected,
+        "last_contact_change": link.since,
+        "age_secs": age,
+    });
+    let ready = cert_ok && policy_err.is_none();
+    let reason = if !cert_ok {
+        cert_reason.to_owned()
+    } else if let Some(e) = policy_err {
+        e
+    } else if link.connected {
+        "ready".to_owned()
+    } else {
+        "ready; enforcing the last policy while the control plane is unreachable".to_owned()
+    };
+    (
+        ready,
+        json!({"ready": ready, "reason": reason, "certificate": cert, "policy": policy}),
+    )
 }
 
-async fn readyz(State(identity): State<Arc<Manager>>) -> (StatusCode, Json<Value>) {
-    let (ready, body) = report(&identity, now_unix());
+async fn readyz(State(h): State<Health>) -> (StatusCode, Json<Value>) {
+    let (ready, body) = report(&h, now_unix());
     (
         if ready {
             StatusCode::OK
@@ -66,13 +95,13 @@ async fn readyz(State(identity): State<Arc<Manager>>) -> (StatusCode, Json<Value
 /// Serves the HTTP health endpoints until `stop`.
 pub async fn serve_http(
     listener: TcpListener,
-    identity: Arc<Manager>,
+    h: Health,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(identity);
+        .with_state(h);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -81,16 +110,12 @@ pub async fn serve_http(
     Ok(())
 }
 
-/// Keeps the gRPC health status of the agent service in step with the
-/// certificate: serving only while one is valid.
-pub async fn track(
-    reporter: HealthReporter,
-    identity: Arc<Manager>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut changes = identity.subscribe();
+/// Keeps the gRPC health status of the agent service in step with
+/// readiness.
+pub async fn track(reporter: HealthReporter, h: Health, mut stop: watch::Receiver<bool>) {
+    let mut changes = h.identity.subscribe();
     loop {
-        let (ready, _) = report(&identity, now_unix());
+        let (ready, _) = report(&h, now_unix());
         if ready {
             reporter.set_serving::<AgentServiceServer<AgentApi>>().await;
         } else {
@@ -98,11 +123,11 @@ pub async fn track(
                 .set_not_serving::<AgentServiceServer<AgentApi>>()
                 .await;
         }
-        // A certificate lapses without any event: re-check every second.
+        // Lapses and policy age change without any event: re-check each second.
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         }
     }
 }

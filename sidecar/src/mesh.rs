@@ -71,6 +71,110 @@ fn check(push: &pb::StreamResponse, now: i64) -> Result<(Standing, Option<JwkSet
     ))
 }
 
+/// Applies a checked push: keys first, then the standing in one step.
+pub fn apply(auth: &Authenticator, push: &pb::StreamResponse, now: i64) -> Result<(), String> {
+    let (standing, jwks) = check(push, now)?;
+    if let Some(set) = jwks {
+        auth.set_jwks(&set)
+            .map_err(|e| format!("invalid JWKS: {e}"))?;
+    }
+    auth.set_standing(standing);
+    Ok(())
+}
+
+/// Why a persisted snapshot was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The MAC does not match: the file was altered or corrupted.
+    #[error("the snapshot's MAC does not verify (altered or corrupted)")]
+    Tampered,
+    /// The content does not decode.
+    #[error("the snapshot does not decode: {0}")]
+    Decode(String),
+}
+
+/// The last acknowledged push, persisted as `HMAC-SHA256 (32 bytes) ||
+/// protobuf`, keyed by a random key kept beside it (0600): a restart during
+/// a control-plane outage still enforces it, and an altered file is refused.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+}
+
+impl SnapshotFile {
+    /// Files in the data directory.
+    pub fn new(data_dir: &std::path::Path) -> Self {
+        Self {
+            path: data_dir.join("mesh-snapshot.bin"),
+            key_path: data_dir.join("mesh-snapshot.key"),
+        }
+    }
+
+    fn key(&self, create: bool) -> Result<Option<ring::hmac::Key>, SnapshotError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::read(&self.key_path) {
+            Ok(k) if k.len() == 32 => {
+                return Ok(Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k)));
+            }
+            Ok(_) => return Err(SnapshotError::Tampered),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let mut k = [0u8; 32];
+        rand::rng().fill(&mut k);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.key_path)?;
+        f.write_all(&k)?;
+        f.sync_all()?;
+        Ok(Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k)))
+    }
+
+    /// Persists a push atomically.
+    pub fn save(&self, push: &pb::StreamResponse) -> Result<(), SnapshotError> {
+        use prost::Message;
+        use std::io::Write;
+        let key = self.key(true)?.ok_or(SnapshotError::Tampered)?;
+        let body = push.encode_to_vec();
+        let tag = ring::hmac::sign(&key, &body);
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(tag.as_ref())?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
+
+    /// Loads and verifies the persisted push, if any.
+    pub fn load(&self) -> Result<Option<pb::StreamResponse>, SnapshotError> {
+        use prost::Message;
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let key = self.key(false)?.ok_or(SnapshotError::Tampered)?;
+        if bytes.len() < 32 {
+            return Err(SnapshotError::Tampered);
+        }
+        let (tag, body) = bytes.split_at(32);
+        // ring's verify compares in constant time.
+        ring::hmac::verify(&key, body, tag).map_err(|_| SnapshotError::Tampered)?;
+        pb::StreamResponse::decode(body)
+            .map(Some)
+            .map_err(|e| SnapshotError::Decode(e.to_string()))
+    }
+}
+
 /// Whether retrying cannot help.
 fn fatal(s: &tonic::Status) -> bool {
     matches!(
@@ -84,11 +188,11 @@ pub async fn run(
     identity: Arc<Manager>,
     cp: Arc<ControlPlane>,
     auth: Arc<Authenticator>,
+    snapshots: SnapshotFile,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = RETRY_MIN;
-    let mut held = 0u64;
-    let mut applied_jwks = String::new();
+    let mut held = auth.standing_version();
     loop {
         let wait = 'attempt: {
             if identity.snapshot().valid(now_unix()).is_none() {
@@ -144,17 +248,14 @@ pub async fn run(
                 };
                 match msg {
                     Ok(Some(push)) => {
-                        let reply = match check(&push, now_unix()) {
-                            Ok((standing, jwks)) => {
-                                if let Some(set) = jwks.filter(|_| push.jwks_json != applied_jwks)
-                                    && auth.set_jwks(&set).is_ok()
-                                {
-                                    applied_jwks = push.jwks_json.clone();
-                                }
-                                let blocked = standing.blocked.clone();
-                                auth.set_standing(standing);
+                        auth.set_connected(true, now_unix());
+                        let reply = match apply(&auth, &push, now_unix()) {
+                            Ok(()) => {
                                 held = push.version;
-                                tracing::info!(version = push.version, blocked = ?blocked, "mesh: push applied");
+                                if let Err(e) = snapshots.save(&push) {
+                                    tracing::error!(error = %e, "mesh: could not persist the snapshot");
+                                }
+                                tracing::info!(version = push.version, "mesh: push applied");
                                 pb::stream_request::Kind::Ack(pb::Ack {
                                     version: push.version,
                                     nonce: push.nonce,
@@ -189,6 +290,7 @@ pub async fn run(
                 }
             }
         };
+        auth.set_connected(false, now_unix());
         if !wait.is_zero() {
             let jittered = wait.mul_f64(rand::rng().random_range(0.5..1.0));
             backoff = (backoff * 2).min(RETRY_MAX);

@@ -167,6 +167,12 @@ impl Mesh {
             sc.identity.snapshot().current.is_some(),
             "sidecar did not enroll"
         );
+        // Ready means holding a policy too: wait for the first push.
+        let pushed = eventually(Duration::from_secs(10), || async {
+            sc.auth.standing_version() > 0
+        })
+        .await;
+        anyhow::ensure!(pushed, "sidecar received no push from the control plane");
         Ok(sc)
     }
 

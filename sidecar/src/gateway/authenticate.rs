@@ -47,6 +47,24 @@ pub enum Error {
     /// The control plane pushed that this session was revoked.
     #[error("session {0} was revoked")]
     SessionRevoked(String),
+    /// No pushed state is held yet (fail closed until the first push or a
+    /// valid persisted snapshot).
+    #[error("the sidecar holds no policy from the control plane yet")]
+    NoPolicy,
+    /// Out of contact with the control plane for longer than `max_policy_age`.
+    #[error(
+        "the held policy is {0} s old, beyond max_policy_age; the control plane is unreachable"
+    )]
+    PolicyStale(i64),
+}
+
+/// The mesh link as seen by the sidecar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Whether the stream is up.
+    pub connected: bool,
+    /// When it last went up or down (unix seconds).
+    pub since: i64,
 }
 
 /// The agent's standing and revocations, as last pushed by the control plane.
@@ -72,6 +90,8 @@ pub struct Authenticator {
     ended_file: Option<PathBuf>,
     last_refresh: Mutex<Option<Instant>>,
     standing: RwLock<Arc<Standing>>,
+    link: Mutex<Link>,
+    max_policy_age: Option<i64>,
 }
 
 impl Authenticator {
@@ -88,6 +108,60 @@ impl Authenticator {
             ended_file,
             last_refresh: Mutex::new(None),
             standing: RwLock::new(Arc::new(Standing::default())),
+            link: Mutex::new(Link {
+                connected: false,
+                since: crate::now_unix(),
+            }),
+            max_policy_age: None,
+        }
+    }
+
+    /// Refuse tokens once out of contact with the control plane for longer
+    /// than `secs` (fail closed). Off by default.
+    pub fn with_max_policy_age(mut self, secs: Option<u64>) -> Self {
+        self.max_policy_age = secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+        self
+    }
+
+    /// Records the stream going up or down.
+    pub fn set_connected(&self, connected: bool, now: i64) {
+        let mut l = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        if l.connected != connected {
+            *l = Link {
+                connected,
+                since: now,
+            };
+        }
+    }
+
+    /// The link state.
+    pub fn link(&self) -> Link {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether calls may be served on the held policy: one is held, and it
+    /// is not older than `max_policy_age` (when set).
+    pub fn check_policy(&self, now: i64) -> Result<(), Error> {
+        if self.standing_version() == 0 {
+            return Err(Error::NoPolicy);
+        }
+        if let Some(max) = self.max_policy_age {
+            let age = self.policy_age(now);
+            if age > max {
+                return Err(Error::PolicyStale(age));
+            }
+        }
+        Ok(())
+    }
+
+    /// How stale the held policy may be: 0 while connected, else the time
+    /// since the stream went down (or since start).
+    pub fn policy_age(&self, now: i64) -> i64 {
+        let l = self.link();
+        if l.connected {
+            0
+        } else {
+            (now - l.since).max(0)
         }
     }
 
@@ -146,6 +220,7 @@ impl Authenticator {
     pub fn verify(&self, token: &str, ids: &Snapshot, now: i64) -> Result<Arc<Claims>, Error> {
         let current = ids.valid(now).ok_or(Error::NoIdentity)?;
         let standing = self.standing();
+        self.check_policy(now)?;
         if let Some((revoked, reason)) = &standing.blocked {
             return Err(Error::AgentBlocked {
                 revoked: *revoked,
