@@ -47,9 +47,55 @@ pub struct State {
     pub stopping: watch::Sender<bool>,
     /// Open mesh streams.
     pub sidecars: Arc<crate::mesh::registry::Registry>,
+    /// The latest policy version, parsed once for every stream.
+    pub policy: std::sync::RwLock<Option<Arc<CurrentPolicy>>>,
+}
+
+/// The policy version in force.
+#[derive(Debug)]
+pub struct CurrentPolicy {
+    /// Version number.
+    pub version: u64,
+    /// The document as applied.
+    pub text: String,
+    /// Its parsed form (validated when it was applied).
+    pub document: warden_shared::policy::Document,
 }
 
 impl State {
+    /// Reloads the latest policy version from the store and wakes every
+    /// stream. A stored document that no longer parses is logged and
+    /// skipped (the previous one stays in force).
+    pub async fn reload_policy(&self) -> anyhow::Result<()> {
+        let Some((meta, text)) = self.store.get_policy(None).await? else {
+            return Ok(());
+        };
+        match serde_norway::from_str::<warden_shared::policy::Document>(&text) {
+            Ok(document) => {
+                let version = u64::try_from(meta.version).unwrap_or(0);
+                *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Arc::new(CurrentPolicy {
+                        version,
+                        text,
+                        document,
+                    }));
+                self.bump();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, version = meta.version, "stored policy does not parse; keeping the previous one")
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy in force.
+    pub fn current_policy(&self) -> Option<Arc<CurrentPolicy>> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Records that pushed state changed: every open stream re-evaluates.
     pub fn bump(&self) {
         // Millisecond wall clock as a floor keeps versions increasing across
@@ -100,8 +146,13 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         generation,
         stopping,
         sidecars: Arc::default(),
+        policy: std::sync::RwLock::new(None),
     };
     state.bump();
+    state
+        .reload_policy()
+        .await
+        .context("loading the current policy")?;
     Ok(state)
 }
 

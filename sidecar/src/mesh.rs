@@ -5,7 +5,7 @@
 //! reconnects at once; a refusal that cannot change by retrying (the agent
 //! is revoked, the request is invalid) stops the loop with a clear log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,21 +13,72 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
+use warden_shared::policy::{Policy, Risk};
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::mesh_service_client::MeshServiceClient;
 use warden_shared::token::JwkSet;
 
 use crate::config::{RETRY_MAX, RETRY_MIN};
 use crate::cp::ControlPlane;
-use crate::gateway::authenticate::{Authenticator, Standing};
+use crate::gateway::authenticate::{Authenticator, HeldPolicy, Standing};
 use crate::identity::rotation::Manager;
 use crate::now_unix;
 
 /// Most revoked sessions one push may carry.
 const MAX_REVOKED: usize = 100_000;
 
+fn risk(s: &str) -> Option<Risk> {
+    match s {
+        "low" => Some(Risk::Low),
+        "medium" => Some(Risk::Medium),
+        "high" => Some(Risk::High),
+        "critical" => Some(Risk::Critical),
+        _ => None,
+    }
+}
+
+/// The pushed policy, validated here again: a document this sidecar cannot
+/// compile is refused, never half-applied. An unchanged version is not
+/// compiled twice.
+fn check_policy(
+    push: &pb::StreamResponse,
+    held: Option<&Arc<HeldPolicy>>,
+) -> Result<Option<Arc<HeldPolicy>>, String> {
+    let v = push.policy_version;
+    if v == 0 {
+        return Ok(None);
+    }
+    let fail = |m: String| format!("policy v{v}: {m}");
+    let mut tools = BTreeMap::new();
+    for t in &push.tools {
+        let r = risk(&t.risk)
+            .ok_or_else(|| fail(format!("tool {:?} has unknown risk {:?}", t.name, t.risk)))?;
+        tools.insert(t.name.clone(), r);
+    }
+    if let Some(h) = held.filter(|h| h.version == v && h.tools == tools) {
+        return Ok(Some(Arc::clone(h)));
+    }
+    let policy =
+        Policy::parse(&push.policy_document).map_err(|e| fail(format!("{e} [{}]", e.kind())))?;
+    if let Some(name) = tools
+        .keys()
+        .find(|n| !policy.document.tools.iter().any(|d| &d.name == *n))
+    {
+        return Err(fail(format!("tool {name:?} is not in the document")));
+    }
+    Ok(Some(Arc::new(HeldPolicy {
+        version: v,
+        policy,
+        tools,
+    })))
+}
+
 /// Why a push was refused (sent back in the Nack).
-fn check(push: &pb::StreamResponse, now: i64) -> Result<(Standing, Option<JwkSet>), String> {
+fn check(
+    push: &pb::StreamResponse,
+    now: i64,
+    held: Option<&Arc<HeldPolicy>>,
+) -> Result<(Standing, Option<JwkSet>), String> {
     let reason = push.agent_status_reason.clone();
     let blocked = match pb::AgentStatus::try_from(push.agent_status) {
         Ok(pb::AgentStatus::Active) => None,
@@ -61,11 +112,13 @@ fn check(push: &pb::StreamResponse, now: i64) -> Result<(Standing, Option<JwkSet
             Some(set)
         }
     };
+    let policy = check_policy(push, held)?;
     Ok((
         Standing {
             blocked,
             revoked_sessions,
             version: push.version,
+            policy,
         },
         jwks,
     ))
@@ -73,7 +126,8 @@ fn check(push: &pb::StreamResponse, now: i64) -> Result<(Standing, Option<JwkSet
 
 /// Applies a checked push: keys first, then the standing in one step.
 pub fn apply(auth: &Authenticator, push: &pb::StreamResponse, now: i64) -> Result<(), String> {
-    let (standing, jwks) = check(push, now)?;
+    let held = auth.standing().policy.clone();
+    let (standing, jwks) = check(push, now, held.as_ref())?;
     if let Some(set) = jwks {
         auth.set_jwks(&set)
             .map_err(|e| format!("invalid JWKS: {e}"))?;

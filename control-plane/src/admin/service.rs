@@ -459,6 +459,9 @@ impl AdminService for AdminApi {
             }
         };
         if changed {
+            if let Err(e) = self.state.reload_policy().await {
+                tracing::error!(error = %e, "could not reload the applied policy");
+            }
             tracing::warn!(admin, version = meta.version, digest = %meta.digest, tools, "policy applied");
         }
         Ok(Response::new(pb::ApplyPolicyResponse {

@@ -49,6 +49,8 @@ struct View {
     reason: String,
     revoked: Vec<(String, i64)>,
     jwks: String,
+    policy: Option<(u64, Arc<str>)>,
+    tools: Vec<(String, &'static str)>,
 }
 
 async fn view(state: &State, agent: &AgentId) -> Result<View, Status> {
@@ -77,11 +79,30 @@ async fn view(state: &State, agent: &AgentId) -> Result<View, Status> {
         .revoked_sessions(agent, now)
         .await
         .map_err(store_error)?;
+    let (policy, tools) = match state.current_policy() {
+        Some(p) => {
+            let tools = p
+                .document
+                .tools_for(
+                    a.id.as_str(),
+                    &a.agent_type,
+                    &a.allowed_tools,
+                    &a.denied_tools,
+                )
+                .into_iter()
+                .map(|(name, risk)| (name, risk.as_str()))
+                .collect();
+            (Some((p.version, Arc::from(p.text.as_str()))), tools)
+        }
+        None => (None, Vec::new()),
+    };
     Ok(View {
         status,
         reason,
         revoked,
         jwks: state.keys.current().jwks_json.clone(),
+        policy,
+        tools,
     })
 }
 
@@ -106,6 +127,20 @@ fn push(version: u64, v: &View) -> pb::StreamResponse {
             })
             .collect(),
         jwks_json: v.jwks.clone(),
+        policy_version: v.policy.as_ref().map_or(0, |p| p.0),
+        policy_document: v
+            .policy
+            .as_ref()
+            .map(|p| p.1.to_string())
+            .unwrap_or_default(),
+        tools: v
+            .tools
+            .iter()
+            .map(|(name, risk)| pb::EffectiveTool {
+                name: name.clone(),
+                risk: (*risk).to_owned(),
+            })
+            .collect(),
     }
 }
 

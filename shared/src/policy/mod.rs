@@ -176,6 +176,46 @@ pub struct Override {
     pub risk: BTreeMap<String, Risk>,
 }
 
+impl Document {
+    /// The tools an agent may call, with their effective risk: the catalog,
+    /// narrowed by the identity's allow list (if any) and deny list, then by
+    /// the overrides for its type and then for its id (allow lists narrow,
+    /// deny lists remove, risk entries replace).
+    pub fn tools_for(
+        &self,
+        agent_id: &str,
+        agent_type: &str,
+        allowed: &[String],
+        denied: &[String],
+    ) -> BTreeMap<String, Risk> {
+        let mut out: BTreeMap<String, Risk> = self
+            .tools
+            .iter()
+            .filter(|t| allowed.is_empty() || allowed.contains(&t.name))
+            .filter(|t| !denied.contains(&t.name))
+            .map(|t| (t.name.clone(), t.risk))
+            .collect();
+        for o in [
+            self.overrides.agent_types.get(agent_type),
+            self.overrides.agents.get(agent_id),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(allow) = &o.allow_tools {
+                out.retain(|name, _| allow.contains(name));
+            }
+            out.retain(|name, _| !o.deny_tools.contains(name));
+            for (name, risk) in &o.risk {
+                if let Some(r) = out.get_mut(name) {
+                    *r = *risk;
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A validated policy: the document plus what was compiled from it.
 #[derive(Debug)]
 pub struct Policy {

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::policy::{Policy, Risk};
 
@@ -168,4 +170,28 @@ fn derived_cedar_schema_types_arguments() {
     assert!(s.contains(r#""to": String"#), "{s}");
     assert!(s.contains(r#""cc"?: Set<String>"#), "{s}");
     assert!(s.contains(r#""amount_cents": Long"#), "{s}");
+}
+
+#[test]
+fn tools_for_applies_identity_lists_and_overrides() {
+    let p = Policy::parse(EXAMPLE).unwrap();
+    let d = &p.document;
+    let names = |m: &BTreeMap<String, Risk>| m.keys().cloned().collect::<Vec<_>>();
+    let all = d.tools_for("x", "coder", &[], &[]);
+    assert_eq!(all.len(), 5);
+    let denied = d.tools_for("x", "coder", &[], &["clock".into()]);
+    assert!(!denied.contains_key("clock"));
+    let allowed = d.tools_for("x", "coder", &["clock".into(), "send_email".into()], &[]);
+    assert_eq!(names(&allowed), ["clock", "send_email"]);
+    // The support-bot type may not delete repositories; one agent's refunds are critical.
+    let bot = d.tools_for("support-bot-eu-1", "support-bot", &[], &[]);
+    assert_eq!(
+        names(&bot),
+        ["clock", "lookup_customer", "refund_payment", "send_email"]
+    );
+    assert_eq!(bot["refund_payment"], Risk::Critical);
+    assert_eq!(
+        d.tools_for("support-bot-us-1", "support-bot", &[], &[])["refund_payment"],
+        Risk::High
+    );
 }

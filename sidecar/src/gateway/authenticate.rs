@@ -67,8 +67,20 @@ pub struct Link {
     pub since: i64,
 }
 
+/// The policy a sidecar holds: the validated document of one version, and
+/// the tools this agent may call under it.
+#[derive(Debug)]
+pub struct HeldPolicy {
+    /// Policy version.
+    pub version: u64,
+    /// The validated, compiled policy.
+    pub policy: warden_shared::policy::Policy,
+    /// Tools this agent may call, with their effective risk.
+    pub tools: std::collections::BTreeMap<String, warden_shared::policy::Risk>,
+}
+
 /// The agent's standing and revocations, as last pushed by the control plane.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Standing {
     /// `Some((revoked, reason))` while the agent is suspended or revoked.
     pub blocked: Option<(bool, String)>,
@@ -76,6 +88,8 @@ pub struct Standing {
     pub revoked_sessions: HashMap<String, i64>,
     /// The control plane's version of this state (0: nothing pushed yet).
     pub version: u64,
+    /// The policy in force, if one has been applied.
+    pub policy: Option<Arc<HeldPolicy>>,
 }
 
 /// Verifies session tokens presented to this sidecar.
