@@ -42,6 +42,8 @@ pub struct State {
     /// Version of the state pushed to sidecars; bumped on every change
     /// (agent status, session revocation, signing keys) to wake the streams.
     pub generation: watch::Sender<u64>,
+    /// What changed, for the streams to filter on.
+    pub changes: tokio::sync::broadcast::Sender<Change>,
     /// Turns true when the control plane stops: long-lived streams end so
     /// that the server can drain.
     pub stopping: watch::Sender<bool>,
@@ -50,6 +52,18 @@ pub struct State {
     /// The latest policy version, parsed once for every stream.
     pub policy: std::sync::RwLock<Option<Arc<CurrentPolicy>>>,
 }
+
+/// A change of pushed state.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The generation after the change.
+    pub version: u64,
+    /// The agent concerned (`None`: every agent).
+    pub agent: Option<warden_shared::agent::AgentId>,
+}
+
+/// Changes a stream may fall behind by before it re-evaluates in full.
+const CHANGE_BACKLOG: usize = 1024;
 
 /// The policy version in force.
 #[derive(Debug)]
@@ -96,14 +110,31 @@ impl State {
             .clone()
     }
 
-    /// Records that pushed state changed: every open stream re-evaluates.
+    /// Records that pushed state changed for every agent (policy, keys):
+    /// every open stream re-evaluates.
     pub fn bump(&self) {
+        self.bump_for(None);
+    }
+
+    /// Records that pushed state changed for one agent (`None`: all); only
+    /// that agent's streams re-evaluate, so a revocation among 10,000
+    /// connected sidecars costs one stream's work.
+    pub fn bump_for(&self, agent: Option<&warden_shared::agent::AgentId>) {
         // Millisecond wall clock as a floor keeps versions increasing across
         // restarts (a sidecar may report a version from before a restart).
         let floor =
             u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
                 .unwrap_or(0);
-        self.generation.send_modify(|g| *g = (*g + 1).max(floor));
+        let mut version = 0;
+        self.generation.send_modify(|g| {
+            *g = (*g + 1).max(floor);
+            version = *g;
+        });
+        // No receiver (no stream open) is fine.
+        let _ = self.changes.send(Change {
+            version,
+            agent: agent.cloned(),
+        });
     }
 }
 
@@ -144,6 +175,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         ca,
         keys,
         generation,
+        changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
         stopping,
         sidecars: Arc::default(),
         policy: std::sync::RwLock::new(None),

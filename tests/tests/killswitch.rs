@@ -227,4 +227,15 @@ async fn sidecars_list_shows_each_stream_and_what_it_acknowledged() {
     })
     .await;
     assert!(gone, "a closed stream must leave the list");
+    let r = admin
+        .list_sidecars(pb::ListSidecarsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let ended: u64 = r.stream_endings.values().sum();
+    assert!(
+        ended >= 1,
+        "stream endings are counted by reason: {:?}",
+        r.stream_endings
+    );
 }

@@ -150,8 +150,8 @@ impl AdminApi {
             ));
         };
         tracing::warn!(agent = %id, admin, status = to.as_str(), reason = %reason, "agent status changed");
-        // Push it to every sidecar now (the kill switch).
-        self.state.bump();
+        // Push it to the agent's sidecars now (the kill switch).
+        self.state.bump_for(Some(&id));
         Ok(to_proto(&updated, &self.state))
     }
 }
@@ -303,6 +303,13 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ListSidecarsResponse {
             sidecars,
             current_version: *self.state.generation.borrow(),
+            stream_endings: self
+                .state
+                .sidecars
+                .endings()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
         }))
     }
 
@@ -330,7 +337,7 @@ impl AdminService for AdminApi {
                 )
             })?;
         tracing::warn!(admin, session = %r.session_id, agent = %agent, reason = %reason, "session revoked");
-        self.state.bump();
+        self.state.bump_for(Some(&agent));
         Ok(Response::new(pb::RevokeSessionResponse {
             session_id: r.session_id,
             agent_id: agent.to_string(),

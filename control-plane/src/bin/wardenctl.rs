@@ -566,7 +566,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
                 println!(
                     "{}",
-                    json!({"current_version": r.current_version, "sidecars": rows})
+                    json!({"current_version": r.current_version, "sidecars": rows, "stream_endings": r.stream_endings})
                 );
             } else {
                 println!(
@@ -586,6 +586,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         s.acked_version,
                         s.lag_seconds
                     );
+                }
+                if !r.stream_endings.is_empty() {
+                    let mut e: Vec<_> = r
+                        .stream_endings
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect();
+                    e.sort();
+                    println!("stream endings: {}", e.join(", "));
                 }
             }
         }

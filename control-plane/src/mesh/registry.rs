@@ -41,6 +41,7 @@ impl Entry {
 pub struct Registry {
     next: AtomicU64,
     streams: Mutex<HashMap<u64, Entry>>,
+    endings: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Removes its entry when the stream ends, however it ends.
@@ -109,6 +110,26 @@ impl Registry {
             registry: Arc::clone(self),
             id,
         }
+    }
+
+    /// Counts a stream ending by its reason.
+    pub fn ended(&self, reason: &'static str) {
+        *self
+            .endings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Stream endings so far, by reason.
+    pub fn endings(&self) -> Vec<(&'static str, u64)> {
+        self.endings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     /// Every open stream, by agent.

@@ -184,7 +184,8 @@ impl MeshService for MeshApi {
             async move {
                 tracing::info!(held, "sidecar stream opened");
                 let reg = state.sidecars.open(agent.clone(), peer, now_unix());
-                let ending = serve(state, agent, inbound, tx, &reg).await;
+                let ending = serve(Arc::clone(&state), agent, inbound, tx, &reg).await;
+                state.sidecars.ended(ending);
                 tracing::info!(ending, "sidecar stream ended");
             }
             .instrument(span),
@@ -201,11 +202,12 @@ async fn serve(
     tx: mpsc::Sender<Result<pb::StreamResponse, Status>>,
     reg: &crate::mesh::registry::Registration,
 ) -> &'static str {
-    let mut generation = state.generation.subscribe();
+    // Subscribe before reading the state, so no change can fall between.
+    let mut changes = state.changes.subscribe();
     let mut stopping = state.stopping.subscribe();
     let mut sent: Option<View> = None;
     loop {
-        let version = *generation.borrow_and_update();
+        let version = *state.generation.borrow();
         let current = match view(&state, &agent).await {
             Ok(v) => v,
             Err(e) => {
@@ -223,30 +225,37 @@ async fn serve(
         if current.status == AgentStatus::Revoked {
             return "agent revoked";
         }
-        tokio::select! {
-            // (The guard `wait_for` returns must not live across the awaits below.)
-            _ = async { let _ = stopping.wait_for(|s| *s).await; } => return "control plane stopping",
-            changed = generation.changed() => {
-                if changed.is_err() {
-                    return "control plane stopping";
-                }
+        // Wait for a change that concerns this agent; acknowledgements are
+        // recorded without re-reading any state.
+        'wait: loop {
+            tokio::select! {
+                // (The guard `wait_for` returns must not live across the awaits below.)
+                _ = async { let _ = stopping.wait_for(|s| *s).await; } => return "control plane stopping",
+                change = changes.recv() => match change {
+                    // Someone else's change: nothing to push here.
+                    Ok(c) if c.agent.as_ref().is_some_and(|a| *a != agent) => continue 'wait,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break 'wait,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return "control plane stopping",
+                },
+                msg = inbound.message() => match msg {
+                    Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Ack(a)) })) => {
+                        tracing::debug!(version = a.version, "push acknowledged");
+                        reg.acked(a.version, now_unix());
+                    }
+                    Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Nack(n)) })) => {
+                        tracing::warn!(version = n.version, reason = %n.reason, "push refused by the sidecar");
+                        reg.nacked(n.version, n.reason.chars().take(512).collect());
+                    }
+                    Ok(Some(_)) => {
+                        let _ = tx
+                            .send(Err(status(Code::InvalidArgument, Reason::InvalidArgument, "unexpected message")))
+                            .await;
+                        return "protocol error";
+                    }
+                    Ok(None) => return "closed by the sidecar",
+                    Err(_) => return "transport error",
+                },
             }
-            msg = inbound.message() => match msg {
-                Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Ack(a)) })) => {
-                    tracing::debug!(version = a.version, "push acknowledged");
-                    reg.acked(a.version, now_unix());
-                }
-                Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Nack(n)) })) => {
-                    tracing::warn!(version = n.version, reason = %n.reason, "push refused by the sidecar");
-                    reg.nacked(n.version, n.reason.chars().take(512).collect());
-                }
-                Ok(Some(_)) => {
-                    let _ = tx.send(Err(status(Code::InvalidArgument, Reason::InvalidArgument, "unexpected message"))).await;
-                    return "protocol error";
-                }
-                Ok(None) => return "closed by the sidecar",
-                Err(_) => return "transport error",
-            },
         }
     }
 }
