@@ -153,9 +153,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Ok(())
         }));
     }
+    let stats = Arc::new(crate::mesh::MeshStats::default());
     let h = crate::health::Health {
         identity: Arc::clone(&identity),
         auth: Arc::clone(&auth),
+        stats: Arc::clone(&stats),
     };
     tasks.push(tokio::spawn(crate::health::serve_http(
         health,
@@ -183,6 +185,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }
     }));
+    let stats5 = Arc::clone(&stats);
     let (id5, cp5, auth5, rx5) = (
         Arc::clone(&identity),
         Arc::clone(&cp),
@@ -190,7 +193,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         rx.clone(),
     );
     tasks.push(tokio::spawn(async move {
-        crate::mesh::run(id5, cp5, auth5, snapshots, rx5).await;
+        crate::mesh::run(id5, cp5, auth5, snapshots, stats5, rx5).await;
         Ok(())
     }));
     let (id3, rx3) = (Arc::clone(&identity), rx.clone());

@@ -29,6 +29,8 @@ pub struct Health {
     pub identity: Arc<Manager>,
     /// The pushed policy state.
     pub auth: Arc<Authenticator>,
+    /// Mesh stream endings.
+    pub stats: Arc<crate::mesh::MeshStats>,
 }
 
 /// The readiness report.
@@ -63,6 +65,7 @@ pub fn report(h: &Health, now: i64) -> (bool, Value) {
         "connected": link.connected,
         "last_contact_change": link.since,
         "age_secs": age,
+        "stream_endings": h.stats.endings(),
     });
     let ready = cert_ok && policy_err.is_none();
     let reason = if !cert_ok {

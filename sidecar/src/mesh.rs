@@ -229,6 +229,32 @@ impl SnapshotFile {
     }
 }
 
+/// Stream endings by reason, for health and operators.
+#[derive(Debug, Default)]
+pub struct MeshStats {
+    endings: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl MeshStats {
+    /// Counts one ending.
+    pub fn ended(&self, reason: &'static str) {
+        *self
+            .endings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Endings so far, by reason.
+    pub fn endings(&self) -> BTreeMap<&'static str, u64> {
+        self.endings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Whether retrying cannot help.
 fn fatal(s: &tonic::Status) -> bool {
     matches!(
@@ -243,6 +269,7 @@ pub async fn run(
     cp: Arc<ControlPlane>,
     auth: Arc<Authenticator>,
     snapshots: SnapshotFile,
+    stats: Arc<MeshStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = RETRY_MIN;
@@ -256,7 +283,10 @@ pub async fn run(
                 Ok(ch) => ch,
                 Err(e) => {
                     tracing::warn!(error = %e.message(), "mesh: no channel to the control plane");
-                    break 'attempt backoff;
+                    {
+                        stats.ended("no channel");
+                        break 'attempt backoff;
+                    }
                 }
             };
             let (tx, rx) = mpsc::channel(8);
@@ -288,10 +318,12 @@ pub async fn run(
                         });
                     }
                     tracing::error!(code = ?s.code(), error = %s.message(), "mesh: the control plane refused the stream; not retrying");
+                    stats.ended("refused by the control plane");
                     return;
                 }
                 Err(s) => {
                     tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?backoff, "mesh: cannot open the stream");
+                    stats.ended("open failed");
                     break 'attempt backoff;
                 }
             };
@@ -303,7 +335,14 @@ pub async fn run(
                 match msg {
                     Ok(Some(push)) => {
                         auth.set_connected(true, now_unix());
-                        let reply = match apply(&auth, &push, now_unix()) {
+                        // Compiling a policy (schemas, Cedar) is CPU work: off the runtime.
+                        let applied = {
+                            let (auth, push) = (Arc::clone(&auth), push.clone());
+                            tokio::task::spawn_blocking(move || apply(&auth, &push, now_unix()))
+                                .await
+                                .unwrap_or_else(|_| Err("applying the push panicked".to_owned()))
+                        };
+                        let reply = match applied {
                             Ok(()) => {
                                 held = push.version;
                                 if let Err(e) = snapshots.save(&push) {
@@ -330,15 +369,18 @@ pub async fn run(
                             .await
                             .is_err()
                         {
+                            stats.ended("ack failed");
                             break 'attempt Duration::ZERO;
                         }
                     }
                     Ok(None) => {
                         tracing::info!("mesh: stream ended by the control plane; reconnecting");
+                        stats.ended("ended by the control plane");
                         break 'attempt Duration::ZERO;
                     }
                     Err(s) => {
                         tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?backoff, "mesh: stream failed");
+                        stats.ended("stream failed");
                         break 'attempt backoff;
                     }
                 }

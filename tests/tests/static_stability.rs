@@ -147,5 +147,12 @@ async fn max_policy_age_fails_closed_once_out_of_contact_too_long() {
     let (code, body) = http_get(sc.health_addr, "/readyz").await.unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("max_policy_age"), "{body}");
+    // The lost stream is counted by reason.
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let endings = v["policy"]["stream_endings"].as_object().unwrap();
+    assert!(
+        endings.values().map(|n| n.as_u64().unwrap()).sum::<u64>() >= 1,
+        "{body}"
+    );
     drop((dir, ctl));
 }
