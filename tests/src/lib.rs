@@ -335,3 +335,34 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
     let code = head.split(' ').nth(1).context("no status")?.parse()?;
     Ok((code, body.to_owned()))
 }
+
+/// Opens a `data:read` session at the sidecar, as its agent would.
+pub async fn session(sc: &Sidecar) -> pb::StartSessionResponse {
+    let mut c = agent_tcp(sc, AgentAuth::default())
+        .await
+        .expect("agent client");
+    c.start_session(pb::StartSessionRequest {
+        scopes: vec!["data:read".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("session")
+    .into_inner()
+}
+
+/// `WhoAmI` at the sidecar with `token`.
+pub async fn who(
+    sc: &Sidecar,
+    token: impl Into<String>,
+) -> Result<pb::WhoAmIResponse, tonic::Status> {
+    let auth = AgentAuth {
+        token: Some(token.into()),
+        no_header: false,
+    };
+    let mut c = agent_tcp(sc, auth)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    c.who_am_i(pb::WhoAmIRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+}

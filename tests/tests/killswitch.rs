@@ -13,35 +13,6 @@ use tonic::Code;
 use warden_shared::proto::v1 as pb;
 use warden_tests::*;
 
-async fn session(sc: &warden_sidecar::app::Running) -> pb::StartSessionResponse {
-    let mut c = agent_tcp(sc, AgentAuth::default()).await.unwrap();
-    c.start_session(pb::StartSessionRequest {
-        scopes: vec!["data:read".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-async fn who(
-    sc: &warden_sidecar::app::Running,
-    token: &str,
-) -> Result<pb::WhoAmIResponse, tonic::Status> {
-    let mut c = agent_tcp(
-        sc,
-        AgentAuth {
-            token: Some(token.into()),
-            no_header: false,
-        },
-    )
-    .await
-    .unwrap();
-    c.who_am_i(pb::WhoAmIRequest {})
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 /// Polls until the token is refused with `reason`; returns how long it took.
 async fn refused_within(sc: &warden_sidecar::app::Running, token: &str, reason_: &str) -> Duration {
     let start = Instant::now();

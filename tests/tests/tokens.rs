@@ -11,35 +11,6 @@ use warden_shared::proto::v1 as pb;
 use warden_shared::token::{Claims, JwkSet};
 use warden_tests::*;
 
-async fn session(sc: &warden_sidecar::app::Running) -> pb::StartSessionResponse {
-    let mut c = agent_tcp(sc, AgentAuth::default()).await.unwrap();
-    c.start_session(pb::StartSessionRequest {
-        scopes: vec!["data:read".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-async fn who(
-    sc: &warden_sidecar::app::Running,
-    token: String,
-) -> Result<pb::WhoAmIResponse, tonic::Status> {
-    let mut c = agent_tcp(
-        sc,
-        AgentAuth {
-            token: Some(token),
-            no_header: false,
-        },
-    )
-    .await
-    .unwrap();
-    c.who_am_i(pb::WhoAmIRequest {})
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 fn claims_of(token: &str) -> Claims {
     serde_json::from_value(jwt_payload(token)).unwrap()
 }
@@ -65,7 +36,7 @@ async fn tampered_token_fails_signature_check() {
         "TOKEN_BAD_SIGNATURE",
     );
     assert_refused(
-        who(&sc, "not-a-jwt".into()).await,
+        who(&sc, "not-a-jwt").await,
         Code::Unauthenticated,
         "TOKEN_MALFORMED",
     );
