@@ -39,11 +39,8 @@ pub struct State {
     pub ca: Ca,
     /// Token-signing keys.
     pub keys: KeyRing,
-    /// Version of the state pushed to sidecars; bumped on every change
-    /// (agent status, session revocation, signing keys) to wake the streams.
-    pub generation: watch::Sender<u64>,
-    /// What changed, for the streams to filter on.
-    pub changes: tokio::sync::broadcast::Sender<Change>,
+    /// Wakes the mesh streams a change concerns; the blocked-agents list.
+    pub hub: Arc<crate::mesh::hub::Hub>,
     /// Turns true when the control plane stops: long-lived streams end so
     /// that the server can drain.
     pub stopping: watch::Sender<bool>,
@@ -52,18 +49,6 @@ pub struct State {
     /// The latest policy version, parsed once for every stream.
     pub policy: std::sync::RwLock<Option<Arc<CurrentPolicy>>>,
 }
-
-/// A change of pushed state.
-#[derive(Debug, Clone)]
-pub struct Change {
-    /// The generation after the change.
-    pub version: u64,
-    /// The agent concerned (`None`: every agent).
-    pub agent: Option<warden_shared::agent::AgentId>,
-}
-
-/// Changes a stream may fall behind by before it re-evaluates in full.
-const CHANGE_BACKLOG: usize = 1024;
 
 /// The policy version in force.
 #[derive(Debug)]
@@ -93,7 +78,7 @@ impl State {
                         text,
                         document,
                     }));
-                self.bump();
+                self.hub.global_changed();
             }
             Err(e) => {
                 tracing::error!(error = %e, version = meta.version, "stored policy does not parse; keeping the previous one")
@@ -110,30 +95,29 @@ impl State {
             .clone()
     }
 
-    /// Records that pushed state changed for every agent (policy, keys):
-    /// every open stream re-evaluates.
-    pub fn bump(&self) {
-        self.bump_for(None);
+    /// How long a revoked or expired agent stays on the mesh-wide blocked
+    /// list: until every certificate and token it held has expired.
+    pub fn blocked_horizon(&self) -> i64 {
+        i64::try_from(self.config.cert_ttl_secs).unwrap_or(i64::MAX / 2)
+            + warden_shared::token::TOKEN_TTL_SECS
     }
 
-    /// Records that pushed state changed for one agent (`None`: all); only
-    /// that agent's streams re-evaluate, so a revocation among 10,000
-    /// connected sidecars costs one stream's work.
-    pub fn bump_for(&self, agent: Option<&warden_shared::agent::AgentId>) {
-        // Millisecond wall clock as a floor keeps versions increasing across
-        // restarts (a sidecar may report a version from before a restart).
-        let floor =
-            u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(0);
-        let mut version = 0;
-        self.generation.send_modify(|g| {
-            *g = (*g + 1).max(floor);
-            version = *g;
-        });
-        // No receiver (no stream open) is fine.
-        let _ = self.changes.send(Change {
-            version,
-            agent: agent.cloned(),
+    /// An agent's standing changed: its own streams are told at once (the
+    /// kill switch), then every sidecar through the blocked list, in the
+    /// background so that the admin's call returns without waiting for it.
+    pub fn agent_standing_changed(self: &Arc<Self>, agent: &warden_shared::agent::AgentId) {
+        self.hub.agent_changed(agent);
+        let state = Arc::clone(self);
+        tokio::spawn(async move {
+            let (now, horizon) = (crate::now_unix(), state.blocked_horizon());
+            if let Err(e) = state
+                .hub
+                .refresh_blocked(state.store.as_ref(), now, horizon)
+                .await
+            {
+                // The periodic refresh retries.
+                tracing::warn!(error = %e, "could not refresh the blocked-agents list");
+            }
         });
     }
 }
@@ -166,7 +150,6 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
     let keys = KeyRing::load(&store, crate::now_unix())
         .await
         .context("loading signing keys")?;
-    let (generation, _) = watch::channel(0);
     let (stopping, _) = watch::channel(false);
     let state = State {
         config,
@@ -174,17 +157,24 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         store: Arc::new(store),
         ca,
         keys,
-        generation,
-        changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
+        hub: Arc::default(),
         stopping,
         sidecars: Arc::default(),
         policy: std::sync::RwLock::new(None),
     };
-    state.bump();
     state
         .reload_policy()
         .await
         .context("loading the current policy")?;
+    state
+        .hub
+        .refresh_blocked(
+            state.store.as_ref(),
+            crate::now_unix(),
+            state.blocked_horizon(),
+        )
+        .await
+        .context("loading the blocked agents")?;
     Ok(state)
 }
 
@@ -256,15 +246,42 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Ok(())
     });
     let jwks_task = tokio::spawn(crate::jwks::serve(jwks, Arc::clone(&state), rx.clone()));
-    let prune_task = tokio::spawn(prune(Arc::clone(&state), rx));
+    let prune_task = tokio::spawn(prune(Arc::clone(&state), rx.clone()));
+    let blocked_task = tokio::spawn(refresh_blocked(Arc::clone(&state), rx));
     tracing::info!(%grpc_addr, %jwks_addr, trust_domain = %state.td, "control plane serving");
     Ok(Running {
         grpc_addr,
         jwks_addr,
         state,
         shutdown,
-        tasks: vec![grpc_task, jwks_task, prune_task],
+        tasks: vec![grpc_task, jwks_task, prune_task, blocked_task],
     })
+}
+
+/// How often the blocked list is read again: identities expire and revoked
+/// agents age out without an admin action.
+const BLOCKED_REFRESH: Duration = Duration::from_secs(30);
+
+/// Keeps the blocked-agents list current, until `stop`.
+async fn refresh_blocked(state: Arc<State>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(BLOCKED_REFRESH) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        let now = crate::now_unix();
+        match state
+            .hub
+            .refresh_blocked(state.store.as_ref(), now, state.blocked_horizon())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(changed = n, "blocked-agents list changed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not refresh the blocked-agents list; will retry")
+            }
+        }
+    }
 }
 
 /// Deletes records past their retention, hourly, until `stop`.

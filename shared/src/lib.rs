@@ -3,6 +3,7 @@
 //! format and the typed refusals every service returns.
 
 pub mod agent;
+pub mod codec;
 pub mod policy;
 pub mod refusal;
 pub mod scope;

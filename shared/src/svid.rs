@@ -54,3 +54,16 @@ pub fn spiffe_id_of_parsed(cert: &X509Certificate<'_>) -> Result<SpiffeId, Error
 pub fn thumbprint(cert_der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, cert_der))
 }
+
+/// PEM encoding (RFC 7468) of DER bytes under `tag`, e.g. `CERTIFICATE`.
+pub fn pem(tag: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {tag}-----\n");
+    for chunk in b.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {tag}-----\n"));
+    out
+}

@@ -170,7 +170,7 @@ impl AgentService for AgentApi {
         // A revocation is final: refuse without asking. (A suspension is left
         // to the control plane, which also knows about a resume that has not
         // reached this sidecar yet.)
-        if let Some((true, reason)) = self.auth.standing().blocked.clone() {
+        if let Some((true, reason)) = self.auth.held().blocked.clone() {
             return Err(auth_status(&authenticate::Error::AgentBlocked {
                 revoked: true,
                 reason,

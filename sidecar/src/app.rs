@@ -72,9 +72,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // plane away; a tampered snapshot is refused.
     let snapshots = crate::mesh::SnapshotFile::new(&config.data_dir);
     match snapshots.load() {
+        Ok(Some(push)) if push.standing.is_none() => {
+            tracing::error!(
+                "persisted mesh snapshot is incomplete (no standing); waiting for the control plane"
+            )
+        }
         Ok(Some(push)) => match crate::mesh::apply(&auth, &push, crate::now_unix()) {
             Ok(()) => tracing::info!(version = push.version, "loaded the persisted mesh snapshot"),
-            Err(reason) => {
+            Err((_, reason)) => {
                 tracing::error!(%reason, "persisted mesh snapshot is unusable; waiting for the control plane")
             }
         },

@@ -51,7 +51,7 @@ pub fn report(h: &Health, now: i64) -> (bool, Value) {
         }
         None => (false, Value::Null, "not enrolled; provide a join token"),
     };
-    let version = h.auth.standing_version();
+    let version = h.auth.held_version();
     let link = h.auth.link();
     let age = h.auth.policy_age(now);
     // verify() is the authority on refusing; ask it the same question.
@@ -60,8 +60,11 @@ pub fn report(h: &Health, now: i64) -> (bool, Value) {
         (_, Err(e)) => Some(e.to_string()),
         _ => None,
     };
+    let held = h.auth.held();
     let policy = json!({
         "version": version,
+        "policy_version": held.policy.as_ref().map_or(0, |p| p.version),
+        "blocked_agents": held.blocked_agents.agents.len(),
         "connected": link.connected,
         "last_contact_change": link.since,
         "age_secs": age,

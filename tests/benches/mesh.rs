@@ -1,7 +1,8 @@
 //! Kill-switch benchmark: revocation propagation — from the admin call
-//! returning to the push reaching the revoked agent's stream — with 1, 100,
-//! 1,000 and 10,000 connected streams; control-plane memory per stream; and
-//! the time to push a policy change to every stream.
+//! returning to the push reaching the revoked agent's stream, and to every
+//! other stream learning that the agent is blocked — with 1, 100, 1,000 and
+//! 10,000 connected streams; control-plane memory per stream; and the time
+//! to push a policy change to every stream.
 //!
 //! The control plane runs as a separate process (this binary re-executed),
 //! so its RSS is its own. The simulated sidecars speak the real protocol
@@ -121,22 +122,9 @@ impl Cp {
             .into_inner()
             .certificate
             .unwrap();
-        let pem = format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            base64_lines(&cert.certificate_der)
-        );
+        let pem = warden_shared::svid::pem("CERTIFICATE", &cert.certificate_der);
         self.channel(&pem, &key).await
     }
-}
-
-fn base64_lines(der: &[u8]) -> String {
-    use base64::Engine;
-    let b = base64::engine::general_purpose::STANDARD.encode(der);
-    b.as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Opens a stream that Acks every push and reports each one.
@@ -147,9 +135,7 @@ async fn open_stream(
 ) {
     let (tx, rx) = mpsc::channel(4);
     tx.send(pb::StreamRequest {
-        kind: Some(pb::stream_request::Kind::Hello(pb::Hello {
-            held_version: 0,
-        })),
+        kind: Some(pb::stream_request::Kind::Hello(pb::Hello::default())),
     })
     .await
     .unwrap();
@@ -234,8 +220,15 @@ async fn main() {
     );
     println!();
     println!(
-        "{:>7}  {:>9} {:>9} {:>9}   {:>12}   {:>16}",
-        "streams", "p50 ms", "p99 ms", "max ms", "KiB/stream", "policy to all ms"
+        "{:>7}  {:>9} {:>9} {:>9}   {:>11} {:>11}   {:>10}   {:>16}",
+        "streams",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "all p50 ms",
+        "all p99 ms",
+        "KiB/stream",
+        "policy to all ms"
     );
     let (push_tx, mut push_rx) = mpsc::unbounded_channel();
     let push_tx = Arc::new(push_tx);
@@ -265,27 +258,41 @@ async fn main() {
         let per_stream = (rss.saturating_sub(baseline_rss)) as f64 / connected as f64;
 
         let mut lat = Vec::with_capacity(TRIALS);
+        let mut all = Vec::with_capacity(TRIALS);
+        let status = |p: &pb::StreamResponse| p.standing.as_ref().map(|s| s.status);
         for t in 0..TRIALS {
             let id = format!("victim-{target}-{t}");
             let ch = cp.agent(&id).await;
             open_stream(ch, (*push_tx).clone(), t).await;
             let (_, p, _) = push_rx.recv().await.unwrap();
-            assert_eq!(p.agent_status, pb::AgentStatus::Active as i32);
+            assert_eq!(status(&p), Some(pb::AgentStatus::Active as i32));
             cp.admin
                 .revoke_agent(pb::RevokeAgentRequest {
-                    id,
+                    id: id.clone(),
                     reason: "bench".into(),
                 })
                 .await
                 .unwrap();
             let returned = Instant::now();
-            loop {
+            // Until the victim's own stream is told, and every background
+            // stream has learnt that the victim is blocked.
+            let (mut own, mut reached, mut last) = (None, 0, returned);
+            while own.is_none() || reached < connected {
                 let (who, p, at) = push_rx.recv().await.unwrap();
-                if who == t && p.agent_status == pb::AgentStatus::Revoked as i32 {
-                    lat.push(at.saturating_duration_since(returned));
-                    break;
+                if who == t && status(&p) == Some(pb::AgentStatus::Revoked as i32) {
+                    own = Some(at.saturating_duration_since(returned));
+                }
+                let names_victim = p
+                    .blocked_agents
+                    .as_ref()
+                    .is_some_and(|b| b.blocked.iter().any(|a| a.agent_id == id));
+                if who == usize::MAX && names_victim {
+                    reached += 1;
+                    last = at;
                 }
             }
+            lat.extend(own);
+            all.push(last.saturating_duration_since(returned));
         }
         // Policy change to every connected stream.
         let policy_ms = {
@@ -309,15 +316,16 @@ async fn main() {
             let mut got = 0;
             while got < connected {
                 let (who, p, _) = push_rx.recv().await.unwrap();
-                if who == usize::MAX && p.policy_version == v {
+                if who == usize::MAX && p.policy.as_ref().is_some_and(|x| x.version == v) {
                     got += 1;
                 }
             }
             start.elapsed().as_secs_f64() * 1e3
         };
         let (p50, p99, max) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99), pct(&mut lat, 1.0));
+        let (all50, all99) = (pct(&mut all, 0.5), pct(&mut all, 0.99));
         println!(
-            "{connected:>7}  {p50:>9.2} {p99:>9.2} {max:>9.2}   {per_stream:>12.1}   {policy_ms:>16.0}"
+            "{connected:>7}  {p50:>9.2} {p99:>9.2} {max:>9.2}   {all50:>11.2} {all99:>11.2}   {per_stream:>10.1}   {policy_ms:>16.0}"
         );
     }
     let _ = policy_applied;

@@ -22,6 +22,20 @@ use warden_shared::proto::v1::identity_service_client::IdentityServiceClient;
 use warden_sidecar::app::Running as Sidecar;
 use warden_sidecar::config::Config as SidecarConfig;
 
+pub mod raw;
+
+/// The complete example policy from `deploy/policies/`.
+pub const EXAMPLE_POLICY: &str = include_str!("../../deploy/policies/example.yaml");
+
+/// A request applying `doc` as the next policy version.
+pub fn apply_policy(doc: &str) -> pb::ApplyPolicyRequest {
+    pb::ApplyPolicyRequest {
+        document: doc.into(),
+        expected_version: 0,
+        dry_run: false,
+    }
+}
+
 /// The trust domain every test mesh uses.
 pub const TD: &str = "test.warden";
 
@@ -169,7 +183,7 @@ impl Mesh {
         );
         // Ready means holding a policy too: wait for the first push.
         let pushed = eventually(Duration::from_secs(10), || async {
-            sc.auth.standing_version() > 0
+            sc.auth.held_version() > 0
         })
         .await;
         anyhow::ensure!(pushed, "sidecar received no push from the control plane");

@@ -220,17 +220,7 @@ async fn expired_agent_cannot_enroll_renew_or_get_tokens() {
 }
 
 fn pem_cert(der: &[u8]) -> String {
-    use base64::Engine;
-    let b = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
+    warden_shared::svid::pem("CERTIFICATE", der)
 }
 
 #[tokio::test]

@@ -13,18 +13,8 @@ use warden_shared::policy::Risk;
 use warden_shared::proto::v1 as pb;
 use warden_tests::*;
 
-const EXAMPLE: &str = include_str!("../../deploy/policies/example.yaml");
-
-fn apply(doc: &str) -> pb::ApplyPolicyRequest {
-    pb::ApplyPolicyRequest {
-        document: doc.into(),
-        expected_version: 0,
-        dry_run: false,
-    }
-}
-
 fn held(sc: &warden_sidecar::app::Running) -> u64 {
-    sc.auth.standing().policy.as_ref().map_or(0, |p| p.version)
+    sc.auth.held().policy.as_ref().map_or(0, |p| p.version)
 }
 
 async fn holds(sc: &warden_sidecar::app::Running, version: u64) -> bool {
@@ -51,7 +41,7 @@ async fn support_bot(mesh: &Mesh, id: &str) -> warden_sidecar::app::Running {
         .unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            sc.auth.standing_version() > 0
+            sc.auth.held_version() > 0
         })
         .await
     );
@@ -67,14 +57,13 @@ async fn each_sidecar_holds_the_tools_that_concern_its_agent() {
     mesh.admin()
         .await
         .unwrap()
-        .apply_policy(apply(EXAMPLE))
+        .apply_policy(apply_policy(EXAMPLE_POLICY))
         .await
         .unwrap();
     assert!(holds(&eu, 1).await && holds(&us, 1).await);
 
-    let tools = |sc: &warden_sidecar::app::Running| {
-        sc.auth.standing().policy.as_ref().unwrap().tools.clone()
-    };
+    let tools =
+        |sc: &warden_sidecar::app::Running| sc.auth.held().policy.as_ref().unwrap().tools.clone();
     // Type override: no delete_repository; identity deny list: no clock.
     let eu_tools = tools(&eu);
     assert_eq!(
@@ -94,12 +83,12 @@ async fn a_burst_of_applies_ends_with_every_sidecar_on_the_last_version() {
     let mut admin = mesh.admin().await.unwrap();
     let mut last = 0;
     for i in 0..100 {
-        let doc = EXAMPLE.replace(
+        let doc = EXAMPLE_POLICY.replace(
             "calls_per_minute: 30",
             &format!("calls_per_minute: {}", 30 + i),
         );
         last = admin
-            .apply_policy(apply(&doc))
+            .apply_policy(apply_policy(&doc))
             .await
             .unwrap()
             .into_inner()
@@ -112,7 +101,7 @@ async fn a_burst_of_applies_ends_with_every_sidecar_on_the_last_version() {
         held(&a),
         held(&b)
     );
-    let standing = a.auth.standing();
+    let standing = a.auth.held();
     let limits = &standing.policy.as_ref().unwrap().policy.document.tools[0].limits;
     assert_eq!(limits.calls_per_minute, Some(129));
 }
@@ -122,12 +111,15 @@ async fn a_push_the_sidecar_cannot_apply_is_nacked_and_changes_nothing() {
     let mesh = Mesh::start().await.unwrap();
     let sc = mesh.agent("a1", &["data:read"], 4).await.unwrap();
     let mut admin = mesh.admin().await.unwrap();
-    admin.apply_policy(apply(EXAMPLE)).await.unwrap();
+    admin
+        .apply_policy(apply_policy(EXAMPLE_POLICY))
+        .await
+        .unwrap();
     assert!(holds(&sc, 1).await);
 
     // A stored version the sidecar refuses (written past the admin API's
     // validation, as an older or newer control plane might have).
-    let bad = EXAMPLE.replace("context.time.hour < 6", "context.time.minute < 6");
+    let bad = EXAMPLE_POLICY.replace("context.time.hour < 6", "context.time.minute < 6");
     let new = warden_control_plane::store::NewPolicy {
         document: bad,
         digest: "bad".into(),
@@ -172,9 +164,29 @@ async fn a_push_the_sidecar_cannot_apply_is_nacked_and_changes_nothing() {
         r.sidecars[0].nack_reason
     );
 
+    // The refused policy does not hold back the kill switch.
+    let s = session(&sc).await;
+    admin
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: s.session_id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            who(&sc, &s.token)
+                .await
+                .is_err_and(|e| reason(&e) == "SESSION_REVOKED")
+        })
+        .await,
+        "a session revoked after a refused policy must still be refused"
+    );
+    assert_eq!(held(&sc), 1);
+
     // A valid version supersedes it.
-    let fixed = EXAMPLE.replace("calls_per_minute: 30", "calls_per_minute: 31");
-    admin.apply_policy(apply(&fixed)).await.unwrap();
+    let fixed = EXAMPLE_POLICY.replace("calls_per_minute: 30", "calls_per_minute: 31");
+    admin.apply_policy(apply_policy(&fixed)).await.unwrap();
     assert!(holds(&sc, 3).await);
 }
 
@@ -185,16 +197,16 @@ async fn after_a_control_plane_restart_sidecars_resync() {
     mesh.admin()
         .await
         .unwrap()
-        .apply_policy(apply(EXAMPLE))
+        .apply_policy(apply_policy(EXAMPLE_POLICY))
         .await
         .unwrap();
     assert!(holds(&sc, 1).await);
     let mesh = mesh.restart().await.unwrap();
-    let changed = EXAMPLE.replace("calls_per_minute: 30", "calls_per_minute: 31");
+    let changed = EXAMPLE_POLICY.replace("calls_per_minute: 30", "calls_per_minute: 31");
     mesh.admin()
         .await
         .unwrap()
-        .apply_policy(apply(&changed))
+        .apply_policy(apply_policy(&changed))
         .await
         .unwrap();
     assert!(

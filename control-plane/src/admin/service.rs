@@ -151,7 +151,7 @@ impl AdminApi {
         };
         tracing::warn!(agent = %id, admin, status = to.as_str(), reason = %reason, "agent status changed");
         // Push it to the agent's sidecars now (the kill switch).
-        self.state.bump_for(Some(&id));
+        self.state.agent_standing_changed(&id);
         Ok(to_proto(&updated, &self.state))
     }
 }
@@ -298,11 +298,13 @@ impl AdminService for AdminApi {
                 nacked_version: e.nack.as_ref().map_or(0, |n| n.0),
                 nack_reason: e.nack.as_ref().map(|n| n.1.clone()).unwrap_or_default(),
                 lag_seconds: e.lag(now),
+                policy_version: e.policy,
             })
             .collect();
         Ok(Response::new(pb::ListSidecarsResponse {
             sidecars,
-            current_version: *self.state.generation.borrow(),
+            current_version: self.state.hub.version(),
+            current_policy_version: self.state.current_policy().map_or(0, |p| p.version),
             stream_endings: self
                 .state
                 .sidecars
@@ -337,7 +339,7 @@ impl AdminService for AdminApi {
                 )
             })?;
         tracing::warn!(admin, session = %r.session_id, agent = %agent, reason = %reason, "session revoked");
-        self.state.bump_for(Some(&agent));
+        self.state.hub.agent_changed(&agent);
         Ok(Response::new(pb::RevokeSessionResponse {
             session_id: r.session_id,
             agent_id: agent.to_string(),
@@ -403,7 +405,7 @@ impl AdminService for AdminApi {
                 )
             })?;
         tracing::warn!(admin, kid = ring.active.kid(), "token signing key rotated");
-        self.state.bump();
+        self.state.hub.global_changed();
         Ok(Response::new(pb::RotateSigningKeyResponse {
             kid: ring.active.kid().to_owned(),
             published_kids: ring.jwks.keys.iter().map(|k| k.kid.clone()).collect(),

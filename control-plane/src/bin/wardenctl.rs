@@ -562,16 +562,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .iter()
                     .map(|s| json!({"agent_id": s.agent_id, "peer": s.peer, "connected_at": ts(s.connected_at.as_ref()),
                         "acked_version": s.acked_version, "acked_at": s.acked_at.as_ref().map(|t| ts(Some(t))),
-                        "nacked_version": s.nacked_version, "nack_reason": s.nack_reason, "lag_seconds": s.lag_seconds}))
+                        "nacked_version": s.nacked_version, "nack_reason": s.nack_reason, "lag_seconds": s.lag_seconds,
+                        "policy_version": s.policy_version}))
                     .collect();
                 println!(
                     "{}",
-                    json!({"current_version": r.current_version, "sidecars": rows, "stream_endings": r.stream_endings})
+                    json!({"current_version": r.current_version, "current_policy_version": r.current_policy_version,
+                        "sidecars": rows, "stream_endings": r.stream_endings})
                 );
             } else {
+                println!("policy in force: v{}", r.current_policy_version);
                 println!(
-                    "{:<20} {:<22} {:<16} {:>6}  LAST NACK",
-                    "AGENT", "CONNECTED", "ACKED", "LAG(s)"
+                    "{:<20} {:<22} {:<16} {:<8} {:>6}  LAST NACK",
+                    "AGENT", "CONNECTED", "ACKED", "POLICY", "LAG(s)"
                 );
                 for s in &r.sidecars {
                     let nack = if s.nack_reason.is_empty() {
@@ -580,10 +583,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         format!("v{}: {}", s.nacked_version, s.nack_reason)
                     };
                     println!(
-                        "{:<20} {:<22} {:<16} {:>6}  {nack}",
+                        "{:<20} {:<22} {:<16} {:<8} {:>6}  {nack}",
                         s.agent_id,
                         ts(s.connected_at.as_ref()),
                         s.acked_version,
+                        format!("v{}", s.policy_version),
                         s.lag_seconds
                     );
                 }

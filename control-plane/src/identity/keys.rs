@@ -40,6 +40,8 @@ pub struct Ring {
     pub jwks: JwkSet,
     /// `jwks` as JSON text.
     pub jwks_json: String,
+    /// Digest of `jwks_json`, naming this key set on the mesh stream.
+    pub digest: u64,
 }
 
 /// The shared key ring.
@@ -72,6 +74,7 @@ async fn build(store: &dyn Store, now: i64) -> Result<Option<Ring>, Error> {
         let jwks_json = serde_json::to_string(&jwks).unwrap_or_default();
         Ring {
             active,
+            digest: crate::mesh::parts::digest(jwks_json.as_bytes()),
             jwks,
             jwks_json,
         }

@@ -120,20 +120,25 @@ fn random_id(prefix: &str) -> String {
     )
 }
 
+/// The record of agent `id`; an unregistered agent is refused.
+pub async fn registered_agent(state: &State, id: &AgentId) -> Result<Agent, Status> {
+    state
+        .store
+        .get_agent(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| {
+            status(
+                Code::PermissionDenied,
+                Reason::AgentUnknown,
+                format!("agent {id} is not registered"),
+            )
+        })
+}
+
 impl IdentityApi {
     async fn agent(&self, id: &AgentId) -> Result<Agent, Status> {
-        self.state
-            .store
-            .get_agent(id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                status(
-                    Code::PermissionDenied,
-                    Reason::AgentUnknown,
-                    format!("agent {id} is not registered"),
-                )
-            })
+        registered_agent(&self.state, id).await
     }
 
     /// Signs a certificate for `agent`; nothing is recorded yet.

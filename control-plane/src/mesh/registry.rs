@@ -22,6 +22,8 @@ pub struct Entry {
     pub acked: (u64, i64),
     /// Last refused version and the sidecar's reason.
     pub nack: Option<(u64, String)>,
+    /// The policy version the sidecar holds (0: none).
+    pub policy: u64,
 }
 
 impl Entry {
@@ -84,6 +86,11 @@ impl Registration {
         self.update(|e| e.acked = (version, now));
     }
 
+    /// The sidecar holds this policy version.
+    pub fn holds_policy(&self, version: u64) {
+        self.update(|e| e.policy = version);
+    }
+
     /// A push was refused.
     pub fn nacked(&self, version: u64, reason: String) {
         self.update(|e| e.nack = Some((version, reason)));
@@ -101,6 +108,7 @@ impl Registry {
             pushed: (0, now),
             acked: (0, 0),
             nack: None,
+            policy: 0,
         };
         self.streams
             .lock()

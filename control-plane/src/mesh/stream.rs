@@ -1,19 +1,21 @@
-//! `warden.v1.MeshService/Stream`: after the sidecar's `Hello`, the control
-//! plane pushes the complete state that concerns its agent — the agent's
-//! status, its revoked sessions, the signing keys — and pushes again
-//! whenever that state changes (the generation in [`State`] is bumped by
-//! every admin change). Each push carries a version and a nonce that the
-//! sidecar echoes in its Ack or Nack. A revoked agent gets a last push
-//! saying so, then the stream ends; a revoked agent cannot open one.
+//! `warden.v1.MeshService/Stream`: after the sidecar's `Hello` (which names
+//! the parts it holds), the control plane pushes the parts that differ, then
+//! waits for changes and pushes only the parts that changed. One push is in
+//! flight at a time: the next waits for the sidecar's Ack or Nack, so the
+//! control plane always knows exactly what the sidecar holds, and changes
+//! made meanwhile are coalesced into one push. A refused part is not sent
+//! again until it changes. A revoked agent gets a last push saying so, then
+//! the stream ends; a revoked agent cannot open one.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use rand::RngCore;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 use warden_shared::agent::{AgentId, AgentStatus};
@@ -23,11 +25,20 @@ use warden_shared::refusal::{Reason, status};
 
 use crate::app::State;
 use crate::auth;
-use crate::identity::service::store_error;
-use crate::{now_unix, timestamp};
+use crate::mesh::parts::{self, AgentParts};
+use crate::mesh::registry::Registration;
+use crate::now_unix;
 
 /// Pushes waiting to be written to one stream.
-const OUTBOUND: usize = 4;
+const OUTBOUND: usize = 2;
+
+/// What the stream task hands to the transport. Boxed: a channel allocates
+/// a block of 32 slots up front, and 32 unboxed pushes would cost every
+/// connected stream about 9 KiB.
+type Outbound = Result<Box<pb::StreamResponse>, Box<Status>>;
+/// A sidecar that neither Acks nor Nacks a push for this long is dropped
+/// (it reconnects and resyncs).
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The mesh service.
 #[derive(Debug, Clone)]
@@ -42,68 +53,51 @@ impl MeshApi {
     }
 }
 
-/// What one agent's sidecar is told; pushed again only when it changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct View {
-    status: AgentStatus,
-    reason: String,
-    revoked: Vec<(String, i64)>,
-    jwks: String,
-    policy: Option<(u64, Arc<str>)>,
-    tools: Vec<(String, &'static str)>,
+/// Digests of the parts (0: none), and the blocked list's sequence number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Digests {
+    standing: u64,
+    sessions: u64,
+    keys: u64,
+    policy: u64,
+    blocked: u64,
 }
 
-async fn view(state: &State, agent: &AgentId) -> Result<View, Status> {
-    let now = now_unix();
-    let a = state
-        .store
-        .get_agent(agent)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            status(
-                Code::PermissionDenied,
-                Reason::AgentUnknown,
-                format!("agent {agent} is not registered"),
-            )
-        })?;
-    // An expired identity is refused like a revoked one.
-    let expired = a.expires_at.is_some_and(|e| e <= now);
-    let (status, reason) = if expired && a.status == AgentStatus::Active {
-        (AgentStatus::Revoked, "identity expired".to_owned())
-    } else {
-        (a.status, a.status_reason)
-    };
-    let revoked = state
-        .store
-        .revoked_sessions(agent, now)
-        .await
-        .map_err(store_error)?;
-    let (policy, tools) = match state.current_policy() {
-        Some(p) => {
-            let tools = p
-                .document
-                .tools_for(
-                    a.id.as_str(),
-                    &a.agent_type,
-                    &a.allowed_tools,
-                    &a.denied_tools,
-                )
-                .into_iter()
-                .map(|(name, risk)| (name, risk.as_str()))
-                .collect();
-            (Some((p.version, Arc::from(p.text.as_str()))), tools)
+impl From<&pb::HeldParts> for Digests {
+    fn from(h: &pb::HeldParts) -> Self {
+        Self {
+            standing: h.standing,
+            sessions: h.revoked_sessions,
+            keys: h.keys,
+            policy: h.policy,
+            blocked: h.blocked_agents_seq,
         }
-        None => (None, Vec::new()),
-    };
-    Ok(View {
-        status,
-        reason,
-        revoked,
-        jwks: state.keys.current().jwks_json.clone(),
-        policy,
-        tools,
-    })
+    }
+}
+
+/// What this stream knows of its sidecar.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// What the sidecar holds (after the push in flight, if any, is applied).
+    held: Digests,
+    /// What it refused; not sent again until it changes.
+    refused: Digests,
+    /// The push awaiting an answer.
+    in_flight: Option<InFlight>,
+    /// A Nack reset `held`: re-read everything on the next evaluation.
+    resync: bool,
+    /// The digest and version of the policy part last read.
+    policy: (u64, u64),
+}
+
+/// A push awaiting the sidecar's answer.
+#[derive(Debug)]
+struct InFlight {
+    version: u64,
+    /// The digests of the parts it carried (0: not carried).
+    carried: Digests,
+    /// Whether its blocked-agents part was the complete list.
+    blocked_complete: bool,
 }
 
 fn nonce() -> String {
@@ -112,36 +106,51 @@ fn nonce() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-fn push(version: u64, v: &View) -> pb::StreamResponse {
-    pb::StreamResponse {
-        version,
-        nonce: nonce(),
-        agent_status: pb::AgentStatus::from(v.status).into(),
-        agent_status_reason: v.reason.clone(),
-        revoked_sessions: v
-            .revoked
-            .iter()
-            .map(|(id, exp)| pb::RevokedSession {
-                session_id: id.clone(),
-                expires_at: Some(timestamp(*exp)),
-            })
-            .collect(),
-        jwks_json: v.jwks.clone(),
-        policy_version: v.policy.as_ref().map_or(0, |p| p.0),
-        policy_document: v
-            .policy
-            .as_ref()
-            .map(|p| p.1.to_string())
-            .unwrap_or_default(),
-        tools: v
-            .tools
-            .iter()
-            .map(|(name, risk)| pb::EffectiveTool {
-                name: name.clone(),
-                risk: (*risk).to_owned(),
-            })
-            .collect(),
+/// The parts of `agent` (if read) and the mesh-wide ones that the sidecar
+/// neither holds nor refused.
+fn build(state: &State, t: &Tracker, agent: Option<AgentParts>) -> (pb::StreamResponse, Digests) {
+    let mut carried = Digests::default();
+    let mut push = pb::StreamResponse::default();
+    let new = |d: u64, held: u64, refused: u64| d != held && d != refused;
+    if let Some(a) = agent {
+        if new(a.standing.digest, t.held.standing, t.refused.standing) {
+            carried.standing = a.standing.digest;
+            push.standing = Some(a.standing);
+        }
+        if new(a.sessions.digest, t.held.sessions, t.refused.sessions) {
+            carried.sessions = a.sessions.digest;
+            push.revoked_sessions = Some(a.sessions);
+        }
+        if let Some(p) = a.policy
+            && new(p.digest, t.held.policy, t.refused.policy)
+        {
+            carried.policy = p.digest;
+            push.policy = Some(p);
+        }
     }
+    let ring = state.keys.current();
+    if new(ring.digest, t.held.keys, t.refused.keys) {
+        carried.keys = ring.digest;
+        push.keys = Some(pb::KeysPart {
+            digest: ring.digest,
+            jwks_json: ring.jwks_json.clone(),
+        });
+    }
+    if let Some(b) = state.hub.blocked_part(t.held.blocked)
+        && b.seq != t.refused.blocked
+    {
+        carried.blocked = b.seq;
+        push.blocked_agents = Some(b);
+    }
+    (push, carried)
+}
+
+fn is_empty(p: &pb::StreamResponse) -> bool {
+    p.standing.is_none()
+        && p.revoked_sessions.is_none()
+        && p.keys.is_none()
+        && p.policy.is_none()
+        && p.blocked_agents.is_none()
 }
 
 type PushStream = Pin<Box<dyn Stream<Item = Result<pb::StreamResponse, Status>> + Send>>;
@@ -155,20 +164,25 @@ impl MeshService for MeshApi {
         req: Request<Streaming<pb::StreamRequest>>,
     ) -> Result<Response<PushStream>, Status> {
         let (_, agent) = auth::agent(&req, &self.state.td)?;
-        let first = view(&self.state, &agent).await?;
-        if first.status == AgentStatus::Revoked {
+        let record = self
+            .state
+            .store
+            .get_agent(&agent)
+            .await
+            .map_err(crate::identity::service::store_error)?;
+        if let Some(a) = record.filter(|a| a.status == AgentStatus::Revoked) {
             return Err(status(
                 Code::PermissionDenied,
                 Reason::AgentRevoked,
-                format!("agent {agent} is revoked: {}", first.reason),
+                format!("agent {agent} is revoked: {}", a.status_reason),
             ));
         }
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
-        let held = match inbound.message().await? {
+        let (held_version, held) = match inbound.message().await? {
             Some(pb::StreamRequest {
                 kind: Some(pb::stream_request::Kind::Hello(h)),
-            }) => h.held_version,
+            }) => (h.held_version, h.held.as_ref().map(Digests::from)),
             _ => {
                 return Err(status(
                     Code::InvalidArgument,
@@ -182,15 +196,20 @@ impl MeshService for MeshApi {
         let span = tracing::info_span!("mesh_stream", agent = %agent);
         tokio::spawn(
             async move {
-                tracing::info!(held, "sidecar stream opened");
+                tracing::info!(held_version, "sidecar stream opened");
                 let reg = state.sidecars.open(agent.clone(), peer, now_unix());
-                let ending = serve(Arc::clone(&state), agent, inbound, tx, &reg).await;
+                let tracker = Tracker {
+                    held: held.unwrap_or_default(),
+                    ..Tracker::default()
+                };
+                let ending = serve(Arc::clone(&state), agent, inbound, tx, &reg, tracker).await;
                 state.sidecars.ended(ending);
                 tracing::info!(ending, "sidecar stream ended");
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let out = ReceiverStream::new(rx).map(|o: Outbound| o.map(|p| *p).map_err(|s| *s));
+        Ok(Response::new(Box::pin(out)))
     }
 }
 
@@ -199,63 +218,194 @@ async fn serve(
     state: Arc<State>,
     agent: AgentId,
     mut inbound: Streaming<pb::StreamRequest>,
-    tx: mpsc::Sender<Result<pb::StreamResponse, Status>>,
-    reg: &crate::mesh::registry::Registration,
+    tx: mpsc::Sender<Outbound>,
+    reg: &Registration,
+    mut t: Tracker,
 ) -> &'static str {
-    // Subscribe before reading the state, so no change can fall between.
-    let mut changes = state.changes.subscribe();
+    // Subscribe before reading any state, so no change can fall between.
+    let mut sub = state.hub.subscribe(&agent);
     let mut stopping = state.stopping.subscribe();
-    let mut sent: Option<View> = None;
+    // What the agent's parts were last read at: its change counter and the
+    // policy version (the tools depend on both).
+    let mut read_at: Option<(u64, u64)> = None;
+    let mut first = true;
+    let mut deadline = tokio::time::Instant::now();
     loop {
-        let version = *state.generation.borrow();
-        let current = match view(&state, &agent).await {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return "error";
+        if t.in_flight.is_none() {
+            let agent_gen = *sub.agent_changes.borrow_and_update();
+            sub.global_changes.borrow_and_update();
+            let policy = state.current_policy();
+            let at = (agent_gen, policy.as_ref().map_or(0, |p| p.version));
+            let agent_parts = if t.resync || read_at != Some(at) {
+                match Box::pin(parts::read(&state, &agent, policy.as_deref())).await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        let _ = tx.send(Err(Box::new(e))).await;
+                        return "error";
+                    }
+                }
+            } else {
+                None
+            };
+            read_at = Some(at);
+            t.resync = false;
+            let revoked = agent_parts.as_ref().is_some_and(AgentParts::revoked);
+            if let Some(p) = agent_parts.as_ref().and_then(|a| a.policy.as_ref()) {
+                t.policy = (p.digest, p.version);
+                if first && t.held.policy == p.digest {
+                    reg.holds_policy(p.version);
+                }
             }
+            let (mut push, carried) = build(&state, &t, agent_parts);
+            // The first push is sent even when empty: it tells the sidecar
+            // that it is connected and current.
+            if first || !is_empty(&push) {
+                first = false;
+                push.version = state.hub.version();
+                push.nonce = nonce();
+                let version = push.version;
+                let blocked_complete = push.blocked_agents.as_ref().is_some_and(|b| b.complete);
+                if tx.send(Ok(Box::new(push))).await.is_err() {
+                    return "sidecar gone";
+                }
+                reg.pushed(version, now_unix());
+                t.in_flight = Some(InFlight {
+                    version,
+                    carried,
+                    blocked_complete,
+                });
+                deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+            }
+            sub.evaluated(agent_gen);
+            if revoked {
+                return "agent revoked";
+            }
+        }
+        let waiting = t.in_flight.is_some();
+        tokio::select! {
+            // (The guard `wait_for` returns must not live across the awaits below.)
+            _ = async { let _ = stopping.wait_for(|s| *s).await; } => return "control plane stopping",
+            // While a push is in flight, changes wait (their flags stay set)
+            // and are coalesced into the next push.
+            r = sub.agent_changes.changed(), if !waiting => if r.is_err() { return "control plane stopping" },
+            r = sub.global_changes.changed(), if !waiting => if r.is_err() { return "control plane stopping" },
+            _ = tokio::time::sleep_until(deadline), if waiting => return "ack timeout",
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Ack(a)) })) => {
+                    if let Some(f) = t.in_flight.take_if(|f| f.version == a.version) {
+                        tracing::debug!(version = f.version, "push acknowledged");
+                        merge(&mut t.held, &f.carried);
+                        reg.acked(f.version, now_unix());
+                        if f.carried.policy != 0 && f.carried.policy == t.policy.0 {
+                            reg.holds_policy(t.policy.1);
+                        }
+                    }
+                }
+                Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Nack(n)) })) => {
+                    let reason: String = n.reason.chars().take(512).collect();
+                    tracing::warn!(version = n.version, part = ?n.part(), %reason, "push refused by the sidecar");
+                    reg.nacked(n.version, reason);
+                    if let Some(f) = t.in_flight.take_if(|f| f.version == n.version) {
+                        t.held = n.held.as_ref().map(Digests::from).unwrap_or_default();
+                        refuse(&mut t, &f, n.part());
+                    }
+                }
+                Ok(Some(_)) => {
+                    let refusal = status(Code::InvalidArgument, Reason::InvalidArgument, "unexpected message");
+                    let _ = tx.send(Err(Box::new(refusal))).await;
+                    return "protocol error";
+                }
+                Ok(None) => return "closed by the sidecar",
+                Err(_) => return "transport error",
+            },
+        }
+    }
+}
+
+/// `held` after applying a push that carried `c` (0: not carried).
+fn merge(held: &mut Digests, c: &Digests) {
+    for (h, c) in [
+        (&mut held.standing, c.standing),
+        (&mut held.sessions, c.sessions),
+        (&mut held.keys, c.keys),
+        (&mut held.policy, c.policy),
+        (&mut held.blocked, c.blocked),
+    ] {
+        if c != 0 {
+            *h = c;
+        }
+    }
+}
+
+/// Records a refusal: the refused part is not sent again until it changes,
+/// and everything is read again for the next push. A refused delta of the
+/// blocked list is answered with the complete list; only a refused complete
+/// list is held back.
+fn refuse(t: &mut Tracker, f: &InFlight, part: pb::MeshPart) {
+    use pb::MeshPart as P;
+    let (refused, carried) = (&mut t.refused, &f.carried);
+    match part {
+        P::Standing => refused.standing = carried.standing,
+        P::RevokedSessions => refused.sessions = carried.sessions,
+        P::Keys => refused.keys = carried.keys,
+        P::Policy => refused.policy = carried.policy,
+        P::BlockedAgents if f.blocked_complete => refused.blocked = carried.blocked,
+        P::BlockedAgents => t.held.blocked = 0,
+        P::Unspecified => {}
+    }
+    t.resync = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_keeps_what_a_push_did_not_carry() {
+        let mut held = Digests {
+            standing: 1,
+            sessions: 2,
+            keys: 3,
+            policy: 4,
+            blocked: 5,
         };
-        if sent.as_ref() != Some(&current) {
-            if tx.send(Ok(push(version, &current))).await.is_err() {
-                return "sidecar gone";
+        merge(
+            &mut held,
+            &Digests {
+                keys: 9,
+                blocked: 10,
+                ..Digests::default()
+            },
+        );
+        assert_eq!(
+            held,
+            Digests {
+                standing: 1,
+                sessions: 2,
+                keys: 9,
+                policy: 4,
+                blocked: 10
             }
-            reg.pushed(version, now_unix());
-            sent = Some(current.clone());
-        }
-        if current.status == AgentStatus::Revoked {
-            return "agent revoked";
-        }
-        // Wait for a change that concerns this agent; acknowledgements are
-        // recorded without re-reading any state.
-        'wait: loop {
-            tokio::select! {
-                // (The guard `wait_for` returns must not live across the awaits below.)
-                _ = async { let _ = stopping.wait_for(|s| *s).await; } => return "control plane stopping",
-                change = changes.recv() => match change {
-                    // Someone else's change: nothing to push here.
-                    Ok(c) if c.agent.as_ref().is_some_and(|a| *a != agent) => continue 'wait,
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break 'wait,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return "control plane stopping",
-                },
-                msg = inbound.message() => match msg {
-                    Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Ack(a)) })) => {
-                        tracing::debug!(version = a.version, "push acknowledged");
-                        reg.acked(a.version, now_unix());
-                    }
-                    Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Nack(n)) })) => {
-                        tracing::warn!(version = n.version, reason = %n.reason, "push refused by the sidecar");
-                        reg.nacked(n.version, n.reason.chars().take(512).collect());
-                    }
-                    Ok(Some(_)) => {
-                        let _ = tx
-                            .send(Err(status(Code::InvalidArgument, Reason::InvalidArgument, "unexpected message")))
-                            .await;
-                        return "protocol error";
-                    }
-                    Ok(None) => return "closed by the sidecar",
-                    Err(_) => return "transport error",
-                },
-            }
-        }
+        );
+        let mut t = Tracker::default();
+        let f = InFlight {
+            version: 7,
+            carried: held,
+            blocked_complete: false,
+        };
+        refuse(&mut t, &f, pb::MeshPart::Policy);
+        assert_eq!(t.refused.policy, 4);
+        assert_eq!(t.refused.keys, 0);
+        assert!(t.resync);
+        // A refused delta of the blocked list: the complete list comes next.
+        t.held.blocked = 10;
+        refuse(&mut t, &f, pb::MeshPart::BlockedAgents);
+        assert_eq!((t.held.blocked, t.refused.blocked), (0, 0));
+        let f = InFlight {
+            blocked_complete: true,
+            ..f
+        };
+        refuse(&mut t, &f, pb::MeshPart::BlockedAgents);
+        assert_eq!(t.refused.blocked, 10);
     }
 }

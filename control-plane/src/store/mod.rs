@@ -207,6 +207,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>>;
     /// All agents, by id.
     async fn list_agents(&self) -> Result<Vec<Agent>>;
+    /// Agents the whole mesh must refuse: suspended ones, ones revoked after
+    /// `since`, and active ones whose expiry passed between `since` and `now`.
+    async fn blocked_agents(&self, now: i64, since: i64) -> Result<Vec<Agent>>;
     /// Sets an agent's status; returns the updated record, or `None` if the
     /// agent is unknown or revoked (revocation is final: only `Revoked` may
     /// be written over `Revoked`).
@@ -271,4 +274,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn rotate_signing_key(&self, kid: &str, pkcs8: &[u8], now: i64) -> Result<()>;
     /// All signing keys, newest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>>;
+}
+
+/// Records for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Agent;
+    use warden_shared::agent::{AgentId, AgentStatus};
+
+    /// An active agent `id` with at most `max` sessions.
+    pub(crate) fn agent(id: &str, max: u32) -> Agent {
+        Agent {
+            id: AgentId::new(id).unwrap(),
+            agent_type: "coder".into(),
+            version: "1".into(),
+            owner: "team".into(),
+            environment: "test".into(),
+            created_at: 100,
+            updated_at: 100,
+            expires_at: None,
+            max_sessions: max,
+            allowed_scopes: vec!["data:*".into()],
+            allowed_tools: vec![],
+            denied_tools: vec!["rm".into()],
+            status: AgentStatus::Active,
+            status_reason: String::new(),
+        }
+    }
 }

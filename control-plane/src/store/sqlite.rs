@@ -193,6 +193,22 @@ impl Store for SqliteStore {
         rows.iter().map(agent_from_row).collect()
     }
 
+    async fn blocked_agents(&self, now: i64, since: i64) -> Result<Vec<Agent>> {
+        let rows = sqlx::query(
+            "SELECT * FROM agents
+             WHERE status = 'suspended'
+                OR (status = 'revoked' AND updated_at > ?)
+                OR (status = 'active' AND expires_at IS NOT NULL AND expires_at <= ? AND expires_at > ?)
+             ORDER BY id",
+        )
+        .bind(since)
+        .bind(now)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
     async fn set_agent_status(
         &self,
         id: &AgentId,

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use warden_shared::token::{self, Claims, Expect, JwkSet, Verifier};
+use warden_shared::token::{self, Claims, Expect, JwkSet};
 
 use crate::identity::rotation::Snapshot;
+use crate::mesh::held::Held;
 
 /// Most cached verified tokens; the cache is swept of expired entries, then
 /// cleared, when full.
@@ -67,43 +68,23 @@ pub struct Link {
     pub since: i64,
 }
 
-/// The policy a sidecar holds: the validated document of one version, and
-/// the tools this agent may call under it.
-#[derive(Debug)]
-pub struct HeldPolicy {
-    /// Policy version.
-    pub version: u64,
-    /// The validated, compiled policy.
-    pub policy: warden_shared::policy::Policy,
-    /// Tools this agent may call, with their effective risk.
-    pub tools: std::collections::BTreeMap<String, warden_shared::policy::Risk>,
-}
-
-/// The agent's standing and revocations, as last pushed by the control plane.
-#[derive(Debug, Clone, Default)]
-pub struct Standing {
-    /// `Some((revoked, reason))` while the agent is suspended or revoked.
-    pub blocked: Option<(bool, String)>,
-    /// Revoked session ids and when their tokens expire.
-    pub revoked_sessions: HashMap<String, i64>,
-    /// The control plane's version of this state (0: nothing pushed yet).
-    pub version: u64,
-    /// The policy in force, if one has been applied.
-    pub policy: Option<Arc<HeldPolicy>>,
-}
+/// Verified claims by the exact token text.
+type ClaimsCache = HashMap<Arc<str>, Arc<Claims>>;
 
 /// Verifies session tokens presented to this sidecar.
 #[derive(Debug)]
 pub struct Authenticator {
     issuer: String,
     audience: String,
-    // Lock order: `cache` before `verifier`.
-    verifier: RwLock<(u64, Arc<Verifier>)>,
-    cache: Mutex<HashMap<Arc<str>, Arc<Claims>>>,
+    /// Verified claims by exact token text, valid for one key generation.
+    cache: Mutex<(u64, ClaimsCache)>,
     ended: Mutex<HashMap<String, i64>>,
     ended_file: Option<PathBuf>,
     last_refresh: Mutex<Option<Instant>>,
-    standing: RwLock<Arc<Standing>>,
+    held: RwLock<Arc<Held>>,
+    /// Serialises writers of `held`, which build the next snapshot without
+    /// holding `held`'s lock (compiling a policy takes a while).
+    writer: Mutex<()>,
     link: Mutex<Link>,
     max_policy_age: Option<i64>,
 }
@@ -116,12 +97,12 @@ impl Authenticator {
         Self {
             issuer,
             audience,
-            verifier: RwLock::new((0, Arc::new(Verifier::default()))),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new((0, HashMap::new())),
             ended: Mutex::new(ended),
             ended_file,
             last_refresh: Mutex::new(None),
-            standing: RwLock::new(Arc::new(Standing::default())),
+            held: RwLock::new(Arc::new(Held::default())),
+            writer: Mutex::new(()),
             link: Mutex::new(Link {
                 connected: false,
                 since: crate::now_unix(),
@@ -156,7 +137,7 @@ impl Authenticator {
     /// Whether calls may be served on the held policy: one is held, and it
     /// is not older than `max_policy_age` (when set).
     pub fn check_policy(&self, now: i64) -> Result<(), Error> {
-        if self.standing_version() == 0 {
+        if self.held_version() == 0 {
             return Err(Error::NoPolicy);
         }
         if let Some(max) = self.max_policy_age {
@@ -179,33 +160,47 @@ impl Authenticator {
         }
     }
 
-    /// Replaces the pushed standing in one step (readers see the old or the
-    /// new one, never a mix).
-    pub fn set_standing(&self, s: Standing) {
-        *self.standing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    /// Builds the next snapshot from the current one with `f` and switches
+    /// readers to it in one step (they see the old or the new one, never a
+    /// mix); nothing changes if `f` fails.
+    pub fn update<E>(&self, f: impl FnOnce(&Held) -> Result<Held, E>) -> Result<(), E> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let next = f(&self.held())?;
+        *self.held.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(())
     }
 
     /// The version of the last applied push (0: none yet).
-    pub fn standing_version(&self) -> u64 {
-        self.standing().version
+    pub fn held_version(&self) -> u64 {
+        self.held().version
     }
 
-    /// The pushed standing.
-    pub fn standing(&self) -> Arc<Standing> {
-        Arc::clone(&self.standing.read().unwrap_or_else(|p| p.into_inner()))
+    /// What is held from the control plane.
+    pub fn held(&self) -> Arc<Held> {
+        Arc::clone(&self.held.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Installs a new JWK Set.
+    /// Installs a JWK Set fetched outside the mesh stream (a token named an
+    /// unknown key). The control plane is not told of it: its digest is
+    /// unknown, so a reconnect receives the pushed keys again.
     pub fn set_jwks(&self, set: &JwkSet) -> Result<(), token::Error> {
-        let v = Verifier::new(set)?;
-        // Holding the cache lock while swapping means no verification done
-        // against the old set can be cached after this point.
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ver = self.verifier.write().unwrap_or_else(|p| p.into_inner());
-        *ver = (ver.0 + 1, Arc::new(v));
-        // A key may have left the set: re-prove every token against the new one.
-        cache.clear();
-        Ok(())
+        let json = serde_json::to_string(set).map_err(|_| token::Error::Jwk("unserialisable"))?;
+        self.update(|held| {
+            if held.raw.keys.as_ref().is_some_and(|k| k.jwks_json == json) {
+                return Ok(held.clone());
+            }
+            let verifier = warden_shared::token::Verifier::new(set)?;
+            let mut next = held.clone();
+            next.keys = Arc::new(crate::mesh::held::Keys {
+                generation: held.keys.generation + 1,
+                verifier,
+            });
+            next.raw.keys = Some(Arc::new(warden_shared::proto::v1::KeysPart {
+                digest: 0,
+                jwks_json: json,
+            }));
+            Ok(next)
+        })
     }
 
     /// Whether a refresh for an unknown key may run now (rate-limited).
@@ -233,15 +228,17 @@ impl Authenticator {
     /// Verifies `token` at `now` against the identity snapshot.
     pub fn verify(&self, token: &str, ids: &Snapshot, now: i64) -> Result<Arc<Claims>, Error> {
         let current = ids.valid(now).ok_or(Error::NoIdentity)?;
-        let standing = self.standing();
-        self.check_policy(now)?;
-        if let Some((revoked, reason)) = &standing.blocked {
+        let held = self.held();
+        // A known suspension or revocation is the most precise answer, even
+        // on a stale policy.
+        if let Some((revoked, reason)) = &held.blocked {
             return Err(Error::AgentBlocked {
                 revoked: *revoked,
                 reason: reason.clone(),
             });
         }
-        let claims = self.signature(token, now)?;
+        self.check_policy(now)?;
+        let claims = self.signature(token, &held, now)?;
         let mut thumbs: [&str; 2] = [&current.thumbprint, ""];
         let n = match &ids.previous_thumbprint {
             Some(p) => {
@@ -260,7 +257,7 @@ impl Authenticator {
                 leeway: LEEWAY_SECS,
             },
         )?;
-        if standing.revoked_sessions.contains_key(&claims.sid) {
+        if held.revoked_sessions.contains_key(&claims.sid) {
             return Err(Error::SessionRevoked(claims.sid.clone()));
         }
         let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
@@ -270,32 +267,33 @@ impl Authenticator {
         Ok(claims)
     }
 
-    fn signature(&self, token: &str, now: i64) -> Result<Arc<Claims>, Error> {
-        if let Some(c) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(token)
+    fn signature(&self, token: &str, held: &Held, now: i64) -> Result<Arc<Claims>, Error> {
+        let generation = held.keys.generation;
         {
-            return Ok(Arc::clone(c));
-        }
-        let (generation, verifier) = {
-            let v = self.verifier.read().unwrap_or_else(|p| p.into_inner());
-            (v.0, Arc::clone(&v.1))
-        };
-        let claims = Arc::new(verifier.verify_signature(token)?);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if self.verifier.read().unwrap_or_else(|p| p.into_inner()).0 != generation {
-            // The key set changed meanwhile: answer, but do not cache.
-            return Ok(claims);
-        }
-        if cache.len() >= CACHE_MAX {
-            cache.retain(|_, c| c.exp > now);
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.0 < generation {
+                // A key may have left the set: re-prove every token.
+                *cache = (generation, HashMap::new());
+            }
+            if cache.0 == generation
+                && let Some(c) = cache.1.get(token)
+            {
+                return Ok(Arc::clone(c));
             }
         }
-        cache.insert(Arc::from(token), Arc::clone(&claims));
+        let claims = Arc::new(held.keys.verifier.verify_signature(token)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Cached only under the generation it was proven with; a reader
+        // holding an older snapshot neither reads nor writes the cache.
+        if cache.0 == generation {
+            if cache.1.len() >= CACHE_MAX {
+                cache.1.retain(|_, c| c.exp > now);
+                if cache.1.len() >= CACHE_MAX {
+                    cache.1.clear();
+                }
+            }
+            cache.1.insert(Arc::from(token), Arc::clone(&claims));
+        }
         Ok(claims)
     }
 }

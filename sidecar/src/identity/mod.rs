@@ -87,17 +87,7 @@ const IDENTITY: &str = "identity.pem";
 const CERT: &str = "svid.crt";
 const BUNDLE: &str = "bundle.crt";
 
-fn pem(tag: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {tag}-----\n");
-    for chunk in b.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {tag}-----\n"));
-    out
-}
+use warden_shared::svid::pem;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {

@@ -1,23 +1,6 @@
 use super::*;
 
-fn agent(id: &str, max: u32) -> Agent {
-    Agent {
-        id: AgentId::new(id).unwrap(),
-        agent_type: "coder".into(),
-        version: "1".into(),
-        owner: "team".into(),
-        environment: "test".into(),
-        created_at: 100,
-        updated_at: 100,
-        expires_at: None,
-        max_sessions: max,
-        allowed_scopes: vec!["data:*".into()],
-        allowed_tools: vec![],
-        denied_tools: vec!["rm".into()],
-        status: AgentStatus::Active,
-        status_reason: String::new(),
-    }
-}
+use crate::store::testing::agent;
 
 async fn store() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -230,4 +213,46 @@ async fn prune_drops_only_what_ended_before_the_cutoff() {
         JoinTokenUse::Consumed
     );
     assert_eq!(s.open_sessions(&a1, 150).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn blocked_agents_are_suspended_recently_revoked_or_recently_expired() {
+    let (s, _d) = store().await;
+    for id in [
+        "ok",
+        "sus",
+        "rev-old",
+        "rev-new",
+        "exp-new",
+        "exp-old",
+        "exp-later",
+    ] {
+        let mut a = agent(id, 1);
+        a.expires_at = match id {
+            "exp-new" => Some(950),
+            "exp-old" => Some(100),
+            "exp-later" => Some(5000),
+            _ => None,
+        };
+        s.create_agent(&a).await.unwrap();
+    }
+    let id = |s: &str| AgentId::new(s).unwrap();
+    s.set_agent_status(&id("sus"), AgentStatus::Suspended, "", 200)
+        .await
+        .unwrap();
+    s.set_agent_status(&id("rev-old"), AgentStatus::Revoked, "", 300)
+        .await
+        .unwrap();
+    s.set_agent_status(&id("rev-new"), AgentStatus::Revoked, "", 900)
+        .await
+        .unwrap();
+    // At 1000, looking back to 500.
+    let got: Vec<String> = s
+        .blocked_agents(1000, 500)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id.to_string())
+        .collect();
+    assert_eq!(got, ["exp-new", "rev-new", "sus"]);
 }

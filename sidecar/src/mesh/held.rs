@@ -1,0 +1,309 @@
+//! What a sidecar holds from the control plane, as one immutable snapshot:
+//! the agent's standing, its revoked sessions, the signing keys, the policy,
+//! and the mesh-wide blocked agents. A push builds the next snapshot from
+//! the current one (parts it does not carry are kept) or is refused whole;
+//! readers switch from one snapshot to the next in one step.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use warden_shared::agent::AgentId;
+use warden_shared::policy::{Policy, Risk};
+use warden_shared::proto::v1 as pb;
+use warden_shared::token::{JwkSet, Verifier};
+
+/// Most revoked sessions one push may carry.
+pub const MAX_REVOKED: usize = 100_000;
+/// Most blocked agents held.
+pub const MAX_BLOCKED: usize = 100_000;
+
+/// The policy a sidecar holds: the validated document of one version, and
+/// the tools this agent may call under it.
+#[derive(Debug)]
+pub struct HeldPolicy {
+    /// Policy version.
+    pub version: u64,
+    /// The validated, compiled policy.
+    pub policy: Policy,
+    /// Tools this agent may call, with their effective risk.
+    pub tools: BTreeMap<String, Risk>,
+}
+
+/// Token-signing keys; `generation` changes with every new key set (the
+/// signature cache is valid for one generation).
+#[derive(Debug, Default)]
+pub struct Keys {
+    /// Increases with every key set installed.
+    pub generation: u64,
+    /// Verifies signatures.
+    pub verifier: Verifier,
+}
+
+/// A suspended or revoked agent of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockedAgent {
+    /// Revoked (else suspended).
+    pub revoked: bool,
+    /// When the entry drops out (unix seconds); `None` while suspended.
+    pub until: Option<i64>,
+}
+
+/// The mesh-wide blocked list.
+#[derive(Debug, Default)]
+pub struct BlockedAgents {
+    /// The control plane's sequence number of this list (0: none held).
+    pub seq: u64,
+    /// By agent id.
+    pub agents: HashMap<String, BlockedAgent>,
+}
+
+impl BlockedAgents {
+    /// Whether `agent` is blocked at `now`.
+    pub fn get(&self, agent: &str, now: i64) -> Option<BlockedAgent> {
+        self.agents
+            .get(agent)
+            .filter(|b| b.until.is_none_or(|u| u > now))
+            .copied()
+    }
+}
+
+/// The parts as received, kept to report their digests and to persist.
+#[derive(Debug, Default, Clone)]
+pub struct Raw {
+    /// Standing.
+    pub standing: Option<Arc<pb::StandingPart>>,
+    /// Revoked sessions.
+    pub sessions: Option<Arc<pb::RevokedSessionsPart>>,
+    /// Signing keys.
+    pub keys: Option<Arc<pb::KeysPart>>,
+    /// Policy.
+    pub policy: Option<Arc<pb::PolicyPart>>,
+}
+
+/// Everything pushed, as of one version.
+#[derive(Debug, Default, Clone)]
+pub struct Held {
+    /// The version of the last push applied (0: nothing held yet; the
+    /// sidecar serves no call).
+    pub version: u64,
+    /// `Some((revoked, reason))` while the agent is suspended or revoked.
+    pub blocked: Option<(bool, String)>,
+    /// Revoked session ids and when their tokens expire.
+    pub revoked_sessions: Arc<HashMap<String, i64>>,
+    /// Token-signing keys.
+    pub keys: Arc<Keys>,
+    /// The policy in force, if one has been applied.
+    pub policy: Option<Arc<HeldPolicy>>,
+    /// Blocked agents of the whole mesh.
+    pub blocked_agents: Arc<BlockedAgents>,
+    /// The parts as received.
+    pub raw: Raw,
+}
+
+/// Why a push was refused, and which part.
+pub type Refusal = (pb::MeshPart, String);
+
+fn risk(s: &str) -> Option<Risk> {
+    match s {
+        "low" => Some(Risk::Low),
+        "medium" => Some(Risk::Medium),
+        "high" => Some(Risk::High),
+        "critical" => Some(Risk::Critical),
+        _ => None,
+    }
+}
+
+fn standing(p: &pb::StandingPart) -> Result<Option<(bool, String)>, String> {
+    let reason = p.reason.clone();
+    match pb::AgentStatus::try_from(p.status) {
+        Ok(pb::AgentStatus::Active) => Ok(None),
+        Ok(pb::AgentStatus::Suspended) => Ok(Some((false, reason))),
+        Ok(pb::AgentStatus::Revoked) => Ok(Some((true, reason))),
+        _ => Err(format!("unknown agent status {}", p.status)),
+    }
+}
+
+fn sessions(p: &pb::RevokedSessionsPart, now: i64) -> Result<HashMap<String, i64>, String> {
+    if p.sessions.len() > MAX_REVOKED {
+        return Err(format!("more than {MAX_REVOKED} revoked sessions"));
+    }
+    let mut out = HashMap::with_capacity(p.sessions.len());
+    for r in &p.sessions {
+        let exp = r
+            .expires_at
+            .as_ref()
+            .map(|t| t.seconds)
+            .ok_or("revoked session without expiry")?;
+        if r.session_id.is_empty() {
+            return Err("revoked session without id".into());
+        }
+        if exp > now {
+            out.insert(r.session_id.clone(), exp);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a JWK Set into a verifier.
+pub fn keys(jwks_json: &str, generation: u64) -> Result<Keys, String> {
+    let set: JwkSet = serde_json::from_str(jwks_json).map_err(|e| format!("invalid JWKS: {e}"))?;
+    let verifier = Verifier::new(&set).map_err(|e| format!("invalid JWKS: {e}"))?;
+    Ok(Keys {
+        generation,
+        verifier,
+    })
+}
+
+/// The pushed policy, validated here again: a document this sidecar cannot
+/// compile is refused. An unchanged version is not compiled twice.
+fn policy(p: &pb::PolicyPart, held: Option<&Arc<HeldPolicy>>) -> Result<Arc<HeldPolicy>, String> {
+    let v = p.version;
+    let fail = |m: String| format!("policy v{v}: {m}");
+    let mut tools = BTreeMap::new();
+    for t in &p.tools {
+        let r = risk(&t.risk)
+            .ok_or_else(|| fail(format!("tool {:?} has unknown risk {:?}", t.name, t.risk)))?;
+        tools.insert(t.name.clone(), r);
+    }
+    if let Some(h) = held.filter(|h| h.version == v && h.tools == tools) {
+        return Ok(Arc::clone(h));
+    }
+    let policy = Policy::parse(&p.document).map_err(|e| fail(format!("{e} [{}]", e.kind())))?;
+    if let Some(name) = tools
+        .keys()
+        .find(|n| !policy.document.tools.iter().any(|d| &d.name == *n))
+    {
+        return Err(fail(format!("tool {name:?} is not in the document")));
+    }
+    Ok(Arc::new(HeldPolicy {
+        version: v,
+        policy,
+        tools,
+    }))
+}
+
+fn blocked_agents(
+    p: &pb::BlockedAgentsPart,
+    held: &BlockedAgents,
+    now: i64,
+) -> Result<BlockedAgents, String> {
+    let mut agents = if p.complete {
+        HashMap::new()
+    } else if p.from_seq == held.seq {
+        held.agents.clone()
+    } else {
+        return Err(format!(
+            "blocked-agents changes from {} do not apply to the held list {}",
+            p.from_seq, held.seq
+        ));
+    };
+    for id in &p.cleared {
+        agents.remove(id);
+    }
+    for b in &p.blocked {
+        AgentId::new(&b.agent_id).map_err(|e| format!("blocked agent: {e}"))?;
+        let revoked = match pb::AgentStatus::try_from(b.status) {
+            Ok(pb::AgentStatus::Suspended) => false,
+            Ok(pb::AgentStatus::Revoked) => true,
+            _ => {
+                return Err(format!(
+                    "blocked agent {} has status {}",
+                    b.agent_id, b.status
+                ));
+            }
+        };
+        let until = b.until.as_ref().map(|t| t.seconds);
+        agents.insert(b.agent_id.clone(), BlockedAgent { revoked, until });
+    }
+    agents.retain(|_, b| b.until.is_none_or(|u| u > now));
+    if agents.len() > MAX_BLOCKED {
+        return Err(format!("more than {MAX_BLOCKED} blocked agents"));
+    }
+    Ok(BlockedAgents { seq: p.seq, agents })
+}
+
+impl Held {
+    /// The snapshot after `push`, or why it is refused (nothing applied).
+    pub fn apply(&self, push: &pb::StreamResponse, now: i64) -> Result<Self, Refusal> {
+        use pb::MeshPart as P;
+        let mut next = self.clone();
+        if let Some(p) = &push.standing {
+            next.blocked = standing(p).map_err(|e| (P::Standing, e))?;
+            next.raw.standing = Some(Arc::new(p.clone()));
+        }
+        if let Some(p) = &push.revoked_sessions {
+            next.revoked_sessions =
+                Arc::new(sessions(p, now).map_err(|e| (P::RevokedSessions, e))?);
+            next.raw.sessions = Some(Arc::new(p.clone()));
+        }
+        if let Some(p) = &push.keys {
+            next.keys =
+                Arc::new(keys(&p.jwks_json, self.keys.generation + 1).map_err(|e| (P::Keys, e))?);
+            next.raw.keys = Some(Arc::new(p.clone()));
+        }
+        if let Some(p) = &push.policy {
+            next.policy = Some(policy(p, self.policy.as_ref()).map_err(|e| (P::Policy, e))?);
+            next.raw.policy = Some(Arc::new(p.clone()));
+        }
+        if let Some(p) = &push.blocked_agents {
+            next.blocked_agents = Arc::new(
+                blocked_agents(p, &self.blocked_agents, now).map_err(|e| (P::BlockedAgents, e))?,
+            );
+        }
+        next.version = push.version;
+        Ok(next)
+    }
+
+    /// The digests of the parts held, for Hello and Nack.
+    pub fn digests(&self) -> pb::HeldParts {
+        pb::HeldParts {
+            standing: self.raw.standing.as_ref().map_or(0, |p| p.digest),
+            revoked_sessions: self.raw.sessions.as_ref().map_or(0, |p| p.digest),
+            keys: self.raw.keys.as_ref().map_or(0, |p| p.digest),
+            policy: self.raw.policy.as_ref().map_or(0, |p| p.digest),
+            blocked_agents_seq: self.blocked_agents.seq,
+        }
+    }
+
+    /// Everything held, as one complete push (what is persisted).
+    pub fn to_push(&self) -> pb::StreamResponse {
+        let mut ids: Vec<&String> = self.blocked_agents.agents.keys().collect();
+        ids.sort();
+        pb::StreamResponse {
+            version: self.version,
+            nonce: String::new(),
+            standing: self.raw.standing.as_deref().cloned(),
+            revoked_sessions: self.raw.sessions.as_deref().cloned(),
+            keys: self.raw.keys.as_deref().cloned(),
+            policy: self.raw.policy.as_deref().cloned(),
+            blocked_agents: (self.blocked_agents.seq != 0).then(|| pb::BlockedAgentsPart {
+                complete: true,
+                from_seq: 0,
+                seq: self.blocked_agents.seq,
+                blocked: ids
+                    .into_iter()
+                    .map(|id| {
+                        let b = self.blocked_agents.agents[id];
+                        pb::BlockedAgent {
+                            agent_id: id.clone(),
+                            status: if b.revoked {
+                                pb::AgentStatus::Revoked
+                            } else {
+                                pb::AgentStatus::Suspended
+                            }
+                            .into(),
+                            until: b.until.map(|s| prost_types::Timestamp {
+                                seconds: s,
+                                nanos: 0,
+                            }),
+                        }
+                    })
+                    .collect(),
+                cleared: Vec::new(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

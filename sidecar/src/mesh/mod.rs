@@ -1,0 +1,259 @@
+//! The sidecar end of the mesh stream: holds one stream to the control
+//! plane, applies every push (the parts that changed: the agent's standing,
+//! revoked sessions, signing keys, policy, the mesh's blocked agents) or
+//! refuses it whole naming the part at fault, acknowledges each, persists
+//! what it holds, and reconnects with jittered exponential backoff, reset
+//! after a good push, saying what it holds so that only what differs is
+//! sent. A clean end reconnects at once; a refusal that cannot change by
+//! retrying (the agent is revoked, the request is invalid) stops the loop
+//! with a clear log.
+
+pub mod held;
+pub mod snapshot;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use warden_shared::proto::v1 as pb;
+use warden_shared::proto::v1::mesh_service_client::MeshServiceClient;
+
+use crate::config::{RETRY_MAX, RETRY_MIN};
+use crate::cp::ControlPlane;
+use crate::gateway::authenticate::Authenticator;
+use crate::identity::rotation::Manager;
+use crate::now_unix;
+pub use snapshot::{SnapshotError, SnapshotFile};
+
+/// Applies a push whole, or refuses it with the part at fault and keeps
+/// what is held.
+pub fn apply(
+    auth: &Authenticator,
+    push: &pb::StreamResponse,
+    now: i64,
+) -> Result<(), held::Refusal> {
+    auth.update(|h| h.apply(push, now))
+}
+
+/// Stream endings by reason, for health and operators.
+#[derive(Debug, Default)]
+pub struct MeshStats {
+    endings: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl MeshStats {
+    /// Counts one ending.
+    pub fn ended(&self, reason: &'static str) {
+        *self
+            .endings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Endings so far, by reason.
+    pub fn endings(&self) -> BTreeMap<&'static str, u64> {
+        self.endings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The parts a push carried, for the log.
+fn describe(p: &pb::StreamResponse) -> String {
+    let parts: Vec<String> = [
+        p.standing.as_ref().map(|_| "standing".to_owned()),
+        p.revoked_sessions
+            .as_ref()
+            .map(|r| format!("revoked_sessions({})", r.sessions.len())),
+        p.keys.as_ref().map(|_| "keys".to_owned()),
+        p.policy.as_ref().map(|x| format!("policy(v{})", x.version)),
+        p.blocked_agents.as_ref().map(|b| {
+            format!(
+                "blocked_agents({}{})",
+                if b.complete { "all " } else { "+" },
+                b.blocked.len() + b.cleared.len()
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "none (current)".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The control plane refused the stream because the agent is revoked:
+/// hold and persist that, so every token is refused with the reason, across
+/// restarts too.
+fn revoked_at_open(auth: &Authenticator, snapshots: &SnapshotFile, message: &str) {
+    let r = auth.update(|h| {
+        if h.blocked.as_ref().is_some_and(|(revoked, _)| *revoked) {
+            return Err(());
+        }
+        let mut next = h.clone();
+        next.blocked = Some((true, message.to_owned()));
+        let mut standing = h.raw.standing.as_deref().cloned().unwrap_or_default();
+        standing.digest = 0;
+        standing.status = pb::AgentStatus::Revoked.into();
+        standing.reason = message.to_owned();
+        next.raw.standing = Some(Arc::new(standing));
+        next.version = next.version.max(1);
+        Ok(next)
+    });
+    if r.is_ok()
+        && let Err(e) = snapshots.save(&auth.held().to_push())
+    {
+        tracing::error!(error = %e, "mesh: could not persist the snapshot");
+    }
+}
+
+/// Whether retrying cannot help.
+fn fatal(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied
+    )
+}
+
+/// Runs until `shutdown`.
+pub async fn run(
+    identity: Arc<Manager>,
+    cp: Arc<ControlPlane>,
+    auth: Arc<Authenticator>,
+    snapshots: SnapshotFile,
+    stats: Arc<MeshStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = RETRY_MIN;
+    loop {
+        let wait = 'attempt: {
+            if identity.snapshot().valid(now_unix()).is_none() {
+                break 'attempt Duration::from_secs(1);
+            }
+            let ch = match cp.channel() {
+                Ok(ch) => ch,
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "mesh: no channel to the control plane");
+                    {
+                        stats.ended("no channel");
+                        break 'attempt backoff;
+                    }
+                }
+            };
+            let (tx, rx) = mpsc::channel(8);
+            let hello = pb::StreamRequest {
+                kind: Some(pb::stream_request::Kind::Hello({
+                    let held = auth.held();
+                    pb::Hello {
+                        held_version: held.version,
+                        held: Some(held.digests()),
+                    }
+                })),
+            };
+            let _ = tx.send(hello).await;
+            let mut client = MeshServiceClient::new(ch);
+            let opened = tokio::select! {
+                r = client.stream(ReceiverStream::new(rx)) => r,
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            };
+            let mut inbound = match opened {
+                Ok(r) => r.into_inner(),
+                Err(s) if fatal(&s) => {
+                    if warden_shared::refusal::reason_of(&s).as_deref() == Some("AGENT_REVOKED") {
+                        revoked_at_open(&auth, &snapshots, s.message());
+                    }
+                    tracing::error!(code = ?s.code(), error = %s.message(), "mesh: the control plane refused the stream; not retrying");
+                    stats.ended("refused by the control plane");
+                    return;
+                }
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?backoff, "mesh: cannot open the stream");
+                    stats.ended("open failed");
+                    break 'attempt backoff;
+                }
+            };
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                };
+                match msg {
+                    Ok(Some(push)) => {
+                        auth.set_connected(true, now_unix());
+                        let (version, nonce) = (push.version, push.nonce.clone());
+                        // Compiling a policy (schemas, Cedar) and writing the
+                        // snapshot are blocking work: off the runtime.
+                        let applied = {
+                            let (auth, snapshots) = (Arc::clone(&auth), snapshots.clone());
+                            tokio::task::spawn_blocking(move || {
+                                apply(&auth, &push, now_unix())?;
+                                if let Err(e) = snapshots.save(&auth.held().to_push()) {
+                                    tracing::error!(error = %e, "mesh: could not persist the snapshot");
+                                }
+                                Ok(describe(&push))
+                            })
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err((pb::MeshPart::Unspecified, "applying the push panicked".to_owned()))
+                            })
+                        };
+                        let reply = match applied {
+                            Ok(parts) => {
+                                tracing::info!(version, parts = %parts, "mesh: push applied");
+                                pb::stream_request::Kind::Ack(pb::Ack { version, nonce })
+                            }
+                            Err((part, reason)) => {
+                                tracing::warn!(version, ?part, %reason, "mesh: push refused; keeping what is held");
+                                pb::stream_request::Kind::Nack(pb::Nack {
+                                    version,
+                                    nonce,
+                                    reason,
+                                    part: part.into(),
+                                    held: Some(auth.held().digests()),
+                                })
+                            }
+                        };
+                        backoff = RETRY_MIN;
+                        if tx
+                            .send(pb::StreamRequest { kind: Some(reply) })
+                            .await
+                            .is_err()
+                        {
+                            stats.ended("ack failed");
+                            break 'attempt Duration::ZERO;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::info!("mesh: stream ended by the control plane; reconnecting");
+                        stats.ended("ended by the control plane");
+                        break 'attempt Duration::ZERO;
+                    }
+                    Err(s) => {
+                        tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?backoff, "mesh: stream failed");
+                        stats.ended("stream failed");
+                        break 'attempt backoff;
+                    }
+                }
+            }
+        };
+        auth.set_connected(false, now_unix());
+        if !wait.is_zero() {
+            let jittered = wait.mul_f64(rand::rng().random_range(0.5..1.0));
+            backoff = (backoff * 2).min(RETRY_MAX);
+            tokio::select! {
+                _ = tokio::time::sleep(jittered) => {}
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            }
+        }
+    }
+}
