@@ -59,6 +59,8 @@ pub struct CurrentPolicy {
     pub text: String,
     /// Its parsed form (validated when it was applied).
     pub document: warden_shared::policy::Document,
+    /// When it was applied (unix seconds).
+    pub applied_at: i64,
 }
 
 impl State {
@@ -77,6 +79,7 @@ impl State {
                         version,
                         text,
                         document,
+                        applied_at: meta.applied_at,
                     }));
                 self.hub.global_changed();
             }

@@ -197,6 +197,20 @@ async fn a_refused_part_is_not_resent_and_does_not_hold_back_the_kill_switch() {
         .into_inner();
     assert_eq!(r.sidecars[0].nack_reason, "refused by the test");
     assert_eq!(r.sidecars[0].policy_version, 1, "it still holds v1");
+    // Its policy age grows while it lags behind the policy in force.
+    let ages = eventually(Duration::from_secs(5), || {
+        let mut admin = admin.clone();
+        async move {
+            let r = admin
+                .list_sidecars(pb::ListSidecarsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            r.sidecars[0].policy_age_seconds >= 1
+        }
+    })
+    .await;
+    assert!(ages, "a sidecar behind the policy in force shows its age");
     assert_eq!(r.current_policy_version, 2);
 
     // A newer policy is sent again.

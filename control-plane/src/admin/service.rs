@@ -284,6 +284,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListSidecarsResponse>, Status> {
         auth::admin(&req, &self.state.td)?;
         let now = now_unix();
+        let current = self.state.current_policy();
+        // How long a sidecar has been without the policy in force.
+        let behind = |held: u64| match &current {
+            Some(c) if held != c.version => (now - c.applied_at).max(0),
+            _ => 0,
+        };
         let sidecars = self
             .state
             .sidecars
@@ -299,12 +305,13 @@ impl AdminService for AdminApi {
                 nack_reason: e.nack.as_ref().map(|n| n.1.clone()).unwrap_or_default(),
                 lag_seconds: e.lag(now),
                 policy_version: e.policy,
+                policy_age_seconds: behind(e.policy),
             })
             .collect();
         Ok(Response::new(pb::ListSidecarsResponse {
             sidecars,
             current_version: self.state.hub.version(),
-            current_policy_version: self.state.current_policy().map_or(0, |p| p.version),
+            current_policy_version: current.as_ref().map_or(0, |p| p.version),
             stream_endings: self
                 .state
                 .sidecars

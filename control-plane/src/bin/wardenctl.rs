@@ -563,7 +563,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|s| json!({"agent_id": s.agent_id, "peer": s.peer, "connected_at": ts(s.connected_at.as_ref()),
                         "acked_version": s.acked_version, "acked_at": s.acked_at.as_ref().map(|t| ts(Some(t))),
                         "nacked_version": s.nacked_version, "nack_reason": s.nack_reason, "lag_seconds": s.lag_seconds,
-                        "policy_version": s.policy_version}))
+                        "policy_version": s.policy_version, "policy_age_seconds": s.policy_age_seconds}))
                     .collect();
                 println!(
                     "{}",
@@ -573,7 +573,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("policy in force: v{}", r.current_policy_version);
                 println!(
-                    "{:<20} {:<22} {:<16} {:<8} {:>6}  LAST NACK",
+                    "{:<20} {:<22} {:<16} {:<18} {:>6}  LAST NACK",
                     "AGENT", "CONNECTED", "ACKED", "POLICY", "LAG(s)"
                 );
                 for s in &r.sidecars {
@@ -583,11 +583,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         format!("v{}: {}", s.nacked_version, s.nack_reason)
                     };
                     println!(
-                        "{:<20} {:<22} {:<16} {:<8} {:>6}  {nack}",
+                        "{:<20} {:<22} {:<16} {:<18} {:>6}  {nack}",
                         s.agent_id,
                         ts(s.connected_at.as_ref()),
                         s.acked_version,
-                        format!("v{}", s.policy_version),
+                        if s.policy_age_seconds > 0 {
+                            format!("v{} ({}s behind)", s.policy_version, s.policy_age_seconds)
+                        } else {
+                            format!("v{}", s.policy_version)
+                        },
                         s.lag_seconds
                     );
                 }
