@@ -96,6 +96,44 @@ reasons! {
     PolicyVersionUnknown = "POLICY_VERSION_UNKNOWN",
     /// An internal failure; details are in the server log.
     Internal = "INTERNAL",
+    /// The session has made its `max_tool_calls` calls.
+    ToolCallLimit = "TOOL_CALL_LIMIT",
+    /// No tool of that name in the policy in force.
+    ToolUnknown = "TOOL_UNKNOWN",
+    /// The arguments are not a JSON object.
+    ArgumentsNotJson = "ARGUMENTS_NOT_JSON",
+    /// The arguments are larger than the tool allows.
+    ArgumentsTooLarge = "ARGUMENTS_TOO_LARGE",
+    /// The arguments nest deeper than allowed.
+    ArgumentsTooDeep = "ARGUMENTS_TOO_DEEP",
+    /// The arguments do not match the tool's input schema.
+    ArgumentsInvalid = "ARGUMENTS_INVALID",
+    /// Input inspection found an attack in the arguments.
+    InputRejected = "INPUT_REJECTED",
+    /// The tool is not among this agent's tools (identity or overrides).
+    ToolDenied = "TOOL_DENIED",
+    /// The session's scopes do not cover the tool's required scopes.
+    ScopeMissing = "SCOPE_MISSING",
+    /// A policy rule (Cedar) forbids the call.
+    PolicyDenied = "POLICY_DENIED",
+    /// The tool is critical: it never runs automatically.
+    ToolCritical = "TOOL_CRITICAL",
+    /// A rate limit was reached; retry later.
+    RateLimited = "RATE_LIMITED",
+    /// The tool needs a human approval.
+    ApprovalRequired = "APPROVAL_REQUIRED",
+    /// The tool has no upstream to execute.
+    UpstreamNotConfigured = "UPSTREAM_NOT_CONFIGURED",
+    /// A secret the tool needs could not be resolved.
+    SecretUnavailable = "SECRET_UNAVAILABLE",
+    /// The upstream could not be reached or failed.
+    UpstreamUnavailable = "UPSTREAM_UNAVAILABLE",
+    /// The upstream did not answer in time.
+    UpstreamTimeout = "UPSTREAM_TIMEOUT",
+    /// The upstream's circuit breaker is open after repeated failures.
+    UpstreamCircuitOpen = "UPSTREAM_CIRCUIT_OPEN",
+    /// The upstream's answer is larger than allowed.
+    UpstreamResponseTooLarge = "UPSTREAM_RESPONSE_TOO_LARGE",
 }
 
 /// A status with `code`, an operator-readable `message` and `reason` in its
@@ -116,6 +154,41 @@ pub fn status_with(code: Code, reason: &'static str, message: impl Into<String>)
         message,
         ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new()),
     )
+}
+
+/// A refusal of the tool gateway: like [`status`], with the pipeline stage
+/// that refused and the rule (if one) in the `ErrorInfo` metadata, and
+/// `retry_after_ms` when retrying later can succeed.
+pub fn denial(
+    code: Code,
+    reason: Reason,
+    stage: &str,
+    rule: &str,
+    retry_after_ms: Option<u64>,
+    message: impl Into<String>,
+) -> Status {
+    let mut meta = HashMap::from([("stage".to_owned(), stage.to_owned())]);
+    if !rule.is_empty() {
+        meta.insert("rule".to_owned(), rule.to_owned());
+    }
+    if let Some(ms) = retry_after_ms {
+        meta.insert("retry_after_ms".to_owned(), ms.to_string());
+    }
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason.as_str(), DOMAIN, meta),
+    )
+}
+
+/// The `ErrorInfo` metadata of a Warden status (stage, rule, …).
+pub fn metadata_of(status: &Status) -> HashMap<String, String> {
+    status
+        .get_error_details()
+        .error_info()
+        .filter(|i| i.domain == DOMAIN)
+        .map(|i| i.metadata.clone())
+        .unwrap_or_default()
 }
 
 /// The Warden reason of a status, if it carries one.

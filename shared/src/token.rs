@@ -102,6 +102,11 @@ pub struct Claims {
     /// Session constraints.
     #[serde(default)]
     pub constraints: Constraints,
+    /// The session's context as the agent stated it at `StartSession`
+    /// (e.g. the user's `tier`); bounded to 16 short entries. Policy rules
+    /// read it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ctx: std::collections::BTreeMap<String, String>,
 }
 
 impl Claims {

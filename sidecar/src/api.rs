@@ -2,6 +2,7 @@
 //! a Unix socket. Every request must carry `warden-agent: true`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::service::Interceptor;
 use tonic::{Code, Request, Response, Status};
@@ -13,6 +14,8 @@ use warden_shared::{AGENT_HEADER, AGENT_HEADER_VALUE};
 
 use crate::cp::ControlPlane;
 use crate::gateway::authenticate::{self, Authenticator};
+use crate::gateway::pipeline::{self, Gateway};
+use crate::gateway::{Denial, Stage};
 use crate::identity::rotation::Manager;
 use crate::now_unix;
 
@@ -41,6 +44,7 @@ pub struct AgentApi {
     identity: Arc<Manager>,
     cp: Arc<ControlPlane>,
     auth: Arc<Authenticator>,
+    gateway: Arc<Gateway>,
 }
 
 fn ts(secs: i64) -> prost_types::Timestamp {
@@ -50,8 +54,8 @@ fn ts(secs: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Maps an authentication failure to the agent-facing status.
-pub fn auth_status(e: &authenticate::Error) -> Status {
+/// Maps an authentication failure to the gateway's stage-1 denial.
+pub fn auth_denial(e: &authenticate::Error) -> Denial {
     use token::Error as T;
     let (code, reason) = match e {
         authenticate::Error::NoIdentity => (Code::FailedPrecondition, Reason::NoIdentity),
@@ -77,12 +81,18 @@ pub fn auth_status(e: &authenticate::Error) -> Status {
             _ => (Code::Unauthenticated, Reason::TokenMalformed),
         },
     };
-    status(code, reason, e.to_string())
+    Denial::new(Stage::Authenticate, code, reason, e.to_string())
 }
 
-fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
+/// Maps an authentication failure to the agent-facing status.
+pub fn auth_status(e: &authenticate::Error) -> Status {
+    auth_denial(e).to_status()
+}
+
+fn bearer<T>(req: &Request<T>) -> Result<&str, Denial> {
     let missing = || {
-        status(
+        Denial::new(
+            Stage::Authenticate,
             Code::Unauthenticated,
             Reason::TokenMissing,
             "send the session token as `authorization: Bearer <token>`",
@@ -98,8 +108,23 @@ fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
 
 impl AgentApi {
     /// Wires the API.
-    pub fn new(identity: Arc<Manager>, cp: Arc<ControlPlane>, auth: Arc<Authenticator>) -> Self {
-        Self { identity, cp, auth }
+    pub fn new(
+        identity: Arc<Manager>,
+        cp: Arc<ControlPlane>,
+        auth: Arc<Authenticator>,
+        gateway: Arc<Gateway>,
+    ) -> Self {
+        Self {
+            identity,
+            cp,
+            auth,
+            gateway,
+        }
+    }
+
+    /// The tool gateway.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
     }
 
     /// Fetches the JWKS from the control plane into the authenticator.
@@ -113,18 +138,30 @@ impl AgentApi {
                 "control plane sent an invalid JWKS",
             )
         })?;
-        self.auth.set_jwks(&set).map_err(|e| {
-            status(
-                Code::Unavailable,
-                Reason::ControlPlaneUnavailable,
-                format!("invalid JWKS: {e}"),
-            )
-        })
+        // Installing takes the snapshot writer's lock, which a policy
+        // compile may hold for a while: off the runtime.
+        let auth = Arc::clone(&self.auth);
+        tokio::task::spawn_blocking(move || auth.set_jwks(&set))
+            .await
+            .map_err(|_| {
+                status(
+                    Code::Internal,
+                    Reason::Internal,
+                    "installing the JWKS panicked",
+                )
+            })?
+            .map_err(|e| {
+                status(
+                    Code::Unavailable,
+                    Reason::ControlPlaneUnavailable,
+                    format!("invalid JWKS: {e}"),
+                )
+            })
     }
 
     /// Authenticates the request's bearer token, refreshing the JWKS once
     /// (rate-limited) if the token names an unknown key.
-    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Claims>, Status> {
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Claims>, Denial> {
         let token = bearer(req)?;
         let snap = self.identity.snapshot();
         match self.auth.verify(token, &snap, now_unix()) {
@@ -136,13 +173,26 @@ impl AgentApi {
                 }
                 self.auth
                     .verify(token, &snap, now_unix())
-                    .map_err(|e| auth_status(&e))
+                    .map_err(|e| auth_denial(&e))
             }
             r => r.map_err(|e| {
                 tracing::info!(error = %e, "token refused");
-                auth_status(&e)
+                auth_denial(&e)
             }),
         }
+    }
+
+    /// Authenticates, recording a refusal as a gateway decision.
+    async fn gateway_caller<T>(
+        &self,
+        req: &Request<T>,
+        r: &pipeline::Request<'_>,
+        t0: Instant,
+    ) -> Result<Arc<Claims>, Status> {
+        self.authenticate(req).await.map_err(|d| {
+            self.gateway.refused_unauthenticated(r, &d, t0);
+            d.to_status()
+        })
     }
 }
 
@@ -201,7 +251,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
-        let claims = self.authenticate(&req).await?;
+        let claims = self.authenticate(&req).await.map_err(|d| d.to_status())?;
         // Refuse the token here at once, whatever the control plane says.
         if let Err(e) = self.auth.end_session(&claims.sid, claims.exp, now_unix()) {
             // Refused in memory already; only a restart could revive it.
@@ -218,11 +268,62 @@ impl AgentService for AgentApi {
         Ok(Response::new(pb::EndSessionResponse {}))
     }
 
+    async fn list_tools(
+        &self,
+        req: Request<pb::ListToolsRequest>,
+    ) -> Result<Response<pb::ListToolsResponse>, Status> {
+        let claims = self.authenticate(&req).await.map_err(|d| d.to_status())?;
+        let held = self.auth.held();
+        Ok(Response::new(self.gateway.list_tools(&held, &claims)))
+    }
+
+    async fn call_tool(
+        &self,
+        req: Request<pb::CallToolRequest>,
+    ) -> Result<Response<pb::CallToolResponse>, Status> {
+        let t0 = Instant::now();
+        let m = req.get_ref();
+        let r = pipeline::Request {
+            rpc: "CallTool",
+            tool: &m.tool,
+            arguments: &m.arguments_json,
+            reason: &m.reason,
+            trace_id: &m.trace_id,
+        };
+        let claims = self.gateway_caller(&req, &r, t0).await?;
+        let held = self.auth.held();
+        self.gateway
+            .call_tool(&held, &claims, &r, t0)
+            .await
+            .map(Response::new)
+            .map_err(|d| d.to_status())
+    }
+
+    async fn authorize(
+        &self,
+        req: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let t0 = Instant::now();
+        let m = req.get_ref();
+        let r = pipeline::Request {
+            rpc: "Authorize",
+            tool: &m.tool,
+            arguments: &m.arguments_json,
+            reason: &m.reason,
+            trace_id: &m.trace_id,
+        };
+        let claims = self.gateway_caller(&req, &r, t0).await?;
+        let held = self.auth.held();
+        Ok(Response::new(
+            self.gateway.authorize(&held, &claims, &r, t0),
+        ))
+    }
+
     async fn who_am_i(
         &self,
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let claims = self.authenticate(&req).await?;
+        let claims = self.authenticate(&req).await.map_err(|d| d.to_status())?;
         let snap = self.identity.snapshot();
         let id = snap.valid(now_unix()).ok_or_else(|| {
             status(

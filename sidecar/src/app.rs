@@ -88,7 +88,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "persisted mesh snapshot refused; waiting for the control plane")
         }
     }
-    let api = AgentApi::new(Arc::clone(&identity), Arc::clone(&cp), Arc::clone(&auth));
+    let gateway = Arc::new(crate::gateway::pipeline::Gateway::new(agent.as_str()));
+    let api = AgentApi::new(
+        Arc::clone(&identity),
+        Arc::clone(&cp),
+        Arc::clone(&auth),
+        Arc::clone(&gateway),
+    );
     if identity.snapshot().valid(crate::now_unix()).is_some()
         && let Err(e) = api.refresh_jwks().await
     {
@@ -163,6 +169,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         identity: Arc::clone(&identity),
         auth: Arc::clone(&auth),
         stats: Arc::clone(&stats),
+        gateway: Arc::clone(&gateway),
     };
     tasks.push(tokio::spawn(crate::health::serve_http(
         health,

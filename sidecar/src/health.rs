@@ -31,6 +31,8 @@ pub struct Health {
     pub auth: Arc<Authenticator>,
     /// Mesh stream endings.
     pub stats: Arc<crate::mesh::MeshStats>,
+    /// The tool gateway (call counts, circuit breakers).
+    pub gateway: Arc<crate::gateway::pipeline::Gateway>,
 }
 
 /// The readiness report.
@@ -70,6 +72,14 @@ pub fn report(h: &Health, now: i64) -> (bool, Value) {
         "age_secs": age,
         "stream_endings": h.stats.endings(),
     });
+    let upstreams: serde_json::Map<String, Value> = h
+        .gateway
+        .executor
+        .breakers
+        .states()
+        .into_iter()
+        .map(|(tool, st)| (tool, Value::from(st.name())))
+        .collect();
     let ready = cert_ok && policy_err.is_none();
     let reason = if !cert_ok {
         cert_reason.to_owned()
@@ -82,7 +92,8 @@ pub fn report(h: &Health, now: i64) -> (bool, Value) {
     };
     (
         ready,
-        json!({"ready": ready, "reason": reason, "certificate": cert, "policy": policy}),
+        json!({"ready": ready, "reason": reason, "certificate": cert, "policy": policy,
+               "upstreams": upstreams}),
     )
 }
 
@@ -98,6 +109,46 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, Json<Value>) {
     )
 }
 
+/// Prometheus text exposition of the gateway's counters and breakers.
+pub fn metrics(h: &Health) -> String {
+    use std::fmt::Write;
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = String::from(
+        "# HELP warden_tool_calls_total Tool calls by tool, outcome and refusal reason.\n\
+         # TYPE warden_tool_calls_total counter\n",
+    );
+    for ((tool, outcome, reason), n) in h.gateway.recorder.counts() {
+        let _ = writeln!(
+            out,
+            "warden_tool_calls_total{{tool=\"{}\",outcome=\"{}\",reason=\"{}\"}} {n}",
+            esc(&tool),
+            outcome.as_str(),
+            reason
+        );
+    }
+    out.push_str(
+        "# HELP warden_upstream_circuit Circuit breaker state by tool (1 for the current state).\n\
+         # TYPE warden_upstream_circuit gauge\n",
+    );
+    for (tool, st) in h.gateway.executor.breakers.states() {
+        for name in ["closed", "open", "half_open"] {
+            let v = u8::from(st.name() == name);
+            let _ = writeln!(
+                out,
+                "warden_upstream_circuit{{tool=\"{}\",state=\"{name}\"}} {v}",
+                esc(&tool)
+            );
+        }
+    }
+    let held = h.auth.held();
+    let _ = writeln!(
+        out,
+        "# TYPE warden_policy_version gauge\nwarden_policy_version {}",
+        held.policy.as_ref().map_or(0, |p| p.version)
+    );
+    out
+}
+
 /// Serves the HTTP health endpoints until `stop`.
 pub async fn serve_http(
     listener: TcpListener,
@@ -107,6 +158,10 @@ pub async fn serve_http(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(h): State<Health>| async move { metrics(&h) }),
+        )
         .with_state(h);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -19,10 +19,12 @@ use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::admin_service_client::AdminServiceClient;
 use warden_shared::proto::v1::agent_service_client::AgentServiceClient;
 use warden_shared::proto::v1::identity_service_client::IdentityServiceClient;
-use warden_sidecar::app::Running as Sidecar;
+pub use warden_sidecar::app::Running as Sidecar;
 use warden_sidecar::config::Config as SidecarConfig;
 
+pub mod gateway;
 pub mod raw;
+pub mod upstream;
 
 /// The complete example policy from `deploy/policies/`.
 pub const EXAMPLE_POLICY: &str = include_str!("../../deploy/policies/example.yaml");
@@ -222,7 +224,8 @@ impl Mesh {
     }
 }
 
-fn rand_suffix() -> String {
+/// Eight random hex digits.
+pub fn rand_suffix() -> String {
     let mut b = [0u8; 4];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).ok();
     b.iter().map(|x| format!("{x:02x}")).collect()

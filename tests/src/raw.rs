@@ -103,6 +103,7 @@ pub fn held_after(pushes: &[&pb::StreamResponse]) -> pb::HeldParts {
         }
         if let Some(x) = &p.blocked_agents {
             h.blocked_agents_seq = x.seq;
+            h.blocked_agents_epoch = x.epoch;
         }
     }
     h
@@ -113,6 +114,11 @@ impl Mesh {
     /// channel presenting its certificate.
     pub async fn enrolled_channel(&self, id: &str) -> anyhow::Result<Channel> {
         self.register(id, &["data:read"], 4).await?;
+        self.enroll_channel(id).await
+    }
+
+    /// Enrolls the registered agent `id`; returns an mTLS channel as it.
+    pub async fn enroll_channel(&self, id: &str) -> anyhow::Result<Channel> {
         let token = self.join_token(id).await?;
         let spiffe = TrustDomain::new(TD)?.agent(&AgentId::new(id)?);
         let (key, csr) = warden_sidecar::identity::enroll::key_and_csr(&spiffe)?;

@@ -324,3 +324,46 @@ async fn every_sidecar_learns_which_agents_are_blocked() {
     assert!(blocked(&a, "b1").is_some_and(|x| x.revoked));
     drop((tmp, ctl));
 }
+
+#[tokio::test]
+async fn an_expired_identity_cannot_open_a_stream() {
+    let mesh = Mesh::start().await.unwrap();
+    let expires = warden_control_plane::now_unix() + 2;
+    mesh.admin()
+        .await
+        .unwrap()
+        .register_agent(pb::RegisterAgentRequest {
+            id: "short".into(),
+            agent_type: "batch".into(),
+            owner: "team".into(),
+            allowed_scopes: vec!["data:read".into()],
+            expires_at: Some(prost_types::Timestamp {
+                seconds: expires,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ch = mesh.enroll_channel("short").await.unwrap();
+    let mut s = RawStream::open(ch.clone(), pb::Hello::default())
+        .await
+        .unwrap();
+    let first = s.next().await.unwrap();
+    assert_eq!(
+        first.standing.unwrap().status,
+        pb::AgentStatus::Active as i32
+    );
+    // Once expired, a new stream is refused at open (the sidecar stops
+    // instead of reopening it in a loop).
+    let refused = eventually(Duration::from_secs(8), || {
+        let ch = ch.clone();
+        async move {
+            RawStream::open(ch, pb::Hello::default())
+                .await
+                .is_err_and(|e| reason(&e) == "AGENT_EXPIRED")
+        }
+    })
+    .await;
+    assert!(refused, "an expired identity must be refused at open");
+}

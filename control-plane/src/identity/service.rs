@@ -450,6 +450,7 @@ impl IdentityService for IdentityApi {
                 x5t_s256: thumbprint,
             },
             constraints: Constraints { max_tool_calls },
+            ctx: req.context.into_iter().collect(),
         };
         let token = self
             .state

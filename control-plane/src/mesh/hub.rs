@@ -38,6 +38,8 @@ struct BlockedLog {
     /// A delta can be computed from any sequence number `>= base`.
     base: u64,
     seq: u64,
+    /// Random per process: sequence numbers are only comparable within it.
+    epoch: u64,
 }
 
 impl BlockedLog {
@@ -100,6 +102,7 @@ impl BlockedLog {
                 complete: false,
                 from_seq: from,
                 seq: self.seq,
+                epoch: self.epoch,
                 blocked: blocked.iter().filter_map(|a| self.entry(a)).collect(),
                 cleared: cleared.into_iter().map(str::to_owned).collect(),
             });
@@ -110,6 +113,7 @@ impl BlockedLog {
             complete: true,
             from_seq: 0,
             seq: self.seq,
+            epoch: self.epoch,
             blocked: all.iter().filter_map(|a| self.entry(a)).collect(),
             cleared: Vec::new(),
         })
@@ -155,6 +159,7 @@ impl Default for Hub {
                 log: VecDeque::new(),
                 base: seq,
                 seq,
+                epoch: rand::random::<u64>().max(1),
             }),
             refreshing: tokio::sync::Mutex::new(()),
         }
@@ -285,6 +290,11 @@ impl Hub {
             .part(from)
     }
 
+    /// The blocked list's epoch (random per process).
+    pub fn blocked_epoch(&self) -> u64 {
+        self.blocked.read().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
     /// The blocked list's current sequence number.
     pub fn blocked_seq(&self) -> u64 {
         self.blocked.read().unwrap_or_else(|p| p.into_inner()).seq
@@ -379,6 +389,7 @@ mod tests {
             log: VecDeque::new(),
             base: 10,
             seq: 10,
+            epoch: 1,
         };
         assert!(log.part(10).is_none());
         let full = log.part(0).unwrap();
@@ -420,6 +431,7 @@ mod tests {
             log: VecDeque::new(),
             base: 1,
             seq: 1,
+            epoch: 1,
         };
         for i in 0..(BLOCKED_LOG_MAX as u64 + 10) {
             let next = if i % 2 == 0 {

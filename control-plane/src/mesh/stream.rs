@@ -75,6 +75,17 @@ impl From<&pb::HeldParts> for Digests {
     }
 }
 
+/// What a sidecar reports holding, as this control plane reads it: a
+/// blocked-list position from another epoch (another process) counts as
+/// none.
+fn held_here(state: &State, h: &pb::HeldParts) -> Digests {
+    let mut d = Digests::from(h);
+    if h.blocked_agents_epoch != state.hub.blocked_epoch() {
+        d.blocked = 0;
+    }
+    d
+}
+
 /// What this stream knows of its sidecar.
 #[derive(Debug, Default)]
 struct Tracker {
@@ -170,19 +181,33 @@ impl MeshService for MeshApi {
             .get_agent(&agent)
             .await
             .map_err(crate::identity::service::store_error)?;
-        if let Some(a) = record.filter(|a| a.status == AgentStatus::Revoked) {
-            return Err(status(
-                Code::PermissionDenied,
-                Reason::AgentRevoked,
-                format!("agent {agent} is revoked: {}", a.status_reason),
-            ));
+        if let Some(a) = &record {
+            if a.status == AgentStatus::Revoked {
+                return Err(status(
+                    Code::PermissionDenied,
+                    Reason::AgentRevoked,
+                    format!("agent {agent} is revoked: {}", a.status_reason),
+                ));
+            }
+            // Refused at open (a fatal refusal for the sidecar), not only
+            // pushed: a stream that ended after saying so would be reopened.
+            if a.expires_at.is_some_and(|e| e <= now_unix()) {
+                return Err(status(
+                    Code::PermissionDenied,
+                    Reason::AgentExpired,
+                    format!("agent {agent} has expired"),
+                ));
+            }
         }
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
         let (held_version, held) = match inbound.message().await? {
             Some(pb::StreamRequest {
                 kind: Some(pb::stream_request::Kind::Hello(h)),
-            }) => (h.held_version, h.held.as_ref().map(Digests::from)),
+            }) => (
+                h.held_version,
+                h.held.as_ref().map(|h| held_here(&self.state, h)),
+            ),
             _ => {
                 return Err(status(
                     Code::InvalidArgument,
@@ -306,7 +331,7 @@ async fn serve(
                     tracing::warn!(version = n.version, part = ?n.part(), %reason, "push refused by the sidecar");
                     reg.nacked(n.version, reason);
                     if let Some(f) = t.in_flight.take_if(|f| f.version == n.version) {
-                        t.held = n.held.as_ref().map(Digests::from).unwrap_or_default();
+                        t.held = n.held.as_ref().map(|h| held_here(&state, h)).unwrap_or_default();
                         refuse(&mut t, &f, n.part());
                     }
                 }
@@ -351,7 +376,32 @@ fn refuse(t: &mut Tracker, f: &InFlight, part: pb::MeshPart) {
         P::Policy => refused.policy = carried.policy,
         P::BlockedAgents if f.blocked_complete => refused.blocked = carried.blocked,
         P::BlockedAgents => t.held.blocked = 0,
-        P::Unspecified => {}
+        // The sidecar could not tell which part (applying it panicked):
+        // hold back everything it carried but the agent's own standing and
+        // sessions, which are retried alone; if those fail too, they are
+        // held back as well. Each such refusal holds back more, so this
+        // cannot loop.
+        P::Unspecified => {
+            let bulky = [carried.keys, carried.policy, carried.blocked];
+            let parts = if bulky.iter().any(|d| *d != 0) {
+                [
+                    (&mut refused.keys, carried.keys),
+                    (&mut refused.policy, carried.policy),
+                    (&mut refused.blocked, carried.blocked),
+                ]
+            } else {
+                [
+                    (&mut refused.standing, carried.standing),
+                    (&mut refused.sessions, carried.sessions),
+                    (&mut refused.keys, 0),
+                ]
+            };
+            for (r, c) in parts {
+                if c != 0 {
+                    *r = c;
+                }
+            }
+        }
     }
     t.resync = true;
 }
@@ -407,5 +457,25 @@ mod tests {
         };
         refuse(&mut t, &f, pb::MeshPart::BlockedAgents);
         assert_eq!(t.refused.blocked, 10);
+
+        // An unattributed refusal holds back the bulky parts first, then
+        // the agent's own parts: it cannot loop.
+        let mut t = Tracker::default();
+        refuse(&mut t, &f, pb::MeshPart::Unspecified);
+        assert_eq!(
+            (t.refused.keys, t.refused.policy, t.refused.blocked),
+            (9, 4, 10)
+        );
+        assert_eq!((t.refused.standing, t.refused.sessions), (0, 0));
+        let own = InFlight {
+            carried: Digests {
+                standing: 1,
+                sessions: 2,
+                ..Digests::default()
+            },
+            ..f
+        };
+        refuse(&mut t, &own, pb::MeshPart::Unspecified);
+        assert_eq!((t.refused.standing, t.refused.sessions), (1, 2));
     }
 }

@@ -69,6 +69,60 @@ fn record(schema: &Value, depth: usize) -> String {
     out
 }
 
+/// Projects call arguments onto the record type [`schema_for`] derives
+/// from the same input schema, so that Cedar parses them against it: only
+/// the properties the schema carries, integers as `Long`, arrays as sets.
+/// A value of another shape (which schema validation already refused) is
+/// left out.
+pub fn arguments(input_schema: &Value, args: &Value) -> Value {
+    project_record(input_schema, args, 0).unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+fn project(schema: &Value, v: &Value, depth: usize) -> Option<Value> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    match schema.get("type").and_then(Value::as_str)? {
+        "string" => v.as_str().map(|s| Value::String(s.to_owned())),
+        "integer" => v
+            .as_i64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .map(Value::from),
+        "boolean" => v.as_bool().map(Value::Bool),
+        "array" => {
+            let items = schema.get("items")?;
+            let out: Option<Vec<Value>> = v
+                .as_array()?
+                .iter()
+                .map(|x| project(items, x, depth + 1))
+                .collect();
+            out.map(Value::Array)
+        }
+        "object" => project_record(schema, v, depth + 1),
+        _ => None,
+    }
+}
+
+fn project_record(schema: &Value, v: &Value, depth: usize) -> Option<Value> {
+    let obj = v.as_object()?;
+    let mut out = serde_json::Map::new();
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, sub) in props {
+            if quote(name).is_none() || ty(sub, depth).is_none() {
+                continue;
+            }
+            if let Some(x) = obj.get(name).and_then(|x| project(sub, x, depth)) {
+                out.insert(name.clone(), x);
+            }
+        }
+    }
+    Some(Value::Object(out))
+}
+
 /// The Cedar schema (Cedar syntax) for a catalog.
 pub fn schema_for(tools: &[Tool]) -> String {
     let mut s = String::from(
@@ -89,4 +143,35 @@ pub fn schema_for(tools: &[Tool]) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn arguments_follow_the_derived_record_type() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "to": {"type": "string"},
+                "n": {"type": "integer"},
+                "ratio": {"type": "number"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "opts": {"type": "object", "properties": {"dry": {"type": "boolean"}}},
+                "bad name!": {"type": "string"}
+            }
+        });
+        let args = json!({
+            "to": "a@example.com", "n": 3.0, "ratio": 0.5, "tags": ["x", "y"],
+            "opts": {"dry": true, "extra": 1}, "bad name!": "z", "unknown": 1
+        });
+        assert_eq!(
+            arguments(&schema, &args),
+            json!({"to": "a@example.com", "n": 3, "tags": ["x", "y"], "opts": {"dry": true}})
+        );
+        assert_eq!(arguments(&schema, &json!("not an object")), json!({}));
+    }
 }

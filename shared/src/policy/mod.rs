@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::Error;
+pub use validate::{BUILTINS, Error, MAX_ARGUMENT_BYTES, MAX_RESPONSE_BYTES, MAX_TIMEOUT_MS};
 
 /// Largest policy document accepted, bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -105,8 +105,109 @@ pub struct Tool {
 pub struct Upstream {
     /// `http` or `builtin`.
     pub kind: String,
-    /// URL (http) or builtin name.
+    /// http: a URL template whose `{name}` placeholders are filled, percent-
+    /// encoded, from required scalar arguments; builtin: `echo` or `clock`.
     pub address: String,
+    /// http: `GET`, `POST` (default), `PUT`, `PATCH` or `DELETE`. GET and
+    /// DELETE send the other arguments as query parameters; the others send
+    /// them as a JSON object body.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// http: request headers; values may use `${secret:NAME}`, resolved at
+    /// execution time (NAME must be in the tool's `secrets`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// http: fields added to the JSON body; values may use `${secret:NAME}`.
+    #[serde(default)]
+    pub body_fields: BTreeMap<String, String>,
+    /// http: TLS settings for `https://` addresses.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// http: largest response body accepted, bytes (default 1 MiB).
+    #[serde(default)]
+    pub max_response_bytes: Option<u32>,
+    /// http: the circuit breaker around this upstream.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// TLS towards an upstream (rustls). Without `ca_file`, the system's trust
+/// store is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file of the CA certificates to trust (absolute path).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Secret holding the client certificate chain (PEM), for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// Secret holding the client private key (PEM).
+    #[serde(default)]
+    pub client_key: Option<String>,
+}
+
+/// Circuit breaker settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Consecutive failures that open the circuit (default 5).
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    /// How long it stays open before one probe is let through, ms (default 30,000).
+    #[serde(default = "default_cooldown")]
+    pub cooldown_ms: u32,
+}
+
+fn default_failures() -> u32 {
+    5
+}
+
+fn default_cooldown() -> u32 {
+    30_000
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self {
+            failures: default_failures(),
+            cooldown_ms: default_cooldown(),
+        }
+    }
+}
+
+impl Upstream {
+    /// The `{name}` placeholders of the address template, in order.
+    pub fn placeholders(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut rest = self.address.as_str();
+        while let Some(i) = rest.find('{') {
+            let Some(j) = rest[i..].find('}') else { break };
+            out.push(&rest[i + 1..i + j]);
+            rest = &rest[i + j + 1..];
+        }
+        out
+    }
+
+    /// The secret names used by `${secret:NAME}` in headers and body fields,
+    /// and by the TLS client credentials.
+    pub fn secret_uses(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        for v in self.headers.values().chain(self.body_fields.values()) {
+            let mut rest = v.as_str();
+            while let Some(i) = rest.find("${secret:") {
+                let after = &rest[i + 9..];
+                let Some(j) = after.find('}') else { break };
+                out.push(&after[..j]);
+                rest = &after[j + 1..];
+            }
+        }
+        if let Some(t) = &self.tls {
+            out.extend(t.client_cert.as_deref());
+            out.extend(t.client_key.as_deref());
+        }
+        out
+    }
 }
 
 /// Per-tool limits.
@@ -214,6 +315,17 @@ impl Document {
         }
         out
     }
+}
+
+/// Compiles a tool's input schema the one way Warden does everywhere (the
+/// control plane validating a document, the sidecar enforcing it): formats
+/// are asserted (`format: email` must be an address), nothing is fetched (a
+/// remote `$ref` is an error).
+pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| e.to_string())
 }
 
 /// A validated policy: the document plus what was compiled from it.

@@ -195,3 +195,71 @@ fn tools_for_applies_identity_lists_and_overrides() {
         Risk::High
     );
 }
+
+#[test]
+fn upstream_settings_are_checked() {
+    let tool_err = |f: fn(&mut serde_json::Value)| match err(&with(f)) {
+        Error::Tool { detail, .. } => detail,
+        e => panic!("expected a tool error, got {e}"),
+    };
+    let d = tool_err(|v| v["tools"][4]["upstream"]["address"] = "shell".into());
+    assert!(d.contains("unknown builtin"), "{d}");
+    let d = tool_err(|v| v["tools"][4]["upstream"]["method"] = "GET".into());
+    assert!(d.contains("no http settings"), "{d}");
+    // lookup_customer: GET https://crm…/customers/{customer_id}
+    let d = tool_err(|v| {
+        v["tools"][1]["upstream"]["address"] = "https://crm.internal.example/c/{nope}".into()
+    });
+    assert!(d.contains("{nope}"), "{d}");
+    let d = tool_err(|v| {
+        v["tools"][1]["upstream"]["address"] = "https://{customer_id}.example/".into()
+    });
+    assert!(d.contains("literal host"), "{d}");
+    let d = tool_err(|v| v["tools"][1]["upstream"]["address"] = "https://h:99999/".into());
+    assert!(d.contains("invalid port"), "{d}");
+    let d = tool_err(|v| v["tools"][1]["upstream"]["method"] = "FETCH".into());
+    assert!(d.contains("unknown method"), "{d}");
+    let d = tool_err(|v| v["tools"][1]["upstream"]["headers"]["Host"] = "x".into());
+    assert!(d.contains("settable header"), "{d}");
+    let d = tool_err(|v| v["tools"][1]["upstream"]["headers"]["X-A"] = "a\r\nb".into());
+    assert!(d.contains("line break"), "{d}");
+    let d = tool_err(|v| v["tools"][1]["upstream"]["body_fields"]["k"] = "v".into());
+    assert!(d.contains("body_fields need a method with a body"), "{d}");
+    let d =
+        tool_err(|v| v["tools"][0]["upstream"]["headers"]["X-Key"] = "${secret:crm_token}".into());
+    assert!(d.contains("not in the tool's secrets"), "{d}");
+    let d = tool_err(|v| {
+        v["tools"][0]["upstream"]["address"] = "http://mail.internal.example/send".into()
+    });
+    assert!(d.contains("clear text"), "{d}");
+    let d = tool_err(|v| {
+        v["tools"][0]["upstream"]["address"] = "http://127.0.0.1:8080/send".into();
+        v["tools"][0]["upstream"]["tls"] = serde_json::json!({"ca_file": "/etc/ca.pem"});
+    });
+    assert!(d.contains("tls settings need an https"), "{d}");
+    let d = tool_err(|v| {
+        v["tools"][0]["upstream"]["tls"] = serde_json::json!({"client_cert": "mail_api_key"})
+    });
+    assert!(d.contains("go together"), "{d}");
+    let d = tool_err(|v| v["tools"][0]["upstream"]["body_fields"]["to"] = "x".into());
+    assert!(d.contains("not an argument"), "{d}");
+    let d = tool_err(|v| v["tools"][0]["upstream"]["max_response_bytes"] = 0.into());
+    assert!(d.contains("max_response_bytes"), "{d}");
+    let d = tool_err(|v| {
+        v["tools"][0]["upstream"]["circuit_breaker"] = serde_json::json!({"failures": 0})
+    });
+    assert!(d.contains("circuit_breaker"), "{d}");
+    // Secrets over plain http to loopback are fine (a local proxy or test).
+    let p = Policy::parse(&with(|v| {
+        v["tools"][0]["upstream"]["address"] = "http://127.0.0.1:8080/send".into()
+    }));
+    assert!(p.is_ok(), "{:?}", p.err());
+}
+
+#[test]
+fn placeholders_and_secret_uses_are_found() {
+    let p = Policy::parse(EXAMPLE).unwrap();
+    let u = p.document.tools[1].upstream.as_ref().unwrap();
+    assert_eq!(u.placeholders(), ["customer_id"]);
+    assert_eq!(u.secret_uses(), ["crm_token"]);
+}

@@ -148,31 +148,10 @@ fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
             detail: "the top level must be {\"type\": \"object\", …}".into(),
         });
     }
-    jsonschema::validator_for(&t.input_schema).map_err(|e| Error::Schema {
+    super::compile_schema(&t.input_schema).map_err(|detail| Error::Schema {
         tool: t.name.clone(),
-        detail: e.to_string(),
+        detail,
     })?;
-    if let Some(u) = &t.upstream {
-        match u.kind.as_str() {
-            "http" if u.address.starts_with("https://") || u.address.starts_with("http://") => {}
-            "http" => {
-                return Err(bad(
-                    "an http upstream needs an http:// or https:// address".into()
-                ));
-            }
-            "builtin" if !u.address.is_empty() => {}
-            "builtin" => {
-                return Err(bad(
-                    "a builtin upstream needs the builtin's name as address".into(),
-                ));
-            }
-            other => {
-                return Err(bad(format!(
-                    "unknown upstream kind {other:?} (http or builtin)"
-                )));
-            }
-        }
-    }
     for s in &t.secrets {
         if !doc.secrets.contains_key(s) {
             return Err(Error::UndefinedSecret {
@@ -181,9 +160,190 @@ fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
             });
         }
     }
+    if let Some(u) = &t.upstream {
+        check_upstream(t, u).map_err(bad)?;
+    }
     let l = &t.limits;
     if [l.calls_per_minute, l.max_argument_bytes, l.timeout_ms].contains(&Some(0)) {
         return Err(bad("limits must be positive".into()));
+    }
+    if l.max_argument_bytes.is_some_and(|b| b > MAX_ARGUMENT_BYTES) {
+        return Err(bad(format!(
+            "limits.max_argument_bytes must be at most {MAX_ARGUMENT_BYTES}"
+        )));
+    }
+    if l.timeout_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
+        return Err(bad(format!(
+            "limits.timeout_ms must be at most {MAX_TIMEOUT_MS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Largest `limits.max_argument_bytes` (the agent API's message cap).
+pub const MAX_ARGUMENT_BYTES: u32 = 1024 * 1024;
+/// Longest `limits.timeout_ms`: five minutes.
+pub const MAX_TIMEOUT_MS: u32 = 300_000;
+
+/// Builtin tools a `builtin` upstream may name.
+pub const BUILTINS: [&str; 2] = ["echo", "clock"];
+/// Largest `max_response_bytes` (a default gRPC client accepts 4 MiB).
+pub const MAX_RESPONSE_BYTES: u32 = 4 * 1024 * 1024;
+/// Headers the sidecar sets itself.
+const RESERVED_HEADERS: [&str; 6] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+];
+
+fn is_loopback(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+fn check_upstream(t: &Tool, u: &super::Upstream) -> Result<(), String> {
+    match u.kind.as_str() {
+        "builtin" => {
+            if !BUILTINS.contains(&u.address.as_str()) {
+                return Err(format!(
+                    "unknown builtin {:?} (one of {})",
+                    u.address,
+                    BUILTINS.join(", ")
+                ));
+            }
+            let http_only = u.method.is_some()
+                || !u.headers.is_empty()
+                || !u.body_fields.is_empty()
+                || u.tls.is_some()
+                || u.max_response_bytes.is_some()
+                || u.circuit_breaker.is_some();
+            if http_only {
+                return Err("a builtin upstream takes no http settings".into());
+            }
+            return Ok(());
+        }
+        "http" => {}
+        other => return Err(format!("unknown upstream kind {other:?} (http or builtin)")),
+    }
+    let (tls, rest) = if let Some(r) = u.address.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = u.address.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err("an http upstream needs an http:// or https:// address".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // `[v6]:port`, `[v6]`, `host:port` or `host`.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (&authority[..h.len() + 2], p.strip_prefix(':')),
+            None => return Err(format!("invalid host in {:?}", u.address)),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err(format!("invalid port in {:?}", u.address));
+    }
+    if host.is_empty() || authority.contains(['{', '}', '@']) {
+        return Err("the address needs a literal host (no placeholders, no userinfo)".into());
+    }
+    if u.address
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("the address must not contain whitespace".into());
+    }
+    let props = t.input_schema.get("properties").and_then(|p| p.as_object());
+    let required: Vec<&str> = t
+        .input_schema
+        .get("required")
+        .and_then(|r| r.as_array())
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    for name in u.placeholders() {
+        let ty = props
+            .and_then(|p| p.get(name))
+            .and_then(|s| s.get("type"))
+            .and_then(|t| t.as_str());
+        if !matches!(ty, Some("string" | "integer" | "number" | "boolean"))
+            || !required.contains(&name)
+        {
+            return Err(format!(
+                "address placeholder {{{name}}} must name a required string, number or boolean argument"
+            ));
+        }
+    }
+    let method = u.method.as_deref().unwrap_or("POST");
+    if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) {
+        return Err(format!(
+            "unknown method {method:?} (GET, POST, PUT, PATCH or DELETE)"
+        ));
+    }
+    for (name, value) in &u.headers {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+        if !token || RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!("header {name:?} is not a settable header name"));
+        }
+        if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+            return Err(format!("header {name:?} has a line break in its value"));
+        }
+    }
+    if !u.body_fields.is_empty() && matches!(method, "GET" | "DELETE") {
+        return Err(format!(
+            "body_fields need a method with a body, not {method}"
+        ));
+    }
+    for name in u.body_fields.keys() {
+        if name.is_empty() || props.is_some_and(|p| p.contains_key(name)) {
+            return Err(format!(
+                "body field {name:?} must be a non-empty name that is not an argument"
+            ));
+        }
+    }
+    let uses = u.secret_uses();
+    for s in &uses {
+        if !t.secrets.iter().any(|d| d == s) {
+            return Err(format!(
+                "upstream uses secret {s:?}, which is not in the tool's secrets"
+            ));
+        }
+    }
+    if !tls && !uses.is_empty() && !is_loopback(host) {
+        return Err(
+            "secrets would travel in clear text: use https:// (or a loopback http:// address)"
+                .into(),
+        );
+    }
+    if let Some(x) = &u.tls {
+        if !tls {
+            return Err("tls settings need an https:// address".into());
+        }
+        if x.ca_file.as_deref().is_some_and(|f| !f.starts_with('/')) {
+            return Err("tls.ca_file must be an absolute path".into());
+        }
+        if x.client_cert.is_some() != x.client_key.is_some() {
+            return Err("tls.client_cert and tls.client_key go together".into());
+        }
+    }
+    if u.max_response_bytes
+        .is_some_and(|m| m == 0 || m > MAX_RESPONSE_BYTES)
+    {
+        return Err(format!(
+            "max_response_bytes must be 1..={MAX_RESPONSE_BYTES}"
+        ));
+    }
+    if let Some(b) = &u.circuit_breaker
+        && (!(1..=1000).contains(&b.failures) || !(100..=3_600_000).contains(&b.cooldown_ms))
+    {
+        return Err("circuit_breaker needs failures 1..=1000 and cooldown_ms 100..=3600000".into());
     }
     Ok(())
 }

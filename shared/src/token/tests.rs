@@ -15,6 +15,7 @@ fn claims(now: i64) -> Claims {
             x5t_s256: "thumb".into(),
         },
         constraints: Constraints { max_tool_calls: 5 },
+        ctx: Default::default(),
     }
 }
 

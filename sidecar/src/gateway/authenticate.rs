@@ -189,6 +189,19 @@ impl Authenticator {
             if held.raw.keys.as_ref().is_some_and(|k| k.jwks_json == json) {
                 return Ok(held.clone());
             }
+            // A fetch that started before a pushed rotation may land after
+            // it: never replace pushed keys with a set that lacks one of them.
+            if let Some(pushed) = held.raw.keys.as_ref().filter(|k| k.digest != 0) {
+                let pushed: JwkSet = serde_json::from_str(&pushed.jwks_json)
+                    .map_err(|_| token::Error::Jwk("held key set unreadable"))?;
+                if pushed
+                    .keys
+                    .iter()
+                    .any(|k| !set.keys.iter().any(|f| f.kid == k.kid))
+                {
+                    return Ok(held.clone());
+                }
+            }
             let verifier = warden_shared::token::Verifier::new(set)?;
             let mut next = held.clone();
             next.keys = Arc::new(crate::mesh::held::Keys {

@@ -12,6 +12,8 @@ use warden_shared::policy::{Policy, Risk};
 use warden_shared::proto::v1 as pb;
 use warden_shared::token::{JwkSet, Verifier};
 
+use crate::gateway::catalog::Catalog;
+
 /// Most revoked sessions one push may carry.
 pub const MAX_REVOKED: usize = 100_000;
 /// Most blocked agents held.
@@ -27,6 +29,8 @@ pub struct HeldPolicy {
     pub policy: Policy,
     /// Tools this agent may call, with their effective risk.
     pub tools: BTreeMap<String, Risk>,
+    /// The catalog compiled for enforcement.
+    pub catalog: Catalog,
 }
 
 /// Token-signing keys; `generation` changes with every new key set (the
@@ -53,6 +57,8 @@ pub struct BlockedAgent {
 pub struct BlockedAgents {
     /// The control plane's sequence number of this list (0: none held).
     pub seq: u64,
+    /// The epoch of that sequence number.
+    pub epoch: u64,
     /// By agent id.
     pub agents: HashMap<String, BlockedAgent>,
 }
@@ -175,10 +181,12 @@ fn policy(p: &pb::PolicyPart, held: Option<&Arc<HeldPolicy>>) -> Result<Arc<Held
     {
         return Err(fail(format!("tool {name:?} is not in the document")));
     }
+    let catalog = Catalog::compile(&policy, &tools).map_err(fail)?;
     Ok(Arc::new(HeldPolicy {
         version: v,
         policy,
         tools,
+        catalog,
     }))
 }
 
@@ -189,12 +197,12 @@ fn blocked_agents(
 ) -> Result<BlockedAgents, String> {
     let mut agents = if p.complete {
         HashMap::new()
-    } else if p.from_seq == held.seq {
+    } else if p.from_seq == held.seq && p.epoch == held.epoch {
         held.agents.clone()
     } else {
         return Err(format!(
-            "blocked-agents changes from {} do not apply to the held list {}",
-            p.from_seq, held.seq
+            "blocked-agents changes from {} (epoch {:x}) do not apply to the held list {} (epoch {:x})",
+            p.from_seq, p.epoch, held.seq, held.epoch
         ));
     };
     for id in &p.cleared {
@@ -219,7 +227,11 @@ fn blocked_agents(
     if agents.len() > MAX_BLOCKED {
         return Err(format!("more than {MAX_BLOCKED} blocked agents"));
     }
-    Ok(BlockedAgents { seq: p.seq, agents })
+    Ok(BlockedAgents {
+        seq: p.seq,
+        epoch: p.epoch,
+        agents,
+    })
 }
 
 impl Held {
@@ -262,6 +274,7 @@ impl Held {
             keys: self.raw.keys.as_ref().map_or(0, |p| p.digest),
             policy: self.raw.policy.as_ref().map_or(0, |p| p.digest),
             blocked_agents_seq: self.blocked_agents.seq,
+            blocked_agents_epoch: self.blocked_agents.epoch,
         }
     }
 
@@ -280,6 +293,7 @@ impl Held {
                 complete: true,
                 from_seq: 0,
                 seq: self.blocked_agents.seq,
+                epoch: self.blocked_agents.epoch,
                 blocked: ids
                     .into_iter()
                     .map(|id| {

@@ -29,6 +29,10 @@ use crate::identity::rotation::Manager;
 use crate::now_unix;
 pub use snapshot::{SnapshotError, SnapshotFile};
 
+/// Largest push accepted: the parts' own caps (a 1 MiB policy document,
+/// 100,000 revoked sessions, 100,000 blocked agents) together.
+const MAX_PUSH_BYTES: usize = 16 * 1024 * 1024;
+
 /// Applies a push whole, or refuses it with the part at fault and keeps
 /// what is held.
 pub fn apply(
@@ -161,7 +165,7 @@ pub async fn run(
                 })),
             };
             let _ = tx.send(hello).await;
-            let mut client = MeshServiceClient::new(ch);
+            let mut client = MeshServiceClient::new(ch).max_decoding_message_size(MAX_PUSH_BYTES);
             let opened = tokio::select! {
                 r = client.stream(ReceiverStream::new(rx)) => r,
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
@@ -169,8 +173,14 @@ pub async fn run(
             let mut inbound = match opened {
                 Ok(r) => r.into_inner(),
                 Err(s) if fatal(&s) => {
-                    if warden_shared::refusal::reason_of(&s).as_deref() == Some("AGENT_REVOKED") {
-                        revoked_at_open(&auth, &snapshots, s.message());
+                    let why = warden_shared::refusal::reason_of(&s);
+                    if matches!(why.as_deref(), Some("AGENT_REVOKED" | "AGENT_EXPIRED")) {
+                        let (auth, snapshots) = (Arc::clone(&auth), snapshots.clone());
+                        let message = s.message().to_owned();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            revoked_at_open(&auth, &snapshots, &message);
+                        })
+                        .await;
                     }
                     tracing::error!(code = ?s.code(), error = %s.message(), "mesh: the control plane refused the stream; not retrying");
                     stats.ended("refused by the control plane");

@@ -105,6 +105,7 @@ fn blocked_agents_apply_complete_lists_and_changes_from_the_held_sequence() {
         complete: true,
         from_seq: 0,
         seq: 10,
+        epoch: 7,
         blocked: vec![blocked("a", true, Some(500)), blocked("b", false, None)],
         cleared: vec![],
     });
@@ -119,6 +120,7 @@ fn blocked_agents_apply_complete_lists_and_changes_from_the_held_sequence() {
         complete: false,
         from_seq: 10,
         seq: 11,
+        epoch: 7,
         blocked: vec![blocked("c", true, Some(900))],
         cleared: vec!["b".into()],
     });
@@ -131,6 +133,12 @@ fn blocked_agents_apply_complete_lists_and_changes_from_the_held_sequence() {
     let (part, why) = h2.apply(&p, 100).unwrap_err();
     assert_eq!(part, pb::MeshPart::BlockedAgents);
     assert!(why.contains("from 10"), "{why}");
+    // Nor changes from another epoch (another control plane process).
+    let mut other = p.clone();
+    if let Some(b) = other.blocked_agents.as_mut() {
+        b.epoch = 8;
+    }
+    assert!(h.apply(&other, 100).is_err());
 
     // A bad id or status is refused.
     let mut p = push(3);
@@ -138,6 +146,7 @@ fn blocked_agents_apply_complete_lists_and_changes_from_the_held_sequence() {
         complete: true,
         from_seq: 0,
         seq: 12,
+        epoch: 7,
         blocked: vec![blocked("Not An Id", true, None)],
         cleared: vec![],
     });

@@ -1,0 +1,425 @@
+//! `http` upstreams: the request is built from the tool's upstream settings
+//! and the call's arguments (a URL template, query parameters or a JSON
+//! body), secrets are injected into headers and body fields, and the
+//! answer is read within a timeout and a size cap. TLS is rustls with the
+//! ring provider; connections are pooled per TLS configuration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use warden_shared::policy::{Upstream, UpstreamTls};
+
+use super::Output;
+use super::secrets::Secret;
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Why an upstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The request could not be built (a bad template value, a bad TLS file).
+    #[error("request could not be built: {0}")]
+    Build(String),
+    /// Connecting or exchanging failed.
+    #[error("upstream failed: {0}")]
+    Unavailable(String),
+    /// No complete answer within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The answer exceeds the cap.
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// The sidecar's HTTP clients: one with the system trust store, and one per
+/// distinct upstream TLS configuration.
+#[derive(Default)]
+pub struct Clients {
+    system: OnceLock<Result<HttpClient, String>>,
+    custom: Mutex<HashMap<Vec<u8>, HttpClient>>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients").finish_non_exhaustive()
+    }
+}
+
+fn client(tls: rustls::ClientConfig) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build(https)
+}
+
+fn roots(ca_file: Option<&str>) -> Result<rustls::RootCertStore, String> {
+    let mut store = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("tls.ca_file {path}: {e}"))?;
+            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let c = c.map_err(|e| format!("tls.ca_file {path}: {e}"))?;
+                store
+                    .add(c)
+                    .map_err(|e| format!("tls.ca_file {path}: {e}"))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            store.add_parsable_certificates(found.certs);
+        }
+    }
+    if store.is_empty() {
+        return Err("no trusted CA certificates (tls.ca_file or the system store)".into());
+    }
+    Ok(store)
+}
+
+fn tls_config(
+    tls: Option<&UpstreamTls>,
+    client_auth: Option<(&Secret, &Secret)>,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots(tls.and_then(|t| t.ca_file.as_deref()))?);
+    match client_auth {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain: Result<Vec<_>, _> =
+                rustls_pemfile::certs(&mut cert.expose().as_bytes()).collect();
+            let chain = chain.map_err(|e| format!("tls.client_cert: {e}"))?;
+            let key = rustls_pemfile::private_key(&mut key.expose().as_bytes())
+                .map_err(|e| format!("tls.client_key: {e}"))?
+                .ok_or("tls.client_key holds no private key")?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("tls client certificate: {e}"))
+        }
+    }
+}
+
+impl Clients {
+    fn get(
+        &self,
+        tls: Option<&UpstreamTls>,
+        client_auth: Option<(&Secret, &Secret)>,
+    ) -> Result<HttpClient, Failure> {
+        let custom = tls.is_some_and(|t| t.ca_file.is_some()) || client_auth.is_some();
+        if !custom {
+            return self
+                .system
+                .get_or_init(|| tls_config(None, None).map(client))
+                .clone()
+                .map_err(Failure::Build);
+        }
+        // Keyed by a digest of the settings and credentials: a rotated
+        // client key gets a fresh client.
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        if let Some(f) = tls.and_then(|t| t.ca_file.as_deref()) {
+            ctx.update(f.as_bytes());
+        }
+        ctx.update(b"\0");
+        if let Some((c, k)) = client_auth {
+            ctx.update(c.expose().as_bytes());
+            ctx.update(b"\0");
+            ctx.update(k.expose().as_bytes());
+        }
+        let key = ctx.finish().as_ref().to_vec();
+        let mut m = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = m.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = client(tls_config(tls, client_auth).map_err(Failure::Build)?);
+        if m.len() >= 256 {
+            m.clear();
+        }
+        m.insert(key, c.clone());
+        Ok(c)
+    }
+}
+
+/// RFC 3986 percent-encoding of everything but unreserved characters.
+fn encode(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Fills `${secret:NAME}` from `secrets`.
+fn fill_secrets(template: &str, secrets: &HashMap<String, Secret>) -> Result<String, Failure> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find("${secret:") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 9..];
+        let j = after
+            .find('}')
+            .ok_or_else(|| Failure::Build("unterminated ${secret:…}".into()))?;
+        let s = secrets
+            .get(&after[..j])
+            .ok_or_else(|| Failure::Build(format!("secret {} not resolved", &after[..j])))?;
+        out.push_str(s.expose());
+        rest = &after[j + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A call to make.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The upstream settings.
+    pub upstream: &'a Upstream,
+    /// The validated arguments (a JSON object).
+    pub args: &'a Value,
+    /// Resolved secrets by name.
+    pub secrets: &'a HashMap<String, Secret>,
+    /// Sent as `x-warden-call-id`.
+    pub call_id: &'a str,
+    /// Sent as `x-warden-trace-id` when set.
+    pub trace_id: &'a str,
+    /// For the whole exchange, body included.
+    pub timeout: Duration,
+    /// Largest body accepted.
+    pub max_bytes: usize,
+}
+
+fn build(c: &Call<'_>) -> Result<http::Request<Full<Bytes>>, Failure> {
+    let u = c.upstream;
+    let empty = serde_json::Map::new();
+    let args = c.args.as_object().unwrap_or(&empty);
+    let placeholders = u.placeholders();
+    let mut url = String::with_capacity(u.address.len() + 32);
+    let mut rest = u.address.as_str();
+    while let Some(i) = rest.find('{') {
+        let Some(j) = rest[i..].find('}') else { break };
+        url.push_str(&rest[..i]);
+        let name = &rest[i + 1..i + j];
+        let v = args
+            .get(name)
+            .ok_or_else(|| Failure::Build(format!("argument {name} missing for the URL")))?;
+        encode(&scalar(v), &mut url);
+        rest = &rest[i + j + 1..];
+    }
+    url.push_str(rest);
+    let method = u.method.as_deref().unwrap_or("POST");
+    let rest_args = args
+        .iter()
+        .filter(|(k, _)| !placeholders.contains(&k.as_str()));
+    let body = if matches!(method, "GET" | "DELETE") {
+        let mut sep = if url.contains('?') { '&' } else { '?' };
+        for (k, v) in rest_args {
+            let values: Vec<&Value> = match v {
+                Value::Array(a) => a.iter().collect(),
+                Value::Null => continue,
+                other => vec![other],
+            };
+            for v in values {
+                url.push(sep);
+                sep = '&';
+                encode(k, &mut url);
+                url.push('=');
+                encode(&scalar(v), &mut url);
+            }
+        }
+        None
+    } else {
+        let mut obj: serde_json::Map<String, Value> =
+            rest_args.map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (k, t) in &u.body_fields {
+            obj.insert(k.clone(), Value::String(fill_secrets(t, c.secrets)?));
+        }
+        Some(serde_json::to_vec(&obj).map_err(|e| Failure::Build(e.to_string()))?)
+    };
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header(ACCEPT, "application/json, */*;q=0.5")
+        .header(
+            USER_AGENT,
+            concat!("warden-sidecar/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("x-warden-call-id", c.call_id);
+    if !c.trace_id.is_empty() {
+        req = req.header("x-warden-trace-id", c.trace_id);
+    }
+    if body.is_some() {
+        req = req.header(CONTENT_TYPE, "application/json");
+    }
+    let mut req = req
+        .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
+        .map_err(|e| Failure::Build(e.to_string()))?;
+    for (name, template) in &u.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| Failure::Build(format!("header {name}: {e}")))?;
+        let uses_secret = template.contains("${secret:");
+        let mut value = HeaderValue::from_str(&fill_secrets(template, c.secrets)?)
+            .map_err(|_| Failure::Build(format!("header {name}: invalid value")))?;
+        // Never indexed by HPACK, hidden from hyper's debug output.
+        value.set_sensitive(uses_secret);
+        req.headers_mut().insert(name, value);
+    }
+    Ok(req)
+}
+
+/// Makes the call.
+pub async fn call(clients: &Clients, c: Call<'_>) -> Result<Output, Failure> {
+    let tls = c.upstream.tls.as_ref();
+    let client_auth = match tls.and_then(|t| t.client_cert.as_ref().zip(t.client_key.as_ref())) {
+        Some((cert, key)) => Some((
+            c.secrets
+                .get(cert)
+                .ok_or_else(|| Failure::Build("client certificate not resolved".into()))?,
+            c.secrets
+                .get(key)
+                .ok_or_else(|| Failure::Build("client key not resolved".into()))?,
+        )),
+        None => None,
+    };
+    let client = clients.get(tls, client_auth)?;
+    let req = build(&c)?;
+    let exchange = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| Failure::Unavailable(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let body = Limited::new(resp.into_body(), c.max_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    Failure::TooLarge(c.max_bytes)
+                } else {
+                    Failure::Unavailable(e.to_string())
+                }
+            })?
+            .to_bytes();
+        Ok(Output {
+            content: body.to_vec(),
+            content_type,
+            status,
+            secrets: Vec::new(),
+        })
+    };
+    tokio::time::timeout(c.timeout, exchange)
+        .await
+        .map_err(|_| Failure::Timeout(c.timeout))?
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(address: &str, method: &str) -> Upstream {
+        Upstream {
+            kind: "http".into(),
+            address: address.into(),
+            method: Some(method.into()),
+            headers: [("Authorization".to_owned(), "Bearer ${secret:k}".to_owned())].into(),
+            body_fields: Default::default(),
+            tls: None,
+            max_response_bytes: None,
+            circuit_breaker: None,
+        }
+    }
+
+    #[test]
+    fn requests_fill_the_template_query_body_and_secret_headers() {
+        let secrets = HashMap::from([("k".to_owned(), Secret::new("s3cret".into()))]);
+        let args = serde_json::json!({"id": "a/b c", "q": "x&y", "tags": ["1", "2"], "n": 3});
+        let u = upstream("http://127.0.0.1:9/items/{id}", "GET");
+        let call = Call {
+            upstream: &u,
+            args: &args,
+            secrets: &secrets,
+            call_id: "call_1",
+            trace_id: "",
+            timeout: Duration::from_secs(1),
+            max_bytes: 10,
+        };
+        let req = build(&call).unwrap();
+        assert_eq!(req.uri().path(), "/items/a%2Fb%20c");
+        let mut query: Vec<&str> = req.uri().query().unwrap().split('&').collect();
+        query.sort_unstable();
+        assert_eq!(query, ["n=3", "q=x%26y", "tags=1", "tags=2"]);
+        let auth = &req.headers()["authorization"];
+        assert_eq!(auth, "Bearer s3cret");
+        assert!(auth.is_sensitive());
+        assert!(req.headers().get("x-warden-trace-id").is_none());
+
+        let mut u = upstream("http://127.0.0.1:9/items/{id}", "POST");
+        u.body_fields = [("api_key".to_owned(), "${secret:k}".to_owned())].into();
+        let call = Call {
+            upstream: &u,
+            trace_id: "t-1",
+            ..call
+        };
+        let req = build(&call).unwrap();
+        assert_eq!(req.uri().path(), "/items/a%2Fb%20c");
+        assert_eq!(req.headers()["x-warden-trace-id"], "t-1");
+        let body = futures_body(req);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"q": "x&y", "tags": ["1", "2"], "n": 3, "api_key": "s3cret"})
+        );
+    }
+
+    fn futures_body(req: http::Request<Full<Bytes>>) -> Bytes {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async { req.into_body().collect().await.unwrap().to_bytes() })
+    }
+}

@@ -1,0 +1,190 @@
+//! Stage 7: the upstream call. Secrets are resolved now, injected by the
+//! sidecar, and handed to output inspection so that they are removed from
+//! whatever comes back; the agent never holds them. Each upstream has a
+//! timeout, a response size cap and a circuit breaker.
+
+pub mod breaker;
+pub mod builtin;
+pub mod http;
+pub mod secrets;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use warden_shared::policy::CircuitBreaker;
+use warden_shared::refusal::Reason;
+
+use super::catalog::ToolEntry;
+use super::{Denial, Stage};
+use secrets::Secret;
+
+/// Upstream timeout unless the tool sets `limits.timeout_ms`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response cap unless the upstream sets `max_response_bytes`.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// What an upstream returned.
+#[derive(Debug)]
+pub struct Output {
+    /// The body.
+    pub content: Vec<u8>,
+    /// Its media type.
+    pub content_type: String,
+    /// The HTTP status (0 for builtins).
+    pub status: u16,
+    /// The secrets injected into the call (for output inspection).
+    pub secrets: Vec<Secret>,
+}
+
+fn refuse(code: Code, reason: Reason, message: impl Into<String>) -> Denial {
+    Denial::new(Stage::Execute, code, reason, message)
+}
+
+/// Runs upstream calls.
+#[derive(Debug, Default)]
+pub struct Executor {
+    clients: http::Clients,
+    /// Circuit breakers by tool.
+    pub breakers: breaker::Breakers,
+}
+
+impl Executor {
+    /// Calls `tool`'s upstream; `secret_refs` are the document's secret
+    /// references by name.
+    pub async fn run(
+        &self,
+        tool: &ToolEntry,
+        secret_refs: &BTreeMap<String, String>,
+        args: &serde_json::Value,
+        call_id: &str,
+        trace_id: &str,
+    ) -> Result<Output, Denial> {
+        let name = &tool.spec.name;
+        let Some(u) = &tool.spec.upstream else {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                Reason::UpstreamNotConfigured,
+                format!("{name} has no upstream in the policy"),
+            ));
+        };
+        if u.kind == "builtin" {
+            return builtin::run(&u.address, args, time::OffsetDateTime::now_utc()).ok_or_else(
+                || {
+                    refuse(
+                        Code::FailedPrecondition,
+                        Reason::UpstreamNotConfigured,
+                        format!("{name}: unknown builtin"),
+                    )
+                },
+            );
+        }
+        // Resolved now, not at policy load: a rotated secret is used at once.
+        let mut resolved = HashMap::new();
+        for s in &tool.spec.secrets {
+            let reference = secret_refs.get(s).map(String::as_str).unwrap_or_default();
+            match secrets::resolve(reference) {
+                Ok(v) => {
+                    resolved.insert(s.clone(), v);
+                }
+                Err(e) => {
+                    tracing::error!(tool = %name, secret = %s, error = %e, "secret unavailable");
+                    return Err(refuse(
+                        Code::FailedPrecondition,
+                        Reason::SecretUnavailable,
+                        format!("a secret {name} needs is unavailable; see the sidecar log"),
+                    ));
+                }
+            }
+        }
+        let cfg = u.circuit_breaker.clone().unwrap_or_default();
+        if let Err(wait) = self.breakers.admit(name, Instant::now()) {
+            let mut d = refuse(
+                Code::Unavailable,
+                Reason::UpstreamCircuitOpen,
+                format!("the upstream of {name} is failing; its circuit is open"),
+            )
+            .rule("circuit_breaker");
+            d.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            return Err(d);
+        }
+        let timeout = tool
+            .spec
+            .limits
+            .timeout_ms
+            .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(u64::from(ms)));
+        let max_bytes = u
+            .max_response_bytes
+            .map_or(DEFAULT_MAX_RESPONSE_BYTES, |b| b as usize);
+        let result = http::call(
+            &self.clients,
+            http::Call {
+                upstream: u,
+                args,
+                secrets: &resolved,
+                call_id,
+                trace_id,
+                timeout,
+                max_bytes,
+            },
+        )
+        .await;
+        self.outcome(name, result, &cfg, resolved)
+    }
+
+    fn outcome(
+        &self,
+        name: &str,
+        result: Result<Output, http::Failure>,
+        cfg: &CircuitBreaker,
+        resolved: HashMap<String, Secret>,
+    ) -> Result<Output, Denial> {
+        // A 5xx, a timeout or a transport failure counts against the
+        // upstream; a 4xx is the caller's error, and an answer too large is
+        // a healthy upstream's oddity.
+        let healthy = match &result {
+            Ok(o) => o.status < 500,
+            Err(http::Failure::TooLarge(_) | http::Failure::Build(_)) => true,
+            Err(_) => false,
+        };
+        self.breakers.record(name, healthy, cfg, Instant::now());
+        match result {
+            Ok(mut o) => {
+                o.secrets = resolved.into_values().collect();
+                Ok(o)
+            }
+            Err(e) => {
+                tracing::warn!(tool = %name, error = %e, "upstream call failed");
+                Err(match e {
+                    http::Failure::Timeout(t) => refuse(
+                        Code::DeadlineExceeded,
+                        Reason::UpstreamTimeout,
+                        format!(
+                            "the upstream of {name} did not answer within {} ms",
+                            t.as_millis()
+                        ),
+                    )
+                    .rule("timeout_ms"),
+                    http::Failure::TooLarge(n) => refuse(
+                        Code::ResourceExhausted,
+                        Reason::UpstreamResponseTooLarge,
+                        format!("the upstream of {name} answered with more than {n} bytes"),
+                    )
+                    .rule("max_response_bytes"),
+                    http::Failure::Build(_) => refuse(
+                        Code::FailedPrecondition,
+                        Reason::UpstreamUnavailable,
+                        format!(
+                            "the request to the upstream of {name} could not be built; see the sidecar log"
+                        ),
+                    ),
+                    http::Failure::Unavailable(_) => refuse(
+                        Code::Unavailable,
+                        Reason::UpstreamUnavailable,
+                        format!("the upstream of {name} is unavailable"),
+                    ),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Stages 3 and 8: inspection of what goes in and what comes out.
+//!
+//! Input: prompt-injection detection on argument strings is a later issue;
+//! [`InputInspector`] is the seam it plugs into, and [`PassThrough`] is what
+//! runs until then (it refuses nothing, and says so in the stage list).
+//!
+//! Output: every secret value the sidecar injected into this call is
+//! removed from what the upstream returned, as raw text and in its JSON-
+//! escaped form, so that an upstream echoing a header back cannot hand the
+//! agent a credential. (Pattern-based secret and PII redaction is a later
+//! issue; it plugs in beside this.)
+
+use super::Denial;
+use super::catalog::ToolEntry;
+use super::execute::secrets::Secret;
+
+/// What replaces a redacted value.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Inspects a call's arguments before authorization.
+pub trait InputInspector: Send + Sync + std::fmt::Debug {
+    /// Refuses arguments that carry an attack.
+    fn inspect(&self, tool: &ToolEntry, args: &serde_json::Value) -> Result<(), Denial>;
+}
+
+/// Refuses nothing (until injection detection lands).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough;
+
+impl InputInspector for PassThrough {
+    fn inspect(&self, _tool: &ToolEntry, _args: &serde_json::Value) -> Result<(), Denial> {
+        Ok(())
+    }
+}
+
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Option<(Vec<u8>, u32)> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(haystack.len());
+    let (mut i, mut n) = (0, 0u32);
+    while i + needle.len() <= haystack.len() {
+        if &haystack[i..i + needle.len()] == needle {
+            out.extend_from_slice(with);
+            i += needle.len();
+            n += 1;
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&haystack[i..]);
+    (n > 0).then_some((out, n))
+}
+
+/// Removes every injected secret value from `content`; returns the
+/// content and how many values were removed.
+pub fn redact_secrets(mut content: Vec<u8>, secrets: &[Secret]) -> (Vec<u8>, u32) {
+    let mut total = 0;
+    for s in secrets {
+        let raw = s.expose().as_bytes();
+        let escaped = serde_json::to_string(s.expose()).unwrap_or_default();
+        let escaped = escaped
+            .strip_prefix('"')
+            .and_then(|e| e.strip_suffix('"'))
+            .unwrap_or_default();
+        let mut forms = vec![raw];
+        if escaped.as_bytes() != raw {
+            forms.push(escaped.as_bytes());
+        }
+        for f in forms {
+            if let Some((out, n)) = replace_all(&content, f, REDACTED.as_bytes()) {
+                content = out;
+                total += n;
+            }
+        }
+    }
+    (content, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_secrets_are_removed_raw_and_json_escaped() {
+        let secrets = [Secret::new("s3cr\"et".into()), Secret::new("tok".into())];
+        let body = br#"{"echo": "Bearer s3cr\"et", "raw": s3cr"et, "t": "tok tok"}"#.to_vec();
+        let (out, n) = redact_secrets(body, &secrets);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(n, 4, "{out}");
+        assert!(!out.contains("s3cr") && !out.contains("tok"), "{out}");
+        assert_eq!(
+            redact_secrets(b"clean".to_vec(), &secrets),
+            (b"clean".to_vec(), 0)
+        );
+    }
+}

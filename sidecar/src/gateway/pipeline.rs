@@ -1,0 +1,365 @@
+//! The pipeline every tool call runs, in this order; each stage may stop it
+//! with a [`Denial`]:
+//!
+//! 1. authenticate — the session token (signature, expiry, revocation, key
+//!    binding; done by the API layer, which may refresh the JWKS), then the
+//!    session's `max_tool_calls`
+//! 2. validate — the tool exists; the arguments are bounded JSON matching
+//!    its input schema
+//! 3. inspect input — attacks in argument strings ([`InputInspector`])
+//! 4. authorize — scopes, identity lists and overrides, Cedar, risk
+//! 5. limit — rate limits ([`Limiter`])
+//! 6. approve — high-risk calls need a human
+//! 7. execute — the upstream call, secrets injected by the sidecar
+//! 8. inspect output — injected secrets removed, size capped
+//! 9. record — every decision, allowed or not
+//!
+//! `Authorize` runs stages 1–6 and records; `CallTool` runs them all.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use rand::Rng;
+use tonic::Code;
+use warden_shared::proto::v1 as pb;
+use warden_shared::refusal::Reason;
+use warden_shared::token::Claims;
+
+use super::authorize::{self, Caller};
+use super::catalog::ToolEntry;
+use super::execute::Executor;
+use super::inspect::{self, InputInspector, PassThrough};
+use super::limit::{Limiter, LocalLimiter, Rate, SessionCalls};
+use super::record::{Event, Outcome, Recorder};
+use super::{Denial, Stage, approve, validate};
+use crate::mesh::held::{Held, HeldPolicy};
+
+/// Longest trace id accepted.
+const MAX_TRACE_ID: usize = 128;
+
+/// What the agent asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `CallTool` or `Authorize`.
+    pub rpc: &'static str,
+    /// The tool's name.
+    pub tool: &'a str,
+    /// The arguments (JSON text).
+    pub arguments: &'a str,
+    /// The agent's stated reason.
+    pub reason: &'a str,
+    /// The agent's trace id.
+    pub trace_id: &'a str,
+}
+
+/// A call that passed stages 1–6.
+#[derive(Debug)]
+struct Admitted {
+    policy: Arc<HeldPolicy>,
+    tool: Arc<ToolEntry>,
+    args: serde_json::Value,
+}
+
+/// The gateway's parts.
+#[derive(Debug)]
+pub struct Gateway {
+    agent_id: String,
+    limiter: Arc<dyn Limiter>,
+    calls: SessionCalls,
+    input: Arc<dyn InputInspector>,
+    /// Upstream calls (and their circuit breakers).
+    pub executor: Executor,
+    /// The record of every decision.
+    pub recorder: Recorder,
+}
+
+fn call_id() -> String {
+    let mut b = [0u8; 12];
+    rand::rng().fill(&mut b);
+    format!(
+        "call_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
+}
+
+fn valid_tool_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c))
+}
+
+/// The stages passed by an allowed call, in order.
+const CHECKS: [Stage; 6] = [
+    Stage::Authenticate,
+    Stage::Validate,
+    Stage::InspectInput,
+    Stage::Authorize,
+    Stage::Limit,
+    Stage::Approve,
+];
+
+impl Gateway {
+    /// A gateway for `agent_id` with the in-process limiter and no input
+    /// inspection beyond validation.
+    pub fn new(agent_id: &str) -> Self {
+        Self {
+            agent_id: agent_id.to_owned(),
+            limiter: Arc::new(LocalLimiter::default()),
+            calls: SessionCalls::default(),
+            input: Arc::new(PassThrough),
+            executor: Executor::default(),
+            recorder: Recorder::default(),
+        }
+    }
+
+    /// Stages 1 (the session's call cap) to 6.
+    fn admit(&self, held: &Held, claims: &Claims, r: &Request<'_>) -> Result<Admitted, Denial> {
+        let now = time::OffsetDateTime::now_utc();
+        let max = claims.constraints.max_tool_calls;
+        if let Err(max) = self
+            .calls
+            .take(&claims.sid, max, claims.exp, now.unix_timestamp())
+        {
+            return Err(Denial::new(
+                Stage::Authenticate,
+                Code::ResourceExhausted,
+                Reason::ToolCallLimit,
+                format!("this session has made its {max} tool calls (max_tool_calls)"),
+            )
+            .rule("max_tool_calls"));
+        }
+        if r.trace_id.len() > MAX_TRACE_ID || !r.trace_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Denial::new(
+                Stage::Validate,
+                Code::InvalidArgument,
+                Reason::InvalidArgument,
+                format!("trace_id must be at most {MAX_TRACE_ID} visible ASCII characters"),
+            ));
+        }
+        let unknown = || {
+            Denial::new(
+                Stage::Validate,
+                Code::NotFound,
+                Reason::ToolUnknown,
+                "no such tool in the policy in force".to_owned(),
+            )
+        };
+        let policy = held.policy.clone().ok_or_else(unknown)?;
+        let tool = policy.catalog.get(r.tool).cloned().ok_or_else(unknown)?;
+        let args = validate::arguments(&tool, r.arguments)?;
+        if tool.spec.filters.injection_check {
+            self.input.inspect(&tool, &args)?;
+        }
+        let standing = held.raw.standing.as_deref().ok_or_else(|| {
+            Denial::new(
+                Stage::Authorize,
+                Code::FailedPrecondition,
+                Reason::PolicyNotLoaded,
+                "the sidecar holds no standing for its agent yet",
+            )
+        })?;
+        let caller = Caller {
+            agent_id: &self.agent_id,
+            standing,
+            claims,
+        };
+        authorize::check(&policy, &tool, &caller, &args, now)?;
+        let risk = tool.risk.unwrap_or(warden_shared::policy::Risk::Critical);
+        if let Some(per_minute) = tool.spec.limits.calls_per_minute {
+            let key = format!("{}:{}", self.agent_id, tool.spec.name);
+            if let Err(wait) =
+                self.limiter
+                    .check(&key, Rate::per_minute(per_minute), Instant::now())
+            {
+                let mut d = Denial::new(
+                    Stage::Limit,
+                    Code::ResourceExhausted,
+                    Reason::RateLimited,
+                    format!(
+                        "{} allows {per_minute} calls per minute; retry in {} ms",
+                        tool.spec.name,
+                        wait.as_millis()
+                    ),
+                )
+                .rule("calls_per_minute");
+                d.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+                return Err(d);
+            }
+        }
+        approve::check(&tool.spec.name, risk)?;
+        Ok(Admitted { policy, tool, args })
+    }
+
+    fn event<'a>(
+        &self,
+        r: &Request<'a>,
+        claims: Option<&'a Claims>,
+        call_id: &'a str,
+        known_tool: bool,
+    ) -> Event<'a> {
+        Event {
+            call_id,
+            rpc: r.rpc,
+            agent: "",
+            session: claims.map_or("", |c| c.sid.as_str()),
+            user: claims.and_then(Claims::user_id).unwrap_or_default(),
+            tool: if valid_tool_name(r.tool) {
+                r.tool
+            } else {
+                "(invalid name)"
+            },
+            known_tool,
+            arguments: r.arguments,
+            reason: r.reason,
+            trace_id: if r.trace_id.len() <= MAX_TRACE_ID {
+                r.trace_id
+            } else {
+                "(too long)"
+            },
+            outcome: Outcome::Denied,
+            denial: None,
+            upstream_status: 0,
+            redactions: 0,
+            micros: 0,
+        }
+    }
+
+    fn record<'a>(
+        &'a self,
+        mut e: Event<'a>,
+        outcome: Outcome,
+        denial: Option<&'a Denial>,
+        t0: Instant,
+    ) {
+        e.agent = &self.agent_id;
+        e.outcome = outcome;
+        e.denial = denial;
+        e.micros = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.recorder.record(&e);
+    }
+
+    /// Records an authentication failure (stage 1, before any claim is known).
+    pub fn refused_unauthenticated(&self, r: &Request<'_>, d: &Denial, t0: Instant) {
+        let id = call_id();
+        let e = self.event(r, None, &id, false);
+        self.record(e, Outcome::Denied, Some(d), t0);
+    }
+
+    /// `Authorize`: stages 1–6, recorded; a denial is a decision, not an error.
+    pub fn authorize(
+        &self,
+        held: &Held,
+        claims: &Claims,
+        r: &Request<'_>,
+        t0: Instant,
+    ) -> pb::AuthorizeResponse {
+        let id = call_id();
+        let result = self.admit(held, claims, r);
+        let known = result.as_ref().map_or_else(
+            |d| d.reason != Reason::ToolUnknown && d.stage > Stage::Authenticate,
+            |_| true,
+        );
+        let e = self.event(r, Some(claims), &id, known);
+        match result {
+            Ok(_) => {
+                self.record(e, Outcome::Allowed, None, t0);
+                pb::AuthorizeResponse {
+                    call_id: id,
+                    allowed: true,
+                    checks: CHECKS.iter().map(|s| s.as_str().to_owned()).collect(),
+                    denial: None,
+                }
+            }
+            Err(d) => {
+                self.record(e, Outcome::Denied, Some(&d), t0);
+                pb::AuthorizeResponse {
+                    checks: CHECKS
+                        .iter()
+                        .take_while(|s| **s < d.stage)
+                        .map(|s| s.as_str().to_owned())
+                        .collect(),
+                    call_id: id,
+                    allowed: false,
+                    denial: Some(d.to_proto()),
+                }
+            }
+        }
+    }
+
+    /// `CallTool`: every stage.
+    pub async fn call_tool(
+        &self,
+        held: &Held,
+        claims: &Claims,
+        r: &Request<'_>,
+        t0: Instant,
+    ) -> Result<pb::CallToolResponse, Denial> {
+        let id = call_id();
+        let admitted = self.admit(held, claims, r);
+        let known = admitted.as_ref().map_or_else(
+            |d| d.reason != Reason::ToolUnknown && d.stage > Stage::Authenticate,
+            |_| true,
+        );
+        let mut e = self.event(r, Some(claims), &id, known);
+        let a = match admitted {
+            Ok(a) => a,
+            Err(d) => {
+                self.record(e, Outcome::Denied, Some(&d), t0);
+                return Err(d);
+            }
+        };
+        let secrets = &a.policy.policy.document.secrets;
+        let out = match self
+            .executor
+            .run(&a.tool, secrets, &a.args, &id, r.trace_id)
+            .await
+        {
+            Ok(o) => o,
+            Err(d) => {
+                self.record(e, Outcome::Failed, Some(&d), t0);
+                return Err(d);
+            }
+        };
+        let (content, redactions) = inspect::redact_secrets(out.content, &out.secrets);
+        e.upstream_status = out.status;
+        e.redactions = redactions;
+        self.record(e, Outcome::Allowed, None, t0);
+        Ok(pb::CallToolResponse {
+            call_id: id,
+            content,
+            content_type: out.content_type,
+            upstream_status: u32::from(out.status),
+            is_error: out.status >= 400,
+            redactions,
+        })
+    }
+
+    /// `ListTools`: the tools this session may call (never the critical ones).
+    pub fn list_tools(&self, held: &Held, claims: &Claims) -> pb::ListToolsResponse {
+        let Some(policy) = &held.policy else {
+            return pb::ListToolsResponse::default();
+        };
+        let tools = policy
+            .catalog
+            .iter()
+            .filter(|t| {
+                t.risk
+                    .is_some_and(|r| r < warden_shared::policy::Risk::Critical)
+            })
+            .filter(|t| authorize::scopes_cover(claims, t).is_ok())
+            .map(|t| pb::ToolDescription {
+                name: t.spec.name.clone(),
+                description: t.spec.description.clone(),
+                input_schema_json: t.input_schema_json.clone(),
+                risk: t.risk.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+                scopes: t.spec.scopes.clone(),
+            })
+            .collect();
+        pb::ListToolsResponse {
+            tools,
+            policy_version: policy.version,
+        }
+    }
+}

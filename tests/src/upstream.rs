@@ -1,0 +1,162 @@
+//! A real HTTP server standing in for a tool's upstream, on 127.0.0.1:
+//!
+//! - `/echo/…`: answers 200 with the request as JSON (method, path, query,
+//!   headers, body), so a test sees what the sidecar sent — and what it
+//!   would hand back if the sidecar did not redact it;
+//! - `/slow?ms=N`: answers after N ms;
+//! - `/big?bytes=N`: answers N bytes;
+//! - `/status/N`: answers with status N;
+//! - anything else: 404.
+//!
+//! Every request's headers are also kept for the test to inspect.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// A request the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Path and query.
+    pub uri: String,
+    /// Headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A running upstream; stops when dropped.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it received.
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn query(uri: &http::Uri, key: &str) -> Option<u64> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let uri = req.uri().clone();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    seen.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
+        uri: uri.to_string(),
+        headers: headers.clone(),
+    });
+    let method = req.method().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = uri.path();
+    let json = |status: u16, v: serde_json::Value| {
+        let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let resp = if path.starts_with("/echo") {
+        json(
+            200,
+            serde_json::json!({
+                "method": method,
+                "path": path,
+                "query": uri.query().unwrap_or_default(),
+                "headers": headers.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>(),
+                "body": String::from_utf8_lossy(&body),
+            }),
+        )
+    } else if path == "/slow" {
+        tokio::time::sleep(Duration::from_millis(query(&uri, "ms").unwrap_or(1000))).await;
+        json(200, serde_json::json!({"slow": true}))
+    } else if path == "/big" {
+        let n = query(&uri, "bytes").unwrap_or(1 << 20) as usize;
+        Response::new(Full::new(Bytes::from(vec![b'x'; n])))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        json(
+            code.parse().unwrap_or(500),
+            serde_json::json!({"status": code}),
+        )
+    } else {
+        json(404, serde_json::json!({"error": "not found"}))
+    };
+    Ok(resp)
+}
+
+impl Upstream {
+    /// Starts on an ephemeral port.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let seen = Arc::clone(&seen2);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |r| handle(r, Arc::clone(&seen)));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, seen, task })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:4711`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
