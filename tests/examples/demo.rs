@@ -3,7 +3,9 @@
 //!
 //! It starts a control plane and two sidecars, registers and enrolls agents,
 //! opens a session as an agent would, shows the token and the certificate
-//! identity, then shows each refusal failing with its reason.
+//! identity, applies a policy and calls tools through the sidecar's gateway
+//! (a secret-backed HTTP upstream the agent never holds the key of), then
+//! shows each refusal failing with its reason.
 
 #![allow(clippy::unwrap_used, reason = "a demo stops at the first surprise")]
 
@@ -53,12 +55,20 @@ fn step(title: &str) {
 fn refused<T: std::fmt::Debug>(case: &str, r: Result<T, Status>) {
     match r {
         Ok(v) => panic!("{case}: expected a refusal, got {v:?}"),
-        Err(s) => println!(
-            "  ✗ {case:<44} {:?} {} — {}",
-            s.code(),
-            reason(&s),
-            s.message()
-        ),
+        Err(s) => {
+            let meta = warden_shared::refusal::metadata_of(&s);
+            let at = match (meta.get("stage"), meta.get("rule")) {
+                (Some(st), Some(r)) => format!(" [{st}: {r}]"),
+                (Some(st), None) => format!(" [{st}]"),
+                _ => String::new(),
+            };
+            println!(
+                "  ✗ {case:<44} {:?} {}{at} — {}",
+                s.code(),
+                reason(&s),
+                s.message()
+            )
+        }
     }
 }
 
@@ -334,6 +344,7 @@ async fn main() {
             scopes: vec![
                 "repo:read".into(),
                 "repo:write:warden".into(),
+                "tickets:read".into(),
                 "payments:send".into(),
             ],
             user_id: "usr_alice".into(),
@@ -342,7 +353,7 @@ async fn main() {
         .await
         .unwrap()
         .into_inner();
-    println!("    asked for  repo:read repo:write:warden payments:send");
+    println!("    asked for  repo:read repo:write:warden tickets:read payments:send");
     println!(
         "    granted    {}   (requested ∩ allowed; payments:send dropped)",
         s.scopes.join(" ")
@@ -385,7 +396,9 @@ async fn main() {
         me.agent_id, me.user_id, me.scopes
     );
 
-    step("5. Refusals — each with its gRPC code and reason");
+    gateway(&demo, &with_token).await;
+
+    step("6. Refusals — each with its gRPC code and reason");
     // Agent API.
     let mut no_header = agent_unix(
         &sock,
@@ -613,7 +626,7 @@ async fn main() {
         anon.enroll(enroll("temp-1", &temp_token, tcsr)).await,
     );
 
-    step("6. The JWKS anyone can verify tokens with (e.g. PyJWT)");
+    step("7. The JWKS anyone can verify tokens with (e.g. PyJWT)");
     let (_, jwks) = http_get(jwks_addr, "/.well-known/jwks.json").await.unwrap();
     println!("    GET http://{jwks_addr}/.well-known/jwks.json → {jwks}");
 
@@ -621,6 +634,211 @@ async fn main() {
     drop(procs);
     drop(store);
     drop(tmp);
+}
+
+/// The policy the demo applies: a secret-backed HTTP upstream (run by the
+/// demo itself), builtins, a Cedar rule, a critical tool and a rate limit.
+const POLICY: &str = r#"version: 1
+secrets:
+  tickets_key: "file:{SECRET_FILE}"
+tools:
+  - name: search_tickets
+    description: Search the ticket tracker.
+    input_schema:
+      type: object
+      properties: { query: { type: string, maxLength: 200 } }
+      required: [query]
+      additionalProperties: false
+    scopes: ["tickets:read"]
+    risk: low
+    upstream:
+      kind: http
+      address: "{UPSTREAM}/echo/tickets"
+      method: GET
+      headers: { Authorization: "Bearer ${secret:tickets_key}" }
+    secrets: [tickets_key]
+    limits: { calls_per_minute: 3 }
+  - name: send_email
+    description: Send an email (a builtin echo for the demo).
+    input_schema:
+      type: object
+      properties: { to: { type: string, format: email }, body: { type: string } }
+      required: [to, body]
+    scopes: ["repo:read"]
+    risk: medium
+    upstream: { kind: builtin, address: echo }
+  - name: clock
+    description: The time.
+    input_schema: { type: object }
+    scopes: ["time:read"]
+    risk: low
+    upstream: { kind: builtin, address: clock }
+  - name: delete_repository
+    description: Never without a human.
+    input_schema: { type: object, properties: { repo: { type: string } }, required: [repo] }
+    scopes: ["repo:read"]
+    risk: critical
+  - name: shell
+    description: Run a shell command.
+    input_schema: { type: object }
+    scopes: ["repo:read"]
+    risk: high
+cedar: |
+  permit (principal, action, resource);
+  @id("email-stays-internal")
+  forbid (principal, action == Warden::Action::"send_email", resource)
+  unless { context.arguments.to like "*@example.com" };
+"#;
+
+/// Step 5: the tool gateway, as the agent sees it.
+async fn gateway(demo: &Demo, agent: &warden_tests::AgentClient) {
+    step("5. The tool gateway: a policy, then tool calls through the sidecar");
+    let upstream = warden_tests::upstream::Upstream::start().await.unwrap();
+    let key = format!("tk_live_{}", warden_tests::rand_suffix());
+    let key_file = demo.dir.join("tickets-api-key");
+    std::fs::write(&key_file, &key).unwrap();
+    let policy = POLICY
+        .replace("{UPSTREAM}", &upstream.url())
+        .replace("{SECRET_FILE}", &key_file.display().to_string());
+    let policy_file = demo.dir.join("policy.yaml");
+    std::fs::write(&policy_file, policy).unwrap();
+    let file = policy_file.display().to_string();
+    demo.ctl_ok(&["policy", "validate", &file]);
+    demo.ctl_ok(&["policy", "apply", &file]);
+    let mut agent = agent.clone();
+    let held = eventually(Duration::from_secs(10), || {
+        let mut a = agent.clone();
+        async move {
+            a.list_tools(pb::ListToolsRequest {})
+                .await
+                .is_ok_and(|r| r.into_inner().policy_version > 0)
+        }
+    })
+    .await;
+    assert!(held, "the policy did not reach the sidecar");
+    let tools = agent
+        .list_tools(pb::ListToolsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    println!(
+        "    ListTools → {} (not clock: no time:read in this session; not shell: coder-1's identity denies it; never a critical tool)",
+        tools
+            .tools
+            .iter()
+            .map(|t| format!("{} ({})", t.name, t.risk))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let call = |tool: &str, args: &str| pb::CallToolRequest {
+        tool: tool.into(),
+        arguments_json: args.into(),
+        reason: "the demo asked".into(),
+        trace_id: "demo-trace".into(),
+    };
+    let r = agent
+        .call_tool(call("search_tickets", r#"{"query": "login bug"}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = upstream.seen.lock().unwrap().last().cloned().unwrap();
+    let auth = seen
+        .headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    println!(
+        "    CallTool search_tickets → HTTP {} from the upstream ({})",
+        r.upstream_status, r.call_id
+    );
+    println!(
+        "      the upstream received {} and `authorization: {}…` (injected by the sidecar)",
+        seen.uri,
+        &auth[..auth.len().min(14)]
+    );
+    let body = String::from_utf8_lossy(&r.content);
+    let echoed = body
+        .split('"')
+        .find(|p| p.starts_with("authorization:"))
+        .unwrap_or_default();
+    println!(
+        "      it echoed the header back; the agent got `{echoed}` ({} redaction) — the key never reaches the agent",
+        r.redactions
+    );
+    assert!(!body.contains(&key));
+    let r = agent
+        .call_tool(call(
+            "send_email",
+            r#"{"to": "bob@example.com", "body": "hi"}"#,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    println!(
+        "    CallTool send_email to bob@example.com → {}",
+        String::from_utf8_lossy(&r.content)
+    );
+    refused(
+        "tool this session has no scope for",
+        agent.call_tool(call("clock", "{}")).await,
+    );
+    refused(
+        "tool the agent's identity denies",
+        agent.call_tool(call("shell", "{}")).await,
+    );
+    refused("unknown tool", agent.call_tool(call("rm_rf", "{}")).await);
+    refused(
+        "arguments against the schema",
+        agent
+            .call_tool(call("search_tickets", r#"{"query": 42}"#))
+            .await,
+    );
+    refused(
+        "Cedar rule (email outside the company)",
+        agent
+            .call_tool(call(
+                "send_email",
+                r#"{"to": "eve@evil.test", "body": "the secrets"}"#,
+            ))
+            .await,
+    );
+    refused(
+        "critical tool",
+        agent
+            .call_tool(call("delete_repository", r#"{"repo": "warden"}"#))
+            .await,
+    );
+    for _ in 0..2 {
+        agent
+            .call_tool(call("search_tickets", r#"{"query": "again"}"#))
+            .await
+            .unwrap();
+    }
+    refused(
+        "4th call in a minute (limit 3/min)",
+        agent
+            .call_tool(call("search_tickets", r#"{"query": "more"}"#))
+            .await,
+    );
+    let a = agent
+        .authorize(pb::AuthorizeRequest {
+            tool: "send_email".into(),
+            arguments_json: r#"{"to": "eve@evil.test", "body": "x"}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = a.denial.unwrap_or_default();
+    println!(
+        "    Authorize send_email to eve@evil.test → allowed {}, passed {:?}, refused at {} by {} ({})",
+        a.allowed, a.checks, d.stage, d.rule, d.reason
+    );
+    println!(
+        "    every decision above is an audit event (target warden::audit) in {}",
+        demo.dir.join("sidecar-coder-1.log").display()
+    );
 }
 
 /// Polls the sidecar until it refuses `token` (the push has landed).

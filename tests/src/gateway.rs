@@ -229,14 +229,7 @@ impl GatewayMesh {
             .await
             .context("start session")?
             .into_inner();
-        let client = agent_tcp(
-            &self.sidecar,
-            AgentAuth {
-                token: Some(s.token.clone()),
-                no_header: false,
-            },
-        )
-        .await?;
+        let client = crate::with_token(&self.sidecar, &s.token).await?;
         Ok((s, client))
     }
 }

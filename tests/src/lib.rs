@@ -355,11 +355,28 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
 
 /// Opens a `data:read` session at the sidecar, as its agent would.
 pub async fn session(sc: &Sidecar) -> pb::StartSessionResponse {
+    session_with(sc, &["data:read"]).await
+}
+
+/// An agent client carrying `token`.
+pub async fn with_token(sc: &Sidecar, token: &str) -> anyhow::Result<AgentClient> {
+    agent_tcp(
+        sc,
+        AgentAuth {
+            token: Some(token.to_owned()),
+            no_header: false,
+        },
+    )
+    .await
+}
+
+/// Opens a session with `scopes` at the sidecar, as its agent would.
+pub async fn session_with(sc: &Sidecar, scopes: &[&str]) -> pb::StartSessionResponse {
     let mut c = agent_tcp(sc, AgentAuth::default())
         .await
         .expect("agent client");
     c.start_session(pb::StartSessionRequest {
-        scopes: vec!["data:read".into()],
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         ..Default::default()
     })
     .await

@@ -126,7 +126,19 @@ impl Upstream {
 
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::serve(TcpListener::bind(addr).await?, None)
+    }
+
+    /// Starts an HTTPS upstream on an ephemeral port with `tls`.
+    pub async fn start_tls(tls: rustls::ServerConfig) -> anyhow::Result<Self> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        Self::serve(TcpListener::bind("127.0.0.1:0").await?, Some(acceptor))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = Arc::clone(&seen);
@@ -136,12 +148,18 @@ impl Upstream {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let seen = Arc::clone(&seen2);
+                let (tls, seen) = (tls.clone(), Arc::clone(&seen2));
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |r| handle(r, Arc::clone(&seen)));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        // A client without an acceptable certificate fails here.
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(TokioIo::new(stream), svc).await,
+                    };
                 });
             }
         });
@@ -159,4 +177,65 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// A private CA with a server certificate for `localhost` and a client
+/// certificate, PEM, for mutual-TLS upstream tests.
+#[derive(Debug)]
+pub struct TestPki {
+    /// The CA certificate.
+    pub ca_pem: String,
+    /// The server's certificate and key.
+    pub server: (String, String),
+    /// The client's certificate and key.
+    pub client: (String, String),
+}
+
+impl TestPki {
+    /// Generates everything.
+    pub fn new() -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |names: Vec<String>| -> anyhow::Result<(String, String)> {
+            let key = KeyPair::generate()?;
+            let cert = CertificateParams::new(names)?.signed_by(&key, &issuer)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            server: leaf(vec!["localhost".into()])?,
+            client: leaf(vec!["warden-sidecar.test".into()])?,
+        })
+    }
+
+    /// A server configuration presenting the server certificate and, if
+    /// `require_client`, demanding a client certificate from this CA.
+    pub fn server_config(&self, require_client: bool) -> anyhow::Result<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<_> =
+            rustls_pemfile::certs(&mut self.server.0.as_bytes()).collect::<Result<_, _>>()?;
+        let key = rustls_pemfile::private_key(&mut self.server.1.as_bytes())?
+            .ok_or_else(|| anyhow::anyhow!("no key"))?;
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?;
+        let builder = if require_client {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
+                roots.add(c?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        Ok(builder.with_single_cert(certs, key)?)
+    }
 }

@@ -326,15 +326,8 @@ async fn session_refusals_at_the_first_stage() {
     // Another agent's token at this sidecar.
     let other = g.mesh.agent("b1", &["data:read"], 4).await.unwrap();
     let sb = session(&other).await;
-    let mut c = agent_tcp(
-        &g.sidecar,
-        AgentAuth {
-            token: Some(sb.token),
-            no_header: false,
-        },
-    )
-    .await
-    .unwrap();
+    let mut c = with_token(&g.sidecar, &sb.token).await.unwrap();
+
     refused(
         c.call_tool(call("echo", r#"{"text": "x"}"#)).await,
         Code::Unauthenticated,
@@ -512,4 +505,107 @@ async fn slow_huge_and_failing_upstreams() {
     );
     let (_, body) = http_get(g.sidecar.health_addr, "/readyz").await.unwrap();
     assert!(body.contains(r#""flaky":"closed""#), "{body}");
+}
+
+#[tokio::test]
+async fn https_upstreams_with_a_private_ca_and_a_client_certificate() {
+    use warden_tests::upstream::{TestPki, Upstream};
+    let mesh = Mesh::start().await.unwrap();
+    let pki = TestPki::new().unwrap();
+    let mtls = Upstream::start_tls(pki.server_config(true).unwrap())
+        .await
+        .unwrap();
+    let dir = mesh.dir.path();
+    let ca = dir.join("upstream-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    std::fs::write(dir.join("client.crt"), &pki.client.0).unwrap();
+    std::fs::write(dir.join("client.key"), &pki.client.1).unwrap();
+    let port = mtls.addr.port();
+    let doc = format!(
+        r#"
+version: 1
+secrets:
+  cert: "file:{d}/client.crt"
+  key: "file:{d}/client.key"
+tools:
+  - name: mtls
+    description: HTTPS with a client certificate.
+    input_schema: {{ type: object }}
+    scopes: ["crm:read"]
+    risk: low
+    upstream:
+      kind: http
+      address: "https://localhost:{port}/echo/mtls"
+      method: GET
+      tls: {{ ca_file: "{ca}", client_cert: cert, client_key: key }}
+    secrets: [cert, key]
+  - name: no_client_cert
+    description: The same upstream without a client certificate.
+    input_schema: {{ type: object }}
+    scopes: ["crm:read"]
+    risk: low
+    upstream:
+      kind: http
+      address: "https://localhost:{port}/echo/anon"
+      method: GET
+      tls: {{ ca_file: "{ca}" }}
+  - name: unknown_ca
+    description: The system trust store does not know the private CA.
+    input_schema: {{ type: object }}
+    scopes: ["crm:read"]
+    risk: low
+    upstream: {{ kind: http, address: "https://localhost:{port}/echo/x", method: GET }}
+cedar: "permit (principal, action, resource);"
+"#,
+        d = dir.display(),
+        ca = ca.display(),
+    );
+    mesh.admin()
+        .await
+        .unwrap()
+        .apply_policy(apply_policy(&doc))
+        .await
+        .unwrap();
+    let sc = mesh.agent("a1", &["crm:read"], 4).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sc.auth.held().policy.is_some()
+        })
+        .await
+    );
+    let s = session_with(&sc, &["crm:read"]).await;
+    let mut c = with_token(&sc, &s.token).await.unwrap();
+    let r = c.call_tool(call("mtls", "{}")).await.unwrap().into_inner();
+    assert_eq!(r.upstream_status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.content).unwrap();
+    assert_eq!(v["path"], "/echo/mtls");
+    // The private key of the client certificate is a secret too: never
+    // returned.
+    assert!(!String::from_utf8_lossy(&r.content).contains("PRIVATE KEY"));
+    // Without a client certificate the upstream refuses the handshake; a
+    // CA the sidecar does not trust fails it on our side.
+    refused(
+        c.call_tool(call("no_client_cert", "{}")).await,
+        Code::Unavailable,
+        "UPSTREAM_UNAVAILABLE",
+        "execute",
+    );
+    refused(
+        c.call_tool(call("unknown_ca", "{}")).await,
+        Code::Unavailable,
+        "UPSTREAM_UNAVAILABLE",
+        "execute",
+    );
+    let paths: Vec<String> = mtls
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.uri.clone())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/echo/mtls"],
+        "only the mutual-TLS call got through"
+    );
 }

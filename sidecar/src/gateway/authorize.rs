@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityUid, Request, RestrictedExpression,
+    Authorizer, Context, Decision, Entities, Entity, Request, RestrictedExpression,
 };
 use time::OffsetDateTime;
 use tonic::Code;
@@ -55,6 +55,7 @@ pub fn scopes_cover(claims: &Claims, tool: &ToolEntry) -> Result<(), String> {
 /// Runs the stage.
 pub fn check(
     policy: &HeldPolicy,
+    entities: &Entities,
     tool: &ToolEntry,
     caller: &Caller<'_>,
     args: &serde_json::Value,
@@ -75,7 +76,7 @@ pub fn check(
         )
         .rule("identity or override"));
     };
-    cedar(policy, tool, risk, caller, args, now)?;
+    cedar(policy, entities, tool, caller, args, now)?;
     if risk == Risk::Critical {
         return Err(refuse(
             Reason::ToolCritical,
@@ -86,77 +87,122 @@ pub fn check(
     Ok(())
 }
 
-fn entities(
-    tool: &ToolEntry,
-    risk: Risk,
-    caller: &Caller<'_>,
-) -> Result<(EntityUid, Entities), String> {
-    let s = caller.standing;
-    let agent = uid("Agent", caller.agent_id)?;
-    let agent_type = uid("AgentType", &s.agent_type)?;
+/// The Cedar entities of one agent under one policy: the agent (with its
+/// type, owner and environment), its type, and every tool it may call
+/// (with its effective risk). Built once per policy and standing, not per
+/// call.
+pub fn entities(
+    policy: &HeldPolicy,
+    agent_id: &str,
+    standing: &pb::StandingPart,
+) -> Result<Entities, String> {
+    let agent_type = uid("AgentType", &standing.agent_type)?;
     let attrs = HashMap::from([
         (
             "agent_type".to_owned(),
-            RestrictedExpression::new_string(s.agent_type.clone()),
+            RestrictedExpression::new_string(standing.agent_type.clone()),
         ),
         (
             "owner".to_owned(),
-            RestrictedExpression::new_string(s.owner.clone()),
+            RestrictedExpression::new_string(standing.owner.clone()),
         ),
         (
             "environment".to_owned(),
-            RestrictedExpression::new_string(s.environment.clone()),
+            RestrictedExpression::new_string(standing.environment.clone()),
         ),
     ]);
-    let principal = Entity::new(agent.clone(), attrs, HashSet::from([agent_type.clone()]))
-        .map_err(|e| e.to_string())?;
-    let resource = Entity::new(
-        tool.resource.clone(),
-        HashMap::from([(
-            "risk".to_owned(),
-            RestrictedExpression::new_string(risk.as_str().to_owned()),
-        )]),
-        HashSet::new(),
+    let principal = Entity::new(
+        uid("Agent", agent_id)?,
+        attrs,
+        HashSet::from([agent_type.clone()]),
     )
     .map_err(|e| e.to_string())?;
-    let all = [
-        principal,
-        Entity::new_no_attrs(agent_type, HashSet::new()),
-        resource,
-    ];
-    let entities = Entities::from_entities(all, None).map_err(|e| e.to_string())?;
-    Ok((agent, entities))
+    let mut all = vec![principal, Entity::new_no_attrs(agent_type, HashSet::new())];
+    for t in policy.catalog.iter() {
+        let Some(risk) = t.risk else { continue };
+        let e = Entity::new(
+            t.resource.clone(),
+            HashMap::from([(
+                "risk".to_owned(),
+                RestrictedExpression::new_string(risk.as_str().to_owned()),
+            )]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        all.push(e);
+    }
+    Entities::from_entities(all, None).map_err(|e| e.to_string())
 }
 
+/// A JSON value (already projected onto the schema's shape) as a Cedar
+/// expression; `null` and non-integral numbers have none.
+fn value(v: &serde_json::Value) -> Option<RestrictedExpression> {
+    use serde_json::Value as V;
+    match v {
+        V::String(s) => Some(RestrictedExpression::new_string(s.clone())),
+        V::Number(n) => n.as_i64().map(RestrictedExpression::new_long),
+        V::Bool(b) => Some(RestrictedExpression::new_bool(*b)),
+        V::Array(a) => Some(RestrictedExpression::new_set(a.iter().filter_map(value))),
+        V::Object(o) => RestrictedExpression::new_record(
+            o.iter()
+                .filter_map(|(k, v)| value(v).map(|x| (k.clone(), x))),
+        )
+        .ok(),
+        V::Null => None,
+    }
+}
+
+/// The request context, built directly (parsing JSON against the schema
+/// cost most of a call): the arguments were projected onto the derived
+/// schema's types, and the rules were type-checked against it.
 fn context(
-    policy: &HeldPolicy,
     tool: &ToolEntry,
     caller: &Caller<'_>,
     args: &serde_json::Value,
     now: OffsetDateTime,
 ) -> Result<Context, String> {
-    let mut ctx = serde_json::json!({
-        "time": {
-            "unix": now.unix_timestamp(),
-            "hour": now.hour(),
-            "weekday": now.weekday().number_from_monday(),
-        },
-        "arguments": warden_shared::policy::cedar::arguments(&tool.spec.input_schema, args),
-    });
+    let time = RestrictedExpression::new_record([
+        (
+            "unix".to_owned(),
+            RestrictedExpression::new_long(now.unix_timestamp()),
+        ),
+        (
+            "hour".to_owned(),
+            RestrictedExpression::new_long(i64::from(now.hour())),
+        ),
+        (
+            "weekday".to_owned(),
+            RestrictedExpression::new_long(i64::from(now.weekday().number_from_monday())),
+        ),
+    ])
+    .map_err(|e| e.to_string())?;
+    let projected = warden_shared::policy::cedar::arguments(&tool.spec.input_schema, args);
+    let arguments = value(&projected)
+        .ok_or("arguments are not a record")
+        .map_err(str::to_owned)?;
+    let mut pairs = vec![
+        ("time".to_owned(), time),
+        ("arguments".to_owned(), arguments),
+    ];
     if let Some(user) = caller.claims.user_id() {
-        ctx["user"] = user.into();
+        pairs.push((
+            "user".to_owned(),
+            RestrictedExpression::new_string(user.to_owned()),
+        ));
     }
     if let Some(tier) = caller.claims.ctx.get("tier") {
-        ctx["tier"] = tier.as_str().into();
+        pairs.push((
+            "tier".to_owned(),
+            RestrictedExpression::new_string(tier.clone()),
+        ));
     }
-    Context::from_json_value(ctx, Some((&policy.policy.cedar_schema, &tool.action)))
-        .map_err(|e| e.to_string())
+    Context::from_pairs(pairs).map_err(|e| e.to_string())
 }
 
 fn cedar(
     policy: &HeldPolicy,
+    entities: &Entities,
     tool: &ToolEntry,
-    risk: Risk,
     caller: &Caller<'_>,
     args: &serde_json::Value,
     now: OffsetDateTime,
@@ -171,8 +217,8 @@ fn cedar(
         )
         .rule("request")
     };
-    let (principal, entities) = entities(tool, risk, caller).map_err(broken)?;
-    let ctx = context(policy, tool, caller, args, now).map_err(broken)?;
+    let principal = uid("Agent", caller.agent_id).map_err(broken)?;
+    let ctx = context(tool, caller, args, now).map_err(broken)?;
     let request = Request::new(
         principal,
         tool.action.clone(),
@@ -182,7 +228,7 @@ fn cedar(
     )
     .map_err(|e| broken(e.to_string()))?;
     let set = &policy.policy.cedar;
-    let response = Authorizer::new().is_authorized(&request, set, &entities);
+    let response = Authorizer::new().is_authorized(&request, set, entities);
     for e in response.diagnostics().errors() {
         tracing::warn!(tool = %name, error = %e, "a policy rule failed to evaluate (ignored)");
     }

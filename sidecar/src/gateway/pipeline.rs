@@ -72,7 +72,11 @@ pub struct Gateway {
     pub executor: Executor,
     /// The record of every decision.
     pub recorder: Recorder,
+    /// Cedar entities for (policy version, standing digest).
+    entities: std::sync::Mutex<EntityCache>,
 }
+
+type EntityCache = Option<((u64, u64), Arc<cedar_policy::Entities>)>;
 
 fn call_id() -> String {
     let mut b = [0u8; 12];
@@ -111,6 +115,7 @@ impl Gateway {
             input: Arc::new(PassThrough),
             executor: Executor::default(),
             recorder: Recorder::default(),
+            entities: std::sync::Mutex::new(None),
         }
     }
 
@@ -165,7 +170,8 @@ impl Gateway {
             standing,
             claims,
         };
-        authorize::check(&policy, &tool, &caller, &args, now)?;
+        let entities = self.entities(&policy, standing)?;
+        authorize::check(&policy, &entities, &tool, &caller, &args, now)?;
         let risk = tool.risk.unwrap_or(warden_shared::policy::Risk::Critical);
         if let Some(per_minute) = tool.spec.limits.calls_per_minute {
             let key = format!("{}:{}", self.agent_id, tool.spec.name);
@@ -190,6 +196,35 @@ impl Gateway {
         }
         approve::check(&tool.spec.name, risk)?;
         Ok(Admitted { policy, tool, args })
+    }
+
+    /// The Cedar entities for this policy and standing, built once.
+    fn entities(
+        &self,
+        policy: &HeldPolicy,
+        standing: &pb::StandingPart,
+    ) -> Result<Arc<cedar_policy::Entities>, Denial> {
+        let key = (policy.version, standing.digest);
+        let mut cache = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, e)) = cache.as_ref()
+            && *k == key
+        {
+            return Ok(Arc::clone(e));
+        }
+        let e = Arc::new(
+            authorize::entities(policy, &self.agent_id, standing).map_err(|e| {
+                tracing::error!(error = %e, "cannot build the policy entities");
+                Denial::new(
+                    Stage::Authorize,
+                    Code::PermissionDenied,
+                    Reason::PolicyDenied,
+                    "the policy entities could not be built; see the sidecar log",
+                )
+                .rule("entities")
+            })?,
+        );
+        *cache = Some((key, Arc::clone(&e)));
+        Ok(e)
     }
 
     fn event<'a>(

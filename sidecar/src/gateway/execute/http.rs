@@ -416,6 +416,23 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_secret_that_would_split_a_header_builds_no_request() {
+        let secrets = HashMap::from([("k".to_owned(), Secret::new("a\r\nX-Evil: 1".into()))]);
+        let u = upstream("http://127.0.0.1:9/x", "GET");
+        let args = serde_json::json!({});
+        let call = Call {
+            upstream: &u,
+            args: &args,
+            secrets: &secrets,
+            call_id: "c",
+            trace_id: "",
+            timeout: Duration::from_secs(1),
+            max_bytes: 10,
+        };
+        assert!(matches!(build(&call), Err(Failure::Build(_))));
+    }
+
     fn futures_body(req: http::Request<Full<Bytes>>) -> Bytes {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

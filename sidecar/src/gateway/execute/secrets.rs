@@ -42,9 +42,9 @@ pub enum Error {
         /// Why.
         detail: String,
     },
-    /// Empty, too large, or with a line break inside (it would split a
-    /// header).
-    #[error("secret {0} is empty, larger than 64 KiB or has a line break inside")]
+    /// Empty or too large. (A value with a line break cannot go into a
+    /// header: building that request fails, and nothing is sent.)
+    #[error("secret {0} is empty or larger than 64 KiB")]
     Unusable(String),
     /// Not `env:` or `file:` (the policy validation prevents this).
     #[error("secret reference {0:?} is not env:NAME or file:/path")]
@@ -73,7 +73,7 @@ pub fn resolve(reference: &str) -> Result<Secret, Error> {
     } else {
         return Err(Error::BadReference(reference.to_owned()));
     };
-    if value.is_empty() || value.len() as u64 > MAX_SECRET_BYTES || value.contains(['\r', '\n']) {
+    if value.is_empty() || value.len() as u64 > MAX_SECRET_BYTES {
         return Err(Error::Unusable(reference.to_owned()));
     }
     Ok(Secret(value))
@@ -92,7 +92,13 @@ mod tests {
         assert_eq!(resolve(&r).unwrap().expose(), "v1");
         std::fs::write(&p, "v2").unwrap();
         assert_eq!(resolve(&r).unwrap().expose(), "v2", "read each time");
-        std::fs::write(&p, "a\nb").unwrap();
+        std::fs::write(&p, "-----BEGIN X-----\nAA==\n-----END X-----\n").unwrap();
+        assert_eq!(
+            resolve(&r).unwrap().expose(),
+            "-----BEGIN X-----\nAA==\n-----END X-----",
+            "multi-line values (PEM) are kept"
+        );
+        std::fs::write(&p, "").unwrap();
         assert_eq!(resolve(&r).unwrap_err(), Error::Unusable(r.clone()));
         assert!(matches!(
             resolve("file:/nonexistent/x"),
