@@ -120,6 +120,10 @@ reasons! {
     ToolCritical = "TOOL_CRITICAL",
     /// A rate limit was reached; retry later.
     RateLimited = "RATE_LIMITED",
+    /// A cost quota is spent for the current window; retry in the next.
+    QuotaExceeded = "QUOTA_EXCEEDED",
+    /// A limit's shared store is unreachable and the limit fails closed.
+    LimiterUnavailable = "LIMITER_UNAVAILABLE",
     /// The tool needs a human approval.
     ApprovalRequired = "APPROVAL_REQUIRED",
     /// The tool has no upstream to execute.

@@ -315,7 +315,7 @@ impl AgentService for AgentApi {
         let claims = self.gateway_caller(&req, &r, t0).await?;
         let held = self.auth.held();
         Ok(Response::new(
-            self.gateway.authorize(&held, &claims, &r, t0),
+            self.gateway.authorize(&held, &claims, &r, t0).await,
         ))
     }
 

@@ -88,7 +88,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "persisted mesh snapshot refused; waiting for the control plane")
         }
     }
-    let gateway = Arc::new(crate::gateway::pipeline::Gateway::new(agent.as_str()));
+    let limiter = match &config.redis {
+        Some(r) => crate::gateway::limit::Limiter::with_redis(
+            crate::gateway::limit::redis::RedisLimiter::new(r).map_err(anyhow::Error::msg)?,
+        ),
+        None => crate::gateway::limit::Limiter::default(),
+    };
+    let gateway = Arc::new(crate::gateway::pipeline::Gateway::new(
+        agent.as_str(),
+        limiter,
+    ));
     let api = AgentApi::new(
         Arc::clone(&identity),
         Arc::clone(&cp),
@@ -138,6 +147,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let mut stop = rx.clone();
         tasks.push(tokio::spawn(async move {
             let router = Server::builder()
+                // Bounds what one agent connection can have in flight.
+                .concurrency_limit_per_connection(64)
                 .add_service(health_service)
                 .add_service(svc);
             let signal = async move {

@@ -88,6 +88,10 @@ pub struct Config {
     /// `text` or `json`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// Share rate limits and quotas with the agent's other sidecars through
+    /// Redis (default: in-process limits only).
+    #[serde(default)]
+    pub redis: Option<crate::gateway::limit::redis::RedisConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -109,6 +113,7 @@ impl std::fmt::Debug for Config {
             .field("renew_fraction", &self.renew_fraction)
             .field("max_policy_age_secs", &self.max_policy_age_secs)
             .field("log_format", &self.log_format)
+            .field("redis", &self.redis)
             .finish()
     }
 }
@@ -149,6 +154,7 @@ impl Config {
             renew_fraction: default_renew_fraction(),
             max_policy_age_secs: None,
             log_format: default_log_format(),
+            redis: None,
         }
     }
 
@@ -193,6 +199,9 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(Error::Invalid("log_format must be text or json".into()));
+        }
+        if let Some(r) = &self.redis {
+            r.validate().map_err(Error::Invalid)?;
         }
         Ok(())
     }

@@ -313,7 +313,7 @@ fn pipeline_only(doc: &str, iterations: u32) -> f64 {
         constraints: Default::default(),
         ctx: Default::default(),
     };
-    let g = Gateway::new("bench");
+    let g = Gateway::new("bench", Default::default());
     let r = Request {
         rpc: "Authorize",
         tool: "echo",
@@ -321,10 +321,16 @@ fn pipeline_only(doc: &str, iterations: u32) -> f64 {
         reason: "",
         trace_id: "",
     };
-    assert!(g.authorize(&held, &claims, &r, Instant::now()).allowed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert!(
+        rt.block_on(g.authorize(&held, &claims, &r, Instant::now()))
+            .allowed
+    );
     let t = Instant::now();
     for _ in 0..iterations {
-        std::hint::black_box(g.authorize(&held, &claims, &r, Instant::now()));
+        std::hint::black_box(rt.block_on(g.authorize(&held, &claims, &r, Instant::now())));
     }
     t.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
 }

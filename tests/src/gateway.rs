@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use warden_shared::proto::v1 as pb;
 
-use crate::upstream::{Upstream, free_port};
+use crate::upstream::{Upstream, reserve_port};
 use crate::{AgentAuth, AgentClient, Mesh, Sidecar, agent_tcp, apply_policy, eventually};
 
 /// The policy; `{UPSTREAM}`, `{DOWN}` and `{SECRET_FILE}` are filled in.
@@ -124,6 +124,30 @@ tools:
     scopes: ["echo:call"]
     risk: low
     upstream: { kind: builtin, address: echo }
+  - name: calc
+    description: Echoes an integer; a rule multiplies it.
+    input_schema:
+      type: object
+      properties: { n: { type: integer } }
+      required: [n]
+    scopes: ["echo:call"]
+    risk: low
+    upstream: { kind: builtin, address: echo }
+  - name: fetch_doc
+    description: Fetches a document by path segment.
+    input_schema:
+      type: object
+      properties: { doc: { type: string } }
+      required: [doc]
+    scopes: ["crm:read"]
+    risk: low
+    upstream: { kind: http, address: "{UPSTREAM}/echo/docs/{doc}/raw", method: GET }
+  - name: gzip
+    description: An upstream that answers compressed.
+    input_schema: { type: object }
+    scopes: ["crm:read"]
+    risk: low
+    upstream: { kind: http, address: "{UPSTREAM}/gzip", method: GET }
   - name: no_upstream
     description: Declared without an upstream.
     input_schema: { type: object }
@@ -134,6 +158,9 @@ cedar: |
   @id("mail-stays-internal")
   forbid (principal, action == Warden::Action::"send_email", resource)
   unless { context.arguments.to like "*@example.com" };
+  @id("overflow-guard")
+  forbid (principal, action == Warden::Action::"calc", resource)
+  when { context.arguments.n * 4611686018427387904 > 1 };
   @id("free-tier-no-email")
   forbid (principal, action == Warden::Action::"send_email", resource)
   when { context has tier && context.tier == "free" };
@@ -161,6 +188,8 @@ pub struct GatewayMesh {
     pub upstream: Upstream,
     /// A port nothing listens on until a test starts an upstream there.
     pub down_port: u16,
+    /// The socket holding `down_port` (see [`GatewayMesh::bring_up`]).
+    down: std::sync::Mutex<Option<tokio::net::TcpSocket>>,
     /// The secret the `lookup` and `post_note` upstreams receive.
     pub secret: String,
 }
@@ -170,7 +199,7 @@ impl GatewayMesh {
     pub async fn start() -> anyhow::Result<Self> {
         let mesh = Mesh::start().await?;
         let upstream = Upstream::start().await?;
-        let down_port = free_port()?;
+        let (down, down_port) = reserve_port()?;
         let secret = format!("sk-test-{}", crate::rand_suffix());
         let secret_file = mesh.dir.path().join("upstream-key");
         std::fs::write(&secret_file, format!("{secret}\n"))?;
@@ -203,8 +232,20 @@ impl GatewayMesh {
             sidecar,
             upstream,
             down_port,
+            down: std::sync::Mutex::new(Some(down)),
             secret,
         })
+    }
+
+    /// Starts an upstream on `down_port`.
+    pub fn bring_up(&self) -> anyhow::Result<Upstream> {
+        let socket = self
+            .down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .context("already up")?;
+        Upstream::start_reserved(socket)
     }
 
     /// A session with `scopes` (and a tool-call cap, 0 for none), and an

@@ -6,6 +6,7 @@
 //! - `/slow?ms=N`: answers after N ms;
 //! - `/big?bytes=N`: answers N bytes;
 //! - `/status/N`: answers with status N;
+//! - `/gzip`: answers with `Content-Encoding: gzip`;
 //! - anything else: 404.
 //!
 //! Every request's headers are also kept for the test to inspect.
@@ -107,6 +108,13 @@ async fn handle(
     } else if path == "/big" {
         let n = query(&uri, "bytes").unwrap_or(1 << 20) as usize;
         Response::new(Full::new(Bytes::from(vec![b'x'; n])))
+    } else if path == "/gzip" {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"\x1f\x8b\x08\x00")));
+        r.headers_mut().insert(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("gzip"),
+        );
+        r
     } else if let Some(code) = path.strip_prefix("/status/") {
         json(
             code.parse().unwrap_or(500),
@@ -127,6 +135,11 @@ impl Upstream {
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
         Self::serve(TcpListener::bind(addr).await?, None)
+    }
+
+    /// Starts listening on a socket reserved by [`reserve_port`].
+    pub fn start_reserved(socket: tokio::net::TcpSocket) -> anyhow::Result<Self> {
+        Self::serve(socket.listen(1024)?, None)
     }
 
     /// Starts an HTTPS upstream on an ephemeral port with `tls`.
@@ -172,11 +185,14 @@ impl Upstream {
     }
 }
 
-/// A loopback port nothing listens on (bound, then released).
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A loopback port held by a bound socket that does not listen: connections
+/// to it are refused, and no other socket can take it, until
+/// [`Upstream::start_reserved`] starts listening on it.
+pub fn reserve_port() -> anyhow::Result<(tokio::net::TcpSocket, u16)> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let port = s.local_addr()?.port();
+    Ok((s, port))
 }
 
 /// A private CA with a server certificate for `localhost` and a client

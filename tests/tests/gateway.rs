@@ -39,7 +39,7 @@ async fn list_tools_shows_only_what_this_session_may_call() {
         .into_inner();
     let names: Vec<&str> = r.tools.iter().map(|t| t.name.as_str()).collect();
     // Not shell (the identity denies it), not lookup (no crm:read).
-    assert_eq!(names, ["clock", "echo", "limited", "no_upstream"]);
+    assert_eq!(names, ["calc", "clock", "echo", "limited", "no_upstream"]);
     assert_eq!(r.policy_version, 1);
     let echo = r.tools.iter().find(|t| t.name == "echo").unwrap();
     let schema: serde_json::Value = serde_json::from_str(&echo.input_schema_json).unwrap();
@@ -488,12 +488,7 @@ async fn slow_huge_and_failing_upstreams() {
 
     // The upstream comes back: after the cool-down a probe goes through and
     // the circuit closes.
-    let _up = warden_tests::upstream::Upstream::start_on(std::net::SocketAddr::from((
-        [127, 0, 0, 1],
-        g.down_port,
-    )))
-    .await
-    .unwrap();
+    let _up = g.bring_up().unwrap();
     let recovered = eventually(Duration::from_secs(5), || {
         let mut c = c.clone();
         async move { c.call_tool(call("flaky", "{}")).await.is_ok() }
@@ -607,5 +602,77 @@ cedar: "permit (principal, action, resource);"
         paths,
         ["/echo/mtls"],
         "only the mutual-TLS call got through"
+    );
+}
+
+#[tokio::test]
+async fn what_the_policy_cannot_see_does_not_reach_the_upstream() {
+    let g = GatewayMesh::start().await.unwrap();
+    let (_, mut c) = g
+        .session(&["mail:send", "echo:call", "crm:read"], 0, &[])
+        .await
+        .unwrap();
+    // An undeclared argument would reach the upstream without the rules
+    // seeing it: objects are closed unless the schema opens them.
+    let s = refused(
+        c.call_tool(call(
+            "send_email",
+            r#"{"to": "a@example.com", "subject": "s", "bcc": "x@evil.test"}"#,
+        ))
+        .await,
+        Code::InvalidArgument,
+        "ARGUMENTS_INVALID",
+        "validate",
+    );
+    assert!(
+        s.message().contains("bcc") || s.message().contains("Additional"),
+        "{}",
+        s.message()
+    );
+    // An integer the rules would not see faithfully is refused.
+    let s = refused(
+        c.call_tool(call("calc", r#"{"n": 18446744073709551615}"#))
+            .await,
+        Code::InvalidArgument,
+        "ARGUMENTS_INVALID",
+        "validate",
+    );
+    assert_eq!(stage_rule(&s).1, "policy representation");
+    // A rule that fails to evaluate (an overflow) refuses; it is not skipped.
+    c.call_tool(call("calc", r#"{"n": 0}"#)).await.unwrap();
+    let s = refused(
+        c.call_tool(call("calc", r#"{"n": 3}"#)).await,
+        Code::PermissionDenied,
+        "POLICY_DENIED",
+        "authorize",
+    );
+    assert_eq!(stage_rule(&s).1, "evaluation error in overflow-guard");
+    // A URL placeholder cannot climb out of its segment.
+    for bad in ["..", ".", ""] {
+        let args = format!(r#"{{"doc": "{bad}"}}"#);
+        let s = refused(
+            c.call_tool(call("fetch_doc", &args)).await,
+            Code::InvalidArgument,
+            "ARGUMENTS_INVALID",
+            "validate",
+        );
+        assert_eq!(stage_rule(&s).1, "url placeholder");
+    }
+    let r = c
+        .call_tool(call("fetch_doc", r#"{"doc": "a/../b"}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&r.content).unwrap();
+    assert_eq!(
+        v["path"], "/echo/docs/a%2F..%2Fb/raw",
+        "slashes are encoded"
+    );
+    // A compressed answer cannot be inspected: refused.
+    refused(
+        c.call_tool(call("gzip", "{}")).await,
+        Code::Unavailable,
+        "UPSTREAM_UNAVAILABLE",
+        "execute",
     );
 }

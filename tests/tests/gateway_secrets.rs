@@ -123,8 +123,8 @@ async fn no_secret_in_any_response_log_line_or_audit_event() {
         .collect();
     assert_eq!(
         reasons,
-        ["ARGUMENTS_INVALID", "TOOL_UNKNOWN", "SCOPE_MISSING"]
+        ["ARGUMENTS_INVALID", "TOOL_UNKNOWN", "ARGUMENTS_INVALID"]
     );
-    assert_eq!(denied[2]["fields"]["stage"], "authorize");
+    assert_eq!(denied[2]["fields"]["stage"], "validate");
     assert_eq!(denied[2]["fields"]["rpc"], "Authorize");
 }

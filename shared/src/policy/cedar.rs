@@ -70,57 +70,99 @@ fn record(schema: &Value, depth: usize) -> String {
 }
 
 /// Projects call arguments onto the record type [`schema_for`] derives
-/// from the same input schema, so that Cedar parses them against it: only
-/// the properties the schema carries, integers as `Long`, arrays as sets.
-/// A value of another shape (which schema validation already refused) is
-/// left out.
-pub fn arguments(input_schema: &Value, args: &Value) -> Value {
-    project_record(input_schema, args, 0).unwrap_or_else(|| Value::Object(Default::default()))
+/// from the same input schema, so that Cedar evaluates them against it:
+/// integers as `Long`, arrays as sets, records. Properties whose type the
+/// schema leaves out of Cedar (numbers, untyped values) are left out here
+/// too. A value the policy would not see faithfully (an integer beyond
+/// `Long`) is an error: the call must be refused, not decided without it.
+pub fn arguments(input_schema: &Value, args: &Value) -> Result<Value, String> {
+    project_record(input_schema, args, 0, "")
 }
 
-fn project(schema: &Value, v: &Value, depth: usize) -> Option<Value> {
+fn project(schema: &Value, v: &Value, depth: usize, at: &str) -> Result<Option<Value>, String> {
     if depth > MAX_DEPTH {
-        return None;
+        return Ok(None);
     }
-    match schema.get("type").and_then(Value::as_str)? {
+    let Some(ty) = schema.get("type").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let lossy = || {
+        Err(format!(
+            "{at}: the value cannot be represented for the policy"
+        ))
+    };
+    Ok(match ty {
         "string" => v.as_str().map(|s| Value::String(s.to_owned())),
-        "integer" => v
-            .as_i64()
-            .or_else(|| {
-                v.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                    .map(|f| f as i64)
-            })
-            .map(Value::from),
+        "integer" => match v.as_i64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        }) {
+            Some(i) => Some(Value::from(i)),
+            None if v.is_number() => return lossy(),
+            None => None,
+        },
         "boolean" => v.as_bool().map(Value::Bool),
         "array" => {
-            let items = schema.get("items")?;
-            let out: Option<Vec<Value>> = v
-                .as_array()?
-                .iter()
-                .map(|x| project(items, x, depth + 1))
-                .collect();
-            out.map(Value::Array)
+            let (Some(items), Some(a)) = (schema.get("items"), v.as_array()) else {
+                return Ok(None);
+            };
+            let mut out = Vec::with_capacity(a.len());
+            for (i, x) in a.iter().enumerate() {
+                match project(items, x, depth + 1, &format!("{at}/{i}"))? {
+                    Some(p) => out.push(p),
+                    None => return Ok(None),
+                }
+            }
+            Some(Value::Array(out))
         }
-        "object" => project_record(schema, v, depth + 1),
+        "object" => Some(project_record(schema, v, depth + 1, at)?),
         _ => None,
-    }
+    })
 }
 
-fn project_record(schema: &Value, v: &Value, depth: usize) -> Option<Value> {
-    let obj = v.as_object()?;
+fn project_record(schema: &Value, v: &Value, depth: usize, at: &str) -> Result<Value, String> {
     let mut out = serde_json::Map::new();
+    let Some(obj) = v.as_object() else {
+        return Ok(Value::Object(out));
+    };
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (name, sub) in props {
             if quote(name).is_none() || ty(sub, depth).is_none() {
                 continue;
             }
-            if let Some(x) = obj.get(name).and_then(|x| project(sub, x, depth)) {
-                out.insert(name.clone(), x);
+            if let Some(x) = obj.get(name)
+                && let Some(p) = project(sub, x, depth, &format!("{at}/{name}"))?
+            {
+                out.insert(name.clone(), p);
             }
         }
     }
-    Some(Value::Object(out))
+    Ok(Value::Object(out))
+}
+
+/// Property names the rules cannot name (they need no escaping in the
+/// schema syntax), anywhere in an input schema.
+pub fn unnameable_properties(schema: &Value) -> Vec<String> {
+    fn walk(v: &Value, depth: usize, out: &mut Vec<String>) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        if let Some(props) = v.get("properties").and_then(Value::as_object) {
+            for (name, sub) in props {
+                if quote(name).is_none() {
+                    out.push(name.clone());
+                }
+                walk(sub, depth + 1, out);
+            }
+        }
+        if let Some(items) = v.get("items") {
+            walk(items, depth + 1, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(schema, 0, &mut out);
+    out
 }
 
 /// The Cedar schema (Cedar syntax) for a catalog.
@@ -169,9 +211,17 @@ mod tests {
             "opts": {"dry": true, "extra": 1}, "bad name!": "z", "unknown": 1
         });
         assert_eq!(
-            arguments(&schema, &args),
+            arguments(&schema, &args).unwrap(),
             json!({"to": "a@example.com", "n": 3, "tags": ["x", "y"], "opts": {"dry": true}})
         );
-        assert_eq!(arguments(&schema, &json!("not an object")), json!({}));
+        assert_eq!(
+            arguments(&schema, &json!("not an object")).unwrap(),
+            json!({})
+        );
+        // An integer the policy cannot see faithfully is an error, not a gap.
+        let e = arguments(&schema, &json!({"n": 18446744073709551615u64})).unwrap_err();
+        assert!(e.starts_with("/n:"), "{e}");
+        assert!(arguments(&schema, &json!({"n": 1e20})).is_err());
+        assert_eq!(unnameable_properties(&schema), ["bad name!"]);
     }
 }

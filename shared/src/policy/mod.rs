@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::{BUILTINS, Error, MAX_ARGUMENT_BYTES, MAX_RESPONSE_BYTES, MAX_TIMEOUT_MS};
+pub use validate::{
+    BUILTINS, Error, MAX_ARGUMENT_BYTES, MAX_LIMITS, MAX_RESPONSE_BYTES, MAX_TIMEOUT_MS,
+};
 
 /// Largest policy document accepted, bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -43,6 +45,83 @@ pub struct Document {
     /// Per-agent-type and per-agent adjustments.
     #[serde(default)]
     pub overrides: Overrides,
+    /// Rate limits and cost quotas (shared by all sidecars of an agent when
+    /// they use Redis).
+    #[serde(default)]
+    pub limits: Vec<LimitSpec>,
+}
+
+/// One rate limit or cost quota.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    /// Unique name (`[a-z0-9][a-z0-9_.-]{0,63}`), named in refusals and
+    /// metrics.
+    pub name: String,
+    /// What is counted together: `agent` (all its sessions and sidecars),
+    /// `agent_tool` (per agent and tool), `session`, or `owner` (all agents
+    /// of one owner).
+    pub key: String,
+    /// Only these tools count (default: every tool).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// A rate: `calls` per `per`, bursts of up to `burst` (default `calls`).
+    #[serde(default)]
+    pub rate: Option<RateSpec>,
+    /// A quota: `budget` cost units per `per` window (UTC-aligned, e.g. a
+    /// day); each call costs its tool's `cost`.
+    #[serde(default)]
+    pub quota: Option<QuotaSpec>,
+    /// `fail_closed` (default: refuse while the shared store is unreachable)
+    /// or `local_fallback` (admit within this sidecar's share:
+    /// the limit divided by `expected_replicas`).
+    #[serde(default)]
+    pub on_failure: Option<String>,
+    /// Replicas of an agent expected to share the limit (local_fallback).
+    #[serde(default)]
+    pub expected_replicas: Option<i64>,
+    /// Evaluate and count, never refuse (to roll a new limit out safely).
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// GCRA parameters: `calls` per `per`, bursts of up to `burst`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSpec {
+    /// Sustained calls per period (> 0).
+    pub calls: i64,
+    /// The period: `500ms`, `1s`, `1m`, `1h`, `1d`.
+    pub per: String,
+    /// Calls allowed at once (default `calls`).
+    #[serde(default)]
+    pub burst: Option<i64>,
+}
+
+/// A cost budget per window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    /// Cost units per window (> 0).
+    pub budget: i64,
+    /// The window, at least a minute: `1h`, `1d`, ….
+    pub per: String,
+}
+
+/// Parses `500ms`, `30s`, `1m`, `1h`, `1d` (a positive count and a unit).
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms).map(std::time::Duration::from_millis)
 }
 
 /// Risk level of a tool.
@@ -97,6 +176,13 @@ pub struct Tool {
     /// Input/output filter settings.
     #[serde(default)]
     pub filters: Filters,
+    /// What one call costs against quotas (default 1).
+    #[serde(default = "one")]
+    pub cost: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Upstream of a tool.
@@ -324,8 +410,40 @@ impl Document {
 pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
     jsonschema::options()
         .should_validate_formats(true)
-        .build(schema)
+        .build(&closed(schema))
         .map_err(|e| e.to_string())
+}
+
+/// `schema` with every object that does not say otherwise closed
+/// (`additionalProperties: false`): what the policy's rules see of the
+/// arguments is then what the upstream receives. A schema that wants open
+/// objects says `additionalProperties: true` (or gives a schema for them).
+pub fn closed(schema: &serde_json::Value) -> serde_json::Value {
+    fn close(v: &mut serde_json::Value, depth: usize) {
+        if depth > 32 {
+            return;
+        }
+        let Some(o) = v.as_object_mut() else { return };
+        let is_object = o.get("type").and_then(|t| t.as_str()) == Some("object")
+            || o.contains_key("properties");
+        if is_object && !o.contains_key("additionalProperties") {
+            o.insert(
+                "additionalProperties".into(),
+                serde_json::Value::Bool(false),
+            );
+        }
+        if let Some(props) = o.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            for p in props.values_mut() {
+                close(p, depth + 1);
+            }
+        }
+        if let Some(items) = o.get_mut("items") {
+            close(items, depth + 1);
+        }
+    }
+    let mut s = schema.clone();
+    close(&mut s, 0);
+    s
 }
 
 /// A validated policy: the document plus what was compiled from it.

@@ -263,3 +263,86 @@ fn placeholders_and_secret_uses_are_found() {
     assert_eq!(u.placeholders(), ["customer_id"]);
     assert_eq!(u.secret_uses(), ["crm_token"]);
 }
+
+#[test]
+fn limits_are_checked() {
+    let limit_err = |f: fn(&mut serde_json::Value)| match err(&with(f)) {
+        Error::Limit { detail, .. } => detail,
+        e => panic!("expected a limit error, got {e}"),
+    };
+    fn rate(v: &mut serde_json::Value, r: serde_json::Value) {
+        v["limits"] = serde_json::json!([{"name": "l", "key": "agent", "rate": r}]);
+    }
+    let d = limit_err(|v| rate(v, serde_json::json!({"calls": -5, "per": "1m"})));
+    assert!(d.contains("rate.calls must be"), "{d}");
+    let d = limit_err(|v| rate(v, serde_json::json!({"calls": 5, "per": "0s"})));
+    assert!(d.contains("not a positive duration"), "{d}");
+    let d = limit_err(|v| rate(v, serde_json::json!({"calls": 5, "per": "1 fortnight"})));
+    assert!(d.contains("not a positive duration"), "{d}");
+    let d = limit_err(|v| rate(v, serde_json::json!({"calls": 5, "per": "1m", "burst": 0})));
+    assert!(d.contains("rate.burst"), "{d}");
+    let d = limit_err(|v| {
+        v["limits"] =
+            serde_json::json!([{"name": "l", "key": "tenant", "rate": {"calls": 1, "per": "1s"}}])
+    });
+    assert!(d.contains("unknown key \"tenant\""), "{d}");
+    let d = limit_err(|v| {
+        v["limits"] =
+            serde_json::json!([{"name": "l", "key": "agent", "quota": {"budget": 0, "per": "1d"}}])
+    });
+    assert!(d.contains("quota.budget"), "{d}");
+    let d = limit_err(|v| {
+        v["limits"] =
+            serde_json::json!([{"name": "l", "key": "agent", "quota": {"budget": 9, "per": "10s"}}])
+    });
+    assert!(d.contains("at least 1m"), "{d}");
+    let d = limit_err(|v| v["limits"] = serde_json::json!([{"name": "l", "key": "agent"}]));
+    assert!(d.contains("exactly one of rate and quota"), "{d}");
+    let d = limit_err(
+        |v| v["limits"] = serde_json::json!([{"name": "l", "key": "agent", "tools": ["nope"], "rate": {"calls": 1, "per": "1s"}}]),
+    );
+    assert!(d.contains("unknown tool"), "{d}");
+    let d = limit_err(|v| {
+        v["limits"] = serde_json::json!([
+            {"name": "l", "key": "agent", "rate": {"calls": 1, "per": "1s"}},
+            {"name": "l", "key": "owner", "rate": {"calls": 1, "per": "1s"}}
+        ])
+    });
+    assert!(d.contains("duplicate"), "{d}");
+    let d = limit_err(
+        |v| v["limits"] = serde_json::json!([{"name": "l", "key": "agent", "rate": {"calls": 1, "per": "1s"}, "on_failure": "local_fallback"}]),
+    );
+    assert!(d.contains("expected_replicas"), "{d}");
+    let d = limit_err(
+        |v| v["limits"] = serde_json::json!([{"name": "l", "key": "agent", "rate": {"calls": 1, "per": "1s"}, "on_failure": "fail_open"}]),
+    );
+    assert!(d.contains("unknown on_failure"), "{d}");
+    let ok = Policy::parse(&with(|v| {
+        v["limits"] = serde_json::json!([
+            {"name": "per-agent", "key": "agent", "rate": {"calls": 100, "per": "1m", "burst": 20},
+             "on_failure": "local_fallback", "expected_replicas": 4},
+            {"name": "owner-budget", "key": "owner", "quota": {"budget": 5000, "per": "1d"}, "shadow": true}
+        ])
+    }));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    assert_eq!(
+        err(&with(|v| rate(
+            v,
+            serde_json::json!({"calls": 0, "per": "1s"})
+        )))
+        .kind(),
+        "POLICY_LIMIT",
+        "kind"
+    );
+}
+
+#[test]
+fn durations_parse() {
+    use std::time::Duration;
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86_400)));
+    for bad in ["", "0s", "-1s", "1", "s", "1w", "1.5s"] {
+        assert_eq!(parse_duration(bad), None, "{bad}");
+    }
+}

@@ -62,6 +62,15 @@ pub enum Error {
     /// An override names an unknown tool or an invalid agent id.
     #[error("overrides: {0}")]
     Override(String),
+    /// A limit is malformed (a rate or window that is not positive, an
+    /// unknown key or failure mode, an unknown tool, a duplicate name).
+    #[error("limit {name:?}: {detail}")]
+    Limit {
+        /// The limit.
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// The Cedar text does not parse.
     #[error("cedar policies do not parse: {0}")]
     CedarParse(String),
@@ -84,6 +93,7 @@ impl Error {
             Self::SecretRef { .. } => "POLICY_SECRET_REF",
             Self::UndefinedSecret { .. } => "POLICY_UNDEFINED_SECRET",
             Self::Override(_) => "POLICY_OVERRIDE",
+            Self::Limit { .. } => "POLICY_LIMIT",
             Self::CedarParse(_) => "POLICY_CEDAR_PARSE",
             Self::CedarValidation(_) => "POLICY_CEDAR_VALIDATION",
         }
@@ -152,6 +162,14 @@ fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
         tool: t.name.clone(),
         detail,
     })?;
+    if let Some(name) = super::cedar::unnameable_properties(&t.input_schema).first() {
+        return Err(Error::Schema {
+            tool: t.name.clone(),
+            detail: format!(
+                "property {name:?} cannot be named in policy rules (use letters, digits and _-.:/ @)"
+            ),
+        });
+    }
     for s in &t.secrets {
         if !doc.secrets.contains_key(s) {
             return Err(Error::UndefinedSecret {
@@ -373,6 +391,98 @@ fn check_overrides(doc: &Document, names: &BTreeSet<&str>) -> Result<(), Error> 
     Ok(())
 }
 
+/// Most limits in a document.
+pub const MAX_LIMITS: usize = 64;
+/// Largest quota budget or rate count.
+const MAX_COUNT: i64 = 1_000_000_000;
+
+fn check_limits(doc: &Document, names: &BTreeSet<&str>) -> Result<(), Error> {
+    let mut seen = BTreeSet::new();
+    if doc.limits.len() > MAX_LIMITS {
+        return Err(Error::Limit {
+            name: String::new(),
+            detail: format!("more than {MAX_LIMITS} limits"),
+        });
+    }
+    for l in &doc.limits {
+        let bad = |d: String| Error::Limit {
+            name: l.name.clone(),
+            detail: d,
+        };
+        if !valid_tool_name(&l.name) {
+            return Err(bad("name must be 1-64 of [a-z0-9_.-]".into()));
+        }
+        if !seen.insert(l.name.as_str()) {
+            return Err(bad("duplicate limit name".into()));
+        }
+        if !["agent", "agent_tool", "session", "owner"].contains(&l.key.as_str()) {
+            return Err(bad(format!(
+                "unknown key {:?} (agent, agent_tool, session or owner)",
+                l.key
+            )));
+        }
+        if let Some(t) = l.tools.iter().find(|t| !names.contains(t.as_str())) {
+            return Err(bad(format!("unknown tool {t:?}")));
+        }
+        match (&l.rate, &l.quota) {
+            (Some(r), None) => {
+                if !(1..=MAX_COUNT).contains(&r.calls) {
+                    return Err(bad(format!(
+                        "rate.calls must be 1..={MAX_COUNT}, not {}",
+                        r.calls
+                    )));
+                }
+                if r.burst.is_some_and(|b| !(1..=MAX_COUNT).contains(&b)) {
+                    return Err(bad(format!("rate.burst must be 1..={MAX_COUNT}")));
+                }
+                if super::parse_duration(&r.per).is_none() {
+                    return Err(bad(format!(
+                        "rate.per {:?} is not a positive duration (500ms, 1s, 1m, 1h, 1d)",
+                        r.per
+                    )));
+                }
+            }
+            (None, Some(q)) => {
+                if !(1..=MAX_COUNT).contains(&q.budget) {
+                    return Err(bad(format!(
+                        "quota.budget must be 1..={MAX_COUNT}, not {}",
+                        q.budget
+                    )));
+                }
+                match super::parse_duration(&q.per) {
+                    Some(d) if d >= std::time::Duration::from_secs(60) => {}
+                    _ => {
+                        return Err(bad(format!(
+                            "quota.per {:?} must be a window of at least 1m (1h, 1d, …)",
+                            q.per
+                        )));
+                    }
+                }
+            }
+            _ => return Err(bad("needs exactly one of rate and quota".into())),
+        }
+        match l.on_failure.as_deref() {
+            None | Some("fail_closed") => {}
+            Some("local_fallback") => {
+                if !l
+                    .expected_replicas
+                    .is_some_and(|n| (1..=10_000).contains(&n))
+                {
+                    return Err(bad(
+                        "local_fallback needs expected_replicas (1..=10000)".into()
+                    ));
+                }
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "unknown on_failure {other:?} (fail_closed or local_fallback)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn yaml_error(e: &serde_norway::Error) -> Error {
     let msg = e.to_string();
     if msg.contains("unknown field") {
@@ -407,6 +517,7 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
         check_tool(t, &document)?;
     }
     check_overrides(&document, &names)?;
+    check_limits(&document, &names)?;
 
     let cedar =
         PolicySet::from_str(&document.cedar).map_err(|e| Error::CedarParse(e.to_string()))?;

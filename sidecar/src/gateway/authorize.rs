@@ -52,7 +52,8 @@ pub fn scopes_cover(claims: &Claims, tool: &ToolEntry) -> Result<(), String> {
     }
 }
 
-/// Runs the stage.
+/// Runs the stage; `args` are the arguments as projected for the policy
+/// (see `warden_shared::policy::cedar::arguments`).
 pub fn check(
     policy: &HeldPolicy,
     entities: &Entities,
@@ -156,7 +157,6 @@ fn value(v: &serde_json::Value) -> Option<RestrictedExpression> {
 /// cost most of a call): the arguments were projected onto the derived
 /// schema's types, and the rules were type-checked against it.
 fn context(
-    tool: &ToolEntry,
     caller: &Caller<'_>,
     args: &serde_json::Value,
     now: OffsetDateTime,
@@ -176,8 +176,7 @@ fn context(
         ),
     ])
     .map_err(|e| e.to_string())?;
-    let projected = warden_shared::policy::cedar::arguments(&tool.spec.input_schema, args);
-    let arguments = value(&projected)
+    let arguments = value(args)
         .ok_or("arguments are not a record")
         .map_err(str::to_owned)?;
     let mut pairs = vec![
@@ -218,7 +217,7 @@ fn cedar(
         .rule("request")
     };
     let principal = uid("Agent", caller.agent_id).map_err(broken)?;
-    let ctx = context(tool, caller, args, now).map_err(broken)?;
+    let ctx = context(caller, args, now).map_err(broken)?;
     let request = Request::new(
         principal,
         tool.action.clone(),
@@ -227,23 +226,35 @@ fn cedar(
         None,
     )
     .map_err(|e| broken(e.to_string()))?;
+    let response = Authorizer::new().is_authorized(&request, &policy.policy.cedar, entities);
+    // Fail closed: Cedar skips a rule that errors (an overflow, a missing
+    // attribute), and a skipped forbid would let the call through.
     let set = &policy.policy.cedar;
-    let response = Authorizer::new().is_authorized(&request, set, entities);
-    for e in response.diagnostics().errors() {
-        tracing::warn!(tool = %name, error = %e, "a policy rule failed to evaluate (ignored)");
+    let name_of = |id: &cedar_policy::PolicyId| {
+        set.annotation(id, "id")
+            .map_or_else(|| id.to_string(), str::to_owned)
+    };
+    let failed: Vec<String> = response
+        .diagnostics()
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(p) => name_of(p.policy_id()),
+        })
+        .collect();
+    if !failed.is_empty() {
+        // The error text can hold argument values: log the rule ids only.
+        tracing::warn!(tool = %name, rules = ?failed, "policy rules failed to evaluate; refusing");
+        return Err(refuse(
+            Reason::PolicyDenied,
+            format!("a policy rule could not be evaluated for this call to {name}"),
+        )
+        .rule(format!("evaluation error in {}", failed.join(", "))));
     }
     if response.decision() == Decision::Allow {
         return Ok(());
     }
     // The forbids that fired, by their @id annotation where they have one.
-    let rules: Vec<String> = response
-        .diagnostics()
-        .reason()
-        .map(|id| {
-            set.annotation(id, "id")
-                .map_or_else(|| id.to_string(), str::to_owned)
-        })
-        .collect();
+    let rules: Vec<String> = response.diagnostics().reason().map(name_of).collect();
     let rule = if rules.is_empty() {
         "no permit (default deny)".to_owned()
     } else {

@@ -53,23 +53,58 @@ fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Option<(Vec<u8>, 
     (n > 0).then_some((out, n))
 }
 
-/// Removes every injected secret value from `content`; returns the
-/// content and how many values were removed.
+/// The forms a secret may take in an answer: as sent, JSON-escaped (also
+/// with `\/` and with `<`, `>`, `&` as `\u00XX`, as Go and PHP encoders
+/// write them), base64 (standard and URL-safe, with or without padding) and
+/// percent-encoded. A partial echo is not caught.
+fn forms(secret: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_owned();
+    let go = json
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
+    let mut percent = String::new();
+    for b in secret.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            percent.push(b as char);
+        } else {
+            percent.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let raw = secret.as_bytes();
+    let mut out: Vec<Vec<u8>> = vec![
+        raw.to_vec(),
+        json.clone().into_bytes(),
+        json.replace('/', "\\/").into_bytes(),
+        go.replace('/', "\\/").into_bytes(),
+        go.into_bytes(),
+        percent.into_bytes(),
+        STANDARD.encode(raw).into_bytes(),
+        STANDARD_NO_PAD.encode(raw).into_bytes(),
+        URL_SAFE.encode(raw).into_bytes(),
+        URL_SAFE_NO_PAD.encode(raw).into_bytes(),
+    ];
+    // Longest first, so that a longer form is not left half-replaced.
+    out.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    out.dedup();
+    out.retain(|f| !f.is_empty());
+    out
+}
+
+/// Removes every injected secret value, in each of its [`forms`], from
+/// `content`; returns the content and how many values were removed.
 pub fn redact_secrets(mut content: Vec<u8>, secrets: &[Secret]) -> (Vec<u8>, u32) {
     let mut total = 0;
     for s in secrets {
-        let raw = s.expose().as_bytes();
-        let escaped = serde_json::to_string(s.expose()).unwrap_or_default();
-        let escaped = escaped
-            .strip_prefix('"')
-            .and_then(|e| e.strip_suffix('"'))
-            .unwrap_or_default();
-        let mut forms = vec![raw];
-        if escaped.as_bytes() != raw {
-            forms.push(escaped.as_bytes());
-        }
-        for f in forms {
-            if let Some((out, n)) = replace_all(&content, f, REDACTED.as_bytes()) {
+        for f in forms(s.expose()) {
+            if let Some((out, n)) = replace_all(&content, &f, REDACTED.as_bytes()) {
                 content = out;
                 total += n;
             }
@@ -94,5 +129,20 @@ mod tests {
             redact_secrets(b"clean".to_vec(), &secrets),
             (b"clean".to_vec(), 0)
         );
+        // Encoded forms.
+        let key = [Secret::new("k/ey&<1>?".into())];
+        let b64 = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode("k/ey&<1>?")
+        };
+        for echoed in [
+            r#"{"a":"k\/ey\u0026\u003c1\u003e?"}"#.to_owned(),
+            "k%2Fey%26%3C1%3E%3F".to_owned(),
+            b64,
+        ] {
+            let (out, n) = redact_secrets(echoed.clone().into_bytes(), &key);
+            assert_eq!(n, 1, "{echoed}");
+            assert!(String::from_utf8(out).unwrap().contains(REDACTED));
+        }
     }
 }

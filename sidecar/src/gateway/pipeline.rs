@@ -30,7 +30,7 @@ use super::authorize::{self, Caller};
 use super::catalog::ToolEntry;
 use super::execute::Executor;
 use super::inspect::{self, InputInspector, PassThrough};
-use super::limit::{Limiter, LocalLimiter, Rate, SessionCalls};
+use super::limit::{CallKey, Limiter, SessionCalls, Verdict};
 use super::record::{Event, Outcome, Recorder};
 use super::{Denial, Stage, approve, validate};
 use crate::mesh::held::{Held, HeldPolicy};
@@ -65,7 +65,8 @@ struct Admitted {
 #[derive(Debug)]
 pub struct Gateway {
     agent_id: String,
-    limiter: Arc<dyn Limiter>,
+    /// Rate limits and quotas.
+    pub limiter: Arc<Limiter>,
     calls: SessionCalls,
     input: Arc<dyn InputInspector>,
     /// Upstream calls (and their circuit breakers).
@@ -94,6 +95,30 @@ fn valid_tool_name(n: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c))
 }
 
+/// Whether the policy held has a tool named `name` (metrics count calls
+/// to other names as one label, so that an agent cannot grow them).
+fn known_tool(held: &Held, name: &str) -> bool {
+    held.policy
+        .as_ref()
+        .is_some_and(|p| p.catalog.get(name).is_some())
+}
+
+/// Records a call the agent abandoned (dropped its request) after it was
+/// admitted: the upstream may have acted on it, so the record must say so.
+struct Abandoned<'a> {
+    gateway: &'a Gateway,
+    event: Option<Event<'a>>,
+    t0: Instant,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.event.take() {
+            self.gateway.record(e, Outcome::Cancelled, None, self.t0);
+        }
+    }
+}
+
 /// The stages passed by an allowed call, in order.
 const CHECKS: [Stage; 6] = [
     Stage::Authenticate,
@@ -105,12 +130,12 @@ const CHECKS: [Stage; 6] = [
 ];
 
 impl Gateway {
-    /// A gateway for `agent_id` with the in-process limiter and no input
-    /// inspection beyond validation.
-    pub fn new(agent_id: &str) -> Self {
+    /// A gateway for `agent_id` with `limiter` and no input inspection
+    /// beyond validation.
+    pub fn new(agent_id: &str, limiter: Limiter) -> Self {
         Self {
             agent_id: agent_id.to_owned(),
-            limiter: Arc::new(LocalLimiter::default()),
+            limiter: Arc::new(limiter),
             calls: SessionCalls::default(),
             input: Arc::new(PassThrough),
             executor: Executor::default(),
@@ -120,7 +145,12 @@ impl Gateway {
     }
 
     /// Stages 1 (the session's call cap) to 6.
-    fn admit(&self, held: &Held, claims: &Claims, r: &Request<'_>) -> Result<Admitted, Denial> {
+    async fn admit(
+        &self,
+        held: &Held,
+        claims: &Claims,
+        r: &Request<'_>,
+    ) -> Result<Admitted, Denial> {
         let now = time::OffsetDateTime::now_utc();
         let max = claims.constraints.max_tool_calls;
         if let Err(max) = self
@@ -170,32 +200,76 @@ impl Gateway {
             standing,
             claims,
         };
+        // What the rules see; a value they would not see faithfully refuses
+        // the call rather than let it be decided without it.
+        let projected = warden_shared::policy::cedar::arguments(&tool.spec.input_schema, &args)
+            .map_err(|e| {
+                Denial::new(
+                    Stage::Validate,
+                    Code::InvalidArgument,
+                    Reason::ArgumentsInvalid,
+                    format!("arguments of {}: {e}", tool.spec.name),
+                )
+                .rule("policy representation")
+            })?;
         let entities = self.entities(&policy, standing)?;
-        authorize::check(&policy, &entities, &tool, &caller, &args, now)?;
+        authorize::check(&policy, &entities, &tool, &caller, &projected, now)?;
         let risk = tool.risk.unwrap_or(warden_shared::policy::Risk::Critical);
-        if let Some(per_minute) = tool.spec.limits.calls_per_minute {
-            let key = format!("{}:{}", self.agent_id, tool.spec.name);
-            if let Err(wait) =
-                self.limiter
-                    .check(&key, Rate::per_minute(per_minute), Instant::now())
-            {
+        self.limit(&policy, &tool, standing, claims).await?;
+        approve::check(&tool.spec.name, risk)?;
+        Ok(Admitted { policy, tool, args })
+    }
+
+    /// Stage 5: every limit that applies to the call, checked and counted
+    /// together.
+    async fn limit(
+        &self,
+        policy: &HeldPolicy,
+        tool: &ToolEntry,
+        standing: &pb::StandingPart,
+        claims: &Claims,
+    ) -> Result<(), Denial> {
+        let key = CallKey {
+            agent: &self.agent_id,
+            owner: &standing.owner,
+            session: &claims.sid,
+            tool: &tool.spec.name,
+            cost: tool.spec.cost,
+        };
+        let items = policy.limits.items(self.limiter.prefix(), &key);
+        match self.limiter.check(&policy.limits, &items).await {
+            Verdict::Admit => Ok(()),
+            Verdict::Refuse {
+                limit,
+                quota,
+                retry_after,
+            } => {
+                let ms = u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                let (reason, what) = if quota {
+                    (Reason::QuotaExceeded, "quota")
+                } else {
+                    (Reason::RateLimited, "rate limit")
+                };
                 let mut d = Denial::new(
                     Stage::Limit,
                     Code::ResourceExhausted,
-                    Reason::RateLimited,
-                    format!(
-                        "{} allows {per_minute} calls per minute; retry in {} ms",
-                        tool.spec.name,
-                        wait.as_millis()
-                    ),
+                    reason,
+                    format!("{what} {limit} reached; retry in {ms} ms"),
                 )
-                .rule("calls_per_minute");
-                d.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
-                return Err(d);
+                .rule(limit);
+                d.retry_after_ms = Some(ms);
+                Err(d)
             }
+            Verdict::Unavailable { limit } => Err(Denial::new(
+                Stage::Limit,
+                Code::Unavailable,
+                Reason::LimiterUnavailable,
+                format!("limit {limit} cannot be checked (its shared store is unreachable) and fails closed; retry later"),
+            )
+            .rule(limit)),
         }
-        approve::check(&tool.spec.name, risk)?;
-        Ok(Admitted { policy, tool, args })
     }
 
     /// The Cedar entities for this policy and standing, built once.
@@ -283,7 +357,7 @@ impl Gateway {
     }
 
     /// `Authorize`: stages 1–6, recorded; a denial is a decision, not an error.
-    pub fn authorize(
+    pub async fn authorize(
         &self,
         held: &Held,
         claims: &Claims,
@@ -291,11 +365,8 @@ impl Gateway {
         t0: Instant,
     ) -> pb::AuthorizeResponse {
         let id = call_id();
-        let result = self.admit(held, claims, r);
-        let known = result.as_ref().map_or_else(
-            |d| d.reason != Reason::ToolUnknown && d.stage > Stage::Authenticate,
-            |_| true,
-        );
+        let result = self.admit(held, claims, r).await;
+        let known = known_tool(held, r.tool);
         let e = self.event(r, Some(claims), &id, known);
         match result {
             Ok(_) => {
@@ -332,11 +403,8 @@ impl Gateway {
         t0: Instant,
     ) -> Result<pb::CallToolResponse, Denial> {
         let id = call_id();
-        let admitted = self.admit(held, claims, r);
-        let known = admitted.as_ref().map_or_else(
-            |d| d.reason != Reason::ToolUnknown && d.stage > Stage::Authenticate,
-            |_| true,
-        );
+        let admitted = self.admit(held, claims, r).await;
+        let known = known_tool(held, r.tool);
         let mut e = self.event(r, Some(claims), &id, known);
         let a = match admitted {
             Ok(a) => a,
@@ -346,11 +414,18 @@ impl Gateway {
             }
         };
         let secrets = &a.policy.policy.document.secrets;
-        let out = match self
+        let mut abandoned = Abandoned {
+            gateway: self,
+            event: Some(self.event(r, Some(claims), &id, true)),
+            t0,
+        };
+        let result = self
             .executor
             .run(&a.tool, secrets, &a.args, &id, r.trace_id)
-            .await
-        {
+            .await;
+        abandoned.event = None;
+        drop(abandoned);
+        let out = match result {
             Ok(o) => o,
             Err(d) => {
                 self.record(e, Outcome::Failed, Some(&d), t0);
@@ -358,13 +433,16 @@ impl Gateway {
             }
         };
         let (content, redactions) = inspect::redact_secrets(out.content, &out.secrets);
+        let (content_type, more) =
+            inspect::redact_secrets(out.content_type.into_bytes(), &out.secrets);
+        let redactions = redactions + more;
         e.upstream_status = out.status;
         e.redactions = redactions;
         self.record(e, Outcome::Allowed, None, t0);
         Ok(pb::CallToolResponse {
             call_id: id,
             content,
-            content_type: out.content_type,
+            content_type: String::from_utf8_lossy(&content_type).into_owned(),
             upstream_status: u32::from(out.status),
             is_error: out.status >= 400,
             redactions,

@@ -22,6 +22,9 @@ pub enum Outcome {
     Denied,
     /// Allowed, but the upstream failed.
     Failed,
+    /// Allowed and sent to the upstream, but the agent went away before
+    /// the answer (the upstream may have acted on it).
+    Cancelled,
 }
 
 impl Outcome {
@@ -31,6 +34,7 @@ impl Outcome {
             Self::Allowed => "allowed",
             Self::Denied => "denied",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 }

@@ -86,6 +86,22 @@ pub fn arguments(tool: &ToolEntry, text: &str) -> Result<serde_json::Value, Deni
             "arguments must be a JSON object",
         ));
     }
+    // A URL placeholder must not become a path segment of its own making.
+    if let Some(u) = tool.spec.upstream.as_ref().filter(|u| u.kind == "http") {
+        for name in u.placeholders() {
+            let v = match args.get(name) {
+                Some(serde_json::Value::String(s)) => s.as_str(),
+                _ => continue,
+            };
+            if v.is_empty() || v == "." || v == ".." {
+                return Err(refuse(
+                    Reason::ArgumentsInvalid,
+                    format!("/{name}: may not be empty, \".\" or \"..\" (it goes into the URL)"),
+                )
+                .rule("url placeholder"));
+            }
+        }
+    }
     let errors: Vec<String> = tool
         .validator
         .iter_errors(&args)

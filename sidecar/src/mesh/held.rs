@@ -31,6 +31,8 @@ pub struct HeldPolicy {
     pub tools: BTreeMap<String, Risk>,
     /// The catalog compiled for enforcement.
     pub catalog: Catalog,
+    /// The rate limits and quotas.
+    pub limits: crate::gateway::limit::LimitSet,
 }
 
 /// Token-signing keys; `generation` changes with every new key set (the
@@ -182,11 +184,13 @@ fn policy(p: &pb::PolicyPart, held: Option<&Arc<HeldPolicy>>) -> Result<Arc<Held
         return Err(fail(format!("tool {name:?} is not in the document")));
     }
     let catalog = Catalog::compile(&policy, &tools).map_err(fail)?;
+    let limits = crate::gateway::limit::LimitSet::compile(&policy.document).map_err(fail)?;
     Ok(Arc::new(HeldPolicy {
         version: v,
         policy,
         tools,
         catalog,
+        limits,
     }))
 }
 

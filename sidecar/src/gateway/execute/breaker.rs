@@ -72,6 +72,9 @@ impl Breakers {
             until: now + Duration::from_millis(u64::from(cfg.cooldown_ms)),
         };
         *s = match (*s, ok) {
+            // A call admitted before the circuit opened says nothing about
+            // the upstream now; only the half-open probe closes it.
+            (State::Open { until }, true) => State::Open { until },
             (_, true) => State::Closed { failures: 0 },
             (State::Closed { failures }, false) if failures + 1 < cfg.failures => State::Closed {
                 failures: failures + 1,
@@ -130,6 +133,9 @@ mod tests {
         b.record("u", false, &cfg, t1);
         assert_eq!(b.states()["u"].name(), "open");
         let t2 = t1 + Duration::from_millis(1000);
+        // A late success of a call from before the opening changes nothing.
+        b.record("u", true, &cfg, t1);
+        assert_eq!(b.states()["u"].name(), "open");
         b.admit("u", t2).unwrap();
         b.record("u", true, &cfg, t2);
         assert_eq!(b.states()["u"], State::Closed { failures: 0 });

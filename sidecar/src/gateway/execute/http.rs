@@ -5,7 +5,7 @@
 //! ring provider; connections are pooled per TLS configuration.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,13 +38,17 @@ pub enum Failure {
     /// The answer exceeds the cap.
     #[error("answer larger than {0} bytes")]
     TooLarge(usize),
+    /// The answer is content-encoded (compressed): output inspection could
+    /// not see into it.
+    #[error("answer is content-encoded ({0}); only identity is accepted")]
+    Encoded(String),
 }
 
 /// The sidecar's HTTP clients: one with the system trust store, and one per
 /// distinct upstream TLS configuration.
 #[derive(Default)]
 pub struct Clients {
-    system: OnceLock<Result<HttpClient, String>>,
+    system: Mutex<Option<HttpClient>>,
     custom: Mutex<HashMap<Vec<u8>, HttpClient>>,
 }
 
@@ -126,11 +130,19 @@ impl Clients {
     ) -> Result<HttpClient, Failure> {
         let custom = tls.is_some_and(|t| t.ca_file.is_some()) || client_auth.is_some();
         if !custom {
-            return self
+            if let Some(c) = self
                 .system
-                .get_or_init(|| tls_config(None, None).map(client))
-                .clone()
-                .map_err(Failure::Build);
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                return Ok(c.clone());
+            }
+            // Built outside the lock (it reads the trust store); a failure is
+            // not kept, so a fixed store is used on the next call.
+            let c = client(tls_config(None, None).map_err(Failure::Build)?);
+            *self.system.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+            return Ok(c);
         }
         // Keyed by a digest of the settings and credentials: a rotated
         // client key gets a fresh client.
@@ -145,11 +157,17 @@ impl Clients {
             ctx.update(k.expose().as_bytes());
         }
         let key = ctx.finish().as_ref().to_vec();
-        let mut m = self.custom.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = m.get(&key) {
+        if let Some(c) = self
+            .custom
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(c.clone());
         }
+        // Built outside the lock: it reads files.
         let c = client(tls_config(tls, client_auth).map_err(Failure::Build)?);
+        let mut m = self.custom.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= 256 {
             m.clear();
         }
@@ -266,6 +284,8 @@ fn build(c: &Call<'_>) -> Result<http::Request<Full<Bytes>>, Failure> {
         .method(method)
         .uri(&url)
         .header(ACCEPT, "application/json, */*;q=0.5")
+        // Output inspection reads the answer as sent: no compression.
+        .header(http::header::ACCEPT_ENCODING, "identity")
         .header(
             USER_AGENT,
             concat!("warden-sidecar/", env!("CARGO_PKG_VERSION")),
@@ -315,6 +335,14 @@ pub async fn call(clients: &Clients, c: Call<'_>) -> Result<Output, Failure> {
             .await
             .map_err(|e| Failure::Unavailable(error_chain(&e)))?;
         let status = resp.status().as_u16();
+        if let Some(enc) = resp
+            .headers()
+            .get(http::header::CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .filter(|e| !e.eq_ignore_ascii_case("identity"))
+        {
+            return Err(Failure::Encoded(enc.chars().take(32).collect()));
+        }
         let content_type = resp
             .headers()
             .get(CONTENT_TYPE)

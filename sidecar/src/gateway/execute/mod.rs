@@ -41,12 +41,46 @@ fn refuse(code: Code, reason: Reason, message: impl Into<String>) -> Denial {
     Denial::new(Stage::Execute, code, reason, message)
 }
 
+/// Upstream calls in flight at once, across tools (each may buffer up to
+/// its response cap).
+pub const MAX_IN_FLIGHT: usize = 256;
+
 /// Runs upstream calls.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Executor {
     clients: http::Clients,
     /// Circuit breakers by tool.
     pub breakers: breaker::Breakers,
+    in_flight: tokio::sync::Semaphore,
+}
+
+impl Default for Executor {
+    fn default() -> Self {
+        Self {
+            clients: http::Clients::default(),
+            breakers: breaker::Breakers::default(),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+        }
+    }
+}
+
+/// A call the breaker admitted: if it is dropped unfinished (the agent
+/// went away), it counts as a failure, so that a half-open probe never
+/// leaves the breaker waiting forever.
+struct Admitted<'a> {
+    breakers: &'a breaker::Breakers,
+    tool: &'a str,
+    cfg: &'a CircuitBreaker,
+    done: bool,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breakers
+                .record(self.tool, false, self.cfg, Instant::now());
+        }
+    }
 }
 
 impl Executor {
@@ -108,11 +142,28 @@ impl Executor {
             d.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
             return Err(d);
         }
+        let mut admitted = Admitted {
+            breakers: &self.breakers,
+            tool: name,
+            cfg: &cfg,
+            done: false,
+        };
         let timeout = tool
             .spec
             .limits
             .timeout_ms
             .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(u64::from(ms)));
+        // Waiting for a slot counts against the call's timeout too.
+        let started = tokio::time::Instant::now();
+        let Ok(Ok(_slot)) = tokio::time::timeout(timeout, self.in_flight.acquire()).await else {
+            admitted.done = true;
+            return Err(refuse(
+                Code::Unavailable,
+                Reason::UpstreamUnavailable,
+                format!("too many upstream calls in flight; {name} could not start in time"),
+            ));
+        };
+        let timeout = timeout.saturating_sub(started.elapsed());
         let max_bytes = u
             .max_response_bytes
             .map_or(DEFAULT_MAX_RESPONSE_BYTES, |b| b as usize);
@@ -129,6 +180,7 @@ impl Executor {
             },
         )
         .await;
+        admitted.done = true;
         self.outcome(name, result, &cfg, resolved)
     }
 
@@ -144,7 +196,9 @@ impl Executor {
         // a healthy upstream's oddity.
         let healthy = match &result {
             Ok(o) => o.status < 500,
-            Err(http::Failure::TooLarge(_) | http::Failure::Build(_)) => true,
+            Err(
+                http::Failure::TooLarge(_) | http::Failure::Build(_) | http::Failure::Encoded(_),
+            ) => true,
             Err(_) => false,
         };
         self.breakers.record(name, healthy, cfg, Instant::now());
@@ -176,6 +230,13 @@ impl Executor {
                         Reason::UpstreamUnavailable,
                         format!(
                             "the request to the upstream of {name} could not be built; see the sidecar log"
+                        ),
+                    ),
+                    http::Failure::Encoded(_) => refuse(
+                        Code::Unavailable,
+                        Reason::UpstreamUnavailable,
+                        format!(
+                            "the upstream of {name} answered compressed; only uncompressed answers are inspected and accepted"
                         ),
                     ),
                     http::Failure::Unavailable(_) => refuse(

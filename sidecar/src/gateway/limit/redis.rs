@@ -1,0 +1,266 @@
+//! The shared limiter: one Lua script per call on Redis ([`SCRIPT`]),
+//! invoked by EVALSHA (loaded again on NOSCRIPT), on the Redis clock, with
+//! every key of a call under one hash tag (Redis Cluster safe). Calls are
+//! bounded by a short timeout and a circuit breaker, so an outage costs no
+//! waiting per call; the connection reconnects by itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use warden_shared::policy::CircuitBreaker;
+
+use super::{Item, Kind, Outcome};
+use crate::gateway::execute::breaker::Breakers;
+
+/// The check-and-count script.
+pub const SCRIPT: &str = include_str!("gcra.lua");
+
+/// Redis settings (the sidecar config's `[redis]` table).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`, or `rediss://` for TLS (rustls).
+    pub url: String,
+    /// A file holding the password (else one in the URL, or none).
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates for `rediss://` (default: the system store).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Longest wait for one check, ms (the decision path waits this at most).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Prefix of every key (several meshes may share one Redis).
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+    /// Consecutive failures that open the breaker.
+    #[serde(default = "default_failures")]
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe, ms.
+    #[serde(default = "default_cooldown")]
+    pub breaker_cooldown_ms: u32,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        let url = match self.url.split_once('@') {
+            Some((scheme_user, host)) => {
+                let scheme = scheme_user.split("://").next().unwrap_or("redis");
+                format!("{scheme}://[redacted]@{host}")
+            }
+            None => self.url.clone(),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &url)
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("key_prefix", &self.key_prefix)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown_ms", &self.breaker_cooldown_ms)
+            .finish()
+    }
+}
+
+fn default_timeout_ms() -> u64 {
+    5
+}
+fn default_prefix() -> String {
+    "warden:".into()
+}
+fn default_failures() -> u32 {
+    3
+}
+fn default_cooldown() -> u32 {
+    1000
+}
+
+impl RedisConfig {
+    /// Settings for `url` with defaults.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.into(),
+            password_file: None,
+            ca_file: None,
+            timeout_ms: default_timeout_ms(),
+            key_prefix: default_prefix(),
+            breaker_failures: default_failures(),
+            breaker_cooldown_ms: default_cooldown(),
+        }
+    }
+
+    /// Refuses settings that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
+            return Err("redis.url must start with redis:// or rediss://".into());
+        }
+        if !(1..=10_000).contains(&self.timeout_ms) {
+            return Err("redis.timeout_ms must be 1..=10000".into());
+        }
+        if !(1..=1000).contains(&self.breaker_failures)
+            || !(10..=600_000).contains(&self.breaker_cooldown_ms)
+        {
+            return Err(
+                "redis.breaker_failures must be 1..=1000 and breaker_cooldown_ms 10..=600000"
+                    .into(),
+            );
+        }
+        if self.key_prefix.len() > 64 || self.key_prefix.contains(['{', '}']) {
+            return Err("redis.key_prefix must be at most 64 bytes without braces".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a shared check failed (the caller applies each limit's failure mode).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The breaker is open after repeated failures.
+    #[error("the Redis circuit is open")]
+    CircuitOpen,
+    /// No answer within the timeout.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error, or the connection failed.
+    #[error("Redis: {0}")]
+    Redis(String),
+    /// The script's answer has an unexpected shape.
+    #[error("unexpected answer from the limit script")]
+    Answer,
+}
+
+/// The Redis-backed limiter.
+pub struct RedisLimiter {
+    conn: redis::aio::ConnectionManager,
+    script: redis::Script,
+    timeout: Duration,
+    breaker: Breakers,
+    breaker_cfg: CircuitBreaker,
+    /// Failed checks (timeouts, errors), for metrics.
+    pub errors: AtomicU64,
+    /// Key prefix.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("timeout", &self.timeout)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The breaker's key.
+const BREAKER: &str = "redis";
+
+impl RedisLimiter {
+    /// A limiter on `cfg`; connects lazily (a Redis that is down at start
+    /// is an outage like any other, not a start failure).
+    pub fn new(cfg: &RedisConfig) -> Result<Self, String> {
+        use redis::IntoConnectionInfo;
+        cfg.validate()?;
+        let mut info = cfg
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| format!("redis.url: {e}"))?;
+        if let Some(p) = &cfg.password_file {
+            let pw = std::fs::read_to_string(p)
+                .map_err(|e| format!("redis.password_file {}: {e}", p.display()))?;
+            let settings = info.redis_settings().clone().set_password(pw.trim_end());
+            info = info.set_redis_settings(settings);
+        }
+        let client = match &cfg.ca_file {
+            Some(ca) => {
+                let root = std::fs::read(ca)
+                    .map_err(|e| format!("redis.ca_file {}: {e}", ca.display()))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    },
+                )
+            }
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| format!("redis: {e}"))?;
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let conf = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+            .set_number_of_retries(1);
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, conf)
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(Self {
+            conn,
+            script: redis::Script::new(SCRIPT),
+            timeout,
+            breaker: Breakers::default(),
+            breaker_cfg: CircuitBreaker {
+                failures: cfg.breaker_failures,
+                cooldown_ms: cfg.breaker_cooldown_ms,
+            },
+            errors: AtomicU64::new(0),
+            prefix: cfg.key_prefix.clone(),
+        })
+    }
+
+    /// The breaker's state name (`closed`, `open`, `half_open`).
+    pub fn breaker_state(&self) -> &'static str {
+        self.breaker
+            .states()
+            .get(BREAKER)
+            .map_or("closed", |s| s.name())
+    }
+
+    /// Checks and counts `items` in one script run.
+    pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, Error> {
+        if self.breaker.admit(BREAKER, Instant::now()).is_err() {
+            return Err(Error::CircuitOpen);
+        }
+        let mut inv = self.script.prepare_invoke();
+        for it in items {
+            let (kind, a, b) = match it.kind {
+                Kind::Rate { interval_us, burst } => ("r", interval_us, burst),
+                Kind::Quota { window_us, budget } => ("q", window_us, budget),
+            };
+            inv.key(&it.key)
+                .arg(kind)
+                .arg(if it.enforce { "1" } else { "0" })
+                .arg(a)
+                .arg(b)
+                .arg(it.weight);
+        }
+        let mut conn = self.conn.clone();
+        let result: Result<Vec<i64>, Error> =
+            match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+                Err(_) => Err(Error::Timeout(self.timeout)),
+                Ok(Err(e)) => Err(Error::Redis(e.to_string())),
+                Ok(Ok(v)) => Ok(v),
+            };
+        let outcomes = result.and_then(|v| {
+            if v.len() != 1 + 3 * items.len() {
+                return Err(Error::Answer);
+            }
+            Ok(v[1..]
+                .chunks(3)
+                .map(|c| Outcome {
+                    admitted: c[0] == 1,
+                    retry_after_us: c[1],
+                    usage_permille: u32::try_from(c[2]).unwrap_or(u32::MAX),
+                })
+                .collect::<Vec<_>>())
+        });
+        self.breaker
+            .record(BREAKER, outcomes.is_ok(), &self.breaker_cfg, Instant::now());
+        if let Err(e) = &outcomes {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "shared limit check failed");
+        }
+        outcomes
+    }
+}
