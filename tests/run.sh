@@ -25,5 +25,8 @@ if [ -z "${WARDEN_PYTHON:-}" ]; then
     export WARDEN_PYTHON="$venv/bin/python"
 fi
 
+# Redis for the limit tests (found, started or installed).
+TARGET="$target" ./tests/ensure-redis.sh
+
 echo "==> cargo test --workspace"
 cargo test --workspace "$@"

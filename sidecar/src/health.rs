@@ -140,6 +140,42 @@ pub fn metrics(h: &Health) -> String {
             );
         }
     }
+    out.push_str(
+        "# HELP warden_limit_decisions_total Limit decisions by limit: allowed, refused, \
+         near_limit (allowed at >= 80%), shadow_refused, fallback (decided locally while \
+         Redis was away).\n# TYPE warden_limit_decisions_total counter\n",
+    );
+    for (name, c) in h.gateway.limiter.metrics.snapshot() {
+        for (decision, n) in [
+            ("allowed", c.allowed),
+            ("refused", c.refused),
+            ("near_limit", c.near_limit),
+            ("shadow_refused", c.shadow_refused),
+            ("fallback", c.fallback),
+        ] {
+            let _ = writeln!(
+                out,
+                "warden_limit_decisions_total{{limit=\"{}\",decision=\"{decision}\"}} {n}",
+                esc(&name)
+            );
+        }
+    }
+    if let Some(r) = h.gateway.limiter.shared() {
+        let _ = writeln!(
+            out,
+            "# TYPE warden_limit_redis_errors_total counter\nwarden_limit_redis_errors_total {}",
+            r.errors.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        out.push_str("# TYPE warden_limit_redis_breaker gauge\n");
+        let st = r.breaker_state();
+        for name in ["closed", "open", "half_open"] {
+            let _ = writeln!(
+                out,
+                "warden_limit_redis_breaker{{state=\"{name}\"}} {}",
+                u8::from(st == name)
+            );
+        }
+    }
     let held = h.auth.held();
     let _ = writeln!(
         out,

@@ -77,3 +77,21 @@ fn the_example_config_in_deploy_is_valid() {
     c.validate().unwrap();
     assert_eq!(c.agent_id, "coder-1");
 }
+
+#[test]
+fn the_redis_example_config_in_deploy_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/config/sidecar-redis.toml"
+    );
+    let c = warden_sidecar::config::Config::from_file(std::path::Path::new(path)).unwrap();
+    c.validate().unwrap();
+    let r = c.redis.unwrap();
+    assert_eq!((r.timeout_ms, r.key_prefix.as_str()), (5, "warden:prod:"));
+    // The URL's password never reaches a log line.
+    let mut with_pw = r.clone();
+    with_pw.url = "redis://:hunter2@redis:6379".into();
+    assert!(!format!("{with_pw:?}").contains("hunter2"));
+    with_pw.timeout_ms = 0;
+    assert!(with_pw.validate().is_err());
+}

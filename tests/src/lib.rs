@@ -24,6 +24,7 @@ use warden_sidecar::config::Config as SidecarConfig;
 
 pub mod gateway;
 pub mod raw;
+pub mod redis;
 pub mod upstream;
 
 /// The complete example policy from `deploy/policies/`.

@@ -298,10 +298,19 @@ pub struct LimitMetrics {
 }
 
 impl LimitMetrics {
-    /// Records what each limit said about one call.
+    /// Records what each limit said about one call. A shadow limit is not
+    /// counted for a call an enforced limit refused: its counts answer
+    /// "what would it refuse that passes today?".
     pub fn record(&self, set: &LimitSet, items: &[Item], outcomes: &[Outcome], fallback: bool) {
+        let refused = items
+            .iter()
+            .zip(outcomes)
+            .any(|(i, o)| i.enforce && !o.admitted);
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         for (it, o) in items.iter().zip(outcomes) {
+            if refused && !it.enforce {
+                continue;
+            }
             let Some(l) = set.get(it.limit) else { continue };
             let c = match m.get_mut(&l.name) {
                 Some(c) => c,
