@@ -51,6 +51,10 @@ pub struct PrivateRedis {
     /// Its port.
     pub port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (with `{port}` for the port).
+    args: Vec<String>,
+    /// The URL clients use (`{port}` for the port).
+    url: String,
 }
 
 impl Drop for PrivateRedis {
@@ -62,17 +66,28 @@ impl Drop for PrivateRedis {
 impl PrivateRedis {
     /// Starts one (`redis-server` must be on the PATH, or in `REDIS_SERVER`).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[], "redis://127.0.0.1:{port}").await
+    }
+
+    /// Starts one with extra `redis-server` arguments, reached at `url`
+    /// (`{port}` is filled in both).
+    pub async fn start_with(args: &[&str], url: &str) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let mut r = Self { port, child: None };
+        let mut r = Self {
+            port,
+            child: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            url: url.to_owned(),
+        };
         r.restart().await?;
         Ok(r)
     }
 
     /// Its URL.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.url.replace("{port}", &self.port.to_string())
     }
 
     /// Kills it (as a crash would).
@@ -87,26 +102,25 @@ impl PrivateRedis {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let port = self.port.to_string();
+        let tls = self.args.iter().any(|a| a == "--tls-port");
+        let mut args: Vec<String> =
+            vec!["--port".into(), if tls { "0".into() } else { port.clone() }];
+        args.extend(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(str::to_owned));
+        args.extend(self.args.iter().map(|a| a.replace("{port}", &port)));
         let child = Command::new(&bin)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {bin} (install redis-server)"))?;
         self.child = Some(child);
-        let url = self.url();
+        // Up once the port accepts connections (a password or TLS would
+        // make a plain PING fail).
+        let addr = format!("127.0.0.1:{}", self.port);
         let up = eventually(Duration::from_secs(10), || {
-            let url = url.clone();
-            async move { is_up(&url).await }
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
         })
         .await;
         anyhow::ensure!(up, "redis-server on port {} did not come up", self.port);

@@ -318,3 +318,74 @@ cedar: "permit (principal, action, resource);"
     }
     assert_eq!(shadow, 2);
 }
+
+#[tokio::test]
+async fn redis_with_a_password_and_over_tls() {
+    use warden_tests::upstream::TestPki;
+    let set = limits(
+        "  - { name: r, key: agent, rate: { calls: 100, per: 1s } }",
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // A password, from a file.
+    let redis =
+        PrivateRedis::start_with(&["--requirepass", "s3cret-pw"], "redis://127.0.0.1:{port}")
+            .await
+            .unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret-pw\n").unwrap();
+    let mut cfg = RedisConfig::new(&redis.url());
+    cfg.key_prefix = unique_prefix();
+    cfg.timeout_ms = 2000;
+    let without = Limiter::with_redis(RedisLimiter::new(&cfg).unwrap());
+    assert_eq!(
+        check(&without, &set, 1).await,
+        Verdict::Unavailable { limit: "r".into() },
+        "no password: refused by Redis, the limit fails closed"
+    );
+    cfg.password_file = Some(pw);
+    let with = Limiter::with_redis(RedisLimiter::new(&cfg).unwrap());
+    assert_eq!(check(&with, &set, 1).await, Verdict::Admit);
+
+    // TLS (rustls), the server's CA from a file.
+    let pki = TestPki::new().unwrap();
+    for (name, pem) in [
+        ("ca.pem", &pki.ca_pem),
+        ("srv.crt", &pki.server.0),
+        ("srv.key", &pki.server.1),
+    ] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let (ca, crt, key) = (p("ca.pem"), p("srv.crt"), p("srv.key"));
+    let tls = PrivateRedis::start_with(
+        &[
+            "--tls-port",
+            "{port}",
+            "--tls-cert-file",
+            &crt,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+        "rediss://localhost:{port}",
+    )
+    .await
+    .unwrap();
+    let mut cfg = RedisConfig::new(&tls.url());
+    cfg.key_prefix = unique_prefix();
+    cfg.timeout_ms = 2000;
+    cfg.ca_file = Some(ca.into());
+    let l = Limiter::with_redis(RedisLimiter::new(&cfg).unwrap());
+    assert_eq!(check(&l, &set, 1).await, Verdict::Admit);
+    // Without the private CA the server's certificate is not trusted.
+    cfg.ca_file = None;
+    let untrusted = Limiter::with_redis(RedisLimiter::new(&cfg).unwrap());
+    assert!(matches!(
+        check(&untrusted, &set, 1).await,
+        Verdict::Unavailable { .. }
+    ));
+}
