@@ -313,6 +313,15 @@ fn limits_are_checked() {
         |v| v["limits"] = serde_json::json!([{"name": "l", "key": "agent", "rate": {"calls": 1, "per": "1s"}, "on_failure": "local_fallback"}]),
     );
     assert!(d.contains("expected_replicas"), "{d}");
+    let d = limit_err(|v| {
+        v["limits"] = serde_json::json!([{"name": "l", "key": "agent", "rate": {"calls": 8, "per": "1s", "burst": 2},
+            "on_failure": "local_fallback", "expected_replicas": 4}])
+    });
+    assert!(d.contains("local share"), "{d}");
+    let d = limit_err(
+        |v| v["limits"] = serde_json::json!([{"name": "send_email.calls_per_minute", "key": "agent_tool", "rate": {"calls": 1, "per": "1s"}}]),
+    );
+    assert!(d.contains("tools' own limits"), "{d}");
     let d = limit_err(
         |v| v["limits"] = serde_json::json!([{"name": "l", "key": "agent", "rate": {"calls": 1, "per": "1s"}, "on_failure": "fail_open"}]),
     );

@@ -415,6 +415,11 @@ fn check_limits(doc: &Document, names: &BTreeSet<&str>) -> Result<(), Error> {
         if !seen.insert(l.name.as_str()) {
             return Err(bad("duplicate limit name".into()));
         }
+        if l.name.ends_with(".calls_per_minute") {
+            return Err(bad(
+                "names ending in .calls_per_minute are the tools' own limits".into(),
+            ));
+        }
         if !["agent", "agent_tool", "session", "owner"].contains(&l.key.as_str()) {
             return Err(bad(format!(
                 "unknown key {:?} (agent, agent_tool, session or owner)",
@@ -464,13 +469,21 @@ fn check_limits(doc: &Document, names: &BTreeSet<&str>) -> Result<(), Error> {
         match l.on_failure.as_deref() {
             None | Some("fail_closed") => {}
             Some("local_fallback") => {
-                if !l
-                    .expected_replicas
-                    .is_some_and(|n| (1..=10_000).contains(&n))
-                {
+                let Some(n) = l.expected_replicas.filter(|n| (1..=10_000).contains(n)) else {
                     return Err(bad(
                         "local_fallback needs expected_replicas (1..=10000)".into()
                     ));
+                };
+                // Each replica's share must be at least one call.
+                let smallest = match (&l.rate, &l.quota) {
+                    (Some(r), _) => r.burst.unwrap_or(r.calls).min(r.calls),
+                    (_, Some(q)) => q.budget,
+                    _ => n,
+                };
+                if smallest < n {
+                    return Err(bad(format!(
+                        "a local share needs a burst (and calls) or budget of at least expected_replicas ({n})"
+                    )));
                 }
             }
             Some(other) => {

@@ -10,15 +10,27 @@ use std::sync::Mutex;
 
 use super::{Item, Kind, Outcome};
 
-/// Keys before idle ones are swept.
-const SWEEP_AT: usize = 65_536;
+/// Most keys held. Past it, idle state is swept (at most once a second);
+/// if the map is still full, calls needing a new key are refused (fail
+/// closed) — never is live state dropped.
+const MAX_KEYS: usize = 65_536;
 
 #[derive(Debug, Clone, Copy)]
 enum State {
     /// GCRA: the theoretical arrival time of the next call (µs).
     Tat(i64),
-    /// Quota: the window's index and what it has used.
-    Used { window: i64, used: u64 },
+    /// Quota: the window's index, when it ends (µs), and what it has used.
+    Used { window: i64, ends: i64, used: u64 },
+}
+
+impl State {
+    /// Whether the state still holds anything at `now`.
+    fn live(&self, now: i64) -> bool {
+        match *self {
+            Self::Tat(t) => t > now,
+            Self::Used { ends, .. } => ends > now,
+        }
+    }
 }
 
 /// What one item would do to its state.
@@ -46,7 +58,9 @@ fn evaluate(state: Option<State>, kind: Kind, weight: u64, now: i64) -> (Outcome
         Kind::Quota { window_us, budget } => {
             let window = now.div_euclid(window_us);
             let used = match state {
-                Some(State::Used { window: w, used }) if w == window => used,
+                Some(State::Used {
+                    window: w, used, ..
+                }) if w == window => used,
                 _ => 0,
             };
             let new = used.saturating_add(weight);
@@ -62,7 +76,11 @@ fn evaluate(state: Option<State>, kind: Kind, weight: u64, now: i64) -> (Outcome
                     usage_permille: u32::try_from(new.saturating_mul(1000) / budget.max(1))
                         .unwrap_or(u32::MAX),
                 },
-                State::Used { window, used: new },
+                State::Used {
+                    window,
+                    ends: (window + 1) * window_us,
+                    used: new,
+                },
             )
         }
     }
@@ -71,7 +89,14 @@ fn evaluate(state: Option<State>, kind: Kind, weight: u64, now: i64) -> (Outcome
 /// The in-process limiter.
 #[derive(Debug, Default)]
 pub struct LocalLimiter {
-    states: Mutex<HashMap<String, State>>,
+    states: Mutex<Map>,
+}
+
+#[derive(Debug, Default)]
+struct Map {
+    states: HashMap<String, State>,
+    /// No sweep before this instant (µs).
+    next_sweep: i64,
 }
 
 impl LocalLimiter {
@@ -79,35 +104,54 @@ impl LocalLimiter {
     /// ones — but only when no enforced item is refused (a refused call
     /// consumes nothing).
     pub fn check(&self, items: &[Item], now: i64, commit: bool) -> Vec<Outcome> {
-        let mut m = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let m = &mut *map;
         let mut out = Vec::with_capacity(items.len());
         let mut next = Vec::with_capacity(items.len());
         for it in items {
-            let (o, s) = evaluate(m.get(it.key.as_str()).copied(), it.kind, it.weight, now);
+            let (o, s) = evaluate(
+                m.states.get(it.key.as_str()).copied(),
+                it.kind,
+                it.weight,
+                now,
+            );
             out.push(o);
             next.push(s);
+        }
+        let new_keys = items
+            .iter()
+            .filter(|i| !m.states.contains_key(i.key.as_str()))
+            .count();
+        if new_keys > 0 && m.states.len() + new_keys > MAX_KEYS {
+            if now >= m.next_sweep {
+                m.states.retain(|_, s| s.live(now));
+                m.next_sweep = now + 1_000_000;
+            }
+            if m.states.len() + new_keys > MAX_KEYS {
+                // Full of live state: refuse rather than forget any of it.
+                for (it, o) in items.iter().zip(out.iter_mut()) {
+                    if !m.states.contains_key(it.key.as_str()) {
+                        *o = Outcome {
+                            admitted: false,
+                            retry_after_us: 1_000_000,
+                            usage_permille: 1000,
+                        };
+                    }
+                }
+                return out;
+            }
         }
         let refused = items
             .iter()
             .zip(&out)
             .any(|(i, o)| i.enforce && !o.admitted);
         if commit && !refused {
-            if m.len() >= SWEEP_AT {
-                m.retain(|_, s| match *s {
-                    State::Tat(t) => t > now,
-                    State::Used { .. } => true,
-                });
-                if m.len() >= SWEEP_AT {
-                    // Quotas of past windows hold nothing either.
-                    m.clear();
-                }
-            }
             for ((it, o), s) in items.iter().zip(&out).zip(next) {
                 if o.admitted {
-                    match m.get_mut(it.key.as_str()) {
+                    match m.states.get_mut(it.key.as_str()) {
                         Some(v) => *v = s,
                         None => {
-                            m.insert(it.key.clone(), s);
+                            m.states.insert(it.key.clone(), s);
                         }
                     }
                 }
@@ -132,6 +176,21 @@ mod tests {
             enforce: true,
             limit: 0,
         }
+    }
+
+    #[test]
+    fn a_full_map_keeps_live_state_and_refuses_new_keys() {
+        let l = LocalLimiter::default();
+        let now = 1_000_000_000_000;
+        for i in 0..MAX_KEYS {
+            assert!(l.check(&[rate(&format!("k{i}"), 10_000_000, 5)], now, true)[0].admitted);
+        }
+        // Full of live state: a new key is refused, the old ones kept.
+        assert!(!l.check(&[rate("new", 10_000_000, 5)], now, true)[0].admitted);
+        assert!(l.check(&[rate("k0", 10_000_000, 5)], now, true)[0].admitted);
+        // Once the old state is idle (its arrival time passed), it is swept.
+        let later = now + 60_000_000;
+        assert!(l.check(&[rate("new", 10_000_000, 5)], later, true)[0].admitted);
     }
 
     #[test]

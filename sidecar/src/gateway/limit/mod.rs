@@ -89,7 +89,10 @@ impl Limit {
                 let per = parse_duration(&r.per).ok_or("bad rate.per")?;
                 let calls = u64::try_from(r.calls).map_err(|_| "bad rate.calls")?.max(1);
                 Kind::Rate {
-                    interval_us: (us(per) / calls as i64).max(1),
+                    // Rounded up: never faster than the policy says.
+                    interval_us: i64::try_from((us(per) as u64).div_ceil(calls))
+                        .unwrap_or(i64::MAX)
+                        .max(1),
                     burst: u64::try_from(r.burst.unwrap_or(r.calls))
                         .map_err(|_| "bad rate.burst")?
                         .max(1),
@@ -157,7 +160,7 @@ impl LimitSet {
                     key: KeyKind::AgentTool,
                     tools: vec![t.name.clone()],
                     kind: Kind::Rate {
-                        interval_us: 60_000_000 / i64::from(n.max(1)),
+                        interval_us: 60_000_000_u64.div_ceil(u64::from(n.max(1))) as i64,
                         burst: u64::from(n.max(1)),
                     },
                     fallback_replicas: None,
@@ -187,6 +190,13 @@ impl LimitSet {
             .enumerate()
             .filter(|(_, l)| l.tools.is_empty() || l.tools.iter().any(|t| t == call.tool))
             .map(|(i, l)| {
+                // The limit's kind and period are part of its key: a policy
+                // that changes them starts a new count instead of reading
+                // state of another shape.
+                let shape = match l.kind {
+                    Kind::Rate { interval_us, burst } => format!("r{}", interval_us * burst as i64),
+                    Kind::Quota { window_us, .. } => format!("q{window_us}"),
+                };
                 let scope = match l.key {
                     KeyKind::Agent => format!("a:{}", call.agent),
                     KeyKind::AgentTool => format!("t:{}:{}", call.agent, call.tool),
@@ -194,7 +204,7 @@ impl LimitSet {
                     KeyKind::Owner => "o".to_owned(),
                 };
                 Item {
-                    key: format!("{prefix}{tag}:{}:{scope}", l.name),
+                    key: format!("{prefix}{tag}:{}:{shape}:{scope}", l.name),
                     kind: l.kind,
                     weight: match l.kind {
                         Kind::Rate { .. } => 1,

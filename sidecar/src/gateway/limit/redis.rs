@@ -156,6 +156,22 @@ impl std::fmt::Debug for RedisLimiter {
 /// The breaker's key.
 const BREAKER: &str = "redis";
 
+/// A check in flight (see [`RedisLimiter::check`]).
+struct Pending<'a> {
+    limiter: &'a RedisLimiter,
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let l = self.limiter;
+            l.breaker
+                .record(BREAKER, false, &l.breaker_cfg, Instant::now());
+        }
+    }
+}
+
 impl RedisLimiter {
     /// A limiter on `cfg`; connects lazily (a Redis that is down at start
     /// is an outage like any other, not a start failure).
@@ -222,6 +238,12 @@ impl RedisLimiter {
         if self.breaker.admit(BREAKER, Instant::now()).is_err() {
             return Err(Error::CircuitOpen);
         }
+        // A check dropped unfinished (the caller went away) counts as a
+        // failure: a half-open probe must never leave the breaker waiting.
+        let mut pending = Pending {
+            limiter: self,
+            done: false,
+        };
         let mut inv = self.script.prepare_invoke();
         for it in items {
             let (kind, a, b) = match it.kind {
@@ -255,6 +277,7 @@ impl RedisLimiter {
                 })
                 .collect::<Vec<_>>())
         });
+        pending.done = true;
         self.breaker
             .record(BREAKER, outcomes.is_ok(), &self.breaker_cfg, Instant::now());
         if let Err(e) = &outcomes {

@@ -50,9 +50,9 @@ fn limits_compile_into_items_under_one_hash_tag() {
     assert_eq!(
         keys,
         [
-            "w:{a:ag}:per-agent:a:ag",
-            "w:{a:ag}:agent-budget:a:ag",
-            "w:{a:ag}:a.calls_per_minute:t:ag:a"
+            "w:{a:ag}:per-agent:r200000:a:ag",
+            "w:{a:ag}:agent-budget:q86400000000:a:ag",
+            "w:{a:ag}:a.calls_per_minute:r60000000:t:ag:a"
         ]
     );
     assert_eq!(
@@ -81,7 +81,7 @@ fn limits_compile_into_items_under_one_hash_tag() {
         .map(|i| i.key)
         .collect();
     assert!(
-        keys.contains(&"w:{a:ag}:per-session:s:s1".to_owned()),
+        keys.contains(&"w:{a:ag}:per-session:r60000000:s:s1".to_owned()),
         "{keys:?}"
     );
     // An owner limit puts every key under the owner's tag.
