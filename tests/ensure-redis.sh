@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the limit tests have Redis: the one at WARDEN_TEST_REDIS_URL, or
 # one on 127.0.0.1:6379, or one started here (its files under $TARGET).
-# redis-server is installed if missing: some tests start private servers.
+# redis-server and redis-cli are installed if missing: some tests start
+# private servers, and a three-node cluster.
 set -euo pipefail
 target="${TARGET:-target}"
 
@@ -14,8 +15,8 @@ redis_ping() {
     exec 3<&- 3>&-
     [[ "$reply" == +PONG* ]]
 }
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "==> installing redis-server"
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "==> installing redis-server (and redis-cli, which builds the test cluster)"
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
     else

@@ -26,13 +26,18 @@ pub async fn command(url: &str, cmd: &mut redis::Cmd) -> anyhow::Result<redis::V
     Ok(cmd.query_async(&mut c).await?)
 }
 
-/// `INFO section` as text.
-pub async fn info(url: &str, section: &str) -> anyhow::Result<String> {
-    Ok(match command(url, redis::cmd("INFO").arg(section)).await? {
+/// A text reply as a string.
+pub fn text(v: redis::Value) -> String {
+    match v {
         redis::Value::VerbatimString { text, .. } => text,
         redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
         other => format!("{other:?}"),
-    })
+    }
+}
+
+/// `INFO section` as text.
+pub async fn info(url: &str, section: &str) -> anyhow::Result<String> {
+    Ok(text(command(url, redis::cmd("INFO").arg(section)).await?))
 }
 
 /// Whether Redis at `url` answers PING.

@@ -389,3 +389,92 @@ async fn redis_with_a_password_and_over_tls() {
         Verdict::Unavailable { .. }
     ));
 }
+
+#[tokio::test]
+async fn a_redis_cluster_shares_limits_whatever_slot_an_agent_hashes_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let conf = dir.path().join(format!("nodes-{i}.conf"));
+        let conf = conf.display().to_string();
+        let n = PrivateRedis::start_with(
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-node-timeout",
+                "5000",
+            ],
+            "redis://127.0.0.1:{port}",
+        )
+        .await
+        .unwrap();
+        nodes.push(n);
+    }
+    // Three primaries, the 16384 slots split between them.
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli (package redis-tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for n in &nodes {
+        let ok = warden_tests::eventually(Duration::from_secs(20), || async {
+            command(&n.url(), redis::cmd("CLUSTER").arg("INFO"))
+                .await
+                .is_ok_and(|v| warden_tests::redis::text(v).contains("cluster_state:ok"))
+        })
+        .await;
+        assert!(ok, "the cluster did not become ready");
+    }
+    let set = limits(
+        "  - { name: r, key: agent, rate: { calls: 3, per: 1m } }",
+        1,
+    );
+    let mut cfg = RedisConfig::new(&nodes[0].url());
+    cfg.cluster = true;
+    cfg.key_prefix = unique_prefix();
+    cfg.timeout_ms = 2000;
+    let a = Limiter::with_redis(RedisLimiter::new(&cfg).unwrap());
+    let b = Limiter::with_redis(RedisLimiter::new(&cfg).unwrap());
+    // Twelve agents hash to slots on all three nodes; each has 3 calls a
+    // minute, shared by the two limiters.
+    for i in 0..12 {
+        let agent = format!("agent-{i}");
+        let key = CallKey {
+            agent: &agent,
+            ..CALL
+        };
+        let items = set.items(a.prefix(), &key);
+        for l in [&a, &b, &a] {
+            assert_eq!(l.check(&set, &items).await, Verdict::Admit, "{agent}");
+        }
+        assert!(
+            matches!(b.check(&set, &items).await, Verdict::Refuse { .. }),
+            "{agent}: the fourth call across both limiters"
+        );
+    }
+    // A flushed script cache on every node is reloaded where it is needed.
+    for n in &nodes {
+        command(&n.url(), redis::cmd("SCRIPT").arg("FLUSH"))
+            .await
+            .unwrap();
+    }
+    let key = CallKey {
+        agent: "fresh",
+        ..CALL
+    };
+    let items = set.items(a.prefix(), &key);
+    assert_eq!(a.check(&set, &items).await, Verdict::Admit);
+    assert_eq!(a.shared().unwrap().errors.load(Ordering::Relaxed), 0);
+}

@@ -20,8 +20,12 @@ pub const SCRIPT: &str = include_str!("gcra.lua");
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]`, or `rediss://` for TLS (rustls).
+    /// `redis://host:port[/db]`, or `rediss://` for TLS (rustls). With
+    /// `cluster`, any node of the cluster (the others are discovered).
     pub url: String,
+    /// Speak Redis Cluster: follow the slot map and `MOVED` redirects.
+    #[serde(default)]
+    pub cluster: bool,
     /// A file holding the password (else one in the URL, or none).
     #[serde(default)]
     pub password_file: Option<std::path::PathBuf>,
@@ -54,6 +58,7 @@ impl std::fmt::Debug for RedisConfig {
         };
         f.debug_struct("RedisConfig")
             .field("url", &url)
+            .field("cluster", &self.cluster)
             .field("password_file", &self.password_file)
             .field("ca_file", &self.ca_file)
             .field("timeout_ms", &self.timeout_ms)
@@ -82,6 +87,7 @@ impl RedisConfig {
     pub fn new(url: &str) -> Self {
         Self {
             url: url.into(),
+            cluster: false,
             password_file: None,
             ca_file: None,
             timeout_ms: default_timeout_ms(),
@@ -131,9 +137,24 @@ pub enum Error {
     Answer,
 }
 
+/// A connection to one Redis endpoint, or to a cluster.
+enum Conn {
+    /// Reconnects by itself.
+    Single(redis::aio::ConnectionManager),
+    /// Connected on first use (and again after a failure to connect); it
+    /// follows the slot map by itself.
+    Cluster(Box<ClusterConn>),
+}
+
+/// See [`Conn::Cluster`].
+struct ClusterConn {
+    client: redis::cluster::ClusterClient,
+    conn: tokio::sync::Mutex<Option<redis::cluster_async::ClusterConnection>>,
+}
+
 /// The Redis-backed limiter.
 pub struct RedisLimiter {
-    conn: redis::aio::ConnectionManager,
+    conn: Conn,
     script: redis::Script,
     timeout: Duration,
     breaker: Breakers,
@@ -189,28 +210,52 @@ impl RedisLimiter {
             let settings = info.redis_settings().clone().set_password(pw.trim_end());
             info = info.set_redis_settings(settings);
         }
-        let client = match &cfg.ca_file {
-            Some(ca) => {
-                let root = std::fs::read(ca)
-                    .map_err(|e| format!("redis.ca_file {}: {e}", ca.display()))?;
-                redis::Client::build_with_tls(
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let root = match &cfg.ca_file {
+            Some(ca) => Some(
+                std::fs::read(ca).map_err(|e| format!("redis.ca_file {}: {e}", ca.display()))?,
+            ),
+            None => None,
+        };
+        let conn = if cfg.cluster {
+            let mut b = redis::cluster::ClusterClient::builder([info.clone()])
+                .connection_timeout(timeout.max(Duration::from_millis(100)))
+                .response_timeout(timeout)
+                .retries(1);
+            if let Some(pw) = info.redis_settings().password() {
+                b = b.password(pw);
+            }
+            if let Some(root) = root {
+                b = b.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                });
+            }
+            Conn::Cluster(Box::new(ClusterConn {
+                client: b.build().map_err(|e| format!("redis: {e}"))?,
+                conn: tokio::sync::Mutex::new(None),
+            }))
+        } else {
+            let client = match root {
+                Some(root) => redis::Client::build_with_tls(
                     info,
                     redis::TlsCertificates {
                         client_tls: None,
                         root_cert: Some(root),
                     },
-                )
+                ),
+                None => redis::Client::open(info),
             }
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| format!("redis: {e}"))?;
-        let timeout = Duration::from_millis(cfg.timeout_ms);
-        let conf = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
-            .set_number_of_retries(1);
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, conf)
             .map_err(|e| format!("redis: {e}"))?;
+            let conf = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(timeout))
+                .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+                .set_number_of_retries(1);
+            Conn::Single(
+                redis::aio::ConnectionManager::new_lazy_with_config(client, conf)
+                    .map_err(|e| format!("redis: {e}"))?,
+            )
+        };
         Ok(Self {
             conn,
             script: redis::Script::new(SCRIPT),
@@ -257,13 +302,31 @@ impl RedisLimiter {
                 .arg(b)
                 .arg(it.weight);
         }
-        let mut conn = self.conn.clone();
-        let result: Result<Vec<i64>, Error> =
-            match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
-                Err(_) => Err(Error::Timeout(self.timeout)),
-                Ok(Err(e)) => Err(Error::Redis(e.to_string())),
-                Ok(Ok(v)) => Ok(v),
-            };
+        let run = async {
+            match &self.conn {
+                Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+                Conn::Cluster(cc) => {
+                    let (client, conn) = (&cc.client, &cc.conn);
+                    let mut c = {
+                        let mut held = conn.lock().await;
+                        match held.as_ref() {
+                            Some(c) => c.clone(),
+                            None => {
+                                let c = client.get_async_connection().await?;
+                                *held = Some(c.clone());
+                                c
+                            }
+                        }
+                    };
+                    inv.invoke_async(&mut c).await
+                }
+            }
+        };
+        let result: Result<Vec<i64>, Error> = match tokio::time::timeout(self.timeout, run).await {
+            Err(_) => Err(Error::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(Error::Redis(e.to_string())),
+            Ok(Ok(v)) => Ok(v),
+        };
         let outcomes = result.and_then(|v| {
             if v.len() != 1 + 3 * items.len() {
                 return Err(Error::Answer);
