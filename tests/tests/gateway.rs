@@ -323,6 +323,21 @@ async fn session_refusals_at_the_first_stage() {
     })
     .await;
     assert!(revoked);
+    // An expired token (its claims re-signed with the real key, but past
+    // their expiry).
+    let (s, _) = g.session(&["echo:call"], 0, &[]).await.unwrap();
+    let mut c: warden_shared::token::Claims =
+        serde_json::from_value(jwt_payload(&s.token)).unwrap();
+    c.iat -= 1000;
+    c.exp = warden_control_plane::now_unix() - 1;
+    let expired = g.mesh.cp.state.keys.current().active.sign(&c).unwrap();
+    let mut c = with_token(&g.sidecar, &expired).await.unwrap();
+    refused(
+        c.call_tool(call("echo", r#"{"text": "x"}"#)).await,
+        Code::Unauthenticated,
+        "TOKEN_EXPIRED",
+        "authenticate",
+    );
     // Another agent's token at this sidecar.
     let other = g.mesh.agent("b1", &["data:read"], 4).await.unwrap();
     let sb = session(&other).await;
