@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "identity.proto",
         "sidecar.proto",
         "mesh.proto",
+        "a2a.proto",
     ]
     .map(|f| root.join("warden/v1").join(f));
     for file in &files {

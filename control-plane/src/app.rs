@@ -48,6 +48,8 @@ pub struct State {
     pub sidecars: Arc<crate::mesh::registry::Registry>,
     /// The latest policy version, parsed once for every stream.
     pub policy: std::sync::RwLock<Option<Arc<CurrentPolicy>>>,
+    /// Pairwise message keys.
+    pub messaging: crate::a2a::Messaging,
 }
 
 /// The policy version in force.
@@ -61,6 +63,8 @@ pub struct CurrentPolicy {
     pub document: warden_shared::policy::Document,
     /// When it was applied (unix seconds).
     pub applied_at: i64,
+    /// Its messaging section, compiled.
+    pub messaging: warden_shared::policy::messaging::Settings,
 }
 
 impl State {
@@ -74,12 +78,19 @@ impl State {
         match serde_norway::from_str::<warden_shared::policy::Document>(&text) {
             Ok(document) => {
                 let version = u64::try_from(meta.version).unwrap_or(0);
+                // Validated when applied; a section that no longer compiles
+                // allows no messaging at all.
+                let messaging = document.messaging().unwrap_or_else(|e| {
+                    tracing::error!(error = %e, version, "stored policy's messaging section does not compile; no messaging allowed");
+                    warden_shared::policy::messaging::Settings::default()
+                });
                 *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
                     Some(Arc::new(CurrentPolicy {
                         version,
                         text,
                         document,
                         applied_at: meta.applied_at,
+                        messaging,
                     }));
                 self.hub.global_changed();
             }
@@ -109,6 +120,7 @@ impl State {
     /// kill switch), then every sidecar through the blocked list, in the
     /// background so that the admin's call returns without waiting for it.
     pub fn agent_standing_changed(self: &Arc<Self>, agent: &warden_shared::agent::AgentId) {
+        self.messaging.agents_changed();
         self.hub.agent_changed(agent);
         let state = Arc::clone(self);
         tokio::spawn(async move {
@@ -154,6 +166,9 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         .await
         .context("loading signing keys")?;
     let (stopping, _) = watch::channel(false);
+    let messaging = crate::a2a::Messaging::new(
+        crate::a2a::load_or_create(&config.data_dir).context("loading the messaging secret")?,
+    );
     let state = State {
         config,
         td,
@@ -164,6 +179,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         stopping,
         sidecars: Arc::default(),
         policy: std::sync::RwLock::new(None),
+        messaging,
     };
     state
         .reload_policy()

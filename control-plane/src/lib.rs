@@ -1,6 +1,7 @@
 //! Warden control plane: the certificate authority, session-token issuer and
 //! admin API of the mesh. `main.rs` parses flags; [`app`] wires the pieces.
 
+pub mod a2a;
 pub mod admin;
 pub mod app;
 pub mod auth;
@@ -16,6 +17,12 @@ pub mod telemetry;
 /// Current time, unix seconds.
 pub fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Unix milliseconds.
+pub fn now_unix_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
 }
 
 /// Unix seconds as a protobuf timestamp.

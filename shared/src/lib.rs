@@ -2,6 +2,7 @@
 //! and nowhere else), SPIFFE identities, the scope grammar, the session token
 //! format and the typed refusals every service returns.
 
+pub mod a2a;
 pub mod agent;
 pub mod codec;
 pub mod policy;

@@ -138,6 +138,34 @@ reasons! {
     UpstreamCircuitOpen = "UPSTREAM_CIRCUIT_OPEN",
     /// The upstream's answer is larger than allowed.
     UpstreamResponseTooLarge = "UPSTREAM_RESPONSE_TOO_LARGE",
+    /// An envelope field is missing, of the wrong size or version.
+    MessageMalformed = "MESSAGE_MALFORMED",
+    /// The envelope is addressed to another agent.
+    MessageWrongRecipient = "MESSAGE_WRONG_RECIPIENT",
+    /// Policy does not let this sender message this recipient (no pair key).
+    MessagePairNotAllowed = "MESSAGE_PAIR_NOT_ALLOWED",
+    /// The sender is suspended or revoked.
+    MessageSenderBlocked = "MESSAGE_SENDER_BLOCKED",
+    /// No key of this pair has the envelope's key id.
+    MessageUnknownKey = "MESSAGE_UNKNOWN_KEY",
+    /// The key's epoch ended more than the grace period ago.
+    MessageKeyExpired = "MESSAGE_KEY_EXPIRED",
+    /// The MAC does not verify: the envelope was forged or changed.
+    MessageBadMac = "MESSAGE_BAD_MAC",
+    /// Older than the policy's `max_age`.
+    MessageStale = "MESSAGE_STALE",
+    /// Dated further in the future than `max_skew`.
+    MessageFromFuture = "MESSAGE_FROM_FUTURE",
+    /// This (sender, nonce) was accepted before.
+    MessageReplayed = "MESSAGE_REPLAYED",
+    /// The replay cache cannot be reached and the fail mode is closed.
+    ReplayCacheUnavailable = "REPLAY_CACHE_UNAVAILABLE",
+    /// The payload is larger than the policy allows.
+    MessageTooLarge = "MESSAGE_TOO_LARGE",
+    /// The recipient's sidecar has no address here, or cannot be reached.
+    MessagePeerUnreachable = "MESSAGE_PEER_UNREACHABLE",
+    /// The recipient's inbox is full: retry later.
+    MessageInboxFull = "MESSAGE_INBOX_FULL",
 }
 
 /// A status with `code`, an operator-readable `message` and `reason` in its

@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use warden_shared::agent::AgentId;
 use warden_shared::proto::v1::agent_service_server::AgentServiceServer;
+use warden_shared::proto::v1::messaging_peer_service_server::MessagingPeerServiceServer;
+use warden_shared::proto::v1::messaging_service_server::MessagingServiceServer;
 use warden_shared::spiffe::TrustDomain;
 
 use crate::api::{AgentApi, RequireAgentHeader};
@@ -44,6 +46,12 @@ pub struct Running {
     pub api: AgentApi,
     /// The token authenticator.
     pub auth: Arc<Authenticator>,
+    /// Bound address for deliveries from other sidecars (mTLS), if any.
+    pub messaging_addr: Option<SocketAddr>,
+    /// Signs and verifies the agent's messages.
+    pub messenger: Arc<crate::a2a::Messenger>,
+    /// Verified messages waiting for the agent.
+    pub inbox: Arc<crate::a2a::inbox::Inbox>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
@@ -88,12 +96,42 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "persisted mesh snapshot refused; waiting for the control plane")
         }
     }
-    let limiter = match &config.redis {
-        Some(r) => crate::gateway::limit::Limiter::with_redis(
+    let redis = match &config.redis {
+        Some(r) => Some(Arc::new(
             crate::gateway::limit::redis::RedisLimiter::new(r).map_err(anyhow::Error::msg)?,
-        ),
+        )),
+        None => None,
+    };
+    let limiter = match &redis {
+        Some(r) => crate::gateway::limit::Limiter::with_redis(Arc::clone(r)),
         None => crate::gateway::limit::Limiter::default(),
     };
+    let m = &config.messaging;
+    let replay = match (&redis, m.replay_cache) {
+        (Some(r), crate::config::ReplayCacheKind::Redis) => {
+            crate::a2a::replay::ReplayCache::Redis {
+                redis: Arc::clone(r),
+                on_failure: m.on_redis_failure,
+                fallback: crate::a2a::replay::Local::new(m.replay_cache_max),
+                fallbacks: std::sync::atomic::AtomicU64::new(0),
+            }
+        }
+        _ => crate::a2a::replay::ReplayCache::Local(crate::a2a::replay::Local::new(
+            m.replay_cache_max,
+        )),
+    };
+    let messenger = Arc::new(crate::a2a::Messenger::new(
+        td.clone(),
+        agent.clone(),
+        Arc::clone(&auth),
+        replay,
+    ));
+    let inbox = Arc::new(crate::a2a::inbox::Inbox::new(m.inbox_capacity));
+    let peer_tls = Arc::new(crate::a2a::peer::PeerTls::new(Arc::clone(&identity)));
+    let peers = Arc::new(crate::a2a::peer::PeerClient::new(
+        Arc::clone(&peer_tls),
+        m.peers.clone().into_iter().collect(),
+    ));
     let gateway = Arc::new(crate::gateway::pipeline::Gateway::new(
         agent.as_str(),
         limiter,
@@ -136,13 +174,55 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         AgentServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         RequireAgentHeader,
     );
+    let messaging_svc = tonic::service::interceptor::InterceptedService::new(
+        MessagingServiceServer::new(crate::a2a::service::MessagingApi::new(
+            api.clone(),
+            Arc::clone(&messenger),
+            Arc::clone(&inbox),
+            peers,
+            rx.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES + 64 * 1024),
+        RequireAgentHeader,
+    );
     let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+    let messaging_addr = match m.listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding messaging.listen {addr}"))?;
+            let bound = l.local_addr()?;
+            let incoming = crate::a2a::peer::incoming(l, peer_tls, rx.clone());
+            let peer_svc = MessagingPeerServiceServer::new(crate::a2a::service::PeerApi::new(
+                Arc::clone(&messenger),
+                Arc::clone(&inbox),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES + 64 * 1024);
+            let mut stop = rx.clone();
+            tasks.push(tokio::spawn(async move {
+                Server::builder()
+                    .concurrency_limit_per_connection(64)
+                    .add_service(peer_svc)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::ReceiverStream::new(incoming),
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                    )
+                    .await?;
+                Ok(())
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
     let listeners = tcp
         .map(Incoming::Tcp)
         .into_iter()
         .chain([Incoming::Unix(uds)]);
     for incoming in listeners {
         let svc = svc.clone();
+        let messaging_svc = messaging_svc.clone();
         let health_service = health_service.clone();
         let mut stop = rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -150,7 +230,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 // Bounds what one agent connection can have in flight.
                 .concurrency_limit_per_connection(64)
                 .add_service(health_service)
-                .add_service(svc);
+                .add_service(svc)
+                .add_service(messaging_svc);
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
@@ -224,7 +305,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         id3.run(rx3).await;
         Ok(())
     }));
-    tracing::info!(agent_addr = ?agent_addr, socket = %socket_path.display(), %health_addr, spiffe_id = %expected, "sidecar serving");
+    tracing::info!(agent_addr = ?agent_addr, messaging_addr = ?messaging_addr, socket = %socket_path.display(), %health_addr, spiffe_id = %expected, "sidecar serving");
     Ok(Running {
         agent_addr,
         socket_path,
@@ -233,6 +314,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         identity,
         api,
         auth,
+        messaging_addr,
+        messenger,
+        inbox,
         shutdown,
         tasks,
     })

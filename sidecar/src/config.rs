@@ -92,6 +92,69 @@ pub struct Config {
     /// Redis (default: in-process limits only).
     #[serde(default)]
     pub redis: Option<crate::gateway::limit::redis::RedisConfig>,
+    /// Agent-to-agent messaging: where this sidecar receives deliveries,
+    /// where its agent's peers' sidecars are, the replay cache.
+    #[serde(default)]
+    pub messaging: Messaging,
+}
+
+/// The `[messaging]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Messaging {
+    /// Address for deliveries from other sidecars (mTLS); none: this agent
+    /// receives no `SendMessage` (it can still verify envelopes).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Recipient agent id → its sidecar's messaging address (`host:port`).
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, String>,
+    /// `local` (default: this sidecar's memory) or `redis` (shared by every
+    /// replica of this agent; needs `[redis]`).
+    #[serde(default)]
+    pub replay_cache: ReplayCacheKind,
+    /// With `redis`: `fail_closed` (default) or `local_fallback` while
+    /// Redis is unreachable.
+    #[serde(default)]
+    pub on_redis_failure: crate::a2a::replay::OnFailure,
+    /// Most nonces remembered in process.
+    #[serde(default = "default_replay_max")]
+    pub replay_cache_max: usize,
+    /// Most verified messages waiting for the agent.
+    #[serde(default = "default_inbox")]
+    pub inbox_capacity: usize,
+}
+
+impl Default for Messaging {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            peers: std::collections::BTreeMap::new(),
+            replay_cache: ReplayCacheKind::default(),
+            on_redis_failure: crate::a2a::replay::OnFailure::default(),
+            replay_cache_max: default_replay_max(),
+            inbox_capacity: default_inbox(),
+        }
+    }
+}
+
+/// Where nonces are remembered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayCacheKind {
+    /// In process.
+    #[default]
+    Local,
+    /// In Redis.
+    Redis,
+}
+
+fn default_replay_max() -> usize {
+    crate::a2a::replay::DEFAULT_LOCAL_MAX
+}
+
+fn default_inbox() -> usize {
+    crate::a2a::inbox::DEFAULT_CAPACITY
 }
 
 impl std::fmt::Debug for Config {
@@ -114,6 +177,7 @@ impl std::fmt::Debug for Config {
             .field("max_policy_age_secs", &self.max_policy_age_secs)
             .field("log_format", &self.log_format)
             .field("redis", &self.redis)
+            .field("messaging", &self.messaging)
             .finish()
     }
 }
@@ -155,6 +219,7 @@ impl Config {
             max_policy_age_secs: None,
             log_format: default_log_format(),
             redis: None,
+            messaging: Messaging::default(),
         }
     }
 
@@ -202,6 +267,29 @@ impl Config {
         }
         if let Some(r) = &self.redis {
             r.validate().map_err(Error::Invalid)?;
+        }
+        let m = &self.messaging;
+        if m.replay_cache == ReplayCacheKind::Redis && self.redis.is_none() {
+            return Err(Error::Invalid(
+                "messaging.replay_cache = \"redis\" needs a [redis] table".into(),
+            ));
+        }
+        for (agent, addr) in &m.peers {
+            warden_shared::agent::AgentId::new(agent)
+                .map_err(|e| Error::Invalid(format!("messaging.peers: {e}")))?;
+            if addr.is_empty() || addr.contains("://") || !addr.contains(':') {
+                return Err(Error::Invalid(format!(
+                    "messaging.peers.{agent} = {addr:?}: give host:port"
+                )));
+            }
+        }
+        if !(1..=1_000_000).contains(&m.inbox_capacity)
+            || !(1..=100_000_000).contains(&m.replay_cache_max)
+        {
+            return Err(Error::Invalid(
+                "messaging.inbox_capacity must be 1..=1000000 and replay_cache_max 1..=100000000"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! tokens locally, and serves the agent-facing API. `main.rs` parses flags;
 //! [`app`] wires the pieces.
 
+pub mod a2a;
 pub mod api;
 pub mod app;
 pub mod config;

@@ -57,6 +57,12 @@ struct Cli {
     /// Log format: text or json.
     #[arg(long, env = env::LOG_FORMAT)]
     log_format: Option<String>,
+    /// Address for messages delivered by other agents' sidecars (mTLS), e.g. 0.0.0.0:7602.
+    #[arg(long, value_name = "ADDR")]
+    messaging_listen: Option<SocketAddr>,
+    /// Where a peer agent's sidecar takes deliveries, as AGENT=HOST:PORT (repeatable).
+    #[arg(long = "messaging-peer", value_name = "AGENT=HOST:PORT")]
+    messaging_peers: Vec<String>,
 }
 
 fn build(cli: Cli) -> Result<Config, String> {
@@ -110,6 +116,15 @@ fn build(cli: Cli) -> Result<Config, String> {
     }
     if let Some(v) = cli.log_format {
         c.log_format = v;
+    }
+    if let Some(v) = cli.messaging_listen {
+        c.messaging.listen = Some(v);
+    }
+    for p in cli.messaging_peers {
+        let (agent, addr) = p
+            .split_once('=')
+            .ok_or_else(|| format!("--messaging-peer {p:?}: give AGENT=HOST:PORT"))?;
+        c.messaging.peers.insert(agent.to_owned(), addr.to_owned());
     }
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)

@@ -108,7 +108,12 @@ impl Demo {
         out
     }
 
-    fn sidecar(&self, agent: &str, join_token: &str) -> (Child, PathBuf, SocketAddr) {
+    fn sidecar(
+        &self,
+        agent: &str,
+        join_token: &str,
+        messaging: &[&str],
+    ) -> (Child, PathBuf, SocketAddr) {
         let data = self.dir.join(format!("sidecar-{agent}"));
         let health = free_addr();
         let log = std::fs::File::create(self.dir.join(format!("sidecar-{agent}.log"))).unwrap();
@@ -128,6 +133,7 @@ impl Demo {
                 "--health-listen",
                 &health.to_string(),
             ])
+            .args(messaging)
             .env("WARDEN_JOIN_TOKEN", join_token)
             .stdout(Stdio::null())
             .stderr(log)
@@ -327,9 +333,18 @@ async fn main() {
     step(
         "3. Start a sidecar per agent: each generates its key locally and enrolls with its join token",
     );
-    let (c1, coder_dir, coder_health) = demo.sidecar("coder-1", &coder_token);
+    // The reviewer's sidecar takes messages on its own mTLS port; the
+    // coder's sidecar is told where that is.
+    let reviewer_inbox = free_addr().to_string();
+    let peer = format!("reviewer-1={reviewer_inbox}");
+    let (c1, coder_dir, coder_health) =
+        demo.sidecar("coder-1", &coder_token, &["--messaging-peer", &peer]);
     procs.0.push(c1);
-    let (c2, reviewer_dir, reviewer_health) = demo.sidecar("reviewer-1", &reviewer_token);
+    let (c2, reviewer_dir, reviewer_health) = demo.sidecar(
+        "reviewer-1",
+        &reviewer_token,
+        &["--messaging-listen", &reviewer_inbox],
+    );
     procs.0.push(c2);
     wait_ready(coder_health, "coder-1's sidecar").await;
     wait_ready(reviewer_health, "reviewer-1's sidecar").await;
@@ -397,8 +412,9 @@ async fn main() {
     );
 
     gateway(&demo, &with_token).await;
+    messages(&sock, &s.token, &reviewer_dir.join("agent.sock")).await;
 
-    step("6. Refusals — each with its gRPC code and reason");
+    step("7. Refusals — each with its gRPC code and reason");
     // Agent API.
     let mut no_header = agent_unix(
         &sock,
@@ -626,7 +642,7 @@ async fn main() {
         anon.enroll(enroll("temp-1", &temp_token, tcsr)).await,
     );
 
-    step("7. The JWKS anyone can verify tokens with (e.g. PyJWT)");
+    step("8. The JWKS anyone can verify tokens with (e.g. PyJWT)");
     let (_, jwks) = http_get(jwks_addr, "/.well-known/jwks.json").await.unwrap();
     println!("    GET http://{jwks_addr}/.well-known/jwks.json → {jwks}");
 
@@ -683,6 +699,9 @@ tools:
     input_schema: { type: object }
     scopes: ["repo:read"]
     risk: high
+messaging:
+  allow:
+    - { from: "type:coder", to: "type:reviewer" }
 cedar: |
   permit (principal, action, resource);
   @id("email-stays-internal")
@@ -874,4 +893,130 @@ fn rustls_pem_first(pem: &[u8]) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(body)
         .unwrap()
+}
+
+/// Step 6: two agents exchange messages through their sidecars.
+async fn messages(coder_sock: &Path, coder_token: &str, reviewer_sock: &Path) {
+    use warden_shared::proto::v1::messaging_service_client::MessagingServiceClient;
+    step(
+        "6. Agent-to-agent messages: signed by the sidecars with a pairwise key, verified before delivery",
+    );
+    let client = |sock: &Path, token: String| {
+        let sock = sock.to_owned();
+        async move {
+            MessagingServiceClient::with_interceptor(
+                warden_tests::unix_channel(&sock).await.unwrap(),
+                AgentAuth {
+                    token: Some(token),
+                    no_header: false,
+                },
+            )
+        }
+    };
+    let mut coder = client(coder_sock, coder_token.to_owned()).await;
+    let rs = agent_unix(reviewer_sock, AgentAuth::default())
+        .await
+        .unwrap()
+        .start_session(session_req(&["repo:read"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut reviewer = client(reviewer_sock, rs.token).await;
+    let text = |to: &str, t: &str| pb::SignMessageRequest {
+        recipient_agent: to.into(),
+        payload: t.as_bytes().to_vec(),
+        content_type: "text/plain".into(),
+    };
+    // The pair keys follow the policy applied in step 5.
+    let keyed = eventually(Duration::from_secs(10), || {
+        let mut c = coder.clone();
+        async move { c.sign_message(text("reviewer-1", "ping")).await.is_ok() }
+    })
+    .await;
+    assert!(keyed, "coder-1's sidecar holds no key for reviewer-1");
+    println!("    policy: messaging.allow: [{{from: type:coder, to: type:reviewer}}]");
+    let mut inbox = reviewer
+        .receive_messages(pb::ReceiveMessagesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let sent = coder
+        .send_message(pb::SendMessageRequest {
+            recipient_agent: "reviewer-1".into(),
+            payload: b"PR #42 is ready for review".to_vec(),
+            content_type: "text/plain".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    println!(
+        "    coder-1 SendMessage → envelope v{} {} → {}, key epoch {}, nonce {}, mac {}…",
+        sent.version,
+        sent.sender,
+        sent.recipient,
+        sent.key_id,
+        hex(&sent.nonce),
+        &hex(&sent.mac)[..16]
+    );
+    println!("      (delivered over mTLS: each sidecar checked the other's SPIFFE ID)");
+    let got = tokio::time::timeout(Duration::from_secs(10), inbox.message())
+        .await
+        .expect("delivered")
+        .unwrap()
+        .unwrap();
+    println!(
+        "    reviewer-1 ReceiveMessages ← {:?} from {} after checks {}",
+        String::from_utf8_lossy(&got.payload),
+        got.sender_agent_id,
+        got.checks.join(" → ")
+    );
+    let e = coder
+        .sign_message(text("reviewer-1", "LGTM?"))
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+    let verify = |e: &pb::Envelope| pb::VerifyMessageRequest {
+        envelope: Some(e.clone()),
+    };
+    let mut tampered = e.clone();
+    tampered.payload = b"LGTM!".to_vec();
+    refused(
+        "tampered payload (VerifyMessage)",
+        reviewer.verify_message(verify(&tampered)).await,
+    );
+    let v = reviewer
+        .verify_message(verify(&e))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    println!(
+        "  ✓ VerifyMessage of the genuine envelope → {:?} from {}",
+        String::from_utf8_lossy(&v.payload),
+        v.sender_spiffe_id
+    );
+    refused(
+        "the same envelope again (replay)",
+        reviewer.verify_message(verify(&e)).await,
+    );
+    refused(
+        "the delivered envelope replayed",
+        reviewer.verify_message(verify(&sent)).await,
+    );
+    refused(
+        "reviewer-1 → coder-1 (no rule allows it)",
+        reviewer.sign_message(text("coder-1", "I approve")).await,
+    );
+    let mut forged = e.clone();
+    forged.sender = spiffe("temp-1").to_string();
+    refused(
+        "a sender policy does not pair with reviewer-1",
+        reviewer.verify_message(verify(&forged)).await,
+    );
 }

@@ -270,18 +270,25 @@ pub async fn agent_tcp(sc: &Sidecar, auth: AgentAuth) -> anyhow::Result<AgentCli
     Ok(AgentServiceClient::with_interceptor(ch, auth))
 }
 
-/// An agent client over the sidecar's Unix socket.
-pub async fn agent_unix(path: &Path, auth: AgentAuth) -> anyhow::Result<AgentClient> {
+/// A channel to the sidecar's Unix socket.
+pub async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
     let path = path.to_owned();
-    let ch = Endpoint::from_static("http://localhost")
+    Ok(Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
                 Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
             }
         }))
-        .await?;
-    Ok(AgentServiceClient::with_interceptor(ch, auth))
+        .await?)
+}
+
+/// An agent client over the sidecar's Unix socket.
+pub async fn agent_unix(path: &Path, auth: AgentAuth) -> anyhow::Result<AgentClient> {
+    Ok(AgentServiceClient::with_interceptor(
+        unix_channel(path).await?,
+        auth,
+    ))
 }
 
 /// The Warden reason of a status.

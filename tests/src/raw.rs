@@ -105,6 +105,9 @@ pub fn held_after(pushes: &[&pb::StreamResponse]) -> pb::HeldParts {
             h.blocked_agents_seq = x.seq;
             h.blocked_agents_epoch = x.epoch;
         }
+        if let Some(x) = &p.pair_keys {
+            h.pair_keys = x.digest;
+        }
     }
     h
 }

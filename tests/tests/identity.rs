@@ -211,6 +211,13 @@ async fn an_ended_session_stays_ended_across_a_sidecar_restart() {
     let token = mesh.join_token("a1").await.unwrap();
     let config = mesh.sidecar_config("a1", Some(token));
     let sc = warden_sidecar::app::start(config.clone()).await.unwrap();
+    // Sessions end at the sidecar only once it holds the control plane's
+    // first push (before, it refuses every token).
+    let pushed = eventually(std::time::Duration::from_secs(10), || async {
+        sc.auth.held_version() > 0
+    })
+    .await;
+    assert!(pushed, "no push from the control plane");
     let mut c = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
     let s = c
         .start_session(pb::StartSessionRequest {

@@ -13,11 +13,29 @@ use std::process::Command;
 use warden_shared::proto::v1 as pb;
 use warden_tests::*;
 
+const NO_PYTHON: &str = "WARDEN_PYTHON must point at a Python with tests/python/requirements.txt installed; run the tests with ./tests/run.sh";
+
+/// Runs `tests/python/<script>` with `args`: (success, stdout, stderr).
+fn python(script: &'static str) -> impl Fn(Vec<String>) -> (bool, String, String) + Clone {
+    let python = std::env::var("WARDEN_PYTHON").expect(NO_PYTHON);
+    let script = format!("{}/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    move |args: Vec<String>| {
+        let out = Command::new(&python)
+            .arg(&script)
+            .args(args)
+            .output()
+            .expect("running python");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
 #[tokio::test]
 async fn pyjwt_verifies_tokens_and_cryptography_reads_the_svid() {
-    let python = std::env::var("WARDEN_PYTHON").expect(
-        "WARDEN_PYTHON must point at a Python with tests/python/requirements.txt installed; run the tests with ./tests/run.sh",
-    );
+    let run = python("verify_token.py");
     let mesh = Mesh::start().await.unwrap();
     let sc = mesh.agent("py-agent", &["data:read"], 2).await.unwrap();
     let mut c = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
@@ -31,7 +49,6 @@ async fn pyjwt_verifies_tokens_and_cryptography_reads_the_svid() {
         .unwrap()
         .into_inner();
     let id = sc.identity.snapshot().current.clone().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/verify_token.py");
     let jwks_url = format!("http://{}/.well-known/jwks.json", mesh.cp.jwks_addr);
     let cert = sc.data_dir.join("identity/svid.crt");
     let (issuer, audience) = (
@@ -54,18 +71,6 @@ async fn pyjwt_verifies_tokens_and_cryptography_reads_the_svid() {
         "--expect-thumbprint",
         &id.thumbprint,
     ];
-    let run = move |args: Vec<String>| {
-        let out = Command::new(&python)
-            .arg(script)
-            .args(args)
-            .output()
-            .expect("running python");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
     let owned = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     // The JWKS is fetched by Python over real HTTP; run it off the runtime.
     let run2 = run.clone();
@@ -89,9 +94,7 @@ async fn pyjwt_verifies_tokens_and_cryptography_reads_the_svid() {
 
 #[tokio::test]
 async fn a_python_agent_uses_the_sidecar_over_its_unix_socket() {
-    let python = std::env::var("WARDEN_PYTHON").expect(
-        "WARDEN_PYTHON must point at a Python with tests/python/requirements.txt installed; run the tests with ./tests/run.sh",
-    );
+    let python = std::env::var("WARDEN_PYTHON").expect(NO_PYTHON);
     let mesh = Mesh::start().await.unwrap();
     let sc = mesh.agent("py-agent", &["data:*"], 2).await.unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/agent_client.py");
@@ -114,4 +117,97 @@ async fn a_python_agent_uses_the_sidecar_over_its_unix_socket() {
     assert_eq!(v["user_id"], "usr_py");
     assert_eq!(v["scopes"], serde_json::json!(["data:read"]));
     assert_eq!(v["spiffe_id"], format!("spiffe://{TD}/agent/py-agent"));
+}
+
+/// The envelope specification in the README is enough to interoperate: an
+/// independent Python implementation (standard library only) checks the
+/// README's test vector, verifies an envelope a real sidecar signed, and
+/// refuses it with one payload byte changed.
+#[tokio::test]
+async fn python_verifies_envelopes_from_the_readme_specification() {
+    let run = python("verify_envelope.py");
+    let r = run.clone();
+    let (ok, out, _) = tokio::task::spawn_blocking(move || r(vec!["--vector".into()]))
+        .await
+        .unwrap();
+    assert!(ok && out.contains("test vector OK"), "{out}");
+
+    let mesh = Mesh::start().await.unwrap();
+    let policy = "version: 1\nmessaging:\n  allow: [{from: 'agent:py-a', to: 'agent:py-b'}]\n";
+    mesh.admin()
+        .await
+        .unwrap()
+        .apply_policy(apply_policy(policy))
+        .await
+        .unwrap();
+    let a = mesh.agent("py-a", &["data:read"], 2).await.unwrap();
+    let _b = mesh.agent("py-b", &["data:read"], 2).await.unwrap();
+    let keyed = eventually(std::time::Duration::from_secs(10), || async {
+        a.auth.held().pair_keys.of("py-a", "py-b").is_some()
+    })
+    .await;
+    assert!(keyed, "py-a's sidecar holds no key for py-b");
+    let s = session(&a).await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.agent_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = warden_shared::proto::v1::messaging_service_client::MessagingServiceClient::with_interceptor(
+        ch,
+        AgentAuth {
+            token: Some(s.token),
+            no_header: false,
+        },
+    );
+    let e = c
+        .sign_message(pb::SignMessageRequest {
+            recipient_agent: "py-b".into(),
+            payload: b"{\"task\": \"review\"}".to_vec(),
+            content_type: "application/json".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+    let held = a.auth.held();
+    let key = held
+        .pair_keys
+        .of("py-a", "py-b")
+        .unwrap()
+        .iter()
+        .find(|k| k.epoch == e.key_id)
+        .unwrap()
+        .key
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let json = |e: &pb::Envelope| {
+        serde_json::json!({
+            "version": e.version, "sender": e.sender, "recipient": e.recipient,
+            "timestamp_ms": e.timestamp_ms, "nonce": hex(&e.nonce), "key_id": e.key_id,
+            "content_type": e.content_type, "payload": hex(&e.payload), "mac": hex(&e.mac),
+        })
+        .to_string()
+    };
+    let args = |e: &pb::Envelope| {
+        vec![
+            "--key".to_owned(),
+            key.clone(),
+            "--envelope".to_owned(),
+            json(e),
+        ]
+    };
+    let (r, a1) = (run.clone(), args(&e));
+    let (ok, out, _) = tokio::task::spawn_blocking(move || r(a1)).await.unwrap();
+    assert!(ok, "python refused a genuine envelope");
+    assert_eq!(out.trim(), format!("spiffe://{TD}/agent/py-a"));
+    let mut t = e.clone();
+    t.payload[0] ^= 1;
+    let a2 = args(&t);
+    let (ok, _, _) = tokio::task::spawn_blocking(move || run(a2)).await.unwrap();
+    assert!(!ok, "python accepted a changed payload");
 }

@@ -209,6 +209,9 @@ impl AdminService for AdminApi {
             Err(e) => return Err(store_error(e)),
         }
         tracing::info!(agent = %id, admin, "agent registered");
+        // Peers that the messaging rules pair with it get its keys.
+        self.state.messaging.agents_changed();
+        self.state.hub.global_changed();
         Ok(Response::new(pb::RegisterAgentResponse {
             agent: Some(to_proto(&agent, &self.state)),
         }))

@@ -61,6 +61,7 @@ struct Digests {
     keys: u64,
     policy: u64,
     blocked: u64,
+    pairs: u64,
 }
 
 impl From<&pb::HeldParts> for Digests {
@@ -71,6 +72,7 @@ impl From<&pb::HeldParts> for Digests {
             keys: h.keys,
             policy: h.policy,
             blocked: h.blocked_agents_seq,
+            pairs: h.pair_keys,
         }
     }
 }
@@ -119,7 +121,12 @@ fn nonce() -> String {
 
 /// The parts of `agent` (if read) and the mesh-wide ones that the sidecar
 /// neither holds nor refused.
-fn build(state: &State, t: &Tracker, agent: Option<AgentParts>) -> (pb::StreamResponse, Digests) {
+fn build(
+    state: &State,
+    t: &Tracker,
+    agent: Option<AgentParts>,
+    pairs: Option<pb::PairKeysPart>,
+) -> (pb::StreamResponse, Digests) {
     let mut carried = Digests::default();
     let mut push = pb::StreamResponse::default();
     let new = |d: u64, held: u64, refused: u64| d != held && d != refused;
@@ -147,6 +154,12 @@ fn build(state: &State, t: &Tracker, agent: Option<AgentParts>) -> (pb::StreamRe
             jwks_json: ring.jwks_json.clone(),
         });
     }
+    if let Some(p) = pairs
+        && new(p.digest, t.held.pairs, t.refused.pairs)
+    {
+        carried.pairs = p.digest;
+        push.pair_keys = Some(p);
+    }
     if let Some(b) = state.hub.blocked_part(t.held.blocked)
         && b.seq != t.refused.blocked
     {
@@ -162,6 +175,32 @@ fn is_empty(p: &pb::StreamResponse) -> bool {
         && p.keys.is_none()
         && p.policy.is_none()
         && p.blocked_agents.is_none()
+        && p.pair_keys.is_none()
+}
+
+/// The agent's pair keys under the policy in force (none without a policy),
+/// and when they next rotate by themselves.
+async fn pairs(
+    state: &State,
+    agent: &AgentId,
+    policy: Option<&crate::app::CurrentPolicy>,
+) -> Result<Option<(pb::PairKeysPart, Duration)>, Status> {
+    let Some(p) = policy else { return Ok(None) };
+    let dir = state
+        .messaging
+        .directory(state.store.as_ref())
+        .await
+        .map_err(crate::identity::service::store_error)?;
+    let now_ms = crate::now_unix_ms();
+    let part = state
+        .messaging
+        .part(&state.td, &p.messaging, &dir, agent, now_ms, |a| {
+            state.hub.is_blocked(a).is_some()
+        });
+    Ok(Some((
+        part,
+        crate::a2a::next_rotation(&p.messaging, now_ms),
+    )))
 }
 
 type PushStream = Pin<Box<dyn Stream<Item = Result<pb::StreamResponse, Status>> + Send>>;
@@ -255,6 +294,8 @@ async fn serve(
     let mut read_at: Option<(u64, u64)> = None;
     let mut first = true;
     let mut deadline = tokio::time::Instant::now();
+    // When the pair keys rotate (`None`: this agent holds none).
+    let mut rotation: Option<tokio::time::Instant> = None;
     loop {
         if t.in_flight.is_none() {
             let agent_gen = *sub.agent_changes.borrow_and_update();
@@ -281,7 +322,18 @@ async fn serve(
                     reg.holds_policy(p.version);
                 }
             }
-            let (mut push, carried) = build(&state, &t, agent_parts);
+            let pair_keys = match pairs(&state, &agent, policy.as_deref()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(Box::new(e))).await;
+                    return "error";
+                }
+            };
+            rotation = pair_keys
+                .as_ref()
+                .filter(|(p, _)| !p.keys.is_empty())
+                .map(|(_, after)| tokio::time::Instant::now() + *after);
+            let (mut push, carried) = build(&state, &t, agent_parts, pair_keys.map(|(p, _)| p));
             // The first push is sent even when empty: it tells the sidecar
             // that it is connected and current.
             if first || !is_empty(&push) {
@@ -315,6 +367,8 @@ async fn serve(
             r = sub.agent_changes.changed(), if !waiting => if r.is_err() { return "control plane stopping" },
             r = sub.global_changes.changed(), if !waiting => if r.is_err() { return "control plane stopping" },
             _ = tokio::time::sleep_until(deadline), if waiting => return "ack timeout",
+            // A new key epoch: evaluate again (the keys part changes).
+            _ = tokio::time::sleep_until(rotation.unwrap_or(deadline)), if rotation.is_some() && !waiting => {}
             msg = inbound.message() => match msg {
                 Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Ack(a)) })) => {
                     if let Some(f) = t.in_flight.take_if(|f| f.version == a.version) {
@@ -355,6 +409,7 @@ fn merge(held: &mut Digests, c: &Digests) {
         (&mut held.keys, c.keys),
         (&mut held.policy, c.policy),
         (&mut held.blocked, c.blocked),
+        (&mut held.pairs, c.pairs),
     ] {
         if c != 0 {
             *h = c;
@@ -374,6 +429,7 @@ fn refuse(t: &mut Tracker, f: &InFlight, part: pb::MeshPart) {
         P::RevokedSessions => refused.sessions = carried.sessions,
         P::Keys => refused.keys = carried.keys,
         P::Policy => refused.policy = carried.policy,
+        P::PairKeys => refused.pairs = carried.pairs,
         P::BlockedAgents if f.blocked_complete => refused.blocked = carried.blocked,
         P::BlockedAgents => t.held.blocked = 0,
         // The sidecar could not tell which part (applying it panicked):
@@ -382,18 +438,20 @@ fn refuse(t: &mut Tracker, f: &InFlight, part: pb::MeshPart) {
         // held back as well. Each such refusal holds back more, so this
         // cannot loop.
         P::Unspecified => {
-            let bulky = [carried.keys, carried.policy, carried.blocked];
+            let bulky = [carried.keys, carried.policy, carried.blocked, carried.pairs];
             let parts = if bulky.iter().any(|d| *d != 0) {
                 [
                     (&mut refused.keys, carried.keys),
                     (&mut refused.policy, carried.policy),
                     (&mut refused.blocked, carried.blocked),
+                    (&mut refused.pairs, carried.pairs),
                 ]
             } else {
                 [
                     (&mut refused.standing, carried.standing),
                     (&mut refused.sessions, carried.sessions),
                     (&mut refused.keys, 0),
+                    (&mut refused.pairs, 0),
                 ]
             };
             for (r, c) in parts {
@@ -418,6 +476,7 @@ mod tests {
             keys: 3,
             policy: 4,
             blocked: 5,
+            pairs: 6,
         };
         merge(
             &mut held,
@@ -434,7 +493,8 @@ mod tests {
                 sessions: 2,
                 keys: 9,
                 policy: 4,
-                blocked: 10
+                blocked: 10,
+                pairs: 6,
             }
         );
         let mut t = Tracker::default();

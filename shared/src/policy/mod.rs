@@ -9,6 +9,7 @@
 //! ([`cedar::schema_for`]).
 
 pub mod cedar;
+pub mod messaging;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,20 @@ pub struct Document {
     /// they use Redis).
     #[serde(default)]
     pub limits: Vec<LimitSpec>,
+    /// Agent-to-agent messaging: who may message whom, key rotation, ages
+    /// (absent: nobody may message anybody).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messaging: Option<messaging::Messaging>,
+}
+
+impl Document {
+    /// The compiled messaging settings (defaults, no rules, when absent).
+    pub fn messaging(&self) -> Result<messaging::Settings, String> {
+        self.messaging.as_ref().map_or_else(
+            || Ok(messaging::Settings::default()),
+            messaging::Messaging::compile,
+        )
+    }
 }
 
 /// One rate limit or cost quota.

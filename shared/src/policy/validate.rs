@@ -71,6 +71,10 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The messaging section is malformed (a selector, a duration out of
+    /// range).
+    #[error("messaging: {0}")]
+    Messaging(String),
     /// The Cedar text does not parse.
     #[error("cedar policies do not parse: {0}")]
     CedarParse(String),
@@ -94,6 +98,7 @@ impl Error {
             Self::UndefinedSecret { .. } => "POLICY_UNDEFINED_SECRET",
             Self::Override(_) => "POLICY_OVERRIDE",
             Self::Limit { .. } => "POLICY_LIMIT",
+            Self::Messaging(_) => "POLICY_MESSAGING",
             Self::CedarParse(_) => "POLICY_CEDAR_PARSE",
             Self::CedarValidation(_) => "POLICY_CEDAR_VALIDATION",
         }
@@ -531,6 +536,7 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
     }
     check_overrides(&document, &names)?;
     check_limits(&document, &names)?;
+    document.messaging().map_err(Error::Messaging)?;
 
     let cedar =
         PolicySet::from_str(&document.cedar).map_err(|e| Error::CedarParse(e.to_string()))?;

@@ -118,6 +118,12 @@ impl Authenticator {
         self
     }
 
+    /// This sidecar's agent id (the last segment of the audience, its
+    /// SPIFFE ID).
+    pub fn agent_id(&self) -> &str {
+        self.audience.rsplit('/').next().unwrap_or_default()
+    }
+
     /// Records the stream going up or down.
     pub fn set_connected(&self, connected: bool, now: i64) {
         let mut l = self.link.lock().unwrap_or_else(|p| p.into_inner());

@@ -18,6 +18,9 @@ use crate::gateway::catalog::Catalog;
 pub const MAX_REVOKED: usize = 100_000;
 /// Most blocked agents held.
 pub const MAX_BLOCKED: usize = 100_000;
+/// Most pair keys one push may carry (peers in both directions, three
+/// epochs each).
+pub const MAX_PAIR_KEYS: usize = 6 * 2048;
 
 /// The policy a sidecar holds: the validated document of one version, and
 /// the tools this agent may call under it.
@@ -75,6 +78,89 @@ impl BlockedAgents {
     }
 }
 
+/// One pairwise message key of one epoch.
+#[derive(Debug, Clone)]
+pub struct HeldPairKey {
+    /// The epoch (an envelope's `key_id`).
+    pub epoch: u64,
+    /// The key (its `Debug` is redacted).
+    pub key: warden_shared::a2a::PairKey,
+    /// The epoch's span, unix ms.
+    pub not_before_ms: i64,
+    /// End of the span (it verifies until this plus the grace period).
+    pub not_after_ms: i64,
+}
+
+/// This agent's pairwise message keys and the settings they follow.
+#[derive(Debug, Default)]
+pub struct PairKeys {
+    /// From the policy's messaging section.
+    pub settings: pb::MessagingSettings,
+    /// By sender, then recipient (agent ids), oldest epoch first.
+    pub pairs: HashMap<String, HashMap<String, Vec<HeldPairKey>>>,
+}
+
+impl PairKeys {
+    /// The keys of messages from `sender` to `recipient`.
+    pub fn of(&self, sender: &str, recipient: &str) -> Option<&[HeldPairKey]> {
+        self.pairs.get(sender)?.get(recipient).map(Vec::as_slice)
+    }
+}
+
+fn pair_keys(p: &pb::PairKeysPart) -> Result<PairKeys, String> {
+    if p.keys.len() > MAX_PAIR_KEYS {
+        return Err(format!("more than {MAX_PAIR_KEYS} pair keys"));
+    }
+    let settings = p.settings.ok_or("pair keys without messaging settings")?;
+    if settings.rotation_ms == 0 || settings.max_age_ms == 0 || settings.max_payload_bytes == 0 {
+        return Err("messaging settings out of range".into());
+    }
+    let mut pairs: HashMap<String, HashMap<String, Vec<HeldPairKey>>> = HashMap::new();
+    for k in &p.keys {
+        for id in [&k.sender, &k.recipient] {
+            AgentId::new(id).map_err(|e| format!("pair key: {e}"))?;
+        }
+        let key = warden_shared::a2a::PairKey::from_slice(&k.key)
+            .ok_or_else(|| format!("pair key {}->{}: not 32 bytes", k.sender, k.recipient))?;
+        if k.not_after_ms <= k.not_before_ms {
+            return Err(format!(
+                "pair key {}->{}: empty span",
+                k.sender, k.recipient
+            ));
+        }
+        pairs
+            .entry(k.sender.clone())
+            .or_default()
+            .entry(k.recipient.clone())
+            .or_default()
+            .push(HeldPairKey {
+                epoch: k.epoch,
+                key,
+                not_before_ms: k.not_before_ms,
+                not_after_ms: k.not_after_ms,
+            });
+    }
+    for v in pairs.values_mut().flat_map(HashMap::values_mut) {
+        v.sort_by_key(|k| k.epoch);
+    }
+    Ok(PairKeys { settings, pairs })
+}
+
+/// Refuses pair keys of pairs `me` is not part of: a sidecar never holds
+/// a key it has no business with.
+pub fn check_pair_membership(keys: &PairKeys, me: &str) -> Result<(), String> {
+    let stranger = keys
+        .pairs
+        .iter()
+        .find_map(|(s, to)| to.keys().find(|r| s != me && *r != me).map(|r| (s, r)));
+    match stranger {
+        Some((s, r)) => Err(format!(
+            "pair key for {s}->{r}, a pair this agent ({me}) is not part of"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The parts as received, kept to report their digests and to persist.
 #[derive(Debug, Default, Clone)]
 pub struct Raw {
@@ -86,6 +172,8 @@ pub struct Raw {
     pub keys: Option<Arc<pb::KeysPart>>,
     /// Policy.
     pub policy: Option<Arc<pb::PolicyPart>>,
+    /// Pair keys (persisted with the rest: the snapshot file is 0600).
+    pub pairs: Option<Arc<pb::PairKeysPart>>,
 }
 
 /// Everything pushed, as of one version.
@@ -104,6 +192,8 @@ pub struct Held {
     pub policy: Option<Arc<HeldPolicy>>,
     /// Blocked agents of the whole mesh.
     pub blocked_agents: Arc<BlockedAgents>,
+    /// Pairwise message keys.
+    pub pair_keys: Arc<PairKeys>,
     /// The parts as received.
     pub raw: Raw,
 }
@@ -266,6 +356,10 @@ impl Held {
                 blocked_agents(p, &self.blocked_agents, now).map_err(|e| (P::BlockedAgents, e))?,
             );
         }
+        if let Some(p) = &push.pair_keys {
+            next.pair_keys = Arc::new(pair_keys(p).map_err(|e| (P::PairKeys, e))?);
+            next.raw.pairs = Some(Arc::new(p.clone()));
+        }
         next.version = push.version;
         Ok(next)
     }
@@ -279,6 +373,7 @@ impl Held {
             policy: self.raw.policy.as_ref().map_or(0, |p| p.digest),
             blocked_agents_seq: self.blocked_agents.seq,
             blocked_agents_epoch: self.blocked_agents.epoch,
+            pair_keys: self.raw.pairs.as_ref().map_or(0, |p| p.digest),
         }
     }
 
@@ -293,6 +388,7 @@ impl Held {
             revoked_sessions: self.raw.sessions.as_deref().cloned(),
             keys: self.raw.keys.as_deref().cloned(),
             policy: self.raw.policy.as_deref().cloned(),
+            pair_keys: self.raw.pairs.as_deref().cloned(),
             blocked_agents: (self.blocked_agents.seq != 0).then(|| pb::BlockedAgentsPart {
                 complete: true,
                 from_seq: 0,

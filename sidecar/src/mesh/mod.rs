@@ -40,7 +40,12 @@ pub fn apply(
     push: &pb::StreamResponse,
     now: i64,
 ) -> Result<(), held::Refusal> {
-    auth.update(|h| h.apply(push, now))
+    auth.update(|h| {
+        let next = h.apply(push, now)?;
+        held::check_pair_membership(&next.pair_keys, auth.agent_id())
+            .map_err(|e| (pb::MeshPart::PairKeys, e))?;
+        Ok(next)
+    })
 }
 
 /// Stream endings by reason, for health and operators.

@@ -375,22 +375,22 @@ pub fn verdict(set: &LimitSet, items: &[Item], outcomes: &[Outcome]) -> Verdict 
 pub struct Limiter {
     local: LocalLimiter,
     fallback: LocalLimiter,
-    shared: Option<redis::RedisLimiter>,
+    shared: Option<std::sync::Arc<redis::RedisLimiter>>,
     /// Counters per limit.
     pub metrics: LimitMetrics,
 }
 
 impl Limiter {
     /// Limits shared through Redis.
-    pub fn with_redis(shared: redis::RedisLimiter) -> Self {
+    pub fn with_redis(shared: impl Into<std::sync::Arc<redis::RedisLimiter>>) -> Self {
         Self {
-            shared: Some(shared),
+            shared: Some(shared.into()),
             ..Self::default()
         }
     }
 
     /// The shared limiter, if configured.
-    pub fn shared(&self) -> Option<&redis::RedisLimiter> {
+    pub fn shared(&self) -> Option<&std::sync::Arc<redis::RedisLimiter>> {
         self.shared.as_ref()
     }
 

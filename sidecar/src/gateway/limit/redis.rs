@@ -278,17 +278,70 @@ impl RedisLimiter {
             .map_or("closed", |s| s.name())
     }
 
-    /// Checks and counts `items` in one script run.
-    pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, Error> {
+    /// A connection: the manager (which reconnects by itself), or the
+    /// cluster connection, made on first use.
+    async fn handle(&self) -> redis::RedisResult<Handle> {
+        match &self.conn {
+            Conn::Single(c) => Ok(Handle::Single(c.clone())),
+            Conn::Cluster(cc) => {
+                let mut held = cc.conn.lock().await;
+                if let Some(c) = held.as_ref() {
+                    return Ok(Handle::Cluster(c.clone()));
+                }
+                let c = cc.client.get_async_connection().await?;
+                *held = Some(c.clone());
+                Ok(Handle::Cluster(c))
+            }
+        }
+    }
+
+    /// Runs one Redis operation under the breaker and the timeout; counts
+    /// and logs a failure.
+    async fn guarded<T>(
+        &self,
+        what: &'static str,
+        op: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
         if self.breaker.admit(BREAKER, Instant::now()).is_err() {
             return Err(Error::CircuitOpen);
         }
-        // A check dropped unfinished (the caller went away) counts as a
-        // failure: a half-open probe must never leave the breaker waiting.
+        // An operation dropped unfinished (the caller went away) counts as
+        // a failure: a half-open probe must never leave the breaker waiting.
         let mut pending = Pending {
             limiter: self,
             done: false,
         };
+        let result = match tokio::time::timeout(self.timeout, op).await {
+            Err(_) => Err(Error::Timeout(self.timeout)),
+            Ok(r) => r,
+        };
+        pending.done = true;
+        self.breaker
+            .record(BREAKER, result.is_ok(), &self.breaker_cfg, Instant::now());
+        if let Err(e) = &result {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, what, "Redis operation failed");
+        }
+        result
+    }
+
+    /// `SET key 1 NX PX ttl_ms`: whether the key was new.
+    pub async fn set_nx(&self, key: &str, ttl_ms: u64) -> Result<bool, Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ttl_ms.max(1));
+        self.guarded("replay check", async {
+            let set: Option<String> = match self.handle().await.map_err(redis_error)? {
+                Handle::Single(mut c) => cmd.query_async(&mut c).await,
+                Handle::Cluster(mut c) => cmd.query_async(&mut c).await,
+            }
+            .map_err(redis_error)?;
+            Ok(set.is_some())
+        })
+        .await
+    }
+
+    /// Checks and counts `items` in one script run.
+    pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, Error> {
         let mut inv = self.script.prepare_invoke();
         for it in items {
             let (kind, a, b) = match it.kind {
@@ -302,32 +355,12 @@ impl RedisLimiter {
                 .arg(b)
                 .arg(it.weight);
         }
-        let run = async {
-            match &self.conn {
-                Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
-                Conn::Cluster(cc) => {
-                    let (client, conn) = (&cc.client, &cc.conn);
-                    let mut c = {
-                        let mut held = conn.lock().await;
-                        match held.as_ref() {
-                            Some(c) => c.clone(),
-                            None => {
-                                let c = client.get_async_connection().await?;
-                                *held = Some(c.clone());
-                                c
-                            }
-                        }
-                    };
-                    inv.invoke_async(&mut c).await
-                }
+        self.guarded("shared limit check", async {
+            let v: Vec<i64> = match self.handle().await.map_err(redis_error)? {
+                Handle::Single(mut c) => inv.invoke_async(&mut c).await,
+                Handle::Cluster(mut c) => inv.invoke_async(&mut c).await,
             }
-        };
-        let result: Result<Vec<i64>, Error> = match tokio::time::timeout(self.timeout, run).await {
-            Err(_) => Err(Error::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(Error::Redis(e.to_string())),
-            Ok(Ok(v)) => Ok(v),
-        };
-        let outcomes = result.and_then(|v| {
+            .map_err(redis_error)?;
             if v.len() != 1 + 3 * items.len() {
                 return Err(Error::Answer);
             }
@@ -338,15 +371,18 @@ impl RedisLimiter {
                     retry_after_us: c[1],
                     usage_permille: u32::try_from(c[2]).unwrap_or(u32::MAX),
                 })
-                .collect::<Vec<_>>())
-        });
-        pending.done = true;
-        self.breaker
-            .record(BREAKER, outcomes.is_ok(), &self.breaker_cfg, Instant::now());
-        if let Err(e) = &outcomes {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "shared limit check failed");
-        }
-        outcomes
+                .collect())
+        })
+        .await
     }
+}
+
+fn redis_error(e: redis::RedisError) -> Error {
+    Error::Redis(e.to_string())
+}
+
+/// A connection for one operation.
+enum Handle {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
 }

@@ -1,0 +1,360 @@
+//! Agent-to-agent messages: the sidecar signs its agent's messages with the
+//! pairwise key the control plane issued for (sender, recipient, epoch),
+//! and verifies messages addressed to its agent before the agent sees them.
+//!
+//! Verification runs these checks in order, each with its own refusal:
+//! envelope (well formed) → recipient (this agent) → sender (not suspended
+//! or revoked) → size → pair (a key for sender → this agent exists, i.e.
+//! policy allows it) → key (the envelope's epoch is held) → MAC
+//! (constant-time) → key age (the epoch ended less than the grace period
+//! ago) → freshness (not older than `max_age`, not further ahead than
+//! `max_skew`) → replay (this (sender, nonce) was never accepted; recorded
+//! last, so a forged envelope cannot burn a nonce).
+
+pub mod inbox;
+pub mod peer;
+pub mod replay;
+pub mod service;
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use tonic::Code;
+use warden_shared::a2a::{Envelope, MAC_BYTES, NONCE_BYTES};
+use warden_shared::agent::AgentId;
+use warden_shared::proto::v1 as pb;
+use warden_shared::refusal::Reason;
+use warden_shared::spiffe::{Principal, SpiffeId, TrustDomain};
+
+use crate::gateway::authenticate::Authenticator;
+use crate::mesh::held::HeldPairKey;
+
+/// A refused message: the code and reason the caller receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// gRPC code.
+    pub code: Code,
+    /// Stable reason.
+    pub reason: Reason,
+    /// For the caller; never holds the payload or a key.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: Code, reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// As a gRPC status with the reason in its details.
+    pub fn to_status(&self) -> tonic::Status {
+        warden_shared::refusal::status(self.code, self.reason, self.message.clone())
+    }
+}
+
+/// The checks of a verification, in order.
+pub const CHECKS: [&str; 10] = [
+    "envelope",
+    "recipient",
+    "sender",
+    "size",
+    "pair",
+    "key",
+    "mac",
+    "key_age",
+    "freshness",
+    "replay",
+];
+
+/// A message whose envelope verified.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// The sender's agent id.
+    pub sender: AgentId,
+}
+
+impl From<&Verified> for pb::VerifiedMessage {
+    fn from(v: &Verified) -> Self {
+        let e = &v.envelope;
+        Self {
+            sender_spiffe_id: e.sender.to_string(),
+            sender_agent_id: v.sender.to_string(),
+            payload: e.payload.clone(),
+            content_type: e.content_type.clone(),
+            sent_at: Some(prost_types::Timestamp {
+                seconds: e.timestamp_ms.div_euclid(1000),
+                nanos: i32::try_from(e.timestamp_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+            }),
+            key_id: e.key_id,
+            checks: CHECKS.iter().map(|c| (*c).to_owned()).collect(),
+            message_id: e.nonce.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
+/// Signs and verifies for one agent.
+#[derive(Debug)]
+pub struct Messenger {
+    td: TrustDomain,
+    me: AgentId,
+    me_spiffe: SpiffeId,
+    auth: Arc<Authenticator>,
+    replay: replay::ReplayCache,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
+}
+
+impl Messenger {
+    /// For agent `me` of `td`, keys from `auth`'s held snapshot.
+    pub fn new(
+        td: TrustDomain,
+        me: AgentId,
+        auth: Arc<Authenticator>,
+        replay: replay::ReplayCache,
+    ) -> Self {
+        Self {
+            me_spiffe: td.agent(&me),
+            td,
+            me,
+            auth,
+            replay,
+        }
+    }
+
+    /// This agent's SPIFFE ID.
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.me_spiffe
+    }
+
+    /// The replay cache (for metrics).
+    pub fn replay(&self) -> &replay::ReplayCache {
+        &self.replay
+    }
+
+    /// Signs `payload` for `recipient` at `now_ms` with the current epoch's
+    /// key of the pair.
+    pub fn sign(
+        &self,
+        recipient: &str,
+        payload: Vec<u8>,
+        content_type: String,
+        now_ms: i64,
+    ) -> Result<Envelope, Refusal> {
+        let to = AgentId::new(recipient).map_err(|e| {
+            Refusal::new(
+                Code::InvalidArgument,
+                Reason::InvalidArgument,
+                e.to_string(),
+            )
+        })?;
+        if content_type.len() > warden_shared::a2a::MAX_CONTENT_TYPE_BYTES {
+            return Err(Refusal::new(
+                Code::InvalidArgument,
+                Reason::MessageMalformed,
+                format!(
+                    "content_type is longer than {} bytes",
+                    warden_shared::a2a::MAX_CONTENT_TYPE_BYTES
+                ),
+            ));
+        }
+        let held = self.auth.held();
+        let keys = &held.pair_keys;
+        let max = usize::try_from(keys.settings.max_payload_bytes).unwrap_or(usize::MAX);
+        if payload.len() > max {
+            return Err(too_large(payload.len(), max));
+        }
+        let pair = keys.of(self.me.as_str(), to.as_str()).ok_or_else(|| {
+            Refusal::new(
+                Code::PermissionDenied,
+                Reason::MessagePairNotAllowed,
+                format!("policy does not allow {} to message {to}", self.me),
+            )
+        })?;
+        let key = pair
+            .iter()
+            .find(|k| k.not_before_ms <= now_ms && now_ms < k.not_after_ms)
+            .ok_or_else(|| {
+                Refusal::new(
+                    Code::Unavailable,
+                    Reason::MessageUnknownKey,
+                    "no key of this pair covers the current time (the control plane has been away for a whole key epoch)",
+                )
+            })?;
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::rng().fill_bytes(&mut nonce);
+        Ok(Envelope {
+            sender: self.me_spiffe.clone(),
+            recipient: self.td.agent(&to),
+            timestamp_ms: now_ms,
+            nonce,
+            key_id: key.epoch,
+            content_type,
+            payload,
+            mac: [0; MAC_BYTES],
+        }
+        .sign(&key.key))
+    }
+
+    /// Verifies an envelope addressed to this agent (see the module doc for
+    /// the checks and their order), and records its nonce.
+    pub async fn verify(&self, wire: &pb::Envelope, now_ms: i64) -> Result<Verified, Refusal> {
+        let (v, ttl_ms) = self.check(wire, now_ms)?;
+        match self
+            .replay
+            .first_time(
+                self.me.as_str(),
+                v.sender.as_str(),
+                &v.envelope.nonce,
+                ttl_ms,
+                now_ms,
+            )
+            .await
+        {
+            Ok(true) => Ok(v),
+            Ok(false) => Err(Refusal::new(
+                Code::AlreadyExists,
+                Reason::MessageReplayed,
+                "this message was accepted before (same sender and nonce)",
+            )),
+            Err(e) => Err(Refusal::new(
+                Code::Unavailable,
+                Reason::ReplayCacheUnavailable,
+                format!("cannot check for replays: {e}; retry later"),
+            )),
+        }
+    }
+
+    /// Every check but the replay cache; returns how long the nonce must
+    /// be remembered.
+    pub fn check(&self, wire: &pb::Envelope, now_ms: i64) -> Result<(Verified, u64), Refusal> {
+        let env = Envelope::try_from(wire).map_err(|e| {
+            Refusal::new(
+                Code::InvalidArgument,
+                Reason::MessageMalformed,
+                e.to_string(),
+            )
+        })?;
+        if env.recipient != self.me_spiffe {
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                Reason::MessageWrongRecipient,
+                format!(
+                    "the message is for {}, not {}",
+                    env.recipient, self.me_spiffe
+                ),
+            ));
+        }
+        let sender = match env.sender.principal() {
+            Ok(Principal::Agent(a)) if env.sender.trust_domain() == &self.td => a,
+            _ => {
+                return Err(Refusal::new(
+                    Code::PermissionDenied,
+                    Reason::MessagePairNotAllowed,
+                    format!("{} is not an agent of trust domain {}", env.sender, self.td),
+                ));
+            }
+        };
+        let held = self.auth.held();
+        if let Some(b) = held.blocked_agents.get(sender.as_str(), now_ms / 1000) {
+            let what = if b.revoked { "revoked" } else { "suspended" };
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                Reason::MessageSenderBlocked,
+                format!("the sender {sender} is {what}"),
+            ));
+        }
+        let keys = &held.pair_keys;
+        let s = &keys.settings;
+        let max = usize::try_from(s.max_payload_bytes).unwrap_or(usize::MAX);
+        if env.payload.len() > max {
+            return Err(too_large(env.payload.len(), max));
+        }
+        let pair = keys.of(sender.as_str(), self.me.as_str()).ok_or_else(|| {
+            Refusal::new(
+                Code::PermissionDenied,
+                Reason::MessagePairNotAllowed,
+                format!("policy does not allow {sender} to message {}", self.me),
+            )
+        })?;
+        let key: &HeldPairKey = pair.iter().find(|k| k.epoch == env.key_id).ok_or_else(|| {
+            Refusal::new(
+                Code::PermissionDenied,
+                Reason::MessageUnknownKey,
+                format!("no key of this pair has id {}", env.key_id),
+            )
+        })?;
+        if !env.mac_verifies(&key.key) {
+            return Err(Refusal::new(
+                Code::Unauthenticated,
+                Reason::MessageBadMac,
+                "the MAC does not verify: the message was forged or changed",
+            ));
+        }
+        let grace = i64::try_from(s.grace_ms).unwrap_or(i64::MAX);
+        if now_ms >= key.not_after_ms.saturating_add(grace) {
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                Reason::MessageKeyExpired,
+                format!(
+                    "key {} expired {} ms ago (grace {} ms)",
+                    key.epoch,
+                    now_ms - key.not_after_ms,
+                    s.grace_ms
+                ),
+            ));
+        }
+        let (max_age, skew) = (
+            i64::try_from(s.max_age_ms).unwrap_or(i64::MAX),
+            i64::try_from(s.max_skew_ms).unwrap_or(i64::MAX),
+        );
+        let age = now_ms.saturating_sub(env.timestamp_ms);
+        if age > max_age {
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                Reason::MessageStale,
+                format!("the message is {age} ms old; at most {max_age} ms is accepted"),
+            ));
+        }
+        if -age > skew {
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                Reason::MessageFromFuture,
+                format!(
+                    "the message is dated {} ms ahead; at most {skew} ms is tolerated",
+                    -age
+                ),
+            ));
+        }
+        // Remembered until it could no longer pass the freshness check.
+        let ttl_ms = u64::try_from(max_age.saturating_add(skew))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Ok((
+            Verified {
+                envelope: env,
+                sender,
+            },
+            ttl_ms,
+        ))
+    }
+}
+
+fn too_large(got: usize, max: usize) -> Refusal {
+    Refusal::new(
+        Code::InvalidArgument,
+        Reason::MessageTooLarge,
+        format!("the payload is {got} bytes; the policy allows {max}"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

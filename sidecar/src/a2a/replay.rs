@@ -1,0 +1,184 @@
+//! The replay cache: each (sender, nonce) is accepted once while it could
+//! still pass the freshness check. In process by default; in Redis (`SET
+//! NX PX`) when replicas of a recipient must share the memory, with the
+//! limiter's connection, timeout and breaker, and an explicit fail mode.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::gateway::limit::redis::RedisLimiter;
+
+/// Default bound of the in-process cache (entries).
+pub const DEFAULT_LOCAL_MAX: usize = 1_000_000;
+
+/// Why a nonce could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The in-process cache is full of live nonces.
+    #[error("the replay cache is full ({0} live nonces)")]
+    Full(usize),
+    /// Redis failed or timed out, and the fail mode is closed.
+    #[error("the shared replay cache is unreachable ({0})")]
+    Redis(String),
+}
+
+/// What to do when Redis cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Refuse messages (a replay could otherwise pass another replica).
+    #[default]
+    FailClosed,
+    /// Check this sidecar's own memory only (replays to another replica go
+    /// unnoticed during the outage).
+    LocalFallback,
+}
+
+/// Nonces seen, with when they may be forgotten (unix ms).
+#[derive(Debug)]
+pub struct Local {
+    seen: Mutex<HashMap<(String, [u8; 16]), i64>>,
+    max: usize,
+}
+
+impl Local {
+    /// At most `max` live entries.
+    pub fn new(max: usize) -> Self {
+        Self {
+            seen: Mutex::new(HashMap::new()),
+            max: max.max(1),
+        }
+    }
+
+    /// Records the nonce; `Ok(false)` if it is already recorded and live.
+    pub fn first_time(
+        &self,
+        sender: &str,
+        nonce: &[u8; 16],
+        ttl_ms: u64,
+        now_ms: i64,
+    ) -> Result<bool, Error> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (sender.to_owned(), *nonce);
+        if seen.get(&key).is_some_and(|until| *until > now_ms) {
+            return Ok(false);
+        }
+        if seen.len() >= self.max {
+            seen.retain(|_, until| *until > now_ms);
+            if seen.len() >= self.max {
+                // Forgetting a live nonce would let its replay through.
+                return Err(Error::Full(seen.len()));
+            }
+        }
+        let until = now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+        seen.insert(key, until);
+        Ok(true)
+    }
+
+    /// Live and expired entries held.
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The replay cache in use.
+#[derive(Debug)]
+pub enum ReplayCache {
+    /// This sidecar's memory (the embedded default).
+    Local(Local),
+    /// Redis, shared by every replica of the recipient.
+    Redis {
+        /// The connection (shared with the limiter).
+        redis: Arc<RedisLimiter>,
+        /// Its fail mode.
+        on_failure: OnFailure,
+        /// Used while Redis is unreachable under `LocalFallback`.
+        fallback: Local,
+        /// Messages checked locally because Redis failed.
+        fallbacks: AtomicU64,
+    },
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ReplayCache {
+    /// Records `(sender, nonce)` for messages to `recipient`; `Ok(false)`
+    /// if it was recorded before.
+    pub async fn first_time(
+        &self,
+        recipient: &str,
+        sender: &str,
+        nonce: &[u8; 16],
+        ttl_ms: u64,
+        now_ms: i64,
+    ) -> Result<bool, Error> {
+        match self {
+            Self::Local(l) => l.first_time(sender, nonce, ttl_ms, now_ms),
+            Self::Redis {
+                redis,
+                on_failure,
+                fallback,
+                fallbacks,
+            } => {
+                let key = format!(
+                    "{}a2a:nonce:{recipient}:{sender}:{}",
+                    redis.prefix,
+                    hex(nonce)
+                );
+                match redis.set_nx(&key, ttl_ms).await {
+                    Ok(first) => Ok(first),
+                    Err(e) if *on_failure == OnFailure::LocalFallback => {
+                        fallbacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "replay cache: Redis failed; checking this sidecar's memory only");
+                        fallback.first_time(sender, nonce, ttl_ms, now_ms)
+                    }
+                    Err(e) => Err(Error::Redis(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// `local` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Local(_) => "local",
+            Self::Redis { .. } => "redis",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nonce_is_accepted_once_while_live_and_the_bound_holds() {
+        let l = Local::new(2);
+        let n = [1u8; 16];
+        assert!(l.first_time("a", &n, 1000, 0).unwrap());
+        assert!(!l.first_time("a", &n, 1000, 999).unwrap());
+        // Another sender's identical nonce is another message.
+        assert!(l.first_time("b", &n, 1000, 0).unwrap());
+        // Full of live nonces: refused, never forgotten.
+        assert!(matches!(
+            l.first_time("c", &n, 1000, 10),
+            Err(Error::Full(2))
+        ));
+        assert!(!l.first_time("a", &n, 1000, 10).unwrap());
+        // Once expired, they make room (and the old nonce could no longer
+        // pass the freshness check anyway).
+        assert!(l.first_time("c", &n, 1000, 1000).unwrap());
+        assert_eq!(l.len(), 1);
+    }
+}

@@ -1,0 +1,303 @@
+//! `warden.v1.MessagingService` (the agent's side) and
+//! `warden.v1.MessagingPeerService` (other sidecars' side). Every decision
+//! is an audit event (target `warden::audit`) naming sender, recipient,
+//! message id and outcome; never the payload.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+use warden_shared::a2a::Envelope;
+use warden_shared::proto::v1 as pb;
+use warden_shared::proto::v1::messaging_peer_service_client::MessagingPeerServiceClient;
+use warden_shared::proto::v1::messaging_peer_service_server::MessagingPeerService;
+use warden_shared::proto::v1::messaging_service_server::MessagingService;
+use warden_shared::refusal::{Reason, reason_of, status};
+
+use super::inbox::Inbox;
+use super::peer::{PeerClient, PeerIdentity};
+use super::{Messenger, Refusal, Verified, now_ms};
+use crate::api::AgentApi;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn audit(action: &str, sender: &str, recipient: &str, id: &str, outcome: Result<(), &Refusal>) {
+    let reason = outcome.err().map_or("", |r| r.reason.as_str());
+    tracing::info!(
+        target: "warden::audit",
+        kind = "message",
+        action,
+        sender,
+        recipient,
+        message_id = id,
+        allowed = outcome.is_ok(),
+        reason,
+        "message {action}"
+    );
+}
+
+/// The agent-facing messaging API.
+#[derive(Debug, Clone)]
+pub struct MessagingApi {
+    api: AgentApi,
+    messenger: Arc<Messenger>,
+    inbox: Arc<Inbox>,
+    peers: Arc<PeerClient>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl MessagingApi {
+    /// Wires the service.
+    pub fn new(
+        api: AgentApi,
+        messenger: Arc<Messenger>,
+        inbox: Arc<Inbox>,
+        peers: Arc<PeerClient>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            api,
+            messenger,
+            inbox,
+            peers,
+            stopping,
+        }
+    }
+
+    fn sign(
+        &self,
+        recipient: &str,
+        payload: Vec<u8>,
+        content_type: String,
+    ) -> Result<Envelope, Status> {
+        let me = self.messenger.spiffe_id().to_string();
+        self.messenger
+            .sign(recipient, payload, content_type, now_ms())
+            .inspect(|e| {
+                audit(
+                    "signed",
+                    &me,
+                    &e.recipient.to_string(),
+                    &hex(&e.nonce),
+                    Ok(()),
+                )
+            })
+            .map_err(|r| {
+                audit("signed", &me, recipient, "", Err(&r));
+                r.to_status()
+            })
+    }
+}
+
+type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::VerifiedMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MessagingService for MessagingApi {
+    type ReceiveMessagesStream = MessageStream;
+
+    async fn sign_message(
+        &self,
+        req: Request<pb::SignMessageRequest>,
+    ) -> Result<Response<pb::SignMessageResponse>, Status> {
+        self.api
+            .authenticate(&req)
+            .await
+            .map_err(|d| d.to_status())?;
+        let r = req.into_inner();
+        let env = self.sign(&r.recipient_agent, r.payload, r.content_type)?;
+        Ok(Response::new(pb::SignMessageResponse {
+            envelope: Some(pb::Envelope::from(&env)),
+        }))
+    }
+
+    async fn verify_message(
+        &self,
+        req: Request<pb::VerifyMessageRequest>,
+    ) -> Result<Response<pb::VerifyMessageResponse>, Status> {
+        self.api
+            .authenticate(&req)
+            .await
+            .map_err(|d| d.to_status())?;
+        let wire = req.into_inner().envelope.unwrap_or_default();
+        let v = verify(&self.messenger, &wire, "verified").await?;
+        Ok(Response::new(pb::VerifyMessageResponse {
+            message: Some(pb::VerifiedMessage::from(&v)),
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        self.api
+            .authenticate(&req)
+            .await
+            .map_err(|d| d.to_status())?;
+        let r = req.into_inner();
+        if !self.peers.knows(&r.recipient_agent) {
+            return Err(status(
+                Code::FailedPrecondition,
+                Reason::MessagePeerUnreachable,
+                format!(
+                    "no address for {:?}'s sidecar: add it under [messaging.peers] in this sidecar's config",
+                    r.recipient_agent
+                ),
+            ));
+        }
+        let env = self.sign(&r.recipient_agent, r.payload, r.content_type)?;
+        let wire = pb::Envelope::from(&env);
+        let unreachable = |e: String| {
+            tracing::warn!(recipient = %env.recipient, error = %e, "message delivery failed");
+            status(
+                Code::Unavailable,
+                Reason::MessagePeerUnreachable,
+                format!("cannot reach {}'s sidecar; retry later", r.recipient_agent),
+            )
+        };
+        let ch = self
+            .peers
+            .channel(&r.recipient_agent, &env.recipient)
+            .map_err(|e| unreachable(e.to_string()))?;
+        match MessagingPeerServiceClient::new(ch)
+            .deliver(pb::DeliverRequest {
+                envelope: Some(wire.clone()),
+            })
+            .await
+        {
+            Ok(_) => Ok(Response::new(pb::SendMessageResponse {
+                envelope: Some(wire),
+            })),
+            // The recipient's sidecar refused it, with a reason written for
+            // the sender: pass it on.
+            Err(s) if reason_of(&s).is_some() => Err(s),
+            Err(s) => Err(unreachable(s.message().to_owned())),
+        }
+    }
+
+    async fn receive_messages(
+        &self,
+        req: Request<pb::ReceiveMessagesRequest>,
+    ) -> Result<Response<MessageStream>, Status> {
+        let claims = self
+            .api
+            .authenticate(&req)
+            .await
+            .map_err(|d| d.to_status())?;
+        let (tx, rx) = mpsc::channel(16);
+        let inbox = Arc::clone(&self.inbox);
+        let mut stopping = self.stopping.clone();
+        let expires = tokio::time::Instant::now()
+            + std::time::Duration::from_secs(
+                u64::try_from(claims.exp - crate::now_unix()).unwrap_or(0),
+            );
+        tokio::spawn(async move {
+            let mut r = inbox.receiver().await;
+            loop {
+                tokio::select! {
+                    m = r.next() => {
+                        let Some(m) = m else { return };
+                        if let Err(e) = tx.send(Ok(m)).await {
+                            if let Ok(m) = e.0 {
+                                r.give_back(m);
+                            }
+                            return;
+                        }
+                    }
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep_until(expires) => {
+                        let _ = tx.send(Err(status(Code::Unauthenticated, Reason::TokenExpired, "the session token expired; start a new session and receive again"))).await;
+                        return;
+                    }
+                    // (The guard `wait_for` returns must not live across awaits.)
+                    () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn verify(m: &Messenger, wire: &pb::Envelope, action: &str) -> Result<Verified, Status> {
+    let me = m.spiffe_id().to_string();
+    let id = hex(&wire.nonce);
+    match m.verify(wire, now_ms()).await {
+        Ok(v) => {
+            audit(action, &wire.sender, &me, &id, Ok(()));
+            Ok(v)
+        }
+        Err(r) => {
+            audit(action, &wire.sender, &me, &id, Err(&r));
+            Err(r.to_status())
+        }
+    }
+}
+
+/// The peer-facing delivery API.
+#[derive(Debug, Clone)]
+pub struct PeerApi {
+    messenger: Arc<Messenger>,
+    inbox: Arc<Inbox>,
+}
+
+impl PeerApi {
+    /// Wires the service.
+    pub fn new(messenger: Arc<Messenger>, inbox: Arc<Inbox>) -> Self {
+        Self { messenger, inbox }
+    }
+}
+
+#[tonic::async_trait]
+impl MessagingPeerService for PeerApi {
+    async fn deliver(
+        &self,
+        req: Request<pb::DeliverRequest>,
+    ) -> Result<Response<pb::DeliverResponse>, Status> {
+        let peer = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .map(|p| p.0.to_string())
+            .ok_or_else(|| {
+                status(
+                    Code::Unauthenticated,
+                    Reason::NoClientCertificate,
+                    "deliveries need a client certificate (mTLS)",
+                )
+            })?;
+        let wire = req.into_inner().envelope.unwrap_or_default();
+        // Only the sender's own sidecar may hand over its messages.
+        if wire.sender != peer {
+            let r = Refusal::new(
+                Code::PermissionDenied,
+                Reason::WrongPrincipal,
+                format!(
+                    "{peer} may not deliver messages signed as {:?}",
+                    wire.sender
+                ),
+            );
+            audit(
+                "delivered",
+                &wire.sender,
+                &self.messenger.spiffe_id().to_string(),
+                &hex(&wire.nonce),
+                Err(&r),
+            );
+            return Err(r.to_status());
+        }
+        let permit = self.inbox.reserve().ok_or_else(|| {
+            status(
+                Code::ResourceExhausted,
+                Reason::MessageInboxFull,
+                "the recipient's inbox is full; retry later",
+            )
+        })?;
+        let v = verify(&self.messenger, &wire, "delivered").await?;
+        permit.send(pb::VerifiedMessage::from(&v));
+        self.inbox.queued();
+        Ok(Response::new(pb::DeliverResponse {}))
+    }
+}

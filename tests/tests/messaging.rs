@@ -1,0 +1,428 @@
+//! Agent-to-agent messages end to end: a control plane whose policy lets
+//! coders message reviewers, real sidecars over mTLS, the recipient's two
+//! replicas sharing a replay cache in a real Redis.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::codegen::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use warden_shared::proto::v1 as pb;
+use warden_shared::proto::v1::messaging_peer_service_client::MessagingPeerServiceClient;
+use warden_shared::proto::v1::messaging_service_client::MessagingServiceClient;
+use warden_sidecar::app::Running as Sidecar;
+use warden_sidecar::config::ReplayCacheKind;
+use warden_tests::redis::PrivateRedis;
+use warden_tests::{
+    AgentAuth, Mesh, any_port, apply_policy, assert_refused, eventually, rand_suffix,
+};
+
+const POLICY: &str = r#"
+version: 1
+messaging:
+  max_age: 5m
+  allow:
+    - { from: "type:coder", to: "type:reviewer" }
+    - { from: "agent:reviewer", to: "agent:coder" }
+"#;
+
+type Client = MessagingServiceClient<InterceptedService<Channel, AgentAuth>>;
+
+async fn register(mesh: &Mesh, id: &str, agent_type: &str) -> anyhow::Result<()> {
+    mesh.admin()
+        .await?
+        .register_agent(pb::RegisterAgentRequest {
+            id: id.into(),
+            agent_type: agent_type.into(),
+            owner: "team".into(),
+            max_concurrent_sessions: 8,
+            allowed_scopes: vec!["data:read".into()],
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// Starts a sidecar for `agent` with a messaging listener, `peers`, and a
+/// replay cache (Redis at `redis`, if given, with its fail mode).
+async fn sidecar(
+    mesh: &Mesh,
+    agent: &str,
+    peers: &[(&str, &Sidecar)],
+    redis: Option<(&str, &str, warden_sidecar::a2a::replay::OnFailure)>,
+) -> anyhow::Result<Sidecar> {
+    let token = mesh.join_token(agent).await?;
+    let mut c = mesh.sidecar_config(agent, Some(token));
+    c.messaging.listen = Some(any_port());
+    c.messaging.peers = peers
+        .iter()
+        .map(|(a, sc)| {
+            Ok((
+                (*a).to_owned(),
+                sc.messaging_addr.context("no listener")?.to_string(),
+            ))
+        })
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    if let Some((url, prefix, on_failure)) = redis {
+        let mut r = warden_sidecar::gateway::limit::redis::RedisConfig::new(url);
+        r.key_prefix = prefix.into();
+        r.timeout_ms = 200;
+        c.redis = Some(r);
+        c.messaging.replay_cache = ReplayCacheKind::Redis;
+        c.messaging.on_redis_failure = on_failure;
+    }
+    let sc = warden_sidecar::app::start(c).await?;
+    let keyed = eventually(Duration::from_secs(10), || async {
+        sc.auth.held().raw.pairs.is_some()
+    })
+    .await;
+    anyhow::ensure!(keyed, "{agent}'s sidecar received no pair keys");
+    Ok(sc)
+}
+
+/// A messaging client for a new session at `sc`.
+async fn client(sc: &Sidecar) -> anyhow::Result<Client> {
+    let s = warden_tests::session(sc).await;
+    let addr = sc.agent_addr.context("no TCP port")?;
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    Ok(MessagingServiceClient::with_interceptor(
+        ch,
+        AgentAuth {
+            token: Some(s.token),
+            no_header: false,
+        },
+    ))
+}
+
+fn send(to: &str, text: &str) -> pb::SendMessageRequest {
+    pb::SendMessageRequest {
+        recipient_agent: to.into(),
+        payload: text.as_bytes().to_vec(),
+        content_type: "text/plain".into(),
+    }
+}
+
+fn sign(to: &str, text: &str) -> pb::SignMessageRequest {
+    pb::SignMessageRequest {
+        recipient_agent: to.into(),
+        payload: text.as_bytes().to_vec(),
+        content_type: "text/plain".into(),
+    }
+}
+
+fn verify(e: &pb::Envelope) -> pb::VerifyMessageRequest {
+    pb::VerifyMessageRequest {
+        envelope: Some(e.clone()),
+    }
+}
+
+async fn signed(c: &mut Client, to: &str, text: &str) -> pb::Envelope {
+    c.sign_message(sign(to, text))
+        .await
+        .expect("signed")
+        .into_inner()
+        .envelope
+        .expect("an envelope")
+}
+
+/// Every pair key a sidecar holds names its own agent.
+fn holds_only_its_own_pairs(sc: &Sidecar, me: &str) -> usize {
+    let held = sc.auth.held();
+    let mut n = 0;
+    for (s, to) in &held.pair_keys.pairs {
+        for r in to.keys() {
+            assert!(s == me || r == me, "{me}'s sidecar holds {s}->{r}");
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
+    let redis = PrivateRedis::start().await.unwrap();
+    let prefix = format!("warden-test-{}:", rand_suffix());
+    let mesh = Mesh::start().await.unwrap();
+    mesh.admin()
+        .await
+        .unwrap()
+        .apply_policy(apply_policy(POLICY))
+        .await
+        .unwrap();
+    for (id, t) in [
+        ("coder", "coder"),
+        ("reviewer", "reviewer"),
+        ("mallory", "intruder"),
+    ] {
+        register(&mesh, id, t).await.unwrap();
+    }
+    use warden_sidecar::a2a::replay::OnFailure;
+    let url = redis.url();
+    let rev1 = sidecar(
+        &mesh,
+        "reviewer",
+        &[],
+        Some((&url, &prefix, OnFailure::FailClosed)),
+    )
+    .await
+    .unwrap();
+    let rev2 = sidecar(
+        &mesh,
+        "reviewer",
+        &[],
+        Some((&url, &prefix, OnFailure::LocalFallback)),
+    )
+    .await
+    .unwrap();
+    let coder = sidecar(&mesh, "coder", &[("reviewer", &rev1)], None)
+        .await
+        .unwrap();
+    let mallory = sidecar(&mesh, "mallory", &[("reviewer", &rev1)], None)
+        .await
+        .unwrap();
+
+    // Keys: coder->reviewer and reviewer->coder, three epochs each, on both
+    // sides; nothing for mallory; nobody holds a stranger's pair.
+    assert_eq!(holds_only_its_own_pairs(&coder, "coder"), 2);
+    assert_eq!(holds_only_its_own_pairs(&rev1, "reviewer"), 2);
+    assert_eq!(holds_only_its_own_pairs(&mallory, "mallory"), 0);
+
+    let (mut c, mut r1, mut r2, mut m) = (
+        client(&coder).await.unwrap(),
+        client(&rev1).await.unwrap(),
+        client(&rev2).await.unwrap(),
+        client(&mallory).await.unwrap(),
+    );
+
+    // Delivery: the reviewer's agent receives the verified message.
+    let mut inbox = r1
+        .receive_messages(pb::ReceiveMessagesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let sent = c
+        .send_message(send("reviewer", "please review PR 42"))
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+        .await
+        .expect("delivered in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.sender_agent_id, "coder");
+    assert_eq!(got.sender_spiffe_id, "spiffe://test.warden/agent/coder");
+    assert_eq!(got.payload, b"please review PR 42");
+    assert_eq!(got.content_type, "text/plain");
+    assert_eq!(got.checks.last().map(String::as_str), Some("replay"));
+
+    // The delivered envelope replayed, at either replica: refused.
+    assert_refused(
+        r1.verify_message(verify(&sent)).await,
+        Code::AlreadyExists,
+        "MESSAGE_REPLAYED",
+    );
+    assert_refused(
+        r2.verify_message(verify(&sent)).await,
+        Code::AlreadyExists,
+        "MESSAGE_REPLAYED",
+    );
+    // An envelope verified at one replica is a replay at the other.
+    let e = signed(&mut c, "reviewer", "second").await;
+    let v = r2
+        .verify_message(verify(&e))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    assert_eq!(v.payload, b"second");
+    assert_refused(
+        r1.verify_message(verify(&e)).await,
+        Code::AlreadyExists,
+        "MESSAGE_REPLAYED",
+    );
+
+    // Tampered: one payload byte, the MAC, the sender, the recipient.
+    let e = signed(&mut c, "reviewer", "third").await;
+    let mut t = e.clone();
+    t.payload[0] ^= 1;
+    assert_refused(
+        r1.verify_message(verify(&t)).await,
+        Code::Unauthenticated,
+        "MESSAGE_BAD_MAC",
+    );
+    let mut t = e.clone();
+    t.mac[0] ^= 1;
+    assert_refused(
+        r1.verify_message(verify(&t)).await,
+        Code::Unauthenticated,
+        "MESSAGE_BAD_MAC",
+    );
+    let mut t = e.clone();
+    t.sender = "spiffe://test.warden/agent/mallory".into();
+    assert_refused(
+        r1.verify_message(verify(&t)).await,
+        Code::PermissionDenied,
+        "MESSAGE_PAIR_NOT_ALLOWED",
+    );
+    let mut t = e.clone();
+    t.recipient = "spiffe://test.warden/agent/mallory".into();
+    assert_refused(
+        r1.verify_message(verify(&t)).await,
+        Code::PermissionDenied,
+        "MESSAGE_WRONG_RECIPIENT",
+    );
+    // ... and a message for the reviewer, at mallory's sidecar.
+    assert_refused(
+        m.verify_message(verify(&e)).await,
+        Code::PermissionDenied,
+        "MESSAGE_WRONG_RECIPIENT",
+    );
+    let mut t = e.clone();
+    t.key_id += 7;
+    assert_refused(
+        r1.verify_message(verify(&t)).await,
+        Code::PermissionDenied,
+        "MESSAGE_UNKNOWN_KEY",
+    );
+    // None of these spent the genuine message's nonce.
+    r1.verify_message(verify(&e)).await.unwrap();
+
+    // Unauthorised: mallory may message nobody; the reviewer may not
+    // message mallory.
+    assert_refused(
+        m.sign_message(sign("reviewer", "hi")).await,
+        Code::PermissionDenied,
+        "MESSAGE_PAIR_NOT_ALLOWED",
+    );
+    assert_refused(
+        m.send_message(send("reviewer", "hi")).await,
+        Code::PermissionDenied,
+        "MESSAGE_PAIR_NOT_ALLOWED",
+    );
+    assert_refused(
+        r1.sign_message(sign("mallory", "hi")).await,
+        Code::PermissionDenied,
+        "MESSAGE_PAIR_NOT_ALLOWED",
+    );
+    assert_refused(
+        c.send_message(send("mallory", "hi")).await,
+        Code::FailedPrecondition,
+        "MESSAGE_PEER_UNREACHABLE",
+    );
+
+    // mTLS: mallory's sidecar handing over coder's envelope is refused by
+    // the reviewer's sidecar (the client certificate is not the sender's).
+    let e = signed(&mut c, "reviewer", "relayed").await;
+    let tls = std::sync::Arc::new(warden_sidecar::a2a::peer::PeerTls::new(
+        mallory.identity.clone(),
+    ));
+    let relay = warden_sidecar::a2a::peer::PeerClient::new(
+        std::sync::Arc::clone(&tls),
+        [(
+            "reviewer".to_owned(),
+            rev1.messaging_addr.unwrap().to_string(),
+        )]
+        .into(),
+    );
+    let reviewer_id =
+        warden_shared::spiffe::SpiffeId::parse("spiffe://test.warden/agent/reviewer").unwrap();
+    let ch = relay.channel("reviewer", &reviewer_id).unwrap();
+    assert_refused(
+        MessagingPeerServiceClient::new(ch)
+            .deliver(pb::DeliverRequest {
+                envelope: Some(e.clone()),
+            })
+            .await,
+        Code::PermissionDenied,
+        "WRONG_PRINCIPAL",
+    );
+    // ... and a sender's sidecar refuses a server that is not the recipient.
+    let impostor = warden_sidecar::a2a::peer::PeerClient::new(
+        tls,
+        [(
+            "reviewer".to_owned(),
+            coder.messaging_addr.unwrap().to_string(),
+        )]
+        .into(),
+    );
+    let ch = impostor.channel("reviewer", &reviewer_id).unwrap();
+    let err = MessagingPeerServiceClient::new(ch)
+        .deliver(pb::DeliverRequest {
+            envelope: Some(e.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    // The replay cache fails closed at replica 1 and falls back to memory
+    // at replica 2 when Redis is gone.
+    let mut redis = redis;
+    redis.stop();
+    let e2 = signed(&mut c, "reviewer", "during the outage").await;
+    assert_refused(
+        r1.verify_message(verify(&e2)).await,
+        Code::Unavailable,
+        "REPLAY_CACHE_UNAVAILABLE",
+    );
+    r2.verify_message(verify(&e2)).await.unwrap();
+    assert_refused(
+        r2.verify_message(verify(&e2)).await,
+        Code::AlreadyExists,
+        "MESSAGE_REPLAYED",
+    );
+
+    // Revoking the sender: every sidecar refuses its messages, and the pair
+    // keys disappear from the reviewer's sidecar through the stream.
+    mesh.admin()
+        .await
+        .unwrap()
+        .revoke_agent(pb::RevokeAgentRequest {
+            id: "coder".into(),
+            reason: "compromised".into(),
+        })
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(5), || async {
+        rev2.auth.held().pair_keys.pairs.is_empty() && rev1.auth.held().pair_keys.pairs.is_empty()
+    })
+    .await;
+    assert!(gone, "the revoked agent's pair keys are still held");
+    assert_refused(
+        r2.verify_message(verify(&e)).await,
+        Code::PermissionDenied,
+        "MESSAGE_SENDER_BLOCKED",
+    );
+    assert_refused(
+        c.sign_message(sign("reviewer", "still here?")).await,
+        Code::PermissionDenied,
+        "AGENT_REVOKED",
+    );
+
+    for sc in [coder, rev1, rev2, mallory] {
+        sc.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_bad_messaging_section_is_refused_with_its_reason() {
+    let mesh = Mesh::start().await.unwrap();
+    let bad = "version: 1\nmessaging:\n  allow: [{from: coder, to: '*'}]\n";
+    assert_refused(
+        mesh.admin()
+            .await
+            .unwrap()
+            .apply_policy(apply_policy(bad))
+            .await,
+        Code::InvalidArgument,
+        "POLICY_MESSAGING",
+    );
+}
