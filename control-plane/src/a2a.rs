@@ -147,6 +147,11 @@ impl Messaging {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Changes with every registration and status change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The directory, read from the store if agents changed since.
     pub async fn directory(&self, store: &dyn Store) -> store::Result<Arc<Directory>> {
         let want = self.generation.load(Ordering::Acquire);

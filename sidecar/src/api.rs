@@ -89,7 +89,8 @@ pub fn auth_status(e: &authenticate::Error) -> Status {
     auth_denial(e).to_status()
 }
 
-fn bearer<T>(req: &Request<T>) -> Result<&str, Denial> {
+/// The bearer token of a request.
+pub fn bearer<T>(req: &Request<T>) -> Result<&str, Denial> {
     let missing = || {
         Denial::new(
             Stage::Authenticate,
@@ -180,6 +181,14 @@ impl AgentApi {
                 auth_denial(&e)
             }),
         }
+    }
+
+    /// Verifies `token` against what is held now (no JWKS refresh): for
+    /// long-lived streams that check their session again.
+    pub fn check_token(&self, token: &str) -> Result<Arc<Claims>, Denial> {
+        self.auth
+            .verify(token, &self.identity.snapshot(), now_unix())
+            .map_err(|e| auth_denial(&e))
     }
 
     /// Authenticates, recording a refusal as a gateway decision.

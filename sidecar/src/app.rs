@@ -85,7 +85,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 "persisted mesh snapshot is incomplete (no standing); waiting for the control plane"
             )
         }
-        Ok(Some(push)) => match crate::mesh::apply(&auth, &push, crate::now_unix()) {
+        Ok(Some(push)) => match crate::mesh::apply_at(&auth, &push, crate::a2a::now_ms()) {
             Ok(()) => tracing::info!(version = push.version, "loaded the persisted mesh snapshot"),
             Err((_, reason)) => {
                 tracing::error!(%reason, "persisted mesh snapshot is unusable; waiting for the control plane")
@@ -126,7 +126,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Arc::clone(&auth),
         replay,
     ));
-    let inbox = Arc::new(crate::a2a::inbox::Inbox::new(m.inbox_capacity));
+    let inbox = Arc::new(crate::a2a::inbox::Inbox::new(
+        m.inbox_capacity,
+        m.inbox_max_bytes,
+    ));
     let peer_tls = Arc::new(crate::a2a::peer::PeerTls::new(Arc::clone(&identity)));
     let peers = Arc::new(crate::a2a::peer::PeerClient::new(
         Arc::clone(&peer_tls),
@@ -201,7 +204,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let mut stop = rx.clone();
             tasks.push(tokio::spawn(async move {
                 Server::builder()
-                    .concurrency_limit_per_connection(64)
+                    .concurrency_limit_per_connection(16)
+                    .timeout(crate::a2a::peer::DELIVER_TIMEOUT)
+                    .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                    .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+                    // Deliveries being decoded and verified at once, over all
+                    // connections: bounds the memory bodies can take.
+                    .layer(tower::limit::GlobalConcurrencyLimitLayer::new(64))
                     .add_service(peer_svc)
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::ReceiverStream::new(incoming),

@@ -123,6 +123,9 @@ pub struct Messaging {
     /// Most verified messages waiting for the agent.
     #[serde(default = "default_inbox")]
     pub inbox_capacity: usize,
+    /// Most payload bytes waiting for the agent.
+    #[serde(default = "default_inbox_bytes")]
+    pub inbox_max_bytes: usize,
 }
 
 impl Default for Messaging {
@@ -134,6 +137,7 @@ impl Default for Messaging {
             on_redis_failure: crate::a2a::replay::OnFailure::default(),
             replay_cache_max: default_replay_max(),
             inbox_capacity: default_inbox(),
+            inbox_max_bytes: default_inbox_bytes(),
         }
     }
 }
@@ -155,6 +159,10 @@ fn default_replay_max() -> usize {
 
 fn default_inbox() -> usize {
     crate::a2a::inbox::DEFAULT_CAPACITY
+}
+
+fn default_inbox_bytes() -> usize {
+    crate::a2a::inbox::DEFAULT_MAX_BYTES
 }
 
 impl std::fmt::Debug for Config {
@@ -282,6 +290,11 @@ impl Config {
                     "messaging.peers.{agent} = {addr:?}: give host:port"
                 )));
             }
+        }
+        if !(1..=1 << 34).contains(&m.inbox_max_bytes) {
+            return Err(Error::Invalid(
+                "messaging.inbox_max_bytes must be between 1 and 16 GiB".into(),
+            ));
         }
         if !(1..=1_000_000).contains(&m.inbox_capacity)
             || !(1..=100_000_000).contains(&m.replay_cache_max)

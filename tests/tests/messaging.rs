@@ -53,10 +53,12 @@ async fn sidecar(
     agent: &str,
     peers: &[(&str, &Sidecar)],
     redis: Option<(&str, &str, warden_sidecar::a2a::replay::OnFailure)>,
+    inbox_capacity: usize,
 ) -> anyhow::Result<Sidecar> {
     let token = mesh.join_token(agent).await?;
     let mut c = mesh.sidecar_config(agent, Some(token));
     c.messaging.listen = Some(any_port());
+    c.messaging.inbox_capacity = inbox_capacity;
     c.messaging.peers = peers
         .iter()
         .map(|(a, sc)| {
@@ -130,6 +132,16 @@ async fn signed(c: &mut Client, to: &str, text: &str) -> pb::Envelope {
         .expect("an envelope")
 }
 
+/// Messages the replica checked in its own memory because Redis failed.
+fn fallbacks(sc: &Sidecar) -> u64 {
+    match sc.messenger.replay() {
+        warden_sidecar::a2a::replay::ReplayCache::Redis { fallbacks, .. } => {
+            fallbacks.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        warden_sidecar::a2a::replay::ReplayCache::Local(_) => 0,
+    }
+}
+
 /// Every pair key a sidecar holds names its own agent.
 fn holds_only_its_own_pairs(sc: &Sidecar, me: &str) -> usize {
     let held = sc.auth.held();
@@ -168,6 +180,7 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         "reviewer",
         &[],
         Some((&url, &prefix, OnFailure::FailClosed)),
+        2,
     )
     .await
     .unwrap();
@@ -176,13 +189,14 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         "reviewer",
         &[],
         Some((&url, &prefix, OnFailure::LocalFallback)),
+        16,
     )
     .await
     .unwrap();
-    let coder = sidecar(&mesh, "coder", &[("reviewer", &rev1)], None)
+    let coder = sidecar(&mesh, "coder", &[("reviewer", &rev1)], None, 16)
         .await
         .unwrap();
-    let mallory = sidecar(&mesh, "mallory", &[("reviewer", &rev1)], None)
+    let mallory = sidecar(&mesh, "mallory", &[("reviewer", &rev1)], None, 16)
         .await
         .unwrap();
 
@@ -199,12 +213,28 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         client(&mallory).await.unwrap(),
     );
 
-    // Delivery: the reviewer's agent receives the verified message.
+    // Nobody receiving yet: the inbox (capacity 2) fills, then refuses.
+    for i in 0..2 {
+        c.send_message(send("reviewer", &format!("queued {i}")))
+            .await
+            .unwrap();
+    }
+    assert_refused(
+        c.send_message(send("reviewer", "one too many")).await,
+        Code::ResourceExhausted,
+        "MESSAGE_INBOX_FULL",
+    );
     let mut inbox = r1
         .receive_messages(pb::ReceiveMessagesRequest {})
         .await
         .unwrap()
         .into_inner();
+    for i in 0..2 {
+        let m = inbox.next().await.unwrap().unwrap();
+        assert_eq!(m.payload, format!("queued {i}").as_bytes());
+    }
+
+    // Delivery: the reviewer's agent receives the verified message.
     let sent = c
         .send_message(send("reviewer", "please review PR 42"))
         .await
@@ -379,6 +409,98 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         Code::AlreadyExists,
         "MESSAGE_REPLAYED",
     );
+
+    // Redis back: the nonce accepted from memory during the outage is still
+    // a replay at that replica (once Redis answers it again).
+    redis.restart().await.unwrap();
+    let rev2_ref = &rev2;
+    let answered = eventually(Duration::from_secs(10), || {
+        let (mut c, mut r2) = (c.clone(), r2.clone());
+        let before = fallbacks(rev2_ref);
+        async move {
+            let e = signed(&mut c, "reviewer", "probe").await;
+            r2.verify_message(verify(&e)).await.is_ok() && fallbacks(rev2_ref) == before
+        }
+    })
+    .await;
+    assert!(answered, "Redis did not come back");
+    assert_refused(
+        r2.verify_message(verify(&e2)).await,
+        Code::AlreadyExists,
+        "MESSAGE_REPLAYED",
+    );
+
+    // A policy change that drops a rule drops the pair's keys.
+    let one_way = POLICY.replace(
+        "    - { from: \"agent:reviewer\", to: \"agent:coder\" }\n",
+        "",
+    );
+    assert_ne!(one_way, POLICY);
+    mesh.admin()
+        .await
+        .unwrap()
+        .apply_policy(apply_policy(&one_way))
+        .await
+        .unwrap();
+    let dropped = eventually(Duration::from_secs(5), || async {
+        coder
+            .auth
+            .held()
+            .pair_keys
+            .of("reviewer", "coder")
+            .is_none()
+    })
+    .await;
+    assert!(dropped, "the reviewer->coder keys are still held");
+    assert_eq!(holds_only_its_own_pairs(&coder, "coder"), 1);
+    assert_refused(
+        r1.sign_message(sign("coder", "hi")).await,
+        Code::PermissionDenied,
+        "MESSAGE_PAIR_NOT_ALLOWED",
+    );
+
+    // Suspending the sender removes its keys everywhere; resuming brings
+    // them back.
+    let pending = signed(&mut c, "reviewer", "before the suspension").await;
+    mesh.admin()
+        .await
+        .unwrap()
+        .suspend_agent(pb::SuspendAgentRequest {
+            id: "coder".into(),
+            reason: "investigating".into(),
+        })
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(5), || async {
+        rev1.auth.held().pair_keys.of("coder", "reviewer").is_none()
+    })
+    .await;
+    assert!(gone, "a suspended agent's keys are still held");
+    assert_refused(
+        r1.verify_message(verify(&pending)).await,
+        Code::PermissionDenied,
+        "MESSAGE_SENDER_BLOCKED",
+    );
+    mesh.admin()
+        .await
+        .unwrap()
+        .resume_agent(pb::ResumeAgentRequest { id: "coder".into() })
+        .await
+        .unwrap();
+    let back = eventually(Duration::from_secs(5), || async {
+        rev1.auth.held().pair_keys.of("coder", "reviewer").is_some()
+            && rev1.auth.held().blocked_agents.get("coder", 0).is_none()
+    })
+    .await;
+    assert!(back, "a resumed agent's keys did not come back");
+    // (Replica 1 reconnects to the restarted Redis by itself.)
+    let accepted = eventually(Duration::from_secs(10), || {
+        let mut r1 = r1.clone();
+        let pending = pending.clone();
+        async move { r1.verify_message(verify(&pending)).await.is_ok() }
+    })
+    .await;
+    assert!(accepted, "the resumed agent's message was not accepted");
 
     // Revoking the sender: every sidecar refuses its messages, and the pair
     // keys disappear from the reviewer's sidecar through the stream.

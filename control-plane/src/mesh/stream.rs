@@ -180,18 +180,35 @@ fn is_empty(p: &pb::StreamResponse) -> bool {
 
 /// The agent's pair keys under the policy in force (none without a policy),
 /// and when they next rotate by themselves.
+/// What the pair keys were last computed from: the policy version, the
+/// directory's generation, the blocked list's sequence and the epoch.
+type PairsAt = (u64, u64, u64, u64);
+
+/// The agent's pair keys, unless nothing they depend on changed since
+/// `memo` (then `None`: the part is not computed again on every wake).
 async fn pairs(
     state: &State,
     agent: &AgentId,
     policy: Option<&crate::app::CurrentPolicy>,
+    memo: &mut Option<PairsAt>,
 ) -> Result<Option<(pb::PairKeysPart, Duration)>, Status> {
     let Some(p) = policy else { return Ok(None) };
+    let now_ms = crate::now_unix_ms();
+    let at = (
+        p.version,
+        state.messaging.generation(),
+        state.hub.blocked_seq(),
+        warden_shared::a2a::epoch_of(now_ms, p.messaging.rotation_ms),
+    );
+    if *memo == Some(at) {
+        return Ok(None);
+    }
+    *memo = Some(at);
     let dir = state
         .messaging
         .directory(state.store.as_ref())
         .await
         .map_err(crate::identity::service::store_error)?;
-    let now_ms = crate::now_unix_ms();
     let part = state
         .messaging
         .part(&state.td, &p.messaging, &dir, agent, now_ms, |a| {
@@ -296,6 +313,7 @@ async fn serve(
     let mut deadline = tokio::time::Instant::now();
     // When the pair keys rotate (`None`: this agent holds none).
     let mut rotation: Option<tokio::time::Instant> = None;
+    let mut pairs_at: Option<PairsAt> = None;
     loop {
         if t.in_flight.is_none() {
             let agent_gen = *sub.agent_changes.borrow_and_update();
@@ -322,17 +340,16 @@ async fn serve(
                     reg.holds_policy(p.version);
                 }
             }
-            let pair_keys = match pairs(&state, &agent, policy.as_deref()).await {
+            let pair_keys = match pairs(&state, &agent, policy.as_deref(), &mut pairs_at).await {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = tx.send(Err(Box::new(e))).await;
                     return "error";
                 }
             };
-            rotation = pair_keys
-                .as_ref()
-                .filter(|(p, _)| !p.keys.is_empty())
-                .map(|(_, after)| tokio::time::Instant::now() + *after);
+            if let Some((p, after)) = &pair_keys {
+                rotation = (!p.keys.is_empty()).then(|| tokio::time::Instant::now() + *after);
+            }
             let (mut push, carried) = build(&state, &t, agent_parts, pair_keys.map(|(p, _)| p));
             // The first push is sent even when empty: it tells the sidecar
             // that it is connected and current.
@@ -387,6 +404,7 @@ async fn serve(
                     if let Some(f) = t.in_flight.take_if(|f| f.version == n.version) {
                         t.held = n.held.as_ref().map(|h| held_here(&state, h)).unwrap_or_default();
                         refuse(&mut t, &f, n.part());
+                        pairs_at = None;
                     }
                 }
                 Ok(Some(_)) => {

@@ -5,28 +5,33 @@
 //! by a receiver that went away is handed to the next one first.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
 use warden_shared::proto::v1 as pb;
 
 /// Default capacity.
 pub const DEFAULT_CAPACITY: usize = 1024;
+/// Default bound of the payload bytes waiting.
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// The receiving end and a message not yet handed over.
 #[derive(Debug)]
 pub struct Receiver {
     rx: mpsc::Receiver<pb::VerifiedMessage>,
     pending: Option<pb::VerifiedMessage>,
+    bytes: Arc<AtomicUsize>,
 }
 
 impl Receiver {
     /// The next message (a returned one first).
     pub async fn next(&mut self) -> Option<pb::VerifiedMessage> {
-        match self.pending.take() {
-            Some(m) => Some(m),
-            None => self.rx.recv().await,
+        if let Some(m) = self.pending.take() {
+            return Some(m);
         }
+        let m = self.rx.recv().await?;
+        self.bytes.fetch_sub(m.payload.len(), Ordering::AcqRel);
+        Some(m)
     }
 
     /// Gives back a message that could not be handed over.
@@ -40,6 +45,9 @@ impl Receiver {
 pub struct Inbox {
     tx: mpsc::Sender<pb::VerifiedMessage>,
     rx: Arc<Mutex<Receiver>>,
+    /// Payload bytes waiting (reserved or queued).
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     /// Messages queued.
     pub queued: AtomicU64,
     /// Deliveries refused because the inbox was full.
@@ -47,31 +55,52 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// Holds at most `capacity` messages.
-    pub fn new(capacity: usize) -> Self {
+    /// Holds at most `capacity` messages and `max_bytes` of payload.
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
+        let bytes = Arc::new(AtomicUsize::new(0));
         Self {
             tx,
-            rx: Arc::new(Mutex::new(Receiver { rx, pending: None })),
+            rx: Arc::new(Mutex::new(Receiver {
+                rx,
+                pending: None,
+                bytes: Arc::clone(&bytes),
+            })),
+            bytes,
+            max_bytes,
             queued: AtomicU64::new(0),
             full: AtomicU64::new(0),
         }
     }
 
-    /// A place for one message, or `None` when full.
-    pub fn reserve(&self) -> Option<mpsc::Permit<'_, pb::VerifiedMessage>> {
-        match self.tx.try_reserve() {
-            Ok(p) => Some(p),
-            Err(_) => {
+    /// A place for one message of up to `size` payload bytes, or `None`
+    /// when full (by count or by bytes).
+    pub fn reserve(&self, size: usize) -> Option<Reservation<'_>> {
+        let fits = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b + size <= self.max_bytes).then_some(b + size)
+            })
+            .is_ok();
+        let permit = if fits {
+            self.tx.try_reserve().ok()
+        } else {
+            None
+        };
+        match permit {
+            Some(permit) => Some(Reservation {
+                permit: Some(permit),
+                size,
+                inbox: self,
+            }),
+            None => {
+                if fits {
+                    self.bytes.fetch_sub(size, Ordering::AcqRel);
+                }
                 self.full.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
-    }
-
-    /// Counts a queued message.
-    pub fn queued(&self) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The receiving end, once the previous receiver is done with it.
@@ -90,23 +119,57 @@ impl Inbox {
     }
 }
 
+/// A reserved place; dropped unused, it is given back.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    permit: Option<mpsc::Permit<'a, pb::VerifiedMessage>>,
+    size: usize,
+    inbox: &'a Inbox,
+}
+
+impl Reservation<'_> {
+    /// Queues the message (its payload at most the reserved size).
+    pub fn send(mut self, m: pb::VerifiedMessage) {
+        let unused = self.size.saturating_sub(m.payload.len());
+        self.inbox.bytes.fetch_sub(unused, Ordering::AcqRel);
+        self.size = 0;
+        if let Some(p) = self.permit.take() {
+            p.send(m);
+            self.inbox.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.permit.is_some() {
+            self.inbox.bytes.fetch_sub(self.size, Ordering::AcqRel);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn full_inboxes_refuse_and_returned_messages_come_first() {
-        let inbox = Inbox::new(1);
+        let inbox = Inbox::new(1, 10);
         let m = |id: &str| pb::VerifiedMessage {
             message_id: id.into(),
+            payload: b"four".to_vec(),
             ..Default::default()
         };
-        inbox.reserve().unwrap().send(m("a"));
-        assert!(inbox.reserve().is_none());
+        inbox.reserve(4).unwrap().send(m("a"));
+        assert!(inbox.reserve(4).is_none());
         assert_eq!(inbox.full.load(Ordering::Relaxed), 1);
         let mut r = inbox.receiver().await;
         let a = r.next().await.unwrap();
-        inbox.reserve().unwrap().send(m("b"));
+        // Too many bytes for what is left, then a reservation given back.
+        assert!(inbox.reserve(11).is_none());
+        drop(inbox.reserve(10).unwrap());
+        inbox.reserve(4).unwrap().send(m("b"));
+        assert_eq!(inbox.bytes.load(Ordering::Relaxed), 4);
         r.give_back(a);
         assert_eq!(r.next().await.unwrap().message_id, "a");
         assert_eq!(r.next().await.unwrap().message_id, "b");

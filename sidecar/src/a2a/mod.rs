@@ -168,6 +168,7 @@ impl Messenger {
         }
         let held = self.auth.held();
         let keys = &held.pair_keys;
+        no_keys_yet(keys)?;
         let max = usize::try_from(keys.settings.max_payload_bytes).unwrap_or(usize::MAX);
         if payload.len() > max {
             return Err(too_large(payload.len(), max));
@@ -273,6 +274,7 @@ impl Messenger {
             ));
         }
         let keys = &held.pair_keys;
+        no_keys_yet(keys)?;
         let s = &keys.settings;
         let max = usize::try_from(s.max_payload_bytes).unwrap_or(usize::MAX);
         if env.payload.len() > max {
@@ -317,7 +319,7 @@ impl Messenger {
             i64::try_from(s.max_skew_ms).unwrap_or(i64::MAX),
         );
         let age = now_ms.saturating_sub(env.timestamp_ms);
-        if age > max_age {
+        if age >= max_age {
             return Err(Refusal::new(
                 Code::PermissionDenied,
                 Reason::MessageStale,
@@ -334,10 +336,23 @@ impl Messenger {
                 ),
             ));
         }
-        // Remembered until it could no longer pass the freshness check.
-        let ttl_ms = u64::try_from(max_age.saturating_add(skew))
-            .unwrap_or(u64::MAX)
-            .max(1);
+        if env.timestamp_ms < keys.accept_from_ms {
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                Reason::MessageStale,
+                "the message was signed before this sidecar's replay memory began (a restart, or a longer max_age); sign it again",
+            ));
+        }
+        // Remembered until it could no longer pass the freshness check:
+        // `age < max_age` fails from `timestamp + max_age` on.
+        let ttl_ms = u64::try_from(
+            env.timestamp_ms
+                .saturating_add(max_age)
+                .saturating_add(skew)
+                .saturating_sub(now_ms),
+        )
+        .unwrap_or(1)
+        .max(1);
         Ok((
             Verified {
                 envelope: env,
@@ -346,6 +361,17 @@ impl Messenger {
             ttl_ms,
         ))
     }
+}
+
+fn no_keys_yet(keys: &crate::mesh::held::PairKeys) -> Result<(), Refusal> {
+    if keys.settings.rotation_ms == 0 {
+        return Err(Refusal::new(
+            Code::PermissionDenied,
+            Reason::MessagePairNotAllowed,
+            "this sidecar holds no message keys (no policy from the control plane yet)",
+        ));
+    }
+    Ok(())
 }
 
 fn too_large(got: usize, max: usize) -> Refusal {

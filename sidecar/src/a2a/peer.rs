@@ -33,6 +33,8 @@ use crate::identity::rotation::Manager;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once.
 const MAX_HANDSHAKES: usize = 256;
+/// Peer connections open at once (each may carry a few deliveries).
+const MAX_CONNECTIONS: usize = 512;
 /// Deadline of one delivery.
 pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,6 +75,8 @@ pub struct PeerIdentity(pub SpiffeId);
 pub struct PeerConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SpiffeId,
+    /// Its place under [`MAX_CONNECTIONS`], released when it closes.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Connected for PeerConn {
@@ -264,17 +268,25 @@ pub fn incoming(
 ) -> mpsc::Receiver<io::Result<PeerConn>> {
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
+                        // Out of file descriptors, say: do not spin.
                         tracing::warn!(error = %e, "messaging listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
-                _ = stop.wait_for(|s| *s) => return,
+                // (The guard `wait_for` returns must not live across awaits.)
+                () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            };
+            let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+                tracing::warn!(%addr, "messaging listener: {MAX_CONNECTIONS} connections open; connection dropped");
+                continue;
             };
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 tracing::warn!(%addr, "messaging listener: too many handshakes in progress; connection dropped");
@@ -308,7 +320,13 @@ pub fn incoming(
                     .map(|c| svid::spiffe_id_of(c.as_ref()));
                 match peer {
                     Some(Ok(peer)) => {
-                        let _ = tx.send(Ok(PeerConn { inner: conn, peer })).await;
+                        let _ = tx
+                            .send(Ok(PeerConn {
+                                inner: conn,
+                                peer,
+                                _slot: slot,
+                            }))
+                            .await;
                     }
                     _ => {
                         tracing::info!(%addr, "messaging listener: client certificate is not an X.509-SVID")

@@ -79,6 +79,13 @@ impl Local {
         Ok(true)
     }
 
+    /// Whether the nonce is recorded and live.
+    pub fn contains(&self, sender: &str, nonce: &[u8; 16], now_ms: i64) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&(sender.to_owned(), *nonce))
+            .is_some_and(|until| *until > now_ms)
+    }
+
     /// Live and expired entries held.
     pub fn len(&self) -> usize {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -137,7 +144,10 @@ impl ReplayCache {
                     hex(nonce)
                 );
                 match redis.set_nx(&key, ttl_ms).await {
-                    Ok(first) => Ok(first),
+                    // Nonces accepted here during an outage are only in this
+                    // sidecar's memory: still replays after Redis is back.
+                    Ok(true) => Ok(!fallback.contains(sender, nonce, now_ms)),
+                    Ok(false) => Ok(false),
                     Err(e) if *on_failure == OnFailure::LocalFallback => {
                         fallbacks.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "replay cache: Redis failed; checking this sidecar's memory only");

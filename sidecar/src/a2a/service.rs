@@ -22,12 +22,18 @@ use super::peer::{PeerClient, PeerIdentity};
 use super::{Messenger, Refusal, Verified, now_ms};
 use crate::api::AgentApi;
 
+/// Hex of at most 32 bytes (a nonce is 16; this also names what came from
+/// the network, bounded).
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
+    b.iter().take(32).map(|b| format!("{b:02x}")).collect()
 }
 
 fn audit(action: &str, sender: &str, recipient: &str, id: &str, outcome: Result<(), &Refusal>) {
     let reason = outcome.err().map_or("", |r| r.reason.as_str());
+    // Unverified fields come from the network: bounded in the log.
+    let short = |s: &str| -> String { s.chars().take(256).collect() };
+    let (sender, recipient, id) = (short(sender), short(recipient), short(id));
+    let (sender, recipient, id) = (sender.as_str(), recipient.as_str(), id.as_str());
     tracing::info!(
         target: "warden::audit",
         kind = "message",
@@ -188,34 +194,73 @@ impl MessagingService for MessagingApi {
             .authenticate(&req)
             .await
             .map_err(|d| d.to_status())?;
-        let (tx, rx) = mpsc::channel(16);
-        let inbox = Arc::clone(&self.inbox);
+        let token = crate::api::bearer(&req)
+            .map_err(|d| d.to_status())?
+            .to_owned();
+        // One message in transit at a time: a message is taken from the
+        // inbox only when the stream can take it.
+        let (tx, rx) = mpsc::channel(1);
+        let (inbox, api) = (Arc::clone(&self.inbox), self.api.clone());
         let mut stopping = self.stopping.clone();
         let expires = tokio::time::Instant::now()
             + std::time::Duration::from_secs(
                 u64::try_from(claims.exp - crate::now_unix()).unwrap_or(0),
             );
+        let expired = || {
+            status(
+                Code::Unauthenticated,
+                Reason::TokenExpired,
+                "the session token expired; start a new session and receive again",
+            )
+        };
         tokio::spawn(async move {
-            let mut r = inbox.receiver().await;
+            // Another receiver may hold the inbox: wait for it, but not
+            // past this stream's own end.
+            let mut r = tokio::select! {
+                biased;
+                () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+                () = tx.closed() => return,
+                () = tokio::time::sleep_until(expires) => {
+                    let _ = tx.send(Err(expired())).await;
+                    return;
+                }
+                r = inbox.receiver() => r,
+            };
             loop {
-                tokio::select! {
-                    m = r.next() => {
-                        let Some(m) = m else { return };
-                        if let Err(e) = tx.send(Ok(m)).await {
-                            if let Ok(m) = e.0 {
-                                r.give_back(m);
-                            }
-                            return;
-                        }
-                    }
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep_until(expires) => {
-                        let _ = tx.send(Err(status(Code::Unauthenticated, Reason::TokenExpired, "the session token expired; start a new session and receive again"))).await;
-                        return;
-                    }
+                let permit = tokio::select! {
+                    biased;
                     // (The guard `wait_for` returns must not live across awaits.)
                     () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+                    () = tokio::time::sleep_until(expires) => {
+                        let _ = tx.send(Err(expired())).await;
+                        return;
+                    }
+                    p = tx.reserve() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                let m = tokio::select! {
+                    biased;
+                    () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+                    () = tokio::time::sleep_until(expires) => {
+                        permit.send(Err(expired()));
+                        return;
+                    }
+                    () = tx.closed() => return,
+                    m = r.next() => match m {
+                        Some(m) => m,
+                        None => return,
+                    },
+                };
+                // The session or the agent may have been revoked or ended
+                // since the stream opened.
+                if let Err(d) = api.check_token(&token) {
+                    r.give_back(m);
+                    permit.send(Err(d.to_status()));
+                    return;
                 }
+                permit.send(Ok(m));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -288,7 +333,7 @@ impl MessagingPeerService for PeerApi {
             );
             return Err(r.to_status());
         }
-        let permit = self.inbox.reserve().ok_or_else(|| {
+        let permit = self.inbox.reserve(wire.payload.len()).ok_or_else(|| {
             status(
                 Code::ResourceExhausted,
                 Reason::MessageInboxFull,
@@ -297,7 +342,6 @@ impl MessagingPeerService for PeerApi {
         })?;
         let v = verify(&self.messenger, &wire, "delivered").await?;
         permit.send(pb::VerifiedMessage::from(&v));
-        self.inbox.queued();
         Ok(Response::new(pb::DeliverResponse {}))
     }
 }

@@ -72,7 +72,8 @@ fn messenger(me: &str, pairs: &[(&str, &str)], blocked: &[&str]) -> Messenger {
         }),
         ..Default::default()
     };
-    crate::mesh::apply(&auth, &push, NOW / 1000).unwrap();
+    // Keys held for an hour already: messages signed since are accepted.
+    crate::mesh::apply(&auth, &push, NOW / 1000 - 3600).unwrap();
     Messenger::new(
         td(),
         AgentId::new(me).unwrap(),
@@ -285,4 +286,67 @@ fn a_sidecar_refuses_keys_of_pairs_it_is_not_part_of() {
     assert_eq!(part, pb::MeshPart::PairKeys);
     assert!(why.contains("coder->ops"), "{why}");
     assert!(auth.held().pair_keys.pairs.is_empty(), "nothing applied");
+}
+
+#[tokio::test]
+async fn messages_signed_before_the_replay_memory_began_are_refused() {
+    // A sidecar that got its keys (started) at NOW: its replay memory
+    // starts then, so an older message could be a replay it cannot see.
+    let audience = td().agent(&AgentId::new("rev").unwrap()).to_string();
+    let auth = Arc::new(Authenticator::new("cp".into(), audience, None));
+    let mut push = pb::StreamResponse {
+        version: 1,
+        pair_keys: Some(part(&PAIRS)),
+        ..Default::default()
+    };
+    crate::mesh::apply(&auth, &push, NOW / 1000).unwrap();
+    let rev = Messenger::new(
+        td(),
+        AgentId::new("rev").unwrap(),
+        Arc::clone(&auth),
+        replay::ReplayCache::Local(replay::Local::new(1000)),
+    );
+    assert_eq!(
+        refusal(&rev, &signed(NOW - 5000), NOW + 2000).await,
+        Reason::MessageStale
+    );
+    rev.verify(&signed(NOW + 1000), NOW + 2000).await.unwrap();
+    // The same keys pushed again later: nothing moves.
+    crate::mesh::apply(&auth, &push, NOW / 1000 + 60).unwrap();
+    rev.verify(&signed(NOW + 3000), NOW + 4000).await.unwrap();
+    // A longer window: nonces remembered under the shorter one may be gone,
+    // so only messages signed from now on are accepted.
+    if let Some(p) = push.pair_keys.as_mut() {
+        p.settings.as_mut().unwrap().max_age_ms += 60_000;
+    }
+    crate::mesh::apply(&auth, &push, NOW / 1000 + 120).unwrap();
+    assert_eq!(
+        refusal(&rev, &signed(NOW + 5000), NOW + 122_000).await,
+        Reason::MessageStale
+    );
+    rev.verify(&signed(NOW + 121_000), NOW + 122_000)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_sidecar_without_keys_refuses_with_the_pair_reason() {
+    let audience = td().agent(&AgentId::new("rev").unwrap()).to_string();
+    let auth = Arc::new(Authenticator::new("cp".into(), audience, None));
+    let rev = Messenger::new(
+        td(),
+        AgentId::new("rev").unwrap(),
+        auth,
+        replay::ReplayCache::Local(replay::Local::new(10)),
+    );
+    assert_eq!(
+        refusal(&rev, &signed(NOW), NOW).await,
+        Reason::MessagePairNotAllowed
+    );
+    assert_eq!(
+        rev.sign("coder", vec![1], String::new(), NOW)
+            .unwrap_err()
+            .reason,
+        Reason::MessagePairNotAllowed
+    );
 }

@@ -78,6 +78,19 @@ impl BlockedAgents {
     }
 }
 
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = |p: Option<u64>| p.map(|d| format!("{d:016x}"));
+        f.debug_struct("Raw")
+            .field("standing", &d(self.standing.as_ref().map(|p| p.digest)))
+            .field("sessions", &d(self.sessions.as_ref().map(|p| p.digest)))
+            .field("keys", &d(self.keys.as_ref().map(|p| p.digest)))
+            .field("policy", &d(self.policy.as_ref().map(|p| p.digest)))
+            .field("pairs", &d(self.pairs.as_ref().map(|p| p.digest)))
+            .finish()
+    }
+}
+
 /// One pairwise message key of one epoch.
 #[derive(Debug, Clone)]
 pub struct HeldPairKey {
@@ -98,16 +111,29 @@ pub struct PairKeys {
     pub settings: pb::MessagingSettings,
     /// By sender, then recipient (agent ids), oldest epoch first.
     pub pairs: HashMap<String, HashMap<String, Vec<HeldPairKey>>>,
+    /// Messages signed before this (unix ms) are refused as stale: this
+    /// sidecar's replay memory may not cover them. Set when keys are first
+    /// held (so at every start, as the in-process cache starts empty) and
+    /// whenever the acceptance window (`max_age + max_skew`) grows (nonces
+    /// recorded under the shorter window may already be forgotten).
+    pub accept_from_ms: i64,
 }
 
 impl PairKeys {
+    /// The acceptance window, ms.
+    pub fn window_ms(&self) -> u64 {
+        self.settings
+            .max_age_ms
+            .saturating_add(self.settings.max_skew_ms)
+    }
+
     /// The keys of messages from `sender` to `recipient`.
     pub fn of(&self, sender: &str, recipient: &str) -> Option<&[HeldPairKey]> {
         self.pairs.get(sender)?.get(recipient).map(Vec::as_slice)
     }
 }
 
-fn pair_keys(p: &pb::PairKeysPart) -> Result<PairKeys, String> {
+fn pair_keys(p: &pb::PairKeysPart, held: &PairKeys, now_ms: i64) -> Result<PairKeys, String> {
     if p.keys.len() > MAX_PAIR_KEYS {
         return Err(format!("more than {MAX_PAIR_KEYS} pair keys"));
     }
@@ -143,7 +169,15 @@ fn pair_keys(p: &pb::PairKeysPart) -> Result<PairKeys, String> {
     for v in pairs.values_mut().flat_map(HashMap::values_mut) {
         v.sort_by_key(|k| k.epoch);
     }
-    Ok(PairKeys { settings, pairs })
+    let mut next = PairKeys {
+        settings,
+        pairs,
+        accept_from_ms: held.accept_from_ms,
+    };
+    if next.window_ms() > held.window_ms() {
+        next.accept_from_ms = now_ms;
+    }
+    Ok(next)
 }
 
 /// Refuses pair keys of pairs `me` is not part of: a sidecar never holds
@@ -162,7 +196,8 @@ pub fn check_pair_membership(keys: &PairKeys, me: &str) -> Result<(), String> {
 }
 
 /// The parts as received, kept to report their digests and to persist.
-#[derive(Debug, Default, Clone)]
+/// `Debug` prints digests only: the pair keys part holds key bytes.
+#[derive(Default, Clone)]
 pub struct Raw {
     /// Standing.
     pub standing: Option<Arc<pb::StandingPart>>,
@@ -329,9 +364,17 @@ fn blocked_agents(
 }
 
 impl Held {
-    /// The snapshot after `push`, or why it is refused (nothing applied).
+    /// The snapshot after `push` at `now` (unix seconds), or why it is
+    /// refused (nothing applied).
     pub fn apply(&self, push: &pb::StreamResponse, now: i64) -> Result<Self, Refusal> {
+        self.apply_at(push, now.saturating_mul(1000))
+    }
+
+    /// [`Held::apply`] at `now_ms` (unix milliseconds): when pair keys are
+    /// first held, messages signed before that instant are refused.
+    pub fn apply_at(&self, push: &pb::StreamResponse, now_ms: i64) -> Result<Self, Refusal> {
         use pb::MeshPart as P;
+        let now = now_ms.div_euclid(1000);
         let mut next = self.clone();
         if let Some(p) = &push.standing {
             next.blocked = standing(p).map_err(|e| (P::Standing, e))?;
@@ -357,7 +400,8 @@ impl Held {
             );
         }
         if let Some(p) = &push.pair_keys {
-            next.pair_keys = Arc::new(pair_keys(p).map_err(|e| (P::PairKeys, e))?);
+            next.pair_keys =
+                Arc::new(pair_keys(p, &self.pair_keys, now_ms).map_err(|e| (P::PairKeys, e))?);
             next.raw.pairs = Some(Arc::new(p.clone()));
         }
         next.version = push.version;

@@ -40,8 +40,17 @@ pub fn apply(
     push: &pb::StreamResponse,
     now: i64,
 ) -> Result<(), held::Refusal> {
+    apply_at(auth, push, now.saturating_mul(1000))
+}
+
+/// [`apply`] at `now_ms` (unix milliseconds).
+pub fn apply_at(
+    auth: &Authenticator,
+    push: &pb::StreamResponse,
+    now_ms: i64,
+) -> Result<(), held::Refusal> {
     auth.update(|h| {
-        let next = h.apply(push, now)?;
+        let next = h.apply_at(push, now_ms)?;
         held::check_pair_membership(&next.pair_keys, auth.agent_id())
             .map_err(|e| (pb::MeshPart::PairKeys, e))?;
         Ok(next)
@@ -211,7 +220,7 @@ pub async fn run(
                         let applied = {
                             let (auth, snapshots) = (Arc::clone(&auth), snapshots.clone());
                             tokio::task::spawn_blocking(move || {
-                                apply(&auth, &push, now_unix())?;
+                                apply_at(&auth, &push, crate::a2a::now_ms())?;
                                 if let Err(e) = snapshots.save(&auth.held().to_push()) {
                                     tracing::error!(error = %e, "mesh: could not persist the snapshot");
                                 }

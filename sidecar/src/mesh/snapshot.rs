@@ -68,7 +68,17 @@ impl SnapshotFile {
         let body = push.encode_to_vec();
         let tag = ring::hmac::sign(&key, &body);
         let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        // It holds the pairwise message keys: owner-only, and a fresh file
+        // (a leftover, or a link planted in its place, is removed first).
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?
+        };
         f.write_all(tag.as_ref())?;
         f.write_all(&body)?;
         f.sync_all()?;
@@ -94,5 +104,38 @@ impl SnapshotFile {
         pb::StreamResponse::decode(body)
             .map(Some)
             .map_err(|e| SnapshotError::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_is_owner_only_and_an_altered_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = SnapshotFile::new(dir.path());
+        // A leftover temporary file is replaced, not written through.
+        std::fs::write(dir.path().join("mesh-snapshot.tmp"), b"junk").unwrap();
+        let push = pb::StreamResponse {
+            version: 9,
+            ..Default::default()
+        };
+        f.save(&push).unwrap();
+        for name in ["mesh-snapshot.bin", "mesh-snapshot.key"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        assert_eq!(f.load().unwrap().unwrap().version, 9);
+        let path = dir.path().join("mesh-snapshot.bin");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(f.load(), Err(SnapshotError::Tampered)));
     }
 }
