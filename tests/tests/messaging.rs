@@ -548,3 +548,116 @@ async fn a_bad_messaging_section_is_refused_with_its_reason() {
         "POLICY_MESSAGING",
     );
 }
+
+/// Accepts any server certificate: the test is about what the server
+/// refuses.
+#[derive(Debug)]
+struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[tokio::test]
+async fn the_delivery_listener_refuses_clients_without_a_mesh_certificate() {
+    let mesh = Mesh::start().await.unwrap();
+    mesh.admin()
+        .await
+        .unwrap()
+        .apply_policy(apply_policy(POLICY))
+        .await
+        .unwrap();
+    register(&mesh, "reviewer", "reviewer").await.unwrap();
+    let rev = sidecar(&mesh, "reviewer", &[], None, 4).await.unwrap();
+    let addr = rev.messaging_addr.unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(
+                std::sync::Arc::clone(&provider),
+            )))
+    };
+    // A certificate from another CA that claims a mesh identity's name is
+    // as good as none.
+    let pki = warden_tests::upstream::TestPki::new().unwrap();
+    let chain = rustls_pemfile::certs(&mut pki.client.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut pki.client.1.as_bytes())
+        .unwrap()
+        .unwrap();
+    let configs = [
+        ("no client certificate", builder().with_no_client_auth()),
+        (
+            "a certificate of another CA",
+            builder().with_client_auth_cert(chain, key).unwrap(),
+        ),
+    ];
+    for (case, mut config) in configs {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                let connector = connector.clone();
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    let name = rustls::pki_types::ServerName::try_from("peer").unwrap();
+                    let tls = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            }));
+        let err = MessagingPeerServiceClient::new(ch)
+            .deliver(pb::DeliverRequest {
+                envelope: Some(pb::Envelope::default()),
+            })
+            .await
+            .unwrap_err();
+        // Refused by the TLS layer: the service never ran.
+        assert_eq!(
+            warden_shared::refusal::reason_of(&err),
+            None,
+            "{case}: {err:?}"
+        );
+        let why = format!("{err:?}");
+        assert!(why.contains("received fatal alert"), "{case}: {why}");
+    }
+    assert_eq!(
+        rev.inbox.queued.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
