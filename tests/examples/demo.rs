@@ -966,6 +966,8 @@ async fn messages(coder_sock: &Path, coder_token: &str, reviewer_sock: &Path) {
         .await
         .expect("delivered")
         .unwrap()
+        .unwrap()
+        .message
         .unwrap();
     println!(
         "    reviewer-1 ReceiveMessages ← {:?} from {} after checks {}",

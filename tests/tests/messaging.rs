@@ -230,7 +230,7 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         .unwrap()
         .into_inner();
     for i in 0..2 {
-        let m = inbox.next().await.unwrap().unwrap();
+        let m = inbox.next().await.unwrap().unwrap().message.unwrap();
         assert_eq!(m.payload, format!("queued {i}").as_bytes());
     }
 
@@ -246,6 +246,8 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         .await
         .expect("delivered in time")
         .unwrap()
+        .unwrap()
+        .message
         .unwrap();
     assert_eq!(got.sender_agent_id, "coder");
     assert_eq!(got.sender_spiffe_id, "spiffe://test.warden/agent/coder");

@@ -100,7 +100,8 @@ impl MessagingApi {
     }
 }
 
-type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::VerifiedMessage, Status>> + Send>>;
+type MessageStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ReceiveMessagesResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl MessagingService for MessagingApi {
@@ -260,7 +261,7 @@ impl MessagingService for MessagingApi {
                     permit.send(Err(d.to_status()));
                     return;
                 }
-                permit.send(Ok(m));
+                permit.send(Ok(pb::ReceiveMessagesResponse { message: Some(m) }));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
