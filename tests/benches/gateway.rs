@@ -15,7 +15,8 @@
 //! Run: `cargo bench -p warden-tests --bench gateway`. Knobs for profiling:
 //! `WARDEN_BENCH_PIPELINE_ONLY=1` (the in-process pipeline alone),
 //! `WARDEN_BENCH_PROFILE_CALLTOOL=1` (a flat-out CallTool phase first, to
-//! attach a profiler to the sidecar), `WARDEN_BENCH_RT=current|N` (the
+//! attach a profiler to the sidecar), `WARDEN_BENCH_LOG=warn` (the
+//! sidecar's log filter: `warn` leaves out the audit events), `WARDEN_BENCH_RT=current|N` (the
 //! sidecar's runtime: current-thread or N workers).
 
 #![allow(
@@ -92,7 +93,9 @@ fn child_main(config: &str) {
     // Logs as the real binary writes them (JSON, info, to stderr, which the
     // parent discards): every call's audit event is formatted and written.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("WARDEN_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+        ))
         .with_writer(std::io::stderr)
         .json()
         .init();
