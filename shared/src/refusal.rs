@@ -162,6 +162,9 @@ reasons! {
     ReplayCacheUnavailable = "REPLAY_CACHE_UNAVAILABLE",
     /// The payload is larger than the policy allows.
     MessageTooLarge = "MESSAGE_TOO_LARGE",
+    /// The sidecar holds no message keys yet (no policy from the control
+    /// plane since it started): retry later.
+    MessageKeysUnavailable = "MESSAGE_KEYS_UNAVAILABLE",
     /// The recipient's sidecar has no address here, or cannot be reached.
     MessagePeerUnreachable = "MESSAGE_PEER_UNREACHABLE",
     /// The recipient's inbox is full: retry later.

@@ -205,6 +205,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tasks.push(tokio::spawn(async move {
                 Server::builder()
                     .concurrency_limit_per_connection(16)
+                    .max_concurrent_streams(16)
+                    // Unread request data buffered per connection.
+                    .initial_connection_window_size(256 * 1024)
+                    .initial_stream_window_size(256 * 1024)
+                    // Idle senders give their slot back, and a peer cannot
+                    // keep one forever.
+                    .max_connection_age(std::time::Duration::from_secs(300))
                     .timeout(crate::a2a::peer::DELIVER_TIMEOUT)
                     .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
                     .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))

@@ -191,7 +191,7 @@ async fn pairs(
     agent: &AgentId,
     policy: Option<&crate::app::CurrentPolicy>,
     memo: &mut Option<PairsAt>,
-) -> Result<Option<(pb::PairKeysPart, Duration)>, Status> {
+) -> Result<Option<pb::PairKeysPart>, Status> {
     let Some(p) = policy else { return Ok(None) };
     let now_ms = crate::now_unix_ms();
     let at = (
@@ -209,14 +209,13 @@ async fn pairs(
         .directory(state.store.as_ref())
         .await
         .map_err(crate::identity::service::store_error)?;
-    let part = state
-        .messaging
-        .part(&state.td, &p.messaging, &dir, agent, now_ms, |a| {
-            state.hub.is_blocked(a).is_some()
-        });
-    Ok(Some((
-        part,
-        crate::a2a::next_rotation(&p.messaging, now_ms),
+    Ok(Some(state.messaging.part(
+        &state.td,
+        &p.messaging,
+        &dir,
+        agent,
+        now_ms,
+        |a| state.hub.is_blocked(a).is_some(),
     )))
 }
 
@@ -314,6 +313,7 @@ async fn serve(
     // When the pair keys rotate (`None`: this agent holds none).
     let mut rotation: Option<tokio::time::Instant> = None;
     let mut pairs_at: Option<PairsAt> = None;
+    let mut has_pair_keys = false;
     loop {
         if t.in_flight.is_none() {
             let agent_gen = *sub.agent_changes.borrow_and_update();
@@ -347,10 +347,19 @@ async fn serve(
                     return "error";
                 }
             };
-            if let Some((p, after)) = &pair_keys {
-                rotation = (!p.keys.is_empty()).then(|| tokio::time::Instant::now() + *after);
+            if let Some(p) = &pair_keys {
+                has_pair_keys = !p.keys.is_empty();
             }
-            let (mut push, carried) = build(&state, &t, agent_parts, pair_keys.map(|(p, _)| p));
+            // Set at every evaluation: after a clock step backwards the
+            // epoch may not have changed when the timer fires.
+            rotation = match policy.as_deref() {
+                Some(p) if has_pair_keys => Some(
+                    tokio::time::Instant::now()
+                        + crate::a2a::next_rotation(&p.messaging, crate::now_unix_ms()),
+                ),
+                _ => None,
+            };
+            let (mut push, carried) = build(&state, &t, agent_parts, pair_keys);
             // The first push is sent even when empty: it tells the sidecar
             // that it is connected and current.
             if first || !is_empty(&push) {

@@ -108,6 +108,11 @@ impl Inbox {
         Arc::clone(&self.rx).lock_owned().await
     }
 
+    /// The bound of the payload bytes waiting.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Messages waiting.
     pub fn len(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()

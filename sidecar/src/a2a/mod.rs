@@ -216,6 +216,7 @@ impl Messenger {
                 v.sender.as_str(),
                 &v.envelope.nonce,
                 ttl_ms,
+                v.envelope.timestamp_ms,
                 now_ms,
             )
             .await
@@ -366,8 +367,8 @@ impl Messenger {
 fn no_keys_yet(keys: &crate::mesh::held::PairKeys) -> Result<(), Refusal> {
     if keys.settings.rotation_ms == 0 {
         return Err(Refusal::new(
-            Code::PermissionDenied,
-            Reason::MessagePairNotAllowed,
+            Code::Unavailable,
+            Reason::MessageKeysUnavailable,
             "this sidecar holds no message keys (no policy from the control plane yet)",
         ));
     }

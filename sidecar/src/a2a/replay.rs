@@ -14,6 +14,11 @@ use crate::gateway::limit::redis::RedisLimiter;
 
 /// Default bound of the in-process cache (entries).
 pub const DEFAULT_LOCAL_MAX: usize = 1_000_000;
+/// How long after its timestamp Redis keeps a nonce: the longest window any
+/// policy allows (`max_age` ≤ 1 h, `max_skew` ≤ `max_age`). Replicas of one
+/// recipient may hold different policy versions for a while (one cut off
+/// from the control plane); each must find the nonces the others recorded.
+pub const SHARED_WINDOW_MS: i64 = 2 * 3_600_000;
 
 /// Why a nonce could not be checked.
 #[derive(Debug, thiserror::Error)]
@@ -120,14 +125,16 @@ fn hex(b: &[u8]) -> String {
 }
 
 impl ReplayCache {
-    /// Records `(sender, nonce)` for messages to `recipient`; `Ok(false)`
-    /// if it was recorded before.
+    /// Records `(sender, nonce)` of a message to `recipient` signed at
+    /// `signed_at_ms`, for at least `ttl_ms`; `Ok(false)` if it was recorded
+    /// before.
     pub async fn first_time(
         &self,
         recipient: &str,
         sender: &str,
         nonce: &[u8; 16],
         ttl_ms: u64,
+        signed_at_ms: i64,
         now_ms: i64,
     ) -> Result<bool, Error> {
         match self {
@@ -143,7 +150,14 @@ impl ReplayCache {
                     redis.prefix,
                     hex(nonce)
                 );
-                match redis.set_nx(&key, ttl_ms).await {
+                let shared = u64::try_from(
+                    signed_at_ms
+                        .saturating_add(SHARED_WINDOW_MS)
+                        .saturating_sub(now_ms),
+                )
+                .unwrap_or(0)
+                .max(ttl_ms);
+                match redis.set_nx(&key, shared).await {
                     // Nonces accepted here during an outage are only in this
                     // sidecar's memory: still replays after Redis is back.
                     Ok(true) => Ok(!fallback.contains(sender, nonce, now_ms)),

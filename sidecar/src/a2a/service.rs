@@ -334,6 +334,16 @@ impl MessagingPeerService for PeerApi {
             );
             return Err(r.to_status());
         }
+        if wire.payload.len() > self.inbox.max_bytes() {
+            return Err(status(
+                Code::InvalidArgument,
+                Reason::MessageTooLarge,
+                format!(
+                    "the payload is larger than the recipient's inbox ({} bytes)",
+                    self.inbox.max_bytes()
+                ),
+            ));
+        }
         let permit = self.inbox.reserve(wire.payload.len()).ok_or_else(|| {
             status(
                 Code::ResourceExhausted,

@@ -330,7 +330,7 @@ async fn messages_signed_before_the_replay_memory_began_are_refused() {
 }
 
 #[tokio::test]
-async fn a_sidecar_without_keys_refuses_with_the_pair_reason() {
+async fn a_sidecar_without_keys_says_to_retry_later() {
     let audience = td().agent(&AgentId::new("rev").unwrap()).to_string();
     let auth = Arc::new(Authenticator::new("cp".into(), audience, None));
     let rev = Messenger::new(
@@ -341,12 +341,11 @@ async fn a_sidecar_without_keys_refuses_with_the_pair_reason() {
     );
     assert_eq!(
         refusal(&rev, &signed(NOW), NOW).await,
-        Reason::MessagePairNotAllowed
+        Reason::MessageKeysUnavailable
     );
+    let r = rev.sign("coder", vec![1], String::new(), NOW).unwrap_err();
     assert_eq!(
-        rev.sign("coder", vec![1], String::new(), NOW)
-            .unwrap_err()
-            .reason,
-        Reason::MessagePairNotAllowed
+        (r.code, r.reason),
+        (Code::Unavailable, Reason::MessageKeysUnavailable)
     );
 }
