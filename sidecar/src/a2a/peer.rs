@@ -35,6 +35,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 256;
 /// Peer connections open at once (each may carry a few deliveries).
 const MAX_CONNECTIONS: usize = 512;
+/// Connections one peer (SPIFFE ID) may hold open, so that no peer can take
+/// every slot.
+const MAX_PER_PEER: usize = 8;
 /// Deadline of one delivery.
 pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -77,6 +80,45 @@ pub struct PeerConn {
     peer: SpiffeId,
     /// Its place under [`MAX_CONNECTIONS`], released when it closes.
     _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Its place under [`MAX_PER_PEER`], released when it closes.
+    _peer_slot: PeerSlot,
+}
+
+/// Connections open per peer.
+type PerPeer = Arc<Mutex<HashMap<String, usize>>>;
+
+/// One connection counted for its peer.
+#[derive(Debug)]
+struct PeerSlot {
+    counts: PerPeer,
+    peer: String,
+}
+
+impl PeerSlot {
+    fn take(counts: &PerPeer, peer: &str) -> Option<Self> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(peer.to_owned()).or_insert(0);
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            peer: peer.to_owned(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Connected for PeerConn {
@@ -269,6 +311,7 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_peer: PerPeer = Arc::default();
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -292,7 +335,7 @@ pub fn incoming(
                 tracing::warn!(%addr, "messaging listener: too many handshakes in progress; connection dropped");
                 continue;
             };
-            let (tls, tx) = (Arc::clone(&tls), tx.clone());
+            let (tls, tx, per_peer) = (Arc::clone(&tls), tx.clone(), Arc::clone(&per_peer));
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = tcp.set_nodelay(true);
@@ -320,11 +363,16 @@ pub fn incoming(
                     .map(|c| svid::spiffe_id_of(c.as_ref()));
                 match peer {
                     Some(Ok(peer)) => {
+                        let Some(peer_slot) = PeerSlot::take(&per_peer, &peer.to_string()) else {
+                            tracing::warn!(%addr, %peer, "messaging listener: {MAX_PER_PEER} connections of this peer open; connection dropped");
+                            return;
+                        };
                         let _ = tx
                             .send(Ok(PeerConn {
                                 inner: conn,
                                 peer,
                                 _slot: slot,
+                                _peer_slot: peer_slot,
                             }))
                             .await;
                     }
@@ -395,5 +443,25 @@ impl PeerClient {
             .connect_with_connector_lazy(connect);
         channels.insert(agent.to_owned(), (thumb, ch.clone()));
         Ok(ch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_holds_at_most_its_share_of_connections() {
+        let counts = PerPeer::default();
+        let held: Vec<PeerSlot> = (0..MAX_PER_PEER)
+            .map(|_| PeerSlot::take(&counts, "spiffe://t/agent/a").unwrap())
+            .collect();
+        assert!(PeerSlot::take(&counts, "spiffe://t/agent/a").is_none());
+        // Another peer is not affected.
+        let b = PeerSlot::take(&counts, "spiffe://t/agent/b").unwrap();
+        drop(held);
+        assert!(PeerSlot::take(&counts, "spiffe://t/agent/a").is_some());
+        drop(b);
+        assert!(counts.lock().unwrap().is_empty());
     }
 }
