@@ -3,6 +3,7 @@
 //!
 //! - the floor: a no-op tonic RPC (gRPC health `Check`) on the sidecar's
 //!   agent port;
+//! - `WhoAmI` (a diagnostic: the token check alone);
 //! - the sidecar's `Authorize` (stages 1–6: token, schema, Cedar, limits);
 //! - `CallTool` to a local HTTP upstream (secret injected, output
 //!   inspected), against calling that upstream directly with the same
@@ -514,6 +515,15 @@ async fn main() {
         })
         .await;
         echo.line("no-op tonic RPC (floor)");
+        // Diagnostic: the same hop with the session token verified (cached)
+        // and nothing else, between the floor and Authorize.
+        let a2 = Arc::clone(&agents);
+        drive(rate, move |w| {
+            let mut c = a2[w].clone();
+            async move { c.who_am_i(pb::WhoAmIRequest {}).await.is_ok() }
+        })
+        .await
+        .line("WhoAmI (token check only)");
         let authz = drive(rate, agent_op(&agents, "echo", true)).await;
         authz.line("Authorize");
         let builtin = drive(rate, agent_op(&agents, "echo", false)).await;
