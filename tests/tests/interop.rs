@@ -211,3 +211,49 @@ async fn python_verifies_envelopes_from_the_readme_specification() {
     let (ok, _, _) = tokio::task::spawn_blocking(move || run(a2)).await.unwrap();
     assert!(!ok, "python accepted a changed payload");
 }
+
+/// The README's Python example for messages: two Python agents, each over
+/// its own sidecar's Unix socket, sign and verify (`agent_messages.py`).
+#[tokio::test]
+async fn python_agents_sign_and_verify_messages() {
+    let mesh = Mesh::start().await.unwrap();
+    let policy =
+        "version: 1\nmessaging:\n  allow: [{from: 'agent:py-sender', to: 'agent:py-recipient'}]\n";
+    mesh.admin()
+        .await
+        .unwrap()
+        .apply_policy(apply_policy(policy))
+        .await
+        .unwrap();
+    let a = mesh.agent("py-sender", &["data:read"], 2).await.unwrap();
+    let b = mesh.agent("py-recipient", &["data:read"], 2).await.unwrap();
+    let keyed = eventually(std::time::Duration::from_secs(10), || async {
+        a.auth
+            .held()
+            .pair_keys
+            .of("py-sender", "py-recipient")
+            .is_some()
+    })
+    .await;
+    assert!(keyed, "the sender's sidecar holds no key");
+    let run = python("agent_messages.py");
+    let args = vec![
+        "--proto-dir".to_owned(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../proto").to_owned(),
+        "--sender-socket".to_owned(),
+        a.socket_path.display().to_string(),
+        "--recipient-socket".to_owned(),
+        b.socket_path.display().to_string(),
+        "--recipient".to_owned(),
+        "py-recipient".to_owned(),
+    ];
+    let (ok, out, err) = tokio::task::spawn_blocking(move || run(args))
+        .await
+        .unwrap();
+    assert!(ok, "python agents failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["sender"], "py-sender");
+    assert_eq!(v["payload"], r#"{"task": "review PR 42"}"#);
+    assert_eq!(v["replay"], "ALREADY_EXISTS");
+    assert_eq!(v["checks"].as_array().unwrap().len(), 10);
+}
