@@ -178,14 +178,13 @@ fn is_empty(p: &pb::StreamResponse) -> bool {
         && p.pair_keys.is_none()
 }
 
-/// The agent's pair keys under the policy in force (none without a policy),
-/// and when they next rotate by themselves.
 /// What the pair keys were last computed from: the policy version, the
 /// directory's generation, the blocked list's sequence and the epoch.
 type PairsAt = (u64, u64, u64, u64);
 
-/// The agent's pair keys, unless nothing they depend on changed since
-/// `memo` (then `None`: the part is not computed again on every wake).
+/// The agent's pair keys under the policy in force (none without a
+/// policy), unless nothing they depend on changed since `memo` (then
+/// `None`: the part is not computed again on every wake).
 async fn pairs(
     state: &State,
     agent: &AgentId,
