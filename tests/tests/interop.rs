@@ -55,6 +55,7 @@ async fn pyjwt_verifies_tokens_and_cryptography_reads_the_svid() {
         format!("spiffe://{TD}/control-plane"),
         id.spiffe_id.to_string(),
     );
+    let thumbprint = format!("--expect-thumbprint={}", id.thumbprint);
     let args = [
         "--jwks-url",
         &jwks_url,
@@ -68,8 +69,9 @@ async fn pyjwt_verifies_tokens_and_cryptography_reads_the_svid() {
         cert.to_str().unwrap(),
         "--expect-spiffe-id",
         &audience,
-        "--expect-thumbprint",
-        &id.thumbprint,
+        // One argument: a base64url thumbprint may start with `-`, which
+        // argparse would take for an option.
+        &thumbprint,
     ];
     let owned = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     // The JWKS is fetched by Python over real HTTP; run it off the runtime.
