@@ -21,16 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
-use tonic::codegen::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use warden_shared::a2a::{Envelope, MAC_BYTES, MasterKey};
 use warden_shared::agent::AgentId;
 use warden_shared::proto::v1 as pb;
-use warden_shared::proto::v1::messaging_service_client::MessagingServiceClient;
 use warden_shared::spiffe::TrustDomain;
 use warden_sidecar::a2a::{Messenger, replay};
 use warden_sidecar::gateway::authenticate::Authenticator;
-use warden_tests::{AgentAuth, Mesh, any_port, apply_policy, eventually};
+use warden_tests::messaging::client;
+use warden_tests::{Mesh, apply_policy, eventually};
 
 const RUN: Duration = Duration::from_secs(3);
 const ROT: u64 = 3_600_000;
@@ -187,26 +185,6 @@ fn in_process() {
     }
 }
 
-type Client = MessagingServiceClient<InterceptedService<Channel, AgentAuth>>;
-
-async fn client(sc: &warden_sidecar::app::Running) -> (Client, warden_tests::AgentClient) {
-    let s = warden_tests::session(sc).await;
-    let ch = Endpoint::from_shared(format!("http://{}", sc.agent_addr.unwrap()))
-        .unwrap()
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .unwrap();
-    let auth = AgentAuth {
-        token: Some(s.token.clone()),
-        no_header: false,
-    };
-    (
-        MessagingServiceClient::with_interceptor(ch, auth),
-        warden_tests::with_token(sc, &s.token).await.unwrap(),
-    )
-}
-
 fn report(name: &str, lat: &mut [Duration], secs: f64) {
     println!(
         "  {name:<44} {:>8.0} msgs/s   p50 {:>6.0} µs   p99 {:>6.0} µs   p99.9 {:>6.0} µs",
@@ -233,29 +211,26 @@ async fn through_the_mesh() {
     for id in ["agent-a", "agent-b"] {
         mesh.register(id, &["data:read"], 8).await.unwrap();
     }
-    let start = |agent: &'static str, peer: Option<String>| {
-        let mesh = &mesh;
-        async move {
-            let token = mesh.join_token(agent).await.unwrap();
-            let mut c = mesh.sidecar_config(agent, Some(token));
-            c.messaging.listen = Some(any_port());
-            c.messaging.inbox_capacity = 4096;
-            if let Some(p) = peer {
-                c.messaging.peers.insert("agent-b".into(), p);
-            }
-            warden_sidecar::app::start(c).await.unwrap()
-        }
-    };
-    let b = start("agent-b", None).await;
-    let a = start("agent-a", Some(b.messaging_addr.unwrap().to_string())).await;
+    let inbox_of = |c: &mut warden_sidecar::config::Config| c.messaging.inbox_capacity = 4096;
+    let b = mesh
+        .messaging_sidecar("agent-b", &[], inbox_of)
+        .await
+        .unwrap();
+    let a = mesh
+        .messaging_sidecar("agent-a", &[("agent-b", &b)], inbox_of)
+        .await
+        .unwrap();
     let keyed = eventually(Duration::from_secs(10), || async {
         a.auth.held().pair_keys.of("agent-a", "agent-b").is_some()
             && b.auth.held().pair_keys.of("agent-a", "agent-b").is_some()
     })
     .await;
     assert!(keyed, "no pair keys");
-    let (sender, who) = client(&a).await;
-    let (mut receiver, _) = client(&b).await;
+    let sender = client(&a).await.unwrap();
+    let who = warden_tests::with_token(&a, &warden_tests::session(&a).await.token)
+        .await
+        .unwrap();
+    let mut receiver = client(&b).await.unwrap();
     let mut inbox = receiver
         .receive_messages(pb::ReceiveMessagesRequest {})
         .await

@@ -149,19 +149,7 @@ async fn python_verifies_envelopes_from_the_readme_specification() {
     })
     .await;
     assert!(keyed, "py-a's sidecar holds no key for py-b");
-    let s = session(&a).await;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.agent_addr.unwrap()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut c = warden_shared::proto::v1::messaging_service_client::MessagingServiceClient::with_interceptor(
-        ch,
-        AgentAuth {
-            token: Some(s.token),
-            no_header: false,
-        },
-    );
+    let mut c = warden_tests::messaging::client(&a).await.unwrap();
     let e = c
         .sign_message(pb::SignMessageRequest {
             recipient_agent: "py-b".into(),

@@ -2,23 +2,18 @@
 //! coders message reviewers, real sidecars over mTLS, the recipient's two
 //! replicas sharing a replay cache in a real Redis.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio_stream::StreamExt;
 use tonic::Code;
-use tonic::codegen::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::messaging_peer_service_client::MessagingPeerServiceClient;
-use warden_shared::proto::v1::messaging_service_client::MessagingServiceClient;
 use warden_sidecar::app::Running as Sidecar;
 use warden_sidecar::config::ReplayCacheKind;
+use warden_tests::messaging::client;
 use warden_tests::redis::PrivateRedis;
-use warden_tests::{
-    AgentAuth, Mesh, any_port, apply_policy, assert_refused, eventually, rand_suffix,
-};
+use warden_tests::{Mesh, apply_policy, assert_refused, eventually, rand_suffix};
 
 const POLICY: &str = r#"
 version: 1
@@ -29,7 +24,7 @@ messaging:
     - { from: "agent:reviewer", to: "agent:coder" }
 "#;
 
-type Client = MessagingServiceClient<InterceptedService<Channel, AgentAuth>>;
+type Client = warden_tests::messaging::MessagingClient;
 
 async fn register(mesh: &Mesh, id: &str, agent_type: &str) -> anyhow::Result<()> {
     mesh.admin()
@@ -46,8 +41,9 @@ async fn register(mesh: &Mesh, id: &str, agent_type: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Starts a sidecar for `agent` with a messaging listener, `peers`, and a
-/// replay cache (Redis at `redis`, if given, with its fail mode).
+/// Starts a sidecar for `agent` with a messaging listener, `peers`, an
+/// inbox of `inbox_capacity` messages and a replay cache (Redis at `redis`,
+/// if given, with its fail mode).
 async fn sidecar(
     mesh: &Mesh,
     agent: &str,
@@ -55,50 +51,18 @@ async fn sidecar(
     redis: Option<(&str, &str, warden_sidecar::a2a::replay::OnFailure)>,
     inbox_capacity: usize,
 ) -> anyhow::Result<Sidecar> {
-    let token = mesh.join_token(agent).await?;
-    let mut c = mesh.sidecar_config(agent, Some(token));
-    c.messaging.listen = Some(any_port());
-    c.messaging.inbox_capacity = inbox_capacity;
-    c.messaging.peers = peers
-        .iter()
-        .map(|(a, sc)| {
-            Ok((
-                (*a).to_owned(),
-                sc.messaging_addr.context("no listener")?.to_string(),
-            ))
-        })
-        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
-    if let Some((url, prefix, on_failure)) = redis {
-        let mut r = warden_sidecar::gateway::limit::redis::RedisConfig::new(url);
-        r.key_prefix = prefix.into();
-        r.timeout_ms = 200;
-        c.redis = Some(r);
-        c.messaging.replay_cache = ReplayCacheKind::Redis;
-        c.messaging.on_redis_failure = on_failure;
-    }
-    let sc = warden_sidecar::app::start(c).await?;
-    let keyed = eventually(Duration::from_secs(10), || async {
-        sc.auth.held().raw.pairs.is_some()
+    mesh.messaging_sidecar(agent, peers, |c| {
+        c.messaging.inbox_capacity = inbox_capacity;
+        if let Some((url, prefix, on_failure)) = redis {
+            let mut r = warden_sidecar::gateway::limit::redis::RedisConfig::new(url);
+            r.key_prefix = prefix.into();
+            r.timeout_ms = 200;
+            c.redis = Some(r);
+            c.messaging.replay_cache = ReplayCacheKind::Redis;
+            c.messaging.on_redis_failure = on_failure;
+        }
     })
-    .await;
-    anyhow::ensure!(keyed, "{agent}'s sidecar received no pair keys");
-    Ok(sc)
-}
-
-/// A messaging client for a new session at `sc`.
-async fn client(sc: &Sidecar) -> anyhow::Result<Client> {
-    let s = warden_tests::session(sc).await;
-    let addr = sc.agent_addr.context("no TCP port")?;
-    let ch = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
-    Ok(MessagingServiceClient::with_interceptor(
-        ch,
-        AgentAuth {
-            token: Some(s.token),
-            no_header: false,
-        },
-    ))
+    .await
 }
 
 fn send(to: &str, text: &str) -> pb::SendMessageRequest {
@@ -282,48 +246,43 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         "MESSAGE_REPLAYED",
     );
 
-    // Tampered: one payload byte, the MAC, the sender, the recipient.
+    // Tampered: one payload byte, the MAC, the sender, the recipient, the
+    // key id.
     let e = signed(&mut c, "reviewer", "third").await;
-    let mut t = e.clone();
-    t.payload[0] ^= 1;
-    assert_refused(
-        r1.verify_message(verify(&t)).await,
-        Code::Unauthenticated,
-        "MESSAGE_BAD_MAC",
-    );
-    let mut t = e.clone();
-    t.mac[0] ^= 1;
-    assert_refused(
-        r1.verify_message(verify(&t)).await,
-        Code::Unauthenticated,
-        "MESSAGE_BAD_MAC",
-    );
-    let mut t = e.clone();
-    t.sender = "spiffe://test.warden/agent/mallory".into();
-    assert_refused(
-        r1.verify_message(verify(&t)).await,
-        Code::PermissionDenied,
-        "MESSAGE_PAIR_NOT_ALLOWED",
-    );
-    let mut t = e.clone();
-    t.recipient = "spiffe://test.warden/agent/mallory".into();
-    assert_refused(
-        r1.verify_message(verify(&t)).await,
-        Code::PermissionDenied,
-        "MESSAGE_WRONG_RECIPIENT",
-    );
+    type Change = fn(&mut pb::Envelope);
+    let tampered: [(Change, Code, &str); 5] = [
+        (
+            |t| t.payload[0] ^= 1,
+            Code::Unauthenticated,
+            "MESSAGE_BAD_MAC",
+        ),
+        (|t| t.mac[0] ^= 1, Code::Unauthenticated, "MESSAGE_BAD_MAC"),
+        (
+            |t| t.sender = "spiffe://test.warden/agent/mallory".into(),
+            Code::PermissionDenied,
+            "MESSAGE_PAIR_NOT_ALLOWED",
+        ),
+        (
+            |t| t.recipient = "spiffe://test.warden/agent/mallory".into(),
+            Code::PermissionDenied,
+            "MESSAGE_WRONG_RECIPIENT",
+        ),
+        (
+            |t| t.key_id += 7,
+            Code::PermissionDenied,
+            "MESSAGE_UNKNOWN_KEY",
+        ),
+    ];
+    for (change, code, why) in tampered {
+        let mut t = e.clone();
+        change(&mut t);
+        assert_refused(r1.verify_message(verify(&t)).await, code, why);
+    }
     // ... and a message for the reviewer, at mallory's sidecar.
     assert_refused(
         m.verify_message(verify(&e)).await,
         Code::PermissionDenied,
         "MESSAGE_WRONG_RECIPIENT",
-    );
-    let mut t = e.clone();
-    t.key_id += 7;
-    assert_refused(
-        r1.verify_message(verify(&t)).await,
-        Code::PermissionDenied,
-        "MESSAGE_UNKNOWN_KEY",
     );
     // None of these spent the genuine message's nonce.
     r1.verify_message(verify(&e)).await.unwrap();

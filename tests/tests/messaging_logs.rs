@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use tokio_stream::StreamExt;
-use tonic::transport::Endpoint;
 use warden_shared::proto::v1 as pb;
-use warden_shared::proto::v1::messaging_service_client::MessagingServiceClient;
-use warden_tests::{AgentAuth, Mesh, any_port, apply_policy, eventually};
+use warden_tests::messaging::client;
+use warden_tests::{Mesh, apply_policy, eventually};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -36,27 +35,6 @@ impl Write for Capture {
 }
 
 const PAYLOAD: &str = "PAYLOAD-SENSITIVE-7f3a";
-
-type Client = MessagingServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AgentAuth>,
->;
-
-/// A messaging client for a new session at `sc`.
-async fn client(sc: &warden_sidecar::app::Running) -> Client {
-    let s = warden_tests::session(sc).await;
-    let ch = Endpoint::from_shared(format!("http://{}", sc.agent_addr.unwrap()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    MessagingServiceClient::with_interceptor(
-        ch,
-        AgentAuth {
-            token: Some(s.token),
-            no_header: false,
-        },
-    )
-}
 
 #[tokio::test]
 async fn no_pair_key_or_payload_in_any_log_line() {
@@ -81,27 +59,18 @@ async fn no_pair_key_or_payload_in_any_log_line() {
     for id in ["lg-a", "lg-b"] {
         mesh.register(id, &["data:read"], 4).await.unwrap();
     }
-    let start = |agent: &'static str, peer: Option<String>| {
-        let mesh = &mesh;
-        async move {
-            let token = mesh.join_token(agent).await.unwrap();
-            let mut c = mesh.sidecar_config(agent, Some(token));
-            c.messaging.listen = Some(any_port());
-            if let Some(p) = peer {
-                c.messaging.peers.insert("lg-b".into(), p);
-            }
-            warden_sidecar::app::start(c).await.unwrap()
-        }
-    };
-    let b = start("lg-b", None).await;
-    let a = start("lg-a", Some(b.messaging_addr.unwrap().to_string())).await;
+    let b = mesh.messaging_sidecar("lg-b", &[], |_| {}).await.unwrap();
+    let a = mesh
+        .messaging_sidecar("lg-a", &[("lg-b", &b)], |_| {})
+        .await
+        .unwrap();
     let keyed = eventually(Duration::from_secs(10), || async {
         a.auth.held().pair_keys.of("lg-a", "lg-b").is_some()
             && b.auth.held().pair_keys.of("lg-b", "lg-a").is_some()
     })
     .await;
     assert!(keyed, "no pair keys");
-    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
+    let (mut ca, mut cb) = (client(&a).await.unwrap(), client(&b).await.unwrap());
     let mut inbox = cb
         .receive_messages(pb::ReceiveMessagesRequest {})
         .await
