@@ -11,35 +11,11 @@
     reason = "a test fails loudly on any unexpected error"
 )]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use warden_tests::gateway::{GatewayMesh, authorize, call};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn no_secret_in_any_response_log_line_or_audit_event() {
-    let logs = Capture::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "debug,warden_sidecar=trace,warden_control_plane=trace,warden_shared=trace",
-        ))
-        .with_writer(move || writer.clone())
-        .init();
+    let logs = warden_tests::logs::Capture::install();
 
     let g = GatewayMesh::start().await.unwrap();
     let (_, mut c) = g
@@ -86,7 +62,7 @@ async fn no_secret_in_any_response_log_line_or_audit_event() {
         "the secret never reached the upstream"
     );
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(!logs.is_empty());
     let responses = String::from_utf8_lossy(&seen);
     assert!(

@@ -11,8 +11,6 @@
     reason = "a test fails loudly on any unexpected error"
 )]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -21,32 +19,11 @@ use warden_shared::proto::v1 as pb;
 use warden_tests::messaging::client;
 use warden_tests::{Mesh, apply_policy, eventually};
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 const PAYLOAD: &str = "PAYLOAD-SENSITIVE-7f3a";
 
 #[tokio::test]
 async fn no_pair_key_or_payload_in_any_log_line() {
-    let logs = Capture::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "debug,warden_sidecar=trace,warden_control_plane=trace,warden_shared=trace",
-        ))
-        .with_writer(move || writer.clone())
-        .init();
+    let logs = warden_tests::logs::Capture::install();
 
     let mesh = Mesh::start().await.unwrap();
     let policy = "version: 1\nmessaging:\n  allow: [{from: 'agent:lg-a', to: 'agent:lg-b', both_ways: true}]\n";
@@ -111,7 +88,7 @@ async fn no_pair_key_or_payload_in_any_log_line() {
         .unwrap();
     cb.verify_message(verify(&e)).await.unwrap();
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("\"kind\":\"message\""),
         "the audit events were not captured"
