@@ -99,6 +99,9 @@ fn describe(p: &pb::StreamResponse) -> String {
                 b.blocked.len() + b.cleared.len()
             )
         }),
+        p.pair_keys
+            .as_ref()
+            .map(|k| format!("pair_keys({})", k.keys.len())),
     ]
     .into_iter()
     .flatten()

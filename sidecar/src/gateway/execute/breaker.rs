@@ -95,12 +95,15 @@ impl Breakers {
             .clone()
     }
 
-    /// Forgets breakers of upstreams no longer in the policy.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| keep(k));
+    /// An admitted call ended without an outcome (the caller went away, or
+    /// it never started): it says nothing about the upstream. If it was the
+    /// half-open probe, the next call probes instead, so the breaker never
+    /// stays half-open.
+    pub fn abandon(&self, key: &str, now: Instant) {
+        let mut m = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s @ State::HalfOpen) = m.get_mut(key) {
+            *s = State::Open { until: now };
+        }
     }
 }
 
@@ -138,6 +141,29 @@ mod tests {
         assert_eq!(b.states()["u"].name(), "open");
         b.admit("u", t2).unwrap();
         b.record("u", true, &cfg, t2);
+        assert_eq!(b.states()["u"], State::Closed { failures: 0 });
+    }
+
+    #[test]
+    fn an_abandoned_probe_lets_the_next_call_probe_and_counts_nothing() {
+        let b = Breakers::default();
+        let cfg = CircuitBreaker {
+            failures: 1,
+            cooldown_ms: 1000,
+        };
+        let t0 = Instant::now();
+        // Abandoned calls while closed count as nothing.
+        b.admit("u", t0).unwrap();
+        b.abandon("u", t0);
+        assert_eq!(b.states()["u"], State::Closed { failures: 0 });
+        b.record("u", false, &cfg, t0);
+        let t1 = t0 + Duration::from_millis(1000);
+        b.admit("u", t1).unwrap();
+        assert!(b.admit("u", t1).is_err(), "the probe is out");
+        b.abandon("u", t1);
+        // Not stuck half-open: the next call is the probe.
+        b.admit("u", t1).unwrap();
+        b.record("u", true, &cfg, t1);
         assert_eq!(b.states()["u"], State::Closed { failures: 0 });
     }
 }

@@ -64,21 +64,20 @@ impl Default for Executor {
     }
 }
 
-/// A call the breaker admitted: if it is dropped unfinished (the agent
-/// went away), it counts as a failure, so that a half-open probe never
-/// leaves the breaker waiting forever.
+/// A call the breaker admitted: if it ends without an outcome (the agent
+/// went away, or no upstream slot came in time), it is abandoned, so that a
+/// half-open probe never leaves the breaker waiting forever, and an agent's
+/// own cancellations never open a circuit.
 struct Admitted<'a> {
     breakers: &'a breaker::Breakers,
     tool: &'a str,
-    cfg: &'a CircuitBreaker,
     done: bool,
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.breakers
-                .record(self.tool, false, self.cfg, Instant::now());
+            self.breakers.abandon(self.tool, Instant::now());
         }
     }
 }
@@ -145,7 +144,6 @@ impl Executor {
         let mut admitted = Admitted {
             breakers: &self.breakers,
             tool: name,
-            cfg: &cfg,
             done: false,
         };
         let timeout = tool
@@ -156,7 +154,7 @@ impl Executor {
         // Waiting for a slot counts against the call's timeout too.
         let started = tokio::time::Instant::now();
         let Ok(Ok(_slot)) = tokio::time::timeout(timeout, self.in_flight.acquire()).await else {
-            admitted.done = true;
+            // (Dropping `admitted` abandons the call.)
             return Err(refuse(
                 Code::Unavailable,
                 Reason::UpstreamUnavailable,

@@ -122,6 +122,8 @@ impl LocalLimiter {
             .iter()
             .filter(|i| !m.states.contains_key(i.key.as_str()))
             .count();
+        // New keys that cannot be kept (the map is full of live state).
+        let mut unkept = vec![false; items.len()];
         if new_keys > 0 && m.states.len() + new_keys > MAX_KEYS {
             if now >= m.next_sweep {
                 m.states.retain(|_, s| s.live(now));
@@ -129,16 +131,23 @@ impl LocalLimiter {
             }
             if m.states.len() + new_keys > MAX_KEYS {
                 // Full of live state: refuse rather than forget any of it.
-                for (it, o) in items.iter().zip(out.iter_mut()) {
+                let full = Outcome {
+                    admitted: false,
+                    retry_after_us: 1_000_000,
+                    usage_permille: 1000,
+                };
+                for ((it, o), u) in items.iter().zip(out.iter_mut()).zip(unkept.iter_mut()) {
                     if !m.states.contains_key(it.key.as_str()) {
-                        *o = Outcome {
-                            admitted: false,
-                            retry_after_us: 1_000_000,
-                            usage_permille: 1000,
-                        };
+                        *o = full;
+                        *u = true;
                     }
                 }
-                return out;
+                // An enforced limit that cannot count refuses the call; a
+                // shadow one only reports it, and the enforced limits
+                // still count below.
+                if items.iter().zip(&unkept).any(|(i, u)| *u && i.enforce) {
+                    return out;
+                }
             }
         }
         let refused = items
@@ -146,8 +155,8 @@ impl LocalLimiter {
             .zip(&out)
             .any(|(i, o)| i.enforce && !o.admitted);
         if commit && !refused {
-            for ((it, o), s) in items.iter().zip(&out).zip(next) {
-                if o.admitted {
+            for (((it, o), s), u) in items.iter().zip(&out).zip(next).zip(&unkept) {
+                if o.admitted && !u {
                     match m.states.get_mut(it.key.as_str()) {
                         Some(v) => *v = s,
                         None => {
@@ -188,6 +197,17 @@ mod tests {
         // Full of live state: a new key is refused, the old ones kept.
         assert!(!l.check(&[rate("new", 10_000_000, 5)], now, true)[0].admitted);
         assert!(l.check(&[rate("k0", 10_000_000, 5)], now, true)[0].admitted);
+        // A new shadow key cannot be kept either, but the enforced limit
+        // beside it still counts: five calls of k1's burst of five left
+        // after the fill, then refused.
+        let mut shadow = rate("new-shadow", 10_000_000, 5);
+        shadow.enforce = false;
+        let pair = [rate("k1", 10_000_000, 5), shadow];
+        for _ in 0..4 {
+            let o = l.check(&pair, now, true);
+            assert!(o[0].admitted && !o[1].admitted);
+        }
+        assert!(!l.check(&pair, now, true)[0].admitted, "k1 was counted");
         // Once the old state is idle (its arrival time passed), it is swept.
         let later = now + 60_000_000;
         assert!(l.check(&[rate("new", 10_000_000, 5)], later, true)[0].admitted);

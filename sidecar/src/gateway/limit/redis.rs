@@ -48,8 +48,9 @@ pub struct RedisConfig {
 
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may carry a password.
-        let url = match self.url.split_once('@') {
+        // The URL may carry a password, which may itself hold `@`: the host
+        // follows the last one.
+        let url = match self.url.rsplit_once('@') {
             Some((scheme_user, host)) => {
                 let scheme = scheme_user.split("://").next().unwrap_or("redis");
                 format!("{scheme}://[redacted]@{host}")
@@ -186,9 +187,7 @@ struct Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let l = self.limiter;
-            l.breaker
-                .record(BREAKER, false, &l.breaker_cfg, Instant::now());
+            self.limiter.breaker.abandon(BREAKER, Instant::now());
         }
     }
 }
@@ -305,8 +304,8 @@ impl RedisLimiter {
         if self.breaker.admit(BREAKER, Instant::now()).is_err() {
             return Err(Error::CircuitOpen);
         }
-        // An operation dropped unfinished (the caller went away) counts as
-        // a failure: a half-open probe must never leave the breaker waiting.
+        // An operation dropped unfinished (the caller went away) is
+        // abandoned: a half-open probe must never leave the breaker waiting.
         let mut pending = Pending {
             limiter: self,
             done: false,
@@ -385,4 +384,27 @@ fn redis_error(e: redis::RedisError) -> Error {
 enum Handle {
     Single(redis::aio::ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password_even_when_it_holds_an_at_sign() {
+        for url in [
+            "redis://:p@ss@host:6379",
+            "rediss://user:s3cr3t@host:6379/0",
+        ] {
+            let shown = format!("{:?}", RedisConfig::new(url));
+            assert!(shown.contains("[redacted]@host"), "{shown}");
+            assert!(
+                !shown.contains("ss@") && !shown.contains("s3cr3t"),
+                "{shown}"
+            );
+        }
+        assert!(
+            format!("{:?}", RedisConfig::new("redis://host:6379")).contains("redis://host:6379")
+        );
+    }
 }
