@@ -323,6 +323,37 @@ async fn session_refusals_at_the_first_stage() {
     })
     .await;
     assert!(revoked);
+    let mut c = c.clone();
+    refused(
+        c.call_tool(call("echo", r#"{"text": "x"}"#)).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+        "authenticate",
+    );
+    refused(
+        c.authorize(authorize("echo", r#"{"text": "x"}"#)).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+        "authenticate",
+    );
+    // A forged token: a real one with its signature changed.
+    let (s, _) = g.session(&["echo:call"], 0, &[]).await.unwrap();
+    let (body, sig) = s.token.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{body}.{flipped}{}", &sig[1..]);
+    let mut c = with_token(&g.sidecar, &forged).await.unwrap();
+    refused(
+        c.call_tool(call("echo", r#"{"text": "x"}"#)).await,
+        Code::Unauthenticated,
+        "TOKEN_BAD_SIGNATURE",
+        "authenticate",
+    );
+    refused(
+        c.authorize(authorize("echo", r#"{"text": "x"}"#)).await,
+        Code::Unauthenticated,
+        "TOKEN_BAD_SIGNATURE",
+        "authenticate",
+    );
     // An expired token (its claims re-signed with the real key, but past
     // their expiry).
     let (s, _) = g.session(&["echo:call"], 0, &[]).await.unwrap();

@@ -478,3 +478,100 @@ async fn a_redis_cluster_shares_limits_whatever_slot_an_agent_hashes_to() {
     assert_eq!(a.check(&set, &items).await, Verdict::Admit);
     assert_eq!(a.shared().unwrap().errors.load(Ordering::Relaxed), 0);
 }
+
+/// What the agent receives: a spent quota is `QUOTA_EXCEEDED` at stage
+/// `limit` naming the limit and when to retry; with Redis gone, a limit that
+/// fails closed is `LIMITER_UNAVAILABLE` within the timeout, and the spent
+/// quota stays spent.
+#[tokio::test]
+async fn the_agent_sees_quota_exceeded_and_limiter_unavailable() {
+    use warden_tests::gateway::call;
+    use warden_tests::*;
+    let mut redis = PrivateRedis::start().await.unwrap();
+    let mesh = Mesh::start().await.unwrap();
+    let doc = r#"
+version: 1
+tools:
+  - name: paid
+    description: Costs two units.
+    input_schema: { type: object }
+    scopes: ["data:read"]
+    risk: low
+    cost: 2
+    upstream: { kind: builtin, address: echo }
+  - name: free
+    description: Echo.
+    input_schema: { type: object }
+    scopes: ["data:read"]
+    risk: low
+    upstream: { kind: builtin, address: echo }
+limits:
+  - { name: paid-budget, key: agent, tools: [paid], quota: { budget: 4, per: 1h } }
+  - { name: any-rate, key: agent, rate: { calls: 1000, per: 1m } }
+cedar: "permit (principal, action, resource);"
+"#;
+    mesh.admin()
+        .await
+        .unwrap()
+        .apply_policy(apply_policy(doc))
+        .await
+        .unwrap();
+    mesh.register("q1", &["data:read"], 8).await.unwrap();
+    let mut cfg = mesh.sidecar_config("q1", Some(mesh.join_token("q1").await.unwrap()));
+    let mut r = RedisConfig::new(&redis.url());
+    r.key_prefix = unique_prefix();
+    r.timeout_ms = 100;
+    cfg.redis = Some(r);
+    let sc = warden_sidecar::app::start(cfg).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sc.auth.held().policy.is_some()
+        })
+        .await
+    );
+    let s = session(&sc).await;
+    let mut c = with_token(&sc, &s.token).await.unwrap();
+    for _ in 0..2 {
+        c.call_tool(call("paid", "{}")).await.unwrap();
+    }
+    let q = assert_refused(
+        c.call_tool(call("paid", "{}")).await,
+        tonic::Code::ResourceExhausted,
+        "QUOTA_EXCEEDED",
+    );
+    let meta = warden_shared::refusal::metadata_of(&q);
+    assert_eq!(
+        (meta["stage"].as_str(), meta["rule"].as_str()),
+        ("limit", "paid-budget")
+    );
+    let retry: u64 = meta["retry_after_ms"].parse().unwrap();
+    assert!(retry > 0 && retry <= 3_600_000, "{retry}");
+
+    redis.stop();
+    let t = Instant::now();
+    let u = assert_refused(
+        c.call_tool(call("free", "{}")).await,
+        tonic::Code::Unavailable,
+        "LIMITER_UNAVAILABLE",
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(warden_shared::refusal::metadata_of(&u)["stage"], "limit");
+    // Redis back: the quota spent before the outage is still spent.
+    redis.restart().await.unwrap();
+    let spent = eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            c.call_tool(call("paid", "{}"))
+                .await
+                .is_err_and(|e| reason(&e) == "QUOTA_EXCEEDED")
+                && c.call_tool(call("free", "{}")).await.is_ok()
+        }
+    })
+    .await;
+    assert!(spent, "the quota was forgotten, or sharing did not resume");
+    sc.shutdown().await.unwrap();
+}
