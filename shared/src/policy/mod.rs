@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use validate::{
     BUILTINS, Error, MAX_ARGUMENT_BYTES, MAX_LIMITS, MAX_RESPONSE_BYTES, MAX_TIMEOUT_MS,
+    valid_tool_name,
 };
 
 /// Largest policy document accepted, bytes.

@@ -105,7 +105,9 @@ impl Error {
     }
 }
 
-fn valid_tool_name(n: &str) -> bool {
+/// Whether `n` is a valid tool (or secret, or limit) name:
+/// `[a-z0-9][a-z0-9_.-]{0,63}`.
+pub fn valid_tool_name(n: &str) -> bool {
     let b = n.as_bytes();
     !b.is_empty()
         && b.len() <= 64

@@ -70,14 +70,9 @@ fn forms(secret: &str) -> Vec<Vec<u8>> {
         .replace('<', "\\u003c")
         .replace('>', "\\u003e")
         .replace('&', "\\u0026");
+    // The same encoding the sidecar uses to inject secrets into URLs.
     let mut percent = String::new();
-    for b in secret.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            percent.push(b as char);
-        } else {
-            percent.push_str(&format!("%{b:02X}"));
-        }
-    }
+    crate::gateway::execute::http::encode(secret, &mut percent);
     let raw = secret.as_bytes();
     let mut out: Vec<Vec<u8>> = vec![
         raw.to_vec(),

@@ -88,13 +88,6 @@ fn call_id() -> String {
     )
 }
 
-fn valid_tool_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c))
-}
-
 /// Whether the policy held has a tool named `name` (metrics count calls
 /// to other names as one label, so that an agent cannot grow them).
 fn known_tool(held: &Held, name: &str) -> bool {
@@ -314,7 +307,7 @@ impl Gateway {
             agent: "",
             session: claims.map_or("", |c| c.sid.as_str()),
             user: claims.and_then(Claims::user_id).unwrap_or_default(),
-            tool: if valid_tool_name(r.tool) {
+            tool: if warden_shared::policy::valid_tool_name(r.tool) {
                 r.tool
             } else {
                 "(invalid name)"
@@ -416,7 +409,7 @@ impl Gateway {
         let secrets = &a.policy.policy.document.secrets;
         let mut abandoned = Abandoned {
             gateway: self,
-            event: Some(self.event(r, Some(claims), &id, true)),
+            event: Some(e.clone()),
             t0,
         };
         let result = self

@@ -40,7 +40,7 @@ impl Outcome {
 }
 
 /// One record.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Event<'a> {
     /// The call's id.
     pub call_id: &'a str,

@@ -177,7 +177,8 @@ impl Clients {
 }
 
 /// RFC 3986 percent-encoding of everything but unreserved characters.
-fn encode(s: &str, out: &mut String) {
+/// Percent-encodes `s` (RFC 3986 unreserved characters kept) onto `out`.
+pub(crate) fn encode(s: &str, out: &mut String) {
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(b as char);
