@@ -175,6 +175,10 @@ impl std::fmt::Debug for RedisLimiter {
     }
 }
 
+/// The shortest wait for a connection (the cluster client's connection
+/// timeout is the same).
+const CONNECT_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+
 /// The breaker's key.
 const BREAKER: &str = "redis";
 
@@ -218,7 +222,7 @@ impl RedisLimiter {
         };
         let conn = if cfg.cluster {
             let mut b = redis::cluster::ClusterClient::builder([info.clone()])
-                .connection_timeout(timeout.max(Duration::from_millis(100)))
+                .connection_timeout(timeout.max(CONNECT_TIMEOUT_MIN))
                 .response_timeout(timeout)
                 .retries(1);
             if let Some(pw) = info.redis_settings().password() {
@@ -248,7 +252,7 @@ impl RedisLimiter {
             .map_err(|e| format!("redis: {e}"))?;
             let conf = redis::aio::ConnectionManagerConfig::new()
                 .set_response_timeout(Some(timeout))
-                .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+                .set_connection_timeout(Some(timeout.max(CONNECT_TIMEOUT_MIN)))
                 .set_number_of_retries(1);
             Conn::Single(
                 redis::aio::ConnectionManager::new_lazy_with_config(client, conf)
@@ -295,12 +299,19 @@ impl RedisLimiter {
     }
 
     /// Runs one Redis operation under the breaker and the timeout; counts
-    /// and logs a failure.
-    async fn guarded<T>(
+    /// and logs a failure. Getting the connection is not under `timeout`
+    /// but under the longer connection timeout: connecting to a cluster (a
+    /// handshake and a slot lookup) takes longer than one check may, and
+    /// would otherwise never succeed. While Redis is away, the breaker
+    /// opens after a few failed connections and no call waits.
+    async fn guarded<T, F>(
         &self,
         what: &'static str,
-        op: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
+        op: impl FnOnce(Handle) -> F,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
         if self.breaker.admit(BREAKER, Instant::now()).is_err() {
             return Err(Error::CircuitOpen);
         }
@@ -310,9 +321,14 @@ impl RedisLimiter {
             limiter: self,
             done: false,
         };
-        let result = match tokio::time::timeout(self.timeout, op).await {
-            Err(_) => Err(Error::Timeout(self.timeout)),
-            Ok(r) => r,
+        let connect = self.timeout.max(CONNECT_TIMEOUT_MIN);
+        let result = match tokio::time::timeout(connect, self.handle()).await {
+            Err(_) => Err(Error::Timeout(connect)),
+            Ok(Err(e)) => Err(redis_error(e)),
+            Ok(Ok(h)) => match tokio::time::timeout(self.timeout, op(h)).await {
+                Err(_) => Err(Error::Timeout(self.timeout)),
+                Ok(r) => r,
+            },
         };
         pending.done = true;
         self.breaker
@@ -328,8 +344,8 @@ impl RedisLimiter {
     pub async fn set_nx(&self, key: &str, ttl_ms: u64) -> Result<bool, Error> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ttl_ms.max(1));
-        self.guarded("replay check", async {
-            let set: Option<String> = match self.handle().await.map_err(redis_error)? {
+        self.guarded("replay check", |h| async move {
+            let set: Option<String> = match h {
                 Handle::Single(mut c) => cmd.query_async(&mut c).await,
                 Handle::Cluster(mut c) => cmd.query_async(&mut c).await,
             }
@@ -354,8 +370,8 @@ impl RedisLimiter {
                 .arg(b)
                 .arg(it.weight);
         }
-        self.guarded("shared limit check", async {
-            let v: Vec<i64> = match self.handle().await.map_err(redis_error)? {
+        self.guarded("shared limit check", |h| async move {
+            let v: Vec<i64> = match h {
                 Handle::Single(mut c) => inv.invoke_async(&mut c).await,
                 Handle::Cluster(mut c) => inv.invoke_async(&mut c).await,
             }
