@@ -120,3 +120,19 @@ fn malformed_envelopes_are_refused_before_any_check() {
     assert!(format!("{key:?}").contains("redacted"));
     assert!(MasterKey::new(&[7; 16]).is_none());
 }
+
+#[test]
+fn the_readme_states_this_test_vector() {
+    let readme = include_str!("../../../README.md");
+    let spec = &readme[readme
+        .find("### Message envelope specification")
+        .expect("the README has the specification")..];
+    // The README wraps long hex lines; compare without whitespace.
+    let flat: String = spec.chars().filter(|c| !c.is_whitespace()).collect();
+    for (name, value) in [("pair key", PAIR_KEY), ("M", SIGNED), ("mac", MAC)] {
+        assert!(
+            flat.contains(value),
+            "the README's {name} differs from the tested vector"
+        );
+    }
+}

@@ -38,8 +38,8 @@ use crate::mesh::held::{Held, HeldPolicy};
 /// Longest trace id accepted.
 const MAX_TRACE_ID: usize = 128;
 
-/// What the agent asked.
-#[derive(Debug, Clone, Copy)]
+/// What the agent asked. `Debug` leaves the arguments out.
+#[derive(Clone, Copy)]
 pub struct Request<'a> {
     /// `CallTool` or `Authorize`.
     pub rpc: &'static str,
@@ -53,12 +53,31 @@ pub struct Request<'a> {
     pub trace_id: &'a str,
 }
 
-/// A call that passed stages 1–6.
-#[derive(Debug)]
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("rpc", &self.rpc)
+            .field("tool", &self.tool)
+            .field("arguments_bytes", &self.arguments.len())
+            .field("trace_id", &self.trace_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call that passed stages 1–6. `Debug` leaves the arguments out.
 struct Admitted {
     policy: Arc<HeldPolicy>,
     tool: Arc<ToolEntry>,
     args: serde_json::Value,
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted")
+            .field("policy", &self.policy.version)
+            .field("tool", &self.tool.spec.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The gateway's parts.

@@ -215,8 +215,7 @@ fn fill_secrets(template: &str, secrets: &HashMap<String, Secret>) -> Result<Str
     Ok(out)
 }
 
-/// A call to make.
-#[derive(Debug)]
+/// A call to make. `Debug` leaves the arguments out.
 pub struct Call<'a> {
     /// The upstream settings.
     pub upstream: &'a Upstream,
@@ -232,6 +231,16 @@ pub struct Call<'a> {
     pub timeout: Duration,
     /// Largest body accepted.
     pub max_bytes: usize,
+}
+
+impl std::fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("upstream", &self.upstream.address)
+            .field("call_id", &self.call_id)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 fn build(c: &Call<'_>) -> Result<http::Request<Full<Bytes>>, Failure> {
