@@ -2,7 +2,8 @@
 //!
 //! Input: prompt-injection detection on argument strings is a later issue;
 //! [`InputInspector`] is the seam it plugs into, and [`PassThrough`] is what
-//! runs until then (it refuses nothing, and says so in the stage list).
+//! runs until then. It refuses nothing; `Authorize`'s `checks` still list
+//! the stage as passed (the README names it a seam).
 //!
 //! Output: every secret value the sidecar injected into this call is
 //! removed from what the upstream returned, as raw text and in its JSON-
