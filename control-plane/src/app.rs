@@ -250,6 +250,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Server::builder()
             .tls_config(tls)?
             .concurrency_limit_per_connection(256)
+            .layer(warden_shared::edge::reasoned_refusals())
             .add_service(health_service)
             .add_service(admin)
             .add_service(identity)

@@ -6,11 +6,18 @@
 //! 10,000 mesh streams would spend 160 MiB on buffers that are almost always
 //! empty. Starting at 1 KiB, they grow in 1 KiB steps to fit a larger
 //! message (one reservation per message, not one per step).
+//!
+//! A message that does not decode (a string field that is not UTF-8, a
+//! truncated field) is refused as `INVALID_ARGUMENT` with the reason
+//! `REQUEST_MALFORMED`, where prost alone would answer `INTERNAL`.
 
 use std::marker::PhantomData;
 
-use tonic::codec::BufferSettings;
+use tonic::codec::{BufferSettings, DecodeBuf};
+use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+use crate::refusal::{Reason, status};
 
 /// Initial size and growth step of a call's buffers.
 const BUFFER_BYTES: usize = 1024;
@@ -39,13 +46,40 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = Decoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(settings())
+        Decoder(ProstCodec::<T, U>::raw_decoder(settings()))
+    }
+}
+
+/// Prost decoding whose failures are typed refusals.
+#[derive(Debug)]
+pub struct Decoder<U>(ProstDecoder<U>);
+
+impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0.decode(buf).map_err(|s| {
+            // prost's message names the field and the fault, never the data.
+            status(
+                Code::InvalidArgument,
+                Reason::RequestMalformed,
+                format!(
+                    "the message is not valid protobuf for this method: {}",
+                    s.message()
+                ),
+            )
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }

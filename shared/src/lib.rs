@@ -5,6 +5,7 @@
 pub mod a2a;
 pub mod agent;
 pub mod codec;
+pub mod edge;
 pub mod policy;
 pub mod refusal;
 pub mod scope;

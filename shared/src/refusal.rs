@@ -28,6 +28,11 @@ macro_rules! reasons {
 reasons! {
     /// A request field is missing or malformed.
     InvalidArgument = "INVALID_ARGUMENT",
+    /// The request message is larger than this API accepts.
+    RequestTooLarge = "REQUEST_TOO_LARGE",
+    /// The request is not a valid protobuf message for the method (a string
+    /// field that is not UTF-8, a truncated field, no message at all).
+    RequestMalformed = "REQUEST_MALFORMED",
     /// The join token is unknown.
     JoinTokenUnknown = "JOIN_TOKEN_UNKNOWN",
     /// The join token was already used.

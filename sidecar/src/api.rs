@@ -63,6 +63,7 @@ pub fn auth_denial(e: &authenticate::Error) -> Denial {
         authenticate::Error::SessionRevoked(_) => (Code::Unauthenticated, Reason::SessionRevoked),
         authenticate::Error::NoPolicy => (Code::FailedPrecondition, Reason::PolicyNotLoaded),
         authenticate::Error::PolicyStale(_) => (Code::FailedPrecondition, Reason::PolicyStale),
+        authenticate::Error::AgentExpired(_) => (Code::PermissionDenied, Reason::AgentExpired),
         authenticate::Error::AgentBlocked { revoked: true, .. } => {
             (Code::PermissionDenied, Reason::AgentRevoked)
         }
@@ -226,10 +227,14 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
-        // A revocation is final: refuse without asking. (A suspension is left
-        // to the control plane, which also knows about a resume that has not
-        // reached this sidecar yet.)
-        if let Some((true, reason)) = self.auth.held().blocked.clone() {
+        // An expiry or a revocation is final: refuse without asking. (A
+        // suspension is left to the control plane, which also knows about a
+        // resume that has not reached this sidecar yet.)
+        let held = self.auth.held();
+        if let Some(e) = held.expires_at.filter(|e| *e <= now_unix()) {
+            return Err(auth_status(&authenticate::Error::AgentExpired(e)));
+        }
+        if let Some((true, reason)) = held.blocked.clone() {
             return Err(auth_status(&authenticate::Error::AgentBlocked {
                 revoked: true,
                 reason,

@@ -135,10 +135,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Arc::clone(&peer_tls),
         m.peers.clone().into_iter().collect(),
     ));
-    let gateway = Arc::new(crate::gateway::pipeline::Gateway::new(
-        agent.as_str(),
-        limiter,
-    ));
+    let journal = config.data_dir.join("session-calls");
+    let gateway = Arc::new(
+        crate::gateway::pipeline::Gateway::new(agent.as_str(), limiter)
+            .with_call_journal(&journal)
+            .with_context(|| format!("opening {}", journal.display()))?,
+    );
     let api = AgentApi::new(
         Arc::clone(&identity),
         Arc::clone(&cp),
@@ -218,6 +220,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     // Deliveries being decoded and verified at once, over all
                     // connections: bounds the memory bodies can take.
                     .layer(tower::limit::GlobalConcurrencyLimitLayer::new(64))
+                    .layer(warden_shared::edge::reasoned_refusals())
                     .add_service(peer_svc)
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::ReceiverStream::new(incoming),
@@ -245,6 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let router = Server::builder()
                 // Bounds what one agent connection can have in flight.
                 .concurrency_limit_per_connection(64)
+                .layer(warden_shared::edge::reasoned_refusals())
                 .add_service(health_service)
                 .add_service(svc)
                 .add_service(messaging_svc);

@@ -46,20 +46,27 @@ pub enum Error {
     },
 }
 
-/// Sidecar settings.
+/// Sidecar settings. The four without a default (`control_plane`,
+/// `ca_bundle`, `agent_id`, `data_dir`) may come from the file, a flag or
+/// the environment; a file may leave them out (they read as empty, and
+/// [`Config::validate`] refuses what is still empty after the overrides).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Control-plane URL, e.g. `https://localhost:7443`.
+    #[serde(default)]
     pub control_plane: String,
     /// PEM trust bundle used to verify the control plane before enrollment.
+    #[serde(default)]
     pub ca_bundle: PathBuf,
     /// The agent this sidecar serves.
+    #[serde(default)]
     pub agent_id: String,
     /// SPIFFE trust domain of the mesh.
     #[serde(default = "default_td")]
     pub trust_domain: String,
     /// Identity and state directory (0700).
+    #[serde(default)]
     pub data_dir: PathBuf,
     /// Serve the agent API on TCP too (every local user can reach a
     /// loopback port; on shared hosts turn it off and use the socket).
@@ -248,8 +255,24 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("agent.sock"))
     }
 
+    /// The required settings that are still empty, by their key.
+    pub fn missing(&self) -> Vec<&'static str> {
+        [
+            ("control_plane", self.control_plane.is_empty()),
+            ("ca_bundle", self.ca_bundle.as_os_str().is_empty()),
+            ("agent_id", self.agent_id.is_empty()),
+            ("data_dir", self.data_dir.as_os_str().is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(k, empty)| empty.then_some(k))
+        .collect()
+    }
+
     /// Checks values.
     pub fn validate(&self) -> Result<(), Error> {
+        if let Some(key) = self.missing().first() {
+            return Err(Error::Invalid(format!("{key} is not set")));
+        }
         warden_shared::agent::AgentId::new(&self.agent_id)
             .map_err(|e| Error::Invalid(e.to_string()))?;
         warden_shared::spiffe::TrustDomain::new(&self.trust_domain)

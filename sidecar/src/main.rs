@@ -21,7 +21,8 @@ const EXIT_CONFIG: u8 = 64;
                   and enrolls as soon as a join token is written to <data-dir>/join-token."
 )]
 struct Cli {
-    /// TOML config file; flags and environment override it.
+    /// TOML config file; flags and environment override it, and it may leave
+    /// out control_plane, ca_bundle, agent_id and data_dir when they give them.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Control-plane URL, e.g. https://localhost:7443.
@@ -66,23 +67,10 @@ struct Cli {
 }
 
 fn build(cli: Cli) -> Result<Config, String> {
+    // The file may leave out what flags or the environment give.
     let mut c = match &cli.config {
         Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
-        None => {
-            let need = |v: Option<String>, flag: &str| {
-                v.ok_or_else(|| format!("missing --{flag} (or a --config file)"))
-            };
-            Config::new(
-                &need(cli.control_plane.clone(), "control-plane")?,
-                cli.ca_bundle
-                    .clone()
-                    .ok_or("missing --ca-bundle (or a --config file)")?,
-                &need(cli.agent_id.clone(), "agent-id")?,
-                cli.data_dir
-                    .clone()
-                    .ok_or("missing --data-dir (or a --config file)")?,
-            )
-        }
+        None => Config::new("", PathBuf::new(), "", PathBuf::new()),
     };
     if let Some(v) = cli.control_plane {
         c.control_plane = v;
@@ -125,6 +113,18 @@ fn build(cli: Cli) -> Result<Config, String> {
             .split_once('=')
             .ok_or_else(|| format!("--messaging-peer {p:?}: give AGENT=HOST:PORT"))?;
         c.messaging.peers.insert(agent.to_owned(), addr.to_owned());
+    }
+    if let Some(key) = c.missing().first() {
+        let flag = key.replace('_', "-");
+        let var = match *key {
+            "control_plane" => env::CONTROL_PLANE,
+            "ca_bundle" => env::CA_BUNDLE,
+            "agent_id" => env::AGENT_ID,
+            _ => env::DATA_DIR,
+        };
+        return Err(format!(
+            "missing --{flag}: give the flag, {var}, or `{key}` in the --config file"
+        ));
     }
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)

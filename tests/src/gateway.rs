@@ -12,7 +12,7 @@ use crate::upstream::{Upstream, reserve_port};
 use crate::{AgentAuth, AgentClient, Mesh, Sidecar, agent_tcp, apply_policy, eventually};
 
 /// The policy; `{UPSTREAM}`, `{DOWN}` and `{SECRET_FILE}` are filled in.
-pub const POLICY: &str = r#"
+pub const POLICY: &str = r##"
 version: 1
 secrets:
   upstream_key: "file:{SECRET_FILE}"
@@ -148,6 +148,25 @@ tools:
     scopes: ["crm:read"]
     risk: low
     upstream: { kind: http, address: "{UPSTREAM}/gzip", method: GET }
+  - name: notify
+    description: Notifies by email or SMS (echoed); each channel declares its own fields.
+    input_schema:
+      type: object
+      properties: { channel: { type: string } }
+      required: [channel]
+      oneOf:
+        - properties: { channel: { const: email }, to: { type: string } }
+          required: [to]
+        - properties:
+            channel: { const: sms }
+            phone: { type: string }
+            options: { $ref: "#/$defs/options" }
+          required: [phone]
+      $defs:
+        options: { type: object, properties: { flash: { type: boolean } } }
+    scopes: ["mail:send"]
+    risk: low
+    upstream: { kind: builtin, address: echo }
   - name: no_upstream
     description: Declared without an upstream.
     input_schema: { type: object }
@@ -161,10 +180,13 @@ cedar: |
   @id("overflow-guard")
   forbid (principal, action == Warden::Action::"calc", resource)
   when { context.arguments.n * 4611686018427387904 > 1 };
+  @id("no-premium-numbers")
+  forbid (principal, action == Warden::Action::"notify", resource)
+  when { context.arguments has phone && context.arguments.phone like "+1900*" };
   @id("free-tier-no-email")
   forbid (principal, action == Warden::Action::"send_email", resource)
   when { context has tier && context.tier == "free" };
-"#;
+"##;
 
 /// Every scope the policy's tools need.
 pub const ALL_SCOPES: [&str; 7] = [

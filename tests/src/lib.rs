@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod logs;
 pub mod messaging;
 pub mod raw;
+pub mod rawgrpc;
 pub mod redis;
 pub mod upstream;
 
@@ -180,18 +181,38 @@ impl Mesh {
         max_sessions: u32,
     ) -> anyhow::Result<Sidecar> {
         self.register(agent, scopes, max_sessions).await?;
+        self.enrolled_sidecar(agent).await
+    }
+
+    /// Registers `id` (type `batch`, scope `data:read`) with an identity
+    /// that expires at `expires` (unix seconds).
+    pub async fn register_expiring(&self, id: &str, expires: i64) -> anyhow::Result<()> {
+        self.admin()
+            .await?
+            .register_agent(pb::RegisterAgentRequest {
+                id: id.into(),
+                agent_type: "batch".into(),
+                owner: "team".into(),
+                max_concurrent_sessions: 4,
+                allowed_scopes: vec!["data:read".into()],
+                expires_at: Some(prost_types::Timestamp {
+                    seconds: expires,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Starts an enrolled sidecar for the registered agent `agent`.
+    pub async fn enrolled_sidecar(&self, agent: &str) -> anyhow::Result<Sidecar> {
         let token = self.join_token(agent).await?;
-        let sc = warden_sidecar::app::start(self.sidecar_config(agent, Some(token))).await?;
+        let sc = start_sidecar(self.sidecar_config(agent, Some(token))).await?;
         anyhow::ensure!(
             sc.identity.snapshot().current.is_some(),
             "sidecar did not enroll"
         );
-        // Ready means holding a policy too: wait for the first push.
-        let pushed = eventually(Duration::from_secs(10), || async {
-            sc.auth.held_version() > 0
-        })
-        .await;
-        anyhow::ensure!(pushed, "sidecar received no push from the control plane");
         Ok(sc)
     }
 
@@ -225,6 +246,18 @@ impl Mesh {
             .connect()
             .await
     }
+}
+
+/// Starts a sidecar with `config` and waits until it holds a push from the
+/// control plane (what readiness waits for too).
+pub async fn start_sidecar(config: SidecarConfig) -> anyhow::Result<Sidecar> {
+    let sc = warden_sidecar::app::start(config).await?;
+    let pushed = eventually(Duration::from_secs(10), || async {
+        sc.auth.held_version() > 0
+    })
+    .await;
+    anyhow::ensure!(pushed, "sidecar received no push from the control plane");
+    Ok(sc)
 }
 
 /// Eight random hex digits.

@@ -722,3 +722,44 @@ async fn what_the_policy_cannot_see_does_not_reach_the_upstream() {
         "execute",
     );
 }
+
+#[tokio::test]
+async fn arguments_behind_schema_combinators_are_declared_or_refused_and_seen_by_the_rules() {
+    let g = GatewayMesh::start().await.unwrap();
+    let (_, mut c) = g.session(&ALL_SCOPES, 0, &[]).await.unwrap();
+    let args = r#"{"channel": "sms", "phone": "+4412", "options": {"flash": true}}"#;
+    let r = c
+        .call_tool(call("notify", args))
+        .await
+        .unwrap()
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&r.content).unwrap();
+    assert_eq!(v, serde_json::from_str::<serde_json::Value>(args).unwrap());
+    for undeclared in [
+        // Declared only by the branch the value did not match.
+        r#"{"channel": "email", "to": "a@example.com", "phone": "+4412"}"#,
+        r#"{"channel": "email", "to": "a@example.com", "evil": 1}"#,
+        // Inside an object the matched branch reaches through $ref.
+        r#"{"channel": "sms", "phone": "+4412", "options": {"flash": true, "evil": 1}}"#,
+    ] {
+        let s = refused(
+            c.call_tool(call("notify", undeclared)).await,
+            Code::InvalidArgument,
+            "ARGUMENTS_INVALID",
+            "validate",
+        );
+        assert!(!s.message().contains("evil") || s.message().contains("declare"));
+    }
+    // A property that only a branch declares is one the rules can read.
+    let s = refused(
+        c.call_tool(call(
+            "notify",
+            r#"{"channel": "sms", "phone": "+19005551234"}"#,
+        ))
+        .await,
+        Code::PermissionDenied,
+        "POLICY_DENIED",
+        "authorize",
+    );
+    assert_eq!(stage_rule(&s).1, "no-premium-numbers");
+}

@@ -412,3 +412,54 @@ async fn a_token_never_outlives_the_certificate_it_is_bound_to() {
         cert_not_after
     );
 }
+
+#[tokio::test]
+async fn an_expiring_identity_caps_its_credentials_and_its_sidecar_refuses_at_that_instant() {
+    let mesh = Mesh::start().await.unwrap();
+    let expires = warden_control_plane::now_unix() + 4;
+    mesh.register_expiring("brief", expires).await.unwrap();
+    let sc = mesh.enrolled_sidecar("brief").await.unwrap();
+    // Neither credential outlives the identity.
+    let cert = sc.identity.snapshot().current.clone().unwrap();
+    assert!(cert.not_after <= expires, "{} > {expires}", cert.not_after);
+    let s = session(&sc).await;
+    assert!(s.expires_at.unwrap().seconds <= expires);
+    assert!(jwt_payload(&s.token)["exp"].as_i64().unwrap() <= expires);
+    who(&sc, &s.token).await.unwrap();
+
+    // With the control plane gone, the sidecar refuses on its own, from the
+    // pushed instant on, with the identity's own reason.
+    let Mesh { dir, cp, ctl } = mesh;
+    cp.shutdown().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        match who(&sc, &s.token).await {
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the sidecar kept accepting an expired identity"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    let at = warden_control_plane::now_unix();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::PermissionDenied, "AGENT_EXPIRED"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        (expires..=expires + 1).contains(&at),
+        "refused at {at}, expiry {expires}"
+    );
+    let mut c = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
+    assert_refused(
+        c.start_session(session_req()).await,
+        Code::PermissionDenied,
+        "AGENT_EXPIRED",
+    );
+    drop((dir, ctl));
+}

@@ -329,35 +329,37 @@ async fn every_sidecar_learns_which_agents_are_blocked() {
 async fn an_expired_identity_cannot_open_a_stream() {
     let mesh = Mesh::start().await.unwrap();
     let expires = warden_control_plane::now_unix() + 2;
-    mesh.admin()
-        .await
-        .unwrap()
-        .register_agent(pb::RegisterAgentRequest {
-            id: "short".into(),
-            agent_type: "batch".into(),
-            owner: "team".into(),
-            allowed_scopes: vec!["data:read".into()],
-            expires_at: Some(prost_types::Timestamp {
-                seconds: expires,
-                nanos: 0,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    mesh.register_expiring("short", expires).await.unwrap();
     let ch = mesh.enroll_channel("short").await.unwrap();
     let mut s = RawStream::open(ch.clone(), pb::Hello::default())
         .await
         .unwrap();
     let first = s.next().await.unwrap();
-    assert_eq!(
-        first.standing.unwrap().status,
-        pb::AgentStatus::Active as i32
-    );
+    let standing = first.standing.unwrap();
+    assert_eq!(standing.status, pb::AgentStatus::Active as i32);
+    // The expiry travels with the standing, for the sidecar to enforce.
+    assert_eq!(standing.expires_at.map(|t| t.seconds), Some(expires));
     // Once expired, a new stream is refused at open (the sidecar stops
-    // instead of reopening it in a loop).
+    // instead of reopening it in a loop). The enrolled certificate ends with
+    // the identity, so present one that outlives it, as a certificate issued
+    // before its expiry was shortened would.
+    let spiffe = warden_shared::spiffe::TrustDomain::new(TD)
+        .unwrap()
+        .agent(&warden_shared::agent::AgentId::new("short").unwrap());
+    let (key, csr) = warden_sidecar::identity::enroll::key_and_csr(&spiffe).unwrap();
+    let long = mesh
+        .cp
+        .state
+        .ca
+        .sign_csr(&csr, &spiffe, Duration::from_secs(600))
+        .unwrap();
+    let long = mesh
+        .mtls_channel(&warden_shared::svid::pem("CERTIFICATE", &long.der), &key)
+        .await
+        .unwrap();
+    drop(ch);
     let refused = eventually(Duration::from_secs(8), || {
-        let ch = ch.clone();
+        let ch = long.clone();
         async move {
             RawStream::open(ch, pb::Hello::default())
                 .await

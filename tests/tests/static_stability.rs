@@ -123,3 +123,44 @@ async fn max_policy_age_fails_closed_once_out_of_contact_too_long() {
     );
     drop((dir, ctl));
 }
+
+#[tokio::test]
+async fn a_sessions_tool_call_cap_survives_a_restart_of_its_sidecar() {
+    let mesh = Mesh::start().await.unwrap();
+    mesh.register("a1", &["data:read"], 4).await.unwrap();
+    let config = mesh.sidecar_config("a1", Some(mesh.join_token("a1").await.unwrap()));
+    let sc = start_sidecar(config.clone()).await.unwrap();
+    let mut c = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
+    let s = c
+        .start_session(pb::StartSessionRequest {
+            scopes: vec!["data:read".into()],
+            max_tool_calls: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reason = |r: pb::AuthorizeResponse| r.denial.map(|d| d.reason).unwrap_or_default();
+    let mut a = with_token(&sc, &s.token).await.unwrap();
+    for _ in 0..2 {
+        let r = a
+            .authorize(warden_tests::gateway::authorize("search", "{}"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_ne!(reason(r), "TOOL_CALL_LIMIT");
+    }
+    sc.shutdown().await.unwrap();
+
+    let mut again = config;
+    again.join_token = None;
+    let sc = start_sidecar(again).await.unwrap();
+    let mut a = with_token(&sc, &s.token).await.unwrap();
+    let r = a
+        .authorize(warden_tests::gateway::authorize("search", "{}"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reason(r), "TOOL_CALL_LIMIT");
+    drop(mesh);
+}

@@ -141,10 +141,15 @@ impl IdentityApi {
         registered_agent(&self.state, id).await
     }
 
-    /// Signs a certificate for `agent`; nothing is recorded yet.
-    fn sign_cert(&self, agent: &AgentId, csr: &ca::CheckedCsr) -> Result<Signed, Status> {
-        let id = self.state.td.agent(agent);
-        let ttl = Duration::from_secs(self.state.config.cert_ttl_secs);
+    /// Signs a certificate for `agent`, never valid past the identity's
+    /// expiry; nothing is recorded yet.
+    fn sign_cert(&self, agent: &Agent, csr: &ca::CheckedCsr) -> Result<Signed, Status> {
+        let id = self.state.td.agent(&agent.id);
+        let ttl = Duration::from_secs(capped_ttl(
+            self.state.config.cert_ttl_secs,
+            agent.expires_at,
+            now_unix(),
+        ));
         let signed = self.state.ca.sign(csr, &id, ttl).map_err(csr_error)?;
         // The control plane checks the SAN it signs.
         if svid::spiffe_id_of(&signed.der).ok().as_ref() != Some(&id) {
@@ -191,6 +196,15 @@ impl IdentityApi {
             not_after: Some(timestamp(not_after)),
             serial,
         })
+    }
+}
+
+/// `ttl` seconds from `now`, cut short so that it ends no later than the
+/// identity's expiry (at least 1 s: an expired identity is refused before).
+fn capped_ttl(ttl: u64, expires_at: Option<i64>, now: i64) -> u64 {
+    match expires_at {
+        Some(e) => ttl.min(u64::try_from(e - now).unwrap_or(0).max(1)),
+        None => ttl,
     }
 }
 
@@ -301,7 +315,7 @@ impl IdentityService for IdentityApi {
         // Sign before spending: a signing failure leaves the token usable. A
         // certificate signed for a token that a concurrent use then spends
         // is discarded, never returned.
-        let signed = self.sign_cert(&agent_id, &csr)?;
+        let signed = self.sign_cert(&agent, &csr)?;
         let spent = self
             .state
             .store
@@ -331,7 +345,7 @@ impl IdentityService for IdentityApi {
             .check_csr(&req.get_ref().csr_der, &spiffe)
             .map_err(csr_error)?;
         let cert = self
-            .issue_cert(&agent_id, self.sign_cert(&agent_id, &csr)?, "renew")
+            .issue_cert(&agent_id, self.sign_cert(&agent, &csr)?, "renew")
             .await?;
         Ok(Response::new(pb::RenewResponse {
             certificate: Some(cert),
@@ -386,9 +400,12 @@ impl IdentityService for IdentityApi {
             .collect::<Vec<_>>()
             .join(" ");
 
-        // The token never outlives the certificate it is bound to.
+        // The token never outlives the certificate it is bound to, nor the
+        // identity it speaks for.
         let cert_not_after = caller.not_after;
-        let exp = (now + TOKEN_TTL_SECS).min(cert_not_after);
+        let exp = (now + TOKEN_TTL_SECS)
+            .min(cert_not_after)
+            .min(agent.expires_at.unwrap_or(i64::MAX));
         if exp <= now {
             return Err(status(
                 Code::Unauthenticated,

@@ -41,11 +41,12 @@ impl AgentParts {
 
 fn standing(status: AgentStatus, reason: String, a: &crate::store::Agent) -> pb::StandingPart {
     let canon = format!(
-        "{}\0{reason}\0{}\0{}\0{}",
+        "{}\0{reason}\0{}\0{}\0{}\0{}",
         status.as_str(),
         a.agent_type,
         a.owner,
-        a.environment
+        a.environment,
+        a.expires_at.unwrap_or(0)
     );
     pb::StandingPart {
         digest: digest(canon.as_bytes()),
@@ -54,6 +55,7 @@ fn standing(status: AgentStatus, reason: String, a: &crate::store::Agent) -> pb:
         agent_type: a.agent_type.clone(),
         owner: a.owner.clone(),
         environment: a.environment.clone(),
+        expires_at: a.expires_at.map(timestamp),
     }
 }
 
@@ -150,6 +152,17 @@ mod tests {
             ..agent.clone()
         };
         assert_ne!(st("x", &agent), st("x", &moved));
+        let expiring = crate::store::Agent {
+            expires_at: Some(1_900_000_000),
+            ..agent.clone()
+        };
+        assert_ne!(st("x", &agent), st("x", &expiring));
+        assert_eq!(
+            standing(AgentStatus::Active, String::new(), &expiring)
+                .expires_at
+                .map(|t| t.seconds),
+            Some(1_900_000_000)
+        );
         assert_ne!(digest(b""), 0);
     }
 }

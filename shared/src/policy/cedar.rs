@@ -7,8 +7,12 @@
 //! arguments: {…} }`. The `arguments` record is derived from the tool's
 //! input JSON Schema: `string` → `String`, `integer` → `Long`, `boolean` →
 //! `Bool`, `array` → `Set<…>`, `object` with `properties` → a record
-//! (required properties required, others optional). Properties of other
-//! types are left out, so a rule that reads them fails validation.
+//! (required properties required, others optional). The properties of an
+//! object are its own and those its `allOf`, `anyOf` and `oneOf` branches
+//! and local `$ref`s declare (required only where validation guarantees
+//! them: its own `required` and those of `allOf` branches). Properties of
+//! other types, or declared with types that disagree, are left out, so a
+//! rule that reads them fails validation.
 
 use std::fmt::Write;
 
@@ -26,44 +30,109 @@ fn quote(s: &str) -> Option<String> {
         .then(|| format!("\"{s}\""))
 }
 
-fn ty(schema: &Value, depth: usize) -> Option<String> {
+/// `schema` with its local `$ref`s followed (`#/…` into `root`).
+fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> &'a Value {
+    for _ in 0..MAX_DEPTH {
+        match schema.get("$ref").and_then(Value::as_str) {
+            Some(r) => match r.strip_prefix('#').and_then(|p| root.pointer(p)) {
+                Some(target) => schema = target,
+                None => return schema,
+            },
+            None => return schema,
+        }
+    }
+    schema
+}
+
+/// A property an object schema declares, with every schema it is declared
+/// with, and whether validation guarantees it is there.
+#[derive(Default)]
+struct Member<'a> {
+    schemas: Vec<&'a Value>,
+    required: bool,
+}
+
+/// The properties of an object schema: its own, and those of its `allOf`,
+/// `anyOf` and `oneOf` branches and local `$ref`s. Only its own `required`
+/// and those of `allOf` branches (which always apply) make one required.
+fn members<'a>(
+    root: &'a Value,
+    schema: &'a Value,
+    always: bool,
+    depth: usize,
+    out: &mut std::collections::BTreeMap<&'a str, Member<'a>>,
+) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let schema = resolve(root, schema);
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, sub) in props {
+            out.entry(name.as_str()).or_default().schemas.push(sub);
+        }
+    }
+    for (key, always_there) in [("allOf", always), ("anyOf", false), ("oneOf", false)] {
+        for branch in schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            members(root, branch, always_there, depth + 1, out);
+        }
+    }
+    if always {
+        for name in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(m) = name.as_str().and_then(|n| out.get_mut(n)) {
+                m.required = true;
+            }
+        }
+    }
+}
+
+/// The Cedar type of a property: the one every declaration of it agrees
+/// on, if they do.
+fn member_ty(root: &Value, m: &Member<'_>, depth: usize) -> Option<String> {
+    let mut types = m.schemas.iter().map(|s| ty(root, s, depth));
+    let first = types.next()??;
+    types.all(|t| t.as_ref() == Some(&first)).then_some(first)
+}
+
+fn ty(root: &Value, schema: &Value, depth: usize) -> Option<String> {
     if depth > MAX_DEPTH {
         return None;
     }
+    let schema = resolve(root, schema);
     match schema.get("type").and_then(Value::as_str)? {
         "string" => Some("String".into()),
         "integer" => Some("Long".into()),
         "boolean" => Some("Bool".into()),
-        "array" => ty(schema.get("items")?, depth + 1).map(|t| format!("Set<{t}>")),
-        "object" => Some(record(schema, depth + 1)),
+        "array" => ty(root, schema.get("items")?, depth + 1).map(|t| format!("Set<{t}>")),
+        "object" => Some(record(root, schema, depth + 1)),
         _ => None,
     }
 }
 
-fn record(schema: &Value, depth: usize) -> String {
-    let required: Vec<&str> = schema
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+fn record(root: &Value, schema: &Value, depth: usize) -> String {
+    let mut all = std::collections::BTreeMap::new();
+    members(root, schema, true, depth, &mut all);
     let mut out = String::from("{");
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        let mut first = true;
-        for (name, sub) in props {
-            let (Some(q), Some(t)) = (quote(name), ty(sub, depth)) else {
-                continue;
-            };
-            let opt = if required.contains(&name.as_str()) {
-                ""
-            } else {
-                "?"
-            };
-            if !first {
-                out.push_str(", ");
-            }
-            first = false;
-            let _ = write!(out, "{q}{opt}: {t}");
+    let mut first = true;
+    for (name, m) in &all {
+        let (Some(q), Some(t)) = (quote(name), member_ty(root, m, depth)) else {
+            continue;
+        };
+        let opt = if m.required { "" } else { "?" };
+        if !first {
+            out.push_str(", ");
         }
+        first = false;
+        let _ = write!(out, "{q}{opt}: {t}");
     }
     out.push('}');
     out
@@ -72,17 +141,25 @@ fn record(schema: &Value, depth: usize) -> String {
 /// Projects call arguments onto the record type [`schema_for`] derives
 /// from the same input schema, so that Cedar evaluates them against it:
 /// integers as `Long`, arrays as sets, records. Properties whose type the
-/// schema leaves out of Cedar (numbers, untyped values) are left out here
-/// too. A value the policy would not see faithfully (an integer beyond
-/// `Long`) is an error: the call must be refused, not decided without it.
+/// schema leaves out of Cedar (numbers, untyped values, or declarations
+/// that disagree) are left out here too. A value the policy would not see
+/// faithfully (an integer beyond `Long`) is an error: the call must be
+/// refused, not decided without it.
 pub fn arguments(input_schema: &Value, args: &Value) -> Result<Value, String> {
-    project_record(input_schema, args, 0, "")
+    project_record(input_schema, input_schema, args, 0, "")
 }
 
-fn project(schema: &Value, v: &Value, depth: usize, at: &str) -> Result<Option<Value>, String> {
+fn project(
+    root: &Value,
+    schema: &Value,
+    v: &Value,
+    depth: usize,
+    at: &str,
+) -> Result<Option<Value>, String> {
     if depth > MAX_DEPTH {
         return Ok(None);
     }
+    let schema = resolve(root, schema);
     let Some(ty) = schema.get("type").and_then(Value::as_str) else {
         return Ok(None);
     };
@@ -109,33 +186,39 @@ fn project(schema: &Value, v: &Value, depth: usize, at: &str) -> Result<Option<V
             };
             let mut out = Vec::with_capacity(a.len());
             for (i, x) in a.iter().enumerate() {
-                match project(items, x, depth + 1, &format!("{at}/{i}"))? {
+                match project(root, items, x, depth + 1, &format!("{at}/{i}"))? {
                     Some(p) => out.push(p),
                     None => return Ok(None),
                 }
             }
             Some(Value::Array(out))
         }
-        "object" => Some(project_record(schema, v, depth + 1, at)?),
+        "object" => Some(project_record(root, schema, v, depth + 1, at)?),
         _ => None,
     })
 }
 
-fn project_record(schema: &Value, v: &Value, depth: usize, at: &str) -> Result<Value, String> {
+fn project_record(
+    root: &Value,
+    schema: &Value,
+    v: &Value,
+    depth: usize,
+    at: &str,
+) -> Result<Value, String> {
     let mut out = serde_json::Map::new();
     let Some(obj) = v.as_object() else {
         return Ok(Value::Object(out));
     };
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        for (name, sub) in props {
-            if quote(name).is_none() || ty(sub, depth).is_none() {
-                continue;
-            }
-            if let Some(x) = obj.get(name)
-                && let Some(p) = project(sub, x, depth, &format!("{at}/{name}"))?
-            {
-                out.insert(name.clone(), p);
-            }
+    let mut all = std::collections::BTreeMap::new();
+    members(root, schema, true, depth, &mut all);
+    for (name, m) in &all {
+        if quote(name).is_none() || member_ty(root, m, depth).is_none() {
+            continue;
+        }
+        if let Some(x) = obj.get(*name)
+            && let Some(p) = project(root, m.schemas[0], x, depth, &format!("{at}/{name}"))?
+        {
+            out.insert((*name).to_owned(), p);
         }
     }
     Ok(Value::Object(out))
@@ -144,24 +227,12 @@ fn project_record(schema: &Value, v: &Value, depth: usize, at: &str) -> Result<V
 /// Property names the rules cannot name (they need no escaping in the
 /// schema syntax), anywhere in an input schema.
 pub fn unnameable_properties(schema: &Value) -> Vec<String> {
-    fn walk(v: &Value, depth: usize, out: &mut Vec<String>) {
-        if depth > MAX_DEPTH {
-            return;
-        }
-        if let Some(props) = v.get("properties").and_then(Value::as_object) {
-            for (name, sub) in props {
-                if quote(name).is_none() {
-                    out.push(name.clone());
-                }
-                walk(sub, depth + 1, out);
-            }
-        }
-        if let Some(items) = v.get("items") {
-            walk(items, depth + 1, out);
-        }
-    }
     let mut out = Vec::new();
-    walk(schema, 0, &mut out);
+    super::schema::walk(schema, 0, &mut |o| {
+        if let Some(props) = o.get("properties").and_then(Value::as_object) {
+            out.extend(props.keys().filter(|n| quote(n).is_none()).cloned());
+        }
+    });
     out
 }
 
@@ -175,7 +246,7 @@ pub fn schema_for(tools: &[Tool]) -> String {
          \x20 entity Tool = { \"risk\": String };\n",
     );
     for t in tools {
-        let args = record(&t.input_schema, 0);
+        let args = record(&t.input_schema, &t.input_schema, 0);
         let _ = writeln!(
             s,
             "  action \"{}\" appliesTo {{ principal: [Agent], resource: [Tool], context: \
@@ -223,5 +294,36 @@ mod tests {
         assert!(e.starts_with("/n:"), "{e}");
         assert!(arguments(&schema, &json!({"n": 1e20})).is_err());
         assert_eq!(unnameable_properties(&schema), ["bad name!"]);
+    }
+
+    #[test]
+    fn properties_of_branches_and_refs_are_seen_by_the_rules() {
+        let schema = json!({
+            "type": "object",
+            "$defs": {"amount": {"type": "integer"}},
+            "properties": {"kind": {"type": "string"}},
+            "required": ["kind"],
+            "allOf": [{"properties": {"total": {"$ref": "#/$defs/amount"}}, "required": ["total"]}],
+            "anyOf": [
+                {"properties": {"to": {"type": "string"}, "clash": {"type": "string"}}},
+                {"properties": {"phone": {"type": "string"}, "clash": {"type": "integer"}}}
+            ]
+        });
+        let r = record(&schema, &schema, 0);
+        assert_eq!(
+            r,
+            r#"{"kind": String, "phone"?: String, "to"?: String, "total": Long}"#
+        );
+        assert_eq!(
+            arguments(
+                &schema,
+                &json!({"kind": "k", "total": 5, "to": "x", "clash": 1})
+            )
+            .unwrap(),
+            json!({"kind": "k", "total": 5, "to": "x"})
+        );
+        let bad =
+            json!({"type": "object", "anyOf": [{"properties": {"bad name!": {"type": "string"}}}]});
+        assert_eq!(unnameable_properties(&bad), ["bad name!"]);
     }
 }

@@ -10,12 +10,14 @@
 
 pub mod cedar;
 pub mod messaging;
+pub mod schema;
 mod validate;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use schema::{InputSchema, closed};
 pub use validate::{
     BUILTINS, Error, MAX_ARGUMENT_BYTES, MAX_LIMITS, MAX_RESPONSE_BYTES, MAX_TIMEOUT_MS,
     valid_tool_name,
@@ -417,49 +419,6 @@ impl Document {
         }
         out
     }
-}
-
-/// Compiles a tool's input schema the one way Warden does everywhere (the
-/// control plane validating a document, the sidecar enforcing it): formats
-/// are asserted (`format: email` must be an address), nothing is fetched (a
-/// remote `$ref` is an error).
-pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
-    jsonschema::options()
-        .should_validate_formats(true)
-        .build(&closed(schema))
-        .map_err(|e| e.to_string())
-}
-
-/// `schema` with every object that does not say otherwise closed
-/// (`additionalProperties: false`): what the policy's rules see of the
-/// arguments is then what the upstream receives. A schema that wants open
-/// objects says `additionalProperties: true` (or gives a schema for them).
-pub fn closed(schema: &serde_json::Value) -> serde_json::Value {
-    fn close(v: &mut serde_json::Value, depth: usize) {
-        if depth > 32 {
-            return;
-        }
-        let Some(o) = v.as_object_mut() else { return };
-        let is_object = o.get("type").and_then(|t| t.as_str()) == Some("object")
-            || o.contains_key("properties");
-        if is_object && !o.contains_key("additionalProperties") {
-            o.insert(
-                "additionalProperties".into(),
-                serde_json::Value::Bool(false),
-            );
-        }
-        if let Some(props) = o.get_mut("properties").and_then(|p| p.as_object_mut()) {
-            for p in props.values_mut() {
-                close(p, depth + 1);
-            }
-        }
-        if let Some(items) = o.get_mut("items") {
-            close(items, depth + 1);
-        }
-    }
-    let mut s = schema.clone();
-    close(&mut s, 0);
-    s
 }
 
 /// A validated policy: the document plus what was compiled from it.

@@ -165,7 +165,7 @@ fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
             detail: "the top level must be {\"type\": \"object\", …}".into(),
         });
     }
-    super::compile_schema(&t.input_schema).map_err(|detail| Error::Schema {
+    super::InputSchema::compile(&t.input_schema).map_err(|detail| Error::Schema {
         tool: t.name.clone(),
         detail,
     })?;

@@ -45,6 +45,10 @@ pub enum Error {
         /// The admin's reason.
         reason: String,
     },
+    /// The agent's identity expired (the instant was pushed with its
+    /// standing; it is enforced here without another push).
+    #[error("agent identity expired at {0} (unix seconds); an admin must register it again")]
+    AgentExpired(i64),
     /// The control plane pushed that this session was revoked.
     #[error("session {0} was revoked")]
     SessionRevoked(String),
@@ -246,16 +250,19 @@ impl Authenticator {
 
     /// Verifies `token` at `now` against the identity snapshot.
     pub fn verify(&self, token: &str, ids: &Snapshot, now: i64) -> Result<Arc<Claims>, Error> {
-        let current = ids.valid(now).ok_or(Error::NoIdentity)?;
         let held = self.held();
-        // A known suspension or revocation is the most precise answer, even
-        // on a stale policy.
+        // A known expiry, suspension or revocation is the most precise
+        // answer, even on a stale policy.
+        if let Some(e) = held.expires_at.filter(|e| *e <= now) {
+            return Err(Error::AgentExpired(e));
+        }
         if let Some((revoked, reason)) = &held.blocked {
             return Err(Error::AgentBlocked {
                 revoked: *revoked,
                 reason: reason.clone(),
             });
         }
+        let current = ids.valid(now).ok_or(Error::NoIdentity)?;
         self.check_policy(now)?;
         let claims = self.signature(token, &held, now)?;
         let mut thumbs: [&str; 2] = [&current.thumbprint, ""];

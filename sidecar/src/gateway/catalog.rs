@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::EntityUid;
-use warden_shared::policy::{Policy, Risk, Tool, compile_schema};
+use warden_shared::policy::{InputSchema, Policy, Risk, Tool};
 use warden_shared::scope::Scope;
 
 /// One tool of the catalog.
@@ -17,7 +17,7 @@ pub struct ToolEntry {
     /// The tool as the document defines it.
     pub spec: Tool,
     /// Its compiled input schema.
-    pub validator: jsonschema::Validator,
+    pub schema: InputSchema,
     /// The scopes a session needs (all of them).
     pub scopes: Vec<Scope>,
     /// The effective risk for this agent; `None`: the agent may not call
@@ -51,7 +51,7 @@ impl Catalog {
         for t in &policy.document.tools {
             let fail = |m: String| format!("tool {:?}: {m}", t.name);
             let entry = ToolEntry {
-                validator: compile_schema(&t.input_schema).map_err(fail)?,
+                schema: InputSchema::compile(&t.input_schema).map_err(fail)?,
                 scopes: Scope::parse_all(&t.scopes).map_err(|e| fail(e.to_string()))?,
                 risk: effective.get(&t.name).copied(),
                 action: uid("Action", &t.name).map_err(fail)?,

@@ -30,6 +30,7 @@ use super::authorize::{self, Caller};
 use super::catalog::ToolEntry;
 use super::execute::Executor;
 use super::inspect::{self, InputInspector, PassThrough};
+use super::limit::session::Error as SessionCallsError;
 use super::limit::{CallKey, Limiter, SessionCalls, Verdict};
 use super::record::{Event, Outcome, Recorder};
 use super::{Denial, Stage, approve, validate};
@@ -156,6 +157,12 @@ impl Gateway {
         }
     }
 
+    /// Keeps the sessions' call counts in `path` across restarts.
+    pub fn with_call_journal(mut self, path: &std::path::Path) -> std::io::Result<Self> {
+        self.calls = SessionCalls::with_journal(path, crate::now_unix())?;
+        Ok(self)
+    }
+
     /// Stages 1 (the session's call cap) to 6.
     async fn admit(
         &self,
@@ -165,16 +172,27 @@ impl Gateway {
     ) -> Result<Admitted, Denial> {
         let now = time::OffsetDateTime::now_utc();
         let max = claims.constraints.max_tool_calls;
-        if let Err(max) = self
+        if let Err(e) = self
             .calls
             .take(&claims.sid, max, claims.exp, now.unix_timestamp())
         {
-            return Err(Denial::new(
-                Stage::Authenticate,
-                Code::ResourceExhausted,
-                Reason::ToolCallLimit,
-                format!("this session has made its {max} tool calls (max_tool_calls)"),
-            )
+            return Err(match e {
+                SessionCallsError::Spent(_) | SessionCallsError::Full => Denial::new(
+                    Stage::Authenticate,
+                    Code::ResourceExhausted,
+                    Reason::ToolCallLimit,
+                    e.to_string(),
+                ),
+                SessionCallsError::Journal(_) => {
+                    tracing::error!(error = %e, "session call journal");
+                    Denial::new(
+                        Stage::Authenticate,
+                        Code::Unavailable,
+                        Reason::Internal,
+                        "the session's call count could not be recorded; see the sidecar log",
+                    )
+                }
+            }
             .rule("max_tool_calls"));
         }
         if r.trace_id.len() > MAX_TRACE_ID || !r.trace_id.bytes().all(|b| b.is_ascii_graphic()) {

@@ -102,17 +102,7 @@ pub fn arguments(tool: &ToolEntry, text: &str) -> Result<serde_json::Value, Deni
             }
         }
     }
-    let errors: Vec<String> = tool
-        .validator
-        .iter_errors(&args)
-        .take(MAX_REPORTED)
-        .map(|e| {
-            // Masked: the message names the place and the rule, not the value.
-            let at = e.instance_path().to_string();
-            let at = if at.is_empty() { "/".to_owned() } else { at };
-            format!("{at}: {}", e.masked())
-        })
-        .collect();
+    let errors = tool.schema.errors(&args, MAX_REPORTED);
     if !errors.is_empty() {
         return Err(refuse(
             Reason::ArgumentsInvalid,

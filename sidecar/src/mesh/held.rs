@@ -219,6 +219,9 @@ pub struct Held {
     pub version: u64,
     /// `Some((revoked, reason))` while the agent is suspended or revoked.
     pub blocked: Option<(bool, String)>,
+    /// When the agent's identity expires (unix seconds): from then on it
+    /// is refused here, whatever else is held.
+    pub expires_at: Option<i64>,
     /// Revoked session ids and when their tokens expire.
     pub revoked_sessions: Arc<HashMap<String, i64>>,
     /// Token-signing keys.
@@ -378,6 +381,7 @@ impl Held {
         let mut next = self.clone();
         if let Some(p) = &push.standing {
             next.blocked = standing(p).map_err(|e| (P::Standing, e))?;
+            next.expires_at = p.expires_at.as_ref().map(|t| t.seconds);
             next.raw.standing = Some(Arc::new(p.clone()));
         }
         if let Some(p) = &push.revoked_sessions {
@@ -406,6 +410,11 @@ impl Held {
         }
         next.version = push.version;
         Ok(next)
+    }
+
+    /// Whether the agent's identity has expired at `now` (unix seconds).
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|e| e <= now)
     }
 
     /// The digests of the parts held, for Hello and Nack.

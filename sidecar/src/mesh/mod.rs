@@ -113,17 +113,25 @@ fn describe(p: &pb::StreamResponse) -> String {
     }
 }
 
-/// The control plane refused the stream because the agent is revoked:
-/// hold and persist that, so every token is refused with the reason, across
-/// restarts too.
-fn revoked_at_open(auth: &Authenticator, snapshots: &SnapshotFile, message: &str) {
+/// The control plane refused the stream because the agent is revoked (or
+/// its identity `expired`): hold and persist that, so every token is
+/// refused with the reason, across restarts too.
+fn revoked_at_open(auth: &Authenticator, snapshots: &SnapshotFile, message: &str, expired: bool) {
+    let now = crate::now_unix();
     let r = auth.update(|h| {
-        if h.blocked.as_ref().is_some_and(|(revoked, _)| *revoked) {
+        if h.blocked.as_ref().is_some_and(|(revoked, _)| *revoked) && (!expired || h.expired(now)) {
             return Err(());
         }
         let mut next = h.clone();
         next.blocked = Some((true, message.to_owned()));
         let mut standing = h.raw.standing.as_deref().cloned().unwrap_or_default();
+        if expired && !h.expired(now) {
+            next.expires_at = Some(now);
+            standing.expires_at = Some(prost_types::Timestamp {
+                seconds: now,
+                nanos: 0,
+            });
+        }
         standing.digest = 0;
         standing.status = pb::AgentStatus::Revoked.into();
         standing.reason = message.to_owned();
@@ -194,8 +202,9 @@ pub async fn run(
                     if matches!(why.as_deref(), Some("AGENT_REVOKED" | "AGENT_EXPIRED")) {
                         let (auth, snapshots) = (Arc::clone(&auth), snapshots.clone());
                         let message = s.message().to_owned();
+                        let expired = why.as_deref() == Some("AGENT_EXPIRED");
                         let _ = tokio::task::spawn_blocking(move || {
-                            revoked_at_open(&auth, &snapshots, &message);
+                            revoked_at_open(&auth, &snapshots, &message, expired);
                         })
                         .await;
                     }

@@ -345,13 +345,8 @@ pub async fn call(clients: &Clients, c: Call<'_>) -> Result<Output, Failure> {
             .await
             .map_err(|e| Failure::Unavailable(error_chain(&e)))?;
         let status = resp.status().as_u16();
-        if let Some(enc) = resp
-            .headers()
-            .get(http::header::CONTENT_ENCODING)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .filter(|e| !e.eq_ignore_ascii_case("identity"))
-        {
-            return Err(Failure::Encoded(enc.chars().take(32).collect()));
+        if let Some(enc) = coding_refused(resp.headers()) {
+            return Err(Failure::Encoded(enc));
         }
         let content_type = resp
             .headers()
@@ -382,6 +377,27 @@ pub async fn call(clients: &Clients, c: Call<'_>) -> Result<Output, Failure> {
     tokio::time::timeout(c.timeout, exchange)
         .await
         .map_err(|_| Failure::Timeout(c.timeout))?
+}
+
+/// The first coding of the answer that output inspection could not see
+/// through, if any: every `Content-Encoding` line must name only
+/// `identity`, and every `Transfer-Encoding` line only `chunked` (which
+/// the HTTP client removes). Each header may come as several lines and
+/// each line as a list, so every element of every line is checked.
+fn coding_refused(headers: &http::HeaderMap) -> Option<String> {
+    let refused = |name: http::header::HeaderName, allowed: &str| {
+        headers.get_all(name).iter().find_map(|v| {
+            let Ok(text) = v.to_str() else {
+                return Some("(not text)".to_owned());
+            };
+            text.split(',')
+                .map(str::trim)
+                .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case(allowed))
+                .map(|c| c.chars().take(32).collect())
+        })
+    };
+    refused(http::header::CONTENT_ENCODING, "identity")
+        .or_else(|| refused(http::header::TRANSFER_ENCODING, "chunked"))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -469,6 +485,97 @@ mod tests {
             max_bytes: 10,
         };
         assert!(matches!(build(&call), Err(Failure::Build(_))));
+    }
+
+    #[test]
+    fn any_coding_but_identity_or_chunked_is_refused_on_any_line() {
+        let map = |lines: &[(&str, &str)]| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in lines {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        for (lines, refused) in [
+            (vec![], None),
+            (vec![("content-encoding", "identity")], None),
+            (vec![("content-encoding", "Identity, ")], None),
+            (vec![("transfer-encoding", "chunked")], None),
+            (vec![("content-encoding", "gzip")], Some("gzip")),
+            (
+                vec![
+                    ("content-encoding", "identity"),
+                    ("content-encoding", "gzip"),
+                ],
+                Some("gzip"),
+            ),
+            (vec![("content-encoding", "identity, br")], Some("br")),
+            (vec![("transfer-encoding", "gzip, chunked")], Some("gzip")),
+            (
+                vec![
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "deflate"),
+                ],
+                Some("deflate"),
+            ),
+        ] {
+            assert_eq!(
+                coding_refused(&map(&lines)).as_deref(),
+                refused,
+                "{lines:?}"
+            );
+        }
+    }
+
+    /// A hostile upstream on a real socket: each answer is written byte for
+    /// byte, so duplicated header lines reach the client as sent.
+    #[tokio::test]
+    async fn a_compressed_answer_behind_an_identity_line_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let answers = [
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\nab",
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\nok",
+        ];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for a in answers {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                s.write_all(a.as_bytes()).await.unwrap();
+                s.shutdown().await.unwrap();
+            }
+        });
+        let secrets = HashMap::new();
+        let args = serde_json::json!({});
+        let mut u = upstream(&format!("http://{addr}/x"), "GET");
+        u.headers.clear();
+        let clients = Clients::default();
+        for expected in ["gzip", "gzip", ""] {
+            let r = call(
+                &clients,
+                Call {
+                    upstream: &u,
+                    args: &args,
+                    secrets: &secrets,
+                    call_id: "c",
+                    trace_id: "",
+                    timeout: Duration::from_secs(5),
+                    max_bytes: 1024,
+                },
+            )
+            .await;
+            match r {
+                Err(Failure::Encoded(c)) => assert_eq!(c, expected),
+                Ok(o) => assert!(expected.is_empty() && o.content == b"ok"),
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     fn futures_body(req: http::Request<Full<Bytes>>) -> Bytes {

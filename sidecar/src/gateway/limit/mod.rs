@@ -13,7 +13,7 @@
 
 pub mod local;
 pub mod redis;
-mod session;
+pub mod session;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

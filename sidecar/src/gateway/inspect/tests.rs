@@ -1,0 +1,203 @@
+//! Redaction of injected secrets, in every encoding the README lists.
+
+use super::*;
+
+#[test]
+fn injected_secrets_are_removed_raw_and_json_escaped() {
+    let secrets = [Secret::new("s3cr\"et".into()), Secret::new("tok".into())];
+    let body = br#"{"echo": "Bearer s3cr\"et", "raw": s3cr"et, "t": "tok tok"}"#.to_vec();
+    let (out, n) = redact_secrets(body, &secrets);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(n, 4, "{out}");
+    assert!(!out.contains("s3cr") && !out.contains("tok"), "{out}");
+    assert_eq!(
+        redact_secrets(b"clean".to_vec(), &secrets),
+        (b"clean".to_vec(), 0)
+    );
+    // Encoded forms.
+    let key = [Secret::new("k/ey&<1>?".into())];
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode("k/ey&<1>?")
+    };
+    for echoed in [
+        r#"{"a":"k\/ey\u0026\u003c1\u003e?"}"#.to_owned(),
+        "k%2Fey%26%3C1%3E%3F".to_owned(),
+        b64,
+    ] {
+        let (out, n) = redact_secrets(echoed.clone().into_bytes(), &key);
+        assert_eq!(n, 1, "{echoed}");
+        assert!(String::from_utf8(out).unwrap().contains(REDACTED));
+    }
+}
+
+/// Independent encoders, written here from the standards, as upstreams in
+/// other languages would encode an echoed value.
+mod encoders {
+    use std::fmt::Write;
+
+    /// JSON with every non-ASCII character as `\uXXXX` (Python's
+    /// `json.dumps` default); `upper` for upper-case hex.
+    pub(super) fn json_ascii(s: &str, upper: bool) -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_ascii() && !c.is_ascii_control() => out.push(c),
+                c => {
+                    let mut b = [0u16; 2];
+                    for u in c.encode_utf16(&mut b) {
+                        if upper {
+                            let _ = write!(out, "\\u{u:04X}");
+                        } else {
+                            let _ = write!(out, "\\u{u:04x}");
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Percent-encoding of every byte outside `keep`, in `upper` or lower
+    /// case hex; `plus` writes a space as `+` (HTML forms).
+    pub(super) fn percent(s: &str, keep: &[u8], upper: bool, plus: bool) -> String {
+        let mut out = String::new();
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || keep.contains(&b) {
+                out.push(char::from(b));
+            } else if plus && b == b' ' {
+                out.push('+');
+            } else if upper {
+                let _ = write!(out, "%{b:02X}");
+            } else {
+                let _ = write!(out, "%{b:02x}");
+            }
+        }
+        out
+    }
+
+    /// JavaScript's `encodeURIComponent`.
+    pub(super) fn encode_uri_component(s: &str) -> String {
+        percent(s, b"-_.!~*'()", true, false)
+    }
+
+    pub(super) fn hex(s: &str, upper: bool) -> String {
+        s.bytes()
+            .map(|b| {
+                if upper {
+                    format!("{b:02X}")
+                } else {
+                    format!("{b:02x}")
+                }
+            })
+            .collect()
+    }
+
+    /// HTML escaping as Python's `html.escape` writes it, with every
+    /// non-ASCII character as a decimal reference (`xmlcharrefreplace`).
+    pub(super) fn html(s: &str) -> String {
+        s.chars()
+            .map(|c| match c {
+                '&' => "&amp;".to_owned(),
+                '<' => "&lt;".to_owned(),
+                '>' => "&gt;".to_owned(),
+                '"' => "&quot;".to_owned(),
+                '\'' => "&#x27;".to_owned(),
+                c if !c.is_ascii() => format!("&#{};", u32::from(c)),
+                c => c.to_string(),
+            })
+            .collect()
+    }
+}
+
+fn redacted_once(echoed: &str, secret: &str) {
+    let (out, n) = redact_secrets(
+        format!("{{\"echo\": \"{echoed}\"}} and {echoed}").into_bytes(),
+        &[Secret::new(secret.into())],
+    );
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(n, 2, "{echoed:?} in {out}");
+    assert!(!out.contains(echoed), "{out}");
+}
+
+#[test]
+fn the_encodings_outside_tests_found_are_removed() {
+    let secret = "pässwörd/€!*'() 😀";
+    for echoed in [
+        encoders::json_ascii(secret, false),
+        encoders::json_ascii(secret, true),
+        encoders::percent(secret, b"-._~", false, false),
+        encoders::encode_uri_component(secret),
+        encoders::percent(secret, b"-._*", true, true),
+        encoders::hex(secret, false),
+        encoders::hex(secret, true),
+        encoders::html(secret),
+    ] {
+        redacted_once(&echoed, secret);
+    }
+}
+
+#[test]
+fn base64_inside_escaped_json_is_found_by_decoding_the_string() {
+    use base64::Engine;
+    // A value whose base64 holds '/', echoed by an encoder that escapes
+    // slashes (PHP's json_encode).
+    let secret = "\u{ff}\u{ff}\u{ff}?key";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    assert!(b64.contains('/'));
+    let body = format!(
+        r#"{{"b": "x {} y", "other": "a\/b"}}"#,
+        b64.replace('/', "\\/")
+    );
+    let (out, n) = redact_secrets(body.into_bytes(), &[Secret::new(secret.into())]);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(n, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["b"], "x [REDACTED] y");
+    assert!(
+        out.ends_with(r#""other": "a\/b"}"#),
+        "other strings untouched: {out}"
+    );
+}
+
+#[test]
+fn clean_answers_are_returned_byte_for_byte() {
+    let body = br#"{"a": "caf\u00e9 \/ %41 &amp; 414243", "n": 1e400}"#.to_vec();
+    let secrets = [Secret::new("zebra".into())];
+    assert_eq!(redact_secrets(body.clone(), &secrets), (body, 0));
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_secret_is_removed_in_every_listed_encoding(
+        secret in "[a-zA-Z0-9 !\"#$%&'()*+,./:;<=>?@\\\\^_`{|}~éü中😀\n-]{1,24}",
+        prefix in "[a-z ]{0,8}",
+    ) {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let json = serde_json::to_string(&secret).unwrap();
+        for echoed in [
+            secret.clone(),
+            json[1..json.len() - 1].to_owned(),
+            encoders::json_ascii(&secret, false),
+            encoders::json_ascii(&secret, true),
+            encoders::percent(&secret, b"-._~", false, false),
+            encoders::encode_uri_component(&secret),
+            encoders::percent(&secret, b"", true, true),
+            encoders::hex(&secret, false),
+            encoders::hex(&secret, true),
+            encoders::html(&secret),
+            STANDARD.encode(&secret),
+            URL_SAFE_NO_PAD.encode(&secret),
+        ] {
+            let body = format!("{prefix}{echoed}{prefix}");
+            let (out, n) = redact_secrets(body.into_bytes(), &[Secret::new(secret.clone())]);
+            let out = String::from_utf8(out).unwrap();
+            proptest::prop_assert!(n >= 1, "{:?} as {:?}: {}", secret, echoed, out);
+            // The marker itself may hold the secret ("A" is in "[REDACTED]").
+            proptest::prop_assert!(!out.replace(REDACTED, "").contains(&echoed));
+        }
+    }
+}
