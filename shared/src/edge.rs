@@ -3,10 +3,13 @@
 //! every other refusal.
 //!
 //! Tonic answers a request whose length prefix exceeds the method's
-//! decoding limit with `OUT_OF_RANGE`, and a request without a message with
-//! `INTERNAL`, neither carrying an `ErrorInfo`; [`ReasonedRefusalsLayer`]
-//! rewrites them to `RESOURCE_EXHAUSTED` / `REQUEST_TOO_LARGE` and
-//! `INVALID_ARGUMENT` / `REQUEST_MALFORMED`. (Undecodable messages are
+//! decoding limit with `OUT_OF_RANGE`, and a request without a message, or
+//! whose framing is truncated or bad, with `INTERNAL`, none carrying an
+//! `ErrorInfo`; [`ReasonedRefusalsLayer`] rewrites them to
+//! `RESOURCE_EXHAUSTED` / `REQUEST_TOO_LARGE` and `INVALID_ARGUMENT` /
+//! `REQUEST_MALFORMED` (a compressed-flag without `grpc-encoding`, and an
+//! unsupported encoding, keep the codes the gRPC specification requires,
+//! `INTERNAL` and `UNIMPLEMENTED`, and get the reason). (Undecodable messages are
 //! refused by the [codec](crate::codec) itself.) Only the statuses tonic
 //! writes are touched: they are recognised by code and by tonic's message,
 //! and no handler of ours answers with those codes.
@@ -19,6 +22,14 @@ use crate::refusal::{Reason, status};
 const TOO_LARGE: &str = "Error, decoded message length too large";
 /// Tonic's message for a unary request without a message.
 const MISSING: &str = "Missing request message.";
+/// Tonic's message for a body that ends inside a message.
+const TRUNCATED: &str = "Unexpected EOF decoding stream.";
+/// Tonic's message for a compression flag other than 0 or 1.
+const BAD_FLAG: &str = "protocol error: received message with invalid compression flag";
+/// Tonic's message for a compressed message without `grpc-encoding`.
+const FLAG_WITHOUT_ENCODING: &str = "protocol error: received message with compressed-flag";
+/// Tonic's message for a `grpc-encoding` it does not support.
+const COMPRESSED: &str = "Content is compressed with";
 
 /// The reasoned status for one tonic wrote without a reason, if it is one
 /// of those.
@@ -36,6 +47,25 @@ fn reasoned(s: &Status) -> Option<Status> {
             Code::InvalidArgument,
             Reason::RequestMalformed,
             "the request carries no message",
+        )),
+        Code::Internal if s.message() == TRUNCATED || s.message().starts_with(BAD_FLAG) => {
+            Some(status(
+                Code::InvalidArgument,
+                Reason::RequestMalformed,
+                "the request's gRPC framing is malformed (a truncated message or an invalid flag)",
+            ))
+        }
+        // The gRPC specification requires INTERNAL and UNIMPLEMENTED here:
+        // the code stays, the reason is added.
+        Code::Internal if s.message().starts_with(FLAG_WITHOUT_ENCODING) => Some(status(
+            Code::Internal,
+            Reason::RequestMalformed,
+            "the message is flagged compressed but the request names no grpc-encoding",
+        )),
+        Code::Unimplemented if s.message().starts_with(COMPRESSED) => Some(status(
+            Code::Unimplemented,
+            Reason::RequestMalformed,
+            "compressed requests are not accepted; send them uncompressed",
         )),
         _ => None,
     }
@@ -85,11 +115,33 @@ mod tests {
             Some("REQUEST_TOO_LARGE")
         );
         assert!(s.message().contains("found 9 bytes"), "{}", s.message());
-        let none = Status::internal(MISSING);
-        assert_eq!(
-            reasoned(&none).map(|s| s.code()),
-            Some(Code::InvalidArgument)
-        );
+        for (malformed, code) in [
+            (Status::internal(MISSING), Code::InvalidArgument),
+            (Status::internal(TRUNCATED), Code::InvalidArgument),
+            (
+                Status::internal(format!(
+                    "{BAD_FLAG}: 7 (valid flags are 0 and 1), while sending request"
+                )),
+                Code::InvalidArgument,
+            ),
+            (
+                Status::internal(format!(
+                    "{FLAG_WITHOUT_ENCODING} but no grpc-encoding was specified"
+                )),
+                Code::Internal,
+            ),
+            (
+                Status::unimplemented(format!("{COMPRESSED} `gzip` which isn't supported")),
+                Code::Unimplemented,
+            ),
+        ] {
+            let s = reasoned(&malformed).expect("rewritten");
+            assert_eq!(s.code(), code, "{malformed:?}");
+            assert_eq!(
+                crate::refusal::reason_of(&s).as_deref(),
+                Some("REQUEST_MALFORMED")
+            );
+        }
         for untouched in [
             Status::out_of_range("a handler's own range error"),
             Status::internal("something else"),

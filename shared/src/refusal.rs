@@ -143,6 +143,9 @@ reasons! {
     UpstreamCircuitOpen = "UPSTREAM_CIRCUIT_OPEN",
     /// The upstream's answer is larger than allowed.
     UpstreamResponseTooLarge = "UPSTREAM_RESPONSE_TOO_LARGE",
+    /// The upstream's answer could not be searched for injected secrets
+    /// within the work bound; it is withheld.
+    OutputUninspectable = "OUTPUT_UNINSPECTABLE",
     /// An envelope field is missing, of the wrong size or version.
     MessageMalformed = "MESSAGE_MALFORMED",
     /// The envelope is addressed to another agent.

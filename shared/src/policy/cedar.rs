@@ -30,14 +30,26 @@ fn quote(s: &str) -> Option<String> {
         .then(|| format!("\"{s}\""))
 }
 
-/// `schema` with its local `$ref`s followed (`#/…` into `root`).
-fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> &'a Value {
+/// Subschemas visited to gather one object's properties, at most: a
+/// schema that needs more is refused when the policy is validated
+/// ([`too_complex`]), so the work per call is bounded too.
+const MEMBER_BUDGET: usize = 1024;
+
+/// The target of a local `$ref` (`#/…` into `root`).
+fn target<'a>(root: &'a Value, schema: &Value) -> Option<&'a Value> {
+    let r = schema.get("$ref").and_then(Value::as_str)?;
+    root.pointer(r.strip_prefix('#')?)
+}
+
+/// The schema that gives `schema` its `type`: itself, or the target of
+/// its local `$ref` (followed as far as needed).
+fn typed<'a>(root: &'a Value, mut schema: &'a Value) -> &'a Value {
     for _ in 0..MAX_DEPTH {
-        match schema.get("$ref").and_then(Value::as_str) {
-            Some(r) => match r.strip_prefix('#').and_then(|p| root.pointer(p)) {
-                Some(target) => schema = target,
-                None => return schema,
-            },
+        if schema.get("type").is_some() {
+            return schema;
+        }
+        match target(root, schema) {
+            Some(t) => schema = t,
             None => return schema,
         }
     }
@@ -52,33 +64,53 @@ struct Member<'a> {
     required: bool,
 }
 
-/// The properties of an object schema: its own, and those of its `allOf`,
-/// `anyOf` and `oneOf` branches and local `$ref`s. Only its own `required`
-/// and those of `allOf` branches (which always apply) make one required.
+/// The properties of an object schema: its own, and those of its local
+/// `$ref`, its `allOf`, `anyOf` and `oneOf` branches, `then`, `else` and
+/// `dependentSchemas`. Only its own `required` and those of what always
+/// applies (`$ref`, `allOf`) make one required. Returns false when the
+/// budget ran out (the gathering is incomplete).
 fn members<'a>(
     root: &'a Value,
     schema: &'a Value,
     always: bool,
     depth: usize,
+    budget: &mut usize,
     out: &mut std::collections::BTreeMap<&'a str, Member<'a>>,
-) {
+) -> bool {
     if depth > MAX_DEPTH {
-        return;
+        return true;
     }
-    let schema = resolve(root, schema);
+    let Some(left) = budget.checked_sub(1) else {
+        return false;
+    };
+    *budget = left;
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (name, sub) in props {
             out.entry(name.as_str()).or_default().schemas.push(sub);
         }
     }
-    for (key, always_there) in [("allOf", always), ("anyOf", false), ("oneOf", false)] {
-        for branch in schema
-            .get(key)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            members(root, branch, always_there, depth + 1, out);
+    let mut complete = true;
+    if let Some(t) = target(root, schema) {
+        complete &= members(root, t, always, depth + 1, budget, out);
+    }
+    let branches = |key: &str| -> Vec<&'a Value> {
+        match schema.get(key) {
+            Some(Value::Array(a)) => a.iter().collect(),
+            Some(Value::Object(m)) if key == "dependentSchemas" => m.values().collect(),
+            Some(v @ Value::Object(_)) => vec![v],
+            _ => Vec::new(),
+        }
+    };
+    for (key, always_there) in [
+        ("allOf", always),
+        ("anyOf", false),
+        ("oneOf", false),
+        ("then", false),
+        ("else", false),
+        ("dependentSchemas", false),
+    ] {
+        for branch in branches(key) {
+            complete &= members(root, branch, always_there, depth + 1, budget, out);
         }
     }
     if always {
@@ -93,6 +125,20 @@ fn members<'a>(
             }
         }
     }
+    complete
+}
+
+/// Whether gathering the properties of some object of `schema` needs more
+/// than [`MEMBER_BUDGET`] subschemas (such a schema is refused).
+pub fn too_complex(schema: &Value) -> bool {
+    let mut complex = false;
+    super::schema::walk(schema, 0, &mut |o| {
+        let mut budget = MEMBER_BUDGET;
+        let mut all = std::collections::BTreeMap::new();
+        let v = Value::Object(o.clone());
+        complex |= !members(schema, &v, true, 0, &mut budget, &mut all);
+    });
+    complex
 }
 
 /// The Cedar type of a property: the one every declaration of it agrees
@@ -107,7 +153,7 @@ fn ty(root: &Value, schema: &Value, depth: usize) -> Option<String> {
     if depth > MAX_DEPTH {
         return None;
     }
-    let schema = resolve(root, schema);
+    let schema = typed(root, schema);
     match schema.get("type").and_then(Value::as_str)? {
         "string" => Some("String".into()),
         "integer" => Some("Long".into()),
@@ -120,7 +166,8 @@ fn ty(root: &Value, schema: &Value, depth: usize) -> Option<String> {
 
 fn record(root: &Value, schema: &Value, depth: usize) -> String {
     let mut all = std::collections::BTreeMap::new();
-    members(root, schema, true, depth, &mut all);
+    let mut budget = MEMBER_BUDGET;
+    members(root, schema, true, depth, &mut budget, &mut all);
     let mut out = String::from("{");
     let mut first = true;
     for (name, m) in &all {
@@ -159,7 +206,7 @@ fn project(
     if depth > MAX_DEPTH {
         return Ok(None);
     }
-    let schema = resolve(root, schema);
+    let schema = typed(root, schema);
     let Some(ty) = schema.get("type").and_then(Value::as_str) else {
         return Ok(None);
     };
@@ -210,7 +257,8 @@ fn project_record(
         return Ok(Value::Object(out));
     };
     let mut all = std::collections::BTreeMap::new();
-    members(root, schema, true, depth, &mut all);
+    let mut budget = MEMBER_BUDGET;
+    members(root, schema, true, depth, &mut budget, &mut all);
     for (name, m) in &all {
         if quote(name).is_none() || member_ty(root, m, depth).is_none() {
             continue;

@@ -153,30 +153,18 @@ fn is_object_schema(o: &serde_json::Map<String, Value>) -> bool {
     typed || o.contains_key("properties")
 }
 
-/// `schema` with every object that does not say otherwise closed
-/// (`additionalProperties: false`), along `properties` and `items`. A
-/// schema that wants open objects says `additionalProperties: true` (or
-/// gives a schema for them).
+/// `schema` with every object schema that does not say otherwise closed
+/// (`additionalProperties: false`), wherever it stands (`properties`,
+/// `items`, `prefixItems`, `additionalProperties`, `patternProperties`,
+/// `contains`, …). A schema that wants open objects says
+/// `additionalProperties: true` (or gives a schema for them).
 pub fn closed(schema: &Value) -> Value {
-    fn close(v: &mut Value, depth: usize) {
-        if depth > 32 {
-            return;
-        }
-        let Some(o) = v.as_object_mut() else { return };
+    let mut s = schema.clone();
+    walk_mut(&mut s, 0, &mut |o| {
         if is_object_schema(o) && !o.contains_key("additionalProperties") {
             o.insert("additionalProperties".into(), Value::Bool(false));
         }
-        if let Some(props) = o.get_mut("properties").and_then(|p| p.as_object_mut()) {
-            for p in props.values_mut() {
-                close(p, depth + 1);
-            }
-        }
-        if let Some(items) = o.get_mut("items") {
-            close(items, depth + 1);
-        }
-    }
-    let mut s = schema.clone();
-    close(&mut s, 0);
+    });
     s
 }
 
@@ -185,14 +173,29 @@ pub fn closed(schema: &Value) -> Value {
 /// objects it applies to are checked.
 fn declaring(schema: &Value) -> Value {
     let mut s = schema.clone();
-    walk_mut(&mut s, 0, &mut |o| {
+    let mut declare = |o: &mut serde_json::Map<String, Value>| {
         if is_object_schema(o) && !PROPERTY_KEYWORDS.iter().any(|k| o.contains_key(*k)) {
             o.insert("properties".into(), Value::Object(serde_json::Map::new()));
         }
+    };
+    walk_mut(&mut s, 0, &mut declare);
+    // A local `$ref` may point anywhere in the document, also where no
+    // keyword leads (`#/x-shared/…`): its targets are declared too.
+    let mut targets = Vec::new();
+    walk(&s, 0, &mut |o| {
+        if let Some(r) = o.get("$ref").and_then(Value::as_str)
+            && let Some(p) = r.strip_prefix('#')
+        {
+            targets.push(p.to_owned());
+        }
     });
+    for p in targets {
+        if let Some(target) = s.pointer_mut(&p) {
+            walk_mut(target, 0, &mut declare);
+        }
+    }
     s
 }
-
 /// JSON Pointer of a child location.
 fn pointer(parent: &str, key: &str) -> String {
     format!("{parent}/{}", key.replace('~', "~0").replace('/', "~1"))
@@ -268,9 +271,8 @@ fn collect<'a>(unit: OutputUnit<'a>, declared: &mut HashMap<&'a str, Declared<'a
         if !child.valid() {
             continue;
         }
-        let path = child.evaluation_path().as_str();
-        let keyword = path.rsplit('/').next().unwrap_or_default();
-        if PROPERTY_KEYWORDS.contains(&keyword) {
+        let keyword = last_keyword(child.evaluation_path().as_str());
+        if let Some(keyword) = keyword.filter(|k| PROPERTY_KEYWORDS.contains(k)) {
             let entry = declared
                 .entry(child.instance_location().as_str())
                 .or_default();
@@ -283,6 +285,42 @@ fn collect<'a>(unit: OutputUnit<'a>, declared: &mut HashMap<&'a str, Declared<'a
         }
         collect(child, declared);
     }
+}
+
+/// The last segment of an evaluation path (a JSON Pointer of keywords,
+/// names and indices) if it stands where a keyword stands: not the name
+/// of a property (after `properties`, `$defs`, …) nor an index (after
+/// `allOf`, `prefixItems`, …). A property named `unevaluatedProperties` is
+/// not the keyword.
+fn last_keyword(path: &str) -> Option<&str> {
+    #[derive(PartialEq)]
+    enum Next {
+        Keyword,
+        Name,
+        Maybe,
+    }
+    let mut next = Next::Keyword;
+    let mut last = None;
+    for seg in path.split('/').skip(1) {
+        if next == Next::Maybe && !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            // An index into a keyword's array of subschemas.
+            next = Next::Keyword;
+            last = None;
+            continue;
+        }
+        if next == Next::Name {
+            next = Next::Keyword;
+            last = None;
+            continue;
+        }
+        last = Some(seg);
+        next = match holds(seg) {
+            Some(Holds::Map) => Next::Name,
+            Some(Holds::Some) => Next::Maybe,
+            None => Next::Keyword,
+        };
+    }
+    last
 }
 
 /// Reports the objects in `v` that carry a property no applied schema

@@ -169,6 +169,12 @@ fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
         tool: t.name.clone(),
         detail,
     })?;
+    if super::cedar::too_complex(&t.input_schema) {
+        return Err(Error::Schema {
+            tool: t.name.clone(),
+            detail: "reading one object's properties through its combinators and $refs takes more than 1024 subschemas; simplify it".into(),
+        });
+    }
     if let Some(name) = super::cedar::unnameable_properties(&t.input_schema).first() {
         return Err(Error::Schema {
             tool: t.name.clone(),

@@ -187,7 +187,7 @@ impl Gateway {
                     tracing::error!(error = %e, "session call journal");
                     Denial::new(
                         Stage::Authenticate,
-                        Code::Unavailable,
+                        Code::Internal,
                         Reason::Internal,
                         "the session's call count could not be recorded; see the sidecar log",
                     )
@@ -453,29 +453,36 @@ impl Gateway {
             .executor
             .run(&a.tool, secrets, &a.args, &id, r.trace_id)
             .await;
-        abandoned.event = None;
-        drop(abandoned);
         let out = match result {
             Ok(o) => o,
             Err(d) => {
+                abandoned.event = None;
                 self.record(e, Outcome::Failed, Some(&d), t0);
                 return Err(d);
             }
         };
-        let (content, redactions) = inspect::redact_secrets(out.content, &out.secrets);
-        let (content_type, more) =
-            inspect::redact_secrets(out.content_type.into_bytes(), &out.secrets);
-        let redactions = redactions + more;
         e.upstream_status = out.status;
-        e.redactions = redactions;
+        // Still abandonable: inspecting a large answer waits for a thread.
+        let inspected = inspect::output(out.content, out.content_type, out.secrets).await;
+        abandoned.event = None;
+        drop(abandoned);
+        let seen = match inspected {
+            Ok(seen) => seen,
+            Err(d) => {
+                // Executed, but its answer is withheld.
+                self.record(e, Outcome::Failed, Some(&d), t0);
+                return Err(d);
+            }
+        };
+        e.redactions = seen.redactions;
         self.record(e, Outcome::Allowed, None, t0);
         Ok(pb::CallToolResponse {
             call_id: id,
-            content,
-            content_type: String::from_utf8_lossy(&content_type).into_owned(),
+            content: seen.content,
+            content_type: seen.content_type,
             upstream_status: u32::from(out.status),
             is_error: out.status >= 400,
-            redactions,
+            redactions: seen.redactions,
         })
     }
 

@@ -143,3 +143,55 @@ fn property_names_that_look_like_keywords_are_not_keywords() {
     refused(&s, &json!({"default": {"y": "2", "evil": 1}}), "/default");
     refused(&s, &json!({"properties": {"evil": 1}}), "/properties");
 }
+
+#[test]
+fn a_property_named_like_a_property_keyword_opens_nothing() {
+    let s = json!({"type": "object", "allOf": [{"properties": {
+        "unevaluatedProperties": {"type": "string"},
+        "additionalProperties": {"type": "string"}
+    }}]});
+    accepted(
+        &s,
+        &json!({"unevaluatedProperties": "x", "additionalProperties": "y"}),
+    );
+    refused(&s, &json!({"unevaluatedProperties": "x", "evil": 1}), "/");
+    assert_eq!(
+        last_keyword("/allOf/0/properties/unevaluatedProperties"),
+        None
+    );
+    assert_eq!(
+        last_keyword("/allOf/0/unevaluatedProperties"),
+        Some("unevaluatedProperties")
+    );
+    assert_eq!(
+        last_keyword("/properties/a/items/0/properties"),
+        Some("properties")
+    );
+    assert_eq!(last_keyword("/$ref/properties"), Some("properties"));
+}
+
+#[test]
+fn objects_everywhere_in_a_plain_schema_are_closed() {
+    let s = json!({"type": "object", "properties": {
+        "by_name": {"type": "object", "additionalProperties": {"type": "object", "properties": {"v": {"type": "string"}}}},
+        "pair": {"type": "array", "prefixItems": [{"type": "object", "properties": {"k": {"type": "string"}}}]}
+    }});
+    accepted(
+        &s,
+        &json!({"by_name": {"x": {"v": "1"}}, "pair": [{"k": "a"}]}),
+    );
+    refused(
+        &s,
+        &json!({"by_name": {"x": {"v": "1", "evil": 1}}}),
+        "/by_name/x",
+    );
+    refused(&s, &json!({"pair": [{"k": "a", "evil": 1}]}), "/pair/0");
+}
+
+#[test]
+fn a_ref_to_any_place_in_the_document_is_closed() {
+    let s = json!({"type": "object", "x-shared": {"target": {"type": "object"}},
+        "properties": {"t": {"$ref": "#/x-shared/target"}}});
+    accepted(&s, &json!({"t": {}}));
+    refused(&s, &json!({"t": {"evil": 1}}), "/t");
+}

@@ -36,21 +36,72 @@ impl InputInspector for PassThrough {
     }
 }
 
+pub use scrub::Exhausted;
+
+/// Answers larger than this are searched on a blocking thread, off the
+/// runtime's workers.
+const INLINE_BYTES: usize = 64 * 1024;
+
+/// An answer after stage 8.
+#[derive(Debug)]
+pub struct Inspected {
+    /// The body, secrets removed.
+    pub content: Vec<u8>,
+    /// The media type, secrets removed.
+    pub content_type: String,
+    /// Values removed from both.
+    pub redactions: u32,
+}
+
+/// Stage 8 on an upstream's answer: every injected secret removed from the
+/// body and the content type.
+pub async fn output(
+    content: Vec<u8>,
+    content_type: String,
+    secrets: Vec<Secret>,
+) -> Result<Inspected, Denial> {
+    let big = content.len() > INLINE_BYTES;
+    let run = move || {
+        let (content, n) = redact_secrets(content, &secrets)?;
+        let (content_type, m) = redact_secrets(content_type.into_bytes(), &secrets)?;
+        Ok::<_, Exhausted>(Inspected {
+            content,
+            content_type: String::from_utf8_lossy(&content_type).into_owned(),
+            redactions: n.saturating_add(m),
+        })
+    };
+    let refused = |e: String| {
+        Denial::new(
+            super::Stage::InspectOutput,
+            tonic::Code::FailedPrecondition,
+            warden_shared::refusal::Reason::OutputUninspectable,
+            e,
+        )
+    };
+    let result = if big {
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|_| refused("output inspection failed".into()))?
+    } else {
+        run()
+    };
+    result.map_err(|e| refused(e.to_string()))
+}
+
 /// Removes every injected secret value, in each encoding [`scrub`] knows,
-/// from `content`; returns the content and how many values were removed.
-pub fn redact_secrets(content: Vec<u8>, secrets: &[Secret]) -> (Vec<u8>, u32) {
+/// from `content`; returns the content and how many values were removed,
+/// or [`Exhausted`] when the answer could not be searched within the work
+/// bound (it must then be refused, not passed on).
+pub fn redact_secrets(content: Vec<u8>, secrets: &[Secret]) -> Result<(Vec<u8>, u32), Exhausted> {
     let patterns: Vec<scrub::Pattern> = secrets
         .iter()
         .filter(|s| !s.expose().is_empty())
         .flat_map(|s| scrub::patterns(s.expose()))
         .collect();
     if patterns.is_empty() {
-        return (content, 0);
+        return Ok((content, 0));
     }
-    let (content, in_strings) =
-        scrub::replace_in_json_strings(&content, &patterns, REDACTED.as_bytes());
-    let (content, elsewhere) = scrub::replace(&content, &patterns, REDACTED.as_bytes());
-    (content, in_strings + elsewhere)
+    scrub::redact(&content, &patterns, REDACTED.as_bytes())
 }
 
 #[cfg(test)]

@@ -8,24 +8,42 @@
 //! case, differs between libraries). Matching runs the units as a small
 //! NFA over positions, so ambiguous spellings never backtrack.
 //!
-//! The families (see the README's "Which encodings of a secret are removed"):
+//! The families (the README's "Which encodings of a secret are removed"):
 //!
 //! - **text**: each character as itself, or JSON-escaped (`\"`, `\\`, `\/`,
 //!   `\b`, `\f`, `\n`, `\r`, `\t`, `\uXXXX` in either case, a surrogate pair
 //!   beyond the BMP), or as an HTML/XML character reference (`&amp;`,
-//!   `&lt;`, `&gt;`, `&quot;`, `&apos;`, `&#D…;`, `&#xH…;` in either case);
+//!   `&lt;`, `&gt;`, `&quot;`, `&apos;`, `&#D…;`, `&#xH…;`);
 //! - **percent**: each UTF-8 byte as itself or `%HH` in either case, a space
 //!   also as `+`;
 //! - **hex**: every byte as two hex digits, in either case;
-//! - **base64**: standard and URL-safe alphabets, with or without padding,
-//!   of the whole value.
+//! - **base64**: standard and URL-safe alphabets, at each of the three
+//!   alignments inside a larger blob (the characters the value alone
+//!   determines), and the whole value with or without padding.
 //!
-//! Separately, every JSON string token of the answer that holds an escape
-//! is decoded and scanned in every family, so an encoding inside JSON
-//! escaping (base64 with `\/`, say) is found too; the token is then written
-//! back re-encoded with the secret replaced.
+//! The answer is searched as it is and, when it holds a `\` or an `&`, once
+//! more as an unescaped view ([`Unescaped`]: every valid JSON escape and
+//! HTML character reference decoded, anything else kept), so an encoding
+//! behind JSON or HTML escaping (base64 with `\/`, hex digits as `\u0033`)
+//! is found whatever surrounds it; a match there removes the escaped text
+//! it came from. Matches of both searches are merged and replaced once.
+//!
+//! The work is bounded: at most [`STEPS_PER_BYTE`] matcher steps per byte
+//! searched. An answer built to exceed that (a long run that keeps almost
+//! matching a long secret) is refused, never passed on unsearched.
 
 use base64::Engine;
+
+/// Matcher steps allowed per byte searched (both views), plus a constant.
+pub(crate) const STEPS_PER_BYTE: usize = 64;
+/// Shortest base64 core matched on its own (shorter ones would match
+/// ordinary text; the value's whole encodings are matched instead).
+const MIN_BASE64_CORE: usize = 8;
+
+/// The search ran out of its step budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the answer could not be searched for secrets within the work bound")]
+pub struct Exhausted;
 
 /// One spelling of a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,14 +101,20 @@ impl Pattern {
         Some(Self { units, first })
     }
 
-    /// The end of the longest match starting at `i`.
-    fn match_at(&self, h: &[u8], i: usize) -> Option<usize> {
-        if !self.first[usize::from(*h.get(i)?)] {
-            return None;
+    fn literal(text: String) -> Option<Self> {
+        Self::new(vec![vec![Alt::exact(text)]])
+    }
+
+    /// The end of the longest match starting at `i`; every position tried
+    /// spends a step of `budget`.
+    fn match_at(&self, h: &[u8], i: usize, budget: &mut usize) -> Result<Option<usize>, Exhausted> {
+        if !self.first[usize::from(h[i])] {
+            return Ok(None);
         }
         let mut at = vec![i];
         let mut next = Vec::new();
         for unit in &self.units {
+            *budget = budget.checked_sub(at.len()).ok_or(Exhausted)?;
             next.clear();
             for &p in &at {
                 next.extend(
@@ -100,13 +124,13 @@ impl Pattern {
                 );
             }
             if next.is_empty() {
-                return None;
+                return Ok(None);
             }
             next.sort_unstable();
             next.dedup();
             std::mem::swap(&mut at, &mut next);
         }
-        at.last().copied()
+        Ok(at.last().copied())
     }
 }
 
@@ -131,18 +155,21 @@ fn text_unit(c: char) -> Vec<Alt> {
         .map(|u| format!("\\u{u:04x}"))
         .collect();
     alts.push(Alt::any_case(escaped));
-    let named = match c {
+    alts.extend(named_reference(c).map(Alt::exact));
+    alts.push(Alt::exact(format!("&#{};", u32::from(c))));
+    alts.push(Alt::any_case(format!("&#x{:x};", u32::from(c))));
+    alts
+}
+
+fn named_reference(c: char) -> Option<&'static str> {
+    match c {
         '&' => Some("&amp;"),
         '<' => Some("&lt;"),
         '>' => Some("&gt;"),
         '"' => Some("&quot;"),
         '\'' => Some("&apos;"),
         _ => None,
-    };
-    alts.extend(named.map(Alt::exact));
-    alts.push(Alt::exact(format!("&#{};", u32::from(c))));
-    alts.push(Alt::any_case(format!("&#x{:x};", u32::from(c))));
-    alts
+    }
 }
 
 fn percent_unit(b: u8) -> Vec<Alt> {
@@ -151,6 +178,29 @@ fn percent_unit(b: u8) -> Vec<Alt> {
         alts.push(Alt::exact("+"));
     }
     alts
+}
+
+/// The base64 characters of `raw` that do not depend on what surrounds it
+/// when it starts `offset` bytes into a 3-byte group.
+fn base64_core(engine: &impl Engine, raw: &[u8], offset: usize) -> String {
+    let mut padded = vec![0u8; offset];
+    padded.extend_from_slice(raw);
+    let text = engine.encode(&padded);
+    let text = text.trim_end_matches('=');
+    // Characters mixing bits of the bytes before: one for offset 1 (after
+    // the one pure-prefix character), two for offset 2 (after two).
+    let skip = match offset {
+        0 => 0,
+        1 => 2,
+        _ => 3,
+    };
+    // The last character is partial unless the value ends a group.
+    let keep = if (offset + raw.len()).is_multiple_of(3) {
+        text.len()
+    } else {
+        text.len().saturating_sub(1)
+    };
+    text.get(skip..keep).unwrap_or_default().to_owned()
 }
 
 /// The patterns of one secret value, every family.
@@ -173,101 +223,219 @@ pub(crate) fn patterns(secret: &str) -> Vec<Pattern> {
         .iter()
         .map(|e| e.encode(raw))
         .collect();
+    for offset in 0..3 {
+        for core in [
+            base64_core(&STANDARD, raw, offset),
+            base64_core(&URL_SAFE, raw, offset),
+        ] {
+            if core.len() >= MIN_BASE64_CORE {
+                b64.push(core);
+            }
+        }
+    }
     b64.sort();
     b64.dedup();
-    out.extend(
-        b64.into_iter()
-            .filter_map(|f| Pattern::new(vec![vec![Alt::exact(f)]])),
-    );
+    out.extend(b64.into_iter().filter_map(Pattern::literal));
     out
 }
 
-/// Replaces every match of any of `patterns` in `h` with `with`, the
-/// longest match at each position first; returns the count.
-pub(crate) fn replace(h: &[u8], patterns: &[Pattern], with: &[u8]) -> (Vec<u8>, u32) {
-    let mut out = Vec::new();
-    let (mut i, mut copied, mut n) = (0, 0, 0u32);
+/// Every match of any of `patterns` in `h`, the longest at each position,
+/// as byte ranges.
+fn find(
+    h: &[u8],
+    patterns: &[Pattern],
+    budget: &mut usize,
+) -> Result<Vec<(usize, usize)>, Exhausted> {
+    let mut spans = Vec::new();
+    let mut i = 0;
     while i < h.len() {
-        let end = patterns.iter().filter_map(|p| p.match_at(h, i)).max();
+        let mut end = None;
+        for p in patterns {
+            if let Some(e) = p.match_at(h, i, budget)? {
+                end = end.max(Some(e));
+            }
+        }
         match end {
-            Some(end) if end > i => {
-                out.extend_from_slice(&h[copied..i]);
-                out.extend_from_slice(with);
-                n += 1;
-                i = end;
-                copied = end;
+            Some(e) if e > i => {
+                spans.push((i, e));
+                i = e;
             }
             _ => i += 1,
         }
     }
-    if n == 0 {
-        return (h.to_vec(), 0);
-    }
-    out.extend_from_slice(&h[copied..]);
-    (out, n)
+    Ok(spans)
 }
 
-/// The end of the JSON string token opening at `start` (a `"`), past its
-/// closing quote, and whether it holds an escape.
-fn string_token(h: &[u8], start: usize) -> Option<(usize, bool)> {
-    let (mut i, mut escapes) = (start + 1, false);
-    while i < h.len() {
-        match h[i] {
-            b'\\' => {
-                escapes = true;
-                i += 2;
+/// A view of an answer with every valid JSON escape and HTML character
+/// reference decoded; invalid ones are kept as they are, and a lone
+/// surrogate becomes U+FFFD. Positions map back to the escaped text.
+struct Unescaped {
+    bytes: Vec<u8>,
+    /// Decoded runs that came from an escape: (decoded start, decoded
+    /// length, original start, original length), in order.
+    escapes: Vec<(usize, usize, usize, usize)>,
+}
+
+fn hex4(h: &[u8], i: usize) -> Option<u32> {
+    let s = std::str::from_utf8(h.get(i..i + 4)?).ok()?;
+    u32::from_str_radix(s, 16).ok()
+}
+
+/// The character a JSON escape at `i` (a `\`) stands for, and its length.
+fn json_escape(h: &[u8], i: usize) -> Option<(char, usize)> {
+    let c = match *h.get(i + 1)? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let u = hex4(h, i + 2)?;
+            if (0xd800..0xdc00).contains(&u) {
+                let low = (h.get(i + 6..i + 8) == Some(b"\\u"))
+                    .then(|| hex4(h, i + 8))
+                    .flatten()
+                    .filter(|l| (0xdc00..0xe000).contains(l));
+                return Some(match low {
+                    Some(l) => (
+                        char::from_u32(0x10000 + ((u - 0xd800) << 10) + (l - 0xdc00))?,
+                        12,
+                    ),
+                    None => ('\u{fffd}', 6),
+                });
             }
-            b'"' => return Some((i + 1, escapes)),
-            _ => i += 1,
+            return Some((char::from_u32(u).unwrap_or('\u{fffd}'), 6));
+        }
+        _ => return None,
+    };
+    Some((c, 2))
+}
+
+/// The character an HTML character reference at `i` (a `&`) stands for,
+/// and its length.
+fn html_reference(h: &[u8], i: usize) -> Option<(char, usize)> {
+    for (name, c) in [
+        ("&amp;", '&'),
+        ("&lt;", '<'),
+        ("&gt;", '>'),
+        ("&quot;", '"'),
+        ("&apos;", '\''),
+    ] {
+        if h.get(i..i + name.len()) == Some(name.as_bytes()) {
+            return Some((c, name.len()));
         }
     }
-    None
+    if h.get(i + 1) != Some(&b'#') {
+        return None;
+    }
+    let (radix, start) = match h.get(i + 2) {
+        Some(b'x' | b'X') => (16, i + 3),
+        _ => (10, i + 2),
+    };
+    let digits = h
+        .get(start..)?
+        .iter()
+        .take(10)
+        .take_while(|b| b.is_ascii_hexdigit() && (radix == 16 || b.is_ascii_digit()))
+        .count();
+    if digits == 0 || h.get(start + digits) != Some(&b';') {
+        return None;
+    }
+    let text = std::str::from_utf8(&h[start..start + digits]).ok()?;
+    let c = char::from_u32(u32::from_str_radix(text, radix).ok()?)?;
+    Some((c, start + digits + 1 - i))
 }
 
-/// Decodes every JSON string token of `h` that holds an escape, and writes
-/// back, re-encoded, each one in which a pattern matched. Tokens without an
-/// escape read the same decoded, so [`replace`] sees them as they are.
-pub(crate) fn replace_in_json_strings(
+impl Unescaped {
+    fn new(h: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(h.len());
+        let mut escapes = Vec::new();
+        let mut i = 0;
+        while i < h.len() {
+            let decoded = match h[i] {
+                b'\\' => json_escape(h, i),
+                b'&' => html_reference(h, i),
+                _ => None,
+            };
+            match decoded {
+                Some((c, len)) => {
+                    let mut buf = [0u8; 4];
+                    let s = c.encode_utf8(&mut buf);
+                    escapes.push((bytes.len(), s.len(), i, len));
+                    bytes.extend_from_slice(s.as_bytes());
+                    i += len;
+                }
+                None => {
+                    bytes.push(h[i]);
+                    i += 1;
+                }
+            }
+        }
+        Self { bytes, escapes }
+    }
+
+    /// The escape whose decoded run contains or precedes decoded byte `d`.
+    fn escape_at(&self, d: usize) -> Option<&(usize, usize, usize, usize)> {
+        let n = self.escapes.partition_point(|e| e.0 <= d);
+        n.checked_sub(1).map(|k| &self.escapes[k])
+    }
+
+    /// The original position of decoded byte `d` (the start of its escape).
+    fn start(&self, d: usize) -> usize {
+        match self.escape_at(d) {
+            Some(&(ds, dl, os, _)) if d < ds + dl => os,
+            Some(&(ds, dl, os, ol)) => os + ol + (d - ds - dl),
+            None => d,
+        }
+    }
+
+    /// The original end of a decoded range ending (exclusive) at `e > 0`.
+    fn end(&self, e: usize) -> usize {
+        match self.escape_at(e - 1) {
+            Some(&(ds, dl, os, ol)) if e - 1 < ds + dl => os + ol,
+            _ => self.start(e - 1) + 1,
+        }
+    }
+}
+
+/// Replaces every match of any of `patterns` in `h`, as it is and in its
+/// unescaped view, with `with`; returns the result and the count.
+pub(crate) fn redact(
     h: &[u8],
     patterns: &[Pattern],
     with: &[u8],
-) -> (Vec<u8>, u32) {
-    let mut out = Vec::new();
-    let (mut i, mut copied, mut n) = (0, 0, 0u32);
-    while let Some(q) = memchr(b'"', h, i) {
-        let Some((end, escapes)) = string_token(h, q) else {
-            break;
-        };
-        i = end;
-        if !escapes {
-            continue;
+) -> Result<(Vec<u8>, u32), Exhausted> {
+    let mut budget = STEPS_PER_BYTE.saturating_mul(h.len().saturating_mul(2)) + 4096;
+    let mut spans = find(h, patterns, &mut budget)?;
+    if h.iter().any(|b| matches!(b, b'\\' | b'&')) {
+        let view = Unescaped::new(h);
+        if !view.escapes.is_empty() {
+            for (s, e) in find(&view.bytes, patterns, &mut budget)? {
+                spans.push((view.start(s), view.end(e)));
+            }
         }
-        let Ok(decoded) = serde_json::from_slice::<String>(&h[q..end]) else {
-            continue;
-        };
-        let (scrubbed, found) = replace(decoded.as_bytes(), patterns, with);
-        if found == 0 {
-            continue;
-        }
-        let text = String::from_utf8_lossy(&scrubbed);
-        let Ok(encoded) = serde_json::to_string(&text) else {
-            continue;
-        };
-        out.extend_from_slice(&h[copied..q]);
-        out.extend_from_slice(encoded.as_bytes());
-        copied = end;
-        n += found;
     }
-    if n == 0 {
-        return (h.to_vec(), 0);
+    if spans.is_empty() {
+        return Ok((h.to_vec(), 0));
+    }
+    spans.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+    for (s, e) in spans {
+        match merged.last_mut() {
+            Some(last) if s < last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let mut out = Vec::with_capacity(h.len());
+    let mut copied = 0;
+    for &(s, e) in &merged {
+        out.extend_from_slice(&h[copied..s]);
+        out.extend_from_slice(with);
+        copied = e;
     }
     out.extend_from_slice(&h[copied..]);
-    (out, n)
-}
-
-fn memchr(b: u8, h: &[u8], from: usize) -> Option<usize> {
-    h.get(from..)?
-        .iter()
-        .position(|x| *x == b)
-        .map(|p| p + from)
+    Ok((out, u32::try_from(merged.len()).unwrap_or(u32::MAX)))
 }

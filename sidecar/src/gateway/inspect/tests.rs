@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// The redaction, which must not run out of its bound on these answers.
+fn redact_secrets(content: Vec<u8>, secrets: &[Secret]) -> (Vec<u8>, u32) {
+    super::redact_secrets(content, secrets).unwrap()
+}
+
 #[test]
 fn injected_secrets_are_removed_raw_and_json_escaped() {
     let secrets = [Secret::new("s3cr\"et".into()), Secret::new("tok".into())];
@@ -200,4 +205,89 @@ proptest::proptest! {
             proptest::prop_assert!(!out.replace(REDACTED, "").contains(&echoed));
         }
     }
+}
+
+#[test]
+fn escapes_are_decoded_whatever_surrounds_them() {
+    use base64::Engine;
+    let secret = "\u{ff}\u{ff}\u{ff}?key";
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(secret)
+        .replace('/', "\\/");
+    // A raw tab (invalid inside a JSON string), a lone surrogate, an
+    // unpaired quote before it, or no JSON at all.
+    for body in [
+        format!("{{\"a\": \"x\t{b64}\"}}"),
+        format!("{{\"a\": \"\\ud800 {b64}\"}}"),
+        format!("\" unpaired {{\"a\": \"{b64}\"}}"),
+        format!("plain text {b64} and \\q"),
+    ] {
+        let (out, n) = redact_secrets(body.clone().into_bytes(), &[Secret::new(secret.into())]);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(n, 1, "{body} -> {out}");
+        assert!(out.contains(REDACTED) && !out.contains(&b64[..12]), "{out}");
+    }
+}
+
+#[test]
+fn html_references_with_leading_zeros_are_decoded() {
+    let secret = "it's<ok>";
+    let body = "it&#039;s&#x003C;ok&#0062;";
+    let (out, n) = redact_secrets(body.as_bytes().to_vec(), &[Secret::new(secret.into())]);
+    assert_eq!((String::from_utf8(out).unwrap().as_str(), n), (REDACTED, 1));
+}
+
+#[test]
+fn base64_inside_a_larger_blob_is_found_at_every_alignment() {
+    use base64::Engine;
+    let secret = "sk-live-0123456789abcdef";
+    for engine in [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        for prefix in ["", "a", "ab", "abc"] {
+            for suffix in ["", "\n", "xy"] {
+                let blob = engine.encode(format!("{prefix}{secret}{suffix}"));
+                let (out, n) =
+                    redact_secrets(blob.clone().into_bytes(), &[Secret::new(secret.into())]);
+                let out = String::from_utf8(out).unwrap();
+                assert_eq!(n, 1, "{prefix:?} {suffix:?}: {blob} -> {out}");
+                // What is left around the marker is at most the characters
+                // that mix in the neighbouring bytes.
+                assert!(out.len() <= REDACTED.len() + 4 * (prefix.len() + suffix.len()) / 3 + 6);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_marker_is_never_searched_again() {
+    let (out, n) = redact_secrets(b"E and E".to_vec(), &[Secret::new("E".into())]);
+    assert_eq!(
+        (String::from_utf8(out).unwrap(), n),
+        (format!("{REDACTED} and {REDACTED}"), 2)
+    );
+}
+
+#[test]
+fn an_answer_built_to_exhaust_the_matcher_is_refused_quickly() {
+    let secret = format!("{}b", "a".repeat(4096));
+    let body = "a".repeat(1 << 17).into_bytes();
+    let t = std::time::Instant::now();
+    let r = super::redact_secrets(body, &[Secret::new(secret)]);
+    assert_eq!(r, Err(Exhausted));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+    // An ordinary answer of the same size is searched in full.
+    let secret = "sk-live-0123456789abcdef".to_owned();
+    let body = "customer record, nothing secret; "
+        .repeat(4_000)
+        .into_bytes();
+    assert_eq!(
+        super::redact_secrets(body.clone(), &[Secret::new(secret)]),
+        Ok((body, 0))
+    );
 }

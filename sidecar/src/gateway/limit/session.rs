@@ -16,6 +16,9 @@ use std::sync::Mutex;
 const SESSIONS_MAX: usize = 100_000;
 /// Journal lines written before a compaction is considered.
 const COMPACT_MIN_LINES: usize = 4096;
+/// Largest journal read at start (compaction keeps it far below: at most
+/// four lines of about 50 bytes per counted session).
+const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Why a call could not be counted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +47,9 @@ struct Journal {
     path: PathBuf,
     file: std::fs::File,
     lines: usize,
+    /// A write failed: its line may be torn, so the file is rewritten
+    /// before anything is appended again.
+    torn: bool,
 }
 
 /// Tool calls made per session, for `max_tool_calls`. The count lives in
@@ -67,6 +73,12 @@ fn read_journal(path: &Path, now: i64) -> std::io::Result<HashMap<String, (u32, 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(calls),
         Err(e) => return Err(e),
     };
+    if !file.metadata()?.is_file() || file.metadata()?.len() > MAX_JOURNAL_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file of at most {MAX_JOURNAL_BYTES} bytes; move it away to start counting afresh",
+            path.display()
+        )));
+    }
     for line in std::io::BufReader::new(file).lines() {
         let line = line?;
         let mut f = line.split(' ');
@@ -107,6 +119,7 @@ impl SessionCalls {
                 path: path.to_owned(),
                 file: open_append(path)?,
                 lines: 0,
+                torn: false,
             }),
         };
         // Start from a compact file: the old one may be long.
@@ -135,13 +148,17 @@ impl SessionCalls {
         if made >= max {
             return Err(Error::Spent(max));
         }
+        if c.journal.as_ref().is_some_and(|j| j.torn) {
+            compact(c).map_err(|e| Error::Journal(e.to_string()))?;
+        }
         if let Some(j) = &mut c.journal {
             if !journalable(sid) {
                 return Err(Error::Journal("session id cannot be recorded".into()));
             }
-            j.file
-                .write_all(format!("{sid} {exp} 1\n").as_bytes())
-                .map_err(|e| Error::Journal(e.to_string()))?;
+            if let Err(e) = j.file.write_all(format!("{sid} {exp} 1\n").as_bytes()) {
+                j.torn = true;
+                return Err(Error::Journal(e.to_string()));
+            }
             j.lines += 1;
         }
         let entry = c.calls.entry(sid.to_owned()).or_insert((0, exp));
@@ -162,30 +179,39 @@ impl SessionCalls {
     }
 }
 
-/// Rewrites the journal as one line per session, atomically.
+/// Rewrites the journal as one line per session, atomically: a new file is
+/// written and synced, renamed over the old one, and appended to from then
+/// on (the handle follows the file through the rename).
 fn compact(c: &mut Counts) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let Some(j) = &mut c.journal else {
         return Ok(());
     };
     let tmp = j.path.with_extension("tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let mut text = String::new();
-        for (sid, (n, exp)) in &c.calls {
-            text.push_str(&format!("{sid} {exp} {n}\n"));
-        }
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+    // A leftover would keep its old mode.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let mut text = String::new();
+    for (sid, (n, exp)) in &c.calls {
+        text.push_str(&format!("{sid} {exp} {n}\n"));
+    }
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
     std::fs::rename(&tmp, &j.path)?;
-    j.file = open_append(&j.path)?;
+    if let Some(dir) = j.path.parent() {
+        // The rename itself reaches the disk with the directory.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    j.file = f;
     j.lines = c.calls.len();
+    j.torn = false;
     Ok(())
 }
 
@@ -225,6 +251,33 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_count_that_cannot_be_written_refuses_the_call_and_is_not_kept() {
+        // Writes go to a full device; a compaction would go to the temp dir.
+        let dir = tempfile::tempdir().unwrap();
+        let s = SessionCalls {
+            counts: Mutex::new(Counts {
+                calls: HashMap::new(),
+                journal: Some(Journal {
+                    path: dir.path().join("session-calls"),
+                    file: open_append(Path::new("/dev/full")).unwrap(),
+                    lines: 0,
+                    torn: false,
+                }),
+            }),
+        };
+        assert!(matches!(s.take("ses_a", 3, 100, 0), Err(Error::Journal(_))));
+        assert!(s.counts.lock().unwrap().calls.is_empty());
+        assert!(s.counts.lock().unwrap().journal.as_ref().unwrap().torn);
+        // The next call first rewrites the journal (here, into the temp dir)
+        // and is then counted there.
+        assert_eq!(s.take("ses_a", 3, 100, 0), Ok(1));
+        let text = std::fs::read_to_string(dir.path().join("session-calls")).unwrap();
+        assert_eq!(text, "ses_a 100 1\n");
+        // Not a regular file, or too large: refused at start.
+        assert!(SessionCalls::with_journal(Path::new("/dev/full"), 0).is_err());
     }
 
     #[test]

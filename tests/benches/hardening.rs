@@ -1,0 +1,222 @@
+//! What the hardening of issue 11 costs on the request path, each measured
+//! against its baseline in the same run, phases interleaved (A B A B …),
+//! ratios taken pair by pair, medians reported:
+//!
+//! - redaction of one injected secret from a 1 KiB and a 64 KiB JSON answer
+//!   (with JSON escapes in it, so both searches run), against the previous
+//!   implementation (exact forms, one pass per form, kept here as the
+//!   baseline) and against a plain copy of the bytes;
+//! - the session call cap with its journal (one appended line per counted
+//!   call) against the in-memory count alone;
+//! - argument validation of a schema with `oneOf` (validated, then checked
+//!   by evaluation for undeclared properties) against a closed schema with
+//!   the same properties.
+//!
+//! Run: `cargo bench -p warden-tests --bench hardening`
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a benchmark aborts on any unexpected error"
+)]
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use serde_json::json;
+use warden_shared::policy::InputSchema;
+use warden_sidecar::gateway::execute::secrets::Secret;
+use warden_sidecar::gateway::inspect::{REDACTED, redact_secrets};
+use warden_sidecar::gateway::limit::SessionCalls;
+
+/// Pairs of phases.
+const ROUNDS: usize = 9;
+
+/// ns per operation of `f` over `n` runs.
+fn time(n: usize, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs `a` and `b` interleaved; returns (median a, median b, median a/b).
+fn pairs(n: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64) {
+    let (mut ta, mut tb, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let x = time(n, &mut a);
+        let y = time(n, &mut b);
+        ta.push(x);
+        tb.push(y);
+        r.push(x / y);
+    }
+    (median(ta), median(tb), median(r))
+}
+
+/// The redaction before issue 11: each exact form replaced in its own pass.
+mod previous {
+    use base64::Engine;
+
+    fn replace_all(h: &[u8], needle: &[u8], with: &[u8]) -> Option<Vec<u8>> {
+        if needle.is_empty() || h.len() < needle.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(h.len());
+        let (mut i, mut n) = (0, 0);
+        while i + needle.len() <= h.len() {
+            if &h[i..i + needle.len()] == needle {
+                out.extend_from_slice(with);
+                i += needle.len();
+                n += 1;
+            } else {
+                out.push(h[i]);
+                i += 1;
+            }
+        }
+        out.extend_from_slice(&h[i..]);
+        (n > 0).then_some(out)
+    }
+
+    pub(super) fn redact(mut content: Vec<u8>, secret: &str) -> Vec<u8> {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        let json = serde_json::to_string(secret).unwrap();
+        let json = json[1..json.len() - 1].to_owned();
+        let mut forms: Vec<Vec<u8>> = vec![
+            secret.as_bytes().to_vec(),
+            json.clone().into_bytes(),
+            json.replace('/', "\\/").into_bytes(),
+            STANDARD.encode(secret).into_bytes(),
+            STANDARD_NO_PAD.encode(secret).into_bytes(),
+            URL_SAFE.encode(secret).into_bytes(),
+            URL_SAFE_NO_PAD.encode(secret).into_bytes(),
+        ];
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms.dedup();
+        for f in forms {
+            if let Some(out) = replace_all(&content, &f, super::REDACTED.as_bytes()) {
+                content = out;
+            }
+        }
+        content
+    }
+}
+
+/// A JSON answer of about `bytes` bytes with the secret echoed once.
+fn answer(bytes: usize, secret: &str) -> Vec<u8> {
+    let mut items = Vec::new();
+    let mut size = 0;
+    let mut i = 0;
+    while size < bytes {
+        let item = json!({"id": i, "name": format!("customer {i}"), "note": "ordinary text, \"quoted\", nothing to hide / ok"});
+        size += item.to_string().len() + 1;
+        items.push(item);
+        i += 1;
+    }
+    serde_json::to_vec(&json!({"items": items, "echo": format!("Bearer {secret}")})).unwrap()
+}
+
+fn redaction() {
+    let secret = "sk-live-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c";
+    let s = [Secret::new(secret.into())];
+    println!("redaction of one injected secret (median of {ROUNDS} interleaved pairs):");
+    for bytes in [1024, 64 * 1024] {
+        let body = answer(bytes, secret);
+        let n = if bytes <= 1024 { 20_000 } else { 400 };
+        let (now, prev, r) = pairs(
+            n,
+            || {
+                black_box(redact_secrets(black_box(body.clone()), &s).unwrap());
+            },
+            || {
+                black_box(previous::redact(black_box(body.clone()), secret));
+            },
+        );
+        let (_, copy, rc) = pairs(
+            n,
+            || {
+                black_box(redact_secrets(black_box(body.clone()), &s).unwrap());
+            },
+            || {
+                black_box(black_box(&body).clone());
+            },
+        );
+        println!(
+            "  {:>6} B: now {:>9.2} µs ({:>6.0} MB/s)   previous {:>8.2} µs (×{r:.2})   plain copy {:>6.2} µs (×{rc:.0})",
+            body.len(),
+            now / 1e3,
+            body.len() as f64 / now * 1e3,
+            prev / 1e3,
+            copy / 1e3,
+        );
+    }
+}
+
+fn journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let journaled = SessionCalls::with_journal(&dir.path().join("session-calls"), 0).unwrap();
+    let memory = SessionCalls::default();
+    let (mut a, mut b) = (0u64, 0u64);
+    let (j, m, r) = pairs(
+        50_000,
+        || {
+            a += 1;
+            black_box(journaled.take(&format!("ses_{}", a % 64), u32::MAX, i64::MAX, 0)).ok();
+        },
+        || {
+            b += 1;
+            black_box(memory.take(&format!("ses_{}", b % 64), u32::MAX, i64::MAX, 0)).ok();
+        },
+    );
+    println!(
+        "max_tool_calls count: journaled {:.2} µs, in memory {:.2} µs (×{r:.1}, +{:.2} µs per capped call)",
+        j / 1e3,
+        m / 1e3,
+        (j - m) / 1e3
+    );
+}
+
+fn validation() {
+    let combined = json!({"type": "object", "properties": {"channel": {"type": "string"}},
+    "required": ["channel"],
+    "oneOf": [
+        {"properties": {"channel": {"const": "email"}, "to": {"type": "string"}, "subject": {"type": "string"}}, "required": ["to"]},
+        {"properties": {"channel": {"const": "sms"}, "phone": {"type": "string"}}, "required": ["phone"]}
+    ]});
+    let plain = json!({"type": "object", "properties": {
+        "channel": {"type": "string"}, "to": {"type": "string"}, "subject": {"type": "string"}},
+        "required": ["channel", "to"]});
+    let args = json!({"channel": "email", "to": "a@example.com", "subject": "hello"});
+    let (c, p) = (
+        InputSchema::compile(&combined).unwrap(),
+        InputSchema::compile(&plain).unwrap(),
+    );
+    assert!(c.errors(&args, 3).is_empty() && p.errors(&args, 3).is_empty());
+    let (tc, tp, r) = pairs(
+        20_000,
+        || {
+            black_box(c.errors(black_box(&args), 3));
+        },
+        || {
+            black_box(p.errors(black_box(&args), 3));
+        },
+    );
+    println!(
+        "argument validation: oneOf schema {:.2} µs, closed plain schema {:.2} µs (×{r:.1})",
+        tc / 1e3,
+        tp / 1e3
+    );
+}
+
+fn main() {
+    println!("warden hardening benchmark (issue 11)\n");
+    redaction();
+    journal();
+    validation();
+}
