@@ -13,6 +13,9 @@
 
 mod scrub;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use super::Denial;
 use super::catalog::ToolEntry;
 use super::execute::secrets::Secret;
@@ -93,15 +96,43 @@ pub async fn output(
 /// or [`Exhausted`] when the answer could not be searched within the work
 /// bound (it must then be refused, not passed on).
 pub fn redact_secrets(content: Vec<u8>, secrets: &[Secret]) -> Result<(Vec<u8>, u32), Exhausted> {
-    let patterns: Vec<scrub::Pattern> = secrets
+    let built: Vec<Arc<Vec<scrub::Pattern>>> = secrets
         .iter()
         .filter(|s| !s.expose().is_empty())
-        .flat_map(|s| scrub::patterns(s.expose()))
+        .map(patterns_of)
         .collect();
+    let patterns: Vec<&scrub::Pattern> = built.iter().flat_map(|p| p.iter()).collect();
     if patterns.is_empty() {
         return Ok((content, 0));
     }
     scrub::redact(&content, &patterns, REDACTED.as_bytes())
+}
+
+/// Most secret values whose patterns are kept.
+const PATTERN_CACHE_MAX: usize = 256;
+
+type PatternCache = HashMap<[u8; 32], Arc<Vec<scrub::Pattern>>>;
+
+/// The patterns of a secret value, built once per value (building them
+/// costs more than searching a small answer): kept by the value's SHA-256,
+/// so a rotated secret gets its own, and the cache starts over when full.
+fn patterns_of(secret: &Secret) -> Arc<Vec<scrub::Pattern>> {
+    static CACHE: OnceLock<Mutex<PatternCache>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let mut key = [0u8; 32];
+    key.copy_from_slice(
+        ring::digest::digest(&ring::digest::SHA256, secret.expose().as_bytes()).as_ref(),
+    );
+    if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Arc::clone(p);
+    }
+    let built = Arc::new(scrub::patterns(secret.expose()));
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= PATTERN_CACHE_MAX {
+        c.clear();
+    }
+    c.insert(key, Arc::clone(&built));
+    built
 }
 
 #[cfg(test)]

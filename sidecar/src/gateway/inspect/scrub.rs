@@ -47,7 +47,7 @@ pub struct Exhausted;
 
 /// One spelling of a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Alt {
+pub(crate) struct Alt {
     bytes: Vec<u8>,
     /// ASCII letters match in either case (hex digits).
     any_case: bool,
@@ -81,10 +81,69 @@ impl Alt {
 
 /// A secret in one family of encodings.
 #[derive(Debug, Clone)]
-pub(crate) struct Pattern {
-    units: Vec<Vec<Alt>>,
-    /// Bytes a match can start with.
-    first: [bool; 256],
+pub(crate) enum Pattern {
+    /// One exact spelling (base64).
+    Literal(Vec<u8>),
+    /// Units, each in any of its spellings.
+    Units {
+        units: Vec<Vec<Alt>>,
+        /// Bytes a match can start with.
+        first: Box<[bool; 256]>,
+    },
+}
+
+/// Most positions an NFA step tracks on the stack (more go to the heap).
+const INLINE_POSITIONS: usize = 8;
+
+/// A small set of positions, sorted and without duplicates.
+#[derive(Default)]
+struct Positions {
+    inline: [usize; INLINE_POSITIONS],
+    len: usize,
+    spill: Vec<usize>,
+}
+
+impl Positions {
+    fn one(p: usize) -> Self {
+        let mut s = Self::default();
+        s.inline[0] = p;
+        s.len = 1;
+        s
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        if self.spill.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.spill.clear();
+    }
+
+    fn insert(&mut self, p: usize) {
+        if !self.spill.is_empty() {
+            if let Err(k) = self.spill.binary_search(&p) {
+                self.spill.insert(k, p);
+            }
+            return;
+        }
+        let cur = &self.inline[..self.len];
+        let Err(k) = cur.binary_search(&p) else {
+            return;
+        };
+        if self.len == INLINE_POSITIONS {
+            self.spill = cur.to_vec();
+            self.spill.insert(k, p);
+            return;
+        }
+        self.inline.copy_within(k..self.len, k + 1);
+        self.inline[k] = p;
+        self.len += 1;
+    }
 }
 
 impl Pattern {
@@ -98,39 +157,59 @@ impl Pattern {
                 first[usize::from(b.to_ascii_uppercase())] = true;
             }
         }
-        Some(Self { units, first })
+        Some(Self::Units {
+            units,
+            first: Box::new(first),
+        })
     }
 
     fn literal(text: String) -> Option<Self> {
-        Self::new(vec![vec![Alt::exact(text)]])
+        (!text.is_empty()).then(|| Self::Literal(text.into_bytes()))
+    }
+
+    /// Marks the bytes a match can start with.
+    fn starts(&self, table: &mut [bool; 256]) {
+        match self {
+            Self::Literal(l) => table[usize::from(l[0])] = true,
+            Self::Units { first, .. } => {
+                for (t, f) in table.iter_mut().zip(first.iter()) {
+                    *t |= *f;
+                }
+            }
+        }
     }
 
     /// The end of the longest match starting at `i`; every position tried
     /// spends a step of `budget`.
     fn match_at(&self, h: &[u8], i: usize, budget: &mut usize) -> Result<Option<usize>, Exhausted> {
-        if !self.first[usize::from(h[i])] {
+        let (units, first) = match self {
+            Self::Literal(l) => {
+                *budget = budget.checked_sub(1).ok_or(Exhausted)?;
+                return Ok(h[i..].starts_with(l).then_some(i + l.len()));
+            }
+            Self::Units { units, first } => (units, first),
+        };
+        if !first[usize::from(h[i])] {
             return Ok(None);
         }
-        let mut at = vec![i];
-        let mut next = Vec::new();
-        for unit in &self.units {
-            *budget = budget.checked_sub(at.len()).ok_or(Exhausted)?;
+        let mut at = Positions::one(i);
+        let mut next = Positions::default();
+        for unit in units {
+            *budget = budget.checked_sub(at.as_slice().len()).ok_or(Exhausted)?;
             next.clear();
-            for &p in &at {
-                next.extend(
-                    unit.iter()
-                        .filter(|a| a.at(h, p))
-                        .map(|a| p + a.bytes.len()),
-                );
+            for &p in at.as_slice() {
+                for a in unit {
+                    if a.at(h, p) {
+                        next.insert(p + a.bytes.len());
+                    }
+                }
             }
-            if next.is_empty() {
+            if next.as_slice().is_empty() {
                 return Ok(None);
             }
-            next.sort_unstable();
-            next.dedup();
             std::mem::swap(&mut at, &mut next);
         }
-        Ok(at.last().copied())
+        Ok(at.as_slice().last().copied())
     }
 }
 
@@ -243,12 +322,20 @@ pub(crate) fn patterns(secret: &str) -> Vec<Pattern> {
 /// as byte ranges.
 fn find(
     h: &[u8],
-    patterns: &[Pattern],
+    patterns: &[&Pattern],
     budget: &mut usize,
 ) -> Result<Vec<(usize, usize)>, Exhausted> {
+    let mut starts = [false; 256];
+    for p in patterns {
+        p.starts(&mut starts);
+    }
     let mut spans = Vec::new();
     let mut i = 0;
     while i < h.len() {
+        if !starts[usize::from(h[i])] {
+            i += 1;
+            continue;
+        }
         let mut end = None;
         for p in patterns {
             if let Some(e) = p.match_at(h, i, budget)? {
@@ -405,7 +492,7 @@ impl Unescaped {
 /// unescaped view, with `with`; returns the result and the count.
 pub(crate) fn redact(
     h: &[u8],
-    patterns: &[Pattern],
+    patterns: &[&Pattern],
     with: &[u8],
 ) -> Result<(Vec<u8>, u32), Exhausted> {
     let mut budget = STEPS_PER_BYTE.saturating_mul(h.len().saturating_mul(2)) + 4096;
