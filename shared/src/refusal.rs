@@ -21,6 +21,11 @@ macro_rules! reasons {
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$v => $s,)* }
             }
+
+            /// The reason whose wire form is `s`, if there is one.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some(Self::$v),)* _ => None }
+            }
         }
     };
 }
@@ -234,6 +239,11 @@ pub fn metadata_of(status: &Status) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The Warden reason of a status, typed, if it carries one this build knows.
+pub fn typed_reason_of(status: &Status) -> Option<Reason> {
+    reason_of(status).and_then(|r| Reason::parse(&r))
+}
+
 /// The Warden reason of a status, if it carries one.
 pub fn reason_of(status: &Status) -> Option<String> {
     status
@@ -241,4 +251,24 @@ pub fn reason_of(status: &Status) -> Option<String> {
         .error_info()
         .filter(|i| i.domain == DOMAIN)
         .map(|i| i.reason.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_parses_back_from_its_wire_form() {
+        for r in [
+            Reason::AgentExpired,
+            Reason::RequestTooLarge,
+            Reason::MessageInboxFull,
+            Reason::OutputUninspectable,
+        ] {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Reason::parse("NOT_A_REASON"), None);
+        let s = status(Code::PermissionDenied, Reason::AgentRevoked, "x");
+        assert_eq!(typed_reason_of(&s), Some(Reason::AgentRevoked));
+    }
 }

@@ -17,6 +17,7 @@ use crate::gateway::authenticate::{self, Authenticator};
 use crate::gateway::pipeline::{self, Gateway};
 use crate::gateway::{Denial, Stage};
 use crate::identity::rotation::Manager;
+use crate::mesh::held::Held;
 use crate::now_unix;
 
 /// Refuses requests without the agent header (see [`AGENT_HEADER`]).
@@ -164,9 +165,18 @@ impl AgentApi {
     /// Authenticates the request's bearer token, refreshing the JWKS once
     /// (rate-limited) if the token names an unknown key.
     pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Claims>, Denial> {
+        self.authenticate_held(req).await.map(|(claims, _)| claims)
+    }
+
+    /// [`AgentApi::authenticate`], with the snapshot of what is held that
+    /// the token was verified against (the one the call goes on with).
+    pub async fn authenticate_held<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(Arc<Claims>, Arc<Held>), Denial> {
         let token = bearer(req)?;
         let snap = self.identity.snapshot();
-        match self.auth.verify(token, &snap, now_unix()) {
+        match self.auth.verify_held(token, &snap, now_unix()) {
             Err(authenticate::Error::Token(token::Error::UnknownKey(_)))
                 if self.auth.may_refresh() =>
             {
@@ -174,7 +184,7 @@ impl AgentApi {
                     tracing::warn!(error = %e.message(), "JWKS refresh failed");
                 }
                 self.auth
-                    .verify(token, &snap, now_unix())
+                    .verify_held(token, &snap, now_unix())
                     .map_err(|e| auth_denial(&e))
             }
             r => r.map_err(|e| {
@@ -198,8 +208,8 @@ impl AgentApi {
         req: &Request<T>,
         r: &pipeline::Request<'_>,
         t0: Instant,
-    ) -> Result<Arc<Claims>, Status> {
-        self.authenticate(req).await.map_err(|d| {
+    ) -> Result<(Arc<Claims>, Arc<Held>), Status> {
+        self.authenticate_held(req).await.map_err(|d| {
             self.gateway.refused_unauthenticated(r, &d, t0);
             d.to_status()
         })
@@ -286,8 +296,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::ListToolsRequest>,
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
-        let claims = self.authenticate(&req).await.map_err(|d| d.to_status())?;
-        let held = self.auth.held();
+        let (claims, held) = self
+            .authenticate_held(&req)
+            .await
+            .map_err(|d| d.to_status())?;
         Ok(Response::new(self.gateway.list_tools(&held, &claims)))
     }
 
@@ -304,8 +316,7 @@ impl AgentService for AgentApi {
             reason: &m.reason,
             trace_id: &m.trace_id,
         };
-        let claims = self.gateway_caller(&req, &r, t0).await?;
-        let held = self.auth.held();
+        let (claims, held) = self.gateway_caller(&req, &r, t0).await?;
         self.gateway
             .call_tool(&held, &claims, &r, t0)
             .await
@@ -326,8 +337,7 @@ impl AgentService for AgentApi {
             reason: &m.reason,
             trace_id: &m.trace_id,
         };
-        let claims = self.gateway_caller(&req, &r, t0).await?;
-        let held = self.auth.held();
+        let (claims, held) = self.gateway_caller(&req, &r, t0).await?;
         Ok(Response::new(
             self.gateway.authorize(&held, &claims, &r, t0).await,
         ))

@@ -11,9 +11,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
 use warden_shared::proto::v1 as pb;
 
 /// Default capacity.
-pub const DEFAULT_CAPACITY: usize = 1024;
+pub const DEFAULT_CAPACITY: usize = crate::config::DEFAULT_INBOX_CAPACITY;
 /// Default bound of the payload bytes waiting.
-pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_BYTES: usize = crate::config::DEFAULT_INBOX_MAX_BYTES;
 
 /// The receiving end and a message not yet handed over.
 #[derive(Debug)]

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
-
 use crate::gateway::limit::redis::RedisLimiter;
 
 /// Default bound of the in-process cache (entries).
-pub const DEFAULT_LOCAL_MAX: usize = 1_000_000;
+pub const DEFAULT_LOCAL_MAX: usize = crate::config::DEFAULT_REPLAY_MAX;
 /// How long after its timestamp Redis keeps a nonce: the longest window any
 /// policy allows (`max_age` ≤ 1 h, `max_skew` ≤ `max_age`). Replicas of one
 /// recipient may hold different policy versions for a while (one cut off
@@ -31,17 +29,7 @@ pub enum Error {
     Redis(String),
 }
 
-/// What to do when Redis cannot be reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnFailure {
-    /// Refuse messages (a replay could otherwise pass another replica).
-    #[default]
-    FailClosed,
-    /// Check this sidecar's own memory only (replays to another replica go
-    /// unnoticed during the outage).
-    LocalFallback,
-}
+pub use crate::config::OnFailure;
 
 /// Nonces seen, with when they may be forgotten (unix ms).
 #[derive(Debug)]

@@ -250,6 +250,19 @@ impl Authenticator {
 
     /// Verifies `token` at `now` against the identity snapshot.
     pub fn verify(&self, token: &str, ids: &Snapshot, now: i64) -> Result<Arc<Claims>, Error> {
+        self.verify_held(token, ids, now).map(|(claims, _)| claims)
+    }
+
+    /// [`Authenticator::verify`], also returning the snapshot of what is
+    /// held that the token was verified against: the rest of the call
+    /// reads that one, so a push landing meanwhile cannot split a call
+    /// between two policies.
+    pub fn verify_held(
+        &self,
+        token: &str,
+        ids: &Snapshot,
+        now: i64,
+    ) -> Result<(Arc<Claims>, Arc<Held>), Error> {
         let held = self.held();
         // A known expiry, suspension or revocation is the most precise
         // answer, even on a stale policy.
@@ -290,7 +303,8 @@ impl Authenticator {
         if ended.contains_key(&claims.sid) {
             return Err(Error::SessionEnded(claims.sid.clone()));
         }
-        Ok(claims)
+        drop(ended);
+        Ok((claims, held))
     }
 
     fn signature(&self, token: &str, held: &Held, now: i64) -> Result<Arc<Claims>, Error> {

@@ -15,6 +15,9 @@
 //! 9. record — every decision, allowed or not
 //!
 //! `Authorize` runs stages 1–6 and records; `CallTool` runs them all.
+//! Every stage reads the one snapshot of what the sidecar holds that the
+//! token was verified against, so a push landing during a call applies
+//! from the next call on, never to half of one.
 
 use std::sync::Arc;
 use std::time::Instant;

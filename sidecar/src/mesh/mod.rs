@@ -198,11 +198,12 @@ pub async fn run(
             let mut inbound = match opened {
                 Ok(r) => r.into_inner(),
                 Err(s) if fatal(&s) => {
-                    let why = warden_shared::refusal::reason_of(&s);
-                    if matches!(why.as_deref(), Some("AGENT_REVOKED" | "AGENT_EXPIRED")) {
+                    use warden_shared::refusal::Reason;
+                    let why = warden_shared::refusal::typed_reason_of(&s);
+                    if matches!(why, Some(Reason::AgentRevoked | Reason::AgentExpired)) {
                         let (auth, snapshots) = (Arc::clone(&auth), snapshots.clone());
                         let message = s.message().to_owned();
-                        let expired = why.as_deref() == Some("AGENT_EXPIRED");
+                        let expired = why == Some(Reason::AgentExpired);
                         let _ = tokio::task::spawn_blocking(move || {
                             revoked_at_open(&auth, &snapshots, &message, expired);
                         })

@@ -1,5 +1,7 @@
 //! Sidecar configuration: a TOML file or flags, with environment overrides
-//! whose names live in [`env`].
+//! whose names live in [`env`]. A leaf: it imports nothing else of the
+//! sidecar, and the modules configured by it import their settings from
+//! here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +27,29 @@ pub mod env {
     pub const HEALTH_LISTEN: &str = "WARDEN_SIDECAR_HEALTH_LISTEN";
     /// `text` or `json`.
     pub const LOG_FORMAT: &str = "WARDEN_LOG_FORMAT";
+}
+
+mod redis;
+
+pub use redis::RedisConfig;
+
+/// Most nonces the in-process replay cache remembers, by default.
+pub const DEFAULT_REPLAY_MAX: usize = 1_000_000;
+/// Most verified messages waiting for the agent, by default.
+pub const DEFAULT_INBOX_CAPACITY: usize = 1024;
+/// Most payload bytes waiting for the agent, by default.
+pub const DEFAULT_INBOX_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// What to do when Redis cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Refuse messages (a replay could otherwise pass another replica).
+    #[default]
+    FailClosed,
+    /// Check this sidecar's own memory only (replays to another replica go
+    /// unnoticed during the outage).
+    LocalFallback,
 }
 
 /// Name of the file a new join token may be dropped into, in the data dir.
@@ -98,7 +123,7 @@ pub struct Config {
     /// Share rate limits and quotas with the agent's other sidecars through
     /// Redis (default: in-process limits only).
     #[serde(default)]
-    pub redis: Option<crate::gateway::limit::redis::RedisConfig>,
+    pub redis: Option<RedisConfig>,
     /// Agent-to-agent messaging: where this sidecar receives deliveries,
     /// where its agent's peers' sidecars are, the replay cache.
     #[serde(default)]
@@ -123,7 +148,7 @@ pub struct Messaging {
     /// With `redis`: `fail_closed` (default) or `local_fallback` while
     /// Redis is unreachable.
     #[serde(default)]
-    pub on_redis_failure: crate::a2a::replay::OnFailure,
+    pub on_redis_failure: OnFailure,
     /// Most nonces remembered in process.
     #[serde(default = "default_replay_max")]
     pub replay_cache_max: usize,
@@ -141,7 +166,7 @@ impl Default for Messaging {
             listen: None,
             peers: std::collections::BTreeMap::new(),
             replay_cache: ReplayCacheKind::default(),
-            on_redis_failure: crate::a2a::replay::OnFailure::default(),
+            on_redis_failure: OnFailure::default(),
             replay_cache_max: default_replay_max(),
             inbox_capacity: default_inbox(),
             inbox_max_bytes: default_inbox_bytes(),
@@ -161,15 +186,15 @@ pub enum ReplayCacheKind {
 }
 
 fn default_replay_max() -> usize {
-    crate::a2a::replay::DEFAULT_LOCAL_MAX
+    DEFAULT_REPLAY_MAX
 }
 
 fn default_inbox() -> usize {
-    crate::a2a::inbox::DEFAULT_CAPACITY
+    DEFAULT_INBOX_CAPACITY
 }
 
 fn default_inbox_bytes() -> usize {
-    crate::a2a::inbox::DEFAULT_MAX_BYTES
+    DEFAULT_INBOX_MAX_BYTES
 }
 
 impl std::fmt::Debug for Config {
