@@ -85,7 +85,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 "persisted mesh snapshot is incomplete (no standing); waiting for the control plane"
             )
         }
-        Ok(Some(push)) => match crate::mesh::apply_at(&auth, &push, crate::a2a::now_ms()) {
+        Ok(Some(push)) => match crate::mesh::apply_at(&auth, &push, crate::now_ms()) {
             Ok(()) => tracing::info!(version = push.version, "loaded the persisted mesh snapshot"),
             Err((_, reason)) => {
                 tracing::error!(%reason, "persisted mesh snapshot is unusable; waiting for the control plane")

@@ -112,7 +112,7 @@ fn messenger(me: &str, pairs: &[(&str, &str)], now_ms: i64) -> Messenger {
 
 fn in_process() {
     println!("in process, one thread:");
-    let now = warden_sidecar::a2a::now_ms();
+    let now = warden_sidecar::now_ms();
     let a = messenger("agent-a", &[("agent-a", "agent-b")], now);
     let b = messenger("agent-b", &[("agent-a", "agent-b")], now);
     for size in [256usize, 4096] {

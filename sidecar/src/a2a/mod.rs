@@ -107,12 +107,6 @@ pub struct Messenger {
     replay: replay::ReplayCache,
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(i64::MAX)
-}
-
 impl Messenger {
     /// For agent `me` of `td`, keys from `auth`'s held snapshot.
     pub fn new(

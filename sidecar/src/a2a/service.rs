@@ -19,8 +19,9 @@ use warden_shared::refusal::{Reason, reason_of, status};
 
 use super::inbox::Inbox;
 use super::peer::{PeerClient, PeerIdentity};
-use super::{Messenger, Refusal, Verified, now_ms};
+use super::{Messenger, Refusal, Verified};
 use crate::api::AgentApi;
+use crate::now_ms;
 
 /// Hex of at most 32 bytes (a nonce is 16; this also names what came from
 /// the network, bounded).

@@ -233,7 +233,7 @@ pub async fn run(
                         let applied = {
                             let (auth, snapshots) = (Arc::clone(&auth), snapshots.clone());
                             tokio::task::spawn_blocking(move || {
-                                apply_at(&auth, &push, crate::a2a::now_ms())?;
+                                apply_at(&auth, &push, crate::now_ms())?;
                                 if let Err(e) = snapshots.save(&auth.held().to_push()) {
                                     tracing::error!(error = %e, "mesh: could not persist the snapshot");
                                 }
