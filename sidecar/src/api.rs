@@ -17,8 +17,8 @@ use crate::gateway::authenticate::{self, Authenticator};
 use crate::gateway::pipeline::{self, Gateway};
 use crate::gateway::{Denial, Stage};
 use crate::identity::rotation::Manager;
-use crate::mesh::held::Held;
 use crate::now_unix;
+use crate::state::held::Held;
 
 /// Refuses requests without the agent header (see [`AGENT_HEADER`]).
 #[derive(Debug, Clone, Copy, Default)]

@@ -11,6 +11,8 @@ pub mod gateway;
 pub mod health;
 pub mod identity;
 pub mod mesh;
+pub mod policy;
+pub mod state;
 
 /// Current time, unix seconds.
 pub fn now_unix() -> i64 {

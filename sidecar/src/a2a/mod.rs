@@ -27,7 +27,7 @@ use warden_shared::refusal::Reason;
 use warden_shared::spiffe::{Principal, SpiffeId, TrustDomain};
 
 use crate::gateway::authenticate::Authenticator;
-use crate::mesh::held::HeldPairKey;
+use crate::state::held::HeldPairKey;
 
 /// A refused message: the code and reason the caller receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,7 +358,7 @@ impl Messenger {
     }
 }
 
-fn no_keys_yet(keys: &crate::mesh::held::PairKeys) -> Result<(), Refusal> {
+fn no_keys_yet(keys: &crate::state::held::PairKeys) -> Result<(), Refusal> {
     if keys.settings.rotation_ms == 0 {
         return Err(Refusal::new(
             Code::Unavailable,

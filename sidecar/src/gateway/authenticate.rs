@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use warden_shared::token::{self, Claims, Expect, JwkSet};
 
 use crate::identity::rotation::Snapshot;
-use crate::mesh::held::Held;
+use crate::state::held::Held;
 
 /// Most cached verified tokens; the cache is swept of expired entries, then
 /// cleared, when full.
@@ -214,7 +214,7 @@ impl Authenticator {
             }
             let verifier = warden_shared::token::Verifier::new(set)?;
             let mut next = held.clone();
-            next.keys = Arc::new(crate::mesh::held::Keys {
+            next.keys = Arc::new(crate::state::held::Keys {
                 generation: held.keys.generation + 1,
                 verifier,
             });

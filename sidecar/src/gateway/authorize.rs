@@ -19,7 +19,7 @@ use warden_shared::token::Claims;
 
 use super::catalog::{ToolEntry, uid};
 use super::{Denial, Stage};
-use crate::mesh::held::HeldPolicy;
+use crate::state::held::HeldPolicy;
 
 fn refuse(reason: Reason, message: impl Into<String>) -> Denial {
     Denial::new(Stage::Authorize, Code::PermissionDenied, reason, message)

@@ -5,13 +5,14 @@
 pub mod approve;
 pub mod authenticate;
 pub mod authorize;
-pub mod catalog;
 pub mod execute;
 pub mod inspect;
 pub mod limit;
 pub mod pipeline;
 pub mod record;
 pub mod validate;
+
+pub use crate::policy::catalog;
 
 use tonic::{Code, Status};
 use warden_shared::proto::v1 as pb;

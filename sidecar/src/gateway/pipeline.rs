@@ -37,7 +37,7 @@ use super::limit::session::Error as SessionCallsError;
 use super::limit::{CallKey, Limiter, SessionCalls, Verdict};
 use super::record::{Event, Outcome, Recorder};
 use super::{Denial, Stage, approve, validate};
-use crate::mesh::held::{Held, HeldPolicy};
+use crate::state::held::{Held, HeldPolicy};
 
 /// Longest trace id accepted.
 const MAX_TRACE_ID: usize = 128;

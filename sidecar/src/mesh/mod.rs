@@ -8,7 +8,7 @@
 //! retrying (the agent is revoked, the request is invalid) stops the loop
 //! with a clear log.
 
-pub mod held;
+pub use crate::state::held;
 pub mod snapshot;
 
 use std::collections::BTreeMap;

@@ -12,7 +12,7 @@ use warden_shared::policy::{Policy, Risk};
 use warden_shared::proto::v1 as pb;
 use warden_shared::token::{JwkSet, Verifier};
 
-use crate::gateway::catalog::Catalog;
+use crate::policy::catalog::Catalog;
 
 /// Most revoked sessions one push may carry.
 pub const MAX_REVOKED: usize = 100_000;
@@ -35,7 +35,7 @@ pub struct HeldPolicy {
     /// The catalog compiled for enforcement.
     pub catalog: Catalog,
     /// The rate limits and quotas.
-    pub limits: crate::gateway::limit::LimitSet,
+    pub limits: crate::policy::limits::LimitSet,
 }
 
 /// Token-signing keys; `generation` changes with every new key set (the
@@ -312,7 +312,7 @@ fn policy(p: &pb::PolicyPart, held: Option<&Arc<HeldPolicy>>) -> Result<Arc<Held
         return Err(fail(format!("tool {name:?} is not in the document")));
     }
     let catalog = Catalog::compile(&policy, &tools).map_err(fail)?;
-    let limits = crate::gateway::limit::LimitSet::compile(&policy.document).map_err(fail)?;
+    let limits = crate::policy::limits::LimitSet::compile(&policy.document).map_err(fail)?;
     Ok(Arc::new(HeldPolicy {
         version: v,
         policy,
