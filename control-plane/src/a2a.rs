@@ -19,7 +19,7 @@ use warden_shared::policy::messaging::{Selector, Settings};
 use warden_shared::proto::v1 as pb;
 use warden_shared::spiffe::TrustDomain;
 
-use crate::mesh::parts::digest;
+use crate::digest::digest;
 use crate::store::{self, Store};
 
 /// Most peers one agent holds keys for, per direction; beyond this the

@@ -11,7 +11,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::State;
+use crate::state::State;
 
 /// Path the JWKS is served at.
 pub const PATH: &str = "/.well-known/jwks.json";

@@ -2,15 +2,18 @@
 //! admin API of the mesh. `main.rs` parses flags; [`app`] wires the pieces.
 
 pub mod a2a;
-pub mod admin;
+pub mod agents;
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod ctl;
+pub mod digest;
 pub mod identity;
 pub mod init;
 pub mod jwks;
 pub mod mesh;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use tonic::Code;
+use warden_control_plane::agents::join_token_hash;
 use warden_control_plane::identity::ca::Ca;
-use warden_control_plane::identity::service::join_token_hash;
 use warden_shared::agent::AgentId;
 use warden_shared::proto::v1 as pb;
 use warden_shared::spiffe::{SpiffeId, TrustDomain};

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use tonic::Code;
-use warden_control_plane::identity::service::join_token_hash;
+use warden_control_plane::agents::join_token_hash;
 use warden_control_plane::store::Agent;
 use warden_shared::agent::{AgentId, AgentStatus};
 use warden_shared::proto::v1 as pb;

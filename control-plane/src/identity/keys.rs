@@ -74,7 +74,7 @@ async fn build(store: &dyn Store, now: i64) -> Result<Option<Ring>, Error> {
         let jwks_json = serde_json::to_string(&jwks).unwrap_or_default();
         Ring {
             active,
-            digest: crate::mesh::parts::digest(jwks_json.as_bytes()),
+            digest: crate::digest::digest(jwks_json.as_bytes()),
             jwks,
             jwks_json,
         }

@@ -1,6 +1,5 @@
-//! Identity: the CA, the token-signing key ring, and the gRPC identity API
-//! (enroll, renew, issue tokens).
+//! Identity: the CA and the token-signing key ring (the gRPC identity API
+//! that uses them is `api::identity`).
 
 pub mod ca;
 pub mod keys;
-pub mod service;

@@ -1,6 +1,6 @@
-//! Pushing state to sidecars: one long-lived gRPC stream per sidecar.
+//! What the mesh streams share: the hub that wakes the streams a change
+//! concerns (and keeps the blocked-agents list), and the registry of open
+//! streams. The stream service itself is `api::mesh`.
 
 pub mod hub;
-pub mod parts;
 pub mod registry;
-pub mod stream;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use rand::RngCore;
 use tonic::{Code, Request, Response, Status};
-use warden_shared::agent::{AgentId, AgentStatus};
+use warden_shared::agent::AgentId;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::identity_service_server::IdentityService;
 use warden_shared::refusal::{Reason, status};
@@ -18,10 +18,11 @@ use warden_shared::scope::{self, Scope};
 use warden_shared::svid;
 use warden_shared::token::{Claims, Confirmation, Constraints, TOKEN_TTL_SECS};
 
-use crate::app::State;
+use crate::agents::{ensure_active, join_token_hash, registered_agent, store_error};
 use crate::auth;
 use crate::identity::ca::{self, Signed};
-use crate::store::{self, Agent, IssuedCert, JoinTokenUse, NewSession};
+use crate::state::State;
+use crate::store::{Agent, IssuedCert, JoinTokenUse, NewSession};
 use crate::{now_unix, timestamp};
 
 /// Longest join token accepted.
@@ -43,51 +44,6 @@ impl IdentityApi {
     pub fn new(state: Arc<State>) -> Self {
         Self { state }
     }
-}
-
-/// Hash under which a join token is stored.
-pub fn join_token_hash(token: &str) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .to_vec()
-}
-
-pub(crate) fn store_error(e: store::Error) -> Status {
-    tracing::error!(error = %e, "store failure");
-    status(
-        Code::Unavailable,
-        Reason::Internal,
-        "the control plane's store failed; retry later",
-    )
-}
-
-/// Refuses an agent that is not active or has expired.
-pub(crate) fn ensure_active(agent: &Agent, now: i64) -> Result<(), Status> {
-    match agent.status {
-        AgentStatus::Active => {}
-        AgentStatus::Suspended => {
-            return Err(status(
-                Code::PermissionDenied,
-                Reason::AgentSuspended,
-                format!("agent {} is suspended", agent.id),
-            ));
-        }
-        AgentStatus::Revoked => {
-            return Err(status(
-                Code::PermissionDenied,
-                Reason::AgentRevoked,
-                format!("agent {} is revoked", agent.id),
-            ));
-        }
-    }
-    if agent.expires_at.is_some_and(|e| e <= now) {
-        return Err(status(
-            Code::PermissionDenied,
-            Reason::AgentExpired,
-            format!("agent {} has expired", agent.id),
-        ));
-    }
-    Ok(())
 }
 
 fn csr_error(e: ca::Error) -> Status {
@@ -118,22 +74,6 @@ fn random_id(prefix: &str) -> String {
         "{prefix}_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
     )
-}
-
-/// The record of agent `id`; an unregistered agent is refused.
-pub async fn registered_agent(state: &State, id: &AgentId) -> Result<Agent, Status> {
-    state
-        .store
-        .get_agent(id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            status(
-                Code::PermissionDenied,
-                Reason::AgentUnknown,
-                format!("agent {id} is not registered"),
-            )
-        })
 }
 
 impl IdentityApi {

@@ -9,17 +9,10 @@ use tonic::Status;
 use warden_shared::agent::{AgentId, AgentStatus};
 use warden_shared::proto::v1 as pb;
 
-use crate::app::{CurrentPolicy, State};
-use crate::identity::service::store_error;
+use crate::agents::store_error;
+use crate::digest::digest;
+use crate::state::{CurrentPolicy, State};
 use crate::{now_unix, timestamp};
-
-/// Digest of a canonical encoding.
-pub fn digest(bytes: &[u8]) -> u64 {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d.as_ref()[..8]);
-    u64::from_be_bytes(b).max(1)
-}
 
 /// An agent's own parts, read from the store.
 #[derive(Debug)]
@@ -112,7 +105,7 @@ pub async fn read(
     current: Option<&CurrentPolicy>,
 ) -> Result<AgentParts, Status> {
     let now = now_unix();
-    let a = crate::identity::service::registered_agent(state, agent).await?;
+    let a = crate::agents::registered_agent(state, agent).await?;
     // An expired identity is refused like a revoked one.
     let expired = a.expires_at.is_some_and(|e| e <= now);
     let standing = if expired && a.status == AgentStatus::Active {

@@ -23,11 +23,11 @@ use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::mesh_service_server::MeshService;
 use warden_shared::refusal::{Reason, status};
 
-use crate::app::State;
+use crate::api::parts::{self, AgentParts};
 use crate::auth;
-use crate::mesh::parts::{self, AgentParts};
 use crate::mesh::registry::Registration;
 use crate::now_unix;
+use crate::state::State;
 
 /// Pushes waiting to be written to one stream.
 const OUTBOUND: usize = 2;
@@ -188,7 +188,7 @@ type PairsAt = (u64, u64, u64, u64);
 async fn pairs(
     state: &State,
     agent: &AgentId,
-    policy: Option<&crate::app::CurrentPolicy>,
+    policy: Option<&crate::state::CurrentPolicy>,
     memo: &mut Option<PairsAt>,
 ) -> Result<Option<pb::PairKeysPart>, Status> {
     let Some(p) = policy else { return Ok(None) };
@@ -207,7 +207,7 @@ async fn pairs(
         .messaging
         .directory(state.store.as_ref())
         .await
-        .map_err(crate::identity::service::store_error)?;
+        .map_err(crate::agents::store_error)?;
     Ok(Some(state.messaging.part(
         &state.td,
         &p.messaging,
@@ -234,7 +234,7 @@ impl MeshService for MeshApi {
             .store
             .get_agent(&agent)
             .await
-            .map_err(crate::identity::service::store_error)?;
+            .map_err(crate::agents::store_error)?;
         if let Some(a) = &record {
             if a.status == AgentStatus::Revoked {
                 return Err(status(

@@ -12,9 +12,9 @@ use warden_shared::proto::v1::admin_service_server::AdminService;
 use warden_shared::refusal::{self, Reason, status};
 use warden_shared::scope::Scope;
 
-use crate::app::State;
+use crate::agents::{join_token_hash, store_error};
 use crate::auth;
-use crate::identity::service::{join_token_hash, store_error};
+use crate::state::State;
 use crate::store::{self, Agent, NewPolicy, PolicyApply, PolicyMeta};
 use crate::{now_unix, timestamp};
 
@@ -375,7 +375,7 @@ impl AdminService for AdminApi {
         };
         let agent = self.load_agent(&id).await?;
         let now = now_unix();
-        crate::identity::service::ensure_active(&agent, now)?;
+        crate::agents::ensure_active(&agent, now)?;
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         let token = format!(

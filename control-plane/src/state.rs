@@ -1,0 +1,123 @@
+//! What every service of the control plane shares ([`State`]), and the
+//! policy in force ([`CurrentPolicy`]).
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use warden_shared::spiffe::TrustDomain;
+
+use crate::config::Config;
+use crate::identity::ca::Ca;
+use crate::identity::keys::KeyRing;
+use crate::store::Store;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct State {
+    /// Settings.
+    pub config: Config,
+    /// Trust domain.
+    pub td: TrustDomain,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Certificate authority.
+    pub ca: Ca,
+    /// Token-signing keys.
+    pub keys: KeyRing,
+    /// Wakes the mesh streams a change concerns; the blocked-agents list.
+    pub hub: Arc<crate::mesh::hub::Hub>,
+    /// Turns true when the control plane stops: long-lived streams end so
+    /// that the server can drain.
+    pub stopping: watch::Sender<bool>,
+    /// Open mesh streams.
+    pub sidecars: Arc<crate::mesh::registry::Registry>,
+    /// The latest policy version, parsed once for every stream.
+    pub policy: std::sync::RwLock<Option<Arc<CurrentPolicy>>>,
+    /// Pairwise message keys.
+    pub messaging: crate::a2a::Messaging,
+}
+
+/// The policy version in force.
+#[derive(Debug)]
+pub struct CurrentPolicy {
+    /// Version number.
+    pub version: u64,
+    /// The document as applied.
+    pub text: String,
+    /// Its parsed form (validated when it was applied).
+    pub document: warden_shared::policy::Document,
+    /// When it was applied (unix seconds).
+    pub applied_at: i64,
+    /// Its messaging section, compiled.
+    pub messaging: warden_shared::policy::messaging::Settings,
+}
+
+impl State {
+    /// Reloads the latest policy version from the store and wakes every
+    /// stream. A stored document that no longer parses is logged and
+    /// skipped (the previous one stays in force).
+    pub async fn reload_policy(&self) -> anyhow::Result<()> {
+        let Some((meta, text)) = self.store.get_policy(None).await? else {
+            return Ok(());
+        };
+        match serde_norway::from_str::<warden_shared::policy::Document>(&text) {
+            Ok(document) => {
+                let version = u64::try_from(meta.version).unwrap_or(0);
+                // Validated when applied; a section that no longer compiles
+                // allows no messaging at all.
+                let messaging = document.messaging().unwrap_or_else(|e| {
+                    tracing::error!(error = %e, version, "stored policy's messaging section does not compile; no messaging allowed");
+                    warden_shared::policy::messaging::Settings::default()
+                });
+                *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Arc::new(CurrentPolicy {
+                        version,
+                        text,
+                        document,
+                        applied_at: meta.applied_at,
+                        messaging,
+                    }));
+                self.hub.global_changed();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, version = meta.version, "stored policy does not parse; keeping the previous one")
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy in force.
+    pub fn current_policy(&self) -> Option<Arc<CurrentPolicy>> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How long a revoked or expired agent stays on the mesh-wide blocked
+    /// list: until every certificate and token it held has expired.
+    pub fn blocked_horizon(&self) -> i64 {
+        i64::try_from(self.config.cert_ttl_secs).unwrap_or(i64::MAX / 2)
+            + warden_shared::token::TOKEN_TTL_SECS
+    }
+
+    /// An agent's standing changed: its own streams are told at once (the
+    /// kill switch), then every sidecar through the blocked list, in the
+    /// background so that the admin's call returns without waiting for it.
+    pub fn agent_standing_changed(self: &Arc<Self>, agent: &warden_shared::agent::AgentId) {
+        self.messaging.agents_changed();
+        self.hub.agent_changed(agent);
+        let state = Arc::clone(self);
+        tokio::spawn(async move {
+            let (now, horizon) = (crate::now_unix(), state.blocked_horizon());
+            if let Err(e) = state
+                .hub
+                .refresh_blocked(state.store.as_ref(), now, horizon)
+                .await
+            {
+                // The periodic refresh retries.
+                tracing::warn!(error = %e, "could not refresh the blocked-agents list");
+            }
+        });
+    }
+}
