@@ -144,7 +144,7 @@ impl AgentApi {
         // Installing takes the snapshot writer's lock, which a policy
         // compile may hold for a while: off the runtime.
         let auth = Arc::clone(&self.auth);
-        tokio::task::spawn_blocking(move || auth.set_jwks(&set))
+        tokio::task::spawn_blocking(move || auth.state().set_jwks(&set))
             .await
             .map_err(|_| {
                 status(
@@ -240,7 +240,7 @@ impl AgentService for AgentApi {
         // An expiry or a revocation is final: refuse without asking. (A
         // suspension is left to the control plane, which also knows about a
         // resume that has not reached this sidecar yet.)
-        let held = self.auth.held();
+        let held = self.auth.state().held();
         if let Some(e) = held.expires_at.filter(|e| *e <= now_unix()) {
             return Err(auth_status(&authenticate::Error::AgentExpired(e)));
         }

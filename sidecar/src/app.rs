@@ -68,14 +68,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.control_plane.clone(),
         Arc::clone(&identity),
     ));
-    let auth = Arc::new(
-        Authenticator::new(
-            td.control_plane().to_string(),
-            expected.to_string(),
-            Some(config.data_dir.join("ended-sessions.json")),
-        )
-        .with_max_policy_age(config.max_policy_age_secs),
-    );
+    let state = Arc::new(crate::state::State::new(config.max_policy_age_secs));
+    let auth = Arc::new(Authenticator::new(
+        td.control_plane().to_string(),
+        expected.to_string(),
+        Some(config.data_dir.join("ended-sessions.json")),
+        Arc::clone(&state),
+    ));
     // Enforce the last acknowledged state at once, even with the control
     // plane away; a tampered snapshot is refused.
     let snapshots = crate::mesh::SnapshotFile::new(&config.data_dir);

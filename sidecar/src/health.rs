@@ -53,16 +53,16 @@ pub fn report(h: &Health, now: i64) -> (bool, Value) {
         }
         None => (false, Value::Null, "not enrolled; provide a join token"),
     };
-    let version = h.auth.held_version();
-    let link = h.auth.link();
-    let age = h.auth.policy_age(now);
+    let version = h.auth.state().held_version();
+    let link = h.auth.state().link();
+    let age = h.auth.state().policy_age(now);
     // verify() is the authority on refusing; ask it the same question.
-    let policy_err = match (version, h.auth.check_policy(now)) {
+    let policy_err = match (version, h.auth.state().check_policy(now)) {
         (0, _) => Some("no policy from the control plane yet".to_owned()),
         (_, Err(e)) => Some(e.to_string()),
         _ => None,
     };
-    let held = h.auth.held();
+    let held = h.auth.state().held();
     let policy = json!({
         "version": version,
         "policy_version": held.policy.as_ref().map_or(0, |p| p.version),
@@ -176,7 +176,7 @@ pub fn metrics(h: &Health) -> String {
             );
         }
     }
-    let held = h.auth.held();
+    let held = h.auth.state().held();
     let _ = writeln!(
         out,
         "# TYPE warden_policy_version gauge\nwarden_policy_version {}",

@@ -125,7 +125,7 @@ fn child_main(config: &str) {
         cfg.join_token = Some(s("token"));
         let sc = warden_sidecar::app::start(cfg).await.unwrap();
         let ok = eventually(Duration::from_secs(10), || async {
-            sc.auth.held().policy.is_some()
+            sc.auth.state().held().policy.is_some()
         })
         .await;
         assert!(ok, "no policy reached the sidecar");

@@ -84,6 +84,7 @@ fn messenger(me: &str, pairs: &[(&str, &str)], now_ms: i64) -> Messenger {
         "cp".into(),
         td.agent(&me_id).to_string(),
         None,
+        Arc::new(warden_sidecar::state::State::new(None)),
     ));
     let push = pb::StreamResponse {
         version: 1,
@@ -221,8 +222,18 @@ async fn through_the_mesh() {
         .await
         .unwrap();
     let keyed = eventually(Duration::from_secs(10), || async {
-        a.auth.held().pair_keys.of("agent-a", "agent-b").is_some()
-            && b.auth.held().pair_keys.of("agent-a", "agent-b").is_some()
+        a.auth
+            .state()
+            .held()
+            .pair_keys
+            .of("agent-a", "agent-b")
+            .is_some()
+            && b.auth
+                .state()
+                .held()
+                .pair_keys
+                .of("agent-a", "agent-b")
+                .is_some()
     })
     .await;
     assert!(keyed, "no pair keys");

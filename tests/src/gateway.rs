@@ -245,7 +245,7 @@ impl GatewayMesh {
         let token = mesh.join_token("a1").await?;
         let sidecar = warden_sidecar::app::start(mesh.sidecar_config("a1", Some(token))).await?;
         let held = eventually(Duration::from_secs(10), || async {
-            sidecar.auth.held().policy.is_some()
+            sidecar.auth.state().held().policy.is_some()
         })
         .await;
         anyhow::ensure!(held, "the sidecar received no policy");

@@ -253,7 +253,7 @@ impl Mesh {
 pub async fn start_sidecar(config: SidecarConfig) -> anyhow::Result<Sidecar> {
     let sc = warden_sidecar::app::start(config).await?;
     let pushed = eventually(Duration::from_secs(10), || async {
-        sc.auth.held_version() > 0
+        sc.auth.state().held_version() > 0
     })
     .await;
     anyhow::ensure!(pushed, "sidecar received no push from the control plane");

@@ -51,7 +51,7 @@ impl Mesh {
         tweak(&mut c);
         let sc = warden_sidecar::app::start(c).await?;
         let keyed = eventually(Duration::from_secs(10), || async {
-            sc.auth.held().raw.pairs.is_some()
+            sc.auth.state().held().raw.pairs.is_some()
         })
         .await;
         anyhow::ensure!(keyed, "{agent}'s sidecar received no pair keys");

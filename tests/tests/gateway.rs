@@ -610,7 +610,7 @@ cedar: "permit (principal, action, resource);"
     let sc = mesh.agent("a1", &["crm:read"], 4).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            sc.auth.held().policy.is_some()
+            sc.auth.state().held().policy.is_some()
         })
         .await
     );

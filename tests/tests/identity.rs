@@ -214,7 +214,7 @@ async fn an_ended_session_stays_ended_across_a_sidecar_restart() {
     // Sessions end at the sidecar only once it holds the control plane's
     // first push (before, it refuses every token).
     let pushed = eventually(std::time::Duration::from_secs(10), || async {
-        sc.auth.held_version() > 0
+        sc.auth.state().held_version() > 0
     })
     .await;
     assert!(pushed, "no push from the control plane");

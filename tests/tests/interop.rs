@@ -145,7 +145,7 @@ async fn python_verifies_envelopes_from_the_readme_specification() {
     let a = mesh.agent("py-a", &["data:read"], 2).await.unwrap();
     let _b = mesh.agent("py-b", &["data:read"], 2).await.unwrap();
     let keyed = eventually(std::time::Duration::from_secs(10), || async {
-        a.auth.held().pair_keys.of("py-a", "py-b").is_some()
+        a.auth.state().held().pair_keys.of("py-a", "py-b").is_some()
     })
     .await;
     assert!(keyed, "py-a's sidecar holds no key for py-b");
@@ -161,7 +161,7 @@ async fn python_verifies_envelopes_from_the_readme_specification() {
         .into_inner()
         .envelope
         .unwrap();
-    let held = a.auth.held();
+    let held = a.auth.state().held();
     let key = held
         .pair_keys
         .of("py-a", "py-b")
@@ -219,6 +219,7 @@ async fn python_agents_sign_and_verify_messages() {
     let b = mesh.agent("py-recipient", &["data:read"], 2).await.unwrap();
     let keyed = eventually(std::time::Duration::from_secs(10), || async {
         a.auth
+            .state()
             .held()
             .pair_keys
             .of("py-sender", "py-recipient")

@@ -33,7 +33,7 @@ async fn revoking_an_agent_refuses_its_live_tokens_at_the_sidecar() {
     // Wait until the stream is up and has delivered its first push.
     assert!(
         eventually(Duration::from_secs(10), || async {
-            sc.auth.held_version() > 0
+            sc.auth.state().held_version() > 0
         })
         .await
     );
@@ -176,7 +176,7 @@ async fn sidecars_list_shows_each_stream_and_what_it_acknowledged() {
         .into_inner();
     assert_eq!(listed(&r), ["a1", "b1"]);
     let a1 = &r.sidecars[0];
-    assert_eq!(a1.acked_version, a.auth.held_version());
+    assert_eq!(a1.acked_version, a.auth.state().held_version());
     assert_eq!((a1.lag_seconds, a1.nack_reason.as_str()), (0, ""));
     assert!(a1.peer.starts_with("127.0.0.1:"), "{}", a1.peer);
 

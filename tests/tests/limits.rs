@@ -275,7 +275,7 @@ cedar: "permit (principal, action, resource);"
         let sc = warden_sidecar::app::start(cfg).await.unwrap();
         assert!(
             eventually(Duration::from_secs(10), || async {
-                sc.auth.held().policy.is_some()
+                sc.auth.state().held().policy.is_some()
             })
             .await
         );
@@ -525,7 +525,7 @@ cedar: "permit (principal, action, resource);"
     let sc = warden_sidecar::app::start(cfg).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            sc.auth.held().policy.is_some()
+            sc.auth.state().held().policy.is_some()
         })
         .await
     );

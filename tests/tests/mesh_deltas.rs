@@ -260,6 +260,7 @@ async fn every_sidecar_learns_which_agents_are_blocked() {
     let mut admin = mesh.admin().await.unwrap();
     let blocked = |sc: &warden_sidecar::app::Running, id: &str| {
         sc.auth
+            .state()
             .held()
             .blocked_agents
             .get(id, warden_sidecar::now_unix())

@@ -108,7 +108,7 @@ fn fallbacks(sc: &Sidecar) -> u64 {
 
 /// Every pair key a sidecar holds names its own agent.
 fn holds_only_its_own_pairs(sc: &Sidecar, me: &str) -> usize {
-    let held = sc.auth.held();
+    let held = sc.auth.state().held();
     let mut n = 0;
     for (s, to) in &held.pair_keys.pairs {
         for r in to.keys() {
@@ -406,6 +406,7 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
     let dropped = eventually(Duration::from_secs(5), || async {
         coder
             .auth
+            .state()
             .held()
             .pair_keys
             .of("reviewer", "coder")
@@ -433,7 +434,12 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         .await
         .unwrap();
     let gone = eventually(Duration::from_secs(5), || async {
-        rev1.auth.held().pair_keys.of("coder", "reviewer").is_none()
+        rev1.auth
+            .state()
+            .held()
+            .pair_keys
+            .of("coder", "reviewer")
+            .is_none()
     })
     .await;
     assert!(gone, "a suspended agent's keys are still held");
@@ -449,8 +455,19 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         .await
         .unwrap();
     let back = eventually(Duration::from_secs(5), || async {
-        rev1.auth.held().pair_keys.of("coder", "reviewer").is_some()
-            && rev1.auth.held().blocked_agents.get("coder", 0).is_none()
+        rev1.auth
+            .state()
+            .held()
+            .pair_keys
+            .of("coder", "reviewer")
+            .is_some()
+            && rev1
+                .auth
+                .state()
+                .held()
+                .blocked_agents
+                .get("coder", 0)
+                .is_none()
     })
     .await;
     assert!(back, "a resumed agent's keys did not come back");
@@ -475,7 +492,8 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         .await
         .unwrap();
     let gone = eventually(Duration::from_secs(5), || async {
-        rev2.auth.held().pair_keys.pairs.is_empty() && rev1.auth.held().pair_keys.pairs.is_empty()
+        rev2.auth.state().held().pair_keys.pairs.is_empty()
+            && rev1.auth.state().held().pair_keys.pairs.is_empty()
     })
     .await;
     assert!(gone, "the revoked agent's pair keys are still held");

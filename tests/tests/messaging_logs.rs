@@ -42,8 +42,8 @@ async fn no_pair_key_or_payload_in_any_log_line() {
         .await
         .unwrap();
     let keyed = eventually(Duration::from_secs(10), || async {
-        a.auth.held().pair_keys.of("lg-a", "lg-b").is_some()
-            && b.auth.held().pair_keys.of("lg-b", "lg-a").is_some()
+        a.auth.state().held().pair_keys.of("lg-a", "lg-b").is_some()
+            && b.auth.state().held().pair_keys.of("lg-b", "lg-a").is_some()
     })
     .await;
     assert!(keyed, "no pair keys");
@@ -96,7 +96,7 @@ async fn no_pair_key_or_payload_in_any_log_line() {
     assert!(!text.contains(PAYLOAD), "a payload reached the logs");
     let mut keys = Vec::new();
     for sc in [&a, &b] {
-        let held = sc.auth.held();
+        let held = sc.auth.state().held();
         for to in held.pair_keys.pairs.values() {
             for k in to.values().flatten() {
                 keys.push(k.key.as_bytes().to_vec());
@@ -116,7 +116,7 @@ async fn no_pair_key_or_payload_in_any_log_line() {
         }
     }
     // The snapshot the sidecar keeps prints no key in Debug either.
-    let debug = format!("{:?}", a.auth.held());
+    let debug = format!("{:?}", a.auth.state().held());
     for k in &keys {
         assert!(!debug.contains(&format!("{k:?}")), "Debug printed a key");
     }

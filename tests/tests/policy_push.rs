@@ -14,7 +14,12 @@ use warden_shared::proto::v1 as pb;
 use warden_tests::*;
 
 fn held(sc: &warden_sidecar::app::Running) -> u64 {
-    sc.auth.held().policy.as_ref().map_or(0, |p| p.version)
+    sc.auth
+        .state()
+        .held()
+        .policy
+        .as_ref()
+        .map_or(0, |p| p.version)
 }
 
 async fn holds(sc: &warden_sidecar::app::Running, version: u64) -> bool {
@@ -41,7 +46,7 @@ async fn support_bot(mesh: &Mesh, id: &str) -> warden_sidecar::app::Running {
         .unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            sc.auth.held_version() > 0
+            sc.auth.state().held_version() > 0
         })
         .await
     );
@@ -62,8 +67,16 @@ async fn each_sidecar_holds_the_tools_that_concern_its_agent() {
         .unwrap();
     assert!(holds(&eu, 1).await && holds(&us, 1).await);
 
-    let tools =
-        |sc: &warden_sidecar::app::Running| sc.auth.held().policy.as_ref().unwrap().tools.clone();
+    let tools = |sc: &warden_sidecar::app::Running| {
+        sc.auth
+            .state()
+            .held()
+            .policy
+            .as_ref()
+            .unwrap()
+            .tools
+            .clone()
+    };
     // Type override: no delete_repository; identity deny list: no clock.
     let eu_tools = tools(&eu);
     assert_eq!(
@@ -101,7 +114,7 @@ async fn a_burst_of_applies_ends_with_every_sidecar_on_the_last_version() {
         held(&a),
         held(&b)
     );
-    let standing = a.auth.held();
+    let standing = a.auth.state().held();
     let limits = &standing.policy.as_ref().unwrap().policy.document.tools[0].limits;
     assert_eq!(limits.calls_per_minute, Some(129));
 }

@@ -22,7 +22,7 @@ async fn a_restart_during_an_outage_enforces_the_persisted_snapshot() {
     let sc = warden_sidecar::app::start(config.clone()).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            sc.auth.held_version() > 0
+            sc.auth.state().held_version() > 0
         })
         .await
     );
@@ -42,7 +42,7 @@ async fn a_restart_during_an_outage_enforces_the_persisted_snapshot() {
         })
         .await
     );
-    let held = sc.auth.held_version();
+    let held = sc.auth.state().held_version();
     sc.shutdown().await.unwrap();
 
     // The control plane goes away; the sidecar restarts from its data dir.
@@ -51,7 +51,11 @@ async fn a_restart_during_an_outage_enforces_the_persisted_snapshot() {
     let mut again = config.clone();
     again.join_token = None;
     let sc = warden_sidecar::app::start(again.clone()).await.unwrap();
-    assert_eq!(sc.auth.held_version(), held, "the snapshot was not loaded");
+    assert_eq!(
+        sc.auth.state().held_version(),
+        held,
+        "the snapshot was not loaded"
+    );
     who(&sc, &keep.token)
         .await
         .expect("the held policy is enforced, and allows this session");
@@ -72,7 +76,7 @@ async fn a_restart_during_an_outage_enforces_the_persisted_snapshot() {
     bytes[last] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
     let sc = warden_sidecar::app::start(again).await.unwrap();
-    assert_eq!(sc.auth.held_version(), 0);
+    assert_eq!(sc.auth.state().held_version(), 0);
     assert_refused(
         who(&sc, &keep.token).await,
         Code::FailedPrecondition,
@@ -92,7 +96,7 @@ async fn max_policy_age_fails_closed_once_out_of_contact_too_long() {
     let sc = warden_sidecar::app::start(config).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            sc.auth.held_version() > 0
+            sc.auth.state().held_version() > 0
         })
         .await
     );

@@ -160,7 +160,7 @@ impl Messenger {
                 ),
             ));
         }
-        let held = self.auth.held();
+        let held = self.auth.state().held();
         let keys = &held.pair_keys;
         no_keys_yet(keys)?;
         let max = usize::try_from(keys.settings.max_payload_bytes).unwrap_or(usize::MAX);
@@ -259,7 +259,7 @@ impl Messenger {
                 ));
             }
         };
-        let held = self.auth.held();
+        let held = self.auth.state().held();
         if let Some(b) = held.blocked_agents.get(sender.as_str(), now_ms / 1000) {
             let what = if b.revoked { "revoked" } else { "suspended" };
             return Err(Refusal::new(

@@ -52,7 +52,12 @@ fn part(pairs: &[(&str, &str)]) -> pb::PairKeysPart {
 
 fn messenger(me: &str, pairs: &[(&str, &str)], blocked: &[&str]) -> Messenger {
     let audience = td().agent(&AgentId::new(me).unwrap()).to_string();
-    let auth = Arc::new(Authenticator::new("cp".into(), audience, None));
+    let auth = Arc::new(Authenticator::new(
+        "cp".into(),
+        audience,
+        None,
+        Arc::new(crate::state::State::new(None)),
+    ));
     let push = pb::StreamResponse {
         version: 1,
         pair_keys: Some(part(pairs)),
@@ -276,7 +281,12 @@ async fn pairs_policy_does_not_allow_and_blocked_senders_are_refused() {
 #[test]
 fn a_sidecar_refuses_keys_of_pairs_it_is_not_part_of() {
     let audience = td().agent(&AgentId::new("rev").unwrap()).to_string();
-    let auth = Authenticator::new("cp".into(), audience, None);
+    let auth = Authenticator::new(
+        "cp".into(),
+        audience,
+        None,
+        Arc::new(crate::state::State::new(None)),
+    );
     let push = pb::StreamResponse {
         version: 1,
         pair_keys: Some(part(&[("coder", "rev"), ("coder", "ops")])),
@@ -285,7 +295,10 @@ fn a_sidecar_refuses_keys_of_pairs_it_is_not_part_of() {
     let (part, why) = crate::mesh::apply(&auth, &push, NOW / 1000).unwrap_err();
     assert_eq!(part, pb::MeshPart::PairKeys);
     assert!(why.contains("coder->ops"), "{why}");
-    assert!(auth.held().pair_keys.pairs.is_empty(), "nothing applied");
+    assert!(
+        auth.state().held().pair_keys.pairs.is_empty(),
+        "nothing applied"
+    );
 }
 
 #[tokio::test]
@@ -293,7 +306,12 @@ async fn messages_signed_before_the_replay_memory_began_are_refused() {
     // A sidecar that got its keys (started) at NOW: its replay memory
     // starts then, so an older message could be a replay it cannot see.
     let audience = td().agent(&AgentId::new("rev").unwrap()).to_string();
-    let auth = Arc::new(Authenticator::new("cp".into(), audience, None));
+    let auth = Arc::new(Authenticator::new(
+        "cp".into(),
+        audience,
+        None,
+        Arc::new(crate::state::State::new(None)),
+    ));
     let mut push = pb::StreamResponse {
         version: 1,
         pair_keys: Some(part(&PAIRS)),
@@ -332,7 +350,12 @@ async fn messages_signed_before_the_replay_memory_began_are_refused() {
 #[tokio::test]
 async fn a_sidecar_without_keys_says_to_retry_later() {
     let audience = td().agent(&AgentId::new("rev").unwrap()).to_string();
-    let auth = Arc::new(Authenticator::new("cp".into(), audience, None));
+    let auth = Arc::new(Authenticator::new(
+        "cp".into(),
+        audience,
+        None,
+        Arc::new(crate::state::State::new(None)),
+    ));
     let rev = Messenger::new(
         td(),
         AgentId::new("rev").unwrap(),

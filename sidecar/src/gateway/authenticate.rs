@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use warden_shared::token::{self, Claims, Expect, JwkSet};
+use warden_shared::token::{self, Claims, Expect};
 
 use crate::identity::rotation::Snapshot;
 use crate::state::held::Held;
+use crate::state::{State, Unusable};
 
 /// Most cached verified tokens; the cache is swept of expired entries, then
 /// cleared, when full.
@@ -63,15 +64,6 @@ pub enum Error {
     PolicyStale(i64),
 }
 
-/// The mesh link as seen by the sidecar.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Link {
-    /// Whether the stream is up.
-    pub connected: bool,
-    /// When it last went up or down (unix seconds).
-    pub since: i64,
-}
-
 /// Verified claims by the exact token text.
 type ClaimsCache = HashMap<Arc<str>, Arc<Claims>>;
 
@@ -85,18 +77,20 @@ pub struct Authenticator {
     ended: Mutex<HashMap<String, i64>>,
     ended_file: Option<PathBuf>,
     last_refresh: Mutex<Option<Instant>>,
-    held: RwLock<Arc<Held>>,
-    /// Serialises writers of `held`, which build the next snapshot without
-    /// holding `held`'s lock (compiling a policy takes a while).
-    writer: Mutex<()>,
-    link: Mutex<Link>,
-    max_policy_age: Option<i64>,
+    /// What the control plane pushed (read here, written by the mesh task).
+    state: Arc<State>,
 }
 
 impl Authenticator {
-    /// Expects tokens from `issuer` for `audience`. Ended sessions are kept
-    /// in `ended_file` (if given) so a restart does not revive their tokens.
-    pub fn new(issuer: String, audience: String, ended_file: Option<PathBuf>) -> Self {
+    /// Expects tokens from `issuer` for `audience`, checked against what
+    /// `state` holds. Ended sessions are kept in `ended_file` (if given) so a
+    /// restart does not revive their tokens.
+    pub fn new(
+        issuer: String,
+        audience: String,
+        ended_file: Option<PathBuf>,
+        state: Arc<State>,
+    ) -> Self {
         let ended = ended_file.as_deref().map(load_ended).unwrap_or_default();
         Self {
             issuer,
@@ -105,125 +99,19 @@ impl Authenticator {
             ended: Mutex::new(ended),
             ended_file,
             last_refresh: Mutex::new(None),
-            held: RwLock::new(Arc::new(Held::default())),
-            writer: Mutex::new(()),
-            link: Mutex::new(Link {
-                connected: false,
-                since: crate::now_unix(),
-            }),
-            max_policy_age: None,
+            state,
         }
     }
 
-    /// Refuse tokens once out of contact with the control plane for longer
-    /// than `secs` (fail closed). Off by default.
-    pub fn with_max_policy_age(mut self, secs: Option<u64>) -> Self {
-        self.max_policy_age = secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-        self
+    /// What the control plane pushed, as this authenticator reads it.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
     }
 
     /// This sidecar's agent id (the last segment of the audience, its
     /// SPIFFE ID).
     pub fn agent_id(&self) -> &str {
         self.audience.rsplit('/').next().unwrap_or_default()
-    }
-
-    /// Records the stream going up or down.
-    pub fn set_connected(&self, connected: bool, now: i64) {
-        let mut l = self.link.lock().unwrap_or_else(|p| p.into_inner());
-        if l.connected != connected {
-            *l = Link {
-                connected,
-                since: now,
-            };
-        }
-    }
-
-    /// The link state.
-    pub fn link(&self) -> Link {
-        *self.link.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether calls may be served on the held policy: one is held, and it
-    /// is not older than `max_policy_age` (when set).
-    pub fn check_policy(&self, now: i64) -> Result<(), Error> {
-        if self.held_version() == 0 {
-            return Err(Error::NoPolicy);
-        }
-        if let Some(max) = self.max_policy_age {
-            let age = self.policy_age(now);
-            if age > max {
-                return Err(Error::PolicyStale(age));
-            }
-        }
-        Ok(())
-    }
-
-    /// How stale the held policy may be: 0 while connected, else the time
-    /// since the stream went down (or since start).
-    pub fn policy_age(&self, now: i64) -> i64 {
-        let l = self.link();
-        if l.connected {
-            0
-        } else {
-            (now - l.since).max(0)
-        }
-    }
-
-    /// Builds the next snapshot from the current one with `f` and switches
-    /// readers to it in one step (they see the old or the new one, never a
-    /// mix); nothing changes if `f` fails.
-    pub fn update<E>(&self, f: impl FnOnce(&Held) -> Result<Held, E>) -> Result<(), E> {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let next = f(&self.held())?;
-        *self.held.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        Ok(())
-    }
-
-    /// The version of the last applied push (0: none yet).
-    pub fn held_version(&self) -> u64 {
-        self.held().version
-    }
-
-    /// What is held from the control plane.
-    pub fn held(&self) -> Arc<Held> {
-        Arc::clone(&self.held.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Installs a JWK Set fetched outside the mesh stream (a token named an
-    /// unknown key). The control plane is not told of it: its digest is
-    /// unknown, so a reconnect receives the pushed keys again.
-    pub fn set_jwks(&self, set: &JwkSet) -> Result<(), token::Error> {
-        let json = serde_json::to_string(set).map_err(|_| token::Error::Jwk("unserialisable"))?;
-        self.update(|held| {
-            if held.raw.keys.as_ref().is_some_and(|k| k.jwks_json == json) {
-                return Ok(held.clone());
-            }
-            // A fetch that started before a pushed rotation may land after
-            // it: never replace pushed keys with a set that lacks one of them.
-            if let Some(pushed) = held.raw.keys.as_ref().filter(|k| k.digest != 0) {
-                let pushed: JwkSet = serde_json::from_str(&pushed.jwks_json)
-                    .map_err(|_| token::Error::Jwk("held key set unreadable"))?;
-                if pushed
-                    .keys
-                    .iter()
-                    .any(|k| !set.keys.iter().any(|f| f.kid == k.kid))
-                {
-                    return Ok(held.clone());
-                }
-            }
-            let verifier = warden_shared::token::Verifier::new(set)?;
-            let mut next = held.clone();
-            next.keys = Arc::new(crate::state::held::Keys {
-                generation: held.keys.generation + 1,
-                verifier,
-            });
-            next.raw.keys = Some(Arc::new(warden_shared::proto::v1::KeysPart {
-                digest: 0,
-                jwks_json: json,
-            }));
-            Ok(next)
-        })
     }
 
     /// Whether a refresh for an unknown key may run now (rate-limited).
@@ -263,7 +151,7 @@ impl Authenticator {
         ids: &Snapshot,
         now: i64,
     ) -> Result<(Arc<Claims>, Arc<Held>), Error> {
-        let held = self.held();
+        let held = self.state.held();
         // A known expiry, suspension or revocation is the most precise
         // answer, even on a stale policy.
         if let Some(e) = held.expires_at.filter(|e| *e <= now) {
@@ -276,7 +164,10 @@ impl Authenticator {
             });
         }
         let current = ids.valid(now).ok_or(Error::NoIdentity)?;
-        self.check_policy(now)?;
+        self.state.check_policy(now).map_err(|e| match e {
+            Unusable::NoPolicy => Error::NoPolicy,
+            Unusable::Stale(age) => Error::PolicyStale(age),
+        })?;
         let claims = self.signature(token, &held, now)?;
         let mut thumbs: [&str; 2] = [&current.thumbprint, ""];
         let n = match &ids.previous_thumbprint {

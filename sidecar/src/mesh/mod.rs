@@ -49,7 +49,7 @@ pub fn apply_at(
     push: &pb::StreamResponse,
     now_ms: i64,
 ) -> Result<(), held::Refusal> {
-    auth.update(|h| {
+    auth.state().update(|h| {
         let next = h.apply_at(push, now_ms)?;
         held::check_pair_membership(&next.pair_keys, auth.agent_id())
             .map_err(|e| (pb::MeshPart::PairKeys, e))?;
@@ -118,7 +118,7 @@ fn describe(p: &pb::StreamResponse) -> String {
 /// refused with the reason, across restarts too.
 fn revoked_at_open(auth: &Authenticator, snapshots: &SnapshotFile, message: &str, expired: bool) {
     let now = crate::now_unix();
-    let r = auth.update(|h| {
+    let r = auth.state().update(|h| {
         if h.blocked.as_ref().is_some_and(|(revoked, _)| *revoked) && (!expired || h.expired(now)) {
             return Err(());
         }
@@ -140,7 +140,7 @@ fn revoked_at_open(auth: &Authenticator, snapshots: &SnapshotFile, message: &str
         Ok(next)
     });
     if r.is_ok()
-        && let Err(e) = snapshots.save(&auth.held().to_push())
+        && let Err(e) = snapshots.save(&auth.state().held().to_push())
     {
         tracing::error!(error = %e, "mesh: could not persist the snapshot");
     }
@@ -182,7 +182,7 @@ pub async fn run(
             let (tx, rx) = mpsc::channel(8);
             let hello = pb::StreamRequest {
                 kind: Some(pb::stream_request::Kind::Hello({
-                    let held = auth.held();
+                    let held = auth.state().held();
                     pb::Hello {
                         held_version: held.version,
                         held: Some(held.digests()),
@@ -226,7 +226,7 @@ pub async fn run(
                 };
                 match msg {
                     Ok(Some(push)) => {
-                        auth.set_connected(true, now_unix());
+                        auth.state().set_connected(true, now_unix());
                         let (version, nonce) = (push.version, push.nonce.clone());
                         // Compiling a policy (schemas, Cedar) and writing the
                         // snapshot are blocking work: off the runtime.
@@ -234,7 +234,7 @@ pub async fn run(
                             let (auth, snapshots) = (Arc::clone(&auth), snapshots.clone());
                             tokio::task::spawn_blocking(move || {
                                 apply_at(&auth, &push, crate::now_ms())?;
-                                if let Err(e) = snapshots.save(&auth.held().to_push()) {
+                                if let Err(e) = snapshots.save(&auth.state().held().to_push()) {
                                     tracing::error!(error = %e, "mesh: could not persist the snapshot");
                                 }
                                 Ok(describe(&push))
@@ -256,7 +256,7 @@ pub async fn run(
                                     nonce,
                                     reason,
                                     part: part.into(),
-                                    held: Some(auth.held().digests()),
+                                    held: Some(auth.state().held().digests()),
                                 })
                             }
                         };
@@ -283,7 +283,7 @@ pub async fn run(
                 }
             }
         };
-        auth.set_connected(false, now_unix());
+        auth.state().set_connected(false, now_unix());
         if !wait.is_zero() {
             let jittered = wait.mul_f64(rand::rng().random_range(0.5..1.0));
             backoff = (backoff * 2).min(RETRY_MAX);
