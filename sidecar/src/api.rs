@@ -13,9 +13,9 @@ use warden_shared::token::{self, Claims};
 use warden_shared::{AGENT_HEADER, AGENT_HEADER_VALUE};
 
 use crate::cp::ControlPlane;
-use crate::gateway::authenticate::{self, Authenticator};
+use crate::gateway::Denial;
+use crate::gateway::authenticate::{self, Authenticator, auth_denial, auth_status, bearer};
 use crate::gateway::pipeline::{self, Gateway};
-use crate::gateway::{Denial, Stage};
 use crate::identity::rotation::Manager;
 use crate::now_unix;
 use crate::state::held::Held;
@@ -53,60 +53,6 @@ fn ts(secs: i64) -> prost_types::Timestamp {
         seconds: secs,
         nanos: 0,
     }
-}
-
-/// Maps an authentication failure to the gateway's stage-1 denial.
-pub fn auth_denial(e: &authenticate::Error) -> Denial {
-    use token::Error as T;
-    let (code, reason) = match e {
-        authenticate::Error::NoIdentity => (Code::FailedPrecondition, Reason::NoIdentity),
-        authenticate::Error::SessionEnded(_) => (Code::Unauthenticated, Reason::SessionUnknown),
-        authenticate::Error::SessionRevoked(_) => (Code::Unauthenticated, Reason::SessionRevoked),
-        authenticate::Error::NoPolicy => (Code::FailedPrecondition, Reason::PolicyNotLoaded),
-        authenticate::Error::PolicyStale(_) => (Code::FailedPrecondition, Reason::PolicyStale),
-        authenticate::Error::AgentExpired(_) => (Code::PermissionDenied, Reason::AgentExpired),
-        authenticate::Error::AgentBlocked { revoked: true, .. } => {
-            (Code::PermissionDenied, Reason::AgentRevoked)
-        }
-        authenticate::Error::AgentBlocked { revoked: false, .. } => {
-            (Code::PermissionDenied, Reason::AgentSuspended)
-        }
-        authenticate::Error::Token(t) => match t {
-            T::Expired(_) => (Code::Unauthenticated, Reason::TokenExpired),
-            T::BadSignature | T::UnknownKey(_) => {
-                (Code::Unauthenticated, Reason::TokenBadSignature)
-            }
-            T::WrongAudience(_) => (Code::Unauthenticated, Reason::TokenWrongAudience),
-            T::WrongIssuer(_) => (Code::Unauthenticated, Reason::TokenWrongIssuer),
-            T::KeyBinding => (Code::Unauthenticated, Reason::TokenKeyBindingMismatch),
-            T::NotYetValid => (Code::Unauthenticated, Reason::TokenNotYetValid),
-            _ => (Code::Unauthenticated, Reason::TokenMalformed),
-        },
-    };
-    Denial::new(Stage::Authenticate, code, reason, e.to_string())
-}
-
-/// Maps an authentication failure to the agent-facing status.
-pub fn auth_status(e: &authenticate::Error) -> Status {
-    auth_denial(e).to_status()
-}
-
-/// The bearer token of a request.
-pub fn bearer<T>(req: &Request<T>) -> Result<&str, Denial> {
-    let missing = || {
-        Denial::new(
-            Stage::Authenticate,
-            Code::Unauthenticated,
-            Reason::TokenMissing,
-            "send the session token as `authorization: Bearer <token>`",
-        )
-    };
-    let v = req.metadata().get("authorization").ok_or_else(missing)?;
-    let v = v.to_str().map_err(|_| missing())?;
-    v.strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(missing)
 }
 
 impl AgentApi {

@@ -196,7 +196,7 @@ impl MessagingService for MessagingApi {
             .authenticate(&req)
             .await
             .map_err(|d| d.to_status())?;
-        let token = crate::api::bearer(&req)
+        let token = crate::gateway::authenticate::bearer(&req)
             .map_err(|d| d.to_status())?
             .to_owned();
         // One message in transit at a time: a message is taken from the

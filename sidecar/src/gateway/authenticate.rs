@@ -1,6 +1,8 @@
-//! Stage 1 of the pipeline: verify a session token locally — signature
-//! against the JWKS, issuer, audience (this agent), expiry, key binding to
-//! our current or previous certificate, and not ended here.
+//! Stage 1 of the pipeline: the bearer token read from the request
+//! ([`bearer`]) and verified locally — signature against the JWKS, issuer,
+//! audience (this agent), expiry, key binding to our current or previous
+//! certificate, and not ended here — each failure mapped to its refusal
+//! ([`auth_denial`]).
 //!
 //! Signature verification (an ECDSA verify, tens of µs) is cached per token
 //! string: the cache maps the exact token text to the claims it was proven
@@ -14,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use warden_shared::token::{self, Claims, Expect};
 
+use tonic::{Code, Request, Status};
+use warden_shared::refusal::Reason;
+
+use super::{Denial, Stage};
 use crate::identity::rotation::Snapshot;
 use crate::state::held::Held;
 use crate::state::{State, Unusable};
@@ -227,6 +233,58 @@ impl Authenticator {
         }
         Ok(claims)
     }
+}
+
+/// Maps an authentication failure to the gateway's stage-1 denial.
+pub fn auth_denial(e: &Error) -> Denial {
+    use token::Error as T;
+    let (code, reason) = match e {
+        Error::NoIdentity => (Code::FailedPrecondition, Reason::NoIdentity),
+        Error::SessionEnded(_) => (Code::Unauthenticated, Reason::SessionUnknown),
+        Error::SessionRevoked(_) => (Code::Unauthenticated, Reason::SessionRevoked),
+        Error::NoPolicy => (Code::FailedPrecondition, Reason::PolicyNotLoaded),
+        Error::PolicyStale(_) => (Code::FailedPrecondition, Reason::PolicyStale),
+        Error::AgentExpired(_) => (Code::PermissionDenied, Reason::AgentExpired),
+        Error::AgentBlocked { revoked: true, .. } => (Code::PermissionDenied, Reason::AgentRevoked),
+        Error::AgentBlocked { revoked: false, .. } => {
+            (Code::PermissionDenied, Reason::AgentSuspended)
+        }
+        Error::Token(t) => match t {
+            T::Expired(_) => (Code::Unauthenticated, Reason::TokenExpired),
+            T::BadSignature | T::UnknownKey(_) => {
+                (Code::Unauthenticated, Reason::TokenBadSignature)
+            }
+            T::WrongAudience(_) => (Code::Unauthenticated, Reason::TokenWrongAudience),
+            T::WrongIssuer(_) => (Code::Unauthenticated, Reason::TokenWrongIssuer),
+            T::KeyBinding => (Code::Unauthenticated, Reason::TokenKeyBindingMismatch),
+            T::NotYetValid => (Code::Unauthenticated, Reason::TokenNotYetValid),
+            _ => (Code::Unauthenticated, Reason::TokenMalformed),
+        },
+    };
+    Denial::new(Stage::Authenticate, code, reason, e.to_string())
+}
+
+/// Maps an authentication failure to the agent-facing status.
+pub fn auth_status(e: &Error) -> Status {
+    auth_denial(e).to_status()
+}
+
+/// The bearer token of a request.
+pub fn bearer<T>(req: &Request<T>) -> Result<&str, Denial> {
+    let missing = || {
+        Denial::new(
+            Stage::Authenticate,
+            Code::Unauthenticated,
+            Reason::TokenMissing,
+            "send the session token as `authorization: Bearer <token>`",
+        )
+    };
+    let v = req.metadata().get("authorization").ok_or_else(missing)?;
+    let v = v.to_str().map_err(|_| missing())?;
+    v.strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(missing)
 }
 
 /// Most ended sessions remembered (each drops out when its token expires).

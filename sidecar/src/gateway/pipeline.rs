@@ -1,9 +1,10 @@
 //! The pipeline every tool call runs, in this order; each stage may stop it
 //! with a [`Denial`]:
 //!
-//! 1. authenticate — the session token (signature, expiry, revocation, key
-//!    binding; done by the API layer, which may refresh the JWKS), then the
-//!    session's `max_tool_calls`
+//! 1. authenticate — the session token (read and verified by
+//!    [`super::authenticate`]: signature, expiry, revocation, key binding;
+//!    the API layer calls it and refreshes the JWKS once for an unknown key),
+//!    then the session's `max_tool_calls`
 //! 2. validate — the tool exists; the arguments are bounded JSON matching
 //!    its input schema
 //! 3. inspect input — attacks in argument strings ([`InputInspector`])
