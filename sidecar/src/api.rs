@@ -76,7 +76,7 @@ impl AgentApi {
         &self.gateway
     }
 
-    /// Fetches the JWKS from the control plane into the authenticator.
+    /// Fetches the JWKS from the control plane into the held state.
     pub async fn refresh_jwks(&self) -> Result<(), Status> {
         let mut client = self.cp.identity_client()?;
         let r = client.get_jwks(pb::GetJwksRequest {}).await?.into_inner();

@@ -298,7 +298,7 @@ fn pipeline_only(doc: &str, iterations: u32) -> f64 {
         ..Default::default()
     };
     let now = warden_control_plane::now_unix();
-    let held = warden_sidecar::mesh::held::Held::default()
+    let held = warden_sidecar::state::held::Held::default()
         .apply(&push, now)
         .unwrap();
     let claims = warden_shared::token::Claims {
