@@ -354,6 +354,9 @@ impl Running {
             t.await??;
         }
         let _ = std::fs::remove_file(&self.socket_path);
+        // Every decision made is written before the process goes on.
+        let gateway = std::sync::Arc::clone(self.api.gateway());
+        let _ = tokio::task::spawn_blocking(move || gateway.recorder.flush()).await;
         Ok(())
     }
 }

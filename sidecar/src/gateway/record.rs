@@ -1,12 +1,16 @@
 //! Stage 9: every decision is recorded. Until the durable, tamper-evident
 //! audit trail lands (a later issue, behind [`Recorder`]), a record is a
-//! structured log event (target `warden::audit`) and a metric. Arguments
+//! structured log event (target `warden::audit`) and a metric. The event
+//! leaves the call as an owned line on a bounded queue to a writer thread,
+//! so a slow log reader never holds a runtime worker; when the queue is
+//! full the call writes its line itself (nothing is dropped). Arguments
 //! are never recorded: only their size and a keyed hash (HMAC-SHA256 under
 //! a key random per sidecar process), which tells equal arguments apart
 //! without revealing them. The agent's stated reason is kept, truncated.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use rand::Rng;
 
@@ -75,25 +79,116 @@ pub struct Event<'a> {
     pub micros: u64,
 }
 
+/// Lines waiting for the writer thread, at most.
+const QUEUE: usize = 4096;
+
+/// One audit line, owned, as the writer thread emits it.
+#[derive(Debug)]
+struct Line {
+    call_id: String,
+    rpc: String,
+    agent: String,
+    session: String,
+    user: String,
+    tool: String,
+    outcome: &'static str,
+    stage: &'static str,
+    reason: &'static str,
+    rule: String,
+    arguments_bytes: usize,
+    arguments_hmac: String,
+    stated_reason: String,
+    trace_id: String,
+    upstream_status: u16,
+    redactions: u32,
+    micros: u64,
+}
+
+impl Line {
+    fn emit(&self) {
+        tracing::info!(
+            target: "warden::audit",
+            call_id = %self.call_id,
+            rpc = %self.rpc,
+            actor = "agent",
+            agent = %self.agent,
+            session = %self.session,
+            user = %self.user,
+            tool = ?self.tool,
+            outcome = self.outcome,
+            stage = self.stage,
+            reason = self.reason,
+            rule = %self.rule,
+            arguments_bytes = self.arguments_bytes,
+            arguments_hmac = %self.arguments_hmac,
+            stated_reason = ?self.stated_reason,
+            trace_id = ?self.trace_id,
+            upstream_status = self.upstream_status,
+            redactions = self.redactions,
+            micros = self.micros,
+            "tool call"
+        );
+    }
+}
+
+/// What the writer thread is sent.
+#[derive(Debug)]
+enum Message {
+    Line(Box<Line>),
+    /// Answered once every line sent before it is written.
+    Flush(SyncSender<()>),
+}
+
+fn writer(rx: Receiver<Message>) {
+    for m in rx {
+        match m {
+            Message::Line(l) => l.emit(),
+            Message::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 /// Records decisions.
 #[derive(Debug)]
 pub struct Recorder {
     key: ring::hmac::Key,
     counts: Mutex<BTreeMap<(String, Outcome, &'static str), u64>>,
+    /// To the writer thread; `None` writes inline (the thread could not
+    /// be started).
+    queue: Option<SyncSender<Message>>,
 }
 
 impl Default for Recorder {
     fn default() -> Self {
         let mut k = [0u8; 32];
         rand::rng().fill(&mut k);
+        let (tx, rx) = sync_channel(QUEUE);
+        let queue = std::thread::Builder::new()
+            .name("warden-audit".into())
+            .spawn(move || writer(rx))
+            .map_err(|e| tracing::error!(error = %e, "no audit writer thread; writing inline"))
+            .ok()
+            .map(|_| tx);
         Self {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k),
             counts: Mutex::default(),
+            queue,
         }
     }
 }
 
 impl Recorder {
+    /// A recorder that writes every line on the caller's thread (what
+    /// the queue replaced; kept for comparison in the benchmark).
+    pub fn inline() -> Self {
+        Self {
+            queue: None,
+            ..Self::default()
+        }
+    }
+
     /// The keyed hash of an argument text (16 bytes, hex).
     pub fn arguments_digest(&self, text: &str) -> String {
         let tag = ring::hmac::sign(&self.key, text.as_bytes());
@@ -103,34 +198,42 @@ impl Recorder {
             .collect()
     }
 
-    /// Records one decision.
+    /// Records one decision: the line is queued for the writer (or, with
+    /// the queue full, written here), the metric counted.
     pub fn record(&self, e: &Event<'_>) {
         let reason_code = e.denial.map_or("", |d| d.reason.as_str());
-        let stage = e.denial.map_or("", |d| d.stage.as_str());
-        let rule = e.denial.map_or("", |d| d.rule.as_str());
-        let stated: String = e.reason.chars().take(MAX_REASON_CHARS).collect();
-        tracing::info!(
-            target: "warden::audit",
-            call_id = e.call_id,
-            rpc = e.rpc,
-            actor = "agent",
-            agent = e.agent,
-            session = e.session,
-            user = e.user,
-            tool = ?e.tool,
-            outcome = e.outcome.as_str(),
-            stage,
-            reason = reason_code,
-            rule,
-            arguments_bytes = e.arguments.len(),
-            arguments_hmac = %self.arguments_digest(e.arguments),
-            stated_reason = ?stated,
-            trace_id = ?e.trace_id,
-            upstream_status = e.upstream_status,
-            redactions = e.redactions,
-            micros = e.micros,
-            "tool call"
-        );
+        let line = Box::new(Line {
+            call_id: e.call_id.to_owned(),
+            rpc: e.rpc.to_owned(),
+            agent: e.agent.to_owned(),
+            session: e.session.to_owned(),
+            user: e.user.to_owned(),
+            tool: e.tool.to_owned(),
+            outcome: e.outcome.as_str(),
+            stage: e.denial.map_or("", |d| d.stage.as_str()),
+            reason: reason_code,
+            rule: e.denial.map_or_else(String::new, |d| d.rule.clone()),
+            arguments_bytes: e.arguments.len(),
+            arguments_hmac: self.arguments_digest(e.arguments),
+            stated_reason: e.reason.chars().take(MAX_REASON_CHARS).collect(),
+            trace_id: e.trace_id.to_owned(),
+            upstream_status: e.upstream_status,
+            redactions: e.redactions,
+            micros: e.micros,
+        });
+        match &self.queue {
+            Some(q) => match q.try_send(Message::Line(line)) {
+                Ok(()) => {}
+                Err(
+                    TrySendError::Full(Message::Line(l))
+                    | TrySendError::Disconnected(Message::Line(l)),
+                ) => {
+                    l.emit();
+                }
+                Err(_) => {}
+            },
+            None => line.emit(),
+        }
         let tool = if e.known_tool { e.tool } else { "(unknown)" };
         *self
             .counts
@@ -138,6 +241,17 @@ impl Recorder {
             .unwrap_or_else(|p| p.into_inner())
             .entry((tool.to_owned(), e.outcome, reason_code))
             .or_default() += 1;
+    }
+
+    /// Waits until every line recorded so far is written (for shutdown and
+    /// for tests that read the log).
+    pub fn flush(&self) {
+        if let Some(q) = &self.queue {
+            let (done, wait) = sync_channel(1);
+            if q.send(Message::Flush(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
     }
 
     /// Calls by tool, outcome and reason, for metrics.
