@@ -350,13 +350,25 @@ impl Running {
     /// Stops and drains.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
+        let mut first_error = None;
         for t in self.tasks {
-            t.await??;
+            let r = t.await.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
         }
         let _ = std::fs::remove_file(&self.socket_path);
         // Every decision made is written before the process goes on.
-        let gateway = std::sync::Arc::clone(self.api.gateway());
-        let _ = tokio::task::spawn_blocking(move || gateway.recorder.flush()).await;
-        Ok(())
+        flush_audit(self.api.gateway()).await;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Waits until every queued audit line is written (off the runtime).
+pub async fn flush_audit(gateway: &Arc<crate::gateway::pipeline::Gateway>) {
+    let gateway = Arc::clone(gateway);
+    match tokio::task::spawn_blocking(move || gateway.recorder.flush()).await {
+        Ok(true) => {}
+        _ => tracing::error!("the audit writer is gone; queued lines may be lost"),
     }
 }

@@ -173,7 +173,13 @@ async fn main() -> ExitCode {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
-    match tokio::time::timeout(Duration::from_secs(10), running.shutdown()).await {
+    let gateway = std::sync::Arc::clone(running.api.gateway());
+    let drained = tokio::time::timeout(Duration::from_secs(10), running.shutdown()).await;
+    if drained.is_err() {
+        // The drain ran out of time: the audit lines still go out.
+        app::flush_audit(&gateway).await;
+    }
+    match drained {
         Ok(Ok(())) | Err(_) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             tracing::error!(error = format!("{e:#}"), "server error");

@@ -63,7 +63,7 @@ async fn no_secret_in_any_response_log_line_or_audit_event() {
     );
 
     // The audit lines are written by their own thread: wait for them.
-    g.sidecar.api.gateway().recorder.flush();
+    assert!(g.sidecar.api.gateway().recorder.flush());
     let logs = logs.text();
     assert!(!logs.is_empty());
     let responses = String::from_utf8_lossy(&seen);

@@ -170,10 +170,12 @@ impl Authenticator {
             });
         }
         let current = ids.valid(now).ok_or(Error::NoIdentity)?;
-        self.state.check_policy(now).map_err(|e| match e {
-            Unusable::NoPolicy => Error::NoPolicy,
-            Unusable::Stale(age) => Error::PolicyStale(age),
-        })?;
+        self.state
+            .check_policy_of(&held, now)
+            .map_err(|e| match e {
+                Unusable::NoPolicy => Error::NoPolicy,
+                Unusable::Stale(age) => Error::PolicyStale(age),
+            })?;
         let claims = self.signature(token, &held, now)?;
         let mut thumbs: [&str; 2] = [&current.thumbprint, ""];
         let n = match &ids.previous_thumbprint {

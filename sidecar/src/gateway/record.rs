@@ -2,8 +2,10 @@
 //! audit trail lands (a later issue, behind [`Recorder`]), a record is a
 //! structured log event (target `warden::audit`) and a metric. The event
 //! leaves the call as an owned line on a bounded queue to a writer thread,
-//! so a slow log reader never holds a runtime worker; when the queue is
-//! full the call writes its line itself (nothing is dropped). Arguments
+//! so a slow log reader does not hold a runtime worker while the queue has
+//! room; when it is full the call writes its line itself (nothing is
+//! dropped, and the line carries its decision time, as the order of lines
+//! may then differ from the order of decisions). Arguments
 //! are never recorded: only their size and a keyed hash (HMAC-SHA256 under
 //! a key random per sidecar process), which tells equal arguments apart
 //! without revealing them. The agent's stated reason is kept, truncated.
@@ -85,6 +87,10 @@ const QUEUE: usize = 4096;
 /// One audit line, owned, as the writer thread emits it.
 #[derive(Debug)]
 struct Line {
+    /// When the call was decided (unix ms): the log line's own timestamp
+    /// is when it was written, and with the queue full a later decision
+    /// can be written before earlier ones.
+    decided_at_ms: i64,
     call_id: String,
     rpc: String,
     agent: String,
@@ -108,6 +114,7 @@ impl Line {
     fn emit(&self) {
         tracing::info!(
             target: "warden::audit",
+            decided_at_ms = self.decided_at_ms,
             call_id = %self.call_id,
             rpc = %self.rpc,
             actor = "agent",
@@ -142,7 +149,15 @@ enum Message {
 fn writer(rx: Receiver<Message>) {
     for m in rx {
         match m {
-            Message::Line(l) => l.emit(),
+            // A line that cannot be written (a panicking subscriber) must
+            // not take the queue and every line in it down with it.
+            Message::Line(l) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.emit())).is_err() {
+                    eprintln!(
+                        "warden: an audit line could not be written (the log subscriber panicked)"
+                    );
+                }
+            }
             Message::Flush(done) => {
                 let _ = done.send(());
             }
@@ -162,8 +177,6 @@ pub struct Recorder {
 
 impl Default for Recorder {
     fn default() -> Self {
-        let mut k = [0u8; 32];
-        rand::rng().fill(&mut k);
         let (tx, rx) = sync_channel(QUEUE);
         let queue = std::thread::Builder::new()
             .name("warden-audit".into())
@@ -171,11 +184,7 @@ impl Default for Recorder {
             .map_err(|e| tracing::error!(error = %e, "no audit writer thread; writing inline"))
             .ok()
             .map(|_| tx);
-        Self {
-            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k),
-            counts: Mutex::default(),
-            queue,
-        }
+        Self::with_queue(queue)
     }
 }
 
@@ -183,9 +192,16 @@ impl Recorder {
     /// A recorder that writes every line on the caller's thread (what
     /// the queue replaced; kept for comparison in the benchmark).
     pub fn inline() -> Self {
+        Self::with_queue(None)
+    }
+
+    fn with_queue(queue: Option<SyncSender<Message>>) -> Self {
+        let mut k = [0u8; 32];
+        rand::rng().fill(&mut k);
         Self {
-            queue: None,
-            ..Self::default()
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k),
+            counts: Mutex::default(),
+            queue,
         }
     }
 
@@ -203,6 +219,7 @@ impl Recorder {
     pub fn record(&self, e: &Event<'_>) {
         let reason_code = e.denial.map_or("", |d| d.reason.as_str());
         let line = Box::new(Line {
+            decided_at_ms: crate::now_ms(),
             call_id: e.call_id.to_owned(),
             rpc: e.rpc.to_owned(),
             agent: e.agent.to_owned(),
@@ -222,16 +239,16 @@ impl Recorder {
             micros: e.micros,
         });
         match &self.queue {
-            Some(q) => match q.try_send(Message::Line(line)) {
-                Ok(()) => {}
-                Err(
+            Some(q) => {
+                // Full (or the writer gone): written here, never dropped.
+                if let Err(
                     TrySendError::Full(Message::Line(l))
                     | TrySendError::Disconnected(Message::Line(l)),
-                ) => {
+                ) = q.try_send(Message::Line(line))
+                {
                     l.emit();
                 }
-                Err(_) => {}
-            },
+            }
             None => line.emit(),
         }
         let tool = if e.known_tool { e.tool } else { "(unknown)" };
@@ -244,14 +261,14 @@ impl Recorder {
     }
 
     /// Waits until every line recorded so far is written (for shutdown and
-    /// for tests that read the log).
-    pub fn flush(&self) {
-        if let Some(q) = &self.queue {
-            let (done, wait) = sync_channel(1);
-            if q.send(Message::Flush(done)).is_ok() {
-                let _ = wait.recv();
-            }
-        }
+    /// for tests that read the log); false if the writer is gone (lines
+    /// recorded since were written inline).
+    pub fn flush(&self) -> bool {
+        let Some(q) = &self.queue else {
+            return true;
+        };
+        let (done, wait) = sync_channel(1);
+        q.send(Message::Flush(done)).is_ok() && wait.recv().is_ok()
     }
 
     /// Calls by tool, outcome and reason, for metrics.

@@ -8,8 +8,9 @@
 //! retrying (the agent is revoked, the request is invalid) stops the loop
 //! with a clear log.
 
-pub use crate::state::held;
 pub mod snapshot;
+
+use crate::state::held;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -27,7 +27,9 @@ pub enum Unusable {
     #[error("the sidecar holds no policy from the control plane yet")]
     NoPolicy,
     /// Out of contact for longer than `max_policy_age` (seconds so far).
-    #[error("the held policy is {0} s old, beyond max_policy_age")]
+    #[error(
+        "the held policy is {0} s old, beyond max_policy_age; the control plane is unreachable"
+    )]
     Stale(i64),
 }
 
@@ -76,7 +78,13 @@ impl State {
     /// Whether calls may be served on the held policy: one is held, and it
     /// is not older than `max_policy_age` (when set).
     pub fn check_policy(&self, now: i64) -> Result<(), Unusable> {
-        if self.held_version() == 0 {
+        self.check_policy_of(&self.held(), now)
+    }
+
+    /// [`State::check_policy`] for `held`, a snapshot already taken (the one
+    /// a call goes on with).
+    pub fn check_policy_of(&self, held: &Held, now: i64) -> Result<(), Unusable> {
+        if held.version == 0 {
             return Err(Unusable::NoPolicy);
         }
         if let Some(max) = self.max_policy_age {

@@ -55,7 +55,13 @@ pub enum Error {
 struct Cached {
     stamp: Stamp,
     value: String,
+    /// When it was read: it is read again after [`MAX_AGE`] whatever the
+    /// file's times say (a network filesystem may report cached times).
+    read_at: std::time::Instant,
 }
+
+/// Longest a file secret is served from memory without reading the file.
+const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What identifies a file's content without reading it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -101,8 +107,9 @@ pub fn is_cached(path: &str) -> bool {
 }
 
 /// Reads a file secret, from the cache when the file is the one read
-/// before (same device, inode, size, modification and change times) and
-/// had settled by then; otherwise from the disk.
+/// before (same device, inode, size, modification and change times), had
+/// settled by then, and was read less than [`MAX_AGE`] ago; otherwise from
+/// the disk.
 fn read_file(path: &str) -> Result<String, Error> {
     use std::io::Read;
     let fail = |detail: String| Error::File {
@@ -110,12 +117,18 @@ fn read_file(path: &str) -> Result<String, Error> {
         detail,
     };
     let cache = CACHE.get_or_init(std::sync::Mutex::default);
-    let stamp = Stamp::of(&std::fs::metadata(path).map_err(|e| fail(e.to_string()))?);
+    let stamp = match std::fs::metadata(path) {
+        Ok(m) => Stamp::of(&m),
+        Err(e) => {
+            cache.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
+            return Err(fail(e.to_string()));
+        }
+    };
     if let Some(c) = cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(path)
-        .filter(|c| c.stamp == stamp)
+        .filter(|c| c.stamp == stamp && c.read_at.elapsed() < MAX_AGE)
     {
         return Ok(c.value.clone());
     }
@@ -141,6 +154,7 @@ fn read_file(path: &str) -> Result<String, Error> {
             Cached {
                 stamp: opened,
                 value: value.clone(),
+                read_at: std::time::Instant::now(),
             },
         );
     } else {

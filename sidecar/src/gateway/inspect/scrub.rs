@@ -184,6 +184,9 @@ impl Pattern {
     fn match_at(&self, h: &[u8], i: usize, budget: &mut usize) -> Result<Option<usize>, Exhausted> {
         let (units, first) = match self {
             Self::Literal(l) => {
+                if h[i] != l[0] {
+                    return Ok(None);
+                }
                 *budget = budget.checked_sub(1).ok_or(Exhausted)?;
                 return Ok(h[i..].starts_with(l).then_some(i + l.len()));
             }
