@@ -222,8 +222,13 @@ impl AgentService for AgentApi {
         req: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
         let claims = self.authenticate(&req).await.map_err(|d| d.to_status())?;
-        // Refuse the token here at once, whatever the control plane says.
-        if let Err(e) = self.auth.end_session(&claims.sid, claims.exp, now_unix()) {
+        // Refuse the token here at once, whatever the control plane says
+        // (the list is written to disk off the runtime).
+        let (auth, sid, exp) = (Arc::clone(&self.auth), claims.sid.clone(), claims.exp);
+        let saved = tokio::task::spawn_blocking(move || auth.end_session(&sid, exp, now_unix()))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(e) = saved {
             // Refused in memory already; only a restart could revive it.
             tracing::error!(error = %e, session = %claims.sid, "could not persist the ended session");
         }

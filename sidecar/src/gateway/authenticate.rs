@@ -82,6 +82,8 @@ pub struct Authenticator {
     cache: Mutex<(u64, ClaimsCache)>,
     ended: Mutex<HashMap<String, i64>>,
     ended_file: Option<PathBuf>,
+    /// Serialises writes of `ended_file` (outside `ended`'s lock).
+    ended_writer: Mutex<()>,
     last_refresh: Mutex<Option<Instant>>,
     /// What the control plane pushed (read here, written by the mesh task).
     state: Arc<State>,
@@ -104,6 +106,7 @@ impl Authenticator {
             cache: Mutex::new((0, HashMap::new())),
             ended: Mutex::new(ended),
             ended_file,
+            ended_writer: Mutex::new(()),
             last_refresh: Mutex::new(None),
             state,
         }
@@ -132,14 +135,23 @@ impl Authenticator {
 
     /// Marks a session as ended here until its token would have expired,
     /// and persists the list.
+    /// The session is refused from the moment the list in memory holds it;
+    /// the file is written after, without holding the lock every `verify`
+    /// takes (a blocking write and sync: call it off the runtime).
     pub fn end_session(&self, sid: &str, exp: i64, now: i64) -> std::io::Result<()> {
-        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        ended.retain(|_, e| *e > now);
-        ended.insert(sid.to_owned(), exp);
-        match &self.ended_file {
-            Some(path) => save_ended(path, &ended),
-            None => Ok(()),
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            ended.retain(|_, e| *e > now);
+            ended.insert(sid.to_owned(), exp);
         }
+        let Some(path) = &self.ended_file else {
+            return Ok(());
+        };
+        // One writer at a time, each writing the list as it is then, so the
+        // last write holds every ended session.
+        let _writing = self.ended_writer.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        save_ended(path, &snapshot)
     }
 
     /// Verifies `token` at `now` against the identity snapshot.
