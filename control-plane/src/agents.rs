@@ -54,8 +54,15 @@ pub fn ensure_active(agent: &Agent, now: i64) -> Result<(), Status> {
     Ok(())
 }
 
-/// The record of agent `id`; an unregistered agent is refused.
+/// The record of agent `id`; an unregistered agent is refused
+/// (`PERMISSION_DENIED`: the caller acts as that agent).
 pub async fn registered_agent(state: &State, id: &AgentId) -> Result<Agent, Status> {
+    agent_or(state, id, Code::PermissionDenied).await
+}
+
+/// The record of agent `id`; an unregistered agent is refused with `code`
+/// and the reason `AGENT_UNKNOWN`.
+pub async fn agent_or(state: &State, id: &AgentId, code: Code) -> Result<Agent, Status> {
     state
         .store
         .get_agent(id)
@@ -63,7 +70,7 @@ pub async fn registered_agent(state: &State, id: &AgentId) -> Result<Agent, Stat
         .map_err(store_error)?
         .ok_or_else(|| {
             status(
-                Code::PermissionDenied,
+                code,
                 Reason::AgentUnknown,
                 format!("agent {id} is not registered"),
             )

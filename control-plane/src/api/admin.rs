@@ -103,18 +103,7 @@ pub fn to_proto(a: &Agent, state: &State) -> pb::Agent {
 
 impl AdminApi {
     async fn load_agent(&self, id: &AgentId) -> Result<Agent, Status> {
-        self.state
-            .store
-            .get_agent(id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                status(
-                    Code::NotFound,
-                    Reason::AgentUnknown,
-                    format!("agent {id} is not registered"),
-                )
-            })
+        crate::agents::agent_or(&self.state, id, Code::NotFound).await
     }
 
     async fn transition(

@@ -279,3 +279,82 @@ impl Recorder {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Log lines written on this thread.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn event(call_id: &str) -> Event<'_> {
+        Event {
+            call_id,
+            rpc: "CallTool",
+            agent: "a1",
+            session: "ses_1",
+            user: "",
+            tool: "echo",
+            known_tool: true,
+            arguments: r#"{"secret-argument": "ARG-VALUE"}"#,
+            reason: "",
+            trace_id: "",
+            outcome: Outcome::Allowed,
+            denial: None,
+            upstream_status: 0,
+            redactions: 0,
+            micros: 1,
+        }
+    }
+
+    #[test]
+    fn a_line_the_queue_cannot_take_is_written_by_the_call_itself() {
+        // A recorder whose writer is gone: every line falls back to the
+        // caller's thread, none is dropped, and flush says so.
+        let (tx, rx) = sync_channel(1);
+        drop(rx);
+        let r = Recorder::with_queue(Some(tx));
+        let out = Captured::default();
+        let w = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || r.record(&event("call_fallback")));
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("call_fallback") && text.contains("decided_at_ms"),
+            "{text}"
+        );
+        assert!(!text.contains("ARG-VALUE"), "arguments are never written");
+        assert!(!r.flush());
+        assert_eq!(r.counts().values().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn queued_lines_are_all_written_before_flush_returns() {
+        let r = Recorder::default();
+        for i in 0..100 {
+            r.record(&event(&format!("call_{i}")));
+        }
+        assert!(r.flush());
+        assert!(Recorder::inline().flush());
+    }
+}

@@ -291,3 +291,34 @@ fn an_answer_built_to_exhaust_the_matcher_is_refused_quickly() {
         Ok((body, 0))
     );
 }
+
+#[tokio::test]
+async fn an_answer_that_exhausts_the_bound_is_withheld_at_inspect_output() {
+    let secret = Secret::new(format!("{}b", "a".repeat(4096)));
+    // Large enough to be searched off the runtime, too.
+    let body = "a".repeat(1 << 17).into_bytes();
+    let d = output(body, "text/plain".into(), vec![secret])
+        .await
+        .expect_err("withheld");
+    assert_eq!(
+        (d.stage, d.code, d.reason),
+        (
+            super::super::Stage::InspectOutput,
+            tonic::Code::FailedPrecondition,
+            warden_shared::refusal::Reason::OutputUninspectable
+        )
+    );
+    // An ordinary answer goes through, its secret removed from the body
+    // and the content type.
+    let s = Secret::new("sk-live-0123456789".into());
+    let seen = output(
+        b"key sk-live-0123456789".to_vec(),
+        "text/plain; k=sk-live-0123456789".into(),
+        vec![s],
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen.redactions, 2);
+    assert_eq!(seen.content, format!("key {REDACTED}").into_bytes());
+    assert_eq!(seen.content_type, format!("text/plain; k={REDACTED}"));
+}
