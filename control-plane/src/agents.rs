@@ -2,7 +2,7 @@
 //! must exist and be active, a join token's stored hash, and the store's
 //! failures as the status every service returns.
 
-use tonic::{Code, Status};
+use tonic::Status;
 use warden_shared::agent::{AgentId, AgentStatus};
 use warden_shared::refusal::{Reason, status};
 
@@ -19,8 +19,7 @@ pub fn join_token_hash(token: &str) -> Vec<u8> {
 pub fn store_error(e: store::Error) -> Status {
     tracing::error!(error = %e, "store failure");
     status(
-        Code::Unavailable,
-        Reason::Internal,
+        Reason::StoreUnavailable,
         "the control plane's store failed; retry later",
     )
 }
@@ -31,14 +30,12 @@ pub fn ensure_active(agent: &Agent, now: i64) -> Result<(), Status> {
         AgentStatus::Active => {}
         AgentStatus::Suspended => {
             return Err(status(
-                Code::PermissionDenied,
                 Reason::AgentSuspended,
                 format!("agent {} is suspended", agent.id),
             ));
         }
         AgentStatus::Revoked => {
             return Err(status(
-                Code::PermissionDenied,
                 Reason::AgentRevoked,
                 format!("agent {} is revoked", agent.id),
             ));
@@ -46,7 +43,6 @@ pub fn ensure_active(agent: &Agent, now: i64) -> Result<(), Status> {
     }
     if agent.expires_at.is_some_and(|e| e <= now) {
         return Err(status(
-            Code::PermissionDenied,
             Reason::AgentExpired,
             format!("agent {} has expired", agent.id),
         ));
@@ -54,25 +50,19 @@ pub fn ensure_active(agent: &Agent, now: i64) -> Result<(), Status> {
     Ok(())
 }
 
-/// The record of agent `id`; an unregistered agent is refused
-/// (`PERMISSION_DENIED`: the caller acts as that agent).
+/// The record of agent `id` when the caller acts as that agent: an
+/// unregistered agent is refused with `AGENT_NOT_REGISTERED`.
 pub async fn registered_agent(state: &State, id: &AgentId) -> Result<Agent, Status> {
-    agent_or(state, id, Code::PermissionDenied).await
+    agent_or(state, id, Reason::AgentNotRegistered).await
 }
 
-/// The record of agent `id`; an unregistered agent is refused with `code`
-/// and the reason `AGENT_UNKNOWN`.
-pub async fn agent_or(state: &State, id: &AgentId, code: Code) -> Result<Agent, Status> {
+/// The record of agent `id`; an unregistered agent is refused with
+/// `reason` (`AGENT_UNKNOWN` when an admin names it).
+pub async fn agent_or(state: &State, id: &AgentId, reason: Reason) -> Result<Agent, Status> {
     state
         .store
         .get_agent(id)
         .await
         .map_err(store_error)?
-        .ok_or_else(|| {
-            status(
-                code,
-                Reason::AgentUnknown,
-                format!("agent {id} is not registered"),
-            )
-        })
+        .ok_or_else(|| status(reason, format!("agent {id} is not registered")))
 }

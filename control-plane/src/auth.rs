@@ -2,7 +2,7 @@
 //! layer has already checked the chain against our CA; here we read the
 //! identity and check it belongs to our trust domain and the right kind.
 
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 use warden_shared::agent::AgentId;
 use warden_shared::refusal::{Reason, status};
 use warden_shared::spiffe::{Principal, SpiffeId, TrustDomain};
@@ -25,7 +25,6 @@ pub struct Caller {
 pub fn caller<T>(req: &Request<T>, td: &TrustDomain) -> Result<Caller, Status> {
     let certs = req.peer_certs().filter(|c| !c.is_empty()).ok_or_else(|| {
         status(
-            Code::Unauthenticated,
             Reason::NoClientCertificate,
             "this call requires a client certificate (mTLS)",
         )
@@ -35,33 +34,26 @@ pub fn caller<T>(req: &Request<T>, td: &TrustDomain) -> Result<Caller, Status> {
         .map(|(_, c)| c)
         .map_err(|_| {
             status(
-                Code::Unauthenticated,
-                Reason::WrongPrincipal,
+                Reason::ClientCertificateInvalid,
                 "client certificate does not parse",
             )
         })?;
     let not_after = parsed.validity().not_after.timestamp();
     let id = svid::spiffe_id_of_parsed(&parsed).map_err(|e| {
         status(
-            Code::Unauthenticated,
-            Reason::WrongPrincipal,
+            Reason::ClientCertificateInvalid,
             format!("client certificate is not an X.509-SVID: {e}"),
         )
     })?;
     if id.trust_domain() != td {
         return Err(status(
-            Code::PermissionDenied,
             Reason::WrongPrincipal,
             format!("client identity {id} is not in trust domain {td}"),
         ));
     }
-    let principal = id.principal().map_err(|e| {
-        status(
-            Code::PermissionDenied,
-            Reason::WrongPrincipal,
-            e.to_string(),
-        )
-    })?;
+    let principal = id
+        .principal()
+        .map_err(|e| status(Reason::WrongPrincipal, e.to_string()))?;
     Ok(Caller {
         id,
         principal,
@@ -79,7 +71,6 @@ pub fn admin<T>(req: &Request<T>, td: &TrustDomain) -> Result<(Caller, String), 
             Ok((c, name))
         }
         _ => Err(status(
-            Code::PermissionDenied,
             Reason::WrongPrincipal,
             format!(
                 "the admin API requires an admin certificate; caller is {}",
@@ -95,8 +86,7 @@ pub fn agent<T>(req: &Request<T>, td: &TrustDomain) -> Result<(Caller, AgentId),
     let c = caller(req, td)?;
     if c.not_after <= time::OffsetDateTime::now_utc().unix_timestamp() {
         return Err(status(
-            Code::Unauthenticated,
-            Reason::NoIdentity,
+            Reason::ClientCertificateExpired,
             "client certificate has expired; enroll again with a join token",
         ));
     }
@@ -106,7 +96,6 @@ pub fn agent<T>(req: &Request<T>, td: &TrustDomain) -> Result<(Caller, AgentId),
             Ok((c, id))
         }
         _ => Err(status(
-            Code::PermissionDenied,
             Reason::WrongPrincipal,
             format!(
                 "this call requires an agent certificate; caller is {}",

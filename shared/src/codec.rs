@@ -13,8 +13,8 @@
 
 use std::marker::PhantomData;
 
+use tonic::Status;
 use tonic::codec::{BufferSettings, DecodeBuf};
-use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use crate::refusal::{Reason, status};
@@ -69,7 +69,6 @@ impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
         self.0.decode(buf).map_err(|s| {
             // prost's message names the field and the fault, never the data.
             status(
-                Code::InvalidArgument,
                 Reason::RequestMalformed,
                 format!(
                     "the message is not valid protobuf for this method: {}",

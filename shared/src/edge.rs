@@ -36,7 +36,6 @@ const COMPRESSED: &str = "Content is compressed with";
 fn reasoned(s: &Status) -> Option<Status> {
     match s.code() {
         Code::OutOfRange if s.message().starts_with(TOO_LARGE) => Some(status(
-            Code::ResourceExhausted,
             Reason::RequestTooLarge,
             format!(
                 "request refused: {}; send a smaller request",
@@ -44,13 +43,11 @@ fn reasoned(s: &Status) -> Option<Status> {
             ),
         )),
         Code::Internal if s.message() == MISSING => Some(status(
-            Code::InvalidArgument,
             Reason::RequestMalformed,
             "the request carries no message",
         )),
         Code::Internal if s.message() == TRUNCATED || s.message().starts_with(BAD_FLAG) => {
             Some(status(
-                Code::InvalidArgument,
                 Reason::RequestMalformed,
                 "the request's gRPC framing is malformed (a truncated message or an invalid flag)",
             ))
@@ -58,13 +55,11 @@ fn reasoned(s: &Status) -> Option<Status> {
         // The gRPC specification requires INTERNAL and UNIMPLEMENTED here:
         // the code stays, the reason is added.
         Code::Internal if s.message().starts_with(FLAG_WITHOUT_ENCODING) => Some(status(
-            Code::Internal,
-            Reason::RequestMalformed,
+            Reason::CompressionUnnamed,
             "the message is flagged compressed but the request names no grpc-encoding",
         )),
         Code::Unimplemented if s.message().starts_with(COMPRESSED) => Some(status(
-            Code::Unimplemented,
-            Reason::RequestMalformed,
+            Reason::CompressionUnsupported,
             "compressed requests are not accepted; send them uncompressed",
         )),
         _ => None,
@@ -115,32 +110,40 @@ mod tests {
             Some("REQUEST_TOO_LARGE")
         );
         assert!(s.message().contains("found 9 bytes"), "{}", s.message());
-        for (malformed, code) in [
-            (Status::internal(MISSING), Code::InvalidArgument),
-            (Status::internal(TRUNCATED), Code::InvalidArgument),
+        for (malformed, code, reason) in [
+            (
+                Status::internal(MISSING),
+                Code::InvalidArgument,
+                "REQUEST_MALFORMED",
+            ),
+            (
+                Status::internal(TRUNCATED),
+                Code::InvalidArgument,
+                "REQUEST_MALFORMED",
+            ),
             (
                 Status::internal(format!(
                     "{BAD_FLAG}: 7 (valid flags are 0 and 1), while sending request"
                 )),
                 Code::InvalidArgument,
+                "REQUEST_MALFORMED",
             ),
             (
                 Status::internal(format!(
                     "{FLAG_WITHOUT_ENCODING} but no grpc-encoding was specified"
                 )),
                 Code::Internal,
+                "COMPRESSION_UNNAMED",
             ),
             (
                 Status::unimplemented(format!("{COMPRESSED} `gzip` which isn't supported")),
                 Code::Unimplemented,
+                "COMPRESSION_UNSUPPORTED",
             ),
         ] {
             let s = reasoned(&malformed).expect("rewritten");
             assert_eq!(s.code(), code, "{malformed:?}");
-            assert_eq!(
-                crate::refusal::reason_of(&s).as_deref(),
-                Some("REQUEST_MALFORMED")
-            );
+            assert_eq!(crate::refusal::reason_of(&s).as_deref(), Some(reason));
         }
         for untouched in [
             Status::out_of_range("a handler's own range error"),

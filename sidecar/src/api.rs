@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::service::Interceptor;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::agent_service_server::AgentService;
 use warden_shared::refusal::{Reason, status};
@@ -13,7 +13,7 @@ use warden_shared::token::{self, Claims};
 use warden_shared::{AGENT_HEADER, AGENT_HEADER_VALUE};
 
 use crate::cp::ControlPlane;
-use crate::gateway::Denial;
+use crate::gateway::Refusal;
 use crate::gateway::authenticate::{self, Authenticator, auth_denial, auth_status, bearer};
 use crate::gateway::pipeline::{self, Gateway};
 use crate::identity::rotation::Manager;
@@ -29,7 +29,6 @@ impl Interceptor for RequireAgentHeader {
         match req.metadata().get(AGENT_HEADER) {
             Some(v) if v.as_bytes() == AGENT_HEADER_VALUE.as_bytes() => Ok(req),
             _ => Err(status(
-                Code::InvalidArgument,
                 Reason::AgentHeaderMissing,
                 format!(
                     "security header missing: set metadata `{AGENT_HEADER}: {AGENT_HEADER_VALUE}`"
@@ -82,7 +81,6 @@ impl AgentApi {
         let r = client.get_jwks(pb::GetJwksRequest {}).await?.into_inner();
         let set: token::JwkSet = serde_json::from_str(&r.jwks_json).map_err(|_| {
             status(
-                Code::Unavailable,
                 Reason::ControlPlaneUnavailable,
                 "control plane sent an invalid JWKS",
             )
@@ -92,16 +90,9 @@ impl AgentApi {
         let auth = Arc::clone(&self.auth);
         tokio::task::spawn_blocking(move || auth.state().set_jwks(&set))
             .await
-            .map_err(|_| {
-                status(
-                    Code::Internal,
-                    Reason::Internal,
-                    "installing the JWKS panicked",
-                )
-            })?
+            .map_err(|_| status(Reason::Internal, "installing the JWKS panicked"))?
             .map_err(|e| {
                 status(
-                    Code::Unavailable,
                     Reason::ControlPlaneUnavailable,
                     format!("invalid JWKS: {e}"),
                 )
@@ -110,7 +101,7 @@ impl AgentApi {
 
     /// Authenticates the request's bearer token, refreshing the JWKS once
     /// (rate-limited) if the token names an unknown key.
-    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Claims>, Denial> {
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Claims>, Refusal> {
         self.authenticate_held(req).await.map(|(claims, _)| claims)
     }
 
@@ -119,7 +110,7 @@ impl AgentApi {
     pub async fn authenticate_held<T>(
         &self,
         req: &Request<T>,
-    ) -> Result<(Arc<Claims>, Arc<Held>), Denial> {
+    ) -> Result<(Arc<Claims>, Arc<Held>), Refusal> {
         let token = bearer(req)?;
         let snap = self.identity.snapshot();
         match self.auth.verify_held(token, &snap, now_unix()) {
@@ -142,7 +133,7 @@ impl AgentApi {
 
     /// Verifies `token` against what is held now (no JWKS refresh): for
     /// long-lived streams that check their session again.
-    pub fn check_token(&self, token: &str) -> Result<Arc<Claims>, Denial> {
+    pub fn check_token(&self, token: &str) -> Result<Arc<Claims>, Refusal> {
         self.auth
             .verify(token, &self.identity.snapshot(), now_unix())
             .map_err(|e| auth_denial(&e))
@@ -171,7 +162,6 @@ fn forward(s: Status) -> Status {
     }
     tracing::warn!(code = ?s.code(), error = %s.message(), "control plane call failed");
     status(
-        Code::Unavailable,
         Reason::ControlPlaneUnavailable,
         "the control plane is unreachable; retry later",
     )
@@ -300,13 +290,9 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let claims = self.authenticate(&req).await.map_err(|d| d.to_status())?;
         let snap = self.identity.snapshot();
-        let id = snap.valid(now_unix()).ok_or_else(|| {
-            status(
-                Code::FailedPrecondition,
-                Reason::NoIdentity,
-                "no valid certificate",
-            )
-        })?;
+        let id = snap
+            .valid(now_unix())
+            .ok_or_else(|| status(Reason::NoIdentity, "no valid certificate"))?;
         let agent_id = match id.spiffe_id.principal() {
             Ok(warden_shared::spiffe::Principal::Agent(a)) => a.to_string(),
             _ => String::new(),

@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use tonic::Code;
 use tonic::transport::Channel;
 use warden_shared::proto::v1::identity_service_client::IdentityServiceClient;
 use warden_shared::refusal::{Reason, status};
@@ -40,7 +39,6 @@ impl ControlPlane {
         let snap = self.identity.snapshot();
         let id = snap.valid(now_unix()).ok_or_else(|| {
             status(
-                Code::FailedPrecondition,
                 Reason::NoIdentity,
                 "the sidecar holds no valid certificate (not enrolled, or lapsed); give it a join token",
             )
@@ -51,13 +49,8 @@ impl ControlPlane {
         {
             return Ok(ch.clone());
         }
-        let ch = enroll::channel(&self.url, &id.bundle_pem, Some(id)).map_err(|e| {
-            status(
-                Code::Unavailable,
-                Reason::ControlPlaneUnavailable,
-                e.to_string(),
-            )
-        })?;
+        let ch = enroll::channel(&self.url, &id.bundle_pem, Some(id))
+            .map_err(|e| status(Reason::ControlPlaneUnavailable, e.to_string()))?;
         *cached = Some((id.thumbprint.clone(), ch.clone()));
         Ok(ch)
     }

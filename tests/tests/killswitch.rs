@@ -117,7 +117,7 @@ async fn revoking_a_session_refuses_that_token_only() {
             reason: String::new(),
         })
         .await;
-    assert_refused(r, Code::NotFound, "SESSION_UNKNOWN");
+    assert_refused(r, Code::NotFound, "SESSION_NOT_FOUND");
 }
 
 #[tokio::test]

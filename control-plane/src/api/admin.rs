@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use rand::RngCore;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use warden_shared::agent::{AgentId, AgentStatus};
 use warden_shared::policy::Policy;
 use warden_shared::proto::v1 as pb;
@@ -41,7 +41,7 @@ impl AdminApi {
 }
 
 fn invalid(m: impl Into<String>) -> Status {
-    status(Code::InvalidArgument, Reason::InvalidArgument, m)
+    status(Reason::InvalidArgument, m)
 }
 
 fn text(field: &str, v: &str, required: bool) -> Result<String, Status> {
@@ -103,7 +103,7 @@ pub fn to_proto(a: &Agent, state: &State) -> pb::Agent {
 
 impl AdminApi {
     async fn load_agent(&self, id: &AgentId) -> Result<Agent, Status> {
-        crate::agents::agent_or(&self.state, id, Code::NotFound).await
+        crate::agents::agent_or(&self.state, id, Reason::AgentUnknown).await
     }
 
     async fn transition(
@@ -119,7 +119,6 @@ impl AdminApi {
         // Revocation is final: a revoked identity is never brought back.
         if current.status == AgentStatus::Revoked && to != AgentStatus::Revoked {
             return Err(status(
-                Code::FailedPrecondition,
                 Reason::AgentStateFinal,
                 format!("agent {id} is revoked; register a new agent id instead"),
             ));
@@ -133,7 +132,6 @@ impl AdminApi {
         let Some(updated) = updated else {
             // Revoked (or removed) between the read above and the write.
             return Err(status(
-                Code::FailedPrecondition,
                 Reason::AgentStateFinal,
                 format!("agent {id} is revoked; register a new agent id instead"),
             ));
@@ -190,7 +188,6 @@ impl AdminService for AdminApi {
             Ok(()) => {}
             Err(store::Error::Conflict) => {
                 return Err(status(
-                    Code::AlreadyExists,
                     Reason::AgentExists,
                     format!("agent {id} already exists"),
                 ));
@@ -330,13 +327,7 @@ impl AdminService for AdminApi {
             .revoke_session(&r.session_id, now_unix())
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                status(
-                    Code::NotFound,
-                    Reason::SessionUnknown,
-                    "no live session with that id",
-                )
-            })?;
+            .ok_or_else(|| status(Reason::SessionNotFound, "no live session with that id"))?;
         tracing::warn!(admin, session = %r.session_id, agent = %agent, reason = %reason, "session revoked");
         self.state.hub.agent_changed(&agent);
         Ok(Response::new(pb::RevokeSessionResponse {
@@ -398,8 +389,7 @@ impl AdminService for AdminApi {
             .map_err(|e| {
                 tracing::error!(error = %e, "signing key rotation failed");
                 status(
-                    Code::Unavailable,
-                    Reason::Internal,
+                    Reason::StoreUnavailable,
                     "signing key rotation failed; see the control plane log",
                 )
             })?;
@@ -423,10 +413,10 @@ impl AdminService for AdminApi {
         let doc = r.document.clone();
         let parsed = tokio::task::spawn_blocking(move || Policy::parse(&doc))
             .await
-            .map_err(|_| status(Code::Internal, Reason::Internal, "policy validation failed"))?;
+            .map_err(|_| status(Reason::Internal, "policy validation failed"))?;
         let policy = parsed.map_err(|e| {
             tracing::info!(admin, kind = e.kind(), "policy refused");
-            refusal::status_with(Code::InvalidArgument, e.kind(), e.to_string())
+            refusal::invalid_with(e.kind(), e.to_string())
         })?;
         let tools = u32::try_from(policy.document.tools.len()).unwrap_or(u32::MAX);
         if r.dry_run {
@@ -457,7 +447,6 @@ impl AdminService for AdminApi {
             PolicyApply::Unchanged(m) => (m, false),
             PolicyApply::Conflict { latest } => {
                 return Err(status(
-                    Code::FailedPrecondition,
                     Reason::PolicyVersionConflict,
                     format!(
                         "the latest policy version is {latest}, not {}; review `wardenctl policy diff` and apply again",
@@ -499,7 +488,7 @@ impl AdminService for AdminApi {
                 } else {
                     format!("no policy version {v}")
                 };
-                status(Code::NotFound, Reason::PolicyVersionUnknown, what)
+                status(Reason::PolicyVersionUnknown, what)
             })?;
         Ok(Response::new(pb::GetPolicyResponse {
             policy: Some(policy_proto(&meta)),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use rand::RngCore;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use warden_shared::agent::AgentId;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::identity_service_server::IdentityService;
@@ -49,20 +49,12 @@ impl IdentityApi {
 fn csr_error(e: ca::Error) -> Status {
     match e {
         ca::Error::CsrMalformed(_) | ca::Error::KeyType => {
-            status(Code::InvalidArgument, Reason::CsrMalformed, e.to_string())
+            status(Reason::CsrMalformed, e.to_string())
         }
-        ca::Error::CsrIdentity { .. } => status(
-            Code::PermissionDenied,
-            Reason::CsrIdentityMismatch,
-            e.to_string(),
-        ),
+        ca::Error::CsrIdentity { .. } => status(Reason::CsrIdentityMismatch, e.to_string()),
         other => {
             tracing::error!(error = %other, "certificate signing failed");
-            status(
-                Code::Internal,
-                Reason::Internal,
-                "certificate signing failed",
-            )
+            status(Reason::Internal, "certificate signing failed")
         }
     }
 }
@@ -94,7 +86,6 @@ impl IdentityApi {
         // The control plane checks the SAN it signs.
         if svid::spiffe_id_of(&signed.der).ok().as_ref() != Some(&id) {
             return Err(status(
-                Code::Internal,
                 Reason::Internal,
                 "issued certificate failed self-check",
             ));
@@ -152,7 +143,7 @@ fn check_context(
     user_id: &str,
     context: &std::collections::HashMap<String, String>,
 ) -> Result<(), Status> {
-    let bad = |m: String| status(Code::InvalidArgument, Reason::InvalidArgument, m);
+    let bad = |m: String| status(Reason::InvalidArgument, m);
     if user_id.len() > MAX_USER_ID || user_id.chars().any(char::is_control) {
         return Err(bad(format!(
             "user_id must be at most {MAX_USER_ID} printable characters"
@@ -181,16 +172,10 @@ impl IdentityService for IdentityApi {
         req: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let req = req.into_inner();
-        let agent_id = AgentId::new(&req.agent_id).map_err(|e| {
-            status(
-                Code::InvalidArgument,
-                Reason::InvalidArgument,
-                e.to_string(),
-            )
-        })?;
+        let agent_id = AgentId::new(&req.agent_id)
+            .map_err(|e| status(Reason::InvalidArgument, e.to_string()))?;
         if req.join_token.is_empty() || req.join_token.len() > MAX_JOIN_TOKEN_LEN {
             return Err(status(
-                Code::Unauthenticated,
                 Reason::JoinTokenUnknown,
                 "join token is missing or malformed",
             ));
@@ -206,31 +191,22 @@ impl IdentityService for IdentityApi {
             .await
             .map_err(store_error)?;
         let Some(agent) = agent else {
-            return Err(status(
-                Code::Unauthenticated,
-                Reason::JoinTokenUnknown,
-                "join token is not valid",
-            ));
+            return Err(status(Reason::JoinTokenUnknown, "join token is not valid"));
         };
         let token_error = |u: JoinTokenUse| match u {
             JoinTokenUse::Consumed => None,
-            JoinTokenUse::Unknown => Some(status(
-                Code::Unauthenticated,
-                Reason::JoinTokenUnknown,
-                "join token is not valid",
-            )),
+            JoinTokenUse::Unknown => {
+                Some(status(Reason::JoinTokenUnknown, "join token is not valid"))
+            }
             JoinTokenUse::Used => Some(status(
-                Code::Unauthenticated,
                 Reason::JoinTokenUsed,
                 "join token was already used; ask an admin for a new one (`wardenctl join-token create`)",
             )),
             JoinTokenUse::Expired => Some(status(
-                Code::Unauthenticated,
                 Reason::JoinTokenExpired,
                 "join token has expired; ask an admin for a new one (`wardenctl join-token create`)",
             )),
             JoinTokenUse::WrongAgent => Some(status(
-                Code::PermissionDenied,
                 Reason::JoinTokenWrongAgent,
                 format!("join token was not issued for agent {agent_id}"),
             )),
@@ -304,32 +280,24 @@ impl IdentityService for IdentityApi {
         check_context(&req.user_id, &req.context)?;
         if req.scopes.is_empty() {
             return Err(status(
-                Code::InvalidArgument,
                 Reason::InvalidArgument,
                 "request at least one scope",
             ));
         }
-        let requested = Scope::parse_all(&req.scopes).map_err(|e| {
-            status(
-                Code::InvalidArgument,
-                Reason::InvalidArgument,
-                e.to_string(),
-            )
-        })?;
+        let requested = Scope::parse_all(&req.scopes)
+            .map_err(|e| status(Reason::InvalidArgument, e.to_string()))?;
         let allowed = Scope::parse_all(&agent.allowed_scopes).map_err(|e| {
             tracing::error!(agent = %agent_id, error = %e, "stored allowed_scopes do not parse");
-            status(Code::Internal, Reason::Internal, "agent record is invalid")
+            status(Reason::Internal, "agent record is invalid")
         })?;
         let granted = scope::intersect(&requested, &allowed).map_err(|e| {
             status(
-                Code::InvalidArgument,
                 Reason::InvalidArgument,
                 format!("{e}; request narrower scopes"),
             )
         })?;
         if granted.is_empty() {
             return Err(status(
-                Code::PermissionDenied,
                 Reason::ScopeNotAllowed,
                 format!("none of the requested scopes is allowed for agent {agent_id}"),
             ));
@@ -348,8 +316,7 @@ impl IdentityService for IdentityApi {
             .min(agent.expires_at.unwrap_or(i64::MAX));
         if exp <= now {
             return Err(status(
-                Code::Unauthenticated,
-                Reason::NoIdentity,
+                Reason::ClientCertificateExpired,
                 "client certificate has expired",
             ));
         }
@@ -380,7 +347,6 @@ impl IdentityService for IdentityApi {
             .map_err(store_error)?;
         if !opened {
             return Err(status(
-                Code::ResourceExhausted,
                 Reason::SessionLimit,
                 format!(
                     "agent {agent_id} already has {} open sessions (its maximum); end one first",
@@ -417,7 +383,7 @@ impl IdentityService for IdentityApi {
             .sign(&claims)
             .map_err(|e| {
                 tracing::error!(error = %e, "token signing failed");
-                status(Code::Internal, Reason::Internal, "token signing failed")
+                status(Reason::Internal, "token signing failed")
             })?;
         tracing::info!(agent = %agent_id, session = %session.id, scopes = %claims.scope, exp, "session token issued");
         Ok(Response::new(pb::IssueTokenResponse {
@@ -442,8 +408,7 @@ impl IdentityService for IdentityApi {
             .map_err(store_error)?;
         if !ended {
             return Err(status(
-                Code::NotFound,
-                Reason::SessionUnknown,
+                Reason::SessionNotFound,
                 "no open session with that id for this agent",
             ));
         }

@@ -16,7 +16,7 @@ use rand::RngCore;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use warden_shared::agent::{AgentId, AgentStatus};
 use warden_shared::proto::v1 as pb;
@@ -238,7 +238,6 @@ impl MeshService for MeshApi {
         if let Some(a) = &record {
             if a.status == AgentStatus::Revoked {
                 return Err(status(
-                    Code::PermissionDenied,
                     Reason::AgentRevoked,
                     format!("agent {agent} is revoked: {}", a.status_reason),
                 ));
@@ -247,7 +246,6 @@ impl MeshService for MeshApi {
             // pushed: a stream that ended after saying so would be reopened.
             if a.expires_at.is_some_and(|e| e <= now_unix()) {
                 return Err(status(
-                    Code::PermissionDenied,
                     Reason::AgentExpired,
                     format!("agent {agent} has expired"),
                 ));
@@ -264,7 +262,6 @@ impl MeshService for MeshApi {
             ),
             _ => {
                 return Err(status(
-                    Code::InvalidArgument,
                     Reason::InvalidArgument,
                     "the first message must be Hello",
                 ));
@@ -416,7 +413,7 @@ async fn serve(
                     }
                 }
                 Ok(Some(_)) => {
-                    let refusal = status(Code::InvalidArgument, Reason::InvalidArgument, "unexpected message");
+                    let refusal = status(Reason::InvalidArgument, "unexpected message");
                     let _ = tx.send(Err(Box::new(refusal))).await;
                     return "protocol error";
                 }

@@ -19,7 +19,6 @@ pub mod service;
 use std::sync::Arc;
 
 use rand::RngCore;
-use tonic::Code;
 use warden_shared::a2a::{Envelope, MAC_BYTES, NONCE_BYTES};
 use warden_shared::agent::AgentId;
 use warden_shared::proto::v1 as pb;
@@ -29,31 +28,9 @@ use warden_shared::spiffe::{Principal, SpiffeId, TrustDomain};
 use crate::gateway::authenticate::Authenticator;
 use crate::state::held::HeldPairKey;
 
-/// A refused message: the code and reason the caller receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// gRPC code.
-    pub code: Code,
-    /// Stable reason.
-    pub reason: Reason,
-    /// For the caller; never holds the payload or a key.
-    pub message: String,
-}
-
-impl Refusal {
-    fn new(code: Code, reason: Reason, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason,
-            message: message.into(),
-        }
-    }
-
-    /// As a gRPC status with the reason in its details.
-    pub fn to_status(&self) -> tonic::Status {
-        warden_shared::refusal::status(self.code, self.reason, self.message.clone())
-    }
-}
+/// A refused message: the reason (and so the code) the caller receives;
+/// its message never holds the payload or a key.
+pub use warden_shared::refusal::Refusal;
 
 /// The checks of a verification, in order.
 pub const CHECKS: [&str; 10] = [
@@ -143,16 +120,10 @@ impl Messenger {
         content_type: String,
         now_ms: i64,
     ) -> Result<Envelope, Refusal> {
-        let to = AgentId::new(recipient).map_err(|e| {
-            Refusal::new(
-                Code::InvalidArgument,
-                Reason::InvalidArgument,
-                e.to_string(),
-            )
-        })?;
+        let to = AgentId::new(recipient)
+            .map_err(|e| Refusal::new(Reason::InvalidArgument, e.to_string()))?;
         if content_type.len() > warden_shared::a2a::MAX_CONTENT_TYPE_BYTES {
             return Err(Refusal::new(
-                Code::InvalidArgument,
                 Reason::MessageMalformed,
                 format!(
                     "content_type is longer than {} bytes",
@@ -169,7 +140,6 @@ impl Messenger {
         }
         let pair = keys.of(self.me.as_str(), to.as_str()).ok_or_else(|| {
             Refusal::new(
-                Code::PermissionDenied,
                 Reason::MessagePairNotAllowed,
                 format!("policy does not allow {} to message {to}", self.me),
             )
@@ -179,8 +149,7 @@ impl Messenger {
             .find(|k| k.not_before_ms <= now_ms && now_ms < k.not_after_ms)
             .ok_or_else(|| {
                 Refusal::new(
-                    Code::Unavailable,
-                    Reason::MessageUnknownKey,
+                    Reason::MessageKeysUnavailable,
                     "no key of this pair covers the current time (the control plane has been away for a whole key epoch)",
                 )
             })?;
@@ -217,12 +186,10 @@ impl Messenger {
         {
             Ok(true) => Ok(v),
             Ok(false) => Err(Refusal::new(
-                Code::AlreadyExists,
                 Reason::MessageReplayed,
                 "this message was accepted before (same sender and nonce)",
             )),
             Err(e) => Err(Refusal::new(
-                Code::Unavailable,
                 Reason::ReplayCacheUnavailable,
                 format!("cannot check for replays: {e}; retry later"),
             )),
@@ -232,16 +199,10 @@ impl Messenger {
     /// Every check but the replay cache; returns how long the nonce must
     /// be remembered.
     pub fn check(&self, wire: &pb::Envelope, now_ms: i64) -> Result<(Verified, u64), Refusal> {
-        let env = Envelope::try_from(wire).map_err(|e| {
-            Refusal::new(
-                Code::InvalidArgument,
-                Reason::MessageMalformed,
-                e.to_string(),
-            )
-        })?;
+        let env = Envelope::try_from(wire)
+            .map_err(|e| Refusal::new(Reason::MessageMalformed, e.to_string()))?;
         if env.recipient != self.me_spiffe {
             return Err(Refusal::new(
-                Code::PermissionDenied,
                 Reason::MessageWrongRecipient,
                 format!(
                     "the message is for {}, not {}",
@@ -253,7 +214,6 @@ impl Messenger {
             Ok(Principal::Agent(a)) if env.sender.trust_domain() == &self.td => a,
             _ => {
                 return Err(Refusal::new(
-                    Code::PermissionDenied,
                     Reason::MessagePairNotAllowed,
                     format!("{} is not an agent of trust domain {}", env.sender, self.td),
                 ));
@@ -263,7 +223,6 @@ impl Messenger {
         if let Some(b) = held.blocked_agents.get(sender.as_str(), now_ms / 1000) {
             let what = if b.revoked { "revoked" } else { "suspended" };
             return Err(Refusal::new(
-                Code::PermissionDenied,
                 Reason::MessageSenderBlocked,
                 format!("the sender {sender} is {what}"),
             ));
@@ -277,21 +236,18 @@ impl Messenger {
         }
         let pair = keys.of(sender.as_str(), self.me.as_str()).ok_or_else(|| {
             Refusal::new(
-                Code::PermissionDenied,
                 Reason::MessagePairNotAllowed,
                 format!("policy does not allow {sender} to message {}", self.me),
             )
         })?;
         let key: &HeldPairKey = pair.iter().find(|k| k.epoch == env.key_id).ok_or_else(|| {
             Refusal::new(
-                Code::PermissionDenied,
                 Reason::MessageUnknownKey,
                 format!("no key of this pair has id {}", env.key_id),
             )
         })?;
         if !env.mac_verifies(&key.key) {
             return Err(Refusal::new(
-                Code::Unauthenticated,
                 Reason::MessageBadMac,
                 "the MAC does not verify: the message was forged or changed",
             ));
@@ -299,7 +255,6 @@ impl Messenger {
         let grace = i64::try_from(s.grace_ms).unwrap_or(i64::MAX);
         if now_ms >= key.not_after_ms.saturating_add(grace) {
             return Err(Refusal::new(
-                Code::PermissionDenied,
                 Reason::MessageKeyExpired,
                 format!(
                     "key {} expired {} ms ago (grace {} ms)",
@@ -316,14 +271,12 @@ impl Messenger {
         let age = now_ms.saturating_sub(env.timestamp_ms);
         if age >= max_age {
             return Err(Refusal::new(
-                Code::PermissionDenied,
                 Reason::MessageStale,
                 format!("the message is {age} ms old; at most {max_age} ms is accepted"),
             ));
         }
         if -age > skew {
             return Err(Refusal::new(
-                Code::PermissionDenied,
                 Reason::MessageFromFuture,
                 format!(
                     "the message is dated {} ms ahead; at most {skew} ms is tolerated",
@@ -333,7 +286,6 @@ impl Messenger {
         }
         if env.timestamp_ms < keys.accept_from_ms {
             return Err(Refusal::new(
-                Code::PermissionDenied,
                 Reason::MessageStale,
                 "the message was signed before this sidecar's replay memory began (a restart, or a longer max_age); sign it again",
             ));
@@ -361,7 +313,6 @@ impl Messenger {
 fn no_keys_yet(keys: &crate::state::held::PairKeys) -> Result<(), Refusal> {
     if keys.settings.rotation_ms == 0 {
         return Err(Refusal::new(
-            Code::Unavailable,
             Reason::MessageKeysUnavailable,
             "this sidecar holds no message keys (no policy from the control plane yet)",
         ));
@@ -371,7 +322,6 @@ fn no_keys_yet(keys: &crate::state::held::PairKeys) -> Result<(), Refusal> {
 
 fn too_large(got: usize, max: usize) -> Refusal {
     Refusal::new(
-        Code::InvalidArgument,
         Reason::MessageTooLarge,
         format!("the payload is {got} bytes; the policy allows {max}"),
     )

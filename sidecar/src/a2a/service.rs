@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use warden_shared::a2a::Envelope;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::messaging_peer_service_client::MessagingPeerServiceClient;
@@ -149,7 +149,6 @@ impl MessagingService for MessagingApi {
         let r = req.into_inner();
         if !self.peers.knows(&r.recipient_agent) {
             return Err(status(
-                Code::FailedPrecondition,
                 Reason::MessagePeerUnreachable,
                 format!(
                     "no address for {:?}'s sidecar: add it under [messaging.peers] in this sidecar's config",
@@ -162,8 +161,7 @@ impl MessagingService for MessagingApi {
         let unreachable = |e: String| {
             tracing::warn!(recipient = %env.recipient, error = %e, "message delivery failed");
             status(
-                Code::Unavailable,
-                Reason::MessagePeerUnreachable,
+                Reason::MessagePeerUnavailable,
                 format!("cannot reach {}'s sidecar; retry later", r.recipient_agent),
             )
         };
@@ -210,7 +208,6 @@ impl MessagingService for MessagingApi {
             );
         let expired = || {
             status(
-                Code::Unauthenticated,
                 Reason::TokenExpired,
                 "the session token expired; start a new session and receive again",
             )
@@ -310,7 +307,6 @@ impl MessagingPeerService for PeerApi {
             .map(|p| p.0.to_string())
             .ok_or_else(|| {
                 status(
-                    Code::Unauthenticated,
                     Reason::NoClientCertificate,
                     "deliveries need a client certificate (mTLS)",
                 )
@@ -319,7 +315,6 @@ impl MessagingPeerService for PeerApi {
         // Only the sender's own sidecar may hand over its messages.
         if wire.sender != peer {
             let r = Refusal::new(
-                Code::PermissionDenied,
                 Reason::WrongPrincipal,
                 format!(
                     "{peer} may not deliver messages signed as {:?}",
@@ -337,7 +332,6 @@ impl MessagingPeerService for PeerApi {
         }
         if wire.payload.len() > self.inbox.max_bytes() {
             return Err(status(
-                Code::InvalidArgument,
                 Reason::MessageTooLarge,
                 format!(
                     "the payload is larger than the recipient's inbox ({} bytes)",
@@ -347,7 +341,6 @@ impl MessagingPeerService for PeerApi {
         }
         let permit = self.inbox.reserve(wire.payload.len()).ok_or_else(|| {
             status(
-                Code::ResourceExhausted,
                 Reason::MessageInboxFull,
                 "the recipient's inbox is full; retry later",
             )

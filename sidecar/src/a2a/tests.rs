@@ -368,7 +368,7 @@ async fn a_sidecar_without_keys_says_to_retry_later() {
     );
     let r = rev.sign("coder", vec![1], String::new(), NOW).unwrap_err();
     assert_eq!(
-        (r.code, r.reason),
-        (Code::Unavailable, Reason::MessageKeysUnavailable)
+        (r.code(), r.reason),
+        (tonic::Code::Unavailable, Reason::MessageKeysUnavailable)
     );
 }

@@ -4,18 +4,16 @@
 //! `APPROVAL_REQUIRED`, never run. (`critical` tools never reach this stage:
 //! authorization refuses them.)
 
-use tonic::Code;
 use warden_shared::policy::Risk;
 use warden_shared::refusal::Reason;
 
-use super::{Denial, Stage};
+use super::{Refusal, Stage};
 
 /// Runs the stage.
-pub fn check(tool: &str, risk: Risk) -> Result<(), Denial> {
+pub fn check(tool: &str, risk: Risk) -> Result<(), Refusal> {
     if risk >= Risk::High {
-        return Err(Denial::new(
+        return Err(Refusal::at(
             Stage::Approve,
-            Code::PermissionDenied,
             Reason::ApprovalRequired,
             format!("{tool} is high-risk: it needs a human approval, which this deployment cannot grant yet"),
         )

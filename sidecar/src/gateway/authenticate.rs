@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use warden_shared::token::{self, Claims, Expect};
 
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 use warden_shared::refusal::Reason;
 
-use super::{Denial, Stage};
+use super::{Refusal, Stage};
 use crate::identity::rotation::Snapshot;
 use crate::state::held::Held;
 use crate::state::{State, Unusable};
@@ -250,32 +250,28 @@ impl Authenticator {
 }
 
 /// Maps an authentication failure to the gateway's stage-1 denial.
-pub fn auth_denial(e: &Error) -> Denial {
+pub fn auth_denial(e: &Error) -> Refusal {
     use token::Error as T;
-    let (code, reason) = match e {
-        Error::NoIdentity => (Code::FailedPrecondition, Reason::NoIdentity),
-        Error::SessionEnded(_) => (Code::Unauthenticated, Reason::SessionUnknown),
-        Error::SessionRevoked(_) => (Code::Unauthenticated, Reason::SessionRevoked),
-        Error::NoPolicy => (Code::FailedPrecondition, Reason::PolicyNotLoaded),
-        Error::PolicyStale(_) => (Code::FailedPrecondition, Reason::PolicyStale),
-        Error::AgentExpired(_) => (Code::PermissionDenied, Reason::AgentExpired),
-        Error::AgentBlocked { revoked: true, .. } => (Code::PermissionDenied, Reason::AgentRevoked),
-        Error::AgentBlocked { revoked: false, .. } => {
-            (Code::PermissionDenied, Reason::AgentSuspended)
-        }
+    let reason = match e {
+        Error::NoIdentity => Reason::NoIdentity,
+        Error::SessionEnded(_) => Reason::SessionUnknown,
+        Error::SessionRevoked(_) => Reason::SessionRevoked,
+        Error::NoPolicy => Reason::PolicyNotLoaded,
+        Error::PolicyStale(_) => Reason::PolicyStale,
+        Error::AgentExpired(_) => Reason::AgentExpired,
+        Error::AgentBlocked { revoked: true, .. } => Reason::AgentRevoked,
+        Error::AgentBlocked { revoked: false, .. } => Reason::AgentSuspended,
         Error::Token(t) => match t {
-            T::Expired(_) => (Code::Unauthenticated, Reason::TokenExpired),
-            T::BadSignature | T::UnknownKey(_) => {
-                (Code::Unauthenticated, Reason::TokenBadSignature)
-            }
-            T::WrongAudience(_) => (Code::Unauthenticated, Reason::TokenWrongAudience),
-            T::WrongIssuer(_) => (Code::Unauthenticated, Reason::TokenWrongIssuer),
-            T::KeyBinding => (Code::Unauthenticated, Reason::TokenKeyBindingMismatch),
-            T::NotYetValid => (Code::Unauthenticated, Reason::TokenNotYetValid),
-            _ => (Code::Unauthenticated, Reason::TokenMalformed),
+            T::Expired(_) => Reason::TokenExpired,
+            T::BadSignature | T::UnknownKey(_) => Reason::TokenBadSignature,
+            T::WrongAudience(_) => Reason::TokenWrongAudience,
+            T::WrongIssuer(_) => Reason::TokenWrongIssuer,
+            T::KeyBinding => Reason::TokenKeyBindingMismatch,
+            T::NotYetValid => Reason::TokenNotYetValid,
+            _ => Reason::TokenMalformed,
         },
     };
-    Denial::new(Stage::Authenticate, code, reason, e.to_string())
+    Refusal::at(Stage::Authenticate, reason, e.to_string())
 }
 
 /// Maps an authentication failure to the agent-facing status.
@@ -284,11 +280,10 @@ pub fn auth_status(e: &Error) -> Status {
 }
 
 /// The bearer token of a request.
-pub fn bearer<T>(req: &Request<T>) -> Result<&str, Denial> {
+pub fn bearer<T>(req: &Request<T>) -> Result<&str, Refusal> {
     let missing = || {
-        Denial::new(
+        Refusal::at(
             Stage::Authenticate,
-            Code::Unauthenticated,
             Reason::TokenMissing,
             "send the session token as `authorization: Bearer <token>`",
         )

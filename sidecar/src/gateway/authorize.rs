@@ -10,7 +10,6 @@ use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, Request, RestrictedExpression,
 };
 use time::OffsetDateTime;
-use tonic::Code;
 use warden_shared::policy::Risk;
 use warden_shared::proto::v1 as pb;
 use warden_shared::refusal::Reason;
@@ -18,11 +17,11 @@ use warden_shared::scope::Scope;
 use warden_shared::token::Claims;
 
 use super::catalog::{ToolEntry, uid};
-use super::{Denial, Stage};
+use super::{Refusal, Stage};
 use crate::state::held::HeldPolicy;
 
-fn refuse(reason: Reason, message: impl Into<String>) -> Denial {
-    Denial::new(Stage::Authorize, Code::PermissionDenied, reason, message)
+fn refuse(reason: Reason, message: impl Into<String>) -> Refusal {
+    Refusal::at(Stage::Authorize, reason, message)
 }
 
 /// Who is calling: the agent (as pushed) and the session (its token).
@@ -61,7 +60,7 @@ pub fn check(
     caller: &Caller<'_>,
     args: &serde_json::Value,
     now: OffsetDateTime,
-) -> Result<(), Denial> {
+) -> Result<(), Refusal> {
     let name = &tool.spec.name;
     if let Err(missing) = scopes_cover(caller.claims, tool) {
         return Err(refuse(
@@ -205,7 +204,7 @@ fn cedar(
     caller: &Caller<'_>,
     args: &serde_json::Value,
     now: OffsetDateTime,
-) -> Result<(), Denial> {
+) -> Result<(), Refusal> {
     let name = &tool.spec.name;
     // Fail closed: a request that cannot be built is a denial.
     let broken = |e: String| {

@@ -1,5 +1,5 @@
 //! The pipeline every tool call runs, in this order; each stage may stop it
-//! with a [`Denial`]:
+//! with a [`Refusal`]:
 //!
 //! 1. authenticate — the session token (read and verified by
 //!    [`super::authenticate`]: signature, expiry, revocation, key binding;
@@ -25,7 +25,6 @@ use std::time::Instant;
 
 use base64::Engine;
 use rand::Rng;
-use tonic::Code;
 use warden_shared::proto::v1 as pb;
 use warden_shared::refusal::Reason;
 use warden_shared::token::Claims;
@@ -37,7 +36,7 @@ use super::inspect::{self, InputInspector, PassThrough};
 use super::limit::session::Error as SessionCallsError;
 use super::limit::{CallKey, Limiter, SessionCalls, Verdict};
 use super::record::{Event, Outcome, Recorder};
-use super::{Denial, Stage, approve, validate};
+use super::{Refusal, Stage, approve, validate};
 use crate::state::held::{Held, HeldPolicy};
 
 /// Longest trace id accepted.
@@ -173,7 +172,7 @@ impl Gateway {
         held: &Held,
         claims: &Claims,
         r: &Request<'_>,
-    ) -> Result<Admitted, Denial> {
+    ) -> Result<Admitted, Refusal> {
         let now = time::OffsetDateTime::now_utc();
         let max = claims.constraints.max_tool_calls;
         if let Err(e) = self
@@ -181,17 +180,13 @@ impl Gateway {
             .take(&claims.sid, max, claims.exp, now.unix_timestamp())
         {
             return Err(match e {
-                SessionCallsError::Spent(_) | SessionCallsError::Full => Denial::new(
-                    Stage::Authenticate,
-                    Code::ResourceExhausted,
-                    Reason::ToolCallLimit,
-                    e.to_string(),
-                ),
+                SessionCallsError::Spent(_) | SessionCallsError::Full => {
+                    Refusal::at(Stage::Authenticate, Reason::ToolCallLimit, e.to_string())
+                }
                 SessionCallsError::Journal(_) => {
                     tracing::error!(error = %e, "session call journal");
-                    Denial::new(
+                    Refusal::at(
                         Stage::Authenticate,
-                        Code::Internal,
                         Reason::Internal,
                         "the session's call count could not be recorded; see the sidecar log",
                     )
@@ -200,17 +195,15 @@ impl Gateway {
             .rule("max_tool_calls"));
         }
         if r.trace_id.len() > MAX_TRACE_ID || !r.trace_id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Denial::new(
+            return Err(Refusal::at(
                 Stage::Validate,
-                Code::InvalidArgument,
                 Reason::InvalidArgument,
                 format!("trace_id must be at most {MAX_TRACE_ID} visible ASCII characters"),
             ));
         }
         let unknown = || {
-            Denial::new(
+            Refusal::at(
                 Stage::Validate,
-                Code::NotFound,
                 Reason::ToolUnknown,
                 "no such tool in the policy in force".to_owned(),
             )
@@ -222,9 +215,8 @@ impl Gateway {
             self.input.inspect(&tool, &args)?;
         }
         let standing = held.raw.standing.as_deref().ok_or_else(|| {
-            Denial::new(
+            Refusal::at(
                 Stage::Authorize,
-                Code::FailedPrecondition,
                 Reason::PolicyNotLoaded,
                 "the sidecar holds no standing for its agent yet",
             )
@@ -238,9 +230,8 @@ impl Gateway {
         // the call rather than let it be decided without it.
         let projected = warden_shared::policy::cedar::arguments(&tool.spec.input_schema, &args)
             .map_err(|e| {
-                Denial::new(
+                Refusal::at(
                     Stage::Validate,
-                    Code::InvalidArgument,
                     Reason::ArgumentsInvalid,
                     format!("arguments of {}: {e}", tool.spec.name),
                 )
@@ -262,7 +253,7 @@ impl Gateway {
         tool: &ToolEntry,
         standing: &pb::StandingPart,
         claims: &Claims,
-    ) -> Result<(), Denial> {
+    ) -> Result<(), Refusal> {
         let key = CallKey {
             agent: &self.agent_id,
             owner: &standing.owner,
@@ -286,19 +277,16 @@ impl Gateway {
                 } else {
                     (Reason::RateLimited, "rate limit")
                 };
-                let mut d = Denial::new(
+                Err(Refusal::at(
                     Stage::Limit,
-                    Code::ResourceExhausted,
                     reason,
                     format!("{what} {limit} reached; retry in {ms} ms"),
                 )
-                .rule(limit);
-                d.retry_after_ms = Some(ms);
-                Err(d)
+                .rule(limit)
+                .retry_after_ms(ms))
             }
-            Verdict::Unavailable { limit } => Err(Denial::new(
+            Verdict::Unavailable { limit } => Err(Refusal::at(
                 Stage::Limit,
-                Code::Unavailable,
                 Reason::LimiterUnavailable,
                 format!("limit {limit} cannot be checked (its shared store is unreachable) and fails closed; retry later"),
             )
@@ -311,7 +299,7 @@ impl Gateway {
         &self,
         policy: &HeldPolicy,
         standing: &pb::StandingPart,
-    ) -> Result<Arc<cedar_policy::Entities>, Denial> {
+    ) -> Result<Arc<cedar_policy::Entities>, Refusal> {
         let key = (policy.version, standing.digest);
         let mut cache = self.entities.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((k, e)) = cache.as_ref()
@@ -322,9 +310,8 @@ impl Gateway {
         let e = Arc::new(
             authorize::entities(policy, &self.agent_id, standing).map_err(|e| {
                 tracing::error!(error = %e, "cannot build the policy entities");
-                Denial::new(
+                Refusal::at(
                     Stage::Authorize,
-                    Code::PermissionDenied,
                     Reason::PolicyDenied,
                     "the policy entities could not be built; see the sidecar log",
                 )
@@ -373,7 +360,7 @@ impl Gateway {
         &'a self,
         mut e: Event<'a>,
         outcome: Outcome,
-        denial: Option<&'a Denial>,
+        denial: Option<&'a Refusal>,
         t0: Instant,
     ) {
         e.agent = &self.agent_id;
@@ -384,7 +371,7 @@ impl Gateway {
     }
 
     /// Records an authentication failure (stage 1, before any claim is known).
-    pub fn refused_unauthenticated(&self, r: &Request<'_>, d: &Denial, t0: Instant) {
+    pub fn refused_unauthenticated(&self, r: &Request<'_>, d: &Refusal, t0: Instant) {
         let id = call_id();
         let e = self.event(r, None, &id, false);
         self.record(e, Outcome::Denied, Some(d), t0);
@@ -417,7 +404,7 @@ impl Gateway {
                 pb::AuthorizeResponse {
                     checks: CHECKS
                         .iter()
-                        .take_while(|s| **s < d.stage)
+                        .take_while(|s| Some(**s) < d.stage)
                         .map(|s| s.as_str().to_owned())
                         .collect(),
                     call_id: id,
@@ -435,7 +422,7 @@ impl Gateway {
         claims: &Claims,
         r: &Request<'_>,
         t0: Instant,
-    ) -> Result<pb::CallToolResponse, Denial> {
+    ) -> Result<pb::CallToolResponse, Refusal> {
         let id = call_id();
         let admitted = self.admit(held, claims, r).await;
         let known = known_tool(held, r.tool);

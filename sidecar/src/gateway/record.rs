@@ -72,7 +72,7 @@ pub struct Event<'a> {
     /// How it ended.
     pub outcome: Outcome,
     /// The refusing stage and reason and rule, when denied or failed.
-    pub denial: Option<&'a super::Denial>,
+    pub denial: Option<&'a super::Refusal>,
     /// The upstream's status, when executed.
     pub upstream_status: u16,
     /// Values redacted from the output.
@@ -227,7 +227,7 @@ impl Recorder {
             user: e.user.to_owned(),
             tool: e.tool.to_owned(),
             outcome: e.outcome.as_str(),
-            stage: e.denial.map_or("", |d| d.stage.as_str()),
+            stage: e.denial.map_or("", super::Refusal::stage_str),
             reason: reason_code,
             rule: e.denial.map_or_else(String::new, |d| d.rule.clone()),
             arguments_bytes: e.arguments.len(),

@@ -2,11 +2,10 @@
 //! input schema. Sizes are checked before anything is parsed, and nesting
 //! depth by a scan of the bytes, so hostile input costs little.
 
-use tonic::Code;
 use warden_shared::refusal::Reason;
 
 use super::catalog::ToolEntry;
-use super::{Denial, Stage};
+use super::{Refusal, Stage};
 
 /// The argument document's size cap unless the tool sets `max_argument_bytes`.
 pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 64 * 1024;
@@ -15,8 +14,8 @@ pub const MAX_DEPTH: usize = 32;
 /// Schema violations reported to the agent, at most.
 const MAX_REPORTED: usize = 3;
 
-fn refuse(reason: Reason, message: impl Into<String>) -> Denial {
-    Denial::new(Stage::Validate, Code::InvalidArgument, reason, message)
+fn refuse(reason: Reason, message: impl Into<String>) -> Refusal {
+    Refusal::at(Stage::Validate, reason, message)
 }
 
 /// The deepest nesting in `text`, scanning at most until it passes `max`.
@@ -49,7 +48,7 @@ fn depth_exceeds(text: &str, max: usize) -> bool {
 
 /// Checks `text` against `tool`; returns the parsed arguments. An empty
 /// text is the empty object.
-pub fn arguments(tool: &ToolEntry, text: &str) -> Result<serde_json::Value, Denial> {
+pub fn arguments(tool: &ToolEntry, text: &str) -> Result<serde_json::Value, Refusal> {
     let max = tool
         .spec
         .limits

@@ -11,12 +11,11 @@ pub mod secrets;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use tonic::Code;
 use warden_shared::policy::CircuitBreaker;
 use warden_shared::refusal::Reason;
 
 use super::catalog::ToolEntry;
-use super::{Denial, Stage};
+use super::{Refusal, Stage};
 use secrets::Secret;
 
 /// Upstream timeout unless the tool sets `limits.timeout_ms`.
@@ -37,8 +36,8 @@ pub struct Output {
     pub secrets: Vec<Secret>,
 }
 
-fn refuse(code: Code, reason: Reason, message: impl Into<String>) -> Denial {
-    Denial::new(Stage::Execute, code, reason, message)
+fn refuse(reason: Reason, message: impl Into<String>) -> Refusal {
+    Refusal::at(Stage::Execute, reason, message)
 }
 
 /// Upstream calls in flight at once, across tools (each may buffer up to
@@ -92,11 +91,10 @@ impl Executor {
         args: &serde_json::Value,
         call_id: &str,
         trace_id: &str,
-    ) -> Result<Output, Denial> {
+    ) -> Result<Output, Refusal> {
         let name = &tool.spec.name;
         let Some(u) = &tool.spec.upstream else {
             return Err(refuse(
-                Code::FailedPrecondition,
                 Reason::UpstreamNotConfigured,
                 format!("{name} has no upstream in the policy"),
             ));
@@ -105,7 +103,6 @@ impl Executor {
             return builtin::run(&u.address, args, time::OffsetDateTime::now_utc()).ok_or_else(
                 || {
                     refuse(
-                        Code::FailedPrecondition,
                         Reason::UpstreamNotConfigured,
                         format!("{name}: unknown builtin"),
                     )
@@ -123,7 +120,6 @@ impl Executor {
                 Err(e) => {
                     tracing::error!(tool = %name, secret = %s, error = %e, "secret unavailable");
                     return Err(refuse(
-                        Code::FailedPrecondition,
                         Reason::SecretUnavailable,
                         format!("a secret {name} needs is unavailable; see the sidecar log"),
                     ));
@@ -133,7 +129,6 @@ impl Executor {
         let cfg = u.circuit_breaker.clone().unwrap_or_default();
         if let Err(wait) = self.breakers.admit(name, Instant::now()) {
             let mut d = refuse(
-                Code::Unavailable,
                 Reason::UpstreamCircuitOpen,
                 format!("the upstream of {name} is failing; its circuit is open"),
             )
@@ -156,7 +151,6 @@ impl Executor {
         let Ok(Ok(_slot)) = tokio::time::timeout(timeout, self.in_flight.acquire()).await else {
             // (Dropping `admitted` abandons the call.)
             return Err(refuse(
-                Code::Unavailable,
                 Reason::UpstreamUnavailable,
                 format!("too many upstream calls in flight; {name} could not start in time"),
             ));
@@ -188,7 +182,7 @@ impl Executor {
         result: Result<Output, http::Failure>,
         cfg: &CircuitBreaker,
         resolved: HashMap<String, Secret>,
-    ) -> Result<Output, Denial> {
+    ) -> Result<Output, Refusal> {
         // A 5xx, a timeout or a transport failure counts against the
         // upstream; a 4xx is the caller's error, and an answer too large is
         // a healthy upstream's oddity.
@@ -209,7 +203,6 @@ impl Executor {
                 tracing::warn!(tool = %name, error = %e, "upstream call failed");
                 Err(match e {
                     http::Failure::Timeout(t) => refuse(
-                        Code::DeadlineExceeded,
                         Reason::UpstreamTimeout,
                         format!(
                             "the upstream of {name} did not answer within {} ms",
@@ -218,27 +211,23 @@ impl Executor {
                     )
                     .rule("timeout_ms"),
                     http::Failure::TooLarge(n) => refuse(
-                        Code::ResourceExhausted,
                         Reason::UpstreamResponseTooLarge,
                         format!("the upstream of {name} answered with more than {n} bytes"),
                     )
                     .rule("max_response_bytes"),
                     http::Failure::Build(_) => refuse(
-                        Code::FailedPrecondition,
-                        Reason::UpstreamUnavailable,
+                        Reason::UpstreamRequestInvalid,
                         format!(
                             "the request to the upstream of {name} could not be built; see the sidecar log"
                         ),
                     ),
                     http::Failure::Encoded(_) => refuse(
-                        Code::Unavailable,
                         Reason::UpstreamUnavailable,
                         format!(
                             "the upstream of {name} answered compressed; only uncompressed answers are inspected and accepted"
                         ),
                     ),
                     http::Failure::Unavailable(_) => refuse(
-                        Code::Unavailable,
                         Reason::UpstreamUnavailable,
                         format!("the upstream of {name} is unavailable"),
                     ),

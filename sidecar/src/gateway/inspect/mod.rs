@@ -16,7 +16,7 @@ mod scrub;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::Denial;
+use super::Refusal;
 use super::catalog::ToolEntry;
 use super::execute::secrets::Secret;
 
@@ -26,7 +26,7 @@ pub const REDACTED: &str = "[REDACTED]";
 /// Inspects a call's arguments before authorization.
 pub trait InputInspector: Send + Sync + std::fmt::Debug {
     /// Refuses arguments that carry an attack.
-    fn inspect(&self, tool: &ToolEntry, args: &serde_json::Value) -> Result<(), Denial>;
+    fn inspect(&self, tool: &ToolEntry, args: &serde_json::Value) -> Result<(), Refusal>;
 }
 
 /// Refuses nothing (until injection detection lands).
@@ -34,7 +34,7 @@ pub trait InputInspector: Send + Sync + std::fmt::Debug {
 pub struct PassThrough;
 
 impl InputInspector for PassThrough {
-    fn inspect(&self, _tool: &ToolEntry, _args: &serde_json::Value) -> Result<(), Denial> {
+    fn inspect(&self, _tool: &ToolEntry, _args: &serde_json::Value) -> Result<(), Refusal> {
         Ok(())
     }
 }
@@ -62,7 +62,7 @@ pub async fn output(
     content: Vec<u8>,
     content_type: String,
     secrets: Vec<Secret>,
-) -> Result<Inspected, Denial> {
+) -> Result<Inspected, Refusal> {
     let big = content.len() > INLINE_BYTES;
     let run = move || {
         let (content, n) = redact_secrets(content, &secrets)?;
@@ -74,9 +74,8 @@ pub async fn output(
         })
     };
     let refused = |e: String| {
-        Denial::new(
+        Refusal::at(
             super::Stage::InspectOutput,
-            tonic::Code::FailedPrecondition,
             warden_shared::refusal::Reason::OutputUninspectable,
             e,
         )

@@ -301,9 +301,9 @@ async fn an_answer_that_exhausts_the_bound_is_withheld_at_inspect_output() {
         .await
         .expect_err("withheld");
     assert_eq!(
-        (d.stage, d.code, d.reason),
+        (d.stage, d.code(), d.reason),
         (
-            super::super::Stage::InspectOutput,
+            Some(super::super::Stage::InspectOutput),
             tonic::Code::FailedPrecondition,
             warden_shared::refusal::Reason::OutputUninspectable
         )
