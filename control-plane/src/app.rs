@@ -23,7 +23,8 @@ use crate::identity::keys::KeyRing;
 use crate::store::SqliteStore;
 use warden_shared::proto::v1::mesh_service_server::MeshServiceServer;
 
-pub use crate::state::{CurrentPolicy, State};
+pub use crate::policy::CurrentPolicy;
+pub use crate::state::State;
 
 /// Largest gRPC message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
@@ -69,7 +70,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         hub: Arc::default(),
         stopping,
         sidecars: Arc::default(),
-        policy: std::sync::RwLock::new(None),
+        policy: crate::policy::InForce::default(),
         messaging,
     };
     state

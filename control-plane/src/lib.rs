@@ -13,6 +13,7 @@ pub mod identity;
 pub mod init;
 pub mod jwks;
 pub mod mesh;
+pub mod policy;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -1,5 +1,4 @@
-//! What every service of the control plane shares ([`State`]), and the
-//! policy in force ([`CurrentPolicy`]).
+//! What every service of the control plane shares ([`State`]).
 
 use std::sync::Arc;
 
@@ -32,24 +31,9 @@ pub struct State {
     /// Open mesh streams.
     pub sidecars: Arc<crate::mesh::registry::Registry>,
     /// The latest policy version, parsed once for every stream.
-    pub policy: std::sync::RwLock<Option<Arc<CurrentPolicy>>>,
+    pub policy: crate::policy::InForce,
     /// Pairwise message keys.
     pub messaging: crate::a2a::Messaging,
-}
-
-/// The policy version in force.
-#[derive(Debug)]
-pub struct CurrentPolicy {
-    /// Version number.
-    pub version: u64,
-    /// The document as applied.
-    pub text: String,
-    /// Its parsed form (validated when it was applied).
-    pub document: warden_shared::policy::Document,
-    /// When it was applied (unix seconds).
-    pub applied_at: i64,
-    /// Its messaging section, compiled.
-    pub messaging: warden_shared::policy::messaging::Settings,
 }
 
 impl State {
@@ -57,41 +41,15 @@ impl State {
     /// stream. A stored document that no longer parses is logged and
     /// skipped (the previous one stays in force).
     pub async fn reload_policy(&self) -> anyhow::Result<()> {
-        let Some((meta, text)) = self.store.get_policy(None).await? else {
-            return Ok(());
-        };
-        match serde_norway::from_str::<warden_shared::policy::Document>(&text) {
-            Ok(document) => {
-                let version = u64::try_from(meta.version).unwrap_or(0);
-                // Validated when applied; a section that no longer compiles
-                // allows no messaging at all.
-                let messaging = document.messaging().unwrap_or_else(|e| {
-                    tracing::error!(error = %e, version, "stored policy's messaging section does not compile; no messaging allowed");
-                    warden_shared::policy::messaging::Settings::default()
-                });
-                *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Arc::new(CurrentPolicy {
-                        version,
-                        text,
-                        document,
-                        applied_at: meta.applied_at,
-                        messaging,
-                    }));
-                self.hub.global_changed();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, version = meta.version, "stored policy does not parse; keeping the previous one")
-            }
+        if self.policy.reload(self.store.as_ref()).await? {
+            self.hub.global_changed();
         }
         Ok(())
     }
 
     /// The policy in force.
-    pub fn current_policy(&self) -> Option<Arc<CurrentPolicy>> {
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn current_policy(&self) -> Option<Arc<crate::policy::CurrentPolicy>> {
+        self.policy.get()
     }
 
     /// How long a revoked or expired agent stays on the mesh-wide blocked

@@ -2,23 +2,21 @@
 //! a Unix socket. Every request must carry `warden-agent: true`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::agent_service_server::AgentService;
 use warden_shared::refusal::{Reason, status};
-use warden_shared::token::{self, Claims};
+use warden_shared::token::Claims;
 use warden_shared::{AGENT_HEADER, AGENT_HEADER_VALUE};
 
 use crate::cp::ControlPlane;
 use crate::gateway::Refusal;
-use crate::gateway::authenticate::{self, Authenticator, auth_denial, auth_status, bearer};
+use crate::gateway::authenticate::{self, Authenticator, Credentials, auth_status};
 use crate::gateway::pipeline::{self, Gateway};
 use crate::identity::rotation::Manager;
 use crate::now_unix;
-use crate::state::held::Held;
 
 /// Refuses requests without the agent header (see [`AGENT_HEADER`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,81 +73,18 @@ impl AgentApi {
         &self.gateway
     }
 
-    /// Fetches the JWKS from the control plane into the held state.
-    pub async fn refresh_jwks(&self) -> Result<(), Status> {
-        let mut client = self.cp.identity_client()?;
-        let r = client.get_jwks(pb::GetJwksRequest {}).await?.into_inner();
-        let set: token::JwkSet = serde_json::from_str(&r.jwks_json).map_err(|_| {
-            status(
-                Reason::ControlPlaneUnavailable,
-                "control plane sent an invalid JWKS",
-            )
-        })?;
-        // Installing takes the snapshot writer's lock, which a policy
-        // compile may hold for a while: off the runtime.
-        let auth = Arc::clone(&self.auth);
-        tokio::task::spawn_blocking(move || auth.state().set_jwks(&set))
+    /// What a request presents to stage 1.
+    fn credentials<'a, T>(&self, req: &'a Request<T>) -> Credentials<'a> {
+        Credentials::of(req, self.identity.snapshot())
+    }
+
+    /// Stage 1 for the calls outside the gateway's pipeline.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Claims>, Status> {
+        self.gateway
+            .authenticate(&self.credentials(req))
             .await
-            .map_err(|_| status(Reason::Internal, "installing the JWKS panicked"))?
-            .map_err(|e| {
-                status(
-                    Reason::ControlPlaneUnavailable,
-                    format!("invalid JWKS: {e}"),
-                )
-            })
-    }
-
-    /// Authenticates the request's bearer token, refreshing the JWKS once
-    /// (rate-limited) if the token names an unknown key.
-    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Claims>, Refusal> {
-        self.authenticate_held(req).await.map(|(claims, _)| claims)
-    }
-
-    /// [`AgentApi::authenticate`], with the snapshot of what is held that
-    /// the token was verified against (the one the call goes on with).
-    pub async fn authenticate_held<T>(
-        &self,
-        req: &Request<T>,
-    ) -> Result<(Arc<Claims>, Arc<Held>), Refusal> {
-        let token = bearer(req)?;
-        let snap = self.identity.snapshot();
-        match self.auth.verify_held(token, &snap, now_unix()) {
-            Err(authenticate::Error::Token(token::Error::UnknownKey(_)))
-                if self.auth.may_refresh() =>
-            {
-                if let Err(e) = self.refresh_jwks().await {
-                    tracing::warn!(error = %e.message(), "JWKS refresh failed");
-                }
-                self.auth
-                    .verify_held(token, &snap, now_unix())
-                    .map_err(|e| auth_denial(&e))
-            }
-            r => r.map_err(|e| {
-                tracing::info!(error = %e, "token refused");
-                auth_denial(&e)
-            }),
-        }
-    }
-
-    /// Verifies `token` against what is held now (no JWKS refresh): for
-    /// long-lived streams that check their session again.
-    pub fn check_token(&self, token: &str) -> Result<Arc<Claims>, Refusal> {
-        self.auth
-            .verify(token, &self.identity.snapshot(), now_unix())
-            .map_err(|e| auth_denial(&e))
-    }
-
-    /// Authenticates, recording a refusal as a gateway decision.
-    async fn gateway_caller<T>(
-        &self,
-        req: &Request<T>,
-        r: &pipeline::Request<'_>,
-        t0: Instant,
-    ) -> Result<(Arc<Claims>, Arc<Held>), Status> {
-        self.authenticate_held(req).await.map_err(|d| {
-            self.gateway.refused_unauthenticated(r, &d, t0);
-            d.to_status()
-        })
+            .map(|(claims, _)| claims)
+            .map_err(Status::from)
     }
 }
 
@@ -211,7 +146,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
-        let claims = self.authenticate(&req).await.map_err(|d| d.to_status())?;
+        let claims = self.authenticate(&req).await?;
         // Refuse the token here at once, whatever the control plane says
         // (the list is written to disk off the runtime).
         let (auth, sid, exp) = (Arc::clone(&self.auth), claims.sid.clone(), claims.exp);
@@ -237,18 +172,27 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::ListToolsRequest>,
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
-        let (claims, held) = self
-            .authenticate_held(&req)
-            .await
-            .map_err(|d| d.to_status())?;
-        Ok(Response::new(self.gateway.list_tools(&held, &claims)))
+        let listing = self.gateway.list_tools(&self.credentials(&req)).await?;
+        Ok(Response::new(pb::ListToolsResponse {
+            tools: listing
+                .tools
+                .iter()
+                .map(|t| pb::ToolDescription {
+                    name: t.spec.name.clone(),
+                    description: t.spec.description.clone(),
+                    input_schema_json: t.input_schema_json.clone(),
+                    risk: t.risk.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+                    scopes: t.spec.scopes.clone(),
+                })
+                .collect(),
+            policy_version: listing.policy_version,
+        }))
     }
 
     async fn call_tool(
         &self,
         req: Request<pb::CallToolRequest>,
     ) -> Result<Response<pb::CallToolResponse>, Status> {
-        let t0 = Instant::now();
         let m = req.get_ref();
         let r = pipeline::Request {
             rpc: "CallTool",
@@ -257,19 +201,21 @@ impl AgentService for AgentApi {
             reason: &m.reason,
             trace_id: &m.trace_id,
         };
-        let (claims, held) = self.gateway_caller(&req, &r, t0).await?;
-        self.gateway
-            .call_tool(&held, &claims, &r, t0)
-            .await
-            .map(Response::new)
-            .map_err(|d| d.to_status())
+        let a = self.gateway.call_tool(&self.credentials(&req), &r).await?;
+        Ok(Response::new(pb::CallToolResponse {
+            call_id: a.call_id,
+            content: a.content,
+            content_type: a.content_type,
+            upstream_status: u32::from(a.upstream_status),
+            is_error: a.upstream_status >= 400,
+            redactions: a.redactions,
+        }))
     }
 
     async fn authorize(
         &self,
         req: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        let t0 = Instant::now();
         let m = req.get_ref();
         let r = pipeline::Request {
             rpc: "Authorize",
@@ -278,17 +224,27 @@ impl AgentService for AgentApi {
             reason: &m.reason,
             trace_id: &m.trace_id,
         };
-        let (claims, held) = self.gateway_caller(&req, &r, t0).await?;
-        Ok(Response::new(
-            self.gateway.authorize(&held, &claims, &r, t0).await,
-        ))
+        let d = self.gateway.authorize(&self.credentials(&req), &r).await?;
+        Ok(Response::new(pb::AuthorizeResponse {
+            checks: d.passed().map(|s| s.as_str().to_owned()).collect(),
+            allowed: d.refusal.is_none(),
+            denial: d.refusal.as_ref().map(Refusal::to_proto),
+            call_id: d.call_id,
+        }))
+    }
+
+    async fn ping(
+        &self,
+        _req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        Ok(Response::new(pb::PingResponse {}))
     }
 
     async fn who_am_i(
         &self,
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let claims = self.authenticate(&req).await.map_err(|d| d.to_status())?;
+        let claims = self.authenticate(&req).await?;
         let snap = self.identity.snapshot();
         let id = snap
             .valid(now_unix())

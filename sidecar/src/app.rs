@@ -84,25 +84,33 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 "persisted mesh snapshot is incomplete (no standing); waiting for the control plane"
             )
         }
-        Ok(Some(push)) => match crate::mesh::apply_at(&auth, &push, crate::now_ms()) {
-            Ok(()) => tracing::info!(version = push.version, "loaded the persisted mesh snapshot"),
-            Err((_, reason)) => {
-                tracing::error!(%reason, "persisted mesh snapshot is unusable; waiting for the control plane")
+        Ok(Some(push)) => {
+            match crate::mesh::apply_at(auth.state(), auth.agent_id(), &push, crate::now_ms()) {
+                Ok(()) => {
+                    tracing::info!(version = push.version, "loaded the persisted mesh snapshot")
+                }
+                Err(reason) => {
+                    tracing::error!(%reason, "persisted mesh snapshot is unusable; waiting for the control plane")
+                }
             }
-        },
+        }
         Ok(None) => {}
         Err(e) => {
             tracing::error!(error = %e, "persisted mesh snapshot refused; waiting for the control plane")
         }
     }
+    // One Redis connection (and breaker) for the limiter and the replay
+    // cache.
     let redis = match &config.redis {
         Some(r) => Some(Arc::new(
-            crate::gateway::limit::redis::RedisLimiter::new(r).map_err(anyhow::Error::msg)?,
+            crate::infra::redis::Redis::new(r).map_err(anyhow::Error::msg)?,
         )),
         None => None,
     };
     let limiter = match &redis {
-        Some(r) => crate::gateway::limit::Limiter::with_redis(Arc::clone(r)),
+        Some(r) => crate::gateway::limit::Limiter::with_redis(
+            crate::gateway::limit::redis::RedisLimiter::on(Arc::clone(r)),
+        ),
         None => crate::gateway::limit::Limiter::default(),
     };
     let m = &config.messaging;
@@ -122,7 +130,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let messenger = Arc::new(crate::a2a::Messenger::new(
         td.clone(),
         agent.clone(),
-        Arc::clone(&auth),
+        Arc::clone(auth.state()),
         replay,
     ));
     let inbox = Arc::new(crate::a2a::inbox::Inbox::new(
@@ -136,7 +144,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
     let journal = config.data_dir.join("session-calls");
     let gateway = Arc::new(
-        crate::gateway::pipeline::Gateway::new(agent.as_str(), limiter)
+        crate::gateway::pipeline::Gateway::new(Arc::clone(&auth), limiter)
             .with_call_journal(&journal)
             .with_context(|| format!("opening {}", journal.display()))?,
     );
@@ -147,9 +155,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Arc::clone(&gateway),
     );
     if identity.snapshot().valid(crate::now_unix()).is_some()
-        && let Err(e) = api.refresh_jwks().await
+        && let Err(e) = crate::mesh::keys::fetch(&cp, auth.state()).await
     {
-        tracing::warn!(error = %e.message(), "initial JWKS fetch failed; will retry on first token");
+        tracing::warn!(error = %e, "initial JWKS fetch failed; will retry on first token");
     }
 
     let tcp = match config.tcp {
@@ -180,7 +188,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let messaging_svc = tonic::service::interceptor::InterceptedService::new(
         MessagingServiceServer::new(crate::a2a::service::MessagingApi::new(
-            api.clone(),
+            Arc::clone(&auth),
+            Arc::clone(&identity),
             Arc::clone(&messenger),
             Arc::clone(&inbox),
             peers,
@@ -292,21 +301,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         crate::health::track(reporter, h, rx2).await;
         Ok(())
     }));
-    // Unknown key ids trigger a refresh; this one also drops keys the
-    // control plane no longer publishes.
-    let (api2, id4, mut rx4) = (api.clone(), Arc::clone(&identity), rx.clone());
+    // Unknown key ids ask for a fetch; the periodic one also drops keys
+    // the control plane no longer publishes.
+    let (keys_tx, keys_rx) = tokio::sync::mpsc::channel(crate::mesh::keys::QUEUE);
+    auth.set_key_refresh(keys_tx);
+    let keys = crate::mesh::keys::run(
+        Arc::clone(&identity),
+        Arc::clone(&cp),
+        Arc::clone(auth.state()),
+        keys_rx,
+        rx.clone(),
+        JWKS_REFRESH,
+    );
     tasks.push(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(JWKS_REFRESH) => {}
-                _ = rx4.wait_for(|s| *s) => return Ok(()),
-            }
-            if id4.snapshot().valid(crate::now_unix()).is_some()
-                && let Err(e) = api2.refresh_jwks().await
-            {
-                tracing::warn!(error = %e.message(), "periodic JWKS refresh failed; keeping the current keys");
-            }
-        }
+        keys.await;
+        Ok(())
     }));
     let stats5 = Arc::clone(&stats);
     let (id5, cp5, auth5, rx5) = (
@@ -316,7 +325,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         rx.clone(),
     );
     tasks.push(tokio::spawn(async move {
-        crate::mesh::run(id5, cp5, auth5, snapshots, stats5, rx5).await;
+        crate::mesh::run(
+            id5,
+            cp5,
+            Arc::clone(auth5.state()),
+            auth5.agent_id().to_owned(),
+            snapshots,
+            stats5,
+            rx5,
+        )
+        .await;
         Ok(())
     }));
     let (id3, rx3) = (Arc::clone(&identity), rx.clone());

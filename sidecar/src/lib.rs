@@ -10,6 +10,7 @@ pub mod cp;
 pub mod gateway;
 pub mod health;
 pub mod identity;
+pub mod infra;
 pub mod mesh;
 pub mod policy;
 pub mod state;

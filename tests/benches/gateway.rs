@@ -1,32 +1,43 @@
-//! Tool-gateway benchmark. In one run, 32 concurrent callers, at a fixed
-//! 3,000 calls/s and flat out:
+//! Tool-gateway benchmark: what the sidecar adds to a call, measured
+//! against a floor that differs from the measured call only by the work
+//! the sidecar does.
 //!
-//! - the floor: a no-op tonic RPC (gRPC health `Check`) on the sidecar's
-//!   agent port;
-//! - `WhoAmI` (a diagnostic: the token check alone);
-//! - the sidecar's `Authorize` (stages 1–6: token, schema, Cedar, limits);
-//! - `CallTool` to a local HTTP upstream (secret injected, output
-//!   inspected), against calling that upstream directly with the same
-//!   request.
+//! - **Floor**: `Ping`, a no-op RPC on the same agent API, through the same
+//!   interceptor and codec, carrying the same token (unchecked).
+//! - **Authorize**: stages 1–6 (token, schema, Cedar, limits) and the record.
+//! - **CallTool → HTTP**: every stage, the upstream called over HTTP/1.1
+//!   with a secret injected and the answer inspected; against **direct**,
+//!   the same request sent to the upstream without the sidecar.
 //!
-//! The sidecar runs in its own process (this binary re-executed) so that
-//! its RSS is its own; the control plane, the upstream and the callers share
-//! the parent process. Everything is on 127.0.0.1 and shares two cores.
+//! Each phase is driven twice, by two load generators: this binary's own
+//! client (tonic/hyper; fixed-rate load paced by one OS thread releasing
+//! each call at its own instant, so calls do not leave in 1 ms bunches) and
+//! `h2load` (Debian `nghttp2-client`), a third-party generator speaking
+//! h2c gRPC and HTTP/1.1. The phases run in rounds, interleaved
+//! (floor, Authorize, direct, CallTool, floor, …), and every ratio is taken
+//! within a round, pair by pair; the summary gives the medians over rounds.
 //!
-//! Run: `cargo bench -p warden-tests --bench gateway`. Knobs for profiling:
-//! `WARDEN_BENCH_PIPELINE_ONLY=1` (the in-process pipeline alone),
-//! `WARDEN_BENCH_PROFILE_CALLTOOL=1` (a flat-out CallTool phase first, to
-//! attach a profiler to the sidecar), `WARDEN_BENCH_LOG=warn` (the
-//! sidecar's log filter: `warn` leaves out the audit events), `WARDEN_BENCH_RT=current|N` (the
-//! sidecar's runtime: current-thread or N workers).
+//! The sidecar and the upstream run in processes of their own (this binary
+//! re-executed); the control plane and the load generators share the parent
+//! side. Everything is on 127.0.0.1 and shares two cores.
+//!
+//! Run: `cargo bench -p warden-tests --bench gateway`. Knobs:
+//! `WARDEN_BENCH_ROUNDS` (default 5), `WARDEN_BENCH_SECS` (per phase,
+//! default 3), `WARDEN_BENCH_PIPELINE_ONLY=1` (the in-process figure alone),
+//! `WARDEN_BENCH_LOG=warn` (the sidecar's log filter: `warn` leaves out the
+//! audit events), `WARDEN_BENCH_RT=current|N` (the sidecar's runtime).
 
 #![allow(
     clippy::unwrap_used,
-    reason = "a benchmark aborts on any unexpected error"
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a benchmark aborts on any unexpected error and prints floats"
 )]
 
 use std::io::BufRead;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,17 +46,19 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::agent_service_client::AgentServiceClient;
 use warden_tests::*;
 
+/// Concurrent callers (connections) of this binary's client.
 const CALLERS: usize = 32;
-const RATE: f64 = 3000.0;
-const RUN: Duration = Duration::from_secs(4);
+/// The fixed rate, calls per second.
+const RATE: u32 = 3000;
+/// h2load's clients at the fixed rate (each at `RATE / H2_CLIENTS`/s).
+const H2_CLIENTS: u32 = 30;
 
 const SECRET: &str = "sk-bench-0123456789abcdef";
 
@@ -195,29 +208,47 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
-#[derive(Default)]
-struct Stats {
-    lat: Vec<Duration>,
-    secs: f64,
-    errors: usize,
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-impl Stats {
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn phase_secs() -> u64 {
+    env_or("WARDEN_BENCH_SECS", 3)
+}
+
+/// One phase's result: latencies (µs) and completed calls per second.
+#[derive(Default, Clone)]
+struct Phase {
+    lat: Vec<f64>,
+    rate: f64,
+    errors: u64,
+}
+
+impl Phase {
     fn pct(&self, p: f64) -> f64 {
         let mut v = self.lat.clone();
-        v.sort();
-        v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1e6
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
     }
-    fn rate(&self) -> f64 {
-        self.lat.len() as f64 / self.secs
-    }
+
     fn line(&self, name: &str) {
         println!(
-            "  {name:<34} {:>8.0}/s   p50 {:>6.0} µs   p99 {:>6.0} µs   p99.9 {:>6.0} µs{}",
-            self.rate(),
+            "    {name:<28} {:>8.0}/s   p50 {:>6.0} µs   p99 {:>6.0} µs{}",
+            self.rate,
             self.pct(0.50),
             self.pct(0.99),
-            self.pct(0.999),
             if self.errors > 0 {
                 format!("   ({} errors)", self.errors)
             } else {
@@ -227,33 +258,51 @@ impl Stats {
     }
 }
 
-/// Runs `op` from `CALLERS` tasks for `RUN`, each at `rate / CALLERS`
-/// calls per second (`None`: as fast as answers come).
-async fn drive<F, Fut>(rate: Option<f64>, op: F) -> Stats
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let op = Arc::new(op);
+type Op = Arc<dyn Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// Runs `op` from `CALLERS` tasks for a phase. At a fixed `rate`, one OS
+/// thread releases each call at its own instant (a high-resolution sleep,
+/// not the runtime's 1 ms timer wheel) and the callers take them in turn;
+/// latency is from when a caller starts the call. `None`: each caller
+/// calls again as soon as it has its answer.
+async fn drive(rate: Option<u32>, op: Op) -> Phase {
+    let run = Duration::from_secs(phase_secs());
     let start = Instant::now();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let pacer = rate.map(|r| {
+        std::thread::spawn(move || {
+            let interval = Duration::from_secs_f64(1.0 / f64::from(r));
+            let mut due = start;
+            while due.duration_since(start) < run {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if tx.send(()).is_err() {
+                    return;
+                }
+                due += interval;
+            }
+        })
+    });
     let mut tasks = Vec::new();
     for w in 0..CALLERS {
-        let op = Arc::clone(&op);
+        let (op, rx) = (Arc::clone(&op), Arc::clone(&rx));
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0;
-            let interval = rate.map(|r| Duration::from_secs_f64(CALLERS as f64 / r));
-            // Spread the callers' schedules over one interval.
-            let mut next =
-                start + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / CALLERS as f64));
-            while start.elapsed() < RUN {
-                if let Some(i) = interval {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += i;
+            loop {
+                if rate.is_some() {
+                    if rx.lock().await.recv().await.is_none() {
+                        break;
+                    }
+                } else if start.elapsed() >= run {
+                    break;
                 }
                 let t = Instant::now();
                 if op(w).await {
-                    lat.push(t.elapsed());
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
                 } else {
                     errors += 1;
                 }
@@ -261,63 +310,118 @@ where
             (lat, errors)
         }));
     }
-    let mut s = Stats::default();
+    let mut p = Phase::default();
     for t in tasks {
         let (l, e) = t.await.unwrap();
-        s.lat.extend(l);
-        s.errors += e;
+        p.lat.extend(l);
+        p.errors += e;
     }
-    s.secs = start.elapsed().as_secs_f64();
-    s
+    if let Some(h) = pacer {
+        h.join().unwrap();
+    }
+    p.rate = p.lat.len() as f64 / start.elapsed().as_secs_f64();
+    p
 }
 
-/// The pipeline alone, in process: stages 2–6 and the record of an
-/// `Authorize` (no transport, token already verified). Returns µs per call.
+/// A gRPC request body: the length-prefixed message.
+fn grpc_frame(m: &impl Message) -> Vec<u8> {
+    let body = m.encode_to_vec();
+    let mut f = vec![0u8];
+    f.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    f.extend_from_slice(&body);
+    f
+}
+
+/// One `h2load` phase against `url`, posting `body` with `headers`; at
+/// `rps` per client with `clients` clients, or flat out. Latencies come
+/// from its per-request log.
+fn h2load(
+    url: &str,
+    body: &Path,
+    headers: &[String],
+    clients: u32,
+    rps: Option<u32>,
+    h1: bool,
+    log: &Path,
+) -> Phase {
+    let secs = phase_secs();
+    let mut cmd = Command::new("h2load");
+    cmd.arg(format!("--clients={clients}"))
+        .arg("--max-concurrent-streams=1")
+        .arg(format!("--threads={}", 1))
+        .arg(format!("--duration={secs}"))
+        .arg("--warm-up-time=1")
+        .arg(format!("--log-file={}", log.display()))
+        .arg(format!("--data={}", body.display()));
+    if let Some(r) = rps {
+        cmd.arg(format!("--rps={r}"));
+    }
+    if h1 {
+        cmd.arg("--h1");
+    }
+    for h in headers {
+        cmd.arg(format!("--header={h}"));
+    }
+    let out = cmd
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("h2load runs (install Debian's nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "h2load failed: {text}");
+    // "requests: 9000 total, 9000 started, 9000 done, 9000 succeeded, 0 failed, 0 errored, 0 timeout"
+    let field = |line: &str, name: &str| -> u64 {
+        line.split(',')
+            .find(|p| p.trim().ends_with(name))
+            .and_then(|p| p.split_whitespace().rev().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_default();
+    let failed =
+        field(requests, "failed") + field(requests, "errored") + field(requests, "timeout");
+    let log_text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut lat = Vec::new();
+    let mut bad = 0;
+    for row in log_text.lines() {
+        let cols: Vec<&str> = row.split('\t').collect();
+        match (cols.get(1), cols.get(2).and_then(|c| c.parse::<f64>().ok())) {
+            (Some(&"200"), Some(us)) => lat.push(us),
+            _ => bad += 1,
+        }
+    }
+    Phase {
+        rate: lat.len() as f64 / secs as f64,
+        lat,
+        errors: failed.max(bad),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// The in-process pipeline: `Authorize` with its token verified (cached),
+/// stages 2–6 and the record, the audit event formatted as production
+/// formats it (JSON) by the writer thread. Returns µs per call.
 fn pipeline_only(doc: &str, iterations: u32) -> f64 {
-    use warden_sidecar::gateway::pipeline::{Gateway, Request};
-    let push = pb::StreamResponse {
-        version: 1,
-        standing: Some(pb::StandingPart {
-            digest: 1,
-            status: pb::AgentStatus::Active.into(),
-            agent_type: "bench".into(),
-            owner: "bench".into(),
-            ..Default::default()
-        }),
-        policy: Some(pb::PolicyPart {
-            digest: 2,
-            version: 1,
-            document: doc.into(),
-            tools: ["echo", "upstream_ok"]
-                .map(|t| pb::EffectiveTool {
-                    name: t.into(),
-                    risk: "low".into(),
-                })
-                .into(),
-        }),
-        ..Default::default()
-    };
-    let now = warden_control_plane::now_unix();
-    let held = warden_sidecar::state::held::Held::default()
-        .apply(&push, now)
-        .unwrap();
-    let claims = warden_shared::token::Claims {
-        iss: "spiffe://bench.warden/control-plane".into(),
-        sub: "usr_1".into(),
-        aud: "spiffe://bench.warden/agent/bench".into(),
-        exp: now + 900,
-        iat: now,
-        jti: "j".into(),
-        client_id: "spiffe://bench.warden/agent/bench".into(),
-        scope: "bench:call".into(),
-        sid: "s".into(),
-        cnf: warden_shared::token::Confirmation {
-            x5t_s256: "t".into(),
-        },
-        constraints: Default::default(),
-        ctx: Default::default(),
-    };
-    let g = Gateway::new("bench", Default::default());
+    use warden_sidecar::gateway::fixture::Fixture;
+    use warden_sidecar::gateway::pipeline::Request;
+    let f = Fixture::new(
+        doc,
+        &[("echo", "low"), ("upstream_ok", "low")],
+        Default::default(),
+    );
+    let token = f.token(&f.claims("ses_bench", "bench:call"));
+    let creds = f.credentials(&token);
     let r = Request {
         rpc: "Authorize",
         tool: "echo",
@@ -326,61 +430,117 @@ fn pipeline_only(doc: &str, iterations: u32) -> f64 {
         trace_id: "",
     };
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
-    assert!(
-        rt.block_on(g.authorize(&held, &claims, &r, Instant::now()))
-            .allowed
-    );
+    let d = rt.block_on(f.gateway.authorize(&creds, &r)).unwrap();
+    assert!(d.refusal.is_none(), "{:?}", d.refusal);
     let t = Instant::now();
     for _ in 0..iterations {
-        std::hint::black_box(rt.block_on(g.authorize(&held, &claims, &r, Instant::now())));
+        std::hint::black_box(rt.block_on(f.gateway.authorize(&creds, &r)).unwrap());
     }
-    t.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
+    let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
+    assert!(f.gateway.recorder.flush());
+    us
 }
 
 type Agents = Arc<Vec<AgentServiceClient<InterceptedService<Channel, AgentAuth>>>>;
 
-/// One caller's operation: `Authorize` (`authorize`) or `CallTool` of `tool`
-/// with `{"text":"hello"}`; true when it succeeded (and was allowed).
-fn agent_op(
-    agents: &Agents,
-    tool: &'static str,
-    authorize: bool,
-) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
-+ Send
-+ Sync
-+ 'static {
+fn agent_op(agents: &Agents, what: &'static str) -> Op {
     let agents = Arc::clone(agents);
-    move |w| {
+    Arc::new(move |w| {
         let mut c = agents[w].clone();
         Box::pin(async move {
             let args = r#"{"text":"hello"}"#.to_owned();
-            if authorize {
-                c.authorize(pb::AuthorizeRequest {
-                    tool: tool.into(),
-                    arguments_json: args,
-                    ..Default::default()
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().allowed)
-            } else {
-                c.call_tool(pb::CallToolRequest {
-                    tool: tool.into(),
-                    arguments_json: args,
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
+            match what {
+                "ping" => c.ping(pb::PingRequest {}).await.is_ok(),
+                "authorize" => c
+                    .authorize(pb::AuthorizeRequest {
+                        tool: "echo".into(),
+                        arguments_json: args,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().allowed),
+                _ => c
+                    .call_tool(pb::CallToolRequest {
+                        tool: what.into(),
+                        arguments_json: args,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().upstream_status == 200),
             }
         })
+    })
+}
+
+/// The figures of one round: p50/p99 per phase at the fixed rate and the
+/// flat-out rates.
+#[derive(Default, Clone)]
+struct Round {
+    floor: Phase,
+    authorize: Phase,
+    direct: Phase,
+    call: Phase,
+    floor_max: f64,
+    direct_max: f64,
+    call_max: f64,
+}
+
+impl Round {
+    fn ratios(&self) -> [f64; 5] {
+        let two_hop = 1.0 / (1.0 / self.floor_max + 1.0 / self.direct_max);
+        [
+            self.authorize.pct(0.5) / self.floor.pct(0.5),
+            self.authorize.pct(0.99) / self.floor.pct(0.99),
+            self.call.pct(0.5) / (self.floor.pct(0.5) + self.direct.pct(0.5)),
+            self.call.pct(0.99) / (self.floor.pct(0.99) + self.direct.pct(0.99)),
+            self.call_max / two_hop,
+        ]
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+const RATIO_NAMES: [&str; 5] = [
+    "Authorize p50 / floor p50           (goal ≤ 1.3)",
+    "Authorize p99 / floor p99           (goal ≤ 2.0)",
+    "CallTool p50 / (floor + direct) p50 (goal ≤ 1.2)",
+    "CallTool p99 / (floor + direct) p99 (goal ≤ 1.5)",
+    "CallTool max / two-hop ceiling      (goal ≥ 0.70)",
+];
+
+fn summary(name: &str, rounds: &[Round]) {
+    println!("\n{name}: medians over {} rounds", rounds.len());
+    let per: Vec<[f64; 5]> = rounds.iter().map(Round::ratios).collect();
+    for (i, n) in RATIO_NAMES.iter().enumerate() {
+        let v: Vec<f64> = per.iter().map(|r| r[i]).collect();
+        println!(
+            "  {n}: {:.2}   (rounds: {})",
+            median(v.clone()),
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    let med = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    println!(
+        "  p50/p99 µs at {RATE}/s: floor {:.0}/{:.0}, Authorize {:.0}/{:.0}, direct {:.0}/{:.0}, CallTool {:.0}/{:.0}",
+        med(&|r| r.floor.pct(0.5)),
+        med(&|r| r.floor.pct(0.99)),
+        med(&|r| r.authorize.pct(0.5)),
+        med(&|r| r.authorize.pct(0.99)),
+        med(&|r| r.direct.pct(0.5)),
+        med(&|r| r.direct.pct(0.99)),
+        med(&|r| r.call.pct(0.5)),
+        med(&|r| r.call.pct(0.99)),
+    );
+    println!(
+        "  flat out: floor {:.0}/s, direct {:.0}/s, CallTool {:.0}/s",
+        med(&|r| r.floor_max),
+        med(&|r| r.direct_max),
+        med(&|r| r.call_max),
+    );
 }
 
 #[tokio::main]
@@ -393,6 +553,13 @@ async fn main() {
     if std::env::var("WARDEN_BENCH_UPSTREAM").is_ok() {
         return tokio::task::spawn_blocking(upstream_main).await.unwrap();
     }
+    // Logs as the sidecar writes them (JSON, info), to nowhere: the
+    // in-process figure pays for formatting every audit event.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .json()
+        .init();
     let pipeline = {
         let doc = POLICY
             .replace("{UPSTREAM}", "http://127.0.0.1:9")
@@ -401,10 +568,13 @@ async fn main() {
             .await
             .unwrap()
     };
+    println!(
+        "pipeline alone, in process (Authorize: cached token check, stages 2-6, the audit event formatted as JSON): {pipeline:.2} µs"
+    );
     if std::env::var("WARDEN_BENCH_PIPELINE_ONLY").is_ok() {
-        println!("pipeline alone: {pipeline:.2} µs per Authorize");
         return;
     }
+    let rounds = env_or("WARDEN_BENCH_ROUNDS", 5);
     let mesh = Mesh::start().await.unwrap();
     // The upstream in a process of its own: calling it directly crosses
     // processes as calling it through the sidecar does.
@@ -450,7 +620,7 @@ async fn main() {
         .unwrap()
         .into_inner();
     let auth = AgentAuth {
-        token: Some(session.token),
+        token: Some(session.token.clone()),
         no_header: false,
     };
     let agents: Agents = Arc::new(
@@ -459,105 +629,152 @@ async fn main() {
             .map(|c| AgentServiceClient::with_interceptor(c.clone(), auth.clone()))
             .collect(),
     );
-    let health: Arc<Vec<_>> = Arc::new(
-        channels
-            .iter()
-            .map(|c| HealthClient::new(c.clone()))
-            .collect(),
-    );
-    let direct: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+    let direct_client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(CALLERS)
         .build_http();
     let body = r#"{"text":"hello"}"#;
-
+    let direct: Op = Arc::new(move |_| {
+        let d = direct_client.clone();
+        Box::pin(async move {
+            let req = hyper::Request::post(format!("http://{up}/ok"))
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {SECRET}"))
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap();
+            match d.request(req).await {
+                Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),
+                Err(_) => false,
+            }
+        })
+    });
     // Sanity: each operation works before it is timed.
-    let r = agents[0]
-        .clone()
-        .call_tool(pb::CallToolRequest {
+    for what in ["ping", "authorize", "upstream_ok"] {
+        assert!(agent_op(&agents, what)(0).await, "{what} fails");
+    }
+    assert!(direct(0).await, "the direct call fails");
+
+    // h2load's inputs: request bodies and headers.
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = files.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let ping_body = write("ping", &grpc_frame(&pb::PingRequest {}));
+    let authorize_body = write(
+        "authorize",
+        &grpc_frame(&pb::AuthorizeRequest {
+            tool: "echo".into(),
+            arguments_json: body.into(),
+            ..Default::default()
+        }),
+    );
+    let call_body = write(
+        "call",
+        &grpc_frame(&pb::CallToolRequest {
             tool: "upstream_ok".into(),
             arguments_json: body.into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.upstream_status, 200);
+        }),
+    );
+    let direct_body = write("direct", body.as_bytes());
+    let log = files.path().join("log");
+    let grpc_headers = [
+        "content-type: application/grpc".to_owned(),
+        "te: trailers".to_owned(),
+        "warden-agent: true".to_owned(),
+        format!("authorization: Bearer {}", session.token),
+    ];
+    let direct_headers = [
+        "content-type: application/json".to_owned(),
+        format!("authorization: Bearer {SECRET}"),
+    ];
+    let method = |m: &str| format!("http://{agent_addr}/warden.v1.AgentService/{m}");
+    let h2 = |url: &str, body: &Path, headers: &[String], rate: Option<u32>, h1: bool| {
+        let (clients, rps) = match rate {
+            Some(r) => (H2_CLIENTS, Some(r / H2_CLIENTS)),
+            None => (CALLERS as u32, None),
+        };
+        h2load(url, body, headers, clients, rps, h1, &log)
+    };
 
     println!(
-        "warden gateway benchmark ({CALLERS} concurrent callers, {} s per phase)",
-        RUN.as_secs()
+        "warden gateway benchmark: {rounds} rounds; per round, at {RATE} calls/s and flat out, floor, Authorize, direct and CallTool, {} s each, by each load generator",
+        phase_secs()
     );
     println!("sidecar RSS idle: {:.1} MiB", idle_rss as f64 / 1024.0);
-    println!(
-        "pipeline alone, in process (stages 2-6 and the record of an Authorize): {pipeline:.2} µs"
-    );
-    if std::env::var("WARDEN_BENCH_PROFILE_CALLTOOL").is_ok() {
-        // For a profiler attached to the sidecar: CallTool flat out, alone.
-        drive(None, agent_op(&agents, "upstream_ok", false))
-            .await
-            .line("CallTool → HTTP upstream");
-    }
-    for rate in [Some(RATE), None] {
-        match rate {
-            Some(r) => println!("\nfixed rate {r:.0} calls/s:"),
-            None => println!("\nflat out:"),
-        }
-        let h = Arc::clone(&health);
-        let echo = drive(rate, move |w| {
-            let mut c = h[w].clone();
-            async move {
-                c.check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok()
-            }
-        })
-        .await;
-        echo.line("no-op tonic RPC (floor)");
-        // Diagnostic: the same hop with the session token verified (cached)
-        // and nothing else, between the floor and Authorize.
-        let a2 = Arc::clone(&agents);
-        drive(rate, move |w| {
-            let mut c = a2[w].clone();
-            async move { c.who_am_i(pb::WhoAmIRequest {}).await.is_ok() }
-        })
-        .await
-        .line("WhoAmI (token check only)");
-        let authz = drive(rate, agent_op(&agents, "echo", true)).await;
-        authz.line("Authorize");
-        let builtin = drive(rate, agent_op(&agents, "echo", false)).await;
-        builtin.line("CallTool → builtin echo");
-        let call = drive(rate, agent_op(&agents, "upstream_ok", false)).await;
-        call.line("CallTool → HTTP upstream");
-        let d = direct.clone();
-        let direct_stats = drive(rate, move |_| {
-            let d = d.clone();
-            async move {
-                let req = hyper::Request::post(format!("http://{up}/ok"))
-                    .header("content-type", "application/json")
-                    .header("authorization", format!("Bearer {SECRET}"))
-                    .body(Full::new(Bytes::from_static(body.as_bytes())))
-                    .unwrap();
-                match d.request(req).await {
-                    Ok(r) => r.into_body().collect().await.is_ok(),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-        direct_stats.line("direct call to the upstream");
-        println!(
-            "  → Authorize / floor: p50 {:.2}×, p99 {:.2}×;  CallTool − direct: p50 +{:.0} µs, p99 +{:.0} µs;  throughput CallTool / direct: {:.0}%",
-            authz.pct(0.5) / echo.pct(0.5),
-            authz.pct(0.99) / echo.pct(0.99),
-            call.pct(0.5) - direct_stats.pct(0.5),
-            call.pct(0.99) - direct_stats.pct(0.99),
-            100.0 * call.rate() / direct_stats.rate(),
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        println!("\nround {round}");
+        let mut o = Round::default();
+        println!("  own client, {RATE}/s:");
+        o.floor = drive(Some(RATE), agent_op(&agents, "ping")).await;
+        o.floor.line("floor (Ping)");
+        o.authorize = drive(Some(RATE), agent_op(&agents, "authorize")).await;
+        o.authorize.line("Authorize");
+        o.direct = drive(Some(RATE), Arc::clone(&direct)).await;
+        o.direct.line("direct call to the upstream");
+        o.call = drive(Some(RATE), agent_op(&agents, "upstream_ok")).await;
+        o.call.line("CallTool → HTTP upstream");
+        println!("  own client, flat out:");
+        let f = drive(None, agent_op(&agents, "ping")).await;
+        f.line("floor (Ping)");
+        let d = drive(None, Arc::clone(&direct)).await;
+        d.line("direct call to the upstream");
+        let c = drive(None, agent_op(&agents, "upstream_ok")).await;
+        c.line("CallTool → HTTP upstream");
+        (o.floor_max, o.direct_max, o.call_max) = (f.rate, d.rate, c.rate);
+        ours.push(o);
+
+        let mut t = Round::default();
+        let upstream_url = format!("http://{up}/ok");
+        println!("  h2load, {RATE}/s:");
+        t.floor = h2(
+            &method("Ping"),
+            &ping_body,
+            &grpc_headers,
+            Some(RATE),
+            false,
         );
+        t.floor.line("floor (Ping)");
+        t.authorize = h2(
+            &method("Authorize"),
+            &authorize_body,
+            &grpc_headers,
+            Some(RATE),
+            false,
+        );
+        t.authorize.line("Authorize");
+        t.direct = h2(
+            &upstream_url,
+            &direct_body,
+            &direct_headers,
+            Some(RATE),
+            true,
+        );
+        t.direct.line("direct call to the upstream");
+        t.call = h2(
+            &method("CallTool"),
+            &call_body,
+            &grpc_headers,
+            Some(RATE),
+            false,
+        );
+        t.call.line("CallTool → HTTP upstream");
+        println!("  h2load, flat out:");
+        let f = h2(&method("Ping"), &ping_body, &grpc_headers, None, false);
+        f.line("floor (Ping)");
+        let d = h2(&upstream_url, &direct_body, &direct_headers, None, true);
+        d.line("direct call to the upstream");
+        let c = h2(&method("CallTool"), &call_body, &grpc_headers, None, false);
+        c.line("CallTool → HTTP upstream");
+        (t.floor_max, t.direct_max, t.call_max) = (f.rate, d.rate, c.rate);
+        theirs.push(t);
     }
+    summary("own client", &ours);
+    summary("h2load", &theirs);
     println!(
-        "\nsidecar RSS: idle {:.1} MiB, after the runs {:.1} MiB",
+        "\nsidecar RSS: idle {:.1} MiB (goal ≤ 25), after the runs {:.1} MiB",
         idle_rss as f64 / 1024.0,
         rss_kib(pid) as f64 / 1024.0
     );

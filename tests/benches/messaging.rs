@@ -102,11 +102,11 @@ fn messenger(me: &str, pairs: &[(&str, &str)], now_ms: i64) -> Messenger {
         ..Default::default()
     };
     // Held for a minute already: messages signed now are accepted.
-    warden_sidecar::mesh::apply(&auth, &push, now_ms / 1000 - 60).unwrap();
+    warden_sidecar::mesh::apply(auth.state(), auth.agent_id(), &push, now_ms / 1000 - 60).unwrap();
     Messenger::new(
         td,
         me_id,
-        auth,
+        Arc::clone(auth.state()),
         replay::ReplayCache::Local(replay::Local::new(replay::DEFAULT_LOCAL_MAX)),
     )
 }
@@ -151,8 +151,9 @@ fn in_process() {
             );
         });
         let wire = pb::Envelope::from(&env);
+        let held = b.held();
         let check = ops("sidecar verify, every check but replay", || {
-            std::hint::black_box(b.check(&wire, now).unwrap());
+            std::hint::black_box(b.check(&held, &wire, now).unwrap());
         });
         // Distinct envelopes, so that the replay cache accepts each once.
         let many: Vec<pb::Envelope> = (0..200_000)

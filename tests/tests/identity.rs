@@ -114,8 +114,17 @@ async fn agent_api_requires_the_security_header() {
         })
         .await;
     assert_refused(r, Code::InvalidArgument, "AGENT_HEADER_MISSING");
+    // Ping needs no token, but the header all the same.
+    assert_refused(
+        c.ping(pb::PingRequest {}).await,
+        Code::InvalidArgument,
+        "AGENT_HEADER_MISSING",
+    );
     // Nothing was opened: the agent still has its full session budget.
     let mut ok = agent_tcp(&sc, AgentAuth::default()).await.unwrap();
+    ok.ping(pb::PingRequest {})
+        .await
+        .expect("ping answers without a token");
     for _ in 0..2 {
         ok.start_session(pb::StartSessionRequest {
             scopes: vec!["data:read".into()],

@@ -6,7 +6,6 @@ use base64::Engine;
 use rand::RngCore;
 use tonic::{Request, Response, Status};
 use warden_shared::agent::{AgentId, AgentStatus};
-use warden_shared::policy::Policy;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::admin_service_server::AdminService;
 use warden_shared::refusal::{self, Reason, status};
@@ -15,7 +14,7 @@ use warden_shared::scope::Scope;
 use crate::agents::{join_token_hash, store_error};
 use crate::auth;
 use crate::state::State;
-use crate::store::{self, Agent, NewPolicy, PolicyApply, PolicyMeta};
+use crate::store::{self, Agent, NewPolicy, PolicyMeta};
 use crate::{now_unix, timestamp};
 
 /// Longest free-text field (type, version, owner, environment, reason).
@@ -408,16 +407,11 @@ impl AdminService for AdminApi {
         let (_, admin) = auth::admin(&req, &self.state.td)?;
         let r = req.into_inner();
         // Validated here again, whatever the client checked.
-        // Compiling schemas and type-checking Cedar is CPU work: keep it off
-        // the request threads.
-        let doc = r.document.clone();
-        let parsed = tokio::task::spawn_blocking(move || Policy::parse(&doc))
+        let policy = crate::policy::validate(&r.document)
             .await
-            .map_err(|_| status(Reason::Internal, "policy validation failed"))?;
-        let policy = parsed.map_err(|e| {
-            tracing::info!(admin, kind = e.kind(), "policy refused");
-            refusal::invalid_with(e.kind(), e.to_string())
-        })?;
+            .inspect_err(|s| {
+                tracing::info!(admin, kind = ?refusal::reason_of(s), "policy refused");
+            })?;
         let tools = u32::try_from(policy.document.tools.len()).unwrap_or(u32::MAX);
         if r.dry_run {
             return Ok(Response::new(pb::ApplyPolicyResponse {
@@ -436,16 +430,12 @@ impl AdminService for AdminApi {
             applied_by: admin.clone(),
             applied_at: now_unix(),
         };
-        let outcome = self
-            .state
-            .store
-            .apply_policy(&new, expected)
+        let stored = crate::policy::store(self.state.store.as_ref(), &new, expected)
             .await
             .map_err(store_error)?;
-        let (meta, changed) = match outcome {
-            PolicyApply::Stored(m) => (m, true),
-            PolicyApply::Unchanged(m) => (m, false),
-            PolicyApply::Conflict { latest } => {
+        let (meta, changed) = match stored {
+            crate::policy::Stored::Version(m, changed) => (m, changed),
+            crate::policy::Stored::Conflict { latest } => {
                 return Err(status(
                     Reason::PolicyVersionConflict,
                     format!(

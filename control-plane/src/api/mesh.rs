@@ -188,7 +188,7 @@ type PairsAt = (u64, u64, u64, u64);
 async fn pairs(
     state: &State,
     agent: &AgentId,
-    policy: Option<&crate::state::CurrentPolicy>,
+    policy: Option<&crate::policy::CurrentPolicy>,
     memo: &mut Option<PairsAt>,
 ) -> Result<Option<pb::PairKeysPart>, Status> {
     let Some(p) = policy else { return Ok(None) };

@@ -11,7 +11,8 @@ use warden_shared::proto::v1 as pb;
 
 use crate::agents::store_error;
 use crate::digest::digest;
-use crate::state::{CurrentPolicy, State};
+use crate::policy::CurrentPolicy;
+use crate::state::State;
 use crate::{now_unix, timestamp};
 
 /// An agent's own parts, read from the store.

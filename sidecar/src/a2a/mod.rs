@@ -25,7 +25,8 @@ use warden_shared::proto::v1 as pb;
 use warden_shared::refusal::Reason;
 use warden_shared::spiffe::{Principal, SpiffeId, TrustDomain};
 
-use crate::gateway::authenticate::Authenticator;
+use crate::state::State;
+use crate::state::held::Held;
 use crate::state::held::HeldPairKey;
 
 /// A refused message: the reason (and so the code) the caller receives;
@@ -80,23 +81,23 @@ pub struct Messenger {
     td: TrustDomain,
     me: AgentId,
     me_spiffe: SpiffeId,
-    auth: Arc<Authenticator>,
+    state: Arc<State>,
     replay: replay::ReplayCache,
 }
 
 impl Messenger {
-    /// For agent `me` of `td`, keys from `auth`'s held snapshot.
+    /// For agent `me` of `td`, keys from what `state` holds.
     pub fn new(
         td: TrustDomain,
         me: AgentId,
-        auth: Arc<Authenticator>,
+        state: Arc<State>,
         replay: replay::ReplayCache,
     ) -> Self {
         Self {
             me_spiffe: td.agent(&me),
             td,
             me,
-            auth,
+            state,
             replay,
         }
     }
@@ -106,15 +107,33 @@ impl Messenger {
         &self.me_spiffe
     }
 
+    /// What is held now (keys, blocked agents).
+    pub fn held(&self) -> Arc<Held> {
+        self.state.held()
+    }
+
     /// The replay cache (for metrics).
     pub fn replay(&self) -> &replay::ReplayCache {
         &self.replay
     }
 
     /// Signs `payload` for `recipient` at `now_ms` with the current epoch's
-    /// key of the pair.
+    /// key of the pair, from what is held now.
     pub fn sign(
         &self,
+        recipient: &str,
+        payload: Vec<u8>,
+        content_type: String,
+        now_ms: i64,
+    ) -> Result<Envelope, Refusal> {
+        self.sign_with(&self.state.held(), recipient, payload, content_type, now_ms)
+    }
+
+    /// [`Messenger::sign`] with the keys of `held`: the snapshot the
+    /// caller's token was verified against.
+    pub fn sign_with(
+        &self,
+        held: &Held,
         recipient: &str,
         payload: Vec<u8>,
         content_type: String,
@@ -131,7 +150,6 @@ impl Messenger {
                 ),
             ));
         }
-        let held = self.auth.state().held();
         let keys = &held.pair_keys;
         no_keys_yet(keys)?;
         let max = usize::try_from(keys.settings.max_payload_bytes).unwrap_or(usize::MAX);
@@ -171,7 +189,18 @@ impl Messenger {
     /// Verifies an envelope addressed to this agent (see the module doc for
     /// the checks and their order), and records its nonce.
     pub async fn verify(&self, wire: &pb::Envelope, now_ms: i64) -> Result<Verified, Refusal> {
-        let (v, ttl_ms) = self.check(wire, now_ms)?;
+        self.verify_with(&self.state.held(), wire, now_ms).await
+    }
+
+    /// [`Messenger::verify`] against `held`: the snapshot the caller's
+    /// token was verified against.
+    pub async fn verify_with(
+        &self,
+        held: &Held,
+        wire: &pb::Envelope,
+        now_ms: i64,
+    ) -> Result<Verified, Refusal> {
+        let (v, ttl_ms) = self.check(held, wire, now_ms)?;
         match self
             .replay
             .first_time(
@@ -198,7 +227,12 @@ impl Messenger {
 
     /// Every check but the replay cache; returns how long the nonce must
     /// be remembered.
-    pub fn check(&self, wire: &pb::Envelope, now_ms: i64) -> Result<(Verified, u64), Refusal> {
+    pub fn check(
+        &self,
+        held: &Held,
+        wire: &pb::Envelope,
+        now_ms: i64,
+    ) -> Result<(Verified, u64), Refusal> {
         let env = Envelope::try_from(wire)
             .map_err(|e| Refusal::new(Reason::MessageMalformed, e.to_string()))?;
         if env.recipient != self.me_spiffe {
@@ -219,7 +253,6 @@ impl Messenger {
                 ));
             }
         };
-        let held = self.auth.state().held();
         if let Some(b) = held.blocked_agents.get(sender.as_str(), now_ms / 1000) {
             let what = if b.revoked { "revoked" } else { "suspended" };
             return Err(Refusal::new(

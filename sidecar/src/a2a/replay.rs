@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::gateway::limit::redis::RedisLimiter;
+use crate::infra::redis::Redis;
 
 /// Default bound of the in-process cache (entries).
 pub const DEFAULT_LOCAL_MAX: usize = crate::config::DEFAULT_REPLAY_MAX;
@@ -98,7 +98,7 @@ pub enum ReplayCache {
     /// Redis, shared by every replica of the recipient.
     Redis {
         /// The connection (shared with the limiter).
-        redis: Arc<RedisLimiter>,
+        redis: Arc<Redis>,
         /// Its fail mode.
         on_failure: OnFailure,
         /// Used while Redis is unreachable under `LocalFallback`.

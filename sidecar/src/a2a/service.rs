@@ -16,12 +16,15 @@ use warden_shared::proto::v1::messaging_peer_service_client::MessagingPeerServic
 use warden_shared::proto::v1::messaging_peer_service_server::MessagingPeerService;
 use warden_shared::proto::v1::messaging_service_server::MessagingService;
 use warden_shared::refusal::{Reason, reason_of, status};
+use warden_shared::token::Claims;
 
 use super::inbox::Inbox;
 use super::peer::{PeerClient, PeerIdentity};
 use super::{Messenger, Refusal, Verified};
-use crate::api::AgentApi;
+use crate::gateway::authenticate::{Authenticator, Credentials};
+use crate::identity::rotation::Manager;
 use crate::now_ms;
+use crate::state::held::Held;
 
 /// Hex of at most 32 bytes (a nonce is 16; this also names what came from
 /// the network, bounded).
@@ -51,7 +54,8 @@ fn audit(action: &str, sender: &str, recipient: &str, id: &str, outcome: Result<
 /// The agent-facing messaging API.
 #[derive(Debug, Clone)]
 pub struct MessagingApi {
-    api: AgentApi,
+    auth: Arc<Authenticator>,
+    identity: Arc<Manager>,
     messenger: Arc<Messenger>,
     inbox: Arc<Inbox>,
     peers: Arc<PeerClient>,
@@ -61,14 +65,16 @@ pub struct MessagingApi {
 impl MessagingApi {
     /// Wires the service.
     pub fn new(
-        api: AgentApi,
+        auth: Arc<Authenticator>,
+        identity: Arc<Manager>,
         messenger: Arc<Messenger>,
         inbox: Arc<Inbox>,
         peers: Arc<PeerClient>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            api,
+            auth,
+            identity,
             messenger,
             inbox,
             peers,
@@ -76,15 +82,25 @@ impl MessagingApi {
         }
     }
 
+    /// Stage 1 of the gateway: the session token, bound to this sidecar's
+    /// certificate.
+    /// The claims, and the one snapshot of what is held that the rest of
+    /// the call reads.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<(Arc<Claims>, Arc<Held>), Status> {
+        let creds = Credentials::of(req, self.identity.snapshot());
+        self.auth.authenticate(&creds).await.map_err(Status::from)
+    }
+
     fn sign(
         &self,
+        held: &Held,
         recipient: &str,
         payload: Vec<u8>,
         content_type: String,
     ) -> Result<Envelope, Status> {
         let me = self.messenger.spiffe_id().to_string();
         self.messenger
-            .sign(recipient, payload, content_type, now_ms())
+            .sign_with(held, recipient, payload, content_type, now_ms())
             .inspect(|e| {
                 audit(
                     "signed",
@@ -112,12 +128,9 @@ impl MessagingService for MessagingApi {
         &self,
         req: Request<pb::SignMessageRequest>,
     ) -> Result<Response<pb::SignMessageResponse>, Status> {
-        self.api
-            .authenticate(&req)
-            .await
-            .map_err(|d| d.to_status())?;
+        let (_, held) = self.authenticate(&req).await?;
         let r = req.into_inner();
-        let env = self.sign(&r.recipient_agent, r.payload, r.content_type)?;
+        let env = self.sign(&held, &r.recipient_agent, r.payload, r.content_type)?;
         Ok(Response::new(pb::SignMessageResponse {
             envelope: Some(pb::Envelope::from(&env)),
         }))
@@ -127,12 +140,9 @@ impl MessagingService for MessagingApi {
         &self,
         req: Request<pb::VerifyMessageRequest>,
     ) -> Result<Response<pb::VerifyMessageResponse>, Status> {
-        self.api
-            .authenticate(&req)
-            .await
-            .map_err(|d| d.to_status())?;
+        let (_, held) = self.authenticate(&req).await?;
         let wire = req.into_inner().envelope.unwrap_or_default();
-        let v = verify(&self.messenger, &wire, "verified").await?;
+        let v = verify(&self.messenger, Some(&held), &wire, "verified").await?;
         Ok(Response::new(pb::VerifyMessageResponse {
             message: Some(pb::VerifiedMessage::from(&v)),
         }))
@@ -142,10 +152,7 @@ impl MessagingService for MessagingApi {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        self.api
-            .authenticate(&req)
-            .await
-            .map_err(|d| d.to_status())?;
+        let (_, held) = self.authenticate(&req).await?;
         let r = req.into_inner();
         if !self.peers.knows(&r.recipient_agent) {
             return Err(status(
@@ -156,7 +163,7 @@ impl MessagingService for MessagingApi {
                 ),
             ));
         }
-        let env = self.sign(&r.recipient_agent, r.payload, r.content_type)?;
+        let env = self.sign(&held, &r.recipient_agent, r.payload, r.content_type)?;
         let wire = pb::Envelope::from(&env);
         let unreachable = |e: String| {
             tracing::warn!(recipient = %env.recipient, error = %e, "message delivery failed");
@@ -189,18 +196,18 @@ impl MessagingService for MessagingApi {
         &self,
         req: Request<pb::ReceiveMessagesRequest>,
     ) -> Result<Response<MessageStream>, Status> {
-        let claims = self
-            .api
-            .authenticate(&req)
-            .await
-            .map_err(|d| d.to_status())?;
+        let (claims, _) = self.authenticate(&req).await?;
         let token = crate::gateway::authenticate::bearer(&req)
             .map_err(|d| d.to_status())?
             .to_owned();
         // One message in transit at a time: a message is taken from the
         // inbox only when the stream can take it.
         let (tx, rx) = mpsc::channel(1);
-        let (inbox, api) = (Arc::clone(&self.inbox), self.api.clone());
+        let (inbox, auth, identity) = (
+            Arc::clone(&self.inbox),
+            Arc::clone(&self.auth),
+            Arc::clone(&self.identity),
+        );
         let mut stopping = self.stopping.clone();
         let expires = tokio::time::Instant::now()
             + std::time::Duration::from_secs(
@@ -254,9 +261,9 @@ impl MessagingService for MessagingApi {
                 };
                 // The session or the agent may have been revoked or ended
                 // since the stream opened.
-                if let Err(d) = api.check_token(&token) {
+                if let Err(e) = auth.verify(&token, &identity.snapshot(), crate::now_unix()) {
                     r.give_back(m);
-                    permit.send(Err(d.to_status()));
+                    permit.send(Err(crate::gateway::authenticate::auth_status(&e)));
                     return;
                 }
                 permit.send(Ok(pb::ReceiveMessagesResponse { message: Some(m) }));
@@ -266,10 +273,21 @@ impl MessagingService for MessagingApi {
     }
 }
 
-async fn verify(m: &Messenger, wire: &pb::Envelope, action: &str) -> Result<Verified, Status> {
+/// Verifies `wire` against `held` (the caller's snapshot; `None`: what is
+/// held now) and records the outcome.
+async fn verify(
+    m: &Messenger,
+    held: Option<&Held>,
+    wire: &pb::Envelope,
+    action: &str,
+) -> Result<Verified, Status> {
     let me = m.spiffe_id().to_string();
     let id = hex(&wire.nonce);
-    match m.verify(wire, now_ms()).await {
+    let result = match held {
+        Some(h) => m.verify_with(h, wire, now_ms()).await,
+        None => m.verify(wire, now_ms()).await,
+    };
+    match result {
         Ok(v) => {
             audit(action, &wire.sender, &me, &id, Ok(()));
             Ok(v)
@@ -345,7 +363,7 @@ impl MessagingPeerService for PeerApi {
                 "the recipient's inbox is full; retry later",
             )
         })?;
-        let v = verify(&self.messenger, &wire, "delivered").await?;
+        let v = verify(&self.messenger, None, &wire, "delivered").await?;
         permit.send(pb::VerifiedMessage::from(&v));
         Ok(Response::new(pb::DeliverResponse {}))
     }

@@ -2,6 +2,7 @@
 //! keys pushed the way the control plane pushes them.
 
 use super::*;
+use crate::gateway::authenticate::Authenticator;
 use warden_shared::a2a::MasterKey;
 
 const ROT: u64 = 3_600_000;
@@ -78,11 +79,11 @@ fn messenger(me: &str, pairs: &[(&str, &str)], blocked: &[&str]) -> Messenger {
         ..Default::default()
     };
     // Keys held for an hour already: messages signed since are accepted.
-    crate::mesh::apply(&auth, &push, NOW / 1000 - 3600).unwrap();
+    crate::mesh::apply(auth.state(), auth.agent_id(), &push, NOW / 1000 - 3600).unwrap();
     Messenger::new(
         td(),
         AgentId::new(me).unwrap(),
-        auth,
+        Arc::clone(auth.state()),
         replay::ReplayCache::Local(replay::Local::new(1000)),
     )
 }
@@ -292,7 +293,8 @@ fn a_sidecar_refuses_keys_of_pairs_it_is_not_part_of() {
         pair_keys: Some(part(&[("coder", "rev"), ("coder", "ops")])),
         ..Default::default()
     };
-    let (part, why) = crate::mesh::apply(&auth, &push, NOW / 1000).unwrap_err();
+    let e = crate::mesh::apply(auth.state(), auth.agent_id(), &push, NOW / 1000).unwrap_err();
+    let (part, why) = (e.part(), e.to_string());
     assert_eq!(part, pb::MeshPart::PairKeys);
     assert!(why.contains("coder->ops"), "{why}");
     assert!(
@@ -317,11 +319,11 @@ async fn messages_signed_before_the_replay_memory_began_are_refused() {
         pair_keys: Some(part(&PAIRS)),
         ..Default::default()
     };
-    crate::mesh::apply(&auth, &push, NOW / 1000).unwrap();
+    crate::mesh::apply(auth.state(), auth.agent_id(), &push, NOW / 1000).unwrap();
     let rev = Messenger::new(
         td(),
         AgentId::new("rev").unwrap(),
-        Arc::clone(&auth),
+        Arc::clone(auth.state()),
         replay::ReplayCache::Local(replay::Local::new(1000)),
     );
     assert_eq!(
@@ -330,14 +332,14 @@ async fn messages_signed_before_the_replay_memory_began_are_refused() {
     );
     rev.verify(&signed(NOW + 1000), NOW + 2000).await.unwrap();
     // The same keys pushed again later: nothing moves.
-    crate::mesh::apply(&auth, &push, NOW / 1000 + 60).unwrap();
+    crate::mesh::apply(auth.state(), auth.agent_id(), &push, NOW / 1000 + 60).unwrap();
     rev.verify(&signed(NOW + 3000), NOW + 4000).await.unwrap();
     // A longer window: nonces remembered under the shorter one may be gone,
     // so only messages signed from now on are accepted.
     if let Some(p) = push.pair_keys.as_mut() {
         p.settings.as_mut().unwrap().max_age_ms += 60_000;
     }
-    crate::mesh::apply(&auth, &push, NOW / 1000 + 120).unwrap();
+    crate::mesh::apply(auth.state(), auth.agent_id(), &push, NOW / 1000 + 120).unwrap();
     assert_eq!(
         refusal(&rev, &signed(NOW + 5000), NOW + 122_000).await,
         Reason::MessageStale
@@ -359,7 +361,7 @@ async fn a_sidecar_without_keys_says_to_retry_later() {
     let rev = Messenger::new(
         td(),
         AgentId::new("rev").unwrap(),
-        auth,
+        Arc::clone(auth.state()),
         replay::ReplayCache::Local(replay::Local::new(10)),
     );
     assert_eq!(

@@ -1,8 +1,10 @@
-//! Stage 1 of the pipeline: the bearer token read from the request
-//! ([`bearer`]) and verified locally — signature against the JWKS, issuer,
+//! Stage 1 of the pipeline, whole: the bearer token read from the request
+//! ([`bearer`]) and verified locally — signature against the JWKS (fetched
+//! once, through the mesh module, when it names an unknown key), issuer,
 //! audience (this agent), expiry, key binding to our current or previous
-//! certificate, and not ended here — each failure mapped to its refusal
-//! ([`auth_denial`]).
+//! certificate, not ended or revoked, the agent neither blocked nor
+//! expired — and then the session's `max_tool_calls` ([`count_call`]); each
+//! failure is mapped to its refusal ([`auth_denial`]).
 //!
 //! Signature verification (an ECDSA verify, tens of µs) is cached per token
 //! string: the cache maps the exact token text to the claims it was proven
@@ -19,6 +21,8 @@ use warden_shared::token::{self, Claims, Expect};
 use tonic::{Request, Status};
 use warden_shared::refusal::Reason;
 
+use super::limit::SessionCalls;
+use super::limit::session::Error as SessionCallsError;
 use super::{Refusal, Stage};
 use crate::identity::rotation::Snapshot;
 use crate::state::held::Held;
@@ -73,6 +77,33 @@ pub enum Error {
 /// Verified claims by the exact token text.
 type ClaimsCache = HashMap<Arc<str>, Arc<Claims>>;
 
+/// Asks the mesh module to fetch the JWKS now; the sender is answered once
+/// the fetch has been installed (or has failed).
+pub type KeyRefresh = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>;
+
+/// How long a call waits for a JWKS fetch it asked for.
+const REFRESH_WAIT: Duration = Duration::from_secs(3);
+
+/// What a request presents to stage 1: its bearer token (or why it has
+/// none) and the identity the token must be bound to.
+#[derive(Debug)]
+pub struct Credentials<'a> {
+    /// The bearer token, or the refusal for a request without one.
+    pub token: Result<&'a str, Refusal>,
+    /// This sidecar's certificates when the request arrived.
+    pub identity: Snapshot,
+}
+
+impl<'a> Credentials<'a> {
+    /// The credentials of a gRPC request.
+    pub fn of<T>(req: &'a Request<T>, identity: Snapshot) -> Self {
+        Self {
+            token: bearer(req),
+            identity,
+        }
+    }
+}
+
 /// Verifies session tokens presented to this sidecar.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -85,6 +116,8 @@ pub struct Authenticator {
     /// Serialises writes of `ended_file` (outside `ended`'s lock).
     ended_writer: Mutex<()>,
     last_refresh: Mutex<Option<Instant>>,
+    /// Where to ask for a JWKS fetch (unset: never fetched on demand).
+    refresh: std::sync::OnceLock<KeyRefresh>,
     /// What the control plane pushed (read here, written by the mesh task).
     state: Arc<State>,
 }
@@ -108,8 +141,49 @@ impl Authenticator {
             ended_file,
             ended_writer: Mutex::new(()),
             last_refresh: Mutex::new(None),
+            refresh: std::sync::OnceLock::new(),
             state,
         }
+    }
+
+    /// Sends JWKS fetches for unknown key ids to `refresh` (set once).
+    pub fn set_key_refresh(&self, refresh: KeyRefresh) {
+        let _ = self.refresh.set(refresh);
+    }
+
+    /// Stage 1 up to the token: verified against what is held now, with
+    /// one JWKS fetch (rate-limited) when it names an unknown key. Returns
+    /// the claims and the one snapshot of what is held that the rest of
+    /// the call reads.
+    pub async fn authenticate(
+        &self,
+        creds: &Credentials<'_>,
+    ) -> Result<(Arc<Claims>, Arc<Held>), Refusal> {
+        let token = creds.token.as_ref().map_err(Clone::clone)?;
+        let ids = &creds.identity;
+        match self.verify_held(token, ids, crate::now_unix()) {
+            Err(Error::Token(token::Error::UnknownKey(_))) if self.may_refresh() => {
+                self.fetch_keys().await;
+                self.verify_held(token, ids, crate::now_unix())
+                    .map_err(|e| auth_denial(&e))
+            }
+            r => r.map_err(|e| {
+                tracing::info!(error = %e, "token refused");
+                auth_denial(&e)
+            }),
+        }
+    }
+
+    /// Asks for a JWKS fetch and waits (bounded) until it is installed.
+    async fn fetch_keys(&self) {
+        let Some(refresh) = self.refresh.get() else {
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if refresh.try_send(tx).is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(REFRESH_WAIT, rx).await;
     }
 
     /// What the control plane pushed, as this authenticator reads it.
@@ -247,6 +321,31 @@ impl Authenticator {
         }
         Ok(claims)
     }
+}
+
+/// The last check of stage 1: the session's `max_tool_calls`, counted (the
+/// count survives a restart when `calls` keeps a journal).
+pub fn count_call(calls: &SessionCalls, claims: &Claims, now: i64) -> Result<(), Refusal> {
+    let max = claims.constraints.max_tool_calls;
+    calls
+        .take(&claims.sid, max, claims.exp, now)
+        .map(|_| ())
+        .map_err(|e| {
+            match e {
+                SessionCallsError::Spent(_) | SessionCallsError::Full => {
+                    Refusal::at(Stage::Authenticate, Reason::ToolCallLimit, e.to_string())
+                }
+                SessionCallsError::Journal(_) => {
+                    tracing::error!(error = %e, "session call journal");
+                    Refusal::at(
+                        Stage::Authenticate,
+                        Reason::Internal,
+                        "the session's call count could not be recorded; see the sidecar log",
+                    )
+                }
+            }
+            .rule("max_tool_calls")
+        })
 }
 
 /// Maps an authentication failure to the gateway's stage-1 denial.

@@ -5,20 +5,20 @@
 //! runs automatically.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, Request, RestrictedExpression,
 };
 use time::OffsetDateTime;
 use warden_shared::policy::Risk;
-use warden_shared::proto::v1 as pb;
 use warden_shared::refusal::Reason;
 use warden_shared::scope::Scope;
 use warden_shared::token::Claims;
 
 use super::catalog::{ToolEntry, uid};
 use super::{Refusal, Stage};
-use crate::state::held::HeldPolicy;
+use crate::state::held::{HeldPolicy, Standing};
 
 fn refuse(reason: Reason, message: impl Into<String>) -> Refusal {
     Refusal::at(Stage::Authorize, reason, message)
@@ -30,9 +30,69 @@ pub struct Caller<'a> {
     /// The agent's id.
     pub agent_id: &'a str,
     /// The agent's standing, with its type, owner and environment.
-    pub standing: &'a pb::StandingPart,
+    pub standing: &'a Standing,
     /// The session's claims.
     pub claims: &'a Claims,
+}
+
+/// Cedar entities for one (policy version, standing digest).
+type EntityCache = Option<((u64, u64), Arc<Entities>)>;
+
+/// The stage, with what it keeps between calls: the Cedar entities of the
+/// policy and standing in force, built once.
+#[derive(Debug, Default)]
+pub struct Authorization {
+    entities: Mutex<EntityCache>,
+}
+
+impl Authorization {
+    /// Runs the stage for `caller`'s call of `tool` with the validated
+    /// `args`: the arguments as the rules see them (a value they would not
+    /// see faithfully refuses the call rather than let it be decided
+    /// without it), then [`check`].
+    pub fn check(
+        &self,
+        policy: &HeldPolicy,
+        tool: &ToolEntry,
+        caller: &Caller<'_>,
+        args: &serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<(), Refusal> {
+        let projected = warden_shared::policy::cedar::arguments(&tool.spec.input_schema, args)
+            .map_err(|e| {
+                Refusal::at(
+                    Stage::Validate,
+                    Reason::ArgumentsInvalid,
+                    format!("arguments of {}: {e}", tool.spec.name),
+                )
+                .rule("policy representation")
+            })?;
+        let entities = self.entities(policy, caller)?;
+        check(policy, &entities, tool, caller, &projected, now)
+    }
+
+    /// The Cedar entities for this policy and standing, built once.
+    fn entities(&self, policy: &HeldPolicy, caller: &Caller<'_>) -> Result<Arc<Entities>, Refusal> {
+        let key = (policy.version, caller.standing.digest);
+        let mut cache = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, e)) = cache.as_ref()
+            && *k == key
+        {
+            return Ok(Arc::clone(e));
+        }
+        let e = Arc::new(
+            entities(policy, caller.agent_id, caller.standing).map_err(|e| {
+                tracing::error!(error = %e, "cannot build the policy entities");
+                refuse(
+                    Reason::PolicyDenied,
+                    "the policy entities could not be built; see the sidecar log",
+                )
+                .rule("entities")
+            })?,
+        );
+        *cache = Some((key, Arc::clone(&e)));
+        Ok(e)
+    }
 }
 
 /// Whether the session's scopes cover all of `tool`'s.
@@ -94,7 +154,7 @@ pub fn check(
 pub fn entities(
     policy: &HeldPolicy,
     agent_id: &str,
-    standing: &pb::StandingPart,
+    standing: &Standing,
 ) -> Result<Entities, String> {
     let agent_type = uid("AgentType", &standing.agent_type)?;
     let attrs = HashMap::from([

@@ -6,6 +6,8 @@ pub mod approve;
 pub mod authenticate;
 pub mod authorize;
 pub mod execute;
+#[doc(hidden)]
+pub mod fixture;
 pub mod inspect;
 pub mod limit;
 pub mod pipeline;

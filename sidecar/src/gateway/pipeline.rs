@@ -1,51 +1,48 @@
-//! The pipeline every tool call runs, in this order; each stage may stop it
-//! with a [`Refusal`]:
+//! The pipeline every tool call runs, whatever front door it came through,
+//! in this order; each stage may stop it with a [`Refusal`]:
 //!
-//! 1. authenticate — the session token (read and verified by
-//!    [`super::authenticate`]: signature, expiry, revocation, key binding;
-//!    the API layer calls it and refreshes the JWKS once for an unknown key),
-//!    then the session's `max_tool_calls`
-//! 2. validate — the tool exists; the arguments are bounded JSON matching
-//!    its input schema
+//! 1. authenticate — the session token (signature, expiry, revocation, key
+//!    binding, the agent's standing), then the session's `max_tool_calls`
+//! 2. validate — a bounded trace id; the tool exists; the arguments are
+//!    bounded JSON matching its input schema
 //! 3. inspect input — attacks in argument strings ([`InputInspector`])
 //! 4. authorize — scopes, identity lists and overrides, Cedar, risk
-//! 5. limit — rate limits ([`Limiter`])
+//! 5. limit — rate limits and quotas ([`Limiter`])
 //! 6. approve — high-risk calls need a human
 //! 7. execute — the upstream call, secrets injected by the sidecar
 //! 8. inspect output — injected secrets removed, size capped
 //! 9. record — every decision, allowed or not
 //!
-//! `Authorize` runs stages 1–6 and records; `CallTool` runs them all.
-//! Every stage reads the one snapshot of what the sidecar holds that the
-//! token was verified against, so a push landing during a call applies
-//! from the next call on, never to half of one.
+//! [`Gateway::authorize`] runs stages 1–6 and records; [`Gateway::call_tool`]
+//! runs them all. Both read the one snapshot of what the sidecar holds that
+//! the token was verified against, so a push landing during a call applies
+//! from the next call on, never to half of one. They return domain types;
+//! a front door (the gRPC agent API) only converts them.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
 use rand::Rng;
-use warden_shared::proto::v1 as pb;
 use warden_shared::refusal::Reason;
 use warden_shared::token::Claims;
 
-use super::authorize::{self, Caller};
+use super::authenticate::{self, Authenticator, Credentials};
+use super::authorize::{self, Authorization, Caller};
 use super::catalog::ToolEntry;
 use super::execute::Executor;
 use super::inspect::{self, InputInspector, PassThrough};
-use super::limit::session::Error as SessionCallsError;
-use super::limit::{CallKey, Limiter, SessionCalls, Verdict};
+use super::limit::{CallKey, Limiter, SessionCalls};
 use super::record::{Event, Outcome, Recorder};
+use super::validate::MAX_TRACE_ID;
 use super::{Refusal, Stage, approve, validate};
 use crate::state::held::{Held, HeldPolicy};
-
-/// Longest trace id accepted.
-const MAX_TRACE_ID: usize = 128;
 
 /// What the agent asked. `Debug` leaves the arguments out.
 #[derive(Clone, Copy)]
 pub struct Request<'a> {
-    /// `CallTool` or `Authorize`.
+    /// The operation, for the record (`CallTool`, `Authorize`, an MCP
+    /// method).
     pub rpc: &'static str,
     /// The tool's name.
     pub tool: &'a str,
@@ -68,6 +65,59 @@ impl std::fmt::Debug for Request<'_> {
     }
 }
 
+/// The stages an allowed `Authorize` passed, in order.
+pub const CHECKS: [Stage; 6] = [
+    Stage::Authenticate,
+    Stage::Validate,
+    Stage::InspectInput,
+    Stage::Authorize,
+    Stage::Limit,
+    Stage::Approve,
+];
+
+/// The answer to `Authorize`: a refusal is a decision, not an error.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The call's id, as recorded.
+    pub call_id: String,
+    /// `None`: allowed.
+    pub refusal: Option<Refusal>,
+}
+
+impl Decision {
+    /// The stages the call passed.
+    pub fn passed(&self) -> impl Iterator<Item = Stage> + '_ {
+        let stop = self.refusal.as_ref().and_then(|r| r.stage);
+        CHECKS
+            .into_iter()
+            .take_while(move |s| stop.is_none_or(|stop| *s < stop))
+    }
+}
+
+/// What an executed call returns to the agent.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The call's id, as recorded.
+    pub call_id: String,
+    /// The upstream's body, secrets removed.
+    pub content: Vec<u8>,
+    /// Its media type, secrets removed.
+    pub content_type: String,
+    /// The upstream's HTTP status (0 for builtins).
+    pub upstream_status: u16,
+    /// Values removed from the answer.
+    pub redactions: u32,
+}
+
+/// The tools a session may call.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// The policy version they come from (0: none held).
+    pub policy_version: u64,
+    /// The tools, never the critical ones.
+    pub tools: Vec<Arc<ToolEntry>>,
+}
+
 /// A call that passed stages 1–6. `Debug` leaves the arguments out.
 struct Admitted {
     policy: Arc<HeldPolicy>,
@@ -84,23 +134,25 @@ impl std::fmt::Debug for Admitted {
     }
 }
 
-/// The gateway's parts.
+/// The gateway's parts: one per stage that keeps something between calls.
 #[derive(Debug)]
 pub struct Gateway {
     agent_id: String,
-    /// Rate limits and quotas.
-    pub limiter: Arc<Limiter>,
+    /// Stage 1: tokens, against what the sidecar holds.
+    auth: Arc<Authenticator>,
+    /// Stage 1: the sessions' call counts.
     calls: SessionCalls,
+    /// Stage 3.
     input: Arc<dyn InputInspector>,
-    /// Upstream calls (and their circuit breakers).
+    /// Stage 4: Cedar entities of the policy in force.
+    authorization: Authorization,
+    /// Stage 5: rate limits and quotas.
+    pub limiter: Arc<Limiter>,
+    /// Stage 7: upstream calls (and their circuit breakers).
     pub executor: Executor,
-    /// The record of every decision.
+    /// Stage 9: the record of every decision.
     pub recorder: Recorder,
-    /// Cedar entities for (policy version, standing digest).
-    entities: std::sync::Mutex<EntityCache>,
 }
-
-type EntityCache = Option<((u64, u64), Arc<cedar_policy::Entities>)>;
 
 fn call_id() -> String {
     let mut b = [0u8; 12];
@@ -109,14 +161,6 @@ fn call_id() -> String {
         "call_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
     )
-}
-
-/// Whether the policy held has a tool named `name` (metrics count calls
-/// to other names as one label, so that an agent cannot grow them).
-fn known_tool(held: &Held, name: &str) -> bool {
-    held.policy
-        .as_ref()
-        .is_some_and(|p| p.catalog.get(name).is_some())
 }
 
 /// Records a call the agent abandoned (dropped its request) after it was
@@ -135,28 +179,19 @@ impl Drop for Abandoned<'_> {
     }
 }
 
-/// The stages passed by an allowed call, in order.
-const CHECKS: [Stage; 6] = [
-    Stage::Authenticate,
-    Stage::Validate,
-    Stage::InspectInput,
-    Stage::Authorize,
-    Stage::Limit,
-    Stage::Approve,
-];
-
 impl Gateway {
-    /// A gateway for `agent_id` with `limiter` and no input inspection
-    /// beyond validation.
-    pub fn new(agent_id: &str, limiter: Limiter) -> Self {
+    /// A gateway for the agent `auth` serves, with `limiter` and no input
+    /// inspection beyond validation.
+    pub fn new(auth: Arc<Authenticator>, limiter: Limiter) -> Self {
         Self {
-            agent_id: agent_id.to_owned(),
-            limiter: Arc::new(limiter),
+            agent_id: auth.agent_id().to_owned(),
+            auth,
             calls: SessionCalls::default(),
             input: Arc::new(PassThrough),
+            authorization: Authorization::default(),
+            limiter: Arc::new(limiter),
             executor: Executor::default(),
             recorder: Recorder::default(),
-            entities: std::sync::Mutex::new(None),
         }
     }
 
@@ -166,7 +201,111 @@ impl Gateway {
         Ok(self)
     }
 
-    /// Stages 1 (the session's call cap) to 6.
+    /// Stage 1: who calls, and the one snapshot the call goes on with.
+    pub async fn authenticate(
+        &self,
+        creds: &Credentials<'_>,
+    ) -> Result<(Arc<Claims>, Arc<Held>), Refusal> {
+        self.auth.authenticate(creds).await
+    }
+
+    /// `Authorize`: stages 1–6, recorded. A caller that is not
+    /// authenticated is refused; past that, a refusal is a decision.
+    pub async fn authorize(
+        &self,
+        creds: &Credentials<'_>,
+        r: &Request<'_>,
+    ) -> Result<Decision, Refusal> {
+        let t0 = Instant::now();
+        let call_id = call_id();
+        let (claims, held) = match self.authenticate(creds).await {
+            Ok(v) => v,
+            Err(d) => {
+                self.unauthenticated(r, &call_id, &d, t0);
+                return Err(d);
+            }
+        };
+        let e = self.event(r, Some(&claims), &call_id, &held);
+        let refusal = self.admit(&held, &claims, r).await.err();
+        match &refusal {
+            None => self.record(e, Outcome::Allowed, None, t0),
+            Some(d) => self.record(e, Outcome::Denied, Some(d), t0),
+        }
+        Ok(Decision { call_id, refusal })
+    }
+
+    /// `CallTool`: every stage.
+    pub async fn call_tool(
+        &self,
+        creds: &Credentials<'_>,
+        r: &Request<'_>,
+    ) -> Result<Answer, Refusal> {
+        let t0 = Instant::now();
+        let call_id = call_id();
+        // 1. authenticate
+        let (claims, held) = match self.authenticate(creds).await {
+            Ok(v) => v,
+            Err(d) => {
+                self.unauthenticated(r, &call_id, &d, t0);
+                return Err(d);
+            }
+        };
+        let mut e = self.event(r, Some(&claims), &call_id, &held);
+        // 1–6, up to the approval
+        let a = match self.admit(&held, &claims, r).await {
+            Ok(a) => a,
+            Err(d) => {
+                self.record(e, Outcome::Denied, Some(&d), t0);
+                return Err(d);
+            }
+        };
+        // 7. execute; from here the upstream may act, so an agent that goes
+        // away is recorded as having abandoned the call.
+        let mut abandoned = Abandoned {
+            gateway: self,
+            event: Some(e.clone()),
+            t0,
+        };
+        let secrets = &a.policy.policy.document.secrets;
+        let out = match self
+            .executor
+            .run(&a.tool, secrets, &a.args, &call_id, r.trace_id)
+            .await
+        {
+            Ok(o) => o,
+            Err(d) => {
+                abandoned.event = None;
+                self.record(e, Outcome::Failed, Some(&d), t0);
+                return Err(d);
+            }
+        };
+        e.upstream_status = out.status;
+        // 8. inspect output (still abandonable: a large answer waits for a
+        // thread)
+        let inspected = inspect::output(out.content, out.content_type, out.secrets).await;
+        abandoned.event = None;
+        drop(abandoned);
+        let seen = match inspected {
+            Ok(seen) => seen,
+            Err(d) => {
+                // Executed, but its answer is withheld.
+                self.record(e, Outcome::Failed, Some(&d), t0);
+                return Err(d);
+            }
+        };
+        // 9. record
+        e.redactions = seen.redactions;
+        self.record(e, Outcome::Allowed, None, t0);
+        Ok(Answer {
+            call_id,
+            content: seen.content,
+            content_type: seen.content_type,
+            upstream_status: out.status,
+            redactions: seen.redactions,
+        })
+    }
+
+    /// Stages 1 (the session's call cap) to 6, on one snapshot.
     async fn admit(
         &self,
         held: &Held,
@@ -174,47 +313,18 @@ impl Gateway {
         r: &Request<'_>,
     ) -> Result<Admitted, Refusal> {
         let now = time::OffsetDateTime::now_utc();
-        let max = claims.constraints.max_tool_calls;
-        if let Err(e) = self
-            .calls
-            .take(&claims.sid, max, claims.exp, now.unix_timestamp())
-        {
-            return Err(match e {
-                SessionCallsError::Spent(_) | SessionCallsError::Full => {
-                    Refusal::at(Stage::Authenticate, Reason::ToolCallLimit, e.to_string())
-                }
-                SessionCallsError::Journal(_) => {
-                    tracing::error!(error = %e, "session call journal");
-                    Refusal::at(
-                        Stage::Authenticate,
-                        Reason::Internal,
-                        "the session's call count could not be recorded; see the sidecar log",
-                    )
-                }
-            }
-            .rule("max_tool_calls"));
-        }
-        if r.trace_id.len() > MAX_TRACE_ID || !r.trace_id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Refusal::at(
-                Stage::Validate,
-                Reason::InvalidArgument,
-                format!("trace_id must be at most {MAX_TRACE_ID} visible ASCII characters"),
-            ));
-        }
-        let unknown = || {
-            Refusal::at(
-                Stage::Validate,
-                Reason::ToolUnknown,
-                "no such tool in the policy in force".to_owned(),
-            )
-        };
-        let policy = held.policy.clone().ok_or_else(unknown)?;
-        let tool = policy.catalog.get(r.tool).cloned().ok_or_else(unknown)?;
+        // 1. authenticate: the session's call cap
+        authenticate::count_call(&self.calls, claims, now.unix_timestamp())?;
+        // 2. validate
+        validate::trace_id(r.trace_id)?;
+        let (policy, tool) = validate::tool(held, r.tool)?;
         let args = validate::arguments(&tool, r.arguments)?;
+        // 3. inspect input
         if tool.spec.filters.injection_check {
             self.input.inspect(&tool, &args)?;
         }
-        let standing = held.raw.standing.as_deref().ok_or_else(|| {
+        // 4. authorize
+        let standing = held.standing.as_deref().ok_or_else(|| {
             Refusal::at(
                 Stage::Authorize,
                 Reason::PolicyNotLoaded,
@@ -226,34 +336,9 @@ impl Gateway {
             standing,
             claims,
         };
-        // What the rules see; a value they would not see faithfully refuses
-        // the call rather than let it be decided without it.
-        let projected = warden_shared::policy::cedar::arguments(&tool.spec.input_schema, &args)
-            .map_err(|e| {
-                Refusal::at(
-                    Stage::Validate,
-                    Reason::ArgumentsInvalid,
-                    format!("arguments of {}: {e}", tool.spec.name),
-                )
-                .rule("policy representation")
-            })?;
-        let entities = self.entities(&policy, standing)?;
-        authorize::check(&policy, &entities, &tool, &caller, &projected, now)?;
-        let risk = tool.risk.unwrap_or(warden_shared::policy::Risk::Critical);
-        self.limit(&policy, &tool, standing, claims).await?;
-        approve::check(&tool.spec.name, risk)?;
-        Ok(Admitted { policy, tool, args })
-    }
-
-    /// Stage 5: every limit that applies to the call, checked and counted
-    /// together.
-    async fn limit(
-        &self,
-        policy: &HeldPolicy,
-        tool: &ToolEntry,
-        standing: &pb::StandingPart,
-        claims: &Claims,
-    ) -> Result<(), Refusal> {
+        self.authorization
+            .check(&policy, &tool, &caller, &args, now)?;
+        // 5. limit
         let key = CallKey {
             agent: &self.agent_id,
             owner: &standing.owner,
@@ -261,78 +346,59 @@ impl Gateway {
             tool: &tool.spec.name,
             cost: tool.spec.cost,
         };
-        let items = policy.limits.items(self.limiter.prefix(), &key);
-        match self.limiter.check(&policy.limits, &items).await {
-            Verdict::Admit => Ok(()),
-            Verdict::Refuse {
-                limit,
-                quota,
-                retry_after,
-            } => {
-                let ms = u64::try_from(retry_after.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                let (reason, what) = if quota {
-                    (Reason::QuotaExceeded, "quota")
-                } else {
-                    (Reason::RateLimited, "rate limit")
-                };
-                Err(Refusal::at(
-                    Stage::Limit,
-                    reason,
-                    format!("{what} {limit} reached; retry in {ms} ms"),
-                )
-                .rule(limit)
-                .retry_after_ms(ms))
-            }
-            Verdict::Unavailable { limit } => Err(Refusal::at(
-                Stage::Limit,
-                Reason::LimiterUnavailable,
-                format!("limit {limit} cannot be checked (its shared store is unreachable) and fails closed; retry later"),
-            )
-            .rule(limit)),
-        }
+        self.limiter.admit(&policy.limits, &key).await?;
+        // 6. approve
+        let risk = tool.risk.unwrap_or(warden_shared::policy::Risk::Critical);
+        approve::check(&tool.spec.name, risk)?;
+        Ok(Admitted { policy, tool, args })
     }
 
-    /// The Cedar entities for this policy and standing, built once.
-    fn entities(
-        &self,
-        policy: &HeldPolicy,
-        standing: &pb::StandingPart,
-    ) -> Result<Arc<cedar_policy::Entities>, Refusal> {
-        let key = (policy.version, standing.digest);
-        let mut cache = self.entities.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((k, e)) = cache.as_ref()
-            && *k == key
-        {
-            return Ok(Arc::clone(e));
-        }
-        let e = Arc::new(
-            authorize::entities(policy, &self.agent_id, standing).map_err(|e| {
-                tracing::error!(error = %e, "cannot build the policy entities");
-                Refusal::at(
-                    Stage::Authorize,
-                    Reason::PolicyDenied,
-                    "the policy entities could not be built; see the sidecar log",
-                )
-                .rule("entities")
-            })?,
-        );
-        *cache = Some((key, Arc::clone(&e)));
-        Ok(e)
+    /// `ListTools`: the tools this session may call (never the critical
+    /// ones), after stage 1.
+    pub async fn list_tools(&self, creds: &Credentials<'_>) -> Result<Listing, Refusal> {
+        let (claims, held) = self.authenticate(creds).await?;
+        let Some(policy) = &held.policy else {
+            return Ok(Listing::default());
+        };
+        let tools = policy
+            .catalog
+            .iter()
+            .filter(|t| {
+                t.risk
+                    .is_some_and(|r| r < warden_shared::policy::Risk::Critical)
+            })
+            .filter(|t| authorize::scopes_cover(&claims, t).is_ok())
+            .cloned()
+            .collect();
+        Ok(Listing {
+            policy_version: policy.version,
+            tools,
+        })
+    }
+
+    /// Records a refusal at stage 1, before any claim is known.
+    fn unauthenticated(&self, r: &Request<'_>, call_id: &str, d: &Refusal, t0: Instant) {
+        let e = self.event(r, None, call_id, &Held::default());
+        self.record(e, Outcome::Denied, Some(d), t0);
     }
 
     fn event<'a>(
-        &self,
+        &'a self,
         r: &Request<'a>,
         claims: Option<&'a Claims>,
         call_id: &'a str,
-        known_tool: bool,
+        held: &Held,
     ) -> Event<'a> {
+        // Metrics count calls to names the policy lacks as one label, so
+        // that an agent cannot grow them.
+        let known_tool = held
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.catalog.get(r.tool).is_some());
         Event {
             call_id,
             rpc: r.rpc,
-            agent: "",
+            agent: &self.agent_id,
             session: claims.map_or("", |c| c.sid.as_str()),
             user: claims.and_then(Claims::user_id).unwrap_or_default(),
             tool: if warden_shared::policy::valid_tool_name(r.tool) {
@@ -363,144 +429,12 @@ impl Gateway {
         denial: Option<&'a Refusal>,
         t0: Instant,
     ) {
-        e.agent = &self.agent_id;
         e.outcome = outcome;
         e.denial = denial;
         e.micros = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.recorder.record(&e);
     }
-
-    /// Records an authentication failure (stage 1, before any claim is known).
-    pub fn refused_unauthenticated(&self, r: &Request<'_>, d: &Refusal, t0: Instant) {
-        let id = call_id();
-        let e = self.event(r, None, &id, false);
-        self.record(e, Outcome::Denied, Some(d), t0);
-    }
-
-    /// `Authorize`: stages 1–6, recorded; a denial is a decision, not an error.
-    pub async fn authorize(
-        &self,
-        held: &Held,
-        claims: &Claims,
-        r: &Request<'_>,
-        t0: Instant,
-    ) -> pb::AuthorizeResponse {
-        let id = call_id();
-        let result = self.admit(held, claims, r).await;
-        let known = known_tool(held, r.tool);
-        let e = self.event(r, Some(claims), &id, known);
-        match result {
-            Ok(_) => {
-                self.record(e, Outcome::Allowed, None, t0);
-                pb::AuthorizeResponse {
-                    call_id: id,
-                    allowed: true,
-                    checks: CHECKS.iter().map(|s| s.as_str().to_owned()).collect(),
-                    denial: None,
-                }
-            }
-            Err(d) => {
-                self.record(e, Outcome::Denied, Some(&d), t0);
-                pb::AuthorizeResponse {
-                    checks: CHECKS
-                        .iter()
-                        .take_while(|s| Some(**s) < d.stage)
-                        .map(|s| s.as_str().to_owned())
-                        .collect(),
-                    call_id: id,
-                    allowed: false,
-                    denial: Some(d.to_proto()),
-                }
-            }
-        }
-    }
-
-    /// `CallTool`: every stage.
-    pub async fn call_tool(
-        &self,
-        held: &Held,
-        claims: &Claims,
-        r: &Request<'_>,
-        t0: Instant,
-    ) -> Result<pb::CallToolResponse, Refusal> {
-        let id = call_id();
-        let admitted = self.admit(held, claims, r).await;
-        let known = known_tool(held, r.tool);
-        let mut e = self.event(r, Some(claims), &id, known);
-        let a = match admitted {
-            Ok(a) => a,
-            Err(d) => {
-                self.record(e, Outcome::Denied, Some(&d), t0);
-                return Err(d);
-            }
-        };
-        let secrets = &a.policy.policy.document.secrets;
-        let mut abandoned = Abandoned {
-            gateway: self,
-            event: Some(e.clone()),
-            t0,
-        };
-        let result = self
-            .executor
-            .run(&a.tool, secrets, &a.args, &id, r.trace_id)
-            .await;
-        let out = match result {
-            Ok(o) => o,
-            Err(d) => {
-                abandoned.event = None;
-                self.record(e, Outcome::Failed, Some(&d), t0);
-                return Err(d);
-            }
-        };
-        e.upstream_status = out.status;
-        // Still abandonable: inspecting a large answer waits for a thread.
-        let inspected = inspect::output(out.content, out.content_type, out.secrets).await;
-        abandoned.event = None;
-        drop(abandoned);
-        let seen = match inspected {
-            Ok(seen) => seen,
-            Err(d) => {
-                // Executed, but its answer is withheld.
-                self.record(e, Outcome::Failed, Some(&d), t0);
-                return Err(d);
-            }
-        };
-        e.redactions = seen.redactions;
-        self.record(e, Outcome::Allowed, None, t0);
-        Ok(pb::CallToolResponse {
-            call_id: id,
-            content: seen.content,
-            content_type: seen.content_type,
-            upstream_status: u32::from(out.status),
-            is_error: out.status >= 400,
-            redactions: seen.redactions,
-        })
-    }
-
-    /// `ListTools`: the tools this session may call (never the critical ones).
-    pub fn list_tools(&self, held: &Held, claims: &Claims) -> pb::ListToolsResponse {
-        let Some(policy) = &held.policy else {
-            return pb::ListToolsResponse::default();
-        };
-        let tools = policy
-            .catalog
-            .iter()
-            .filter(|t| {
-                t.risk
-                    .is_some_and(|r| r < warden_shared::policy::Risk::Critical)
-            })
-            .filter(|t| authorize::scopes_cover(claims, t).is_ok())
-            .map(|t| pb::ToolDescription {
-                name: t.spec.name.clone(),
-                description: t.spec.description.clone(),
-                input_schema_json: t.input_schema_json.clone(),
-                risk: t.risk.map(|r| r.as_str().to_owned()).unwrap_or_default(),
-                scopes: t.spec.scopes.clone(),
-            })
-            .collect();
-        pb::ListToolsResponse {
-            tools,
-            policy_version: policy.version,
-        }
-    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,8 +4,11 @@
 
 use warden_shared::refusal::Reason;
 
+use std::sync::Arc;
+
 use super::catalog::ToolEntry;
 use super::{Refusal, Stage};
+use crate::state::held::{Held, HeldPolicy};
 
 /// The argument document's size cap unless the tool sets `max_argument_bytes`.
 pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 64 * 1024;
@@ -14,8 +17,30 @@ pub const MAX_DEPTH: usize = 32;
 /// Schema violations reported to the agent, at most.
 const MAX_REPORTED: usize = 3;
 
+/// Longest trace id accepted.
+pub const MAX_TRACE_ID: usize = 128;
+
 fn refuse(reason: Reason, message: impl Into<String>) -> Refusal {
     Refusal::at(Stage::Validate, reason, message)
+}
+
+/// The agent's trace id: at most [`MAX_TRACE_ID`] visible ASCII characters.
+pub fn trace_id(id: &str) -> Result<(), Refusal> {
+    if id.len() > MAX_TRACE_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(refuse(
+            Reason::InvalidArgument,
+            format!("trace_id must be at most {MAX_TRACE_ID} visible ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The tool named `name` in the policy `held`, with that policy.
+pub fn tool(held: &Held, name: &str) -> Result<(Arc<HeldPolicy>, Arc<ToolEntry>), Refusal> {
+    let unknown = || refuse(Reason::ToolUnknown, "no such tool in the policy in force");
+    let policy = held.policy.clone().ok_or_else(unknown)?;
+    let tool = policy.catalog.get(name).cloned().ok_or_else(unknown)?;
+    Ok((policy, tool))
 }
 
 /// The deepest nesting in `text`, scanning at most until it passes `max`.

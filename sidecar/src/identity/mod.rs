@@ -246,3 +246,36 @@ pub fn private_dir(dir: &Path) -> Result<(), Error> {
         .map_err(io_err(dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
 }
+
+/// A throwaway CA and an identity it certifies for `id`, valid from a
+/// minute before `now` for `ttl_secs`: for tests and benchmarks that run
+/// the gateway without a control plane. The sidecar never uses it.
+#[doc(hidden)]
+pub fn self_issued(id: &SpiffeId, now: i64, ttl_secs: i64) -> Result<Identity, Error> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, SanType};
+    let at = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map_err(|e| Error::Untrusted(format!("time {t}: {e}")))
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.not_before = at(now - 60)?;
+    ca.not_after = at(now + ttl_secs)?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+    leaf.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+    leaf.not_before = at(now - 60)?;
+    leaf.not_after = at(now + ttl_secs)?;
+    let cert = leaf.signed_by(&key, &issuer)?;
+    Identity::verify(
+        cert.der().to_vec(),
+        key.serialize_pem(),
+        &[ca_cert.der().to_vec()],
+        id,
+        now,
+        true,
+    )
+}

@@ -8,6 +8,7 @@
 //! retrying (the agent is revoked, the request is invalid) stops the loop
 //! with a clear log.
 
+pub mod keys;
 pub mod snapshot;
 
 use crate::state::held;
@@ -25,9 +26,9 @@ use warden_shared::proto::v1::mesh_service_client::MeshServiceClient;
 
 use crate::config::{RETRY_MAX, RETRY_MIN};
 use crate::cp::ControlPlane;
-use crate::gateway::authenticate::Authenticator;
 use crate::identity::rotation::Manager;
 use crate::now_unix;
+use crate::state::State;
 pub use snapshot::{SnapshotError, SnapshotFile};
 
 /// Largest push accepted: the parts' own caps (a 1 MiB policy document,
@@ -37,23 +38,24 @@ const MAX_PUSH_BYTES: usize = 16 * 1024 * 1024;
 /// Applies a push whole, or refuses it with the part at fault and keeps
 /// what is held.
 pub fn apply(
-    auth: &Authenticator,
+    state: &State,
+    me: &str,
     push: &pb::StreamResponse,
     now: i64,
-) -> Result<(), held::Refusal> {
-    apply_at(auth, push, now.saturating_mul(1000))
+) -> Result<(), held::PushError> {
+    apply_at(state, me, push, now.saturating_mul(1000))
 }
 
 /// [`apply`] at `now_ms` (unix milliseconds).
 pub fn apply_at(
-    auth: &Authenticator,
+    state: &State,
+    me: &str,
     push: &pb::StreamResponse,
     now_ms: i64,
-) -> Result<(), held::Refusal> {
-    auth.state().update(|h| {
+) -> Result<(), held::PushError> {
+    state.update(|h| {
         let next = h.apply_at(push, now_ms)?;
-        held::check_pair_membership(&next.pair_keys, auth.agent_id())
-            .map_err(|e| (pb::MeshPart::PairKeys, e))?;
+        held::check_pair_membership(&next.pair_keys, me).map_err(held::PushError::PairKeys)?;
         Ok(next)
     })
 }
@@ -117,9 +119,9 @@ fn describe(p: &pb::StreamResponse) -> String {
 /// The control plane refused the stream because the agent is revoked (or
 /// its identity `expired`): hold and persist that, so every token is
 /// refused with the reason, across restarts too.
-fn revoked_at_open(auth: &Authenticator, snapshots: &SnapshotFile, message: &str, expired: bool) {
+fn revoked_at_open(state: &State, snapshots: &SnapshotFile, message: &str, expired: bool) {
     let now = crate::now_unix();
-    let r = auth.state().update(|h| {
+    let r = state.update(|h| {
         if h.blocked.as_ref().is_some_and(|(revoked, _)| *revoked) && (!expired || h.expired(now)) {
             return Err(());
         }
@@ -136,12 +138,13 @@ fn revoked_at_open(auth: &Authenticator, snapshots: &SnapshotFile, message: &str
         standing.digest = 0;
         standing.status = pb::AgentStatus::Revoked.into();
         standing.reason = message.to_owned();
+        next.standing = Some(Arc::new(held::Standing::from(&standing)));
         next.raw.standing = Some(Arc::new(standing));
         next.version = next.version.max(1);
         Ok(next)
     });
     if r.is_ok()
-        && let Err(e) = snapshots.save(&auth.state().held().to_push())
+        && let Err(e) = snapshots.save(&state.held().to_push())
     {
         tracing::error!(error = %e, "mesh: could not persist the snapshot");
     }
@@ -159,7 +162,8 @@ fn fatal(s: &tonic::Status) -> bool {
 pub async fn run(
     identity: Arc<Manager>,
     cp: Arc<ControlPlane>,
-    auth: Arc<Authenticator>,
+    state: Arc<State>,
+    me: String,
     snapshots: SnapshotFile,
     stats: Arc<MeshStats>,
     mut shutdown: watch::Receiver<bool>,
@@ -183,7 +187,7 @@ pub async fn run(
             let (tx, rx) = mpsc::channel(8);
             let hello = pb::StreamRequest {
                 kind: Some(pb::stream_request::Kind::Hello({
-                    let held = auth.state().held();
+                    let held = state.held();
                     pb::Hello {
                         held_version: held.version,
                         held: Some(held.digests()),
@@ -202,11 +206,11 @@ pub async fn run(
                     use warden_shared::refusal::Reason;
                     let why = warden_shared::refusal::typed_reason_of(&s);
                     if matches!(why, Some(Reason::AgentRevoked | Reason::AgentExpired)) {
-                        let (auth, snapshots) = (Arc::clone(&auth), snapshots.clone());
+                        let (state, snapshots) = (Arc::clone(&state), snapshots.clone());
                         let message = s.message().to_owned();
                         let expired = why == Some(Reason::AgentExpired);
                         let _ = tokio::task::spawn_blocking(move || {
-                            revoked_at_open(&auth, &snapshots, &message, expired);
+                            revoked_at_open(&state, &snapshots, &message, expired);
                         })
                         .await;
                     }
@@ -227,22 +231,24 @@ pub async fn run(
                 };
                 match msg {
                     Ok(Some(push)) => {
-                        auth.state().set_connected(true, now_unix());
+                        state.set_connected(true, now_unix());
                         let (version, nonce) = (push.version, push.nonce.clone());
                         // Compiling a policy (schemas, Cedar) and writing the
                         // snapshot are blocking work: off the runtime.
                         let applied = {
-                            let (auth, snapshots) = (Arc::clone(&auth), snapshots.clone());
+                            let (state, me, snapshots) =
+                                (Arc::clone(&state), me.clone(), snapshots.clone());
                             tokio::task::spawn_blocking(move || {
-                                apply_at(&auth, &push, crate::now_ms())?;
-                                if let Err(e) = snapshots.save(&auth.state().held().to_push()) {
+                                apply_at(&state, &me, &push, crate::now_ms())?;
+                                if let Err(e) = snapshots.save(&state.held().to_push()) {
                                     tracing::error!(error = %e, "mesh: could not persist the snapshot");
                                 }
                                 Ok(describe(&push))
                             })
                             .await
                             .unwrap_or_else(|_| {
-                                Err((pb::MeshPart::Unspecified, "applying the push panicked".to_owned()))
+                                tracing::error!(version, "mesh: applying the push panicked");
+                                Err(held::PushError::Internal)
                             })
                         };
                         let reply = match applied {
@@ -250,14 +256,15 @@ pub async fn run(
                                 tracing::info!(version, parts = %parts, "mesh: push applied");
                                 pb::stream_request::Kind::Ack(pb::Ack { version, nonce })
                             }
-                            Err((part, reason)) => {
-                                tracing::warn!(version, ?part, %reason, "mesh: push refused; keeping what is held");
+                            Err(e) => {
+                                let part = e.part();
+                                tracing::warn!(version, ?part, reason = %e, "mesh: push refused; keeping what is held");
                                 pb::stream_request::Kind::Nack(pb::Nack {
                                     version,
                                     nonce,
-                                    reason,
+                                    reason: e.to_string(),
                                     part: part.into(),
-                                    held: Some(auth.state().held().digests()),
+                                    held: Some(state.held().digests()),
                                 })
                             }
                         };
@@ -284,7 +291,7 @@ pub async fn run(
                 }
             }
         };
-        auth.state().set_connected(false, now_unix());
+        state.set_connected(false, now_unix());
         if !wait.is_zero() {
             let jittered = wait.mul_f64(rand::rng().random_range(0.5..1.0));
             backoff = (backoff * 2).min(RETRY_MAX);

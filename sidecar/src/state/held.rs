@@ -211,6 +211,31 @@ pub struct Raw {
     pub pairs: Option<Arc<pb::PairKeysPart>>,
 }
 
+/// The agent as the rules see it (from its pushed standing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// The standing part's digest: the rules' entities are rebuilt when it
+    /// changes.
+    pub digest: u64,
+    /// The agent's type.
+    pub agent_type: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its environment.
+    pub environment: String,
+}
+
+impl From<&pb::StandingPart> for Standing {
+    fn from(p: &pb::StandingPart) -> Self {
+        Self {
+            digest: p.digest,
+            agent_type: p.agent_type.clone(),
+            owner: p.owner.clone(),
+            environment: p.environment.clone(),
+        }
+    }
+}
+
 /// Everything pushed, as of one version.
 #[derive(Debug, Default, Clone)]
 pub struct Held {
@@ -222,6 +247,8 @@ pub struct Held {
     /// When the agent's identity expires (unix seconds): from then on it
     /// is refused here, whatever else is held.
     pub expires_at: Option<i64>,
+    /// The agent as the rules see it, once its standing is held.
+    pub standing: Option<Arc<Standing>>,
     /// Revoked session ids and when their tokens expire.
     pub revoked_sessions: Arc<HashMap<String, i64>>,
     /// Token-signing keys.
@@ -236,8 +263,48 @@ pub struct Held {
     pub raw: Raw,
 }
 
-/// Why a push was refused, and which part.
-pub type Refusal = (pb::MeshPart, String);
+/// Why a push was refused (nothing of it is applied). The part at fault,
+/// which the Nack names, is the variant; the text is the Nack's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The agent's standing.
+    #[error("{0}")]
+    Standing(String),
+    /// The revoked sessions.
+    #[error("{0}")]
+    RevokedSessions(String),
+    /// The token-signing keys.
+    #[error("{0}")]
+    Keys(String),
+    /// The policy.
+    #[error("{0}")]
+    Policy(String),
+    /// The mesh's blocked agents.
+    #[error("{0}")]
+    BlockedAgents(String),
+    /// The pair keys.
+    #[error("{0}")]
+    PairKeys(String),
+    /// Applying it failed in this sidecar (a panic), not in the push.
+    #[error("applying the push failed in the sidecar; see its log")]
+    Internal,
+}
+
+impl PushError {
+    /// The part the Nack names.
+    pub fn part(&self) -> pb::MeshPart {
+        use pb::MeshPart as P;
+        match self {
+            Self::Standing(_) => P::Standing,
+            Self::RevokedSessions(_) => P::RevokedSessions,
+            Self::Keys(_) => P::Keys,
+            Self::Policy(_) => P::Policy,
+            Self::BlockedAgents(_) => P::BlockedAgents,
+            Self::PairKeys(_) => P::PairKeys,
+            Self::Internal => P::Unspecified,
+        }
+    }
+}
 
 fn risk(s: &str) -> Option<Risk> {
     match s {
@@ -369,43 +436,42 @@ fn blocked_agents(
 impl Held {
     /// The snapshot after `push` at `now` (unix seconds), or why it is
     /// refused (nothing applied).
-    pub fn apply(&self, push: &pb::StreamResponse, now: i64) -> Result<Self, Refusal> {
+    pub fn apply(&self, push: &pb::StreamResponse, now: i64) -> Result<Self, PushError> {
         self.apply_at(push, now.saturating_mul(1000))
     }
 
     /// [`Held::apply`] at `now_ms` (unix milliseconds): when pair keys are
     /// first held, messages signed before that instant are refused.
-    pub fn apply_at(&self, push: &pb::StreamResponse, now_ms: i64) -> Result<Self, Refusal> {
-        use pb::MeshPart as P;
+    pub fn apply_at(&self, push: &pb::StreamResponse, now_ms: i64) -> Result<Self, PushError> {
         let now = now_ms.div_euclid(1000);
         let mut next = self.clone();
         if let Some(p) = &push.standing {
-            next.blocked = standing(p).map_err(|e| (P::Standing, e))?;
+            next.blocked = standing(p).map_err(PushError::Standing)?;
             next.expires_at = p.expires_at.as_ref().map(|t| t.seconds);
+            next.standing = Some(Arc::new(Standing::from(p)));
             next.raw.standing = Some(Arc::new(p.clone()));
         }
         if let Some(p) = &push.revoked_sessions {
-            next.revoked_sessions =
-                Arc::new(sessions(p, now).map_err(|e| (P::RevokedSessions, e))?);
+            next.revoked_sessions = Arc::new(sessions(p, now).map_err(PushError::RevokedSessions)?);
             next.raw.sessions = Some(Arc::new(p.clone()));
         }
         if let Some(p) = &push.keys {
             next.keys =
-                Arc::new(keys(&p.jwks_json, self.keys.generation + 1).map_err(|e| (P::Keys, e))?);
+                Arc::new(keys(&p.jwks_json, self.keys.generation + 1).map_err(PushError::Keys)?);
             next.raw.keys = Some(Arc::new(p.clone()));
         }
         if let Some(p) = &push.policy {
-            next.policy = Some(policy(p, self.policy.as_ref()).map_err(|e| (P::Policy, e))?);
+            next.policy = Some(policy(p, self.policy.as_ref()).map_err(PushError::Policy)?);
             next.raw.policy = Some(Arc::new(p.clone()));
         }
         if let Some(p) = &push.blocked_agents {
             next.blocked_agents = Arc::new(
-                blocked_agents(p, &self.blocked_agents, now).map_err(|e| (P::BlockedAgents, e))?,
+                blocked_agents(p, &self.blocked_agents, now).map_err(PushError::BlockedAgents)?,
             );
         }
         if let Some(p) = &push.pair_keys {
             next.pair_keys =
-                Arc::new(pair_keys(p, &self.pair_keys, now_ms).map_err(|e| (P::PairKeys, e))?);
+                Arc::new(pair_keys(p, &self.pair_keys, now_ms).map_err(PushError::PairKeys)?);
             next.raw.pairs = Some(Arc::new(p.clone()));
         }
         next.version = push.version;

@@ -3,7 +3,6 @@
 //! whatever comes back; the agent never holds them. Each upstream has a
 //! timeout, a response size cap and a circuit breaker.
 
-pub mod breaker;
 pub mod builtin;
 pub mod http;
 pub mod secrets;
@@ -49,7 +48,7 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub struct Executor {
     clients: http::Clients,
     /// Circuit breakers by tool.
-    pub breakers: breaker::Breakers,
+    pub breakers: crate::infra::breaker::Breakers,
     in_flight: tokio::sync::Semaphore,
 }
 
@@ -57,7 +56,7 @@ impl Default for Executor {
     fn default() -> Self {
         Self {
             clients: http::Clients::default(),
-            breakers: breaker::Breakers::default(),
+            breakers: crate::infra::breaker::Breakers::default(),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
     }
@@ -68,7 +67,7 @@ impl Default for Executor {
 /// half-open probe never leaves the breaker waiting forever, and an agent's
 /// own cancellations never open a circuit.
 struct Admitted<'a> {
-    breakers: &'a breaker::Breakers,
+    breakers: &'a crate::infra::breaker::Breakers,
     tool: &'a str,
     done: bool,
 }

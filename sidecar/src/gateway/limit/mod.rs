@@ -21,6 +21,7 @@ use std::time::Duration;
 
 pub use local::LocalLimiter;
 pub use session::SessionCalls;
+use warden_shared::refusal::{Reason, Refusal, Stage};
 
 pub use crate::policy::limits::{CallKey, Item, KeyKind, Kind, Limit, LimitSet};
 
@@ -199,6 +200,45 @@ impl Limiter {
                 v
             }
             Err(_) => self.fall_back(set, items, now),
+        }
+    }
+
+    /// Stage 5: every limit of `set` that applies to the call `key`,
+    /// checked and counted together; a refusal names the limit and when to
+    /// retry.
+    pub async fn admit(&self, set: &LimitSet, key: &CallKey<'_>) -> Result<(), Refusal> {
+        let items = set.items(self.prefix(), key);
+        match self.check(set, &items).await {
+            Verdict::Admit => Ok(()),
+            Verdict::Refuse {
+                limit,
+                quota,
+                retry_after,
+            } => {
+                let ms = u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                let (reason, what) = if quota {
+                    (Reason::QuotaExceeded, "quota")
+                } else {
+                    (Reason::RateLimited, "rate limit")
+                };
+                Err(Refusal::at(
+                    Stage::Limit,
+                    reason,
+                    format!("{what} {limit} reached; retry in {ms} ms"),
+                )
+                .rule(limit)
+                .retry_after_ms(ms))
+            }
+            Verdict::Unavailable { limit } => Err(Refusal::at(
+                Stage::Limit,
+                Reason::LimiterUnavailable,
+                format!(
+                    "limit {limit} cannot be checked (its shared store is unreachable) and fails closed; retry later"
+                ),
+            )
+            .rule(limit)),
         }
     }
 

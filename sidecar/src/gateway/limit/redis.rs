@@ -1,254 +1,51 @@
 //! The shared limiter: one Lua script per call on Redis ([`SCRIPT`]),
 //! invoked by EVALSHA (loaded again on NOSCRIPT), on the Redis clock, with
-//! every key of a call under one hash tag (Redis Cluster safe). Calls are
-//! bounded by a short timeout and a circuit breaker, so an outage costs no
-//! waiting per call; the connection reconnects by itself.
+//! every key of a call under one hash tag (Redis Cluster safe), over the
+//! sidecar's shared connection ([`Redis`]: its timeout and breaker).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-use warden_shared::policy::CircuitBreaker;
+use std::sync::Arc;
 
 use super::{Item, Kind, Outcome};
-use crate::gateway::execute::breaker::Breakers;
+pub use crate::config::RedisConfig;
+pub use crate::infra::redis::Error;
+use crate::infra::redis::{Handle, Redis, redis_error};
 
 /// The check-and-count script.
 pub const SCRIPT: &str = include_str!("gcra.lua");
 
-pub use crate::config::RedisConfig;
-
-/// Why a shared check failed (the caller applies each limit's failure mode).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The breaker is open after repeated failures.
-    #[error("the Redis circuit is open")]
-    CircuitOpen,
-    /// No answer within the timeout.
-    #[error("Redis did not answer within {0:?}")]
-    Timeout(Duration),
-    /// Redis answered with an error, or the connection failed.
-    #[error("Redis: {0}")]
-    Redis(String),
-    /// The script's answer has an unexpected shape.
-    #[error("unexpected answer from the limit script")]
-    Answer,
-}
-
-/// A connection to one Redis endpoint, or to a cluster.
-enum Conn {
-    /// Reconnects by itself.
-    Single(redis::aio::ConnectionManager),
-    /// Connected on first use (and again after a failure to connect); it
-    /// follows the slot map by itself.
-    Cluster(Box<ClusterConn>),
-}
-
-/// See [`Conn::Cluster`].
-struct ClusterConn {
-    client: redis::cluster::ClusterClient,
-    conn: tokio::sync::Mutex<Option<redis::cluster_async::ClusterConnection>>,
-}
-
-/// The Redis-backed limiter.
+/// The Redis-backed limiter: the script, on the shared connection (which
+/// it derefs to, for its breaker state, error count and key prefix).
+#[derive(Debug)]
 pub struct RedisLimiter {
-    conn: Conn,
+    redis: Arc<Redis>,
     script: redis::Script,
-    timeout: Duration,
-    breaker: Breakers,
-    breaker_cfg: CircuitBreaker,
-    /// Failed checks (timeouts, errors), for metrics.
-    pub errors: AtomicU64,
-    /// Key prefix.
-    pub prefix: String,
 }
 
-impl std::fmt::Debug for RedisLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLimiter")
-            .field("timeout", &self.timeout)
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
-}
+impl std::ops::Deref for RedisLimiter {
+    type Target = Redis;
 
-/// The shortest wait for a connection (the cluster client's connection
-/// timeout is the same).
-const CONNECT_TIMEOUT_MIN: Duration = Duration::from_millis(100);
-
-/// The breaker's key.
-const BREAKER: &str = "redis";
-
-/// A check in flight (see [`RedisLimiter::check`]).
-struct Pending<'a> {
-    limiter: &'a RedisLimiter,
-    done: bool,
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.limiter.breaker.abandon(BREAKER, Instant::now());
-        }
+    fn deref(&self) -> &Redis {
+        &self.redis
     }
 }
 
 impl RedisLimiter {
-    /// A limiter on `cfg`; connects lazily (a Redis that is down at start
-    /// is an outage like any other, not a start failure).
+    /// A limiter with a connection of its own on `cfg`.
     pub fn new(cfg: &RedisConfig) -> Result<Self, String> {
-        use redis::IntoConnectionInfo;
-        cfg.validate()?;
-        let mut info = cfg
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("redis.url: {e}"))?;
-        if let Some(p) = &cfg.password_file {
-            let pw = std::fs::read_to_string(p)
-                .map_err(|e| format!("redis.password_file {}: {e}", p.display()))?;
-            let settings = info.redis_settings().clone().set_password(pw.trim_end());
-            info = info.set_redis_settings(settings);
-        }
-        let timeout = Duration::from_millis(cfg.timeout_ms);
-        let root = match &cfg.ca_file {
-            Some(ca) => Some(
-                std::fs::read(ca).map_err(|e| format!("redis.ca_file {}: {e}", ca.display()))?,
-            ),
-            None => None,
-        };
-        let conn = if cfg.cluster {
-            let mut b = redis::cluster::ClusterClient::builder([info.clone()])
-                .connection_timeout(timeout.max(CONNECT_TIMEOUT_MIN))
-                .response_timeout(timeout)
-                .retries(1);
-            if let Some(pw) = info.redis_settings().password() {
-                b = b.password(pw);
-            }
-            if let Some(root) = root {
-                b = b.certs(redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root),
-                });
-            }
-            Conn::Cluster(Box::new(ClusterConn {
-                client: b.build().map_err(|e| format!("redis: {e}"))?,
-                conn: tokio::sync::Mutex::new(None),
-            }))
-        } else {
-            let client = match root {
-                Some(root) => redis::Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root),
-                    },
-                ),
-                None => redis::Client::open(info),
-            }
-            .map_err(|e| format!("redis: {e}"))?;
-            let conf = redis::aio::ConnectionManagerConfig::new()
-                .set_response_timeout(Some(timeout))
-                .set_connection_timeout(Some(timeout.max(CONNECT_TIMEOUT_MIN)))
-                .set_number_of_retries(1);
-            Conn::Single(
-                redis::aio::ConnectionManager::new_lazy_with_config(client, conf)
-                    .map_err(|e| format!("redis: {e}"))?,
-            )
-        };
-        Ok(Self {
-            conn,
+        Ok(Self::on(Arc::new(Redis::new(cfg)?)))
+    }
+
+    /// A limiter on the shared connection `redis`.
+    pub fn on(redis: Arc<Redis>) -> Self {
+        Self {
+            redis,
             script: redis::Script::new(SCRIPT),
-            timeout,
-            breaker: Breakers::default(),
-            breaker_cfg: CircuitBreaker {
-                failures: cfg.breaker_failures,
-                cooldown_ms: cfg.breaker_cooldown_ms,
-            },
-            errors: AtomicU64::new(0),
-            prefix: cfg.key_prefix.clone(),
-        })
-    }
-
-    /// The breaker's state name (`closed`, `open`, `half_open`).
-    pub fn breaker_state(&self) -> &'static str {
-        self.breaker
-            .states()
-            .get(BREAKER)
-            .map_or("closed", |s| s.name())
-    }
-
-    /// A connection: the manager (which reconnects by itself), or the
-    /// cluster connection, made on first use.
-    async fn handle(&self) -> redis::RedisResult<Handle> {
-        match &self.conn {
-            Conn::Single(c) => Ok(Handle::Single(c.clone())),
-            Conn::Cluster(cc) => {
-                let mut held = cc.conn.lock().await;
-                if let Some(c) = held.as_ref() {
-                    return Ok(Handle::Cluster(c.clone()));
-                }
-                let c = cc.client.get_async_connection().await?;
-                *held = Some(c.clone());
-                Ok(Handle::Cluster(c))
-            }
         }
     }
 
-    /// Runs one Redis operation under the breaker and the timeout; counts
-    /// and logs a failure. Getting the connection is not under `timeout`
-    /// but under the longer connection timeout: connecting to a cluster (a
-    /// handshake and a slot lookup) takes longer than one check may, and
-    /// would otherwise never succeed. While Redis is away, the breaker
-    /// opens after a few failed connections and no call waits.
-    async fn guarded<T, F>(
-        &self,
-        what: &'static str,
-        op: impl FnOnce(Handle) -> F,
-    ) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>>,
-    {
-        if self.breaker.admit(BREAKER, Instant::now()).is_err() {
-            return Err(Error::CircuitOpen);
-        }
-        // An operation dropped unfinished (the caller went away) is
-        // abandoned: a half-open probe must never leave the breaker waiting.
-        let mut pending = Pending {
-            limiter: self,
-            done: false,
-        };
-        let connect = self.timeout.max(CONNECT_TIMEOUT_MIN);
-        let result = match tokio::time::timeout(connect, self.handle()).await {
-            Err(_) => Err(Error::Timeout(connect)),
-            Ok(Err(e)) => Err(redis_error(e)),
-            Ok(Ok(h)) => match tokio::time::timeout(self.timeout, op(h)).await {
-                Err(_) => Err(Error::Timeout(self.timeout)),
-                Ok(r) => r,
-            },
-        };
-        pending.done = true;
-        self.breaker
-            .record(BREAKER, result.is_ok(), &self.breaker_cfg, Instant::now());
-        if let Err(e) = &result {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, what, "Redis operation failed");
-        }
-        result
-    }
-
-    /// `SET key 1 NX PX ttl_ms`: whether the key was new.
-    pub async fn set_nx(&self, key: &str, ttl_ms: u64) -> Result<bool, Error> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ttl_ms.max(1));
-        self.guarded("replay check", |h| async move {
-            let set: Option<String> = match h {
-                Handle::Single(mut c) => cmd.query_async(&mut c).await,
-                Handle::Cluster(mut c) => cmd.query_async(&mut c).await,
-            }
-            .map_err(redis_error)?;
-            Ok(set.is_some())
-        })
-        .await
+    /// The connection it runs on.
+    pub fn redis(&self) -> &Arc<Redis> {
+        &self.redis
     }
 
     /// Checks and counts `items` in one script run.
@@ -266,57 +63,25 @@ impl RedisLimiter {
                 .arg(b)
                 .arg(it.weight);
         }
-        self.guarded("shared limit check", |h| async move {
-            let v: Vec<i64> = match h {
-                Handle::Single(mut c) => inv.invoke_async(&mut c).await,
-                Handle::Cluster(mut c) => inv.invoke_async(&mut c).await,
-            }
-            .map_err(redis_error)?;
-            if v.len() != 1 + 3 * items.len() {
-                return Err(Error::Answer);
-            }
-            Ok(v[1..]
-                .chunks(3)
-                .map(|c| Outcome {
-                    admitted: c[0] == 1,
-                    retry_after_us: c[1],
-                    usage_permille: u32::try_from(c[2]).unwrap_or(u32::MAX),
-                })
-                .collect())
-        })
-        .await
-    }
-}
-
-fn redis_error(e: redis::RedisError) -> Error {
-    Error::Redis(e.to_string())
-}
-
-/// A connection for one operation.
-enum Handle {
-    Single(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_hides_the_password_even_when_it_holds_an_at_sign() {
-        for url in [
-            "redis://:p@ss@host:6379",
-            "rediss://user:s3cr3t@host:6379/0",
-        ] {
-            let shown = format!("{:?}", RedisConfig::new(url));
-            assert!(shown.contains("[redacted]@host"), "{shown}");
-            assert!(
-                !shown.contains("ss@") && !shown.contains("s3cr3t"),
-                "{shown}"
-            );
-        }
-        assert!(
-            format!("{:?}", RedisConfig::new("redis://host:6379")).contains("redis://host:6379")
-        );
+        self.redis
+            .guarded("shared limit check", |h| async move {
+                let v: Vec<i64> = match h {
+                    Handle::Single(mut c) => inv.invoke_async(&mut c).await,
+                    Handle::Cluster(mut c) => inv.invoke_async(&mut c).await,
+                }
+                .map_err(redis_error)?;
+                if v.len() != 1 + 3 * items.len() {
+                    return Err(Error::Answer);
+                }
+                Ok(v[1..]
+                    .chunks(3)
+                    .map(|c| Outcome {
+                        admitted: c[0] == 1,
+                        retry_after_us: c[1],
+                        usage_permille: u32::try_from(c[2]).unwrap_or(u32::MAX),
+                    })
+                    .collect())
+            })
+            .await
     }
 }

@@ -69,7 +69,8 @@ fn a_refused_push_names_its_part_and_changes_nothing() {
         digest: 3,
         jwks_json: "{not json".into(),
     });
-    let (part, why) = h.apply(&bad, 0).unwrap_err();
+    let e = h.apply(&bad, 0).unwrap_err();
+    let (part, why) = (e.part(), e.to_string());
     assert_eq!(part, pb::MeshPart::Keys);
     assert!(why.contains("invalid JWKS"), "{why}");
     // `h` itself is untouched (apply builds a new snapshot).
@@ -82,7 +83,8 @@ fn a_refused_push_names_its_part_and_changes_nothing() {
         document: "version: [".into(),
         tools: vec![],
     });
-    let (part, why) = h.apply(&bad, 0).unwrap_err();
+    let e = h.apply(&bad, 0).unwrap_err();
+    let (part, why) = (e.part(), e.to_string());
     assert_eq!(part, pb::MeshPart::Policy);
     assert!(
         why.contains("policy v5") && why.contains("POLICY_YAML"),
@@ -95,7 +97,7 @@ fn a_refused_push_names_its_part_and_changes_nothing() {
         status: 42,
         ..Default::default()
     });
-    assert_eq!(h.apply(&bad, 0).unwrap_err().0, pb::MeshPart::Standing);
+    assert_eq!(h.apply(&bad, 0).unwrap_err().part(), pb::MeshPart::Standing);
 }
 
 #[test]
@@ -130,7 +132,8 @@ fn blocked_agents_apply_complete_lists_and_changes_from_the_held_sequence() {
     assert_eq!(h2.digests().blocked_agents_seq, 11);
 
     // The same changes again do not apply on top of 11.
-    let (part, why) = h2.apply(&p, 100).unwrap_err();
+    let e = h2.apply(&p, 100).unwrap_err();
+    let (part, why) = (e.part(), e.to_string());
     assert_eq!(part, pb::MeshPart::BlockedAgents);
     assert!(why.contains("from 10"), "{why}");
     // Nor changes from another epoch (another control plane process).
@@ -151,7 +154,7 @@ fn blocked_agents_apply_complete_lists_and_changes_from_the_held_sequence() {
         cleared: vec![],
     });
     assert_eq!(
-        h2.apply(&p, 100).unwrap_err().0,
+        h2.apply(&p, 100).unwrap_err().part(),
         pb::MeshPart::BlockedAgents
     );
 

@@ -1,0 +1,271 @@
+//! The whole pipeline, in process, with no control plane: a snapshot built
+//! here, real tokens, a real certificate, the builtin upstream.
+
+use warden_shared::proto::v1 as pb;
+use warden_shared::refusal::{Reason, Stage};
+
+use super::{Gateway, Request};
+use crate::gateway::fixture::Fixture;
+use crate::gateway::limit::Limiter;
+
+const DOC: &str = r#"
+version: 1
+tools:
+  - name: echo
+    description: Returns its arguments.
+    input_schema:
+      type: object
+      properties: { text: { type: string, maxLength: 100 } }
+      required: [text]
+      additionalProperties: false
+    scopes: ["notes:read"]
+    risk: low
+    upstream: { kind: builtin, address: echo }
+  - name: slow_down
+    description: One call a minute.
+    input_schema: { type: object }
+    scopes: ["notes:read"]
+    risk: low
+    upstream: { kind: builtin, address: echo }
+    limits: { calls_per_minute: 1 }
+  - name: wipe
+    description: High risk.
+    input_schema: { type: object }
+    scopes: ["notes:write"]
+    risk: high
+    upstream: { kind: builtin, address: echo }
+cedar: |
+  @id("default")
+  permit (principal, action, resource);
+  @id("no-secrets")
+  forbid (principal, action == Warden::Action::"echo", resource)
+  when { context.arguments.text == "forbidden" };
+"#;
+
+fn fixture() -> Fixture {
+    Fixture::new(
+        DOC,
+        &[("echo", "low"), ("slow_down", "low"), ("wipe", "high")],
+        Limiter::default(),
+    )
+}
+
+fn call<'a>(tool: &'a str, arguments: &'a str) -> Request<'a> {
+    Request {
+        rpc: "CallTool",
+        tool,
+        arguments,
+        reason: "a test",
+        trace_id: "trace-1",
+    }
+}
+
+/// Where `Authorize` stopped: the refusal's stage and reason.
+async fn stop(g: &Gateway, f: &Fixture, token: &str, r: &Request<'_>) -> Option<(Stage, Reason)> {
+    let d = g
+        .authorize(&f.credentials(token), r)
+        .await
+        .expect("authenticated");
+    let stopped = d
+        .refusal
+        .as_ref()
+        .map(|r| (r.stage.expect("stage"), r.reason));
+    let passed: Vec<Stage> = d.passed().collect();
+    match stopped {
+        None => assert_eq!(passed, super::CHECKS),
+        Some((s, _)) => assert!(passed.iter().all(|p| *p < s), "{passed:?} before {s:?}"),
+    }
+    stopped
+}
+
+#[tokio::test]
+async fn an_allowed_call_runs_every_stage_and_returns_the_answer() {
+    let f = fixture();
+    let token = f.token(&f.claims("ses_a", "notes:read"));
+    let a = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("echo", r#"{"text":"hi"}"#))
+        .await
+        .expect("allowed");
+    assert!(a.call_id.starts_with("call_"), "{}", a.call_id);
+    let body: serde_json::Value = serde_json::from_slice(&a.content).unwrap();
+    assert_eq!(body["text"], "hi", "{body}");
+    assert_eq!(
+        stop(&f.gateway, &f, &token, &call("echo", r#"{"text":"x"}"#)).await,
+        None
+    );
+    let listed = f.gateway.list_tools(&f.credentials(&token)).await.unwrap();
+    let names: Vec<&str> = listed.tools.iter().map(|t| t.spec.name.as_str()).collect();
+    assert_eq!(names, ["echo", "slow_down"], "wipe needs notes:write");
+    assert_eq!(listed.policy_version, 1);
+}
+
+#[tokio::test]
+async fn stage_one_refuses_what_is_not_a_valid_bound_token() {
+    let f = fixture();
+    let g = &f.gateway;
+    let r = call("echo", r#"{"text":"hi"}"#);
+    let refused = |res: Result<super::Answer, crate::gateway::Refusal>| {
+        let d = res.expect_err("refused");
+        assert_eq!(d.stage, Some(Stage::Authenticate));
+        d.reason
+    };
+    assert_eq!(
+        refused(g.call_tool(&f.credentials("not.a.jwt"), &r).await),
+        Reason::TokenMalformed
+    );
+    // Bound to another certificate.
+    let mut c = f.claims("ses_b", "notes:read");
+    c.cnf.x5t_s256 = "another-certificate".into();
+    let t = f.token(&c);
+    assert_eq!(
+        refused(g.call_tool(&f.credentials(&t), &r).await),
+        Reason::TokenKeyBindingMismatch
+    );
+    // For another agent.
+    let mut c = f.claims("ses_c", "notes:read");
+    c.aud = "spiffe://fixture.warden/agent/other".into();
+    let t = f.token(&c);
+    assert_eq!(
+        refused(g.call_tool(&f.credentials(&t), &r).await),
+        Reason::TokenWrongAudience
+    );
+    // Expired.
+    let mut c = f.claims("ses_d", "notes:read");
+    c.exp = crate::now_unix() - 1;
+    let t = f.token(&c);
+    assert_eq!(
+        refused(g.call_tool(&f.credentials(&t), &r).await),
+        Reason::TokenExpired
+    );
+    // No token at all: `Authorize` refuses too, rather than decide.
+    let none = crate::gateway::authenticate::Credentials {
+        token: Err(crate::gateway::Refusal::at(
+            Stage::Authenticate,
+            Reason::TokenMissing,
+            "none",
+        )),
+        identity: f.identity.clone(),
+    };
+    let d = g.authorize(&none, &r).await.expect_err("refused");
+    assert_eq!(d.reason, Reason::TokenMissing);
+}
+
+#[tokio::test]
+async fn each_stage_refuses_with_its_reason_and_the_stages_before_it_passed() {
+    let f = fixture();
+    let g = &f.gateway;
+    let t = f.token(&f.claims("ses_e", "notes:read"));
+    let cases = [
+        (call("nope", "{}"), (Stage::Validate, Reason::ToolUnknown)),
+        (
+            call("echo", "[1]"),
+            (Stage::Validate, Reason::ArgumentsNotJson),
+        ),
+        (
+            call("echo", r#"{"text":7}"#),
+            (Stage::Validate, Reason::ArgumentsInvalid),
+        ),
+        (
+            Request {
+                trace_id: "a trace id with spaces",
+                ..call("echo", r#"{"text":"hi"}"#)
+            },
+            (Stage::Validate, Reason::InvalidArgument),
+        ),
+        (call("wipe", "{}"), (Stage::Authorize, Reason::ScopeMissing)),
+        (
+            call("echo", r#"{"text":"forbidden"}"#),
+            (Stage::Authorize, Reason::PolicyDenied),
+        ),
+    ];
+    for (r, want) in cases {
+        assert_eq!(stop(g, &f, &t, &r).await, Some(want), "{r:?}");
+    }
+    let d = g
+        .authorize(&f.credentials(&t), &call("echo", r#"{"text":"forbidden"}"#))
+        .await
+        .unwrap();
+    assert_eq!(d.refusal.unwrap().rule, "no-secrets");
+    // Stage 5: the second call in a minute, with when to retry.
+    assert_eq!(stop(g, &f, &t, &call("slow_down", "{}")).await, None);
+    let d = g
+        .call_tool(&f.credentials(&t), &call("slow_down", "{}"))
+        .await
+        .expect_err("limited");
+    assert_eq!(
+        (d.stage, d.reason),
+        (Some(Stage::Limit), Reason::RateLimited)
+    );
+    assert!(d.retry_after_ms.is_some_and(|ms| ms > 0), "{d:?}");
+    // Stage 6: high risk waits for a human.
+    let w = f.token(&f.claims("ses_f", "notes:read notes:write"));
+    assert_eq!(
+        stop(g, &f, &w, &call("wipe", "{}")).await,
+        Some((Stage::Approve, Reason::ApprovalRequired))
+    );
+}
+
+#[tokio::test]
+async fn the_session_call_cap_is_a_stage_one_decision() {
+    let f = fixture();
+    let mut c = f.claims("ses_g", "notes:read");
+    c.constraints.max_tool_calls = 2;
+    let t = f.token(&c);
+    let r = call("echo", r#"{"text":"hi"}"#);
+    assert_eq!(stop(&f.gateway, &f, &t, &r).await, None);
+    f.gateway.call_tool(&f.credentials(&t), &r).await.unwrap();
+    assert_eq!(
+        stop(&f.gateway, &f, &t, &r).await,
+        Some((Stage::Authenticate, Reason::ToolCallLimit))
+    );
+}
+
+#[tokio::test]
+async fn a_push_applies_from_the_next_call() {
+    let f = fixture();
+    let t = f.token(&f.claims("ses_h", "notes:read"));
+    let r = call("echo", r#"{"text":"hi"}"#);
+    f.gateway.call_tool(&f.credentials(&t), &r).await.unwrap();
+    f.push(pb::StreamResponse {
+        revoked_sessions: Some(pb::RevokedSessionsPart {
+            digest: 9,
+            sessions: vec![pb::RevokedSession {
+                session_id: "ses_h".into(),
+                expires_at: Some(prost_types::Timestamp {
+                    seconds: crate::now_unix() + 900,
+                    nanos: 0,
+                }),
+            }],
+        }),
+        ..Default::default()
+    });
+    let d = f
+        .gateway
+        .call_tool(&f.credentials(&t), &r)
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, Reason::SessionRevoked);
+    // Another session goes on, until the agent is suspended.
+    let other = f.token(&f.claims("ses_i", "notes:read"));
+    f.gateway
+        .call_tool(&f.credentials(&other), &r)
+        .await
+        .unwrap();
+    f.push(pb::StreamResponse {
+        standing: Some(pb::StandingPart {
+            digest: 10,
+            status: pb::AgentStatus::Suspended.into(),
+            reason: "investigating".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let d = f
+        .gateway
+        .call_tool(&f.credentials(&other), &r)
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, Reason::AgentSuspended);
+    assert_eq!(d.code(), tonic::Code::PermissionDenied);
+}

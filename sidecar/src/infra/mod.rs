@@ -1,0 +1,6 @@
+//! Infrastructure the stages share, below them all: the Redis connection
+//! (the limiter's and the replay cache's, with one timeout and breaker) and
+//! circuit breakers. It depends on `config` only.
+
+pub mod breaker;
+pub mod redis;
