@@ -24,6 +24,9 @@
 //! Run: `cargo bench -p warden-tests --bench gateway`. Knobs:
 //! `WARDEN_BENCH_ROUNDS` (default 5), `WARDEN_BENCH_SECS` (per phase,
 //! default 3), `WARDEN_BENCH_PIPELINE_ONLY=1` (the in-process figure alone),
+//! `WARDEN_BENCH_PROFILE=ping|authorize|upstream_ok` (that operation flat
+//! out for a phase, alone, to attach a profiler to the sidecar whose pid it
+//! prints),
 //! `WARDEN_BENCH_LOG=warn` (the sidecar's log filter: `warn` leaves out the
 //! audit events), `WARDEN_BENCH_RT=current|N` (the sidecar's runtime).
 
@@ -32,6 +35,7 @@
     clippy::cast_precision_loss,
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
+    clippy::too_many_arguments,
     reason = "a benchmark aborts on any unexpected error and prints floats"
 )]
 
@@ -225,12 +229,36 @@ fn phase_secs() -> u64 {
     env_or("WARDEN_BENCH_SECS", 3)
 }
 
-/// One phase's result: latencies (µs) and completed calls per second.
+/// One phase's result: latencies (µs), completed calls per second, and
+/// the CPU time the sidecar spent per call (µs; 0 when not measured).
 #[derive(Default, Clone)]
 struct Phase {
     lat: Vec<f64>,
     rate: f64,
     errors: u64,
+    cpu_per_call: f64,
+}
+
+/// A process's CPU time so far (user + system), µs, from `/proc`.
+fn cpu_us(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // USER_HZ, 100 on Linux.
+    let hz = 100.0;
+    ticks * 1e6 / hz
+}
+
+/// Runs `phase`, measuring the CPU time `pid` spent per completed call.
+async fn with_cpu<F: Future<Output = Phase>>(pid: u32, phase: F) -> Phase {
+    let before = cpu_us(pid);
+    let t = Instant::now();
+    let mut p = phase.await;
+    let calls = p.rate * t.elapsed().as_secs_f64();
+    p.cpu_per_call = (cpu_us(pid) - before) / calls.max(1.0);
+    p
 }
 
 impl Phase {
@@ -245,10 +273,15 @@ impl Phase {
 
     fn line(&self, name: &str) {
         println!(
-            "    {name:<28} {:>8.0}/s   p50 {:>6.0} µs   p99 {:>6.0} µs{}",
+            "    {name:<28} {:>8.0}/s   p50 {:>6.0} µs   p99 {:>6.0} µs{}{}",
             self.rate,
             self.pct(0.50),
             self.pct(0.99),
+            if self.cpu_per_call > 0.0 {
+                format!("   sidecar CPU {:>4.0} µs/call", self.cpu_per_call)
+            } else {
+                String::new()
+            },
             if self.errors > 0 {
                 format!("   ({} errors)", self.errors)
             } else {
@@ -342,9 +375,12 @@ fn h2load(
     clients: u32,
     rps: Option<u32>,
     h1: bool,
+    min_data: u64,
     log: &Path,
 ) -> Phase {
     let secs = phase_secs();
+    // h2load appends to its log: each phase starts with none.
+    let _ = std::fs::remove_file(log);
     let mut cmd = Command::new("h2load");
     cmd.arg(format!("--clients={clients}"))
         .arg("--max-concurrent-streams=1")
@@ -382,8 +418,23 @@ fn h2load(
         .lines()
         .find(|l| l.starts_with("requests:"))
         .unwrap_or_default();
-    let failed =
+    let mut failed =
         field(requests, "failed") + field(requests, "errored") + field(requests, "timeout");
+    // gRPC refuses with a trailers-only response (HTTP 200, no DATA): the
+    // answers of the phase must carry at least `min_data` bytes of DATA
+    // each on average, or the phase counts its calls as failed.
+    // "traffic: 3.36MB (3525120) total, 1.11MB (1163520) headers (…), 1.55MB (1625600) data"
+    let data: u64 = text
+        .lines()
+        .find(|l| l.starts_with("traffic:"))
+        .and_then(|l| l.rsplit('(').next())
+        .and_then(|t| t.split(')').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let done = field(requests, "succeeded").max(1);
+    if data < done * min_data {
+        failed = failed.max(done);
+    }
     let log_text = std::fs::read_to_string(log).unwrap_or_default();
     let mut lat = Vec::new();
     let mut bad = 0;
@@ -394,8 +445,17 @@ fn h2load(
             _ => bad += 1,
         }
     }
+    // "finished in 3.00s, 2999.67 req/s, 1.11MB/s" (the measured period)
+    let rate = text
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(lat.len() as f64 / secs as f64);
     Phase {
-        rate: lat.len() as f64 / secs as f64,
+        cpu_per_call: 0.0,
+        rate,
         lat,
         errors: failed.max(bad),
     }
@@ -695,7 +755,16 @@ async fn main() {
             Some(r) => (H2_CLIENTS, Some(r / H2_CLIENTS)),
             None => (CALLERS as u32, None),
         };
-        h2load(url, body, headers, clients, rps, h1, &log)
+        // A gRPC answer carries at least its 5-byte frame header; the
+        // upstream's, its JSON document.
+        let min_data = if h1 { 10 } else { 5 };
+        let before = cpu_us(pid);
+        let mut p = h2load(url, body, headers, clients, rps, h1, min_data, &log);
+        if !h1 {
+            // (its 1 s warm-up runs at the same rate)
+            p.cpu_per_call = (cpu_us(pid) - before) / (p.rate * (phase_secs() + 1) as f64).max(1.0);
+        }
+        p
     };
 
     println!(
@@ -703,25 +772,41 @@ async fn main() {
         phase_secs()
     );
     println!("sidecar RSS idle: {:.1} MiB", idle_rss as f64 / 1024.0);
+    if let Ok(op) = std::env::var("WARDEN_BENCH_PROFILE") {
+        // For a profiler attached to the sidecar: one operation flat out,
+        // alone (`ping`, `authorize` or `upstream_ok`).
+        let op: &'static str = match op.as_str() {
+            "ping" => "ping",
+            "authorize" => "authorize",
+            _ => "upstream_ok",
+        };
+        println!("PROFILE sidecar pid {pid}");
+        with_cpu(pid, drive(None, agent_op(&agents, op)))
+            .await
+            .line(op);
+        return;
+    }
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("\nround {round}");
         let mut o = Round::default();
         println!("  own client, {RATE}/s:");
-        o.floor = drive(Some(RATE), agent_op(&agents, "ping")).await;
+        o.floor = with_cpu(pid, drive(Some(RATE), agent_op(&agents, "ping"))).await;
         o.floor.line("floor (Ping)");
-        o.authorize = drive(Some(RATE), agent_op(&agents, "authorize")).await;
+        o.authorize = with_cpu(pid, drive(Some(RATE), agent_op(&agents, "authorize"))).await;
         o.authorize.line("Authorize");
         o.direct = drive(Some(RATE), Arc::clone(&direct)).await;
         o.direct.line("direct call to the upstream");
-        o.call = drive(Some(RATE), agent_op(&agents, "upstream_ok")).await;
+        o.call = with_cpu(pid, drive(Some(RATE), agent_op(&agents, "upstream_ok"))).await;
         o.call.line("CallTool → HTTP upstream");
         println!("  own client, flat out:");
-        let f = drive(None, agent_op(&agents, "ping")).await;
+        let f = with_cpu(pid, drive(None, agent_op(&agents, "ping"))).await;
         f.line("floor (Ping)");
         let d = drive(None, Arc::clone(&direct)).await;
         d.line("direct call to the upstream");
-        let c = drive(None, agent_op(&agents, "upstream_ok")).await;
+        let a = with_cpu(pid, drive(None, agent_op(&agents, "authorize"))).await;
+        a.line("Authorize");
+        let c = with_cpu(pid, drive(None, agent_op(&agents, "upstream_ok"))).await;
         c.line("CallTool → HTTP upstream");
         (o.floor_max, o.direct_max, o.call_max) = (f.rate, d.rate, c.rate);
         ours.push(o);

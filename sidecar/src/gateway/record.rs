@@ -146,21 +146,42 @@ enum Message {
     Flush(SyncSender<()>),
 }
 
+/// How long the writer naps after a burst before it waits for the next
+/// line: while calls keep coming, they find it napping, not waiting, so a
+/// call's send wakes no thread (one wakeup per nap instead of one per
+/// line). A line is written at most this much later.
+const NAP: std::time::Duration = std::time::Duration::from_millis(1);
+
 fn writer(rx: Receiver<Message>) {
-    for m in rx {
-        match m {
-            // A line that cannot be written (a panicking subscriber) must
-            // not take the queue and every line in it down with it.
-            Message::Line(l) => {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.emit())).is_err() {
-                    eprintln!(
-                        "warden: an audit line could not be written (the log subscriber panicked)"
-                    );
-                }
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        loop {
+            while let Some(m) = next.take().or_else(|| rx.try_recv().ok()) {
+                handle(m);
             }
-            Message::Flush(done) => {
-                let _ = done.send(());
+            std::thread::sleep(NAP);
+            match rx.try_recv() {
+                Ok(m) => next = Some(m),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
             }
+        }
+    }
+}
+
+fn handle(m: Message) {
+    match m {
+        // A line that cannot be written (a panicking subscriber) must not
+        // take the queue and every line in it down with it.
+        Message::Line(l) => {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.emit())).is_err() {
+                eprintln!(
+                    "warden: an audit line could not be written (the log subscriber panicked)"
+                );
+            }
+        }
+        Message::Flush(done) => {
+            let _ = done.send(());
         }
     }
 }
