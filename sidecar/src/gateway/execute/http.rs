@@ -2,26 +2,234 @@
 //! and the call's arguments (a URL template, query parameters or a JSON
 //! body), secrets are injected into headers and body fields, and the
 //! answer is read within a timeout and a size cap. TLS is rustls with the
-//! ring provider; connections are pooled per TLS configuration.
+//! ring provider; connections are pooled per TLS configuration and
+//! upstream ([`Pool`]), and each exchange is driven by the call that makes
+//! it: the call writes the request and reads the answer on its own task,
+//! with no hand-off to a connection task and back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tower::ServiceExt;
 use warden_shared::policy::{Upstream, UpstreamTls};
 
 use super::Output;
 use super::secrets::Secret;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Arc<Pool>;
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+/// Longest a connection is kept idle.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per upstream (scheme, host and port).
+const MAX_IDLE: usize = 64;
+/// Upstreams with idle connections, at most (the pool is emptied past it).
+const MAX_UPSTREAMS: usize = 1024;
+
+/// One HTTP/1.1 connection to an upstream.
+struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    conn: http1::Connection<Io, Full<Bytes>>,
+    idle_since: Instant,
+}
+
+/// The HTTP/1.1 connections of one TLS configuration, idle ones kept per
+/// upstream. A connection in use belongs to the call using it, which polls
+/// it while it sends its request and reads the answer; an idle one is not
+/// polled, so a connection the upstream closed meanwhile is found closed
+/// when taken, and the request (not sent yet) goes once more on a new one.
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    idle: Mutex<HashMap<String, Vec<Conn>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self
+            .idle
+            .lock()
+            .map_or(0, |m| m.values().map(Vec::len).sum());
+        f.debug_struct("Pool")
+            .field("idle", &idle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a call on one connection ended.
+enum Driven {
+    /// The answer (its head and body), and whether the connection may be
+    /// used again.
+    Answer(http::response::Parts, Bytes, bool),
+    /// The connection was closed before the request left: it can go on
+    /// another.
+    NotSent(http::Request<Full<Bytes>>),
+    /// Failed after the request may have left.
+    Failed(Failure),
+}
+
+fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static), max: usize) -> Failure {
+    if e.downcast_ref::<http_body_util::LengthLimitError>()
+        .is_some()
+    {
+        Failure::TooLarge(max)
+    } else {
+        Failure::Unavailable(e.to_string())
+    }
+}
+
+/// Sends `req` on `c` and reads the answer (at most `max` body bytes),
+/// polling the connection on this task.
+async fn drive(c: &mut Conn, req: http::Request<Full<Bytes>>, max: usize) -> Driven {
+    let Conn { sender, conn, .. } = c;
+    let exchange = async move {
+        if std::future::poll_fn(|cx| sender.poll_ready(cx))
+            .await
+            .is_err()
+        {
+            return Driven::NotSent(req);
+        }
+        let resp = match sender.try_send_request(req).await {
+            Ok(r) => r,
+            Err(mut e) => {
+                return match e.take_message() {
+                    Some(req) => Driven::NotSent(req),
+                    None => Driven::Failed(Failure::Unavailable(error_chain(e.error()))),
+                };
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        match Limited::new(body, max).collect().await {
+            Ok(b) => Driven::Answer(parts, b.to_bytes(), true),
+            Err(e) => Driven::Failed(body_error(e.as_ref(), max)),
+        }
+    };
+    tokio::pin!(exchange);
+    let mut ended = false;
+    loop {
+        tokio::select! {
+            biased;
+            d = &mut exchange => {
+                return match d {
+                    Driven::Answer(parts, body, _) => Driven::Answer(parts, body, !ended),
+                    other => other,
+                };
+            }
+            // The connection ended (closed, or failed): the exchange now
+            // finishes with what it had, or fails.
+            _ = &mut *conn, if !ended => ended = true,
+        }
+    }
+}
+
+impl Pool {
+    fn new(connector: HttpsConnector<HttpConnector>) -> Self {
+        Self {
+            connector,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(&self, key: &str) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(key)?;
+        while let Some(c) = list.pop() {
+            if c.idle_since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: String, mut c: Conn) {
+        c.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= MAX_UPSTREAMS && !idle.contains_key(&key) {
+            idle.clear();
+        }
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(c);
+        }
+    }
+
+    async fn connect(&self, uri: http::Uri) -> Result<Conn, Failure> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(uri)
+            .await
+            .map_err(|e| Failure::Unavailable(error_chain(e.as_ref())))?;
+        let (sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| Failure::Unavailable(error_chain(&e)))?;
+        Ok(Conn {
+            sender,
+            conn,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Sends `req` (an absolute URI) and reads the answer, at most `max`
+    /// body bytes, on a pooled connection or a new one.
+    async fn exchange(
+        &self,
+        mut req: http::Request<Full<Bytes>>,
+        max: usize,
+    ) -> Result<(http::response::Parts, Bytes), Failure> {
+        let uri = req.uri().clone();
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(Failure::Build(format!("{uri} is not an absolute URL")));
+        };
+        let key = format!("{scheme}://{}", authority.as_str());
+        // HTTP/1.1 on the wire: the path in the request line, the
+        // authority in `Host`.
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| Failure::Build(format!("{uri}: invalid authority")))?;
+        req.headers_mut().insert(http::header::HOST, host);
+        *req.uri_mut() = uri.path_and_query().map_or_else(
+            || http::Uri::from_static("/"),
+            |p| http::Uri::from(p.clone()),
+        );
+        let mut pooled = true;
+        loop {
+            let mut c = match self.take(&key) {
+                Some(c) => c,
+                None => {
+                    pooled = false;
+                    self.connect(uri.clone()).await?
+                }
+            };
+            match drive(&mut c, req, max).await {
+                Driven::Answer(parts, body, reusable) => {
+                    if reusable && !c.sender.is_closed() {
+                        self.put(key, c);
+                    }
+                    return Ok((parts, body));
+                }
+                // A pooled connection the upstream had closed: once more, on
+                // a new one.
+                Driven::NotSent(r) if pooled => req = r,
+                Driven::NotSent(_) => {
+                    return Err(Failure::Unavailable(
+                        "the connection closed before the request was sent".into(),
+                    ));
+                }
+                Driven::Failed(f) => return Err(f),
+            }
+        }
+    }
+}
 
 /// Why an upstream call failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +276,7 @@ fn client(tls: rustls::ClientConfig) -> HttpClient {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
-        .build(https)
+    Arc::new(Pool::new(https))
 }
 
 fn roots(ca_file: Option<&str>) -> Result<rustls::RootCertStore, String> {
@@ -340,33 +545,17 @@ pub async fn call(clients: &Clients, c: Call<'_>) -> Result<Output, Failure> {
     let client = clients.get(tls, client_auth)?;
     let req = build(&c)?;
     let exchange = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| Failure::Unavailable(error_chain(&e)))?;
-        let status = resp.status().as_u16();
-        if let Some(enc) = coding_refused(resp.headers()) {
+        let (parts, body) = client.exchange(req, c.max_bytes).await?;
+        let status = parts.status.as_u16();
+        if let Some(enc) = coding_refused(&parts.headers) {
             return Err(Failure::Encoded(enc));
         }
-        let content_type = resp
-            .headers()
+        let content_type = parts
+            .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_owned();
-        let body = Limited::new(resp.into_body(), c.max_bytes)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    Failure::TooLarge(c.max_bytes)
-                } else {
-                    Failure::Unavailable(e.to_string())
-                }
-            })?
-            .to_bytes();
         Ok(Output {
             content: body.to_vec(),
             content_type,
@@ -576,6 +765,107 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+
+    /// A raw HTTP/1.1 upstream: answers each request on a connection with
+    /// `ok`, keeping the connection (`close_after` answers per connection,
+    /// then closes it without saying so). Returns its address and a count
+    /// of the connections it accepted, and of the requests it saw, each
+    /// with its request line and `Host`.
+    async fn raw_upstream(
+        close_after: usize,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<Mutex<Vec<String>>>,
+    ) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (a, s) = (Arc::clone(&accepted), Arc::clone(&seen));
+        tokio::spawn(async move {
+            loop {
+                let (sock, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    let mut sock = tokio::io::BufReader::new(sock);
+                    for _ in 0..close_after {
+                        let mut head = Vec::new();
+                        loop {
+                            let mut line = String::new();
+                            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push(line.trim_end().to_owned());
+                        }
+                        let host = head
+                            .iter()
+                            .find(|l| l.to_ascii_lowercase().starts_with("host:"))
+                            .cloned()
+                            .unwrap_or_default();
+                        s.lock().unwrap().push(format!("{} | {host}", head[0]));
+                        sock.get_mut()
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                    }
+                    // Closed without a `Connection: close`: a pooled
+                    // connection goes stale.
+                });
+            }
+        });
+        (addr, accepted, seen)
+    }
+
+    async fn get(clients: &Clients, u: &Upstream) -> Result<Output, Failure> {
+        call(
+            clients,
+            Call {
+                upstream: u,
+                args: &serde_json::json!({}),
+                secrets: &HashMap::new(),
+                call_id: "c",
+                trace_id: "",
+                timeout: Duration::from_secs(5),
+                max_bytes: 1024,
+            },
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_is_used_again_and_a_stale_one_replaced() {
+        let (addr, accepted, seen) = raw_upstream(usize::MAX).await;
+        let mut u = upstream(&format!("http://{addr}/x?q=1"), "GET");
+        u.headers.clear();
+        let clients = Clients::default();
+        for _ in 0..3 {
+            assert_eq!(get(&clients, &u).await.unwrap().content, b"ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The request line carries the path, `Host` the authority.
+        let lines = seen.lock().unwrap().clone();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], format!("GET /x?q=1 HTTP/1.1 | host: {addr}"));
+
+        // An upstream that closes each connection after one answer: the
+        // pooled connection is stale by the next call, which goes on a new
+        // one and succeeds.
+        let (addr, accepted, _) = raw_upstream(1).await;
+        let mut u = upstream(&format!("http://{addr}/y"), "GET");
+        u.headers.clear();
+        for _ in 0..3 {
+            assert_eq!(get(&clients, &u).await.unwrap().content, b"ok");
+            // Let the close reach the pooled connection's socket.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     fn futures_body(req: http::Request<Full<Bytes>>) -> Bytes {
