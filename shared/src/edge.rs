@@ -7,9 +7,10 @@
 //! whose framing is truncated or bad, with `INTERNAL`, none carrying an
 //! `ErrorInfo`; [`ReasonedRefusalsLayer`] rewrites them to
 //! `RESOURCE_EXHAUSTED` / `REQUEST_TOO_LARGE` and `INVALID_ARGUMENT` /
-//! `REQUEST_MALFORMED` (a compressed-flag without `grpc-encoding`, and an
+//! `REQUEST_MALFORMED`; a compressed-flag without `grpc-encoding`, and an
 //! unsupported encoding, keep the codes the gRPC specification requires,
-//! `INTERNAL` and `UNIMPLEMENTED`, and get the reason). (Undecodable messages are
+//! `INTERNAL` and `UNIMPLEMENTED`, with the reasons `COMPRESSION_UNNAMED`
+//! and `COMPRESSION_UNSUPPORTED`. (Undecodable messages are
 //! refused by the [codec](crate::codec) itself.) Only the statuses tonic
 //! writes are touched: they are recognised by code and by tonic's message,
 //! and no handler of ours answers with those codes.

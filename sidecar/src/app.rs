@@ -75,6 +75,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(config.data_dir.join("ended-sessions.json")),
         Arc::clone(&state),
     ));
+    // Unknown key ids ask the mesh module for a JWKS fetch: wired before
+    // any server starts (the task that answers starts below).
+    let (keys_tx, keys_rx) = tokio::sync::mpsc::channel(crate::mesh::keys::QUEUE);
+    auth.set_key_refresh(keys_tx);
     // Enforce the last acknowledged state at once, even with the control
     // plane away; a tampered snapshot is refused.
     let snapshots = crate::mesh::SnapshotFile::new(&config.data_dir);
@@ -303,8 +307,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }));
     // Unknown key ids ask for a fetch; the periodic one also drops keys
     // the control plane no longer publishes.
-    let (keys_tx, keys_rx) = tokio::sync::mpsc::channel(crate::mesh::keys::QUEUE);
-    auth.set_key_refresh(keys_tx);
     let keys = crate::mesh::keys::run(
         Arc::clone(&identity),
         Arc::clone(&cp),

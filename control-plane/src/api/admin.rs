@@ -387,8 +387,12 @@ impl AdminService for AdminApi {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "signing key rotation failed");
+                let reason = match e {
+                    crate::identity::keys::Error::Store(_) => Reason::StoreUnavailable,
+                    _ => Reason::Internal,
+                };
                 status(
-                    Reason::StoreUnavailable,
+                    reason,
                     "signing key rotation failed; see the control plane log",
                 )
             })?;

@@ -85,13 +85,21 @@ pub type KeyRefresh = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>
 const REFRESH_WAIT: Duration = Duration::from_secs(3);
 
 /// What a request presents to stage 1: its bearer token (or why it has
-/// none) and the identity the token must be bound to.
-#[derive(Debug)]
+/// none) and the identity the token must be bound to. `Debug` leaves the
+/// token out.
 pub struct Credentials<'a> {
     /// The bearer token, or the refusal for a request without one.
     pub token: Result<&'a str, Refusal>,
     /// This sidecar's certificates when the request arrived.
     pub identity: Snapshot,
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|t| t.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Credentials<'a> {
@@ -162,11 +170,9 @@ impl Authenticator {
         let token = creds.token.as_ref().map_err(Clone::clone)?;
         let ids = &creds.identity;
         match self.verify_held(token, ids, crate::now_unix()) {
-            Err(Error::Token(token::Error::UnknownKey(_))) if self.may_refresh() => {
-                self.fetch_keys().await;
-                self.verify_held(token, ids, crate::now_unix())
-                    .map_err(|e| auth_denial(&e))
-            }
+            Err(Error::Token(token::Error::UnknownKey(_))) if self.fetch_keys().await => self
+                .verify_held(token, ids, crate::now_unix())
+                .map_err(|e| auth_denial(&e)),
             r => r.map_err(|e| {
                 tracing::info!(error = %e, "token refused");
                 auth_denial(&e)
@@ -174,16 +180,26 @@ impl Authenticator {
         }
     }
 
-    /// Asks for a JWKS fetch and waits (bounded) until it is installed.
-    async fn fetch_keys(&self) {
+    /// Asks for a JWKS fetch (at most one per [`REFRESH_INTERVAL`]) and
+    /// waits, bounded, until it is installed. False when none was asked
+    /// for (too soon, or nowhere to ask).
+    async fn fetch_keys(&self) -> bool {
         let Some(refresh) = self.refresh.get() else {
-            return;
+            return false;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if refresh.try_send(tx).is_err() {
-            return;
+        {
+            let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
+                return false;
+            }
+            if refresh.try_send(tx).is_err() {
+                return false;
+            }
+            *last = Some(Instant::now());
         }
         let _ = tokio::time::timeout(REFRESH_WAIT, rx).await;
+        true
     }
 
     /// What the control plane pushed, as this authenticator reads it.
@@ -195,16 +211,6 @@ impl Authenticator {
     /// SPIFFE ID).
     pub fn agent_id(&self) -> &str {
         self.audience.rsplit('/').next().unwrap_or_default()
-    }
-
-    /// Whether a refresh for an unknown key may run now (rate-limited).
-    pub fn may_refresh(&self) -> bool {
-        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
     }
 
     /// Marks a session as ended here until its token would have expired,

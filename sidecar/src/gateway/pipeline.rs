@@ -87,7 +87,11 @@ pub struct Decision {
 impl Decision {
     /// The stages the call passed.
     pub fn passed(&self) -> impl Iterator<Item = Stage> + '_ {
-        let stop = self.refusal.as_ref().and_then(|r| r.stage);
+        // A refusal that names no stage stops the call before any.
+        let stop = self
+            .refusal
+            .as_ref()
+            .map(|r| r.stage.unwrap_or(Stage::Authenticate));
         CHECKS
             .into_iter()
             .take_while(move |s| stop.is_none_or(|stop| *s < stop))

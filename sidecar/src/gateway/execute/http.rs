@@ -40,15 +40,19 @@ const MAX_UPSTREAMS: usize = 1024;
 /// One HTTP/1.1 connection to an upstream.
 struct Conn {
     sender: http1::SendRequest<Full<Bytes>>,
-    conn: http1::Connection<Io, Full<Bytes>>,
+    /// `None` once it has ended (dropped then, which hands back a request
+    /// it had not sent).
+    conn: Option<http1::Connection<Io, Full<Bytes>>>,
     idle_since: Instant,
 }
 
 /// The HTTP/1.1 connections of one TLS configuration, idle ones kept per
 /// upstream. A connection in use belongs to the call using it, which polls
-/// it while it sends its request and reads the answer; an idle one is not
-/// polled, so a connection the upstream closed meanwhile is found closed
-/// when taken, and the request (not sent yet) goes once more on a new one.
+/// it while it sends its request and reads the answer. An idle one is not
+/// polled: when taken, it is polled once without waiting, so that an end
+/// of stream the upstream sent meanwhile is seen and the connection
+/// dropped; one that ends while the request is still unsent is dropped
+/// too, and the request goes once more on a new connection.
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
     idle: Mutex<HashMap<String, Vec<Conn>>>,
@@ -115,20 +119,20 @@ async fn drive(c: &mut Conn, req: http::Request<Full<Bytes>>, max: usize) -> Dri
         }
     };
     tokio::pin!(exchange);
-    let mut ended = false;
-    loop {
-        tokio::select! {
-            biased;
-            d = &mut exchange => {
-                return match d {
-                    Driven::Answer(parts, body, _) => Driven::Answer(parts, body, !ended),
-                    other => other,
-                };
-            }
-            // The connection ended (closed, or failed): the exchange now
-            // finishes with what it had, or fails.
-            _ = &mut *conn, if !ended => ended = true,
+    let driven = std::future::poll_fn(|cx| {
+        if let Some(io) = conn.as_mut()
+            && std::pin::Pin::new(io).poll(cx).is_ready()
+        {
+            // Ended (closed, or failed): dropped, which hands back a
+            // request it had not sent, and fails an answer half read.
+            *conn = None;
         }
+        exchange.as_mut().poll(cx)
+    })
+    .await;
+    match driven {
+        Driven::Answer(parts, body, _) => Driven::Answer(parts, body, conn.is_some()),
+        other => other,
     }
 }
 
@@ -143,8 +147,16 @@ impl Pool {
     fn take(&self, key: &str) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
-        while let Some(c) = list.pop() {
-            if c.idle_since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed() {
+        // An end of stream that arrived while it was idle is read here,
+        // without waiting.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while let Some(mut c) = list.pop() {
+            if c.idle_since.elapsed() >= IDLE_TIMEOUT || c.sender.is_closed() {
+                continue;
+            }
+            if let Some(io) = c.conn.as_mut()
+                && std::pin::Pin::new(io).poll(&mut cx).is_pending()
+            {
                 return Some(c);
             }
         }
@@ -158,6 +170,7 @@ impl Pool {
             idle.clear();
         }
         let list = idle.entry(key).or_default();
+        list.retain(|c| c.idle_since.elapsed() < IDLE_TIMEOUT);
         if list.len() < MAX_IDLE {
             list.push(c);
         }
@@ -175,7 +188,7 @@ impl Pool {
             .map_err(|e| Failure::Unavailable(error_chain(&e)))?;
         Ok(Conn {
             sender,
-            conn,
+            conn: Some(conn),
             idle_since: Instant::now(),
         })
     }
@@ -211,8 +224,8 @@ impl Pool {
                 }
             };
             match drive(&mut c, req, max).await {
-                Driven::Answer(parts, body, reusable) => {
-                    if reusable && !c.sender.is_closed() {
+                Driven::Answer(parts, body, live) => {
+                    if live && !c.sender.is_closed() {
                         self.put(key, c);
                     }
                     return Ok((parts, body));
@@ -778,18 +791,20 @@ mod tests {
         std::net::SocketAddr,
         Arc<std::sync::atomic::AtomicUsize>,
         Arc<Mutex<Vec<String>>>,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
     ) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
         let (a, s) = (Arc::clone(&accepted), Arc::clone(&seen));
         tokio::spawn(async move {
             loop {
                 let (sock, _) = listener.accept().await.unwrap();
                 a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let s = Arc::clone(&s);
+                let (s, closed_tx) = (Arc::clone(&s), closed_tx.clone());
                 tokio::spawn(async move {
                     let mut sock = tokio::io::BufReader::new(sock);
                     for _ in 0..close_after {
@@ -817,10 +832,12 @@ mod tests {
                     }
                     // Closed without a `Connection: close`: a pooled
                     // connection goes stale.
+                    drop(sock);
+                    let _ = closed_tx.send(());
                 });
             }
         });
-        (addr, accepted, seen)
+        (addr, accepted, seen, closed)
     }
 
     async fn get(clients: &Clients, u: &Upstream) -> Result<Output, Failure> {
@@ -841,7 +858,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_alive_connection_is_used_again_and_a_stale_one_replaced() {
-        let (addr, accepted, seen) = raw_upstream(usize::MAX).await;
+        let (addr, accepted, seen, _) = raw_upstream(usize::MAX).await;
         let mut u = upstream(&format!("http://{addr}/x?q=1"), "GET");
         u.headers.clear();
         let clients = Clients::default();
@@ -857,15 +874,19 @@ mod tests {
         // An upstream that closes each connection after one answer: the
         // pooled connection is stale by the next call, which goes on a new
         // one and succeeds.
-        let (addr, accepted, _) = raw_upstream(1).await;
+        let (addr, accepted, _, mut closed) = raw_upstream(1).await;
         let mut u = upstream(&format!("http://{addr}/y"), "GET");
         u.headers.clear();
-        for _ in 0..3 {
+        for n in 1..=3 {
+            // Quickly: a stale connection must not wait for the timeout.
+            let t = Instant::now();
             assert_eq!(get(&clients, &u).await.unwrap().content, b"ok");
-            // Let the close reach the pooled connection's socket.
-            tokio::task::yield_now().await;
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            // The upstream has closed the connection the answer came on
+            // (it sits in the pool, closed, unknown to it).
+            closed.recv().await.unwrap();
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), n);
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     fn futures_body(req: http::Request<Full<Bytes>>) -> Bytes {
