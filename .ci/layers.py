@@ -16,7 +16,7 @@ LAYERS = [
     ["state", "cp"],
     ["gateway"],
     ["mesh", "a2a"],
-    ["api"],
+    ["api", "mcp"],
     ["health"],
     ["app"],
 ]

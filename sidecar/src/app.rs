@@ -34,6 +34,8 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub struct Running {
     /// Bound agent API address (`None` with TCP turned off).
     pub agent_addr: Option<SocketAddr>,
+    /// Bound MCP front door address (`None` unless `mcp_listen` is set).
+    pub mcp_addr: Option<SocketAddr>,
     /// Agent API Unix socket.
     pub socket_path: PathBuf,
     /// Bound health address.
@@ -344,9 +346,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         id3.run(rx3).await;
         Ok(())
     }));
-    tracing::info!(agent_addr = ?agent_addr, messaging_addr = ?messaging_addr, socket = %socket_path.display(), %health_addr, spiffe_id = %expected, "sidecar serving");
+    let mcp_addr = match config.mcp_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            let local = l.local_addr()?;
+            let server = Arc::new(crate::mcp::McpServer::new(
+                Arc::clone(&gateway),
+                Arc::clone(&identity),
+                local,
+            ));
+            tasks.push(tokio::spawn(crate::mcp::serve(l, server, rx.clone())));
+            Some(local)
+        }
+        None => None,
+    };
+    tracing::info!(agent_addr = ?agent_addr, mcp_addr = ?mcp_addr, messaging_addr = ?messaging_addr, socket = %socket_path.display(), %health_addr, spiffe_id = %expected, "sidecar serving");
     Ok(Running {
         agent_addr,
+        mcp_addr,
         socket_path,
         health_addr,
         data_dir: config.data_dir.clone(),

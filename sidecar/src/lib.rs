@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod health;
 pub mod identity;
 pub mod infra;
+pub mod mcp;
 pub mod mesh;
 pub mod policy;
 pub mod state;

@@ -55,6 +55,9 @@ struct Cli {
     /// Health HTTP address (/healthz, /readyz).
     #[arg(long, env = env::HEALTH_LISTEN)]
     health_listen: Option<SocketAddr>,
+    /// Serve MCP (streamable HTTP, at /mcp) on this loopback address, e.g. 127.0.0.1:7603.
+    #[arg(long, value_name = "ADDR")]
+    mcp_listen: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long, env = env::LOG_FORMAT)]
     log_format: Option<String>,
@@ -101,6 +104,9 @@ fn build(cli: Cli) -> Result<Config, String> {
     }
     if let Some(v) = cli.health_listen {
         c.health_listen = v;
+    }
+    if let Some(v) = cli.mcp_listen {
+        c.mcp_listen = Some(v);
     }
     if let Some(v) = cli.log_format {
         c.log_format = v;

@@ -243,7 +243,10 @@ impl GatewayMesh {
             })
             .await?;
         let token = mesh.join_token("a1").await?;
-        let sidecar = warden_sidecar::app::start(mesh.sidecar_config("a1", Some(token))).await?;
+        let mut config = mesh.sidecar_config("a1", Some(token));
+        // The MCP front door too, on a port of its own.
+        config.mcp_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let sidecar = warden_sidecar::app::start(config).await?;
         let held = eventually(Duration::from_secs(10), || async {
             sidecar.auth.state().held().policy.is_some()
         })

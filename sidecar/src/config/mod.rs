@@ -106,6 +106,10 @@ pub struct Config {
     /// Health HTTP endpoint (`/healthz`, `/readyz`).
     #[serde(default = "default_health")]
     pub health_listen: SocketAddr,
+    /// The MCP front door (streamable HTTP at `/mcp`); must be a loopback
+    /// address. Off unless set.
+    #[serde(default)]
+    pub mcp_listen: Option<SocketAddr>,
     /// Join token for the first enrollment (never logged).
     #[serde(default, skip_serializing)]
     pub join_token: Option<String>,
@@ -209,6 +213,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("socket", &self.socket_path())
             .field("health_listen", &self.health_listen)
+            .field("mcp_listen", &self.mcp_listen)
             .field(
                 "join_token",
                 &self.join_token.as_ref().map(|_| "[redacted]"),
@@ -254,6 +259,7 @@ impl Config {
             listen: default_listen(),
             socket: None,
             health_listen: default_health(),
+            mcp_listen: None,
             join_token: None,
             renew_fraction: default_renew_fraction(),
             max_policy_age_secs: None,
@@ -311,6 +317,13 @@ impl Config {
             return Err(Error::Invalid(format!(
                 "listen {} is not a loopback address; the agent API must not be reachable from the network",
                 self.listen
+            )));
+        }
+        if let Some(m) = self.mcp_listen
+            && !m.ip().is_loopback()
+        {
+            return Err(Error::Invalid(format!(
+                "mcp_listen {m} is not a loopback address; the MCP front door must not be reachable from the network"
             )));
         }
         if !(0.1..=0.9).contains(&self.renew_fraction) {

@@ -1,0 +1,521 @@
+//! The MCP front door: the Model Context Protocol's streamable HTTP
+//! transport on a loopback address, beside the gRPC agent API and in front
+//! of the same pipeline. One endpoint, `/mcp`, takes JSON-RPC requests by
+//! `POST` and answers each with `application/json`; notifications and
+//! responses get `202 Accepted`. The server is stateless (no
+//! `Mcp-Session-Id`, no server-to-client stream: `GET` is `405`).
+//!
+//! - Authentication is the session token as a bearer, on every request, as
+//!   the MCP authorization rules have a resource server do: a missing or
+//!   refused token gets `401` with a `WWW-Authenticate` challenge naming
+//!   the protected resource metadata (RFC 9728), served at
+//!   `/.well-known/oauth-protected-resource`. The token is checked exactly
+//!   as on the agent API (audience: this agent; bound to this sidecar's
+//!   certificate) and is never passed to an upstream.
+//! - A browser or a tricked fetch cannot use it: a request with an `Origin`
+//!   other than a loopback one is refused (`403`), and only
+//!   `Content-Type: application/json` is accepted, which no simple
+//!   (unpreflighted) cross-origin request can send.
+//! - `tools/list` shows what the session may call; `tools/call` runs every
+//!   stage; a refusal is a tool error (`isError`) whose text and `_meta`
+//!   carry Warden's reason, stage and rule. An unknown tool is the
+//!   protocol's `-32602`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use warden_shared::refusal::{Reason, Refusal, Stage};
+
+use crate::gateway::authenticate::Credentials;
+use crate::gateway::pipeline::{self, Gateway};
+use crate::identity::rotation::Manager;
+
+/// Protocol revisions spoken, newest first: a client asking for one of
+/// them gets it; any other gets the newest.
+pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The endpoint's path.
+pub const PATH: &str = "/mcp";
+/// Where the protected resource metadata is served.
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+// JSON-RPC error codes.
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+const METHOD_NOT_FOUND: i64 = -32601;
+const INVALID_PARAMS: i64 = -32602;
+
+/// The front door's parts.
+#[derive(Debug)]
+pub struct McpServer {
+    gateway: Arc<Gateway>,
+    identity: Arc<Manager>,
+    addr: SocketAddr,
+}
+
+type Answer = http::Response<Full<Bytes>>;
+
+fn json_answer(status: StatusCode, body: &Value) -> Answer {
+    let mut r = http::Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn empty(status: StatusCode) -> Answer {
+    let mut r = http::Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+fn rpc_error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(d) = data {
+        error["data"] = d;
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": error})
+}
+
+fn rpc_result(id: &Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// A refusal's reason, stage and rule, for a tool error's `_meta` or an
+/// error's `data`.
+fn refusal_meta(r: &Refusal) -> Value {
+    let mut m = json!({"reason": r.reason.as_str(), "stage": r.stage_str()});
+    if !r.rule.is_empty() {
+        m["rule"] = json!(r.rule);
+    }
+    if let Some(ms) = r.retry_after_ms {
+        m["retry_after_ms"] = json!(ms);
+    }
+    m
+}
+
+/// Whether `origin` is a page served from this machine's loopback.
+fn loopback_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().map(|h| format!("[{h}]")),
+        None => rest.split(':').next().map(str::to_owned),
+    };
+    matches!(host.as_deref(), Some("localhost" | "127.0.0.1" | "[::1]"))
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl McpServer {
+    /// The front door to `gateway`, for requests bound to `identity`'s
+    /// certificate, served at `addr`.
+    pub fn new(gateway: Arc<Gateway>, identity: Arc<Manager>, addr: SocketAddr) -> Self {
+        Self {
+            gateway,
+            identity,
+            addr,
+        }
+    }
+
+    fn resource(&self) -> String {
+        format!("http://{}{PATH}", self.addr)
+    }
+
+    fn metadata_url(&self) -> String {
+        format!("http://{}{METADATA_PATH}", self.addr)
+    }
+
+    /// `401` with the challenge an MCP client follows to the metadata.
+    fn unauthorized(&self, id: &Value, refusal: &Refusal) -> Answer {
+        let mut challenge = format!("Bearer resource_metadata=\"{}\"", self.metadata_url());
+        if refusal.reason != Reason::TokenMissing {
+            challenge.push_str(", error=\"invalid_token\"");
+        }
+        let mut r = json_answer(
+            StatusCode::UNAUTHORIZED,
+            &rpc_error(
+                id,
+                INVALID_REQUEST,
+                &refusal.message,
+                Some(refusal_meta(refusal)),
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        r
+    }
+
+    /// One HTTP request.
+    pub async fn handle(&self, req: http::Request<Incoming>) -> Answer {
+        let path = req.uri().path().to_owned();
+        if path == METADATA_PATH || path == format!("{METADATA_PATH}{PATH}") {
+            return if req.method() == Method::GET {
+                json_answer(
+                    StatusCode::OK,
+                    &json!({
+                        "resource": self.resource(),
+                        "bearer_methods_supported": ["header"],
+                        "resource_name": "Warden sidecar",
+                    }),
+                )
+            } else {
+                empty(StatusCode::METHOD_NOT_ALLOWED)
+            };
+        }
+        if path != PATH {
+            return empty(StatusCode::NOT_FOUND);
+        }
+        let h = req.headers();
+        if let Some(origin) = h.get(header::ORIGIN)
+            && !origin.to_str().is_ok_and(loopback_origin)
+        {
+            return json_answer(
+                StatusCode::FORBIDDEN,
+                &rpc_error(
+                    &Value::Null,
+                    INVALID_REQUEST,
+                    "cross-origin requests are refused",
+                    None,
+                ),
+            );
+        }
+        if req.method() != Method::POST {
+            let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
+        let json_body = header_str(h, header::CONTENT_TYPE).is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json_body {
+            return json_answer(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &rpc_error(
+                    &Value::Null,
+                    INVALID_REQUEST,
+                    "Content-Type must be application/json",
+                    None,
+                ),
+            );
+        }
+        if let Some(v) = header_str(h, header::HeaderName::from_static("mcp-protocol-version"))
+            && !PROTOCOL_VERSIONS.contains(&v)
+        {
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &Value::Null,
+                    INVALID_REQUEST,
+                    &format!(
+                        "unsupported MCP-Protocol-Version; supported: {}",
+                        PROTOCOL_VERSIONS.join(", ")
+                    ),
+                    None,
+                ),
+            );
+        }
+        // Every request carries the session token.
+        let token = header_str(h, header::AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        let missing = || {
+            Refusal::at(
+                Stage::Authenticate,
+                Reason::TokenMissing,
+                "send the session token as `Authorization: Bearer <token>`",
+            )
+        };
+        let creds = Credentials {
+            token: token.as_deref().ok_or_else(missing),
+            identity: self.identity.snapshot(),
+        };
+        if let Err(r) = self.gateway.authenticate(&creds).await {
+            return match r.code() {
+                tonic::Code::Unauthenticated => self.unauthorized(&Value::Null, &r),
+                code => json_answer(
+                    if code == tonic::Code::PermissionDenied {
+                        StatusCode::FORBIDDEN
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    },
+                    &rpc_error(
+                        &Value::Null,
+                        INVALID_REQUEST,
+                        &r.message,
+                        Some(refusal_meta(&r)),
+                    ),
+                ),
+            };
+        }
+        let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return json_answer(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &rpc_error(
+                        &Value::Null,
+                        INVALID_REQUEST,
+                        &format!("the request is larger than {MAX_BODY_BYTES} bytes"),
+                        None,
+                    ),
+                );
+            }
+        };
+        let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&Value::Null, PARSE_ERROR, "the body is not JSON", None),
+            );
+        };
+        let Value::Object(m) = &msg else {
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &Value::Null,
+                    INVALID_REQUEST,
+                    "one JSON-RPC message per request (batches are not accepted)",
+                    None,
+                ),
+            );
+        };
+        let id = m.get("id").cloned();
+        let valid_id = id
+            .as_ref()
+            .is_none_or(|i| i.is_string() || i.is_i64() || i.is_u64());
+        if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") || !valid_id {
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &Value::Null,
+                    INVALID_REQUEST,
+                    "not a JSON-RPC 2.0 message",
+                    None,
+                ),
+            );
+        }
+        let Some(id) = id else {
+            // A notification, or a response to a request of ours (we send
+            // none): accepted, nothing to answer.
+            return empty(StatusCode::ACCEPTED);
+        };
+        let Some(method) = m.get("method").and_then(Value::as_str) else {
+            if m.contains_key("result") || m.contains_key("error") {
+                return empty(StatusCode::ACCEPTED);
+            }
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&id, INVALID_REQUEST, "a request needs a method", None),
+            );
+        };
+        let params = m.get("params").cloned().unwrap_or(Value::Null);
+        let reply = self.dispatch(&creds, &id, method, &params).await;
+        json_answer(StatusCode::OK, &reply)
+    }
+
+    async fn dispatch(
+        &self,
+        creds: &Credentials<'_>,
+        id: &Value,
+        method: &str,
+        params: &Value,
+    ) -> Value {
+        match method {
+            "initialize" => {
+                let asked = params.get("protocolVersion").and_then(Value::as_str);
+                let version = asked
+                    .filter(|v| PROTOCOL_VERSIONS.contains(v))
+                    .unwrap_or(PROTOCOL_VERSIONS[0]);
+                rpc_result(
+                    id,
+                    json!({
+                        "protocolVersion": version,
+                        "capabilities": {"tools": {"listChanged": false}},
+                        "serverInfo": {
+                            "name": "warden-sidecar",
+                            "version": env!("CARGO_PKG_VERSION"),
+                        },
+                        "instructions": "Tools are enforced by Warden: a refused call is a tool error naming the reason and the stage that refused it.",
+                    }),
+                )
+            }
+            "ping" => rpc_result(id, json!({})),
+            "tools/list" => match self.gateway.list_tools(creds).await {
+                Ok(listing) => {
+                    let tools: Vec<Value> = listing
+                        .tools
+                        .iter()
+                        .map(|t| {
+                            json!({
+                                "name": t.spec.name,
+                                "description": t.spec.description,
+                                "inputSchema": t.spec.input_schema,
+                            })
+                        })
+                        .collect();
+                    rpc_result(id, json!({"tools": tools}))
+                }
+                Err(r) => rpc_error(id, INVALID_REQUEST, &r.message, Some(refusal_meta(&r))),
+            },
+            "tools/call" => self.call(creds, id, params).await,
+            _ => rpc_error(
+                id,
+                METHOD_NOT_FOUND,
+                &format!("method {method:?} is not served here"),
+                None,
+            ),
+        }
+    }
+
+    async fn call(&self, creds: &Credentials<'_>, id: &Value, params: &Value) -> Value {
+        let Some(name) = params.get("name").and_then(Value::as_str) else {
+            return rpc_error(id, INVALID_PARAMS, "tools/call needs a tool name", None);
+        };
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => "{}".to_owned(),
+            Some(a @ Value::Object(_)) => a.to_string(),
+            Some(_) => {
+                return rpc_error(id, INVALID_PARAMS, "arguments must be an object", None);
+            }
+        };
+        let trace_id = params
+            .get("_meta")
+            .and_then(|m| m.get("traceId"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let r = pipeline::Request {
+            rpc: "mcp tools/call",
+            tool: name,
+            arguments: &arguments,
+            reason: "",
+            trace_id,
+        };
+        match self.gateway.call_tool(creds, &r).await {
+            Ok(a) => {
+                let text = String::from_utf8_lossy(&a.content).into_owned();
+                rpc_result(
+                    id,
+                    json!({
+                        "content": [{"type": "text", "text": text}],
+                        "isError": a.upstream_status >= 400,
+                        "_meta": {"warden.dev/call": {
+                            "call_id": a.call_id,
+                            "upstream_status": a.upstream_status,
+                            "content_type": a.content_type,
+                            "redactions": a.redactions,
+                        }},
+                    }),
+                )
+            }
+            Err(refusal) if refusal.reason == Reason::ToolUnknown => rpc_error(
+                id,
+                INVALID_PARAMS,
+                &format!("unknown tool: {name}"),
+                Some(refusal_meta(&refusal)),
+            ),
+            Err(refusal) => rpc_result(
+                id,
+                json!({
+                    "content": [{"type": "text", "text": format!(
+                        "refused by Warden at {}: {}: {}",
+                        refusal.stage_str(),
+                        refusal.reason.as_str(),
+                        refusal.message
+                    )}],
+                    "isError": true,
+                    "_meta": {"warden.dev/refusal": refusal_meta(&refusal)},
+                }),
+            ),
+        }
+    }
+}
+
+/// Serves `server` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<McpServer>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        let (sock, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "mcp: accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
+        let _ = sock.set_nodelay(true);
+        let server = Arc::clone(&server);
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let server = Arc::clone(&server);
+                async move { Ok::<_, std::convert::Infallible>(server.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(64 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_origin;
+
+    #[test]
+    fn only_loopback_origins_pass() {
+        for ok in [
+            "http://localhost:3000",
+            "http://127.0.0.1",
+            "https://[::1]:8443",
+        ] {
+            assert!(loopback_origin(ok), "{ok}");
+        }
+        for bad in [
+            "http://evil.example",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example",
+            "null",
+            "file://",
+            "http://[::2]",
+        ] {
+            assert!(!loopback_origin(bad), "{bad}");
+        }
+    }
+}

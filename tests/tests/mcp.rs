@@ -1,0 +1,356 @@
+//! The MCP front door, from outside: the official Python MCP SDK as the
+//! client (unchanged, its streamable HTTP transport and a bearer token),
+//! and raw HTTP for what the specification says a server must refuse.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails on any unexpected error"
+)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warden_tests::gateway::GatewayMesh;
+
+const NO_PYTHON: &str = "WARDEN_PYTHON must point at a Python with tests/python/requirements.txt installed; run the tests with ./tests/run.sh";
+
+/// One HTTP/1.1 exchange on a fresh connection: status, headers (lower-case
+/// names), body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A JSON-RPC POST with the usual headers and `token`.
+async fn rpc(addr: SocketAddr, token: &str, msg: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("Authorization", &auth),
+        ],
+        msg.to_string().as_bytes(),
+    )
+    .await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_python_sdk_lists_and_calls_tools_through_the_pipeline() {
+    let g = GatewayMesh::start().await.unwrap();
+    let addr = g.sidecar.mcp_addr.expect("MCP front door");
+    let (s, _) = g.session(&["echo:call"], 0, &[]).await.unwrap();
+    let python = std::env::var("WARDEN_PYTHON").expect(NO_PYTHON);
+    let script = format!("{}/python/mcp_client.py", env!("CARGO_MANIFEST_DIR"));
+    let url = format!("http://{addr}/mcp");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(url)
+            .arg(&s.token)
+            .output()
+            .expect("running python")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let seen: Value = serde_json::from_slice(&out.stdout).expect(&stderr);
+    assert_eq!(seen["server"], "warden-sidecar");
+    assert!(
+        warden_sidecar::mcp::PROTOCOL_VERSIONS
+            .contains(&seen["protocol_version"].as_str().unwrap())
+    );
+    // Only what this session may call: `lookup` needs crm:read.
+    let tools: Vec<&str> = seen["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tools.contains(&"echo") && tools.contains(&"limited"),
+        "{tools:?}"
+    );
+    assert!(!tools.contains(&"lookup"), "{tools:?}");
+    assert_eq!(seen["echo_schema"]["required"], json!(["text"]));
+    // An allowed call, end to end.
+    assert_eq!(seen["echo"]["is_error"], false, "{seen}");
+    let echoed: Value = serde_json::from_str(seen["echo"]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(echoed["text"], "hello");
+    // Refusals are tool errors carrying the reason and the stage.
+    let refusal = |k: &str| {
+        (
+            seen[k]["is_error"].clone(),
+            seen[k]["refusal"]["reason"].clone(),
+            seen[k]["refusal"]["stage"].clone(),
+        )
+    };
+    assert_eq!(
+        refusal("invalid"),
+        (json!(true), json!("ARGUMENTS_INVALID"), json!("validate"))
+    );
+    assert_eq!(
+        refusal("scope"),
+        (json!(true), json!("SCOPE_MISSING"), json!("authorize"))
+    );
+    assert!(
+        seen["scope"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("SCOPE_MISSING")
+    );
+    // `limited` allows three calls a minute.
+    let limited = seen["limited"].as_array().unwrap();
+    assert!(
+        limited[..3].iter().all(|l| l["is_error"] == false),
+        "{limited:?}"
+    );
+    assert_eq!(limited[3]["refusal"]["reason"], "RATE_LIMITED");
+    assert_eq!(limited[3]["refusal"]["stage"], "limit");
+    assert!(limited[3]["refusal"]["retry_after_ms"].as_u64().unwrap() > 0);
+    // An unknown tool is the protocol's invalid-params error.
+    assert_eq!(seen["unknown"]["code"], -32602);
+    assert_eq!(seen["unknown"]["data"]["reason"], "TOOL_UNKNOWN");
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_specifications_errors_and_change_nothing() {
+    let g = GatewayMesh::start().await.unwrap();
+    let addr = g.sidecar.mcp_addr.expect("MCP front door");
+    let (s, _) = g.session(&["echo:call"], 0, &[]).await.unwrap();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "raw", "version": "0"}}});
+
+    // No token: 401 and the challenge naming the resource metadata.
+    let (status, h, _) = http(
+        addr,
+        "POST",
+        "/mcp",
+        &[("Content-Type", "application/json")],
+        init.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let challenge = header(&h, "www-authenticate").expect("challenge");
+    let metadata_url = format!("http://{addr}/.well-known/oauth-protected-resource");
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    assert!(
+        challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")),
+        "{challenge}"
+    );
+    // The metadata names this endpoint as the resource.
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        "/.well-known/oauth-protected-resource",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["resource"], format!("http://{addr}/mcp"));
+    assert_eq!(meta["bearer_methods_supported"], json!(["header"]));
+    // A wrong token: 401, invalid_token; the token is not echoed.
+    let bogus = "eyJhbGciOiJFUzI1NiJ9.e30.c2lnbmF0dXJl";
+    let (status, h, body) = http(
+        addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {bogus}")),
+        ],
+        init.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        header(&h, "www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+    assert!(!body.contains(bogus));
+
+    let auth = format!("Bearer {}", s.token);
+    // A page of another origin (a browser, a tricked fetch): refused.
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+            ("Origin", "https://evil.example"),
+        ],
+        init.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // No simple-request path: a form or text body is refused.
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (status, _, _) = http(
+            addr,
+            "POST",
+            "/mcp",
+            &[("Content-Type", ct), ("Authorization", &auth)],
+            init.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 415, "{ct}");
+    }
+    // No server-to-client stream here.
+    let (status, h, _) = http(addr, "GET", "/mcp", &[("Authorization", &auth)], b"").await;
+    assert_eq!(status, 405);
+    assert_eq!(header(&h, "allow"), Some("POST"));
+    // An unsupported protocol revision header.
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+            ("MCP-Protocol-Version", "1999-01-01"),
+        ],
+        init.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Malformed JSON, a batch, not JSON-RPC 2.0, an unknown method.
+    for (body, code) in [
+        ("{\"jsonrpc\": \"2.0\", \"id\": 1,", -32700),
+        (
+            "[{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"ping\"}]",
+            -32600,
+        ),
+        (
+            "{\"jsonrpc\": \"1.0\", \"id\": 1, \"method\": \"ping\"}",
+            -32600,
+        ),
+        (
+            "{\"jsonrpc\": \"2.0\", \"id\": {\"a\": 1}, \"method\": \"ping\"}",
+            -32600,
+        ),
+    ] {
+        let (status, _, reply) = http(
+            addr,
+            "POST",
+            "/mcp",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &auth),
+            ],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["error"]["code"], code, "{body}");
+    }
+    let (status, reply) = rpc(
+        addr,
+        &s.token,
+        &json!({"jsonrpc": "2.0", "id": "x", "method": "resources/list"}),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["error"]["code"].clone(), reply["id"].clone()),
+        (200, json!(-32601), json!("x"))
+    );
+    // Too large: refused before it is parsed.
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}",
+        "x".repeat(warden_sidecar::mcp::MAX_BODY_BYTES)
+    );
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413);
+    // A notification: accepted, no body.
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        br#"{"jsonrpc": "2.0", "method": "notifications/initialized"}"#,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (202, ""));
+    // Still serving, and the version asked for is the version given; an
+    // unknown one gets the newest.
+    let (status, reply) = rpc(addr, &s.token, &init).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["result"]["protocolVersion"], "2025-06-18");
+    let mut other = init.clone();
+    other["params"]["protocolVersion"] = json!("2000-01-01");
+    let (_, reply) = rpc(addr, &s.token, &other).await;
+    assert_eq!(
+        reply["result"]["protocolVersion"],
+        warden_sidecar::mcp::PROTOCOL_VERSIONS[0]
+    );
+    // Nothing was called by the refused requests: the session's first
+    // call of `limited` is allowed three times.
+    for _ in 0..3 {
+        let (_, reply) = rpc(addr, &s.token, &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "limited", "arguments": {}}})).await;
+        assert_eq!(reply["result"]["isError"], false, "{reply}");
+    }
+}
