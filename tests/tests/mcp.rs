@@ -54,6 +54,21 @@ async fn http(
     (status, headers, body.to_owned())
 }
 
+/// A `POST /mcp` of `body` as JSON with `auth` and `extra` headers.
+async fn post(
+    addr: SocketAddr,
+    auth: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Authorization", auth),
+    ];
+    headers.extend_from_slice(extra);
+    http(addr, "POST", "/mcp", &headers, body).await
+}
+
 fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
@@ -217,15 +232,10 @@ async fn bad_requests_get_the_specifications_errors_and_change_nothing() {
 
     let auth = format!("Bearer {}", s.token);
     // A page of another origin (a browser, a tricked fetch): refused.
-    let (status, _, _) = http(
+    let (status, _, _) = post(
         addr,
-        "POST",
-        "/mcp",
-        &[
-            ("Content-Type", "application/json"),
-            ("Authorization", &auth),
-            ("Origin", "https://evil.example"),
-        ],
+        &auth,
+        &[("Origin", "https://evil.example")],
         init.to_string().as_bytes(),
     )
     .await;
@@ -251,15 +261,10 @@ async fn bad_requests_get_the_specifications_errors_and_change_nothing() {
     assert_eq!(status, 405);
     assert_eq!(header(&h, "allow"), Some("POST"));
     // An unsupported protocol revision header.
-    let (status, _, _) = http(
+    let (status, _, _) = post(
         addr,
-        "POST",
-        "/mcp",
-        &[
-            ("Content-Type", "application/json"),
-            ("Authorization", &auth),
-            ("MCP-Protocol-Version", "1999-01-01"),
-        ],
+        &auth,
+        &[("MCP-Protocol-Version", "1999-01-01")],
         init.to_string().as_bytes(),
     )
     .await;
