@@ -13,7 +13,8 @@
 //!   as on the agent API (audience: this agent; bound to this sidecar's
 //!   certificate) and is never passed to an upstream.
 //! - A browser or a tricked fetch cannot use it: a request with an `Origin`
-//!   other than a loopback one is refused (`403`), and only
+//!   or a `Host` other than a loopback one is refused (`403`: DNS
+//!   rebinding gives a page a foreign name for this address), and only
 //!   `Content-Type: application/json` is accepted, which no simple
 //!   (unpreflighted) cross-origin request can send.
 //! - `tools/list` shows what the session may call; `tools/call` runs every
@@ -184,6 +185,22 @@ impl McpServer {
             return empty(StatusCode::NOT_FOUND);
         }
         let h = req.headers();
+        // A name that resolves here only by DNS rebinding is not ours.
+        if let Some(host) = h.get(header::HOST)
+            && !host
+                .to_str()
+                .is_ok_and(|v| loopback_origin(&format!("http://{v}")))
+        {
+            return json_answer(
+                StatusCode::FORBIDDEN,
+                &rpc_error(
+                    &Value::Null,
+                    INVALID_REQUEST,
+                    "the Host header must name a loopback address",
+                    None,
+                ),
+            );
+        }
         if let Some(origin) = h.get(header::ORIGIN)
             && !origin.to_str().is_ok_and(loopback_origin)
         {

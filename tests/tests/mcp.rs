@@ -28,9 +28,12 @@ async fn http(
 ) -> (u16, Vec<(String, String)>, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -236,6 +239,15 @@ async fn bad_requests_get_the_specifications_errors_and_change_nothing() {
         addr,
         &auth,
         &[("Origin", "https://evil.example")],
+        init.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // A name rebound to this address (DNS rebinding): refused too.
+    let (status, _, _) = post(
+        addr,
+        &auth,
+        &[("Host", "rebound.evil.example:7603")],
         init.to_string().as_bytes(),
     )
     .await;
