@@ -337,8 +337,18 @@ async fn main() {
     // coder's sidecar is told where that is.
     let reviewer_inbox = free_addr().to_string();
     let peer = format!("reviewer-1={reviewer_inbox}");
-    let (c1, coder_dir, coder_health) =
-        demo.sidecar("coder-1", &coder_token, &["--messaging-peer", &peer]);
+    // The coder's sidecar also serves MCP, for MCP clients.
+    let mcp_addr = free_addr();
+    let (c1, coder_dir, coder_health) = demo.sidecar(
+        "coder-1",
+        &coder_token,
+        &[
+            "--messaging-peer",
+            &peer,
+            "--mcp-listen",
+            &mcp_addr.to_string(),
+        ],
+    );
     procs.0.push(c1);
     let (c2, reviewer_dir, reviewer_health) = demo.sidecar(
         "reviewer-1",
@@ -412,9 +422,10 @@ async fn main() {
     );
 
     gateway(&demo, &with_token).await;
+    mcp(mcp_addr, &s.token).await;
     messages(&sock, &s.token, &reviewer_dir.join("agent.sock")).await;
 
-    step("7. Refusals — each with its gRPC code and reason");
+    step("8. Refusals — each with its gRPC code and reason");
     // Agent API.
     let mut no_header = agent_unix(
         &sock,
@@ -642,7 +653,7 @@ async fn main() {
         anon.enroll(enroll("temp-1", &temp_token, tcsr)).await,
     );
 
-    step("8. The JWKS anyone can verify tokens with (e.g. PyJWT)");
+    step("9. The JWKS anyone can verify tokens with (e.g. PyJWT)");
     let (_, jwks) = http_get(jwks_addr, "/.well-known/jwks.json").await.unwrap();
     println!("    GET http://{jwks_addr}/.well-known/jwks.json → {jwks}");
 
@@ -708,6 +719,66 @@ cedar: |
   forbid (principal, action == Warden::Action::"send_email", resource)
   unless { context.arguments.to like "*@example.com" };
 "#;
+
+/// One JSON-RPC request to the MCP front door (HTTP/1.1, a fresh connection).
+async fn mcp_post(addr: SocketAddr, token: &str, msg: &serde_json::Value) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = msg.to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let json = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
+}
+
+/// Step 6: the same gateway through the MCP front door.
+async fn mcp(addr: SocketAddr, token: &str) {
+    step("6. The same tools over MCP (streamable HTTP), with the same session token");
+    println!(
+        "    an MCP client is pointed at http://{addr}/mcp with `Authorization: Bearer <token>`"
+    );
+    let init = mcp_post(
+        addr,
+        token,
+        &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "demo", "version": "0"}}}),
+    )
+    .await;
+    println!(
+        "    initialize → protocol {}, server {}",
+        init["result"]["protocolVersion"], init["result"]["serverInfo"]["name"]
+    );
+    let listed = mcp_post(
+        addr,
+        token,
+        &serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    println!("    tools/list → {}", names.join(", "));
+    for to in ["bob@example.com", "eve@evil.test"] {
+        let r = mcp_post(
+            addr,
+            token,
+            &serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+                "name": "send_email", "arguments": {"to": to, "body": "hi"}}}),
+        )
+        .await;
+        println!(
+            "    tools/call send_email to {to} → isError {}: {}",
+            r["result"]["isError"], r["result"]["content"][0]["text"]
+        );
+    }
+}
 
 /// Step 5: the tool gateway, as the agent sees it.
 async fn gateway(demo: &Demo, agent: &warden_tests::AgentClient) {
@@ -899,7 +970,7 @@ fn rustls_pem_first(pem: &[u8]) -> Vec<u8> {
 async fn messages(coder_sock: &Path, coder_token: &str, reviewer_sock: &Path) {
     use warden_shared::proto::v1::messaging_service_client::MessagingServiceClient;
     step(
-        "6. Agent-to-agent messages: signed by the sidecars with a pairwise key, verified before delivery",
+        "7. Agent-to-agent messages: signed by the sidecars with a pairwise key, verified before delivery",
     );
     let client = |sock: &Path, token: String| {
         let sock = sock.to_owned();
