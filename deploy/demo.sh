@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Warden walkthrough: builds the binaries, then runs a control plane and
 # two sidecars as real processes in a temporary directory (removed at the end).
+# With --serve the mesh stays up for your own agent until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 echo "==> building (first run takes a few minutes)"

@@ -421,8 +421,15 @@ async fn main() {
         me.agent_id, me.user_id, me.scopes
     );
 
-    gateway(&demo, &with_token).await;
+    let _upstream = gateway(&demo, &with_token).await;
     mcp(mcp_addr, &s.token).await;
+    if std::env::args().any(|a| a == "--serve") {
+        serve(&demo, &sock, mcp_addr).await;
+        step("Stopping processes and removing the temporary directory");
+        drop(procs);
+        drop(tmp);
+        return;
+    }
     messages(&sock, &s.token, &reviewer_dir.join("agent.sock")).await;
 
     step("8. Refusals — each with its gRPC code and reason");
@@ -720,6 +727,82 @@ cedar: |
   unless { context.arguments.to like "*@example.com" };
 "#;
 
+/// `--serve`: the mesh stays up for the developer's own agent, until
+/// Ctrl-C; Enter prints a fresh session token.
+async fn serve(demo: &Demo, sock: &Path, mcp_addr: SocketAddr) {
+    step("Serving: point your own agent at this mesh (Ctrl-C stops it)");
+    println!("    agent coder-1, its sidecar's APIs:");
+    println!(
+        "      gRPC  unix socket {} (metadata `warden-agent: true`, `authorization: Bearer <token>`)",
+        sock.display()
+    );
+    println!("      MCP   http://{mcp_addr}/mcp (header `Authorization: Bearer <token>`)");
+    println!(
+        "    policy {} (tools search_tickets, send_email, …)",
+        demo.dir.join("policy.yaml").display()
+    );
+    println!(
+        "    admin: {} --config-dir {} agents list",
+        demo.bin.join("wardenctl").display(),
+        demo.dir.join("cp/admin").display()
+    );
+    let mut agent = agent_unix(sock, AgentAuth::default()).await.unwrap();
+    // Lines typed, read on a thread of their own; closed with stdin.
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<()>(1);
+    std::thread::spawn(move || {
+        for l in std::io::stdin().lines() {
+            if l.is_err() || lines_tx.blocking_send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut interactive = true;
+    let mut previous: Option<String> = None;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    loop {
+        if interactive {
+            // One session at a time: the agent may hold only two.
+            if let Some(token) = previous.take() {
+                let auth = AgentAuth {
+                    token: Some(token),
+                    no_header: false,
+                };
+                if let Ok(mut c) = agent_unix(sock, auth).await {
+                    let _ = c.end_session(pb::EndSessionRequest {}).await;
+                }
+            }
+            match agent
+                .start_session(pb::StartSessionRequest {
+                    scopes: vec!["repo:read".into(), "tickets:read".into()],
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(s) => {
+                    let s = s.into_inner();
+                    println!(
+                        "    session token (scopes {}, 15 minutes):\n{}",
+                        s.scopes.join(" "),
+                        s.token
+                    );
+                    previous = Some(s.token);
+                }
+                Err(e) => println!("    no session: {} ({})", e.message(), reason(&e)),
+            }
+            println!("    Enter: a new session token · Ctrl-C: stop");
+        }
+        tokio::select! {
+            line = lines.recv(), if interactive => {
+                // Without a terminal (stdin closed), wait for Ctrl-C alone.
+                interactive = line.is_some();
+            }
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+        }
+    }
+}
+
 /// One JSON-RPC request to the MCP front door (HTTP/1.1, a fresh connection).
 async fn mcp_post(addr: SocketAddr, token: &str, msg: &serde_json::Value) -> serde_json::Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -781,7 +864,10 @@ async fn mcp(addr: SocketAddr, token: &str) {
 }
 
 /// Step 5: the tool gateway, as the agent sees it.
-async fn gateway(demo: &Demo, agent: &warden_tests::AgentClient) {
+async fn gateway(
+    demo: &Demo,
+    agent: &warden_tests::AgentClient,
+) -> warden_tests::upstream::Upstream {
     step("5. The tool gateway: a policy, then tool calls through the sidecar");
     let upstream = warden_tests::upstream::Upstream::start().await.unwrap();
     let key = format!("tk_live_{}", warden_tests::rand_suffix());
@@ -929,6 +1015,7 @@ async fn gateway(demo: &Demo, agent: &warden_tests::AgentClient) {
         "    every decision above is an audit event (target warden::audit) in {}",
         demo.dir.join("sidecar-coder-1.log").display()
     );
+    upstream
 }
 
 /// Polls the sidecar until it refuses `token` (the push has landed).
