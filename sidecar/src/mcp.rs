@@ -13,8 +13,9 @@
 //!   as on the agent API (audience: this agent; bound to this sidecar's
 //!   certificate) and is never passed to an upstream.
 //! - A browser or a tricked fetch cannot use it: a request with an `Origin`
-//!   or a `Host` other than a loopback one is refused (`403`: DNS
-//!   rebinding gives a page a foreign name for this address), and only
+//!   other than a loopback one, or a `Host` other than the bound address or
+//!   `localhost:<port>`, is refused (`403`: DNS rebinding gives a page a
+//!   foreign name for this address), and only
 //!   `Content-Type: application/json` is accepted, which no simple
 //!   (unpreflighted) cross-origin request can send.
 //! - `tools/list` shows what the session may call; `tools/call` runs every
@@ -40,19 +41,29 @@ use crate::identity::rotation::Manager;
 
 /// Protocol revisions spoken, newest first: a client asking for one of
 /// them gets it; any other gets the newest.
-pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// (Earlier revisions are not spoken: 2025-03-26 requires batches, and
+/// 2024-11-05 has no streamable HTTP.)
+pub const PROTOCOL_VERSIONS: [&str; 2] = ["2025-11-25", "2025-06-18"];
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The endpoint's path.
 pub const PATH: &str = "/mcp";
 /// Where the protected resource metadata is served.
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 128;
+/// Longest wait for a request's headers (a new one on a kept-alive
+/// connection included).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a request may take, its body and the tool call included.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 // JSON-RPC error codes.
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
 const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
+const INTERNAL_ERROR: i64 = -32603;
 
 /// The front door's parts.
 #[derive(Debug)]
@@ -135,6 +146,13 @@ impl McpServer {
         }
     }
 
+    /// Whether `host` (a `Host` header) names this endpoint: its bound
+    /// address, or `localhost` with its port.
+    fn our_host(&self, host: &str) -> bool {
+        host.eq_ignore_ascii_case(&self.addr.to_string())
+            || host.eq_ignore_ascii_case(&format!("localhost:{}", self.addr.port()))
+    }
+
     fn resource(&self) -> String {
         format!("http://{}{PATH}", self.addr)
     }
@@ -169,6 +187,8 @@ impl McpServer {
         let path = req.uri().path().to_owned();
         if path == METADATA_PATH || path == format!("{METADATA_PATH}{PATH}") {
             return if req.method() == Method::GET {
+                // No `authorization_servers` yet: the token comes from the
+                // agent API's StartSession until the OAuth flow lands.
                 json_answer(
                     StatusCode::OK,
                     &json!({
@@ -187,9 +207,7 @@ impl McpServer {
         let h = req.headers();
         // A name that resolves here only by DNS rebinding is not ours.
         if let Some(host) = h.get(header::HOST)
-            && !host
-                .to_str()
-                .is_ok_and(|v| loopback_origin(&format!("http://{v}")))
+            && !host.to_str().is_ok_and(|v| self.our_host(v))
         {
             return json_answer(
                 StatusCode::FORBIDDEN,
@@ -339,7 +357,20 @@ impl McpServer {
         let Some(id) = id else {
             // A notification, or a response to a request of ours (we send
             // none): accepted, nothing to answer.
-            return empty(StatusCode::ACCEPTED);
+            let notification = m.get("method").is_some_and(Value::is_string);
+            let response = m.contains_key("result") || m.contains_key("error");
+            if notification || response {
+                return empty(StatusCode::ACCEPTED);
+            }
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &Value::Null,
+                    INVALID_REQUEST,
+                    "neither a request, a notification nor a response",
+                    None,
+                ),
+            );
         };
         let Some(method) = m.get("method").and_then(Value::as_str) else {
             if m.contains_key("result") || m.contains_key("error") {
@@ -397,7 +428,7 @@ impl McpServer {
                         .collect();
                     rpc_result(id, json!({"tools": tools}))
                 }
-                Err(r) => rpc_error(id, INVALID_REQUEST, &r.message, Some(refusal_meta(&r))),
+                Err(r) => rpc_error(id, INTERNAL_ERROR, &r.message, Some(refusal_meta(&r))),
             },
             "tools/call" => self.call(creds, id, params).await,
             _ => rpc_error(
@@ -472,32 +503,67 @@ impl McpServer {
     }
 }
 
-/// Serves `server` on `listener` until `shutdown`.
+/// Serves `server` on `listener` until `shutdown`: at most
+/// [`MAX_CONNECTIONS`] at once, each request's headers within 10 s and the
+/// whole request within 5 minutes.
 pub async fn serve(
     listener: TcpListener,
     server: Arc<McpServer>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (sock, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "mcp: accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        // (The guard `wait_for` returns must not live across an await.)
+        let stopping = async {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        let slot = tokio::select! {
+            s = Arc::clone(&slots).acquire_owned() => s?,
+            () = stopping => return Ok(()),
+        };
+        let stopping = async {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stopping => return Ok(()),
+        };
+        let (sock, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors, say: not a reason to spin.
+                tracing::warn!(error = %e, "mcp: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
         };
         let _ = sock.set_nodelay(true);
         let server = Arc::clone(&server);
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let server = Arc::clone(&server);
-                async move { Ok::<_, std::convert::Infallible>(server.handle(req).await) }
+                async move {
+                    let answer = tokio::time::timeout(REQUEST_TIMEOUT, server.handle(req))
+                        .await
+                        .unwrap_or_else(|_| {
+                            json_answer(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                &rpc_error(
+                                    &Value::Null,
+                                    INTERNAL_ERROR,
+                                    "the request took too long",
+                                    None,
+                                ),
+                            )
+                        });
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(64 * 1024)
                 .serve_connection(hyper_util::rt::TokioIo::new(sock), svc);
             tokio::pin!(conn);

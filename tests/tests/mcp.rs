@@ -243,6 +243,39 @@ async fn bad_requests_get_the_specifications_errors_and_change_nothing() {
     )
     .await;
     assert_eq!(status, 403);
+    // A page served from this machine, and the endpoint named `localhost`:
+    // served.
+    let (status, _, _) = post(
+        addr,
+        &auth,
+        &[("Origin", "http://localhost:3000")],
+        init.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let localhost = format!("LOCALHOST:{}", addr.port());
+    let (status, _, _) = post(
+        addr,
+        &auth,
+        &[("Host", &localhost)],
+        init.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A CORS preflight is not answered with a permission.
+    let (status, h, _) = http(
+        addr,
+        "OPTIONS",
+        "/mcp",
+        &[
+            ("Origin", "https://evil.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+        b"",
+    )
+    .await;
+    assert!(status >= 400, "{status}");
+    assert!(header(&h, "access-control-allow-origin").is_none());
     // A name rebound to this address (DNS rebinding): refused too.
     let (status, _, _) = post(
         addr,
@@ -288,6 +321,7 @@ async fn bad_requests_get_the_specifications_errors_and_change_nothing() {
             "[{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"ping\"}]",
             -32600,
         ),
+        ("{\"jsonrpc\": \"2.0\"}", -32600),
         (
             "{\"jsonrpc\": \"1.0\", \"id\": 1, \"method\": \"ping\"}",
             -32600,
