@@ -222,13 +222,7 @@ impl Gateway {
     ) -> Result<Decision, Refusal> {
         let t0 = Instant::now();
         let call_id = call_id();
-        let (claims, held) = match self.authenticate(creds).await {
-            Ok(v) => v,
-            Err(d) => {
-                self.unauthenticated(r, &call_id, &d, t0);
-                return Err(d);
-            }
-        };
+        let (claims, held) = self.admit_caller(creds, r, &call_id, t0).await?;
         let e = self.event(r, Some(&claims), &call_id, &held);
         let refusal = self.admit(&held, &claims, r).await.err();
         match &refusal {
@@ -247,13 +241,7 @@ impl Gateway {
         let t0 = Instant::now();
         let call_id = call_id();
         // 1. authenticate
-        let (claims, held) = match self.authenticate(creds).await {
-            Ok(v) => v,
-            Err(d) => {
-                self.unauthenticated(r, &call_id, &d, t0);
-                return Err(d);
-            }
-        };
+        let (claims, held) = self.admit_caller(creds, r, &call_id, t0).await?;
         let mut e = self.event(r, Some(&claims), &call_id, &held);
         // 1–6, up to the approval
         let a = match self.admit(&held, &claims, r).await {
@@ -380,10 +368,19 @@ impl Gateway {
         })
     }
 
-    /// Records a refusal at stage 1, before any claim is known.
-    fn unauthenticated(&self, r: &Request<'_>, call_id: &str, d: &Refusal, t0: Instant) {
-        let e = self.event(r, None, call_id, &Held::default());
-        self.record(e, Outcome::Denied, Some(d), t0);
+    /// Stage 1 for a tool call: a refusal (no claim known yet) is
+    /// recorded.
+    async fn admit_caller(
+        &self,
+        creds: &Credentials<'_>,
+        r: &Request<'_>,
+        call_id: &str,
+        t0: Instant,
+    ) -> Result<(Arc<Claims>, Arc<Held>), Refusal> {
+        self.authenticate(creds).await.inspect_err(|d| {
+            let e = self.event(r, None, call_id, &Held::default());
+            self.record(e, Outcome::Denied, Some(d), t0);
+        })
     }
 
     fn event<'a>(
