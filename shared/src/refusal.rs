@@ -172,6 +172,10 @@ reasons! {
     UpstreamUnavailable = "UPSTREAM_UNAVAILABLE" => Unavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout = "UPSTREAM_TIMEOUT" => DeadlineExceeded,
+    /// The tool's MCP server no longer offers it as the policy pinned it
+    /// (its description or input schema changed, or it is gone): it is
+    /// withdrawn until the policy or the server is fixed.
+    ToolWithdrawn = "TOOL_WITHDRAWN" => FailedPrecondition,
     /// The upstream's circuit breaker is open after repeated failures.
     UpstreamCircuitOpen = "UPSTREAM_CIRCUIT_OPEN" => Unavailable,
     /// The upstream's answer is larger than allowed.

@@ -13,8 +13,9 @@ use warden_shared::{AGENT_HEADER, AGENT_HEADER_VALUE};
 
 use crate::cp::ControlPlane;
 use crate::gateway::Refusal;
-use crate::gateway::authenticate::{self, Authenticator, Credentials, auth_status};
+use crate::gateway::authenticate::{Authenticator, Credentials};
 use crate::gateway::pipeline::{self, Gateway};
+use crate::gateway::session::{self, forward};
 use crate::identity::rotation::Manager;
 use crate::now_unix;
 
@@ -88,52 +89,24 @@ impl AgentApi {
     }
 }
 
-fn forward(s: Status) -> Status {
-    // A refusal from the control plane carries its own code, message and
-    // reason, written for the caller: pass it on. Anything without a reason
-    // is a transport failure between sidecar and control plane.
-    if warden_shared::refusal::reason_of(&s).is_some() {
-        return s;
-    }
-    tracing::warn!(code = ?s.code(), error = %s.message(), "control plane call failed");
-    status(
-        Reason::ControlPlaneUnavailable,
-        "the control plane is unreachable; retry later",
-    )
-}
-
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     async fn start_session(
         &self,
         req: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
-        // An expiry or a revocation is final: refuse without asking. (A
-        // suspension is left to the control plane, which also knows about a
-        // resume that has not reached this sidecar yet.)
-        let held = self.auth.state().held();
-        if let Some(e) = held.expires_at.filter(|e| *e <= now_unix()) {
-            return Err(auth_status(&authenticate::Error::AgentExpired(e)));
-        }
-        if let Some((true, reason)) = held.blocked.clone() {
-            return Err(auth_status(&authenticate::Error::AgentBlocked {
-                revoked: true,
-                reason,
-            }));
-        }
-        let mut client = self.cp.identity_client()?;
         let r = req.into_inner();
-        let resp = client
-            .issue_token(pb::IssueTokenRequest {
+        let resp = session::start(
+            &self.auth,
+            &self.cp,
+            pb::IssueTokenRequest {
                 scopes: r.scopes,
                 user_id: r.user_id,
                 context: r.context,
                 max_tool_calls: r.max_tool_calls,
-            })
-            .await
-            .map_err(forward)?
-            .into_inner();
-        tracing::info!(session = %resp.session_id, scopes = ?resp.scopes, "session started");
+            },
+        )
+        .await?;
         Ok(Response::new(pb::StartSessionResponse {
             token: resp.token,
             session_id: resp.session_id,

@@ -352,11 +352,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             let local = l.local_addr()?;
-            let server = Arc::new(crate::mcp::McpServer::new(
-                Arc::clone(&gateway),
-                Arc::clone(&identity),
-                local,
-            ));
+            let secret = crate::mcp::oauth::client_secret(&config.data_dir)
+                .context("the MCP client secret")?;
+            let issuer = crate::mcp::oauth::Issuer::new(Arc::clone(&auth), Arc::clone(&cp), secret);
+            let server = Arc::new(
+                crate::mcp::McpServer::new(Arc::clone(&gateway), Arc::clone(&identity), local)
+                    .with_issuer(issuer),
+            );
             tasks.push(tokio::spawn(crate::mcp::serve(l, server, rx.clone())));
             Some(local)
         }

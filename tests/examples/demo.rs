@@ -422,9 +422,17 @@ async fn main() {
     );
 
     let _upstream = gateway(&demo, &with_token).await;
-    mcp(mcp_addr, &s.token).await;
+    let mcp_token = mcp(mcp_addr, &coder_dir).await;
+    // The MCP client's session ends (the agent may hold two at once).
+    let auth = AgentAuth {
+        token: Some(mcp_token),
+        no_header: false,
+    };
+    if let Ok(mut c) = agent_unix(&sock, auth).await {
+        let _ = c.end_session(pb::EndSessionRequest {}).await;
+    }
     if std::env::args().any(|a| a == "--serve") {
-        serve(&demo, &sock, mcp_addr).await;
+        serve(&demo, &sock, mcp_addr, &coder_dir).await;
         step("Stopping processes and removing the temporary directory");
         drop(procs);
         drop(tmp);
@@ -729,7 +737,7 @@ cedar: |
 
 /// `--serve`: the mesh stays up for the developer's own agent, until
 /// Ctrl-C; Enter prints a fresh session token.
-async fn serve(demo: &Demo, sock: &Path, mcp_addr: SocketAddr) {
+async fn serve(demo: &Demo, sock: &Path, mcp_addr: SocketAddr, sidecar_dir: &Path) {
     step("Serving: point your own agent at this mesh (Ctrl-C stops it)");
     println!("    agent coder-1, its sidecar's APIs:");
     println!(
@@ -737,6 +745,10 @@ async fn serve(demo: &Demo, sock: &Path, mcp_addr: SocketAddr) {
         sock.display()
     );
     println!("      MCP   http://{mcp_addr}/mcp (header `Authorization: Bearer <token>`)");
+    println!(
+        "            or OAuth client_credentials: client id coder-1, secret in {}",
+        sidecar_dir.join("mcp-client-secret").display()
+    );
     println!(
         "    policy {} (tools search_tickets, send_email, …)",
         demo.dir.join("policy.yaml").display()
@@ -819,15 +831,46 @@ async fn mcp_post(addr: SocketAddr, token: &str, msg: &serde_json::Value) -> ser
     serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
 }
 
-/// Step 6: the same gateway through the MCP front door.
-async fn mcp(addr: SocketAddr, token: &str) {
-    step("6. The same tools over MCP (streamable HTTP), with the same session token");
+/// A token from the sidecar's OAuth token endpoint (`client_credentials`,
+/// HTTP Basic), as an MCP client's own OAuth support gets it.
+async fn oauth_token(addr: SocketAddr, client_id: &str, secret: &str) -> serde_json::Value {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"));
+    let body = "grant_type=client_credentials";
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /oauth/token HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nAuthorization: Basic {basic}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let json = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
+}
+
+/// Step 6: the same gateway through the MCP front door, with a token the
+/// client got by OAuth (returned).
+async fn mcp(addr: SocketAddr, sidecar_dir: &Path) -> String {
+    step("6. The same tools over MCP (streamable HTTP), with a token got by OAuth");
+    let secret_file = sidecar_dir.join("mcp-client-secret");
+    let secret = std::fs::read_to_string(&secret_file).unwrap_or_default();
+    let t = oauth_token(addr, "coder-1", secret.trim()).await;
+    let token = t["access_token"].as_str().unwrap_or_default().to_owned();
     println!(
-        "    an MCP client is pointed at http://{addr}/mcp with `Authorization: Bearer <token>`"
+        "    the client follows the 401 to http://{addr}/.well-known/oauth-protected-resource,"
+    );
+    println!(
+        "    then POST /oauth/token (client_credentials; id coder-1, secret from {}) → {} token, scope \"{}\", {} s",
+        secret_file.display(),
+        t["token_type"].as_str().unwrap_or("no"),
+        t["scope"].as_str().unwrap_or_default(),
+        t["expires_in"]
     );
     let init = mcp_post(
         addr,
-        token,
+        &token,
         &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {},
             "clientInfo": {"name": "demo", "version": "0"}}}),
@@ -839,7 +882,7 @@ async fn mcp(addr: SocketAddr, token: &str) {
     );
     let listed = mcp_post(
         addr,
-        token,
+        &token,
         &serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
     )
     .await;
@@ -851,7 +894,7 @@ async fn mcp(addr: SocketAddr, token: &str) {
     for to in ["bob@example.com", "eve@evil.test"] {
         let r = mcp_post(
             addr,
-            token,
+            &token,
             &serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
                 "name": "send_email", "arguments": {"to": to, "body": "hi"}}}),
         )
@@ -861,6 +904,7 @@ async fn mcp(addr: SocketAddr, token: &str) {
             r["result"]["isError"], r["result"]["content"][0]["text"]
         );
     }
+    token
 }
 
 /// Step 5: the tool gateway, as the agent sees it.

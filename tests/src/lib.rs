@@ -23,6 +23,7 @@ pub use warden_sidecar::app::Running as Sidecar;
 use warden_sidecar::config::Config as SidecarConfig;
 
 pub mod gateway;
+pub mod http1;
 pub mod logs;
 pub mod messaging;
 pub mod raw;

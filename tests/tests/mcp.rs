@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_tests::gateway::GatewayMesh;
+use warden_tests::http1::header;
 
 const NO_PYTHON: &str = "WARDEN_PYTHON must point at a Python with tests/python/requirements.txt installed; run the tests with ./tests/run.sh";
 
@@ -26,35 +26,9 @@ async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.push_str(&format!("Host: {addr}\r\n"));
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
+    warden_tests::http1::exchange(addr, method, path, headers, body)
+        .await
+        .unwrap()
 }
 
 /// A `POST /mcp` of `body` as JSON with `auth` and `extra` headers.
@@ -70,10 +44,6 @@ async fn post(
     ];
     headers.extend_from_slice(extra);
     http(addr, "POST", "/mcp", &headers, body).await
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// A JSON-RPC POST with the usual headers and `token`.
@@ -404,4 +374,194 @@ async fn bad_requests_get_the_specifications_errors_and_change_nothing() {
         let (_, reply) = rpc(addr, &s.token, &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "limited", "arguments": {}}})).await;
         assert_eq!(reply["result"]["isError"], false, "{reply}");
     }
+}
+
+/// `Basic` credentials for the token endpoint.
+fn basic(id: &str, secret: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+}
+
+#[tokio::test]
+async fn the_token_endpoint_follows_oauth_and_refuses_what_it_must() {
+    let g = GatewayMesh::start().await.unwrap();
+    let addr = g.sidecar.mcp_addr.expect("MCP front door");
+    let secret = std::fs::read_to_string(g.sidecar.data_dir.join("mcp-client-secret")).unwrap();
+    let issuer = format!("http://{addr}");
+
+    // The resource metadata names the sidecar as the authorization server,
+    // whose metadata names the token endpoint.
+    let (_, _, body) = http(
+        addr,
+        "GET",
+        "/.well-known/oauth-protected-resource",
+        &[],
+        b"",
+    )
+    .await;
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["authorization_servers"], json!([issuer]));
+    assert!(
+        meta["scopes_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("echo:call")),
+        "{meta}"
+    );
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        "/.well-known/oauth-authorization-server",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let as_meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(as_meta["issuer"], issuer);
+    assert_eq!(as_meta["token_endpoint"], format!("{issuer}/oauth/token"));
+    assert_eq!(
+        as_meta["grant_types_supported"],
+        json!(["client_credentials"])
+    );
+
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let token_req = |auth: Option<String>,
+                     body: &'static str,
+                     extra: Vec<(&'static str, String)>| {
+        let mut headers: Vec<(String, String)> = form
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if let Some(a) = auth {
+            headers.push(("Authorization".into(), a));
+        }
+        for (k, v) in extra {
+            headers.push((k.into(), v));
+        }
+        async move {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let (status, h, body) = http(addr, "POST", "/oauth/token", &h, body.as_bytes()).await;
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            (status, header(&h, "cache-control").map(str::to_owned), v)
+        }
+    };
+    let good = Some(basic("a1", &secret));
+    // Refusals, each with the error RFC 6749 names.
+    let cases = [
+        (None, "grant_type=client_credentials", 401, "invalid_client"),
+        (
+            Some(basic("a1", "wrong")),
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            Some(basic("a2", &secret)),
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            good.clone(),
+            "grant_type=password&username=x&password=y",
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            good.clone(),
+            "grant_type=client_credentials&grant_type=client_credentials",
+            400,
+            "invalid_request",
+        ),
+        (
+            good.clone(),
+            "grant_type=client_credentials&resource=http%3A%2F%2Fevil.example%2Fmcp",
+            400,
+            "invalid_target",
+        ),
+        (
+            good.clone(),
+            "grant_type=client_credentials&scope=nothing%3Aknown",
+            400,
+            "invalid_scope",
+        ),
+    ];
+    for (auth, body, status, error) in cases {
+        let (got, cache, v) = token_req(auth, body, vec![]).await;
+        assert_eq!(
+            (got, v["error"].as_str()),
+            (status, Some(error)),
+            "{body}: {v}"
+        );
+        assert_eq!(cache.as_deref(), Some("no-store"), "{body}");
+        assert!(!v.to_string().contains(secret.trim()), "{v}");
+    }
+    // Both client authentication methods at once: refused.
+    let both = format!("grant_type=client_credentials&client_id=a1&client_secret={secret}");
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/oauth/token",
+        &[form[0], ("Authorization", good.as_deref().unwrap())],
+        both.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    // A page of another origin cannot ask for a token.
+    let (status, _, _) = token_req(
+        good.clone(),
+        "grant_type=client_credentials",
+        vec![("Origin", "http://evil.example".into())],
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Not a form: refused.
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/oauth/token",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", good.as_deref().unwrap()),
+        ],
+        br#"{"grant_type":"client_credentials"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // The client secret in the body works too, and the token it gives
+    // serves the MCP endpoint for the scopes granted.
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/oauth/token",
+        &form,
+        format!("grant_type=client_credentials&client_id=a1&client_secret={secret}&scope=echo%3Acall&resource=http%3A%2F%2F{addr}%2Fmcp").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let t: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(t["token_type"], "Bearer");
+    assert_eq!(t["scope"], "echo:call");
+    let token = t["access_token"].as_str().unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let (status, reply) = rpc(addr, token, &list).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = reply["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"echo") && !names.contains(&"lookup"),
+        "{names:?}"
+    );
 }

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use schema::{InputSchema, closed};
 pub use validate::{
-    BUILTINS, Error, MAX_ARGUMENT_BYTES, MAX_LIMITS, MAX_RESPONSE_BYTES, MAX_TIMEOUT_MS,
-    valid_tool_name,
+    BUILTINS, Error, MAX_ARGUMENT_BYTES, MAX_LIMITS, MAX_MCP_SERVERS, MAX_RESPONSE_BYTES,
+    MAX_TIMEOUT_MS, valid_mcp_tool_name, valid_server_name, valid_tool_name,
 };
 
 /// Largest policy document accepted, bytes.
@@ -57,6 +57,77 @@ pub struct Document {
     /// (absent: nobody may message anybody).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messaging: Option<messaging::Messaging>,
+    /// MCP servers whose tools the catalog offers (tools with an upstream
+    /// of kind `mcp`), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mcp_servers: BTreeMap<String, McpServer>,
+}
+
+/// An MCP server the sidecar connects to: over streamable HTTP (`url`) or
+/// as a local process it starts and speaks to on stdio (`command`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServer {
+    /// Streamable HTTP: the endpoint, `http://` or `https://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Streamable HTTP: request headers; values may use `${secret:NAME}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Streamable HTTP: TLS settings for an `https://` url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    /// stdio: the program to start (an absolute path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// stdio: its arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// stdio: its whole environment (nothing of the sidecar's is passed);
+    /// values may use `${secret:NAME}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// How often the server's tool list is read again (default `60s`,
+    /// between `1s` and `1h`); a server that announces a change is read
+    /// again at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+}
+
+impl McpServer {
+    /// The secret names its headers and environment use, and its TLS
+    /// client credentials.
+    pub fn secret_uses(&self) -> Vec<&str> {
+        let mut out = secret_uses_in(self.headers.values().chain(self.env.values()));
+        if let Some(t) = &self.tls {
+            out.extend(t.client_cert.as_deref());
+            out.extend(t.client_key.as_deref());
+        }
+        out
+    }
+
+    /// How often its tool list is read again.
+    pub fn refresh_every(&self) -> std::time::Duration {
+        self.refresh
+            .as_deref()
+            .and_then(parse_duration)
+            .unwrap_or(std::time::Duration::from_secs(60))
+    }
+}
+
+/// The names used by `${secret:NAME}` in `values`.
+fn secret_uses_in<'a>(values: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for v in values {
+        let mut rest = v.as_str();
+        while let Some(i) = rest.find("${secret:") {
+            let after = &rest[i + 9..];
+            let Some(j) = after.find('}') else { break };
+            out.push(&after[..j]);
+            rest = &after[j + 1..];
+        }
+    }
+    out
 }
 
 impl Document {
@@ -207,11 +278,22 @@ fn one() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `http` or `builtin`.
+    /// `http`, `mcp` or `builtin`.
     pub kind: String,
     /// http: a URL template whose `{name}` placeholders are filled, percent-
-    /// encoded, from required scalar arguments; builtin: `echo` or `clock`.
+    /// encoded, from required scalar arguments; mcp: the server's name in
+    /// `mcp_servers`; builtin: `echo` or `clock`.
     pub address: String,
+    /// mcp: the tool's name on the server (default: the catalog name
+    /// without its `<server>.` namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// mcp: `sha256:<hex>` of the server's description and input schema
+    /// of the tool ([`mcp_pin`]); a server that offers anything else has
+    /// the tool withdrawn. Without a pin, the first one seen is kept for
+    /// the sidecar's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
     /// http: `GET`, `POST` (default), `PUT`, `PATCH` or `DELETE`. GET and
     /// DELETE send the other arguments as query parameters; the others send
     /// them as a JSON object body.
@@ -281,6 +363,16 @@ impl Default for CircuitBreaker {
 }
 
 impl Upstream {
+    /// mcp: the tool's name on its server.
+    pub fn remote_tool<'a>(&'a self, catalog_name: &'a str) -> &'a str {
+        self.tool.as_deref().unwrap_or_else(|| {
+            catalog_name
+                .strip_prefix(self.address.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+                .unwrap_or(catalog_name)
+        })
+    }
+
     /// The `{name}` placeholders of the address template, in order.
     pub fn placeholders(&self) -> Vec<&str> {
         let mut out = Vec::new();
@@ -296,16 +388,7 @@ impl Upstream {
     /// The secret names used by `${secret:NAME}` in headers and body fields,
     /// and by the TLS client credentials.
     pub fn secret_uses(&self) -> Vec<&str> {
-        let mut out = Vec::new();
-        for v in self.headers.values().chain(self.body_fields.values()) {
-            let mut rest = v.as_str();
-            while let Some(i) = rest.find("${secret:") {
-                let after = &rest[i + 9..];
-                let Some(j) = after.find('}') else { break };
-                out.push(&after[..j]);
-                rest = &after[j + 1..];
-            }
-        }
+        let mut out = secret_uses_in(self.headers.values().chain(self.body_fields.values()));
         if let Some(t) = &self.tls {
             out.extend(t.client_cert.as_deref());
             out.extend(t.client_key.as_deref());
@@ -418,6 +501,60 @@ impl Document {
             }
         }
         out
+    }
+}
+
+/// The pin of an MCP tool as a server describes it: `sha256:` and the
+/// lower-case hex SHA-256 of the canonical JSON (keys sorted, no
+/// whitespace) of `{"description": …, "inputSchema": …}` (a missing
+/// description is the empty string).
+pub fn mcp_pin(description: &str, input_schema: &serde_json::Value) -> String {
+    let mut text = String::from("{\"description\":");
+    canonical_json(
+        &serde_json::Value::String(description.to_owned()),
+        &mut text,
+    );
+    text.push_str(",\"inputSchema\":");
+    canonical_json(input_schema, &mut text);
+    text.push('}');
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut out = String::from("sha256:");
+    for b in d.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// `v` as JSON with object keys sorted (by their UTF-8 bytes) at every
+/// level and no whitespace.
+pub fn canonical_json(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort_unstable();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
     }
 }
 

@@ -355,3 +355,171 @@ fn durations_parse() {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
 }
+
+/// The example with an MCP server `files` (stdio) and `search` (HTTP),
+/// and one tool of each.
+fn with_mcp(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    with(|v| {
+        v["secrets"]["search_key"] = "env:SEARCH_KEY".into();
+        v["mcp_servers"] = serde_json::json!({
+            "files": {"command": "/usr/bin/files-mcp", "args": ["--root", "/srv"],
+                      "env": {"TOKEN": "${secret:search_key}"}},
+            "search": {"url": "https://search.example/mcp",
+                       "headers": {"Authorization": "Bearer ${secret:search_key}"},
+                       "refresh": "30s"},
+        });
+        let tools = v["tools"].as_array_mut().unwrap();
+        tools.push(serde_json::json!({
+            "name": "files.read", "description": "Reads a file.",
+            "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+            "scopes": ["files:read"], "risk": "low",
+            "upstream": {"kind": "mcp", "address": "files", "tool": "read_file",
+                         "pin": format!("sha256:{}", "ab".repeat(32))},
+        }));
+        tools.push(serde_json::json!({
+            "name": "search.query", "description": "Searches.",
+            "input_schema": {"type": "object"},
+            "scopes": ["search:read"], "risk": "low",
+            "upstream": {"kind": "mcp", "address": "search"},
+        }));
+        edit(v);
+    })
+}
+
+#[test]
+fn mcp_servers_and_their_tools_are_checked() {
+    let p = Policy::parse(&with_mcp(|_| {})).unwrap();
+    let t = p
+        .document
+        .tools
+        .iter()
+        .find(|t| t.name == "search.query")
+        .unwrap();
+    let u = t.upstream.as_ref().unwrap();
+    assert_eq!(u.remote_tool(&t.name), "query");
+    let t = p
+        .document
+        .tools
+        .iter()
+        .find(|t| t.name == "files.read")
+        .unwrap();
+    assert_eq!(
+        t.upstream.as_ref().unwrap().remote_tool(&t.name),
+        "read_file"
+    );
+    assert_eq!(
+        p.document.mcp_servers["search"].refresh_every(),
+        std::time::Duration::from_secs(30)
+    );
+    let mcp_tool = |v: &mut serde_json::Value| -> usize {
+        v["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|t| t["name"] == "files.read")
+            .unwrap()
+    };
+    type Edit = fn(&mut serde_json::Value);
+    let bad_server: [(&str, Edit); 9] = [
+        ("both transports", |v| {
+            v["mcp_servers"]["files"]["url"] = "http://127.0.0.1:1/mcp".into()
+        }),
+        ("no transport", |v| {
+            v["mcp_servers"]["files"] = serde_json::json!({})
+        }),
+        ("relative command", |v| {
+            v["mcp_servers"]["files"]["command"] = "files-mcp".into()
+        }),
+        ("undefined secret", |v| {
+            v["mcp_servers"]["search"]["headers"]["X-Key"] = "${secret:nope}".into()
+        }),
+        ("secret in clear text", |v| {
+            v["mcp_servers"]["search"]["url"] = "http://search.example/mcp".into()
+        }),
+        ("headers on stdio", |v| {
+            v["mcp_servers"]["files"]["headers"] = serde_json::json!({"A": "b"})
+        }),
+        ("bad refresh", |v| {
+            v["mcp_servers"]["search"]["refresh"] = "5h".into()
+        }),
+        ("bad name", |v| {
+            let s = v["mcp_servers"]["files"].clone();
+            v["mcp_servers"]["Files.X"] = s;
+        }),
+        ("env name", |v| {
+            v["mcp_servers"]["files"]["env"]["A-B"] = "x".into()
+        }),
+    ];
+    for (what, edit) in bad_server {
+        let e = err(&with_mcp(edit));
+        assert!(matches!(e, Error::McpServer { .. }), "{what}: {e}");
+        assert_eq!(e.kind(), "POLICY_MCP_SERVER");
+    }
+    type EditTool = fn(&mut serde_json::Value, usize);
+    let bad_tool: [(&str, EditTool); 6] = [
+        ("unknown server", |v, i| {
+            v["tools"][i]["upstream"]["address"] = "nope".into()
+        }),
+        ("outside its namespace", |v, i| {
+            v["tools"][i]["name"] = "read_file".into()
+        }),
+        ("bad pin", |v, i| {
+            v["tools"][i]["upstream"]["pin"] = "sha256:XYZ".into()
+        }),
+        ("bad remote name", |v, i| {
+            v["tools"][i]["upstream"]["tool"] = "read file".into()
+        }),
+        ("http settings", |v, i| {
+            v["tools"][i]["upstream"]["method"] = "GET".into()
+        }),
+        ("empty tool part", |v, i| {
+            v["tools"][i]["name"] = "files.".into()
+        }),
+    ];
+    for (what, edit) in bad_tool {
+        let e = err(&with_mcp(|v| {
+            let i = mcp_tool(v);
+            edit(v, i);
+        }));
+        assert!(matches!(e, Error::Tool { .. }), "{what}: {e}");
+    }
+    // tool and pin belong to mcp upstreams only.
+    let e = err(&with(|v| {
+        v["tools"][0]["upstream"]["pin"] = format!("sha256:{}", "ab".repeat(32)).into()
+    }));
+    assert!(matches!(e, Error::Tool { .. }), "{e}");
+}
+
+#[test]
+fn mcp_pins_are_canonical() {
+    let a = serde_json::json!({"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}}});
+    let b: serde_json::Value = serde_json::from_str(
+        r#"{"properties": {"a": {"type": "integer"}, "b": {"type": "string"}}, "type": "object"}"#,
+    )
+    .unwrap();
+    let pin = mcp_pin("Reads.", &a);
+    assert_eq!(pin, mcp_pin("Reads.", &b));
+    assert!(pin.starts_with("sha256:") && pin.len() == 71);
+    assert_ne!(pin, mcp_pin("Reads!", &a));
+    let mut out = String::new();
+    canonical_json(&b, &mut out);
+    assert_eq!(
+        out,
+        r#"{"properties":{"a":{"type":"integer"},"b":{"type":"string"}},"type":"object"}"#
+    );
+    // A known value: SHA-256 of {"description":"","inputSchema":{}}.
+    assert_eq!(
+        mcp_pin("", &serde_json::json!({})),
+        format!(
+            "sha256:{}",
+            ring::digest::digest(
+                &ring::digest::SHA256,
+                br#"{"description":"","inputSchema":{}}"#
+            )
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+        )
+    );
+}

@@ -71,6 +71,14 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// An MCP server's settings are invalid.
+    #[error("mcp server {name:?}: {detail}")]
+    McpServer {
+        /// The server.
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// The messaging section is malformed (a selector, a duration out of
     /// range).
     #[error("messaging: {0}")]
@@ -98,6 +106,7 @@ impl Error {
             Self::UndefinedSecret { .. } => "POLICY_UNDEFINED_SECRET",
             Self::Override(_) => "POLICY_OVERRIDE",
             Self::Limit { .. } => "POLICY_LIMIT",
+            Self::McpServer { .. } => "POLICY_MCP_SERVER",
             Self::Messaging(_) => "POLICY_MESSAGING",
             Self::CedarParse(_) => "POLICY_CEDAR_PARSE",
             Self::CedarValidation(_) => "POLICY_CEDAR_VALIDATION",
@@ -192,7 +201,7 @@ fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
         }
     }
     if let Some(u) = &t.upstream {
-        check_upstream(t, u).map_err(bad)?;
+        check_upstream(t, u, doc).map_err(bad)?;
     }
     let l = &t.limits;
     if [l.calls_per_minute, l.max_argument_bytes, l.timeout_ms].contains(&Some(0)) {
@@ -234,8 +243,155 @@ fn is_loopback(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
 
-fn check_upstream(t: &Tool, u: &super::Upstream) -> Result<(), String> {
+/// Most MCP servers in a document.
+pub const MAX_MCP_SERVERS: usize = 64;
+
+/// Whether `n` is a valid MCP server name: `[a-z0-9][a-z0-9_-]{0,31}` (no
+/// dot: it is the namespace of its tools).
+pub fn valid_server_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-".contains(c))
+}
+
+/// Whether `n` is a tool name an MCP server may use: 1-128 of
+/// `[A-Za-z0-9_.-]`.
+pub fn valid_mcp_tool_name(n: &str) -> bool {
+    (1..=128).contains(&n.len())
+        && n.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
+}
+
+fn is_pin(p: &str) -> bool {
+    p.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    })
+}
+
+fn check_mcp_servers(doc: &Document) -> Result<(), Error> {
+    if doc.mcp_servers.len() > MAX_MCP_SERVERS {
+        return Err(Error::McpServer {
+            name: String::new(),
+            detail: format!("more than {MAX_MCP_SERVERS} servers"),
+        });
+    }
+    for (name, m) in &doc.mcp_servers {
+        let bad = |d: String| Error::McpServer {
+            name: name.clone(),
+            detail: d,
+        };
+        if !valid_server_name(name) {
+            return Err(bad(
+                "name must be 1-32 of [a-z0-9_-], starting with a letter or digit".into(),
+            ));
+        }
+        for s in m.secret_uses() {
+            if !doc.secrets.contains_key(s) {
+                return Err(bad(format!("uses undefined secret {s:?}")));
+            }
+        }
+        if m.refresh.as_deref().is_some_and(|r| {
+            super::parse_duration(r).is_none_or(|d| {
+                d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600)
+            })
+        }) {
+            return Err(bad("refresh must be a duration from 1s to 1h".into()));
+        }
+        match (&m.url, &m.command) {
+            (Some(url), None) => {
+                if !m.args.is_empty() || !m.env.is_empty() {
+                    return Err(bad("args and env are for a command (stdio)".into()));
+                }
+                let named = |e: Error| match e {
+                    Error::McpServer { detail, .. } => bad(detail),
+                    other => other,
+                };
+                check_url(url, !m.secret_uses().is_empty()).map_err(named)?;
+                check_headers(&m.headers).map_err(named)?;
+                check_tls(m.tls.as_ref(), url.starts_with("https://")).map_err(named)?;
+            }
+            (None, Some(cmd)) => {
+                if !m.headers.is_empty() || m.tls.is_some() {
+                    return Err(bad("headers and tls are for a url (streamable HTTP)".into()));
+                }
+                if !cmd.starts_with('/') || cmd.split('/').any(|s| s == "..") {
+                    return Err(bad("command must be an absolute path without '..'".into()));
+                }
+                if m.args.len() > 64 || m.env.len() > 64 {
+                    return Err(bad("at most 64 args and 64 env entries".into()));
+                }
+                let nul = |s: &String| s.contains('\0');
+                if nul(cmd) || m.args.iter().any(nul) || m.env.values().any(nul) {
+                    return Err(bad(
+                        "command, args and env values must not contain NUL".into()
+                    ));
+                }
+                let bad_var = |k: &String| {
+                    k.is_empty() || !k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+                };
+                if m.env.keys().any(bad_var) {
+                    return Err(bad("env names must be [A-Za-z0-9_]".into()));
+                }
+            }
+            _ => {
+                return Err(bad(
+                    "needs exactly one of url (streamable HTTP) or command (stdio)".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_mcp_upstream(t: &Tool, u: &super::Upstream, doc: &Document) -> Result<(), String> {
+    if !doc.mcp_servers.contains_key(&u.address) {
+        return Err(format!(
+            "mcp upstream names server {:?}, which mcp_servers does not define",
+            u.address
+        ));
+    }
+    let in_namespace = t
+        .name
+        .strip_prefix(u.address.as_str())
+        .and_then(|r| r.strip_prefix('.'))
+        .is_some_and(|r| !r.is_empty());
+    if !in_namespace {
+        return Err(format!(
+            "a tool of mcp server {0:?} must be named {0}.<tool>",
+            u.address
+        ));
+    }
+    let remote = u.remote_tool(&t.name);
+    if !valid_mcp_tool_name(remote) {
+        return Err(format!(
+            "the server's tool name {remote:?} must be 1-128 of [A-Za-z0-9_.-]"
+        ));
+    }
+    if u.pin.as_deref().is_some_and(|p| !is_pin(p)) {
+        return Err("pin must be sha256:<64 lower-case hex digits>".into());
+    }
+    let http_only =
+        u.method.is_some() || !u.headers.is_empty() || !u.body_fields.is_empty() || u.tls.is_some();
+    if http_only {
+        return Err(
+            "an mcp upstream takes no method, headers, body_fields or tls (set them on the server)"
+                .into(),
+        );
+    }
+    check_response_and_breaker(u)
+}
+
+fn check_upstream(t: &Tool, u: &super::Upstream, doc: &Document) -> Result<(), String> {
+    if u.kind != "mcp" && (u.tool.is_some() || u.pin.is_some()) {
+        return Err("tool and pin are for an mcp upstream".into());
+    }
     match u.kind.as_str() {
+        "mcp" => return check_mcp_upstream(t, u, doc),
         "builtin" => {
             if !BUILTINS.contains(&u.address.as_str()) {
                 return Err(format!(
@@ -256,39 +412,24 @@ fn check_upstream(t: &Tool, u: &super::Upstream) -> Result<(), String> {
             return Ok(());
         }
         "http" => {}
-        other => return Err(format!("unknown upstream kind {other:?} (http or builtin)")),
+        other => {
+            return Err(format!(
+                "unknown upstream kind {other:?} (http, mcp or builtin)"
+            ));
+        }
     }
-    let (tls, rest) = if let Some(r) = u.address.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = u.address.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err("an http upstream needs an http:// or https:// address".into());
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    // `[v6]:port`, `[v6]`, `host:port` or `host`.
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((h, p)) => (&authority[..h.len() + 2], p.strip_prefix(':')),
-            None => return Err(format!("invalid host in {:?}", u.address)),
-        },
-        None => match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        },
-    };
-    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
-        return Err(format!("invalid port in {:?}", u.address));
+    let uses = u.secret_uses();
+    for s in &uses {
+        if !t.secrets.iter().any(|d| d == s) {
+            return Err(format!(
+                "upstream uses secret {s:?}, which is not in the tool's secrets"
+            ));
+        }
     }
-    if host.is_empty() || authority.contains(['{', '}', '@']) {
-        return Err("the address needs a literal host (no placeholders, no userinfo)".into());
-    }
-    if u.address
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err("the address must not contain whitespace".into());
-    }
+    check_url(&u.address, !uses.is_empty()).map_err(|e| match e {
+        Error::McpServer { detail, .. } => detail,
+        other => other.to_string(),
+    })?;
     let props = t.input_schema.get("properties").and_then(|p| p.as_object());
     let required: Vec<&str> = t
         .input_schema
@@ -315,18 +456,10 @@ fn check_upstream(t: &Tool, u: &super::Upstream) -> Result<(), String> {
             "unknown method {method:?} (GET, POST, PUT, PATCH or DELETE)"
         ));
     }
-    for (name, value) in &u.headers {
-        let token = !name.is_empty()
-            && name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
-        if !token || RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-            return Err(format!("header {name:?} is not a settable header name"));
-        }
-        if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
-            return Err(format!("header {name:?} has a line break in its value"));
-        }
-    }
+    check_headers(&u.headers).map_err(|e| match e {
+        Error::McpServer { detail, .. } => detail,
+        other => other.to_string(),
+    })?;
     if !u.body_fields.is_empty() && matches!(method, "GET" | "DELETE") {
         return Err(format!(
             "body_fields need a method with a body, not {method}"
@@ -339,31 +472,101 @@ fn check_upstream(t: &Tool, u: &super::Upstream) -> Result<(), String> {
             ));
         }
     }
-    let uses = u.secret_uses();
-    for s in &uses {
-        if !t.secrets.iter().any(|d| d == s) {
-            return Err(format!(
-                "upstream uses secret {s:?}, which is not in the tool's secrets"
+    check_tls(u.tls.as_ref(), u.address.starts_with("https://")).map_err(|e| match e {
+        Error::McpServer { detail, .. } => detail,
+        other => other.to_string(),
+    })?;
+    check_response_and_breaker(u)
+}
+
+/// Errors of the checks shared by http upstreams and MCP servers, which
+/// each caller words for its place.
+fn shared_error(detail: impl Into<String>) -> Error {
+    Error::McpServer {
+        name: String::new(),
+        detail: detail.into(),
+    }
+}
+
+/// An `http://` or `https://` address with a literal host; clear text only
+/// to a loopback host when secrets travel. Returns whether it is TLS.
+fn check_url(address: &str, with_secrets: bool) -> Result<bool, Error> {
+    let (tls, rest) = if let Some(r) = address.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = address.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(shared_error("an http:// or https:// address is needed"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // `[v6]:port`, `[v6]`, `host:port` or `host`.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (&authority[..h.len() + 2], p.strip_prefix(':')),
+            None => return Err(shared_error(format!("invalid host in {address:?}"))),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err(shared_error(format!("invalid port in {address:?}")));
+    }
+    if host.is_empty() || authority.contains(['{', '}', '@']) {
+        return Err(shared_error(
+            "the address needs a literal host (no placeholders, no userinfo)",
+        ));
+    }
+    if address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(shared_error("the address must not contain whitespace"));
+    }
+    if !tls && with_secrets && !is_loopback(host) {
+        return Err(shared_error(
+            "secrets would travel in clear text: use https:// (or a loopback http:// address)",
+        ));
+    }
+    Ok(tls)
+}
+
+fn check_headers(headers: &std::collections::BTreeMap<String, String>) -> Result<(), Error> {
+    for (name, value) in headers {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+        if !token || RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(shared_error(format!(
+                "header {name:?} is not a settable header name"
+            )));
+        }
+        if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+            return Err(shared_error(format!(
+                "header {name:?} has a line break in its value"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_tls(t: Option<&super::UpstreamTls>, https: bool) -> Result<(), Error> {
+    if let Some(x) = t {
+        if !https {
+            return Err(shared_error("tls settings need an https:// address"));
+        }
+        if x.ca_file.as_deref().is_some_and(|f| !f.starts_with('/')) {
+            return Err(shared_error("tls.ca_file must be an absolute path"));
+        }
+        if x.client_cert.is_some() != x.client_key.is_some() {
+            return Err(shared_error(
+                "tls.client_cert and tls.client_key go together",
             ));
         }
     }
-    if !tls && !uses.is_empty() && !is_loopback(host) {
-        return Err(
-            "secrets would travel in clear text: use https:// (or a loopback http:// address)"
-                .into(),
-        );
-    }
-    if let Some(x) = &u.tls {
-        if !tls {
-            return Err("tls settings need an https:// address".into());
-        }
-        if x.ca_file.as_deref().is_some_and(|f| !f.starts_with('/')) {
-            return Err("tls.ca_file must be an absolute path".into());
-        }
-        if x.client_cert.is_some() != x.client_key.is_some() {
-            return Err("tls.client_cert and tls.client_key go together".into());
-        }
-    }
+    Ok(())
+}
+
+fn check_response_and_breaker(u: &super::Upstream) -> Result<(), String> {
     if u.max_response_bytes
         .is_some_and(|m| m == 0 || m > MAX_RESPONSE_BYTES)
     {
@@ -535,6 +738,7 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
     for (name, r) in &document.secrets {
         check_secret_ref(name, r)?;
     }
+    check_mcp_servers(&document)?;
     let mut names = BTreeSet::new();
     for t in &document.tools {
         if !names.insert(t.name.as_str()) {

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod limit;
 pub mod pipeline;
 pub mod record;
+pub mod session;
 pub mod validate;
 
 pub use crate::policy::catalog;

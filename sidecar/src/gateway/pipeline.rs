@@ -31,6 +31,7 @@ use super::authenticate::{self, Authenticator, Credentials};
 use super::authorize::{self, Authorization, Caller};
 use super::catalog::ToolEntry;
 use super::execute::Executor;
+use super::execute::mcp::Standing;
 use super::inspect::{self, InputInspector, PassThrough};
 use super::limit::{CallKey, Limiter, SessionCalls};
 use super::record::{Event, Outcome, Recorder};
@@ -258,10 +259,10 @@ impl Gateway {
             event: Some(e.clone()),
             t0,
         };
-        let secrets = &a.policy.policy.document.secrets;
+        let doc = &a.policy.policy.document;
         let out = match self
             .executor
-            .run(&a.tool, secrets, &a.args, &call_id, r.trace_id)
+            .run(&a.tool, doc, &a.args, &call_id, r.trace_id)
             .await
         {
             Ok(o) => o,
@@ -310,6 +311,14 @@ impl Gateway {
         // 2. validate
         validate::trace_id(r.trace_id)?;
         let (policy, tool) = validate::tool(held, r.tool)?;
+        if let Some(u) = tool.spec.upstream.as_ref().filter(|u| u.kind == "mcp")
+            && let Standing::Withdrawn(why) =
+                self.executor
+                    .mcp
+                    .known_standing(&policy.policy.document, &tool.spec.name, u)
+        {
+            return Err(Refusal::at(Stage::Validate, Reason::ToolWithdrawn, why).rule("pin"));
+        }
         let args = validate::arguments(&tool, r.arguments)?;
         // 3. inspect input
         if tool.spec.filters.injection_check {
@@ -352,16 +361,29 @@ impl Gateway {
         let Some(policy) = &held.policy else {
             return Ok(Listing::default());
         };
-        let tools = policy
+        let mut tools = Vec::new();
+        let candidates = policy
             .catalog
             .iter()
             .filter(|t| {
                 t.risk
                     .is_some_and(|r| r < warden_shared::policy::Risk::Critical)
             })
-            .filter(|t| authorize::scopes_cover(&claims, t).is_ok())
-            .cloned()
-            .collect();
+            .filter(|t| authorize::scopes_cover(&claims, t).is_ok());
+        for t in candidates {
+            // An MCP server's tool is listed only while it offers it as
+            // admitted.
+            if let Some(u) = t.spec.upstream.as_ref().filter(|u| u.kind == "mcp")
+                && !self
+                    .executor
+                    .mcp
+                    .offered(&policy.policy.document, &t.spec.name, u)
+                    .await
+            {
+                continue;
+            }
+            tools.push(Arc::clone(t));
+        }
         Ok(Listing {
             policy_version: policy.version,
             tools,

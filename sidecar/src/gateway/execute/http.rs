@@ -25,7 +25,7 @@ use warden_shared::policy::{Upstream, UpstreamTls};
 use super::Output;
 use super::secrets::Secret;
 
-type HttpClient = Arc<Pool>;
+pub(super) type HttpClient = Arc<Pool>;
 
 /// A connection's byte stream: TCP, or TLS over TCP.
 type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
@@ -195,7 +195,7 @@ impl Pool {
 
     /// Sends `req` (an absolute URI) and reads the answer, at most `max`
     /// body bytes, on a pooled connection or a new one.
-    async fn exchange(
+    pub(super) async fn exchange(
         &self,
         mut req: http::Request<Full<Bytes>>,
         max: usize,
@@ -341,7 +341,9 @@ fn tls_config(
 }
 
 impl Clients {
-    fn get(
+    /// The client for `tls` (the system trust store without a `ca_file`),
+    /// with `client_auth` (a certificate chain and key) for mutual TLS.
+    pub(super) fn get(
         &self,
         tls: Option<&UpstreamTls>,
         client_auth: Option<(&Secret, &Secret)>,
@@ -414,7 +416,10 @@ fn scalar(v: &Value) -> String {
 }
 
 /// Fills `${secret:NAME}` from `secrets`.
-fn fill_secrets(template: &str, secrets: &HashMap<String, Secret>) -> Result<String, Failure> {
+pub(super) fn fill_secrets(
+    template: &str,
+    secrets: &HashMap<String, Secret>,
+) -> Result<String, Failure> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(i) = rest.find("${secret:") {
@@ -586,7 +591,7 @@ pub async fn call(clients: &Clients, c: Call<'_>) -> Result<Output, Failure> {
 /// `identity`, and every `Transfer-Encoding` line only `chunked` (which
 /// the HTTP client removes). Each header may come as several lines and
 /// each line as a list, so every element of every line is checked.
-fn coding_refused(headers: &http::HeaderMap) -> Option<String> {
+pub(super) fn coding_refused(headers: &http::HeaderMap) -> Option<String> {
     let refused = |name: http::header::HeaderName, allowed: &str| {
         headers.get_all(name).iter().find_map(|v| {
             let Ok(text) = v.to_str() else {
@@ -621,6 +626,8 @@ mod tests {
         Upstream {
             kind: "http".into(),
             address: address.into(),
+            tool: None,
+            pin: None,
             method: Some(method.into()),
             headers: [("Authorization".to_owned(), "Bearer ${secret:k}".to_owned())].into(),
             body_fields: Default::default(),

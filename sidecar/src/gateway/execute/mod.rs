@@ -5,12 +5,13 @@
 
 pub mod builtin;
 pub mod http;
+pub mod mcp;
 pub mod secrets;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use warden_shared::policy::CircuitBreaker;
+use warden_shared::policy::{CircuitBreaker, Document};
 use warden_shared::refusal::Reason;
 
 use super::catalog::ToolEntry;
@@ -50,6 +51,8 @@ pub struct Executor {
     /// Circuit breakers by tool.
     pub breakers: crate::infra::breaker::Breakers,
     in_flight: tokio::sync::Semaphore,
+    /// The MCP servers in use.
+    pub mcp: mcp::Upstreams,
 }
 
 impl Default for Executor {
@@ -58,6 +61,7 @@ impl Default for Executor {
             clients: http::Clients::default(),
             breakers: crate::infra::breaker::Breakers::default(),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            mcp: mcp::Upstreams::default(),
         }
     }
 }
@@ -81,12 +85,11 @@ impl Drop for Admitted<'_> {
 }
 
 impl Executor {
-    /// Calls `tool`'s upstream; `secret_refs` are the document's secret
-    /// references by name.
+    /// Calls `tool`'s upstream, as `doc` (the policy in force) defines it.
     pub async fn run(
         &self,
         tool: &ToolEntry,
-        secret_refs: &BTreeMap<String, String>,
+        doc: &Document,
         args: &serde_json::Value,
         call_id: &str,
         trace_id: &str,
@@ -111,7 +114,7 @@ impl Executor {
         // Resolved now, not at policy load: a rotated secret is used at once.
         let mut resolved = HashMap::new();
         for s in &tool.spec.secrets {
-            let reference = secret_refs.get(s).map(String::as_str).unwrap_or_default();
+            let reference = doc.secrets.get(s).map(String::as_str).unwrap_or_default();
             match secrets::resolve(reference) {
                 Ok(v) => {
                     resolved.insert(s.clone(), v);
@@ -158,19 +161,38 @@ impl Executor {
         let max_bytes = u
             .max_response_bytes
             .map_or(DEFAULT_MAX_RESPONSE_BYTES, |b| b as usize);
-        let result = http::call(
-            &self.clients,
-            http::Call {
-                upstream: u,
-                args,
-                secrets: &resolved,
-                call_id,
-                trace_id,
-                timeout,
-                max_bytes,
-            },
-        )
-        .await;
+        let result = if u.kind == "mcp" {
+            self.mcp
+                .call(doc, name, u, args, timeout, max_bytes)
+                .await
+                .map(|(content, given)| {
+                    // The server's own secrets are removed from answers too.
+                    for (i, g) in given.into_iter().enumerate() {
+                        resolved.insert(format!("\0mcp{i}"), g);
+                    }
+                    Output {
+                        content,
+                        content_type: mcp::RESULT_TYPE.to_owned(),
+                        status: 200,
+                        secrets: Vec::new(),
+                    }
+                })
+        } else {
+            http::call(
+                &self.clients,
+                http::Call {
+                    upstream: u,
+                    args,
+                    secrets: &resolved,
+                    call_id,
+                    trace_id,
+                    timeout,
+                    max_bytes,
+                },
+            )
+            .await
+            .map_err(mcp::Failure::Transport)
+        };
         admitted.done = true;
         self.outcome(name, result, &cfg, resolved)
     }
@@ -178,7 +200,7 @@ impl Executor {
     fn outcome(
         &self,
         name: &str,
-        result: Result<Output, http::Failure>,
+        result: Result<Output, mcp::Failure>,
         cfg: &CircuitBreaker,
         resolved: HashMap<String, Secret>,
     ) -> Result<Output, Refusal> {
@@ -187,9 +209,10 @@ impl Executor {
         // a healthy upstream's oddity.
         let healthy = match &result {
             Ok(o) => o.status < 500,
-            Err(
+            Err(mcp::Failure::Transport(
                 http::Failure::TooLarge(_) | http::Failure::Build(_) | http::Failure::Encoded(_),
-            ) => true,
+            ))
+            | Err(mcp::Failure::Rejected(_) | mcp::Failure::Withdrawn(_)) => true,
             Err(_) => false,
         };
         self.breakers.record(name, healthy, cfg, Instant::now());
@@ -200,6 +223,28 @@ impl Executor {
             }
             Err(e) => {
                 tracing::warn!(tool = %name, error = %e, "upstream call failed");
+                let e = match e {
+                    mcp::Failure::Transport(t) => t,
+                    mcp::Failure::Withdrawn(why) => {
+                        return Err(refuse(Reason::ToolWithdrawn, why).rule("pin"));
+                    }
+                    mcp::Failure::Rejected(code) => {
+                        return Err(refuse(
+                            Reason::UpstreamRequestInvalid,
+                            format!(
+                                "the MCP server of {name} refused the call (JSON-RPC error {code})"
+                            ),
+                        ));
+                    }
+                    mcp::Failure::Protocol(_) | mcp::Failure::SessionExpired => {
+                        return Err(refuse(
+                            Reason::UpstreamUnavailable,
+                            format!(
+                                "the MCP server of {name} broke the protocol; see the sidecar log"
+                            ),
+                        ));
+                    }
+                };
                 Err(match e {
                     http::Failure::Timeout(t) => refuse(
                         Reason::UpstreamTimeout,

@@ -9,7 +9,9 @@
 //!   the MCP authorization rules have a resource server do: a missing or
 //!   refused token gets `401` with a `WWW-Authenticate` challenge naming
 //!   the protected resource metadata (RFC 9728), served at
-//!   `/.well-known/oauth-protected-resource`. The token is checked exactly
+//!   `/.well-known/oauth-protected-resource`, which names the sidecar as
+//!   the authorization server a token comes from ([`oauth`]: the
+//!   `client_credentials` grant for the agent it serves). The token is checked exactly
 //!   as on the agent API (audience: this agent; bound to this sidecar's
 //!   certificate) and is never passed to an upstream.
 //! - A browser or a tricked fetch cannot use it: a request with an `Origin`
@@ -22,6 +24,8 @@
 //!   stage; a refusal is a tool error (`isError`) whose text and `_meta`
 //!   carry Warden's reason, stage and rule. An unknown tool is the
 //!   protocol's `-32602`.
+
+pub mod oauth;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use tokio::sync::watch;
 use warden_shared::refusal::{Reason, Refusal, Stage};
 
 use crate::gateway::authenticate::Credentials;
+use crate::gateway::execute::mcp::RESULT_TYPE;
 use crate::gateway::pipeline::{self, Gateway};
 use crate::identity::rotation::Manager;
 
@@ -71,6 +76,7 @@ pub struct McpServer {
     gateway: Arc<Gateway>,
     identity: Arc<Manager>,
     addr: SocketAddr,
+    issuer: Option<oauth::Issuer>,
 }
 
 type Answer = http::Response<Full<Bytes>>;
@@ -143,7 +149,19 @@ impl McpServer {
             gateway,
             identity,
             addr,
+            issuer: None,
         }
+    }
+
+    /// Serves the OAuth token endpoint with `issuer`, and names it in the
+    /// protected resource metadata.
+    pub fn with_issuer(mut self, issuer: oauth::Issuer) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+
+    fn issuer_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Whether `host` (a `Host` header) names this endpoint: its bound
@@ -185,25 +203,6 @@ impl McpServer {
     /// One HTTP request.
     pub async fn handle(&self, req: http::Request<Incoming>) -> Answer {
         let path = req.uri().path().to_owned();
-        if path == METADATA_PATH || path == format!("{METADATA_PATH}{PATH}") {
-            return if req.method() == Method::GET {
-                // No `authorization_servers` yet: the token comes from the
-                // agent API's StartSession until the OAuth flow lands.
-                json_answer(
-                    StatusCode::OK,
-                    &json!({
-                        "resource": self.resource(),
-                        "bearer_methods_supported": ["header"],
-                        "resource_name": "Warden sidecar",
-                    }),
-                )
-            } else {
-                empty(StatusCode::METHOD_NOT_ALLOWED)
-            };
-        }
-        if path != PATH {
-            return empty(StatusCode::NOT_FOUND);
-        }
         let h = req.headers();
         // A name that resolves here only by DNS rebinding is not ours.
         if let Some(host) = h.get(header::HOST)
@@ -231,6 +230,64 @@ impl McpServer {
                     None,
                 ),
             );
+        }
+        let get_only = |answer: Answer| {
+            if req.method() == Method::GET {
+                answer
+            } else {
+                empty(StatusCode::METHOD_NOT_ALLOWED)
+            }
+        };
+        if path == METADATA_PATH || path == format!("{METADATA_PATH}{PATH}") {
+            let mut m = json!({
+                "resource": self.resource(),
+                "bearer_methods_supported": ["header"],
+                "resource_name": "Warden sidecar",
+            });
+            if let Some(i) = &self.issuer {
+                m["authorization_servers"] = json!([self.issuer_url()]);
+                m["scopes_supported"] = json!(i.default_scopes());
+            }
+            return get_only(json_answer(StatusCode::OK, &m));
+        }
+        match (path.as_str(), &self.issuer) {
+            (oauth::AS_METADATA_PATH, Some(_)) => {
+                return get_only(json_answer(
+                    StatusCode::OK,
+                    &oauth::Issuer::metadata(&self.issuer_url()),
+                ));
+            }
+            (oauth::AUTHORIZE_PATH, Some(_)) => {
+                return json_answer(
+                    StatusCode::BAD_REQUEST,
+                    &json!({
+                        "error": "unsupported_response_type",
+                        "error_description": "no interactive grant is served: use client_credentials at the token endpoint",
+                    }),
+                );
+            }
+            (oauth::TOKEN_PATH, Some(issuer)) => {
+                if req.method() != Method::POST {
+                    let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
+                    r.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                    return r;
+                }
+                let (parts, body) = req.into_parts();
+                let Ok(body) = Limited::new(body, oauth::MAX_FORM_BYTES).collect().await else {
+                    return json_answer(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &json!({"error": "invalid_request", "error_description": "the request is too large"}),
+                    );
+                };
+                return issuer
+                    .token(&parts.headers, &body.to_bytes(), &self.resource())
+                    .await;
+            }
+            _ => {}
+        }
+        if path != PATH {
+            return empty(StatusCode::NOT_FOUND);
         }
         if req.method() != Method::POST {
             let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
@@ -465,18 +522,26 @@ impl McpServer {
         };
         match self.gateway.call_tool(creds, &r).await {
             Ok(a) => {
+                let meta = json!({"warden.dev/call": {
+                    "call_id": a.call_id,
+                    "upstream_status": a.upstream_status,
+                    "content_type": a.content_type,
+                    "redactions": a.redactions,
+                }});
+                // An MCP server's result (inspected) goes on as it is.
+                if a.content_type == RESULT_TYPE
+                    && let Ok(Value::Object(mut result)) = serde_json::from_slice(&a.content)
+                {
+                    result.insert("_meta".into(), meta);
+                    return rpc_result(id, Value::Object(result));
+                }
                 let text = String::from_utf8_lossy(&a.content).into_owned();
                 rpc_result(
                     id,
                     json!({
                         "content": [{"type": "text", "text": text}],
                         "isError": a.upstream_status >= 400,
-                        "_meta": {"warden.dev/call": {
-                            "call_id": a.call_id,
-                            "upstream_status": a.upstream_status,
-                            "content_type": a.content_type,
-                            "redactions": a.redactions,
-                        }},
+                        "_meta": meta,
                     }),
                 )
             }
