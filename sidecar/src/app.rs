@@ -154,6 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_call_journal(&journal)
             .with_context(|| format!("opening {}", journal.display()))?,
     );
+    gateway.executor.mcp.allow_commands(&config.mcp_commands);
     let api = AgentApi::new(
         Arc::clone(&identity),
         Arc::clone(&cp),

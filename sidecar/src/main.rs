@@ -58,6 +58,9 @@ struct Cli {
     /// Serve MCP (streamable HTTP, at /mcp) on this loopback address, e.g. 127.0.0.1:7603.
     #[arg(long, value_name = "ADDR")]
     mcp_listen: Option<SocketAddr>,
+    /// A program the policy may have this sidecar start as a stdio MCP server (absolute path; repeatable).
+    #[arg(long = "mcp-command", value_name = "PATH")]
+    mcp_commands: Vec<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = env::LOG_FORMAT)]
     log_format: Option<String>,
@@ -108,6 +111,7 @@ fn build(cli: Cli) -> Result<Config, String> {
     if let Some(v) = cli.mcp_listen {
         c.mcp_listen = Some(v);
     }
+    c.mcp_commands.extend(cli.mcp_commands);
     if let Some(v) = cli.log_format {
         c.log_format = v;
     }

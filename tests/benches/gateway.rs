@@ -39,10 +39,8 @@
     reason = "a benchmark aborts on any unexpected error and prints floats"
 )]
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +53,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::agent_service_client::AgentServiceClient;
+use warden_tests::bench::{
+    Phase, cpu_us, env_or, h2load, median, phase_secs, rss_kib, spawn_child,
+};
 use warden_tests::*;
 
 /// Concurrent callers (connections) of this binary's client.
@@ -161,24 +162,6 @@ fn upstream_main() {
     });
 }
 
-/// Starts this binary as a child in `role` (env `WARDEN_BENCH_<role>`)
-/// and reads the address it prints.
-fn spawn_child(role: &str, value: &str) -> (std::process::Child, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(role, value)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
-    (child, addr)
-}
-
 /// A minimal upstream: answers every request with a small JSON document.
 async fn upstream() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -212,45 +195,6 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn phase_secs() -> u64 {
-    env_or("WARDEN_BENCH_SECS", 3)
-}
-
-/// One phase's result: latencies (µs), completed calls per second, and
-/// the CPU time the sidecar spent per call (µs; 0 when not measured).
-#[derive(Default, Clone)]
-struct Phase {
-    lat: Vec<f64>,
-    rate: f64,
-    errors: u64,
-    cpu_per_call: f64,
-}
-
-/// A process's CPU time so far (user + system), µs, from `/proc`.
-fn cpu_us(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces), from field 3.
-    let rest = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // USER_HZ, 100 on Linux.
-    let hz = 100.0;
-    ticks * 1e6 / hz
-}
-
 /// Runs `phase`, measuring the CPU time `pid` spent per completed call.
 async fn with_cpu<F: Future<Output = Phase>>(pid: u32, phase: F) -> Phase {
     let before = cpu_us(pid);
@@ -259,36 +203,6 @@ async fn with_cpu<F: Future<Output = Phase>>(pid: u32, phase: F) -> Phase {
     let calls = p.rate * t.elapsed().as_secs_f64();
     p.cpu_per_call = (cpu_us(pid) - before) / calls.max(1.0);
     p
-}
-
-impl Phase {
-    fn pct(&self, p: f64) -> f64 {
-        let mut v = self.lat.clone();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
-    }
-
-    fn line(&self, name: &str) {
-        println!(
-            "    {name:<28} {:>8.0}/s   p50 {:>6.0} µs   p99 {:>6.0} µs{}{}",
-            self.rate,
-            self.pct(0.50),
-            self.pct(0.99),
-            if self.cpu_per_call > 0.0 {
-                format!("   sidecar CPU {:>4.0} µs/call", self.cpu_per_call)
-            } else {
-                String::new()
-            },
-            if self.errors > 0 {
-                format!("   ({} errors)", self.errors)
-            } else {
-                String::new()
-            }
-        );
-    }
 }
 
 type Op = Arc<dyn Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
@@ -363,110 +277,6 @@ fn grpc_frame(m: &impl Message) -> Vec<u8> {
     f.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
     f.extend_from_slice(&body);
     f
-}
-
-/// One `h2load` phase against `url`, posting `body` with `headers`; at
-/// `rps` per client with `clients` clients, or flat out. Latencies come
-/// from its per-request log.
-fn h2load(
-    url: &str,
-    body: &Path,
-    headers: &[String],
-    clients: u32,
-    rps: Option<u32>,
-    h1: bool,
-    min_data: u64,
-    log: &Path,
-) -> Phase {
-    let secs = phase_secs();
-    // h2load appends to its log: each phase starts with none.
-    let _ = std::fs::remove_file(log);
-    let mut cmd = Command::new("h2load");
-    cmd.arg(format!("--clients={clients}"))
-        .arg("--max-concurrent-streams=1")
-        .arg(format!("--threads={}", 1))
-        .arg(format!("--duration={secs}"))
-        .arg("--warm-up-time=1")
-        .arg(format!("--log-file={}", log.display()))
-        .arg(format!("--data={}", body.display()));
-    if let Some(r) = rps {
-        cmd.arg(format!("--rps={r}"));
-    }
-    if h1 {
-        cmd.arg("--h1");
-    }
-    for h in headers {
-        cmd.arg(format!("--header={h}"));
-    }
-    let out = cmd
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("h2load runs (install Debian's nghttp2-client)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "h2load failed: {text}");
-    // "requests: 9000 total, 9000 started, 9000 done, 9000 succeeded, 0 failed, 0 errored, 0 timeout"
-    let field = |line: &str, name: &str| -> u64 {
-        line.split(',')
-            .find(|p| p.trim().ends_with(name))
-            .and_then(|p| p.split_whitespace().rev().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let requests = text
-        .lines()
-        .find(|l| l.starts_with("requests:"))
-        .unwrap_or_default();
-    let mut failed =
-        field(requests, "failed") + field(requests, "errored") + field(requests, "timeout");
-    // gRPC refuses with a trailers-only response (HTTP 200, no DATA): the
-    // answers of the phase must carry at least `min_data` bytes of DATA
-    // each on average, or the phase counts its calls as failed.
-    // "traffic: 3.36MB (3525120) total, 1.11MB (1163520) headers (…), 1.55MB (1625600) data"
-    let data: u64 = text
-        .lines()
-        .find(|l| l.starts_with("traffic:"))
-        .and_then(|l| l.rsplit('(').next())
-        .and_then(|t| t.split(')').next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    let done = field(requests, "succeeded").max(1);
-    if data < done * min_data {
-        failed = failed.max(done);
-    }
-    let log_text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut lat = Vec::new();
-    let mut bad = 0;
-    for row in log_text.lines() {
-        let cols: Vec<&str> = row.split('\t').collect();
-        match (cols.get(1), cols.get(2).and_then(|c| c.parse::<f64>().ok())) {
-            (Some(&"200"), Some(us)) => lat.push(us),
-            _ => bad += 1,
-        }
-    }
-    // "finished in 3.00s, 2999.67 req/s, 1.11MB/s" (the measured period)
-    let rate = text
-        .lines()
-        .find(|l| l.starts_with("finished in"))
-        .and_then(|l| l.split(',').nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(lat.len() as f64 / secs as f64);
-    Phase {
-        cpu_per_call: 0.0,
-        rate,
-        lat,
-        errors: failed.max(bad),
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
 }
 
 /// The in-process pipeline: `Authorize` with its token verified (cached),

@@ -37,6 +37,9 @@ mcp_servers:
     command: "{PYTHON}"
     args: ["{SCRIPT}", "stdio", "{NO_FILE}"]
     env: { API_KEY: "${secret:up_key}" }
+  rogue:
+    command: /bin/sh
+    args: ["-c", "touch {MARKER}"]
 tools:
   - name: remote.echo
     description: Echoes the text (pinned).
@@ -90,6 +93,12 @@ tools:
     scopes: ["mcp:call"]
     risk: low
     upstream: { kind: mcp, address: local }
+  - name: rogue.run
+    description: A program the sidecar is not configured to start.
+    input_schema: { type: object }
+    scopes: ["mcp:call"]
+    risk: low
+    upstream: { kind: mcp, address: rogue, tool: run }
 cedar: |
   permit(principal, action, resource);
 "##;
@@ -173,6 +182,7 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
     std::fs::write(&key_file, &key).unwrap();
     let desc_file = dir.join("weather-description");
     let no_file = dir.join("no-such-file");
+    let marker = dir.join("rogue-ran");
 
     // The upstream's echo as the server lists it, pinned by digest.
     let listed = run_python(vec![
@@ -221,7 +231,8 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
         .replace("{PYTHON}", &python())
         .replace("{SCRIPT}", &script("mcp_server.py"))
         .replace("{NO_FILE}", &no_file.display().to_string())
-        .replace("{ECHO_PIN}", &echo_pin);
+        .replace("{ECHO_PIN}", &echo_pin)
+        .replace("{MARKER}", &marker.display().to_string());
     let mut admin = mesh.admin().await.unwrap();
     admin.apply_policy(apply_policy(&doc)).await.unwrap();
     admin
@@ -238,6 +249,8 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
     let token = mesh.join_token("m1").await.unwrap();
     let mut config = mesh.sidecar_config("m1", Some(token));
     config.mcp_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    // The one program this sidecar may start.
+    config.mcp_commands = vec![python().into()];
     let data_dir = config.data_dir.clone();
     let sidecar = warden_sidecar::app::start(config).await.unwrap();
     let held = eventually(Duration::from_secs(10), || async {
@@ -261,6 +274,7 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
         ["local.echo", {"text": "from a process"}],
         ["local.key_check", {}],
         ["remote.weather", {"city": "Oslo"}],
+        ["rogue.run", {}],
     ]);
     let seen = run_python(vec![
         script("mcp_oauth_client.py"),
@@ -325,6 +339,10 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
         "{text}"
     );
     assert_eq!(c[9]["text"], "sunny in Oslo", "{seen}");
+    // A program the sidecar's own configuration does not list is never
+    // started, whatever the policy says.
+    assert_eq!(refusal(&c[10]), "UPSTREAM_NOT_CONFIGURED", "{seen}");
+    assert!(!marker.exists(), "the rogue program ran");
 
     // A token by hand, for the raw requests below.
     let basic = base64_basic("m1", &secret);

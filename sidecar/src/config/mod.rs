@@ -110,6 +110,12 @@ pub struct Config {
     /// address. Off unless set.
     #[serde(default)]
     pub mcp_listen: Option<SocketAddr>,
+    /// Programs this sidecar may start as stdio MCP servers (absolute
+    /// paths). A policy alone cannot make the host run a program: a stdio
+    /// server whose `command` is not listed here is refused. Empty by
+    /// default.
+    #[serde(default)]
+    pub mcp_commands: Vec<PathBuf>,
     /// Join token for the first enrollment (never logged).
     #[serde(default, skip_serializing)]
     pub join_token: Option<String>,
@@ -214,6 +220,7 @@ impl std::fmt::Debug for Config {
             .field("socket", &self.socket_path())
             .field("health_listen", &self.health_listen)
             .field("mcp_listen", &self.mcp_listen)
+            .field("mcp_commands", &self.mcp_commands)
             .field(
                 "join_token",
                 &self.join_token.as_ref().map(|_| "[redacted]"),
@@ -260,6 +267,7 @@ impl Config {
             socket: None,
             health_listen: default_health(),
             mcp_listen: None,
+            mcp_commands: Vec::new(),
             join_token: None,
             renew_fraction: default_renew_fraction(),
             max_policy_age_secs: None,
@@ -324,6 +332,12 @@ impl Config {
         {
             return Err(Error::Invalid(format!(
                 "mcp_listen {m} is not a loopback address; the MCP front door must not be reachable from the network"
+            )));
+        }
+        if let Some(c) = self.mcp_commands.iter().find(|c| !c.is_absolute()) {
+            return Err(Error::Invalid(format!(
+                "mcp_commands: {} is not an absolute path",
+                c.display()
             )));
         }
         if !(0.1..=0.9).contains(&self.renew_fraction) {

@@ -259,10 +259,9 @@ impl Gateway {
             event: Some(e.clone()),
             t0,
         };
-        let doc = &a.policy.policy.document;
         let out = match self
             .executor
-            .run(&a.tool, doc, &a.args, &call_id, r.trace_id)
+            .run(&a.tool, &a.policy.policy, &a.args, &call_id, r.trace_id)
             .await
         {
             Ok(o) => o,
@@ -315,7 +314,7 @@ impl Gateway {
             && let Standing::Withdrawn(why) =
                 self.executor
                     .mcp
-                    .known_standing(&policy.policy.document, &tool.spec.name, u)
+                    .known_standing(&policy.policy, &tool.spec.name, u)
         {
             return Err(Refusal::at(Stage::Validate, Reason::ToolWithdrawn, why).rule("pin"));
         }
@@ -377,7 +376,7 @@ impl Gateway {
                 && !self
                     .executor
                     .mcp
-                    .offered(&policy.policy.document, &t.spec.name, u)
+                    .offered(&policy.policy, &t.spec.name, u)
                     .await
             {
                 continue;

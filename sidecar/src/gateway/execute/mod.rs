@@ -11,7 +11,7 @@ pub mod secrets;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use warden_shared::policy::{CircuitBreaker, Document};
+use warden_shared::policy::{CircuitBreaker, Policy};
 use warden_shared::refusal::Reason;
 
 use super::catalog::ToolEntry;
@@ -85,11 +85,11 @@ impl Drop for Admitted<'_> {
 }
 
 impl Executor {
-    /// Calls `tool`'s upstream, as `doc` (the policy in force) defines it.
+    /// Calls `tool`'s upstream, as `policy` (the one in force) defines it.
     pub async fn run(
         &self,
         tool: &ToolEntry,
-        doc: &Document,
+        policy: &Policy,
         args: &serde_json::Value,
         call_id: &str,
         trace_id: &str,
@@ -114,7 +114,12 @@ impl Executor {
         // Resolved now, not at policy load: a rotated secret is used at once.
         let mut resolved = HashMap::new();
         for s in &tool.spec.secrets {
-            let reference = doc.secrets.get(s).map(String::as_str).unwrap_or_default();
+            let reference = policy
+                .document
+                .secrets
+                .get(s)
+                .map(String::as_str)
+                .unwrap_or_default();
             match secrets::resolve(reference) {
                 Ok(v) => {
                     resolved.insert(s.clone(), v);
@@ -163,7 +168,7 @@ impl Executor {
             .map_or(DEFAULT_MAX_RESPONSE_BYTES, |b| b as usize);
         let result = if u.kind == "mcp" {
             self.mcp
-                .call(doc, name, u, args, timeout, max_bytes)
+                .call(policy, name, u, args, timeout, max_bytes)
                 .await
                 .map(|(content, given)| {
                     // The server's own secrets are removed from answers too.
@@ -212,7 +217,11 @@ impl Executor {
             Err(mcp::Failure::Transport(
                 http::Failure::TooLarge(_) | http::Failure::Build(_) | http::Failure::Encoded(_),
             ))
-            | Err(mcp::Failure::Rejected(_) | mcp::Failure::Withdrawn(_)) => true,
+            | Err(
+                mcp::Failure::Rejected(_)
+                | mcp::Failure::Withdrawn(_)
+                | mcp::Failure::NotAllowed(_),
+            ) => true,
             Err(_) => false,
         };
         self.breakers.record(name, healthy, cfg, Instant::now());
@@ -225,6 +234,9 @@ impl Executor {
                 tracing::warn!(tool = %name, error = %e, "upstream call failed");
                 let e = match e {
                     mcp::Failure::Transport(t) => t,
+                    mcp::Failure::NotAllowed(why) => {
+                        return Err(refuse(Reason::UpstreamNotConfigured, why).rule("mcp_commands"));
+                    }
                     mcp::Failure::Withdrawn(why) => {
                         return Err(refuse(Reason::ToolWithdrawn, why).rule("pin"));
                     }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use warden_shared::policy::{Document, McpServer, Upstream, mcp_pin};
+use warden_shared::policy::{Document, McpServer, Policy, Upstream, mcp_pin};
 
 use super::http::{Clients, Failure as HttpFailure};
 use super::secrets::{self, Secret};
@@ -62,6 +62,9 @@ pub enum Failure {
     /// The tool is withdrawn (why).
     #[error("{0}")]
     Withdrawn(String),
+    /// The policy names a program this sidecar may not start.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The HTTP session ended (the server forgot it): start another.
     #[error("the server ended the session")]
     SessionExpired,
@@ -168,13 +171,20 @@ struct Server {
     withdrawn: RwLock<HashMap<String, String>>,
     /// (tool, digest) pairs already alerted on.
     alerted: Mutex<HashSet<(String, String)>>,
+    /// The policy's secret references (for the server's settings).
+    refs: RwLock<BTreeMap<String, String>>,
     stale: AtomicBool,
     refreshing: tokio::sync::Mutex<()>,
     changed: Arc<Notify>,
 }
 
 impl Server {
-    fn new(name: &str, config: McpServer, pins: HashMap<String, Admitted>) -> Self {
+    fn new(
+        name: &str,
+        config: McpServer,
+        pins: HashMap<String, Admitted>,
+        refs: BTreeMap<String, String>,
+    ) -> Self {
         let link = match &config.url {
             Some(url) => Link::Http(streamable::Link::new(url)),
             None => Link::Stdio(stdio::Link::default()),
@@ -188,6 +198,7 @@ impl Server {
             first_seen: Mutex::new(HashMap::new()),
             withdrawn: RwLock::new(HashMap::new()),
             alerted: Mutex::new(HashSet::new()),
+            refs: RwLock::new(refs),
             stale: AtomicBool::new(false),
             refreshing: tokio::sync::Mutex::new(()),
             changed: Arc::new(Notify::new()),
@@ -195,7 +206,8 @@ impl Server {
     }
 
     /// Resolves the secrets the server's settings use.
-    fn secrets(&self, refs: &BTreeMap<String, String>) -> Result<HashMap<String, Secret>, String> {
+    fn secrets(&self) -> Result<HashMap<String, Secret>, String> {
+        let refs = self.refs.read().unwrap_or_else(|p| p.into_inner());
         let mut out = HashMap::new();
         for s in self.config.secret_uses() {
             let reference = refs.get(s).map(String::as_str).unwrap_or_default();
@@ -403,12 +415,7 @@ impl Server {
 
 /// Re-reads a server's tools every `every` and whenever it announces a
 /// change, while the server is in use.
-async fn refresher(
-    server: Weak<Server>,
-    clients: Weak<Clients>,
-    every: Duration,
-    refs: BTreeMap<String, String>,
-) {
+async fn refresher(server: Weak<Server>, clients: Weak<Clients>, every: Duration) {
     let changed = match server.upgrade() {
         Some(s) => Arc::clone(&s.changed),
         None => return,
@@ -422,7 +429,7 @@ async fn refresher(
             return;
         };
         s.stale.store(true, Ordering::Release);
-        let Ok(secrets) = s.secrets(&refs) else {
+        let Ok(secrets) = s.secrets() else {
             continue;
         };
         if let Err(e) = s.ensure_listed(&c, &secrets, LIST_TIMEOUT).await {
@@ -431,18 +438,30 @@ async fn refresher(
     }
 }
 
+/// The servers in use, and the policy (its digest) they were last
+/// brought in line with.
+#[derive(Debug, Default)]
+struct InUse {
+    servers: HashMap<String, Arc<Server>>,
+    applied: String,
+}
+
 /// The MCP servers in use, by name.
 #[derive(Debug)]
 pub struct Upstreams {
-    servers: Mutex<HashMap<String, Arc<Server>>>,
+    in_use: Mutex<InUse>,
     clients: Arc<Clients>,
+    /// The programs this sidecar may start (its configuration's
+    /// `mcp_commands`).
+    commands: RwLock<Vec<std::path::PathBuf>>,
 }
 
 impl Default for Upstreams {
     fn default() -> Self {
         Self {
-            servers: Mutex::new(HashMap::new()),
+            in_use: Mutex::new(InUse::default()),
             clients: Arc::new(Clients::default()),
+            commands: RwLock::new(Vec::new()),
         }
     }
 }
@@ -474,47 +493,94 @@ fn pins_of(doc: &Document, name: &str) -> HashMap<String, Admitted> {
 }
 
 impl Upstreams {
-    /// Server `name` as `doc` defines it: the one in use, or a new one
-    /// (which replaces one of other settings; servers the document no
-    /// longer names are let go, and their processes stopped).
-    fn server(&self, doc: &Document, name: &str) -> Option<Arc<Server>> {
-        let config = doc.mcp_servers.get(name)?;
-        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        servers.retain(|n, s| {
+    /// Lets the policy start these programs as stdio servers (and no
+    /// other).
+    pub fn allow_commands(&self, commands: &[std::path::PathBuf]) {
+        *self.commands.write().unwrap_or_else(|p| p.into_inner()) = commands.to_vec();
+    }
+
+    fn may_start(&self, command: &str) -> bool {
+        self.commands
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|c| c.as_os_str() == command)
+    }
+
+    /// Brings the servers in use in line with `policy` (once per policy):
+    /// servers it no longer names, or names with other settings, are let
+    /// go (their processes stopped); the others get its pins and secret
+    /// references.
+    fn reconcile(&self, st: &mut InUse, policy: &Policy) {
+        let doc = &policy.document;
+        st.servers.retain(|n, s| {
             let keep = doc.mcp_servers.get(n) == Some(&s.config);
             if !keep && let Link::Stdio(l) = &s.link {
                 l.stop();
             }
             keep
         });
-        if let Some(s) = servers.get(name) {
+        for (name, s) in &st.servers {
             let pins = pins_of(doc, name);
-            let same = *s.pins.read().unwrap_or_else(|p| p.into_inner()) == pins;
-            if !same {
+            let changed = *s.pins.read().unwrap_or_else(|p| p.into_inner()) != pins;
+            if changed {
                 *s.pins.write().unwrap_or_else(|p| p.into_inner()) = pins;
                 s.judge();
             }
-            return Some(Arc::clone(s));
+            *s.refs.write().unwrap_or_else(|p| p.into_inner()) = doc.secrets.clone();
         }
-        let s = Arc::new(Server::new(name, config.clone(), pins_of(doc, name)));
+        for (name, m) in &doc.mcp_servers {
+            if let Some(cmd) = &m.command
+                && !self.may_start(cmd)
+            {
+                tracing::error!(server = %name, command = %cmd, "mcp: the policy names a program this sidecar may not start (mcp_commands); its tools are refused");
+            }
+        }
+        st.applied.clone_from(&policy.digest);
+    }
+
+    /// Server `name` as `policy` defines it: the one in use, or a new one.
+    fn server(&self, policy: &Policy, name: &str) -> Result<Arc<Server>, Failure> {
+        let doc = &policy.document;
+        let config = doc
+            .mcp_servers
+            .get(name)
+            .ok_or_else(|| Failure::Protocol(format!("no MCP server {name}")))?;
+        if let Some(cmd) = &config.command
+            && !self.may_start(cmd)
+        {
+            return Err(Failure::NotAllowed(format!(
+                "MCP server {name} is a program this sidecar is not configured to start"
+            )));
+        }
+        let mut st = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        if st.applied != policy.digest {
+            self.reconcile(&mut st, policy);
+        }
+        if let Some(s) = st.servers.get(name) {
+            return Ok(Arc::clone(s));
+        }
+        let s = Arc::new(Server::new(
+            name,
+            config.clone(),
+            pins_of(doc, name),
+            doc.secrets.clone(),
+        ));
         tokio::spawn(refresher(
             Arc::downgrade(&s),
             Arc::downgrade(&self.clients),
             config.refresh_every(),
-            doc.secrets.clone(),
         ));
-        servers.insert(name.to_owned(), Arc::clone(&s));
-        Some(s)
+        st.servers.insert(name.to_owned(), Arc::clone(&s));
+        Ok(s)
     }
 
     /// Whether the tool with upstream `u` (catalog name `tool`) may be
     /// called now, from what is known without asking the server.
-    pub fn known_standing(&self, doc: &Document, tool: &str, u: &Upstream) -> Standing {
-        let servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        match servers.get(&u.address) {
-            Some(s) if doc.mcp_servers.get(&u.address) == Some(&s.config) => {
-                s.standing(tool, u.remote_tool(tool))
-            }
+    pub fn known_standing(&self, policy: &Policy, tool: &str, u: &Upstream) -> Standing {
+        let st = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        match st.servers.get(&u.address) {
+            Some(s) if st.applied == policy.digest => s.standing(tool, u.remote_tool(tool)),
             _ => Standing::Unknown,
         }
     }
@@ -522,11 +588,11 @@ impl Upstreams {
     /// Whether the tool is offered now, reading the server's tools first
     /// if need be (within [`LIST_TIMEOUT`]). An unreachable server's
     /// tools are not offered.
-    pub async fn offered(&self, doc: &Document, tool: &str, u: &Upstream) -> bool {
-        let Some(s) = self.server(doc, &u.address) else {
+    pub async fn offered(&self, policy: &Policy, tool: &str, u: &Upstream) -> bool {
+        let Ok(s) = self.server(policy, &u.address) else {
             return false;
         };
-        let Ok(secrets) = s.secrets(&doc.secrets) else {
+        let Ok(secrets) = s.secrets() else {
             return false;
         };
         if let Err(e) = s.ensure_listed(&self.clients, &secrets, LIST_TIMEOUT).await {
@@ -541,18 +607,16 @@ impl Upstreams {
     /// inspection).
     pub async fn call(
         &self,
-        doc: &Document,
+        policy: &Policy,
         tool: &str,
         u: &Upstream,
         args: &Value,
         timeout: Duration,
         max_bytes: usize,
     ) -> Result<(Vec<u8>, Vec<Secret>), Failure> {
-        let s = self
-            .server(doc, &u.address)
-            .ok_or_else(|| Failure::Protocol(format!("no MCP server {}", u.address)))?;
+        let s = self.server(policy, &u.address)?;
         let secrets = s
-            .secrets(&doc.secrets)
+            .secrets()
             .map_err(|m| Failure::Transport(HttpFailure::Build(m)))?;
         let remote = u.remote_tool(tool);
         let started = tokio::time::Instant::now();
