@@ -107,17 +107,7 @@ cedar: |
 
 /// The sidecar process.
 fn child_main(config: &str) {
-    let c: serde_json::Value = serde_json::from_str(config).unwrap();
-    let s = |k: &str| c[k].as_str().unwrap().to_owned();
-    // Logs as the real binary writes them (JSON, info, to stderr, which the
-    // parent discards): every call's audit event is formatted and written.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("WARDEN_BENCH_LOG").unwrap_or_else(|_| "info".into()),
-        ))
-        .with_writer(std::io::stderr)
-        .json()
-        .init();
+    bench::json_logs(&std::env::var("WARDEN_BENCH_LOG").unwrap_or_else(|_| "info".into()));
     let rt = match std::env::var("WARDEN_BENCH_RT").as_deref() {
         Ok("current") => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -130,26 +120,8 @@ fn child_main(config: &str) {
             .unwrap(),
         Err(_) => tokio::runtime::Runtime::new().unwrap(),
     };
-    rt.block_on(async {
-        let mut cfg = warden_sidecar::config::Config::new(
-            &s("url"),
-            s("ca").into(),
-            &s("agent"),
-            s("dir").into(),
-        );
-        cfg.trust_domain = TD.into();
-        cfg.listen = any_port();
-        cfg.health_listen = any_port();
-        cfg.join_token = Some(s("token"));
-        let sc = warden_sidecar::app::start(cfg).await.unwrap();
-        let ok = eventually(Duration::from_secs(10), || async {
-            sc.auth.state().held().policy.is_some()
-        })
-        .await;
-        assert!(ok, "no policy reached the sidecar");
-        println!("READY {}", sc.agent_addr.unwrap());
-        let _ = tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await;
-    });
+    let cfg = bench::sidecar_config(config);
+    rt.block_on(bench::serve_sidecar(cfg, |sc| sc.agent_addr.unwrap()));
 }
 
 /// The upstream process: prints its address, serves until stdin closes.

@@ -16,16 +16,19 @@
 //!   `mcp-contextforge-gateway` (see BENCHMARKS.md); without it, that
 //!   column is skipped.
 //!
-//! Load comes from `h2load` (Debian `nghttp2-client`) over HTTP/1.1: a
-//! fixed rate every target sustains (latency, p50 and p99 from h2load's
-//! per-request log), then flat out (saturation throughput). Phases run in
+//! Load comes from `h2load` (Debian `nghttp2-client`) over HTTP/1.1: one
+//! client back to back (latency without queueing), a fixed rate every
+//! target sustains (latency, p50 and p99 from h2load's per-request log),
+//! then flat out (saturation throughput). Phases run in
 //! rounds, interleaved (direct, sidecar, ContextForge, direct, …); the
 //! ratios are taken within a round and the summary gives their medians.
 //!
 //! Run: `cargo bench -p warden-tests --bench mcp`. Knobs:
 //! `WARDEN_BENCH_ROUNDS` (default 5), `WARDEN_BENCH_SECS` (per phase,
 //! default 3), `WARDEN_BENCH_RATE` (the fixed rate, default 500/s),
-//! `WARDEN_BENCH_CONTEXTFORGE` (a virtualenv path).
+//! `WARDEN_BENCH_CONTEXTFORGE` (a virtualenv path), `WARDEN_BENCH_HOLD=1`
+//! (print the targets and keep everything up until stdin closes, for a
+//! profiler or a load generator by hand).
 
 #![allow(
     clippy::unwrap_used,
@@ -154,41 +157,16 @@ fn upstream_main() {
 
 /// The sidecar process: prints its MCP address once it holds the policy.
 fn sidecar_main(config: &str) {
-    let c: Value = serde_json::from_str(config).unwrap();
-    let s = |k: &str| c[k].as_str().unwrap().to_owned();
-    // Logs as the real binary writes them (JSON, info, to stderr, which the
-    // parent discards): every call's audit event is formatted and written.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::stderr)
-        .json()
-        .init();
+    bench::json_logs("info");
+    let mut cfg = bench::sidecar_config(config);
+    cfg.mcp_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut cfg = warden_sidecar::config::Config::new(
-            &s("url"),
-            s("ca").into(),
-            &s("agent"),
-            s("dir").into(),
-        );
-        cfg.trust_domain = TD.into();
-        cfg.listen = any_port();
-        cfg.health_listen = any_port();
-        cfg.mcp_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        cfg.join_token = Some(s("token"));
-        let sc = warden_sidecar::app::start(cfg).await.unwrap();
-        let ok = eventually(Duration::from_secs(10), || async {
-            sc.auth.state().held().policy.is_some()
-        })
-        .await;
-        assert!(ok, "no policy reached the sidecar");
-        println!("READY {}", sc.mcp_addr.unwrap());
-        let _ = tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await;
-    });
+    rt.block_on(bench::serve_sidecar(cfg, |sc| sc.mcp_addr.unwrap()));
 }
 
-/// One round: per target, its fixed-rate and its flat-out phase.
-type Round = Vec<(Phase, Phase)>;
+/// One round: per target, its back-to-back, fixed-rate and flat-out
+/// phases.
+type Round = Vec<[Phase; 3]>;
 
 /// A target of the benchmark: where `tools/call` goes, and how.
 struct Target {
@@ -436,26 +414,45 @@ async fn main() {
         );
     }
 
+    if std::env::var("WARDEN_BENCH_HOLD").is_ok() {
+        // Everything stays up for a profiler or a load generator by hand.
+        for t in &targets {
+            println!(
+                "{}: {} body {} headers {:?} (sidecar pid {})",
+                t.name,
+                t.url,
+                t.body.display(),
+                t.headers,
+                sc_child.id()
+            );
+        }
+        let _ = tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await;
+    }
     println!(
         "MCP tools/call, {rounds} rounds × {} s per phase; h2load --h1, {RATE_CLIENTS} clients at {rate}/s in all, then {FLAT_CLIENTS} clients flat out",
         phase_secs()
     );
     let log = files.path().join("log");
     let per_client = (rate / RATE_CLIENTS).max(1);
-    // results[round][target] = (fixed-rate phase, flat-out phase)
+    // results[round][target] = [back-to-back, fixed rate, flat out]
     let mut results: Vec<Round> = Vec::new();
     for round in 0..rounds {
         println!("  round {}", round + 1);
-        let mut row = Vec::new();
-        for t in &targets {
-            let fixed = phase(t, RATE_CLIENTS, Some(per_client), &log);
-            fixed.line(&format!("{} at {rate}/s", t.name));
-            row.push((fixed, Phase::default()));
+        let mut row: Round = vec![Default::default(); targets.len()];
+        for (i, t) in targets.iter().enumerate() {
+            let p = phase(t, 1, None, &log);
+            p.line(&format!("{} back to back", t.name));
+            row[i][0] = p;
         }
         for (i, t) in targets.iter().enumerate() {
-            let flat = phase(t, FLAT_CLIENTS, None, &log);
-            flat.line(&format!("{} flat out", t.name));
-            row[i].1 = flat;
+            let p = phase(t, RATE_CLIENTS, Some(per_client), &log);
+            p.line(&format!("{} at {rate}/s", t.name));
+            row[i][1] = p;
+        }
+        for (i, t) in targets.iter().enumerate() {
+            let p = phase(t, FLAT_CLIENTS, None, &log);
+            p.line(&format!("{} flat out", t.name));
+            row[i][2] = p;
         }
         results.push(row);
     }
@@ -464,45 +461,51 @@ async fn main() {
     let med = |f: &dyn Fn(&Round) -> f64| median(results.iter().map(f).collect());
     for (i, t) in targets.iter().enumerate() {
         println!(
-            "  {:<13} at {rate}/s: p50 {:>7.0} µs  p99 {:>7.0} µs   flat out: {:>7.0}/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
+            "  {:<13} back to back: p50 {:>6.0} µs p99 {:>6.0} µs | at {rate}/s: p50 {:>6.0} µs p99 {:>6.0} µs | flat out: {:>6.0}/s p50 {:>6.0} µs p99 {:>6.0} µs",
             t.name,
-            med(&|r| r[i].0.pct(0.50)),
-            med(&|r| r[i].0.pct(0.99)),
-            med(&|r| r[i].1.rate),
-            med(&|r| r[i].1.pct(0.50)),
-            med(&|r| r[i].1.pct(0.99)),
+            med(&|r| r[i][0].pct(0.50)),
+            med(&|r| r[i][0].pct(0.99)),
+            med(&|r| r[i][1].pct(0.50)),
+            med(&|r| r[i][1].pct(0.99)),
+            med(&|r| r[i][2].rate),
+            med(&|r| r[i][2].pct(0.50)),
+            med(&|r| r[i][2].pct(0.99)),
         );
     }
-    let added_p50 = med(&|r| r[1].0.pct(0.50) - r[0].0.pct(0.50));
-    let added_p99 = med(&|r| r[1].0.pct(0.99) - r[0].0.pct(0.99));
+    let added = |k: usize, p: f64| med(&|r| r[1][k].pct(p) - r[0][k].pct(p));
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
-        "  sidecar over direct at {rate}/s: +{added_p50:.0} µs at p50 (goal ≤ 200 µs: {}), +{added_p99:.0} µs at p99",
-        if added_p50 <= 200.0 { "met" } else { "NOT met" }
+        "  sidecar over direct, back to back: +{:.0} µs at p50 (goal ≤ 200 µs: {}), +{:.0} µs at p99",
+        added(0, 0.50),
+        verdict(added(0, 0.50) <= 200.0),
+        added(0, 0.99)
+    );
+    println!(
+        "  sidecar over direct at {rate}/s: +{:.0} µs at p50 (goal ≤ 200 µs: {}), +{:.0} µs at p99",
+        added(1, 0.50),
+        verdict(added(1, 0.50) <= 200.0),
+        added(1, 0.99)
     );
     println!(
         "  sidecar flat out: {:.0}% of direct's throughput",
-        100.0 * med(&|r| r[1].1.rate / r[0].1.rate)
+        100.0 * med(&|r| r[1][2].rate / r[0][2].rate)
     );
     if targets.len() > 2 {
-        let x = med(&|r| r[1].1.rate / r[2].1.rate);
-        let p99_fixed = med(&|r| r[1].0.pct(0.99) / r[2].0.pct(0.99));
-        let p99_flat = med(&|r| r[1].1.pct(0.99) / r[2].1.pct(0.99));
+        let x = med(&|r| r[1][2].rate / r[2][2].rate);
+        let p99 = |k: usize| med(&|r| r[1][k].pct(0.99) / r[2][k].pct(0.99));
         println!(
-            "  sidecar vs ContextForge: {x:.1}× its throughput flat out (goal ≥ 5×: {}); p99 {:.2}× its p99 at {rate}/s, {:.2}× flat out (goal < 1: {})",
-            if x >= 5.0 { "met" } else { "NOT met" },
-            p99_fixed,
-            p99_flat,
-            if p99_fixed < 1.0 && p99_flat < 1.0 {
-                "met"
-            } else {
-                "NOT met"
-            }
+            "  sidecar vs ContextForge: {x:.1}× its throughput flat out (goal ≥ 5×: {}); p99 {:.2}× its p99 back to back, {:.2}× at {rate}/s, {:.2}× flat out (goal < 1: {})",
+            verdict(x >= 5.0),
+            p99(0),
+            p99(1),
+            p99(2),
+            verdict(p99(0) < 1.0 && p99(1) < 1.0 && p99(2) < 1.0)
         );
     }
     let errors: u64 = results
         .iter()
         .flatten()
-        .map(|(a, b)| a.errors + b.errors)
+        .map(|p| p.iter().map(|x| x.errors).sum::<u64>())
         .sum();
     println!("  errors in all phases: {errors}");
     drop(sc_child.stdin.take());

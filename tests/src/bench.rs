@@ -210,3 +210,49 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
     v[v.len() / 2]
 }
+
+/// Sidecar settings as a parent process passes them (JSON: `url`, `ca`,
+/// `agent`, `token`, `dir`), on free loopback ports.
+pub fn sidecar_config(json: &str) -> warden_sidecar::config::Config {
+    let c: serde_json::Value = serde_json::from_str(json).unwrap();
+    let s = |k: &str| c[k].as_str().unwrap().to_owned();
+    let mut cfg = warden_sidecar::config::Config::new(
+        &s("url"),
+        s("ca").into(),
+        &s("agent"),
+        s("dir").into(),
+    );
+    cfg.trust_domain = crate::TD.into();
+    cfg.listen = crate::any_port();
+    cfg.health_listen = crate::any_port();
+    cfg.join_token = Some(s("token"));
+    cfg
+}
+
+/// Logs as the real binary writes them (JSON, to stderr, which the parent
+/// discards), filtered by `filter`: every call's audit event is formatted
+/// and written.
+pub fn json_logs(filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .json()
+        .init();
+}
+
+/// Starts a sidecar with `cfg`, waits until it holds a policy, prints
+/// `READY <addr>` (the address `pick` names), and serves until stdin
+/// closes.
+pub async fn serve_sidecar(
+    cfg: warden_sidecar::config::Config,
+    pick: impl Fn(&warden_sidecar::app::Running) -> SocketAddr,
+) {
+    let sc = warden_sidecar::app::start(cfg).await.unwrap();
+    let ok = crate::eventually(std::time::Duration::from_secs(10), || async {
+        sc.auth.state().held().policy.is_some()
+    })
+    .await;
+    assert!(ok, "no policy reached the sidecar");
+    println!("READY {}", pick(&sc));
+    let _ = tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await;
+}

@@ -168,6 +168,24 @@ async fn rpc(addr: SocketAddr, token: &str, msg: &Value) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// The HTTP server on `port`, which expects `key` as its bearer token.
+fn start_server(port: u16, desc_file: &std::path::Path, key: &str) -> Killed {
+    Killed(
+        Command::new(python())
+            .args([
+                script("mcp_server.py"),
+                "http".into(),
+                port.to_string(),
+                desc_file.display().to_string(),
+            ])
+            .env("EXPECTED_KEY", key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn refusal(call: &Value) -> &str {
     call["refusal"]["reason"].as_str().unwrap_or_default()
 }
@@ -203,20 +221,7 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
     // The HTTP server, which expects the key as its bearer token.
     let (reserved, port) = warden_tests::upstream::reserve_port().unwrap();
     drop(reserved);
-    let _server = Killed(
-        Command::new(python())
-            .args([
-                script("mcp_server.py"),
-                "http".into(),
-                port.to_string(),
-                desc_file.display().to_string(),
-            ])
-            .env("EXPECTED_KEY", &key)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let server = start_server(port, &desc_file, &key);
     let up = eventually(Duration::from_secs(30), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -393,6 +398,32 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
         "params": {"name": "remote.echo", "arguments": {"text": "still here"}}});
     let r = rpc(addr, &token, &call).await;
     assert_eq!(r["result"]["content"][0]["text"], "still here", "{r}");
+
+    // The server restarts, describing weather as it first did: the
+    // sidecar's session is gone (404), a new one starts, the tools are
+    // read again, and weather is offered again.
+    drop(server);
+    std::fs::remove_file(&desc_file).unwrap();
+    let server = start_server(port, &desc_file, &key);
+    let up = eventually(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "the MCP server did not start again");
+    let call = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+        "params": {"name": "remote.echo", "arguments": {"text": "after a restart"}}});
+    let r = rpc(addr, &token, &call).await;
+    assert_eq!(r["result"]["content"][0]["text"], "after a restart", "{r}");
+    let back = eventually(Duration::from_secs(20), || async {
+        let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": "remote.weather", "arguments": {"city": "Oslo"}}});
+        rpc(addr, &token, &call).await["result"]["content"][0]["text"] == "sunny in Oslo"
+    })
+    .await;
+    assert!(back, "weather was not offered again");
+    drop(server);
 
     let text = logs.text();
     let alert = text

@@ -44,6 +44,9 @@ pub const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_TOOLS: usize = 1000;
 /// Most pages of `tools/list` read at once.
 const MAX_PAGES: usize = 32;
+/// The digest of a tool listed twice with different descriptions or
+/// schemas: it matches no pin.
+const CONFLICT: &str = "conflict: listed twice, differently";
 /// Longest wait to start a session and read the tools for a listing.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -265,7 +268,9 @@ impl Server {
         if matches!(r, Err(Failure::SessionExpired)) {
             r = self.list(&ctx, timeout).await;
         }
-        let (epoch, tools) = r?;
+        // Unread, the list is not trusted: the next call reads it again
+        // (and is refused if it still cannot be read).
+        let (epoch, tools) = r.inspect_err(|_| self.stale.store(true, Ordering::Release))?;
         for (name, digest) in &tools {
             let mut seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.len() < MAX_TOOLS || seen.contains_key(name) {
@@ -314,8 +319,17 @@ impl Server {
                 };
                 let description = t.get("description").and_then(Value::as_str).unwrap_or("");
                 let schema = t.get("inputSchema").cloned().unwrap_or(Value::Null);
-                if tools.len() < MAX_TOOLS {
-                    tools.insert(name.to_owned(), mcp_pin(description, &schema));
+                let digest = mcp_pin(description, &schema);
+                let room = tools.len() < MAX_TOOLS;
+                match tools.get_mut(name) {
+                    // Listed twice, two ways: which one would run is
+                    // unknown, so neither matches any pin.
+                    Some(d) if *d != digest => *d = CONFLICT.to_owned(),
+                    Some(_) => {}
+                    None if room => {
+                        tools.insert(name.to_owned(), digest);
+                    }
+                    None => {}
                 }
             }
             cursor = page
@@ -644,7 +658,10 @@ impl Upstreams {
                 .request(&ctx, "tools/call", &params, left, max_bytes)
                 .await
             {
-                Err(Failure::SessionExpired) if again => again = false,
+                Err(Failure::SessionExpired) if again => {
+                    again = false;
+                    s.stale.store(true, Ordering::Release);
+                }
                 Err(e) => return Err(e),
                 Ok(Err(code)) => return Err(Failure::Rejected(code)),
                 Ok(Ok(r)) => break r,
