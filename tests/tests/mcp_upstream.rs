@@ -434,6 +434,13 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
         alert.contains("remote") && alert.contains("weather") && alert.contains("ERROR"),
         "{alert}"
     );
+    // The digest logged at first sight is the pin the policy would use.
+    assert!(
+        text.lines().any(|l| l.contains("first sight")
+            && l.contains("remote.echo")
+            && l.contains(&echo_pin)),
+        "no first-sight digest for remote.echo"
+    );
     assert!(!text.contains(&key), "the upstream key was logged");
     assert!(
         !text.contains(secret.trim()),

@@ -271,10 +271,18 @@ impl Server {
         // Unread, the list is not trusted: the next call reads it again
         // (and is refused if it still cannot be read).
         let (epoch, tools) = r.inspect_err(|_| self.stale.store(true, Ordering::Release))?;
-        for (name, digest) in &tools {
+        {
+            let pins = self.pins.read().unwrap_or_else(|p| p.into_inner());
             let mut seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.len() < MAX_TOOLS || seen.contains_key(name) {
-                seen.entry(name.clone()).or_insert_with(|| digest.clone());
+            for (name, digest) in &tools {
+                if seen.contains_key(name) || seen.len() >= MAX_TOOLS {
+                    continue;
+                }
+                seen.insert(name.clone(), digest.clone());
+                // What an admin copies into the policy to pin the tool.
+                for (catalog, a) in pins.iter().filter(|(_, a)| a.remote == *name) {
+                    tracing::info!(server = %self.name, tool = %name, catalog = %catalog, digest = %digest, pinned = a.pin.is_some(), "mcp: first sight of an admitted tool");
+                }
             }
         }
         *self.listed.write().unwrap_or_else(|p| p.into_inner()) = Some(Listed { epoch, tools });
