@@ -26,7 +26,10 @@
 //! Run: `cargo bench -p warden-tests --bench mcp`. Knobs:
 //! `WARDEN_BENCH_ROUNDS` (default 5), `WARDEN_BENCH_SECS` (per phase,
 //! default 3), `WARDEN_BENCH_RATE` (the fixed rate, default 500/s),
-//! `WARDEN_BENCH_CONTEXTFORGE` (a virtualenv path), `WARDEN_BENCH_HOLD=1`
+//! `WARDEN_BENCH_CONTEXTFORGE` (a virtualenv path), `WARDEN_BENCH_LOG=warn`
+//! (the sidecar's log filter: `warn` leaves out the audit events),
+//! `WARDEN_BENCH_RT=current` (the sidecar on a current-thread runtime),
+//! `WARDEN_BENCH_HOLD=1`
 //! (print the targets and keep everything up until stdin closes, for a
 //! profiler or a load generator by hand).
 
@@ -157,10 +160,17 @@ fn upstream_main() {
 
 /// The sidecar process: prints its MCP address once it holds the policy.
 fn sidecar_main(config: &str) {
-    bench::json_logs("info");
+    bench::json_logs(&std::env::var("WARDEN_BENCH_LOG").unwrap_or_else(|_| "info".into()));
     let mut cfg = bench::sidecar_config(config);
     cfg.mcp_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = if std::env::var("WARDEN_BENCH_RT").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Runtime::new().unwrap()
+    };
     rt.block_on(bench::serve_sidecar(cfg, |sc| sc.mcp_addr.unwrap()));
 }
 
@@ -204,39 +214,57 @@ async fn post(url: &str, headers: &[String], body: &[u8]) -> Value {
 }
 
 /// ContextForge, started from the virtualenv `venv` on a free port with its
-/// default embedded database, the upstream registered: its MCP URL, the
-/// headers a call needs, and the tool's name there.
+/// default embedded database (SQLite in `dir`), the upstream registered as
+/// a gateway and its tool put in a virtual server: its MCP URL, the
+/// headers a call needs, and the tool's name there. Besides the secrets it
+/// refuses to start without, two settings differ from its defaults: an
+/// upstream on localhost is allowed (`SSRF_ALLOW_LOCALHOST`), and its rate
+/// limiter is off (Warden's limits are set out of reach too).
 async fn contextforge(
     venv: &Path,
     dir: &Path,
-    upstream: &str,
+    upstream: SocketAddr,
 ) -> (Child, String, Vec<String>, String) {
-    let port = any_port().port();
-    let secret = format!("bench-{}", rand_suffix());
+    // A free port, released for ContextForge to bind.
+    let port = upstream::reserve_port().unwrap().1;
+    let random = || (0..6).map(|_| rand_suffix()).collect::<String>();
+    let jwt_secret = random();
     let bin = venv.join("bin");
+    let env = [
+        ("JWT_SECRET_KEY", jwt_secret.clone()),
+        (
+            "AUTH_ENCRYPTION_SECRET",
+            format!("{}{}", rand_suffix(), rand_suffix()).repeat(2),
+        ),
+        ("SSRF_ALLOW_LOCALHOST", "true".to_owned()),
+        ("RATE_LIMITING_ENABLED", "false".to_owned()),
+        (
+            "DATABASE_URL",
+            format!("sqlite:///{}/mcp.db", dir.display()),
+        ),
+    ];
     let child = Command::new(bin.join("mcpgateway"))
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .current_dir(dir)
-        .env("DATABASE_URL", format!("sqlite:///{}/cf.db", dir.display()))
-        .env("JWT_SECRET_KEY", &secret)
-        .env("BASIC_AUTH_PASSWORD", &secret)
-        .env("MCPGATEWAY_UI_ENABLED", "false")
-        .env("MCPGATEWAY_ADMIN_API_ENABLED", "true")
-        .env("LOG_LEVEL", "ERROR")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("contextforge.log")).unwrap())
         .spawn()
         .expect("starting ContextForge's mcpgateway");
     let base = format!("http://127.0.0.1:{port}");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let up = eventually(Duration::from_secs(120), || async {
+    let up = eventually(Duration::from_secs(180), || async {
         matches!(
             http1::exchange(addr, "GET", "/health", &[], b"").await,
             Ok((200, _, _))
         )
     })
     .await;
-    assert!(up, "ContextForge did not come up on {base}");
+    assert!(
+        up,
+        "ContextForge did not come up on {base}: {}",
+        std::fs::read_to_string(dir.join("contextforge.log")).unwrap_or_default()
+    );
     let out = Command::new(bin.join("python"))
         .args([
             "-m",
@@ -244,42 +272,61 @@ async fn contextforge(
             "--username",
             "admin@example.com",
             "--exp",
-            "60",
+            "120",
             "--secret",
-            &secret,
+            &jwt_secret,
         ])
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(Stdio::null())
         .output()
         .unwrap();
-    let jwt = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let jwt = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let auth = format!("Authorization: Bearer {jwt}");
     let json_headers = vec!["Content-Type: application/json".to_owned(), auth.clone()];
-    post(
+    let gw = post(
         &format!("{base}/gateways"),
         &json_headers,
-        json!({"name": "bench", "url": upstream, "transport": "STREAMABLEHTTP"})
-            .to_string()
-            .as_bytes(),
+        json!({"name": "bench", "url": format!("http://localhost:{}/mcp", upstream.port()),
+               "transport": "STREAMABLEHTTP"})
+        .to_string()
+        .as_bytes(),
     )
     .await;
-    // The tool as ContextForge names it.
+    assert!(gw["id"].is_string(), "registering the upstream: {gw}");
     let tools = post_get(&format!("{base}/tools"), &json_headers).await;
     let tool = tools
         .as_array()
-        .and_then(|t| {
-            t.iter().find(|t| {
-                t["originalName"] == "echo"
-                    || t["name"].as_str().is_some_and(|n| n.ends_with("echo"))
-            })
-        })
-        .and_then(|t| t["name"].as_str())
+        .and_then(|t| t.iter().find(|t| t["originalName"] == "echo"))
         .expect("ContextForge lists the upstream's echo")
-        .to_owned();
+        .clone();
+    let server = post(
+        &format!("{base}/servers"),
+        &json_headers,
+        json!({"server": {"name": "bench_vs", "description": "bench",
+                          "associated_tools": [tool["id"]]}})
+        .to_string()
+        .as_bytes(),
+    )
+    .await;
+    let sid = server["id"].as_str().expect("a virtual server").to_owned();
     let headers = vec![
         "Content-Type: application/json".to_owned(),
         "Accept: application/json, text/event-stream".to_owned(),
+        "MCP-Protocol-Version: 2025-06-18".to_owned(),
         auth,
     ];
-    (child, format!("{base}/mcp"), headers, tool)
+    (
+        child,
+        format!("{base}/servers/{sid}/mcp"),
+        headers,
+        tool["name"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn post_get(url: &str, headers: &[String]) -> Value {
@@ -386,8 +433,7 @@ async fn main() {
         Ok(venv) => {
             let cf_dir = mesh.dir.path().join("contextforge");
             std::fs::create_dir_all(&cf_dir).unwrap();
-            let (child, url, headers, tool) =
-                contextforge(Path::new(&venv), &cf_dir, &upstream_url).await;
+            let (child, url, headers, tool) = contextforge(Path::new(&venv), &cf_dir, up).await;
             cf_child = Some(child);
             targets.push(Target {
                 name: "ContextForge",
@@ -444,7 +490,9 @@ async fn main() {
             p.line(&format!("{} back to back", t.name));
             row[i][0] = p;
         }
-        for (i, t) in targets.iter().enumerate() {
+        // ContextForge sustains far less than the fixed rate: queueing
+        // would be all its latency showed, so it has no fixed-rate phase.
+        for (i, t) in targets.iter().enumerate().take(2) {
             let p = phase(t, RATE_CLIENTS, Some(per_client), &log);
             p.line(&format!("{} at {rate}/s", t.name));
             row[i][1] = p;
@@ -494,12 +542,11 @@ async fn main() {
         let x = med(&|r| r[1][2].rate / r[2][2].rate);
         let p99 = |k: usize| med(&|r| r[1][k].pct(0.99) / r[2][k].pct(0.99));
         println!(
-            "  sidecar vs ContextForge: {x:.1}× its throughput flat out (goal ≥ 5×: {}); p99 {:.2}× its p99 back to back, {:.2}× at {rate}/s, {:.2}× flat out (goal < 1: {})",
+            "  sidecar vs ContextForge: {x:.1}× its throughput flat out (goal ≥ 5×: {}); p99 {:.4}× its p99 back to back, {:.4}× flat out (goal < 1: {})",
             verdict(x >= 5.0),
             p99(0),
-            p99(1),
             p99(2),
-            verdict(p99(0) < 1.0 && p99(1) < 1.0 && p99(2) < 1.0)
+            verdict(p99(0) < 1.0 && p99(2) < 1.0)
         );
     }
     let errors: u64 = results
