@@ -68,7 +68,10 @@ async fn rpc(addr: SocketAddr, token: &str, msg: &Value) -> (u16, Value) {
 async fn the_python_sdk_lists_and_calls_tools_through_the_pipeline() {
     let g = GatewayMesh::start().await.unwrap();
     let addr = g.sidecar.mcp_addr.expect("MCP front door");
-    let (s, _) = g.session(&["echo:call"], 0, &[]).await.unwrap();
+    let (s, _) = g
+        .session(&["echo:call", "payments:refund"], 0, &[])
+        .await
+        .unwrap();
     let python = std::env::var("WARDEN_PYTHON").expect(NO_PYTHON);
     let script = format!("{}/python/mcp_client.py", env!("CARGO_MANIFEST_DIR"));
     let url = format!("http://{addr}/mcp");
@@ -128,6 +131,11 @@ async fn the_python_sdk_lists_and_calls_tools_through_the_pipeline() {
             .as_str()
             .unwrap()
             .contains("SCOPE_MISSING")
+    );
+    // A high-risk tool waits for a human: refused here until approvals land.
+    assert_eq!(
+        refusal("approval"),
+        (json!(true), json!("APPROVAL_REQUIRED"), json!("approve"))
     );
     // `limited` allows three calls a minute.
     let limited = seen["limited"].as_array().unwrap();

@@ -92,9 +92,50 @@ fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static), max: usize) -
     }
 }
 
-/// Sends `req` on `c` and reads the answer (at most `max` body bytes),
-/// polling the connection on this task.
-async fn drive(c: &mut Conn, req: http::Request<Full<Bytes>>, max: usize) -> Driven {
+/// Whether the body read so far holds all that is wanted of it (an event
+/// stream that carried its answer and stays open, say): reading stops
+/// there, and the connection is not used again.
+pub(super) type Enough<'a> = &'a (dyn Fn(&http::response::Parts, &[u8]) -> bool + Sync);
+
+/// Reads `body` to its end, or until `enough` says so (then the
+/// connection is not reusable: `false`), at most `max` bytes.
+async fn read_body(
+    parts: &http::response::Parts,
+    body: hyper::body::Incoming,
+    max: usize,
+    enough: Option<Enough<'_>>,
+) -> Result<(Bytes, bool), Failure> {
+    let Some(enough) = enough else {
+        return match Limited::new(body, max).collect().await {
+            Ok(b) => Ok((b.to_bytes(), true)),
+            Err(e) => Err(body_error(e.as_ref(), max)),
+        };
+    };
+    let mut body = body;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Failure::Unavailable(error_chain(&e)))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(Failure::TooLarge(max));
+            }
+            buf.extend_from_slice(&data);
+            if enough(parts, &buf) {
+                return Ok((Bytes::from(buf), false));
+            }
+        }
+    }
+    Ok((Bytes::from(buf), true))
+}
+
+/// Sends `req` on `c` and reads the answer (at most `max` body bytes, and
+/// no further than `enough`), polling the connection on this task.
+async fn drive(
+    c: &mut Conn,
+    req: http::Request<Full<Bytes>>,
+    max: usize,
+    enough: Option<Enough<'_>>,
+) -> Driven {
     let Conn { sender, conn, .. } = c;
     let exchange = async move {
         if std::future::poll_fn(|cx| sender.poll_ready(cx))
@@ -113,9 +154,9 @@ async fn drive(c: &mut Conn, req: http::Request<Full<Bytes>>, max: usize) -> Dri
             }
         };
         let (parts, body) = resp.into_parts();
-        match Limited::new(body, max).collect().await {
-            Ok(b) => Driven::Answer(parts, b.to_bytes(), true),
-            Err(e) => Driven::Failed(body_error(e.as_ref(), max)),
+        match read_body(&parts, body, max, enough).await {
+            Ok((b, whole)) => Driven::Answer(parts, b, whole),
+            Err(f) => Driven::Failed(f),
         }
     };
     tokio::pin!(exchange);
@@ -131,7 +172,7 @@ async fn drive(c: &mut Conn, req: http::Request<Full<Bytes>>, max: usize) -> Dri
     })
     .await;
     match driven {
-        Driven::Answer(parts, body, _) => Driven::Answer(parts, body, conn.is_some()),
+        Driven::Answer(parts, body, whole) => Driven::Answer(parts, body, whole && conn.is_some()),
         other => other,
     }
 }
@@ -197,8 +238,19 @@ impl Pool {
     /// body bytes, on a pooled connection or a new one.
     pub(super) async fn exchange(
         &self,
+        req: http::Request<Full<Bytes>>,
+        max: usize,
+    ) -> Result<(http::response::Parts, Bytes), Failure> {
+        self.exchange_until(req, max, None).await
+    }
+
+    /// [`Pool::exchange`], reading the answer's body no further than
+    /// `enough` needs.
+    pub(super) async fn exchange_until(
+        &self,
         mut req: http::Request<Full<Bytes>>,
         max: usize,
+        enough: Option<Enough<'_>>,
     ) -> Result<(http::response::Parts, Bytes), Failure> {
         let uri = req.uri().clone();
         let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
@@ -223,7 +275,7 @@ impl Pool {
                     self.connect(uri.clone()).await?
                 }
             };
-            match drive(&mut c, req, max).await {
+            match drive(&mut c, req, max, enough).await {
                 Driven::Answer(parts, body, live) => {
                     if live && !c.sender.is_closed() {
                         self.put(key, c);

@@ -131,6 +131,36 @@ pub(super) fn answer_in(
     found.ok_or_else(|| Failure::Protocol("no answer to the request".into()))
 }
 
+/// Whether `body`, an answer of type `parts`, is an event stream that has
+/// carried the answer to request `id` in a complete event.
+pub(super) fn stream_answered(parts: &http::response::Parts, body: &[u8], id: u64) -> bool {
+    let sse = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        });
+    if !sse {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return false;
+    };
+    // Only complete events: up to the last blank line.
+    let Some(end) = text.rfind("\n\n").or_else(|| text.rfind("\r\n\r\n")) else {
+        return false;
+    };
+    events(&text[..end]).iter().any(|data| {
+        serde_json::from_str::<Value>(data)
+            .ok()
+            .and_then(|v| classify(&v).ok())
+            .is_some_and(|m| matches!(m, Message::Answer(got, _) if got == id))
+    })
+}
+
 /// The data of each event of a server-sent event stream (the lines of
 /// one event joined by `\n`), per the HTML living standard's parsing rules
 /// for `data` fields; other fields are ignored.

@@ -133,10 +133,17 @@ impl Link {
             .clients
             .get(tls, client_auth)
             .map_err(Failure::Transport)?;
-        let (parts, body) = tokio::time::timeout(timeout, client.exchange(req, max))
-            .await
-            .map_err(|_| Failure::Transport(HttpFailure::Timeout(timeout)))?
-            .map_err(Failure::Transport)?;
+        // An event stream is read until it has carried the answer: a
+        // server may keep it open after.
+        let id = message.get("id").and_then(Value::as_u64);
+        let enough = move |parts: &http::response::Parts, body: &[u8]| {
+            id.is_some_and(|id| rpc::stream_answered(parts, body, id))
+        };
+        let (parts, body) =
+            tokio::time::timeout(timeout, client.exchange_until(req, max, Some(&enough)))
+                .await
+                .map_err(|_| Failure::Transport(HttpFailure::Timeout(timeout)))?
+                .map_err(Failure::Transport)?;
         if let Some(enc) = coding_refused(&parts.headers) {
             return Err(Failure::Transport(HttpFailure::Encoded(enc)));
         }
@@ -246,5 +253,132 @@ impl Link {
             }
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::gateway::execute::http::Clients;
+
+    /// Reads one request (head and `Content-Length` body): its JSON body.
+    async fn read_request(s: &mut TcpStream) -> Option<Value> {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// A server that answers `initialize` with JSON and a session, and
+    /// every request after with an event stream it never closes.
+    async fn server() -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    while let Some(msg) = read_request(&mut s).await {
+                        let Some(id) = msg.get("id").cloned() else {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            continue;
+                        };
+                        if msg["method"] == "initialize" {
+                            let body = serde_json::json!({"jsonrpc": "2.0", "id": id,
+                                "result": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                           "serverInfo": {"name": "t", "version": "0"}}})
+                            .to_string();
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s1\r\ncontent-length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = s.write_all(head.as_bytes()).await;
+                            let _ = s.write_all(body.as_bytes()).await;
+                            continue;
+                        }
+                        let event = format!(
+                            "event: message\ndata: {}\n\n",
+                            serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"ok": true}})
+                        );
+                        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+                            )
+                            .await;
+                        let _ = s.write_all(chunk.as_bytes()).await;
+                        // The stream stays open.
+                        std::future::pending::<()>().await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_left_open_still_gives_its_answer() {
+        let addr = server().await;
+        let url = format!("http://{addr}/mcp");
+        let config = warden_shared::policy::McpServer {
+            url: Some(url.clone()),
+            headers: BTreeMap::new(),
+            tls: None,
+            command: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            refresh: None,
+        };
+        let secrets = HashMap::new();
+        let clients = Clients::default();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let ctx = Ctx {
+            name: "t",
+            server: &config,
+            secrets: &secrets,
+            clients: &clients,
+            changed: &changed,
+        };
+        let link = Link::new(&url);
+        for _ in 0..2 {
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                link.request(
+                    &ctx,
+                    "tools/list",
+                    &serde_json::json!({}),
+                    Duration::from_secs(10),
+                    1 << 20,
+                ),
+            )
+            .await
+            .expect("the answer, without waiting for the stream's end")
+            .unwrap();
+            assert_eq!(r, Ok(serde_json::json!({"ok": true})));
+        }
+        assert_eq!(link.epoch(), 1);
     }
 }
