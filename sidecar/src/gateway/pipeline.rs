@@ -360,29 +360,46 @@ impl Gateway {
         let Some(policy) = &held.policy else {
             return Ok(Listing::default());
         };
-        let mut tools = Vec::new();
-        let candidates = policy
+        let candidates: Vec<&Arc<ToolEntry>> = policy
             .catalog
             .iter()
             .filter(|t| {
                 t.risk
                     .is_some_and(|r| r < warden_shared::policy::Risk::Critical)
             })
-            .filter(|t| authorize::scopes_cover(&claims, t).is_ok());
-        for t in candidates {
-            // An MCP server's tool is listed only while it offers it as
-            // admitted.
-            if let Some(u) = t.spec.upstream.as_ref().filter(|u| u.kind == "mcp")
-                && !self
-                    .executor
-                    .mcp
-                    .offered(&policy.policy, &t.spec.name, u)
-                    .await
-            {
-                continue;
-            }
-            tools.push(Arc::clone(t));
+            .filter(|t| authorize::scopes_cover(&claims, t).is_ok())
+            .collect();
+        // An MCP server's tool is listed only while the server offers it as
+        // admitted: the servers' tools are read first (all at once).
+        let mcp_upstream = |t: &ToolEntry| {
+            t.spec
+                .upstream
+                .as_ref()
+                .filter(|u| u.kind == "mcp")
+                .cloned()
+        };
+        let servers: std::collections::BTreeSet<String> = candidates
+            .iter()
+            .filter_map(|t| mcp_upstream(t).map(|u| u.address))
+            .collect();
+        if !servers.is_empty() {
+            self.executor
+                .mcp
+                .read_servers(&policy.policy, servers.iter().map(String::as_str))
+                .await;
         }
+        let tools = candidates
+            .into_iter()
+            .filter(|t| {
+                mcp_upstream(t).is_none_or(|u| {
+                    self.executor
+                        .mcp
+                        .known_standing(&policy.policy, &t.spec.name, &u)
+                        == Standing::Offered
+                })
+            })
+            .cloned()
+            .collect();
         Ok(Listing {
             policy_version: policy.version,
             tools,

@@ -607,21 +607,29 @@ impl Upstreams {
         }
     }
 
-    /// Whether the tool is offered now, reading the server's tools first
-    /// if need be (within [`LIST_TIMEOUT`]). An unreachable server's
-    /// tools are not offered.
-    pub async fn offered(&self, policy: &Policy, tool: &str, u: &Upstream) -> bool {
-        let Ok(s) = self.server(policy, &u.address) else {
-            return false;
-        };
-        let Ok(secrets) = s.secrets() else {
-            return false;
-        };
-        if let Err(e) = s.ensure_listed(&self.clients, &secrets, LIST_TIMEOUT).await {
-            tracing::warn!(server = %s.name, error = %e, "mcp: reading the server's tools failed");
-            return false;
+    /// Reads the tools of `servers` (named in `policy`) where they are not
+    /// fresh, all at once, each within [`LIST_TIMEOUT`]: a listing then
+    /// asks [`Upstreams::known_standing`]. An unreachable server's tools
+    /// are not offered.
+    pub async fn read_servers<'a>(
+        &self,
+        policy: &Policy,
+        servers: impl IntoIterator<Item = &'a str>,
+    ) {
+        let mut reads = tokio::task::JoinSet::new();
+        for name in servers {
+            let Ok(s) = self.server(policy, name) else {
+                continue;
+            };
+            let clients = Arc::clone(&self.clients);
+            reads.spawn(async move {
+                let Ok(secrets) = s.secrets() else { return };
+                if let Err(e) = s.ensure_listed(&clients, &secrets, LIST_TIMEOUT).await {
+                    tracing::warn!(server = %s.name, error = %e, "mcp: reading the server's tools failed");
+                }
+            });
         }
-        s.standing(tool, u.remote_tool(tool)) == Standing::Offered
+        while reads.join_next().await.is_some() {}
     }
 
     /// Calls the tool; the answer is its `CallToolResult` as JSON
