@@ -46,6 +46,10 @@ pub struct Document {
     /// Cedar policies (context- and argument-aware rules).
     #[serde(default)]
     pub cedar: String,
+    /// Cedar policies over the same schema whose `permit`s mean "this
+    /// call needs a human approval" (`@approvals("N")` sets a quorum).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub approval_rules: String,
     /// Per-agent-type and per-agent adjustments.
     #[serde(default)]
     pub overrides: Overrides,
@@ -268,6 +272,58 @@ pub struct Tool {
     /// What one call costs against quotas (default 1).
     #[serde(default = "one")]
     pub cost: u32,
+    /// Human approval of this tool's calls: how many people, within how
+    /// long. A `high` tool needs one by default; a `critical` tool runs
+    /// only with `approvals` of at least 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSpec>,
+}
+
+/// The approval a tool's calls need.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSpec {
+    /// Distinct people who must approve (1 to 5; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
+    /// How long a call waits for them (`30s` … `1h`; default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+}
+
+/// The default approval deadline.
+pub const DEFAULT_APPROVAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+/// The longest approval deadline.
+pub const MAX_APPROVAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The largest quorum.
+pub const MAX_APPROVALS: u32 = 5;
+
+impl Tool {
+    /// The quorum this tool's own settings ask for (default 1).
+    pub fn approvals(&self) -> u32 {
+        self.approval
+            .as_ref()
+            .and_then(|a| a.approvals)
+            .unwrap_or(1)
+    }
+
+    /// How long a call of this tool waits for approval.
+    pub fn approval_deadline(&self) -> std::time::Duration {
+        self.approval
+            .as_ref()
+            .and_then(|a| a.deadline.as_deref())
+            .and_then(parse_duration)
+            .unwrap_or(DEFAULT_APPROVAL_DEADLINE)
+    }
+
+    /// Whether a `critical` tool may run at all: only with a quorum of at
+    /// least 2 given explicitly.
+    pub fn critical_with_quorum(&self) -> bool {
+        self.approval
+            .as_ref()
+            .and_then(|a| a.approvals)
+            .is_some_and(|n| n >= 2)
+    }
 }
 
 fn one() -> u32 {
@@ -565,6 +621,8 @@ pub struct Policy {
     pub document: Document,
     /// The Cedar rules.
     pub cedar: ::cedar_policy::PolicySet,
+    /// The approval rules (a permit: approval needed).
+    pub approval_rules: ::cedar_policy::PolicySet,
     /// The Cedar schema derived from the catalog.
     pub cedar_schema: ::cedar_policy::Schema,
     /// SHA-256 of the canonical JSON form, hex: equal for equal documents

@@ -523,3 +523,61 @@ fn mcp_pins_are_canonical() {
         )
     );
 }
+
+#[test]
+fn approval_settings_and_rules_are_checked() {
+    let ok = with(|v| {
+        v["tools"][0]["approval"] = serde_json::json!({"approvals": 2, "deadline": "10m"});
+        v["approval_rules"] = r#"@id("outside") @approvals("2")
+permit (principal, action == Warden::Action::"send_email", resource)
+unless { context.arguments.to like "*@example.com" };"#
+            .into();
+    });
+    let p = Policy::parse(&ok).unwrap();
+    assert_eq!(p.approval_rules.policies().count(), 1);
+    assert_eq!(p.document.tools[0].approvals(), 2);
+    assert_eq!(
+        p.document.tools[0].approval_deadline(),
+        std::time::Duration::from_secs(600)
+    );
+    type Edit = fn(&mut serde_json::Value);
+    let bad: [(&str, Edit); 6] = [
+        (
+            "quorum 0",
+            (|v| v["tools"][0]["approval"] = serde_json::json!({"approvals": 0})),
+        ),
+        (
+            "quorum 6",
+            (|v| v["tools"][0]["approval"] = serde_json::json!({"approvals": 6})),
+        ),
+        (
+            "deadline 2h",
+            (|v| v["tools"][0]["approval"] = serde_json::json!({"deadline": "2h"})),
+        ),
+        (
+            "rule that does not parse",
+            (|v| v["approval_rules"] = "permit (".into()),
+        ),
+        (
+            "rule on an unknown argument",
+            (|v| {
+                v["approval_rules"] = r#"permit (principal, action == Warden::Action::"send_email", resource) when { context.arguments.bcc == "x" };"#.into()
+            }),
+        ),
+        (
+            "a forbid",
+            (|v| v["approval_rules"] = "forbid (principal, action, resource);".into()),
+        ),
+    ];
+    for (what, edit) in bad {
+        let e = err(&with(edit));
+        assert!(
+            matches!(e, Error::Tool { .. } | Error::Approval(_)),
+            "{what}: {e}"
+        );
+    }
+    let e = err(&with(|v| {
+        v["approval_rules"] = r#"@approvals("9") permit (principal, action, resource);"#.into()
+    }));
+    assert_eq!(e.kind(), "POLICY_APPROVAL", "{e}");
+}

@@ -83,6 +83,10 @@ pub enum Error {
     /// range).
     #[error("messaging: {0}")]
     Messaging(String),
+    /// The approval rules do not parse or type-check, or an approval
+    /// setting is out of range.
+    #[error("approval: {0}")]
+    Approval(String),
     /// The Cedar text does not parse.
     #[error("cedar policies do not parse: {0}")]
     CedarParse(String),
@@ -108,6 +112,7 @@ impl Error {
             Self::Limit { .. } => "POLICY_LIMIT",
             Self::McpServer { .. } => "POLICY_MCP_SERVER",
             Self::Messaging(_) => "POLICY_MESSAGING",
+            Self::Approval(_) => "POLICY_APPROVAL",
             Self::CedarParse(_) => "POLICY_CEDAR_PARSE",
             Self::CedarValidation(_) => "POLICY_CEDAR_VALIDATION",
         }
@@ -202,6 +207,25 @@ fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
     }
     if let Some(u) = &t.upstream {
         check_upstream(t, u, doc).map_err(bad)?;
+    }
+    if let Some(a) = &t.approval {
+        if a.approvals
+            .is_some_and(|n| !(1..=super::MAX_APPROVALS).contains(&n))
+        {
+            return Err(bad(format!(
+                "approval.approvals must be 1 to {}",
+                super::MAX_APPROVALS
+            )));
+        }
+        if a.deadline.as_deref().is_some_and(|d| {
+            super::parse_duration(d).is_none_or(|d| {
+                d < std::time::Duration::from_secs(30) || d > super::MAX_APPROVAL_DEADLINE
+            })
+        }) {
+            return Err(bad(
+                "approval.deadline must be a duration from 30s to 1h".into()
+            ));
+        }
     }
     let l = &t.limits;
     if [l.calls_per_minute, l.max_argument_bytes, l.timeout_ms].contains(&Some(0)) {
@@ -764,6 +788,39 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
             .collect();
         return Err(Error::CedarValidation(errs.join("; ")));
     }
+    let approval_rules = PolicySet::from_str(&document.approval_rules)
+        .map_err(|e| Error::Approval(format!("approval_rules do not parse: {e}")))?;
+    let result =
+        Validator::new(cedar_schema.clone()).validate(&approval_rules, ValidationMode::Strict);
+    if !result.validation_passed() {
+        let errs: Vec<String> = result
+            .validation_errors()
+            .map(ToString::to_string)
+            .collect();
+        return Err(Error::Approval(format!(
+            "approval_rules fail schema validation: {}",
+            errs.join("; ")
+        )));
+    }
+    for p in approval_rules.policies() {
+        if p.effect() != cedar_policy::Effect::Permit {
+            return Err(Error::Approval(format!(
+                "approval rule {} is a forbid: approval rules are permits (a match means approval is needed)",
+                p.annotation("id").unwrap_or(p.id().as_ref())
+            )));
+        }
+        if let Some(n) = p.annotation("approvals")
+            && n.parse::<u32>()
+                .ok()
+                .is_none_or(|n| !(1..=super::MAX_APPROVALS).contains(&n))
+        {
+            return Err(Error::Approval(format!(
+                "approval rule {}: @approvals must be 1 to {}",
+                p.annotation("id").unwrap_or(p.id().as_ref()),
+                super::MAX_APPROVALS
+            )));
+        }
+    }
     let canonical = serde_json::to_vec(&document).map_err(|e| Error::Yaml(e.to_string()))?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &canonical)
         .as_ref()
@@ -773,6 +830,7 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
     Ok(Policy {
         document,
         cedar,
+        approval_rules,
         cedar_schema,
         digest,
     })

@@ -38,6 +38,16 @@ pub struct Caller<'a> {
 /// Cedar entities for one (policy version, standing digest).
 type EntityCache = Option<((u64, u64), Arc<Entities>)>;
 
+/// A call the rules allowed: its Cedar request and entities, for the
+/// approval rules (stage 6) to read the same call.
+#[derive(Debug)]
+pub struct Authorized {
+    /// The request as the rules saw it.
+    pub request: Request,
+    /// The entities it was decided with.
+    pub entities: Arc<Entities>,
+}
+
 /// The stage, with what it keeps between calls: the Cedar entities of the
 /// policy and standing in force, built once.
 #[derive(Debug, Default)]
@@ -57,7 +67,7 @@ impl Authorization {
         caller: &Caller<'_>,
         args: &serde_json::Value,
         now: OffsetDateTime,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Authorized, Refusal> {
         let projected = warden_shared::policy::cedar::arguments(&tool.spec.input_schema, args)
             .map_err(|e| {
                 Refusal::at(
@@ -68,7 +78,8 @@ impl Authorization {
                 .rule("policy representation")
             })?;
         let entities = self.entities(policy, caller)?;
-        check(policy, &entities, tool, caller, &projected, now)
+        let request = check(policy, &entities, tool, caller, &projected, now)?;
+        Ok(Authorized { request, entities })
     }
 
     /// The Cedar entities for this policy and standing, built once.
@@ -112,7 +123,8 @@ pub fn scopes_cover(claims: &Claims, tool: &ToolEntry) -> Result<(), String> {
 }
 
 /// Runs the stage; `args` are the arguments as projected for the policy
-/// (see `warden_shared::policy::cedar::arguments`).
+/// (see `warden_shared::policy::cedar::arguments`). Returns the request
+/// the rules allowed.
 pub fn check(
     policy: &HeldPolicy,
     entities: &Entities,
@@ -120,7 +132,7 @@ pub fn check(
     caller: &Caller<'_>,
     args: &serde_json::Value,
     now: OffsetDateTime,
-) -> Result<(), Refusal> {
+) -> Result<Request, Refusal> {
     let name = &tool.spec.name;
     if let Err(missing) = scopes_cover(caller.claims, tool) {
         return Err(refuse(
@@ -136,15 +148,17 @@ pub fn check(
         )
         .rule("identity or override"));
     };
-    cedar(policy, entities, tool, caller, args, now)?;
-    if risk == Risk::Critical {
+    let request = cedar(policy, entities, tool, caller, args, now)?;
+    // A critical tool goes on (to its approvals) only with a quorum of at
+    // least two people in the document.
+    if risk == Risk::Critical && !tool.spec.critical_with_quorum() {
         return Err(refuse(
             Reason::ToolCritical,
             format!("{name} is critical: it never runs automatically"),
         )
         .rule("risk critical"));
     }
-    Ok(())
+    Ok(request)
 }
 
 /// The Cedar entities of one agent under one policy: the agent (with its
@@ -264,7 +278,7 @@ fn cedar(
     caller: &Caller<'_>,
     args: &serde_json::Value,
     now: OffsetDateTime,
-) -> Result<(), Refusal> {
+) -> Result<Request, Refusal> {
     let name = &tool.spec.name;
     // Fail closed: a request that cannot be built is a denial.
     let broken = |e: String| {
@@ -310,7 +324,7 @@ fn cedar(
         .rule(format!("evaluation error in {}", failed.join(", "))));
     }
     if response.decision() == Decision::Allow {
-        return Ok(());
+        return Ok(request);
     }
     // The forbids that fired, by their @id annotation where they have one.
     let rules: Vec<String> = response.diagnostics().reason().map(name_of).collect();

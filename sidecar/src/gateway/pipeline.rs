@@ -336,7 +336,8 @@ impl Gateway {
             standing,
             claims,
         };
-        self.authorization
+        let authorized = self
+            .authorization
             .check(&policy, &tool, &caller, &args, now)?;
         // 5. limit
         let key = CallKey {
@@ -349,7 +350,7 @@ impl Gateway {
         self.limiter.admit(&policy.limits, &key).await?;
         // 6. approve
         let risk = tool.risk.unwrap_or(warden_shared::policy::Risk::Critical);
-        approve::check(&tool.spec.name, risk)?;
+        approve::check(&policy, &tool, risk, &authorized)?;
         Ok(Admitted { policy, tool, args })
     }
 

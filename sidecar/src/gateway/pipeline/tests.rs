@@ -269,3 +269,93 @@ async fn a_push_applies_from_the_next_call() {
     assert_eq!(d.reason, Reason::AgentSuspended);
     assert_eq!(d.code(), tonic::Code::PermissionDenied);
 }
+
+const APPROVAL_DOC: &str = r#"
+version: 1
+tools:
+  - name: refund
+    description: Refunds an amount.
+    input_schema:
+      type: object
+      properties: { amount: { type: integer } }
+      required: [amount]
+    scopes: ["pay:write"]
+    risk: low
+    upstream: { kind: builtin, address: echo }
+    approval: { deadline: 2m }
+  - name: wipe
+    description: Critical, with a two-person rule.
+    input_schema: { type: object }
+    scopes: ["pay:write"]
+    risk: critical
+    upstream: { kind: builtin, address: echo }
+    approval: { approvals: 2 }
+  - name: drop_all
+    description: Critical without a quorum, never runs.
+    input_schema: { type: object }
+    scopes: ["pay:write"]
+    risk: critical
+    upstream: { kind: builtin, address: echo }
+cedar: |
+  permit (principal, action, resource);
+approval_rules: |
+  @id("large-refund")
+  @approvals("3")
+  permit (principal, action == Warden::Action::"refund", resource)
+  when { context.arguments.amount > 100 };
+"#;
+
+#[tokio::test]
+async fn approval_rules_and_quorums_decide_which_calls_wait_for_people() {
+    let f = Fixture::new(
+        APPROVAL_DOC,
+        &[
+            ("refund", "low"),
+            ("wipe", "critical"),
+            ("drop_all", "critical"),
+        ],
+        Limiter::default(),
+    );
+    let token = f.token(&f.claims("ses_p", "pay:write"));
+    // A small refund matches no rule: it runs.
+    assert_eq!(
+        stop(&f.gateway, &f, &token, &call("refund", r#"{"amount":50}"#)).await,
+        None
+    );
+    // A large one matches the rule: three people, within its deadline.
+    let d = f
+        .gateway
+        .authorize(&f.credentials(&token), &call("refund", r#"{"amount":500}"#))
+        .await
+        .unwrap();
+    let r = d.refusal.expect("needs approval");
+    assert_eq!(
+        (r.stage, r.reason),
+        (Some(Stage::Approve), Reason::ApprovalRequired)
+    );
+    assert_eq!(r.rule, "large-refund");
+    assert!(
+        r.message.contains("3 human approvals within 120 s"),
+        "{}",
+        r.message
+    );
+    // A critical tool with a quorum of two waits for people; one without
+    // never runs.
+    let d = f
+        .gateway
+        .authorize(&f.credentials(&token), &call("wipe", "{}"))
+        .await
+        .unwrap();
+    let r = d.refusal.expect("needs approval");
+    assert_eq!(r.reason, Reason::ApprovalRequired);
+    assert_eq!(r.rule, "risk critical");
+    assert!(
+        r.message.contains("2 human approvals within 300 s"),
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        stop(&f.gateway, &f, &token, &call("drop_all", "{}")).await,
+        Some((Stage::Authorize, Reason::ToolCritical))
+    );
+}
