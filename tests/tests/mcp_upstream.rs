@@ -368,6 +368,25 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
         .unwrap()
         .to_owned();
 
+    // Over the agent API (gRPC) the same tool answers with its result as
+    // JSON.
+    let mut agent = warden_tests::with_token(&sidecar, &token).await.unwrap();
+    let a = agent
+        .call_tool(warden_tests::gateway::call(
+            "remote.echo",
+            r#"{"text":"over gRPC"}"#,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        a.content_type,
+        "application/vnd.warden.mcp-tool-result+json"
+    );
+    let result: Value = serde_json::from_slice(&a.content).unwrap();
+    assert_eq!(result["content"][0]["text"], "over gRPC", "{result}");
+    assert_eq!(result["isError"], false);
+
     // The rug pull: the server now describes weather otherwise.
     std::fs::write(
         &desc_file,
