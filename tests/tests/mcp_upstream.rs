@@ -93,6 +93,24 @@ tools:
     scopes: ["mcp:call"]
     risk: low
     upstream: { kind: mcp, address: local }
+  - name: local.weather
+    description: The weather, from a local process.
+    input_schema: { type: object, properties: { city: { type: string } }, required: [city] }
+    scopes: ["mcp:call"]
+    risk: low
+    upstream: { kind: mcp, address: local }
+  - name: local.mutate
+    description: Has the local server change weather and announce it.
+    input_schema: { type: object }
+    scopes: ["mcp:call"]
+    risk: low
+    upstream: { kind: mcp, address: local }
+  - name: local.crash
+    description: Has the local server exit.
+    input_schema: { type: object }
+    scopes: ["mcp:call"]
+    risk: low
+    upstream: { kind: mcp, address: local }
   - name: rogue.run
     description: A program the sidecar is not configured to start.
     input_schema: { type: object }
@@ -305,8 +323,11 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
     assert_eq!(
         seen["tools"],
         json!([
+            "local.crash",
             "local.echo",
             "local.key_check",
+            "local.mutate",
+            "local.weather",
             "remote.echo",
             "remote.key_check",
             "remote.say",
@@ -417,6 +438,54 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
         "params": {"name": "remote.echo", "arguments": {"text": "still here"}}});
     let r = rpc(addr, &token, &call).await;
     assert_eq!(r["result"]["content"][0]["text"], "still here", "{r}");
+
+    // The stdio server exits: calls in flight fail, and the next call after
+    // the backoff starts it again.
+    let tool_call = |id: u64, name: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": name, "arguments": args}})
+    };
+    let r = rpc(addr, &token, &tool_call(6, "local.crash", json!({}))).await;
+    assert_eq!(
+        r["result"]["_meta"]["warden.dev/refusal"]["reason"], "UPSTREAM_UNAVAILABLE",
+        "{r}"
+    );
+    let again = eventually(Duration::from_secs(20), || async {
+        let r = rpc(
+            addr,
+            &token,
+            &tool_call(7, "local.echo", json!({"text": "restarted"})),
+        )
+        .await;
+        r["result"]["content"][0]["text"] == "restarted"
+    })
+    .await;
+    assert!(again, "the stdio server was not started again");
+    // It announces a change of weather (notifications/tools/list_changed):
+    // withdrawn at once, long before the 60 s refresh.
+    let r = rpc(
+        addr,
+        &token,
+        &tool_call(8, "local.weather", json!({"city": "Oslo"})),
+    )
+    .await;
+    assert_eq!(r["result"]["content"][0]["text"], "sunny in Oslo", "{r}");
+    let r = rpc(addr, &token, &tool_call(9, "local.mutate", json!({}))).await;
+    assert_eq!(r["result"]["content"][0]["text"], "changed", "{r}");
+    let withdrawn = eventually(Duration::from_secs(10), || async {
+        let r = rpc(
+            addr,
+            &token,
+            &tool_call(10, "local.weather", json!({"city": "Oslo"})),
+        )
+        .await;
+        r["result"]["_meta"]["warden.dev/refusal"]["reason"] == "TOOL_WITHDRAWN"
+    })
+    .await;
+    assert!(
+        withdrawn,
+        "the announced change did not withdraw local.weather"
+    );
 
     // The server restarts, describing weather as it first did: the
     // sidecar's session is gone (404), a new one starts, the tools are
