@@ -6,6 +6,7 @@ pub mod a2a;
 pub mod agent;
 pub mod codec;
 pub mod edge;
+pub mod jcs;
 pub mod policy;
 pub mod refusal;
 pub mod scope;

@@ -614,6 +614,31 @@ pub fn canonical_json(v: &serde_json::Value, out: &mut String) {
     }
 }
 
+/// The digest that binds an approval to one call (hex SHA-256): the tool,
+/// its arguments in their canonical form (RFC 8785) and the session, each
+/// preceded by its length (4 bytes, big-endian), after the label
+/// `warden.approval.v1`. The same call in another session, or with one
+/// argument changed, has another digest; formatting does not matter.
+pub fn approval_binding(
+    tool: &str,
+    args: &serde_json::Value,
+    session: &str,
+) -> Result<String, crate::jcs::Error> {
+    let canonical = crate::jcs::canonicalize(args)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"warden.approval.v1");
+    for part in [tool.as_bytes(), canonical.as_bytes(), session.as_bytes()] {
+        ctx.update(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        ctx.update(part);
+    }
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// A validated policy: the document plus what was compiled from it.
 #[derive(Debug)]
 pub struct Policy {

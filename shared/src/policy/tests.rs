@@ -581,3 +581,22 @@ unless { context.arguments.to like "*@example.com" };"#
     }));
     assert_eq!(e.kind(), "POLICY_APPROVAL", "{e}");
 }
+
+#[test]
+fn approval_bindings_follow_the_call_not_its_formatting() {
+    let a: serde_json::Value = serde_json::from_str(r#"{"amount": 150, "to": "acct-1"}"#).unwrap();
+    let b: serde_json::Value =
+        serde_json::from_str(r#"{ "to" : "acct-1", "amount" : 1.5e2 }"#).unwrap();
+    let h = approval_binding("refund", &a, "ses_1").unwrap();
+    assert_eq!(h.len(), 64);
+    assert_eq!(h, approval_binding("refund", &b, "ses_1").unwrap());
+    assert_ne!(h, approval_binding("refund", &a, "ses_2").unwrap());
+    assert_ne!(h, approval_binding("refunds", &a, "ses_1").unwrap());
+    let changed = serde_json::json!({"amount": 151, "to": "acct-1"});
+    assert_ne!(h, approval_binding("refund", &changed, "ses_1").unwrap());
+    // Lengths frame the parts: moving a character between them changes it.
+    assert_ne!(
+        approval_binding("ab", &serde_json::json!({}), "c").unwrap(),
+        approval_binding("a", &serde_json::json!({}), "bc").unwrap()
+    );
+}
