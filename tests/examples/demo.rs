@@ -817,37 +817,34 @@ async fn serve(demo: &Demo, sock: &Path, mcp_addr: SocketAddr, sidecar_dir: &Pat
 
 /// One JSON-RPC request to the MCP front door (HTTP/1.1, a fresh connection).
 async fn mcp_post(addr: SocketAddr, token: &str, msg: &serde_json::Value) -> serde_json::Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = msg.to_string();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let json = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
+    warden_tests::http1::mcp_rpc(addr, token, msg)
+        .await
+        .map_or(serde_json::Value::Null, |(_, v)| v)
 }
 
 /// A token from the sidecar's OAuth token endpoint (`client_credentials`,
 /// HTTP Basic), as an MCP client's own OAuth support gets it.
 async fn oauth_token(addr: SocketAddr, client_id: &str, secret: &str) -> serde_json::Value {
     use base64::Engine;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"));
-    let body = "grant_type=client_credentials";
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "POST /oauth/token HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nAuthorization: Basic {basic}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"))
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let json = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
+    let headers = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Authorization", basic.as_str()),
+    ];
+    warden_tests::http1::exchange(
+        addr,
+        "POST",
+        "/oauth/token",
+        &headers,
+        b"grant_type=client_credentials",
+    )
+    .await
+    .ok()
+    .and_then(|(_, _, body)| serde_json::from_str(&body).ok())
+    .unwrap_or(serde_json::Value::Null)
 }
 
 /// Step 6: the same gateway through the MCP front door, with a token the

@@ -55,3 +55,30 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// One JSON-RPC message posted to an MCP endpoint (`/mcp` at `addr`) with
+/// `token` as its bearer: the HTTP status and the answer as JSON (`Null`
+/// when the body is not JSON).
+pub async fn mcp_rpc(
+    addr: SocketAddr,
+    token: &str,
+    msg: &serde_json::Value,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let auth = format!("Bearer {token}");
+    let (status, _, body) = exchange(
+        addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("Authorization", &auth),
+        ],
+        msg.to_string().as_bytes(),
+    )
+    .await?;
+    Ok((
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    ))
+}

@@ -48,20 +48,9 @@ async fn post(
 
 /// A JSON-RPC POST with the usual headers and `token`.
 async fn rpc(addr: SocketAddr, token: &str, msg: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {token}");
-    let (status, _, body) = http(
-        addr,
-        "POST",
-        "/mcp",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-            ("Authorization", &auth),
-        ],
-        msg.to_string().as_bytes(),
-    )
-    .await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    warden_tests::http1::mcp_rpc(addr, token, msg)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

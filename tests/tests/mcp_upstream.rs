@@ -169,21 +169,11 @@ async fn http(
 }
 
 async fn rpc(addr: SocketAddr, token: &str, msg: &Value) -> Value {
-    let auth = format!("Bearer {token}");
-    let (status, body) = http(
-        addr,
-        "POST",
-        "/mcp",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-            ("Authorization", &auth),
-        ],
-        msg.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    let (status, answer) = warden_tests::http1::mcp_rpc(addr, token, msg)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    answer
 }
 
 /// The HTTP server on `port`, which expects `key` as its bearer token.
