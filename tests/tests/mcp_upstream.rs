@@ -423,6 +423,11 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
         r["result"]["_meta"]["warden.dev/refusal"]["reason"], "TOOL_WITHDRAWN",
         "{r}"
     );
+    // Refused before the call spent anything (no limit, no upstream).
+    assert_eq!(
+        r["result"]["_meta"]["warden.dev/refusal"]["stage"], "validate",
+        "{r}"
+    );
     // The others stay.
     let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
         "params": {"name": "remote.echo", "arguments": {"text": "still here"}}});

@@ -159,6 +159,16 @@ pub struct Gateway {
     pub recorder: Recorder,
 }
 
+/// The upstream timeout of `tool`.
+fn tool_timeout(tool: &ToolEntry) -> std::time::Duration {
+    tool.spec
+        .limits
+        .timeout_ms
+        .map_or(super::execute::DEFAULT_TIMEOUT, |ms| {
+            std::time::Duration::from_millis(u64::from(ms))
+        })
+}
+
 fn call_id() -> String {
     let mut b = [0u8; 12];
     rand::rng().fill(&mut b);
@@ -310,11 +320,15 @@ impl Gateway {
         // 2. validate
         validate::trace_id(r.trace_id)?;
         let (policy, tool) = validate::tool(held, r.tool)?;
+        // An MCP server's tool it no longer offers as admitted: refused
+        // before the call spends anything (its tools are read first if
+        // they are not fresh).
         if let Some(u) = tool.spec.upstream.as_ref().filter(|u| u.kind == "mcp")
-            && let Standing::Withdrawn(why) =
-                self.executor
-                    .mcp
-                    .known_standing(&policy.policy, &tool.spec.name, u)
+            && let Standing::Withdrawn(why) = self
+                .executor
+                .mcp
+                .standing(&policy.policy, &tool.spec.name, u, tool_timeout(&tool))
+                .await
         {
             return Err(Refusal::at(Stage::Validate, Reason::ToolWithdrawn, why).rule("pin"));
         }

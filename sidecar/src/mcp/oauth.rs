@@ -43,6 +43,9 @@ pub struct Issuer {
     cp: Arc<ControlPlane>,
     client_id: String,
     secret: String,
+    /// Failed client authentications: when one was last logged, and how
+    /// many were not logged since (at most one line a second).
+    failures: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -154,6 +157,7 @@ impl Issuer {
             auth,
             cp,
             secret,
+            failures: std::sync::Mutex::new((None, 0)),
         }
     }
 
@@ -183,6 +187,28 @@ impl Issuer {
         out.dedup();
         out.truncate(MAX_SCOPES);
         out
+    }
+
+    /// Logs a failed client authentication (the client id it named, cut
+    /// and made printable; never the secret), at most once a second, with
+    /// the count of those not logged in between.
+    fn log_failure(&self, client_id: Option<&str>) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if f.0
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            f.1 += 1;
+            return;
+        }
+        let named: String = client_id
+            .unwrap_or("(none)")
+            .chars()
+            .take(64)
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect();
+        tracing::warn!(client_id = %named, not_logged_since = f.1, "mcp oauth: a token request failed client authentication");
+        *f = (Some(now), 0);
     }
 
     /// Whether `id` and `secret` are this agent's client credentials
@@ -244,6 +270,7 @@ impl Issuer {
         };
         let authenticated = creds.as_ref().is_some_and(|(i, s)| self.client_ok(i, s));
         if !authenticated {
+            self.log_failure(creds.as_ref().map(|(i, _)| i.as_str()));
             return oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",

@@ -607,6 +607,35 @@ impl Upstreams {
         }
     }
 
+    /// Whether the tool with upstream `u` (catalog name `tool`) may be
+    /// called now, reading its server's tools first if they are not fresh
+    /// (within `timeout`): a change is found before the call spends
+    /// anything. `Unknown` when the server cannot be read (the call then
+    /// fails at execution with the reason).
+    pub async fn standing(
+        &self,
+        policy: &Policy,
+        tool: &str,
+        u: &Upstream,
+        timeout: Duration,
+    ) -> Standing {
+        let Ok(s) = self.server(policy, &u.address) else {
+            return Standing::Unknown;
+        };
+        if !s.fresh() {
+            let Ok(secrets) = s.secrets() else {
+                return Standing::Unknown;
+            };
+            if s.ensure_listed(&self.clients, &secrets, timeout)
+                .await
+                .is_err()
+            {
+                return Standing::Unknown;
+            }
+        }
+        s.standing(tool, u.remote_tool(tool))
+    }
+
     /// Reads the tools of `servers` (named in `policy`) where they are not
     /// fresh, all at once, each within [`LIST_TIMEOUT`]: a listing then
     /// asks [`Upstreams::known_standing`]. An unreachable server's tools
