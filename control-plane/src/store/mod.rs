@@ -198,6 +198,115 @@ impl std::fmt::Debug for StoredKey {
     }
 }
 
+/// Where an approval request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApprovalState {
+    /// Waiting for people.
+    Pending,
+    /// The quorum approved; the call may run once.
+    Approved,
+    /// Someone denied it.
+    Denied,
+    /// Approved, and the call ran.
+    Used,
+    /// The deadline passed first.
+    Expired,
+}
+
+impl ApprovalState {
+    /// Lower-case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Used => "used",
+            Self::Expired => "expired",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "approved" => Self::Approved,
+            "denied" => Self::Denied,
+            "used" => Self::Used,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// A request for approval, as the sidecar files it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewApproval {
+    /// Its id (`apr_…`).
+    pub id: String,
+    /// The digest binding it to one call (tool, canonical arguments,
+    /// session).
+    pub binding: String,
+    /// The agent.
+    pub agent_id: AgentId,
+    /// The session.
+    pub session_id: String,
+    /// The session's user, if any.
+    pub user_id: String,
+    /// The tool.
+    pub tool: String,
+    /// The arguments for display (sensitive values already redacted).
+    pub arguments: String,
+    /// The agent's stated reason.
+    pub reason: String,
+    /// The call's trace id.
+    pub trace_id: String,
+    /// Why approval is needed (`risk high`, rule ids).
+    pub because: String,
+    /// Distinct people who must approve.
+    pub quorum: u32,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds: undecided by then, it expires.
+    pub deadline: i64,
+}
+
+/// One person's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalDecision {
+    /// Who (the admin certificate's identity).
+    pub approver: String,
+    /// Approved (or denied).
+    pub approve: bool,
+    /// The comment, or the reason for a denial.
+    pub comment: String,
+    /// Unix seconds.
+    pub decided_at: i64,
+}
+
+/// A stored request with its decisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approval {
+    /// As filed.
+    pub request: NewApproval,
+    /// Where it stands (an expired deadline reads as `Expired`).
+    pub state: ApprovalState,
+    /// Every decision so far, oldest first.
+    pub decisions: Vec<ApprovalDecision>,
+}
+
+/// What a decision did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decided {
+    /// Recorded; the request now stands as given.
+    Recorded(ApprovalState),
+    /// This person has decided on this request already: one person counts
+    /// once.
+    AlreadyDecided,
+    /// The request is not pending (decided, used or expired).
+    NotPending(ApprovalState),
+    /// No such request.
+    Unknown,
+}
+
 /// Durable control-plane state. Every mutation is atomic.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -207,6 +316,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>>;
     /// All agents, by id.
     async fn list_agents(&self) -> Result<Vec<Agent>>;
+    /// Files a request for approval, or returns the one already standing
+    /// for the same call (pending, or approved and unused, and within its
+    /// deadline): filing the same call twice makes one request.
+    async fn request_approval(&self, new: &NewApproval, now: i64) -> Result<Approval>;
+    /// One request, with its decisions.
+    async fn get_approval(&self, id: &str, now: i64) -> Result<Option<Approval>>;
+    /// Requests, newest first: only those in `state` when given; at most
+    /// `limit`.
+    async fn list_approvals(
+        &self,
+        state: Option<ApprovalState>,
+        limit: u32,
+        now: i64,
+    ) -> Result<Vec<Approval>>;
+    /// Records `approver`'s decision on request `id`: a denial decides it,
+    /// approvals decide it once `quorum` distinct people have approved.
+    async fn decide_approval(
+        &self,
+        id: &str,
+        decision: &ApprovalDecision,
+        now: i64,
+    ) -> Result<Decided>;
+    /// Spends the approved, unused request for the call `binding`: its
+    /// one use. `None` when there is none (pending, denied, expired, used).
+    async fn use_approval(&self, binding: &str, now: i64) -> Result<Option<Approval>>;
     /// Agents the whole mesh must refuse: suspended ones, ones revoked after
     /// `since`, and active ones whose expiry passed between `since` and `now`.
     async fn blocked_agents(&self, now: i64, since: i64) -> Result<Vec<Agent>>;

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use warden_shared::agent::{AgentId, AgentStatus};
 
 use super::{
-    Agent, Error, IssuedCert, JoinTokenUse, NewPolicy, NewSession, PolicyApply, PolicyMeta, Result,
-    Store, StoredKey,
+    Agent, Approval, ApprovalDecision, ApprovalState, Decided, Error, IssuedCert, JoinTokenUse,
+    NewApproval, NewPolicy, NewSession, PolicyApply, PolicyMeta, Result, Store, StoredKey,
 };
 
 mod writer;
@@ -559,6 +559,59 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn request_approval(&self, new: &NewApproval, now: i64) -> Result<Approval> {
+        let new = new.clone();
+        self.write(move |c| Box::pin(async move { approvals::file(c, &new, now).await }))
+            .await
+    }
+
+    async fn get_approval(&self, id: &str, now: i64) -> Result<Option<Approval>> {
+        let mut c = self.pool.acquire().await?;
+        approvals::load(&mut c, id, now).await
+    }
+
+    async fn list_approvals(
+        &self,
+        state: Option<ApprovalState>,
+        limit: u32,
+        now: i64,
+    ) -> Result<Vec<Approval>> {
+        let mut c = self.pool.acquire().await?;
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM approvals ORDER BY created_at DESC, id DESC")
+                .fetch_all(&mut *c)
+                .await?;
+        let mut out = Vec::new();
+        for id in ids {
+            if out.len() >= limit as usize {
+                break;
+            }
+            if let Some(a) = approvals::load(&mut c, &id, now).await?
+                && state.is_none_or(|s| s == a.state)
+            {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn decide_approval(
+        &self,
+        id: &str,
+        decision: &ApprovalDecision,
+        now: i64,
+    ) -> Result<Decided> {
+        let (id, d) = (id.to_owned(), decision.clone());
+        self.write(move |c| Box::pin(async move { approvals::decide(c, &id, &d, now).await }))
+            .await
+    }
+
+    async fn use_approval(&self, binding: &str, now: i64) -> Result<Option<Approval>> {
+        let binding = binding.to_owned();
+        self.write(move |c| Box::pin(async move { approvals::spend(c, &binding, now).await }))
+            .await
+    }
+
     async fn signing_keys(&self) -> Result<Vec<StoredKey>> {
         let rows = sqlx::query(
             "SELECT kid, pkcs8, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, rowid DESC",
@@ -577,6 +630,8 @@ impl Store for SqliteStore {
             .collect()
     }
 }
+
+mod approvals;
 
 #[cfg(test)]
 mod tests;

@@ -256,3 +256,160 @@ async fn blocked_agents_are_suspended_recently_revoked_or_recently_expired() {
         .collect();
     assert_eq!(got, ["exp-new", "rev-new", "sus"]);
 }
+
+fn approval(id: &str, binding: &str, quorum: u32, deadline: i64) -> NewApproval {
+    NewApproval {
+        id: id.into(),
+        binding: binding.into(),
+        agent_id: AgentId::new("a1").unwrap(),
+        session_id: "ses_1".into(),
+        user_id: String::new(),
+        tool: "refund".into(),
+        arguments: r#"{"amount":500}"#.into(),
+        reason: "customer asked".into(),
+        trace_id: "t-1".into(),
+        because: "large-refund".into(),
+        quorum,
+        created_at: 100,
+        deadline,
+    }
+}
+
+fn decision(who: &str, approve: bool) -> ApprovalDecision {
+    ApprovalDecision {
+        approver: who.into(),
+        approve,
+        comment: if approve { "ok" } else { "not today" }.into(),
+        decided_at: 110,
+    }
+}
+
+#[tokio::test]
+async fn an_approval_needs_its_quorum_of_distinct_people_and_is_used_once() {
+    let (s, _d) = store().await;
+    let a = s
+        .request_approval(&approval("apr_1", "b1", 2, 400), 100)
+        .await
+        .unwrap();
+    assert_eq!(a.state, ApprovalState::Pending);
+    // Filing the same call again gives the same request.
+    let again = s
+        .request_approval(&approval("apr_2", "b1", 2, 400), 101)
+        .await
+        .unwrap();
+    assert_eq!(again.request.id, "apr_1");
+    // Nothing to use yet.
+    assert_eq!(s.use_approval("b1", 110).await.unwrap(), None);
+    // The same person twice counts once.
+    assert_eq!(
+        s.decide_approval("apr_1", &decision("alice", true), 110)
+            .await
+            .unwrap(),
+        Decided::Recorded(ApprovalState::Pending)
+    );
+    assert_eq!(
+        s.decide_approval("apr_1", &decision("alice", true), 111)
+            .await
+            .unwrap(),
+        Decided::AlreadyDecided
+    );
+    assert_eq!(
+        s.get_approval("apr_1", 112).await.unwrap().unwrap().state,
+        ApprovalState::Pending
+    );
+    assert_eq!(
+        s.decide_approval("apr_1", &decision("bob", true), 112)
+            .await
+            .unwrap(),
+        Decided::Recorded(ApprovalState::Approved)
+    );
+    // Used once; the identical call after that needs a new request.
+    let used = s.use_approval("b1", 120).await.unwrap().unwrap();
+    assert_eq!(
+        (used.request.id.as_str(), used.state),
+        ("apr_1", ApprovalState::Used)
+    );
+    assert_eq!(used.decisions.len(), 2);
+    assert_eq!(s.use_approval("b1", 121).await.unwrap(), None);
+    let fresh = s
+        .request_approval(&approval("apr_3", "b1", 2, 500), 122)
+        .await
+        .unwrap();
+    assert_eq!(
+        (fresh.request.id.as_str(), fresh.state),
+        ("apr_3", ApprovalState::Pending)
+    );
+    // Another call's binding has nothing.
+    assert_eq!(s.use_approval("b2", 122).await.unwrap(), None);
+    assert_eq!(
+        s.decide_approval("apr_1", &decision("carol", true), 123)
+            .await
+            .unwrap(),
+        Decided::NotPending(ApprovalState::Used)
+    );
+    assert_eq!(
+        s.decide_approval("apr_none", &decision("carol", true), 123)
+            .await
+            .unwrap(),
+        Decided::Unknown
+    );
+}
+
+#[tokio::test]
+async fn a_denial_decides_and_a_deadline_expires() {
+    let (s, _d) = store().await;
+    s.request_approval(&approval("apr_d", "bd", 2, 400), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.decide_approval("apr_d", &decision("alice", false), 110)
+            .await
+            .unwrap(),
+        Decided::Recorded(ApprovalState::Denied)
+    );
+    let a = s.get_approval("apr_d", 111).await.unwrap().unwrap();
+    assert_eq!(a.state, ApprovalState::Denied);
+    assert_eq!(a.decisions[0].comment, "not today");
+    assert_eq!(s.use_approval("bd", 112).await.unwrap(), None);
+    // Past its deadline, a pending request is expired and cannot be decided.
+    s.request_approval(&approval("apr_e", "be", 1, 200), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_approval("apr_e", 200).await.unwrap().unwrap().state,
+        ApprovalState::Expired
+    );
+    assert_eq!(
+        s.decide_approval("apr_e", &decision("alice", true), 201)
+            .await
+            .unwrap(),
+        Decided::NotPending(ApprovalState::Expired)
+    );
+    let pending = s
+        .list_approvals(Some(ApprovalState::Pending), 10, 201)
+        .await
+        .unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
+    let all = s.list_approvals(None, 10, 201).await.unwrap();
+    assert_eq!(all.len(), 2);
+}
+
+#[tokio::test]
+async fn a_pending_request_survives_a_restart_and_can_still_be_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    {
+        let s = SqliteStore::open(&path, true).await.unwrap();
+        s.request_approval(&approval("apr_r", "br", 1, 400), 100)
+            .await
+            .unwrap();
+    }
+    let s = SqliteStore::open(&path, true).await.unwrap();
+    assert_eq!(
+        s.decide_approval("apr_r", &decision("alice", true), 110)
+            .await
+            .unwrap(),
+        Decided::Recorded(ApprovalState::Approved)
+    );
+    assert!(s.use_approval("br", 111).await.unwrap().is_some());
+}
