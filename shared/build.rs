@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read when the script runs, not when it was compiled: one target
+    // directory may serve several checkouts (a CI cache), and the compiled
+    // script is shared between them.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let files = [
         "agent.proto",
         "admin.proto",

@@ -161,6 +161,13 @@ reasons! {
     LimiterUnavailable = "LIMITER_UNAVAILABLE" => Unavailable,
     /// The tool needs a human approval.
     ApprovalRequired = "APPROVAL_REQUIRED" => PermissionDenied,
+    /// No approval request with that id.
+    ApprovalNotFound = "APPROVAL_NOT_FOUND" => NotFound,
+    /// The approval request is decided, used or expired already.
+    ApprovalNotPending = "APPROVAL_NOT_PENDING" => FailedPrecondition,
+    /// This person has decided on this request already: one person counts
+    /// once towards a quorum.
+    ApprovalAlreadyDecided = "APPROVAL_ALREADY_DECIDED" => AlreadyExists,
     /// The tool has no upstream to execute.
     UpstreamNotConfigured = "UPSTREAM_NOT_CONFIGURED" => FailedPrecondition,
     /// The request to the upstream could not be built from the tool's

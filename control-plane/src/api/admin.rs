@@ -14,7 +14,7 @@ use warden_shared::scope::Scope;
 use crate::agents::{join_token_hash, store_error};
 use crate::auth;
 use crate::state::State;
-use crate::store::{self, Agent, NewPolicy, PolicyMeta};
+use crate::store::{self, Agent, ApprovalState, NewPolicy, PolicyMeta};
 use crate::{now_unix, timestamp};
 
 /// Longest free-text field (type, version, owner, environment, reason).
@@ -25,6 +25,45 @@ const MAX_TOOLS: usize = 256;
 const MAX_JOIN_TTL: u32 = 86_400;
 /// Highest session cap.
 const MAX_SESSIONS: u32 = 10_000;
+
+/// An approval request on the wire.
+fn approval_pb(a: &store::Approval) -> pb::Approval {
+    let r = &a.request;
+    pb::Approval {
+        id: r.id.clone(),
+        agent_id: r.agent_id.to_string(),
+        session_id: r.session_id.clone(),
+        user_id: r.user_id.clone(),
+        tool: r.tool.clone(),
+        arguments_json: r.arguments.clone(),
+        reason: r.reason.clone(),
+        trace_id: r.trace_id.clone(),
+        because: r.because.clone(),
+        quorum: r.quorum,
+        created_at: Some(timestamp(r.created_at)),
+        deadline: Some(timestamp(r.deadline)),
+        state: a.state.as_str().to_owned(),
+        decisions: a
+            .decisions
+            .iter()
+            .map(|d| pb::ApprovalDecision {
+                approver: d.approver.clone(),
+                approve: d.approve,
+                comment: d.comment.clone(),
+                decided_at: Some(timestamp(d.decided_at)),
+            })
+            .collect(),
+        binding: r.binding.clone(),
+    }
+}
+
+/// An approval id as given: `apr_` and at most 64 visible characters.
+fn approval_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid("id must be 1-64 visible ASCII characters"));
+    }
+    Ok(id)
+}
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -503,6 +542,115 @@ impl AdminService for AdminApi {
             .map_err(store_error)?;
         Ok(Response::new(pb::ListPolicyVersionsResponse {
             versions: all.iter().map(policy_proto).collect(),
+        }))
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        let r = req.into_inner();
+        let state = match r.state.as_str() {
+            "" | "pending" => Some(ApprovalState::Pending),
+            "approved" => Some(ApprovalState::Approved),
+            "denied" => Some(ApprovalState::Denied),
+            "used" => Some(ApprovalState::Used),
+            "expired" => Some(ApprovalState::Expired),
+            "all" => None,
+            _ => {
+                return Err(invalid(
+                    "state must be pending, approved, denied, used, expired or all",
+                ));
+            }
+        };
+        let limit = match r.limit {
+            0 => 100,
+            n if n > 1000 => return Err(invalid("limit must be at most 1000")),
+            n => n,
+        };
+        let all = self
+            .state
+            .store
+            .list_approvals(state, limit, now_unix())
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals: all.iter().map(approval_pb).collect(),
+        }))
+    }
+
+    async fn get_approval(
+        &self,
+        req: Request<pb::GetApprovalRequest>,
+    ) -> Result<Response<pb::GetApprovalResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        let id = approval_id(&req.get_ref().id)?;
+        let a = self
+            .state
+            .store
+            .get_approval(id, now_unix())
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| status(Reason::ApprovalNotFound, "no approval request with that id"))?;
+        Ok(Response::new(pb::GetApprovalResponse {
+            approval: Some(approval_pb(&a)),
+        }))
+    }
+
+    async fn decide_approval(
+        &self,
+        req: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let r = req.get_ref();
+        let id = approval_id(&r.id)?.to_owned();
+        let comment = text("comment", &r.comment, !r.approve)?;
+        let now = now_unix();
+        let decision = store::ApprovalDecision {
+            approver: admin.to_string(),
+            approve: r.approve,
+            comment,
+            decided_at: now,
+        };
+        let outcome = self
+            .state
+            .store
+            .decide_approval(&id, &decision, now)
+            .await
+            .map_err(store_error)?;
+        match outcome {
+            store::Decided::Recorded(state) => {
+                tracing::warn!(admin = %admin, approval = %id, approve = r.approve, state = state.as_str(), "approval decided");
+            }
+            store::Decided::AlreadyDecided => {
+                return Err(status(
+                    Reason::ApprovalAlreadyDecided,
+                    "you have decided on this request already: one person counts once",
+                ));
+            }
+            store::Decided::NotPending(state) => {
+                return Err(status(
+                    Reason::ApprovalNotPending,
+                    format!("the request is {}, not pending", state.as_str()),
+                ));
+            }
+            store::Decided::Unknown => {
+                return Err(status(
+                    Reason::ApprovalNotFound,
+                    "no approval request with that id",
+                ));
+            }
+        }
+        let a = self
+            .state
+            .store
+            .get_approval(&id, now)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| status(Reason::ApprovalNotFound, "no approval request with that id"))?;
+        Ok(Response::new(pb::DecideApprovalResponse {
+            approval: Some(approval_pb(&a)),
         }))
     }
 }
