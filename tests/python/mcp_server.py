@@ -9,7 +9,7 @@ Usage:
 Tools: echo, weather (its description is read from DESC_FILE when present, so
 that a test can change it under the sidecar: a "rug pull"), key_check (reports
 whether it got the expected key -- the Authorization header over HTTP, the
-API_KEY variable over stdio -- and echoes the key back), delete_everything
+AUTH_HEADER variable (`Bearer <key>`) over stdio, printing the key on stderr -- and echoes the key back), delete_everything
 (which no policy admits), mutate (changes weather's description and announces
 the change with notifications/tools/list_changed), crash (the process exits).
 """
@@ -61,7 +61,10 @@ def key_check(ctx: Context) -> str:
         auth = request.headers.get("authorization", "") if request else ""
         key = auth.removeprefix("Bearer ")
     else:
-        key = os.environ.get("API_KEY", "")
+        key = os.environ.get("AUTH_HEADER", "").removeprefix("Bearer ")
+        # Whatever a server prints on stderr reaches the sidecar's log: the
+        # key alone, cut out of the value built around it, must not.
+        print(f"auth header key {key}", file=sys.stderr, flush=True)
     ok = bool(key) and (key == EXPECTED_KEY or not EXPECTED_KEY)
     return f"key ok={ok}; the key is {key}"
 

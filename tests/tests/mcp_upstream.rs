@@ -36,7 +36,7 @@ mcp_servers:
   local:
     command: "{PYTHON}"
     args: ["{SCRIPT}", "stdio", "{NO_FILE}"]
-    env: { API_KEY: "${secret:up_key}" }
+    env: { AUTH_HEADER: "Bearer ${secret:up_key}" }
   rogue:
     command: /bin/sh
     args: ["-c", "touch {MARKER}"]
@@ -523,6 +523,12 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
             && l.contains("remote.echo")
             && l.contains(&echo_pin)),
         "no first-sight digest for remote.echo"
+    );
+    // The stdio server printed the key on its stderr; the log has it
+    // removed.
+    assert!(
+        text.contains("auth header key [REDACTED]"),
+        "the stdio server's stderr line is not in the log, redacted"
     );
     assert!(!text.contains(&key), "the upstream key was logged");
     assert!(

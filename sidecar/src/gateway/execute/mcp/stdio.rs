@@ -259,14 +259,13 @@ impl Link {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut given = Vec::new();
         for (k, template) in &cfg.env {
             let v = fill_secrets(template, ctx.secrets).map_err(Failure::Transport)?;
-            if template.contains("${secret:") {
-                given.push(Secret::new(v.clone()));
-            }
             cmd.env(k, v);
         }
+        // The secrets themselves, not the values built around them: a
+        // server that prints only the secret has it removed too.
+        let given: Vec<Secret> = ctx.secrets.values().cloned().collect();
         let mut child = cmd.spawn().map_err(|e| {
             Failure::Transport(HttpFailure::Build(format!("starting {program}: {e}")))
         })?;
