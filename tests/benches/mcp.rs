@@ -47,8 +47,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use warden_tests::bench::{Phase, env_or, h2load, median, phase_secs, spawn_child};
 use warden_tests::*;
@@ -117,43 +115,15 @@ fn answer(msg: &Value) -> Option<Value> {
 fn upstream_main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("READY {}", l.local_addr().unwrap());
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = l.accept().await else {
-                    continue;
-                };
-                let _ = s.set_nodelay(true);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        |req: hyper::Request<hyper::body::Incoming>| async move {
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                            let mut r = match answer(&msg) {
-                                Some(a) => {
-                                    let mut r =
-                                        hyper::Response::new(Full::new(Bytes::from(a.to_string())));
-                                    r.headers_mut().insert(
-                                        http::header::CONTENT_TYPE,
-                                        http::HeaderValue::from_static("application/json"),
-                                    );
-                                    r
-                                }
-                                None => hyper::Response::new(Full::new(Bytes::new())),
-                            };
-                            if msg.get("id").is_none() {
-                                *r.status_mut() = http::StatusCode::ACCEPTED;
-                            }
-                            Ok::<_, std::convert::Infallible>(r)
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
+        let addr = bench::http_upstream(|body| {
+            let msg: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            match answer(&msg) {
+                Some(a) => (http::StatusCode::OK, Some(Bytes::from(a.to_string()))),
+                None => (http::StatusCode::ACCEPTED, None),
             }
-        });
+        })
+        .await;
+        println!("READY {addr}");
         let _ = tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await;
     });
 }

@@ -256,3 +256,49 @@ pub async fn serve_sidecar(
     println!("READY {}", pick(&sc));
     let _ = tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await;
 }
+
+/// A loopback HTTP/1.1 server for a benchmark's upstream: each request's
+/// body goes to `answer`, whose status and JSON body (none: empty) are the
+/// reply. Returns its address; serves until the runtime ends.
+pub async fn http_upstream(
+    answer: fn(&[u8]) -> (http::StatusCode, Option<bytes::Bytes>),
+) -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let (status, json) = answer(&body);
+                        let mut r =
+                            hyper::Response::new(Full::new(json.clone().unwrap_or_default()));
+                        *r.status_mut() = status;
+                        if json.is_some() {
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
