@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "sidecar.proto",
         "mesh.proto",
         "a2a.proto",
+        "approval.proto",
     ]
     .map(|f| root.join("warden/v1").join(f));
     for file in &files {

@@ -11,10 +11,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use warden_shared::proto::v1::admin_service_server::AdminServiceServer;
+use warden_shared::proto::v1::approval_service_server::ApprovalServiceServer;
 use warden_shared::proto::v1::identity_service_server::IdentityServiceServer;
 use warden_shared::spiffe::TrustDomain;
 
 use crate::api::admin::AdminApi;
+use crate::api::approval::ApprovalApi;
 use crate::api::identity::IdentityApi;
 use crate::api::mesh::MeshApi;
 use crate::config::Config;
@@ -28,6 +30,8 @@ pub use crate::state::State;
 
 /// Largest gRPC message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+/// Approval events kept for a slow watcher before it misses some.
+const APPROVAL_EVENTS: usize = 1024;
 
 /// A running control plane.
 #[derive(Debug)]
@@ -72,6 +76,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         sidecars: Arc::default(),
         policy: crate::policy::InForce::default(),
         messaging,
+        approval_events: tokio::sync::broadcast::channel(APPROVAL_EVENTS).0,
     };
     state
         .reload_policy()
@@ -130,6 +135,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     health_reporter
         .set_serving::<MeshServiceServer<MeshApi>>()
         .await;
+    health_reporter
+        .set_serving::<ApprovalServiceServer<ApprovalApi>>()
+        .await;
 
     let (shutdown, rx) = watch::channel(false);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&state)))
@@ -137,6 +145,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let identity = IdentityServiceServer::new(IdentityApi::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mesh = MeshServiceServer::new(MeshApi::new(Arc::clone(&state)));
+    let approval = ApprovalServiceServer::new(ApprovalApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut stop = rx.clone();
     let grpc_task = tokio::spawn(async move {
         Server::builder()
@@ -147,6 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .add_service(admin)
             .add_service(identity)
             .add_service(mesh)
+            .add_service(approval)
             .serve_with_incoming_shutdown(
                 // Small responses must not wait on Nagle + delayed ACK (40 ms).
                 tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),

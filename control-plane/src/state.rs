@@ -34,9 +34,18 @@ pub struct State {
     pub policy: crate::policy::InForce,
     /// Pairwise message keys.
     pub messaging: crate::a2a::Messaging,
+    /// Approval requests as they are filed and decided, for whoever watches
+    /// (`wardenctl approvals watch`).
+    pub approval_events: tokio::sync::broadcast::Sender<Arc<crate::store::Approval>>,
 }
 
 impl State {
+    /// An approval request was filed or decided: tell the watchers.
+    pub fn approval_changed(&self, a: &crate::store::Approval) {
+        // Nobody watching is not an error.
+        let _ = self.approval_events.send(Arc::new(a.clone()));
+    }
+
     /// Reloads the latest policy version from the store and wakes every
     /// stream. A stored document that no longer parses is logged and
     /// skipped (the previous one stays in force).

@@ -25,6 +25,19 @@ pub mod proto {
     )]
     pub mod v1 {
         tonic::include_proto!("warden.v1");
+
+        impl StreamResponse {
+            /// Whether the push carries no part (only its version).
+            pub fn carries_nothing(&self) -> bool {
+                self.standing.is_none()
+                    && self.revoked_sessions.is_none()
+                    && self.keys.is_none()
+                    && self.policy.is_none()
+                    && self.blocked_agents.is_none()
+                    && self.pair_keys.is_none()
+                    && self.approvals.is_none()
+            }
+        }
     }
 }
 

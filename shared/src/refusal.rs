@@ -159,8 +159,20 @@ reasons! {
     QuotaExceeded = "QUOTA_EXCEEDED" => ResourceExhausted,
     /// A limit's shared store is unreachable and the limit fails closed.
     LimiterUnavailable = "LIMITER_UNAVAILABLE" => Unavailable,
-    /// The tool needs a human approval.
+    /// The tool needs a human approval, and this deployment cannot ask for
+    /// one (no approval desk).
     ApprovalRequired = "APPROVAL_REQUIRED" => PermissionDenied,
+    /// The call waits for a human approval and the agent asked not to wait:
+    /// the same call made again runs once it is approved (the ErrorInfo
+    /// metadata names `approval_id`).
+    ApprovalPending = "APPROVAL_PENDING" => FailedPrecondition,
+    /// A person denied the call (the message carries who and why).
+    ApprovalDenied = "APPROVAL_DENIED" => PermissionDenied,
+    /// Nobody decided before the deadline.
+    ApprovalTimeout = "APPROVAL_TIMEOUT" => DeadlineExceeded,
+    /// The control plane could not be reached to file the request or learn
+    /// its decision within the deadline.
+    ApprovalUnavailable = "APPROVAL_UNAVAILABLE" => Unavailable,
     /// No approval request with that id.
     ApprovalNotFound = "APPROVAL_NOT_FOUND" => NotFound,
     /// The approval request is decided, used or expired already.
@@ -279,6 +291,8 @@ pub struct Refusal {
     pub rule: String,
     /// When retrying later can succeed: after this long.
     pub retry_after_ms: Option<u64>,
+    /// The approval request concerned, if one is (`apr_…`).
+    pub approval_id: String,
 }
 
 impl Refusal {
@@ -290,6 +304,7 @@ impl Refusal {
             stage: None,
             rule: String::new(),
             retry_after_ms: None,
+            approval_id: String::new(),
         }
     }
 
@@ -305,6 +320,13 @@ impl Refusal {
     #[must_use]
     pub fn rule(mut self, rule: impl Into<String>) -> Self {
         self.rule = rule.into();
+        self
+    }
+
+    /// Names the approval request concerned.
+    #[must_use]
+    pub fn approval(mut self, id: impl Into<String>) -> Self {
+        self.approval_id = id.into();
         self
     }
 
@@ -326,7 +348,8 @@ impl Refusal {
     }
 
     /// The status the caller receives: the reason in an `ErrorInfo` whose
-    /// metadata carries `stage`, `rule` and `retry_after_ms` when set.
+    /// metadata carries `stage`, `rule`, `retry_after_ms` and `approval_id`
+    /// when set.
     pub fn to_status(&self) -> Status {
         let mut meta = HashMap::new();
         if let Some(stage) = self.stage {
@@ -337,6 +360,9 @@ impl Refusal {
         }
         if let Some(ms) = self.retry_after_ms {
             meta.insert("retry_after_ms".to_owned(), ms.to_string());
+        }
+        if !self.approval_id.is_empty() {
+            meta.insert("approval_id".to_owned(), self.approval_id.clone());
         }
         Status::with_error_details(
             self.code(),
@@ -355,6 +381,7 @@ impl Refusal {
             rule: self.rule.clone(),
             message: self.message.clone(),
             retry_after_ms: self.retry_after_ms.unwrap_or(0),
+            approval_id: self.approval_id.clone(),
         }
     }
 }

@@ -173,6 +173,7 @@ impl AgentService for AgentApi {
             arguments: &m.arguments_json,
             reason: &m.reason,
             trace_id: &m.trace_id,
+            no_wait: m.no_wait,
         };
         let a = self.gateway.call_tool(&self.credentials(&req), &r).await?;
         Ok(Response::new(pb::CallToolResponse {
@@ -196,6 +197,7 @@ impl AgentService for AgentApi {
             arguments: &m.arguments_json,
             reason: &m.reason,
             trace_id: &m.trace_id,
+            no_wait: m.no_wait,
         };
         let d = self.gateway.authorize(&self.credentials(&req), &r).await?;
         Ok(Response::new(pb::AuthorizeResponse {

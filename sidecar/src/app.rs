@@ -151,6 +151,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let journal = config.data_dir.join("session-calls");
     let gateway = Arc::new(
         crate::gateway::pipeline::Gateway::new(Arc::clone(&auth), limiter)
+            .with_desk(crate::gateway::approve::Desk::new(
+                Arc::clone(&cp),
+                Arc::clone(auth.state()),
+            ))
             .with_call_journal(&journal)
             .with_context(|| format!("opening {}", journal.display()))?,
     );

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use tonic::transport::Channel;
+use warden_shared::proto::v1::approval_service_client::ApprovalServiceClient;
 use warden_shared::proto::v1::identity_service_client::IdentityServiceClient;
 use warden_shared::refusal::{Reason, status};
 
@@ -32,6 +33,11 @@ impl ControlPlane {
     /// An identity client over mTLS with the current certificate.
     pub fn identity_client(&self) -> Result<IdentityServiceClient<Channel>, tonic::Status> {
         self.channel().map(IdentityServiceClient::new)
+    }
+
+    /// An approval-desk client over mTLS with the current certificate.
+    pub fn approval_client(&self) -> Result<ApprovalServiceClient<Channel>, tonic::Status> {
+        self.channel().map(ApprovalServiceClient::new)
     }
 
     /// The mTLS channel for the current certificate.

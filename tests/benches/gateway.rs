@@ -248,6 +248,7 @@ fn pipeline_only(doc: &str, iterations: u32) -> f64 {
         arguments: r#"{"text":"hello"}"#,
         reason: "",
         trace_id: "",
+        no_wait: false,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -278,6 +278,7 @@ fn audit_event() {
         upstream_status: 200,
         redactions: 0,
         micros: 180,
+        approval: "",
     };
     // Chunks smaller than the queue, drained between chunks (not timed), so
     // the queued phase measures the hand-off, not the fallback.

@@ -952,6 +952,7 @@ async fn gateway(
         arguments_json: args.into(),
         reason: "the demo asked".into(),
         trace_id: "demo-trace".into(),
+        no_wait: false,
     };
     let r = agent
         .call_tool(call("search_tickets", r#"{"query": "login bug"}"#))

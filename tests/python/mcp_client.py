@@ -40,7 +40,9 @@ async def main(url: str, token: str) -> None:
             out["echo"] = seen(await session.call_tool("echo", {"text": "hello"}))
             out["invalid"] = seen(await session.call_tool("echo", {"text": 7}))
             out["scope"] = seen(await session.call_tool("lookup", {"id": "r1"}))
-            out["approval"] = seen(await session.call_tool("refund", {}))
+            out["approval"] = seen(
+                await session.call_tool("refund", {}, meta={"warden.dev/noWait": True})
+            )
             limited = [seen(await session.call_tool("limited", {})) for _ in range(4)]
             out["limited"] = limited
             try:

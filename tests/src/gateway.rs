@@ -307,6 +307,7 @@ pub fn call(tool: &str, args: &str) -> pb::CallToolRequest {
         arguments_json: args.into(),
         reason: "test".into(),
         trace_id: "trace-1".into(),
+        no_wait: false,
     }
 }
 
@@ -317,6 +318,7 @@ pub fn authorize(tool: &str, args: &str) -> pb::AuthorizeRequest {
         arguments_json: args.into(),
         reason: "test".into(),
         trace_id: String::new(),
+        no_wait: false,
     }
 }
 

@@ -22,6 +22,7 @@ use warden_shared::proto::v1::identity_service_client::IdentityServiceClient;
 pub use warden_sidecar::app::Running as Sidecar;
 use warden_sidecar::config::Config as SidecarConfig;
 
+pub mod approvals;
 pub mod bench;
 pub mod gateway;
 pub mod http1;

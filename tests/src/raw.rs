@@ -108,6 +108,9 @@ pub fn held_after(pushes: &[&pb::StreamResponse]) -> pb::HeldParts {
         if let Some(x) = &p.pair_keys {
             h.pair_keys = x.digest;
         }
+        if let Some(x) = &p.approvals {
+            h.approvals = x.digest;
+        }
     }
     h
 }

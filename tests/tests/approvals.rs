@@ -161,8 +161,20 @@ async fn admins_list_show_approve_and_deny_and_one_person_counts_once() {
         Code::FailedPrecondition,
         "APPROVAL_NOT_PENDING",
     );
-    assert!(store.use_approval("b2", now + 1).await.unwrap().is_some());
-    assert!(store.use_approval("b2", now + 2).await.unwrap().is_none());
+    assert!(
+        store
+            .use_approval(&AgentId::new("a1").unwrap(), "b2", now + 1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .use_approval(&AgentId::new("a1").unwrap(), "b2", now + 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
     // A denial carries its reason.
     let a = admin
         .decide_approval(decide("apr_no", false, "refunds over 100 need a ticket"))

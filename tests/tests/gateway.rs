@@ -202,12 +202,22 @@ async fn every_refusal_names_its_stage_and_reason() {
         "authorize",
     );
 
-    // approve
-    refused(
-        c.call_tool(call("refund", "{}")).await,
-        Code::PermissionDenied,
-        "APPROVAL_REQUIRED",
+    // approve: the agent asks not to wait, so the call is refused at once
+    // while its request waits for a person (tests/tests/approvals.rs
+    // follows requests to their decisions).
+    let s = refused(
+        c.call_tool(pb::CallToolRequest {
+            no_wait: true,
+            ..call("refund", "{}")
+        })
+        .await,
+        Code::FailedPrecondition,
+        "APPROVAL_PENDING",
         "approve",
+    );
+    assert!(
+        warden_shared::refusal::metadata_of(&s)["approval_id"].starts_with("apr_"),
+        "{s:?}"
     );
 
     // execute

@@ -121,10 +121,17 @@ async fn the_python_sdk_lists_and_calls_tools_through_the_pipeline() {
             .unwrap()
             .contains("SCOPE_MISSING")
     );
-    // A high-risk tool waits for a human: refused here until approvals land.
+    // A high-risk tool waits for a human; asked not to wait, the call is
+    // refused at once with the request's id.
     assert_eq!(
         refusal("approval"),
-        (json!(true), json!("APPROVAL_REQUIRED"), json!("approve"))
+        (json!(true), json!("APPROVAL_PENDING"), json!("approve"))
+    );
+    assert!(
+        seen["approval"]["refusal"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("apr_")
     );
     // `limited` allows three calls a minute.
     let limited = seen["limited"].as_array().unwrap();

@@ -552,17 +552,11 @@ impl AdminService for AdminApi {
         auth::admin(&req, &self.state.td)?;
         let r = req.into_inner();
         let state = match r.state.as_str() {
-            "" | "pending" => Some(ApprovalState::Pending),
-            "approved" => Some(ApprovalState::Approved),
-            "denied" => Some(ApprovalState::Denied),
-            "used" => Some(ApprovalState::Used),
-            "expired" => Some(ApprovalState::Expired),
+            "" => Some(ApprovalState::Pending),
             "all" => None,
-            _ => {
-                return Err(invalid(
-                    "state must be pending, approved, denied, used, expired or all",
-                ));
-            }
+            s => Some(ApprovalState::parse(s).ok_or_else(|| {
+                invalid("state must be pending, approved, denied, used, expired, cancelled or all")
+            })?),
         };
         let limit = match r.limit {
             0 => 100,
@@ -649,6 +643,11 @@ impl AdminService for AdminApi {
             .await
             .map_err(store_error)?
             .ok_or_else(|| status(Reason::ApprovalNotFound, "no approval request with that id"))?;
+        if a.state != ApprovalState::Pending {
+            // The waiting sidecar learns it over its mesh stream.
+            self.state.hub.agent_changed(&a.request.agent_id);
+        }
+        self.state.approval_changed(&a);
         Ok(Response::new(pb::DecideApprovalResponse {
             approval: Some(approval_pb(&a)),
         }))

@@ -62,6 +62,7 @@ struct Digests {
     policy: u64,
     blocked: u64,
     pairs: u64,
+    approvals: u64,
 }
 
 impl From<&pb::HeldParts> for Digests {
@@ -73,6 +74,7 @@ impl From<&pb::HeldParts> for Digests {
             policy: h.policy,
             blocked: h.blocked_agents_seq,
             pairs: h.pair_keys,
+            approvals: h.approvals,
         }
     }
 }
@@ -145,6 +147,10 @@ fn build(
             carried.policy = p.digest;
             push.policy = Some(p);
         }
+        if new(a.approvals.digest, t.held.approvals, t.refused.approvals) {
+            carried.approvals = a.approvals.digest;
+            push.approvals = Some(a.approvals);
+        }
     }
     let ring = state.keys.current();
     if new(ring.digest, t.held.keys, t.refused.keys) {
@@ -167,15 +173,6 @@ fn build(
         push.blocked_agents = Some(b);
     }
     (push, carried)
-}
-
-fn is_empty(p: &pb::StreamResponse) -> bool {
-    p.standing.is_none()
-        && p.revoked_sessions.is_none()
-        && p.keys.is_none()
-        && p.policy.is_none()
-        && p.blocked_agents.is_none()
-        && p.pair_keys.is_none()
 }
 
 /// What the pair keys were last computed from: the policy version, the
@@ -358,7 +355,7 @@ async fn serve(
             let (mut push, carried) = build(&state, &t, agent_parts, pair_keys);
             // The first push is sent even when empty: it tells the sidecar
             // that it is connected and current.
-            if first || !is_empty(&push) {
+            if first || !push.carries_nothing() {
                 first = false;
                 push.version = state.hub.version();
                 push.nonce = nonce();
@@ -433,6 +430,7 @@ fn merge(held: &mut Digests, c: &Digests) {
         (&mut held.policy, c.policy),
         (&mut held.blocked, c.blocked),
         (&mut held.pairs, c.pairs),
+        (&mut held.approvals, c.approvals),
     ] {
         if c != 0 {
             *h = c;
@@ -453,6 +451,7 @@ fn refuse(t: &mut Tracker, f: &InFlight, part: pb::MeshPart) {
         P::Keys => refused.keys = carried.keys,
         P::Policy => refused.policy = carried.policy,
         P::PairKeys => refused.pairs = carried.pairs,
+        P::Approvals => refused.approvals = carried.approvals,
         P::BlockedAgents if f.blocked_complete => refused.blocked = carried.blocked,
         P::BlockedAgents => t.held.blocked = 0,
         // The sidecar could not tell which part (applying it panicked):
@@ -500,6 +499,7 @@ mod tests {
             policy: 4,
             blocked: 5,
             pairs: 6,
+            approvals: 7,
         };
         merge(
             &mut held,
@@ -518,6 +518,7 @@ mod tests {
                 policy: 4,
                 blocked: 10,
                 pairs: 6,
+                approvals: 7,
             }
         );
         let mut t = Tracker::default();

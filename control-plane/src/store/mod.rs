@@ -211,6 +211,8 @@ pub enum ApprovalState {
     Used,
     /// The deadline passed first.
     Expired,
+    /// Withdrawn by the sidecar: nobody waits for it any more.
+    Cancelled,
 }
 
 impl ApprovalState {
@@ -222,16 +224,19 @@ impl ApprovalState {
             Self::Denied => "denied",
             Self::Used => "used",
             Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// The state named `s` (as stored and on the wire).
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "pending" => Self::Pending,
             "approved" => Self::Approved,
             "denied" => Self::Denied,
             "used" => Self::Used,
             "expired" => Self::Expired,
+            "cancelled" => Self::Cancelled,
             _ => return None,
         })
     }
@@ -316,9 +321,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>>;
     /// All agents, by id.
     async fn list_agents(&self) -> Result<Vec<Agent>>;
-    /// Files a request for approval, or returns the one already standing
-    /// for the same call (pending, or approved and unused, and within its
-    /// deadline): filing the same call twice makes one request.
+    /// Files a request for approval, or returns the one of the same agent
+    /// already standing for the same call (pending, or approved and unused,
+    /// within its deadline; or denied, until its deadline): filing the same
+    /// call twice makes one request, and a denied call asked again at once
+    /// stays denied.
     async fn request_approval(&self, new: &NewApproval, now: i64) -> Result<Approval>;
     /// One request, with its decisions.
     async fn get_approval(&self, id: &str, now: i64) -> Result<Option<Approval>>;
@@ -338,9 +345,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         decision: &ApprovalDecision,
         now: i64,
     ) -> Result<Decided>;
-    /// Spends the approved, unused request for the call `binding`: its
-    /// one use. `None` when there is none (pending, denied, expired, used).
-    async fn use_approval(&self, binding: &str, now: i64) -> Result<Option<Approval>>;
+    /// Spends `agent`'s approved, unused request for the call `binding`:
+    /// its one use. `None` when there is none (pending, denied, expired,
+    /// used).
+    async fn use_approval(
+        &self,
+        agent: &AgentId,
+        binding: &str,
+        now: i64,
+    ) -> Result<Option<Approval>>;
+    /// How many of `agent`'s requests are pending now.
+    async fn pending_approvals(&self, agent: &AgentId, now: i64) -> Result<u64>;
+    /// Cancels `agent`'s pending request `id`; whether it was pending.
+    async fn cancel_approval(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool>;
+    /// `agent`'s requests decided since `since` (unix seconds) that still
+    /// matter to a waiting call: approved and usable, or denied; newest
+    /// first, at most `limit`.
+    async fn decided_approvals(
+        &self,
+        agent: &AgentId,
+        since: i64,
+        limit: u32,
+        now: i64,
+    ) -> Result<Vec<Approval>>;
     /// Agents the whole mesh must refuse: suspended ones, ones revoked after
     /// `since`, and active ones whose expiry passed between `since` and `now`.
     async fn blocked_agents(&self, now: i64, since: i64) -> Result<Vec<Agent>>;

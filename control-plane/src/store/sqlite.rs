@@ -577,10 +577,24 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<Vec<Approval>> {
         let mut c = self.pool.acquire().await?;
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM approvals ORDER BY created_at DESC, id DESC")
-                .fetch_all(&mut *c)
-                .await?;
+        // The stored states a request in `state` may have: a pending or
+        // approved one reads as expired once its time is up.
+        let stored: &[&str] = match state {
+            None => &[],
+            Some(ApprovalState::Expired) => &["expired", "pending", "approved"],
+            Some(s) => &[s.as_str()],
+        };
+        let filter = if stored.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE state IN ({})", vec!["?"; stored.len()].join(", "))
+        };
+        let sql = format!("SELECT id FROM approvals {filter} ORDER BY created_at DESC, id DESC");
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for s in stored {
+            q = q.bind(*s);
+        }
+        let ids = q.fetch_all(&mut *c).await?;
         let mut out = Vec::new();
         for id in ids {
             if out.len() >= limit as usize {
@@ -606,10 +620,45 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn use_approval(&self, binding: &str, now: i64) -> Result<Option<Approval>> {
-        let binding = binding.to_owned();
-        self.write(move |c| Box::pin(async move { approvals::spend(c, &binding, now).await }))
+    async fn use_approval(
+        &self,
+        agent: &AgentId,
+        binding: &str,
+        now: i64,
+    ) -> Result<Option<Approval>> {
+        let (agent, binding) = (agent.clone(), binding.to_owned());
+        self.write(move |c| {
+            Box::pin(async move { approvals::spend(c, &agent, &binding, now).await })
+        })
+        .await
+    }
+
+    async fn pending_approvals(&self, agent: &AgentId, now: i64) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM approvals WHERE agent_id = ? AND state = 'pending' AND deadline > ?",
+        )
+        .bind(agent.as_str())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn cancel_approval(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool> {
+        let (agent, id) = (agent.clone(), id.to_owned());
+        self.write(move |c| Box::pin(async move { approvals::cancel(c, &agent, &id, now).await }))
             .await
+    }
+
+    async fn decided_approvals(
+        &self,
+        agent: &AgentId,
+        since: i64,
+        limit: u32,
+        now: i64,
+    ) -> Result<Vec<Approval>> {
+        let mut c = self.pool.acquire().await?;
+        approvals::decided(&mut c, agent, since, limit, now).await
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>> {

@@ -3,18 +3,38 @@
 //! when one of the document's `approval_rules` — Cedar permits over the
 //! same request the rules of stage 4 allowed — matches it; the quorum is
 //! the tool's `approval.approvals` or a matching rule's `@approvals`,
-//! whichever is larger. Approvals held by the control plane (bound to the
-//! exact call, single-use, decided by people) are not built yet: until
-//! they are, a call that needs one is refused with `APPROVAL_REQUIRED`,
-//! naming why, the quorum and the deadline.
+//! whichever is larger.
+//!
+//! Such a call goes to the control plane's approval desk ([`Desk`]): the
+//! sidecar files a request bound to the exact call (tool, canonical
+//! arguments, session; `warden_shared::policy::approval_binding`), with the
+//! arguments shown to approvers redacted, then holds the call until the
+//! decision arrives over its mesh stream (no polling), up to the tool's
+//! deadline. Approved: the approval is spent (once, at the control plane)
+//! and the call goes on. Denied, timed out, or the control plane out of
+//! reach for the whole deadline: refused, each with its own reason. An
+//! agent that asks not to wait gets `APPROVAL_PENDING` with the request's
+//! id at once, and the same call made again later runs once approved. A
+//! waiting call the agent abandons withdraws its request.
 
-use cedar_policy::{Authorizer, Decision};
-use warden_shared::policy::Risk;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cedar_policy::{Authorizer, Decision as CedarDecision};
+use tonic::Code;
+use warden_shared::policy::{Policy, Risk, approval_binding};
+use warden_shared::proto::v1 as pb;
+use warden_shared::proto::v1::approval_service_client::ApprovalServiceClient;
 use warden_shared::refusal::Reason;
 
 use super::authorize::Authorized;
 use super::catalog::ToolEntry;
+use super::execute::secrets;
 use super::{Refusal, Stage};
+use crate::cp::ControlPlane;
+use crate::state::State;
+use crate::state::approvals::Decision;
 use crate::state::held::HeldPolicy;
 
 /// Why a call needs approval, and from how many people.
@@ -66,7 +86,7 @@ pub fn needed(
             n.because
                 .push(format!("evaluation error in {}", name_of(p.policy_id())));
         }
-        if response.decision() == Decision::Allow {
+        if response.decision() == CedarDecision::Allow {
             for id in response.diagnostics().reason() {
                 n.approvals = n.approvals.max(quorum_of(id));
                 n.because.push(name_of(id));
@@ -76,27 +96,408 @@ pub fn needed(
     (n.approvals > 0).then_some(n)
 }
 
-/// Runs the stage.
-pub fn check(
-    policy: &HeldPolicy,
-    tool: &ToolEntry,
-    risk: Risk,
-    authorized: &Authorized,
-) -> Result<(), Refusal> {
-    let Some(n) = needed(policy, tool, risk, authorized) else {
-        return Ok(());
-    };
+/// The refusal for a call that needs approval where no desk is configured.
+pub fn required(tool: &ToolEntry, n: &Needed) -> Refusal {
     let because = n.because.join(", ");
-    Err(Refusal::at(
+    Refusal::at(
         Stage::Approve,
         Reason::ApprovalRequired,
         format!(
-            "{} needs {} human approval{} within {} s ({because}), which this deployment cannot grant yet",
+            "{} needs {} human approval{} within {} s ({because}), and this sidecar has no approval desk",
             tool.spec.name,
             n.approvals,
             if n.approvals == 1 { "" } else { "s" },
             tool.spec.approval_deadline().as_secs(),
         ),
     )
-    .rule(because))
+    .rule(because)
+}
+
+/// The call to approve, as the desk files it. `Debug` leaves the arguments
+/// out.
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
+    /// The tool.
+    pub tool: &'a ToolEntry,
+    /// The policy in force (for the tool's secrets).
+    pub policy: &'a Policy,
+    /// The validated arguments.
+    pub args: &'a serde_json::Value,
+    /// The session.
+    pub session: &'a str,
+    /// Its user, if any.
+    pub user: &'a str,
+    /// The agent's stated reason.
+    pub reason: &'a str,
+    /// The agent's trace id.
+    pub trace_id: &'a str,
+    /// Refuse with `APPROVAL_PENDING` rather than wait.
+    pub no_wait: bool,
+}
+
+impl std::fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("tool", &self.tool.spec.name)
+            .field("session", &self.session)
+            .field("no_wait", &self.no_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shown to approvers in place of a sensitive value.
+const REDACTED: &str = "[redacted]";
+/// Largest arguments shown to approvers.
+const MAX_DISPLAY: usize = 64 * 1024;
+/// Longest reason sent with a request.
+const MAX_REASON: usize = 1024;
+/// Ids asked for without waiting, remembered so that an abandoned waiter
+/// does not cancel a request an agent means to come back to.
+const MAX_NOT_WAITED: usize = 4096;
+/// Each call to the desk, at most.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The arguments as approvers see them: values the schema marks sensitive
+/// (`writeOnly: true` or `x-sensitive: true`) and strings holding one of
+/// the tool's secrets replaced by `[redacted]`.
+pub fn for_display(tool: &ToolEntry, policy: &Policy, args: &serde_json::Value) -> String {
+    let secrets: Vec<String> = tool
+        .spec
+        .secrets
+        .iter()
+        .filter_map(|s| policy.document.secrets.get(s))
+        .filter_map(|r| secrets::resolve(r).ok())
+        .map(|s| s.expose().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut shown = args.clone();
+    redact(&mut shown, Some(&tool.spec.input_schema), &secrets);
+    let text = serde_json::to_string(&shown).unwrap_or_default();
+    if text.len() <= MAX_DISPLAY {
+        text
+    } else {
+        serde_json::to_string(&format!(
+            "(arguments of {} bytes, too large to show; the approval binds them exactly)",
+            text.len()
+        ))
+        .unwrap_or_default()
+    }
+}
+
+fn redact(v: &mut serde_json::Value, schema: Option<&serde_json::Value>, secrets: &[String]) {
+    use serde_json::Value;
+    let flag = |k: &str| schema.and_then(|s| s.get(k)) == Some(&Value::Bool(true));
+    if flag("writeOnly") || flag("x-sensitive") {
+        *v = Value::String(REDACTED.to_owned());
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                let sub = schema
+                    .and_then(|s| s.get("properties"))
+                    .and_then(|p| p.get(k))
+                    .or_else(|| schema.and_then(|s| s.get("additionalProperties")));
+                redact(x, sub, secrets);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                redact(x, schema.and_then(|s| s.get("items")), secrets);
+            }
+        }
+        Value::String(s) if secrets.iter().any(|secret| s.contains(secret.as_str())) => {
+            *s = REDACTED.to_owned();
+        }
+        _ => {}
+    }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, control
+/// characters removed.
+fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What the desk answered a filing with.
+struct Ticket {
+    id: String,
+    status: pb::ApprovalStatus,
+    /// When people stop deciding it.
+    deadline: tokio::time::Instant,
+    decided_by: String,
+    comment: String,
+}
+
+/// The sidecar's end of the approval desk.
+#[derive(Debug)]
+pub struct Desk {
+    cp: Arc<ControlPlane>,
+    state: Arc<State>,
+    not_waited: Mutex<HashSet<String>>,
+}
+
+/// Withdraws a request when the call waiting for it goes away first.
+struct Withdraw<'a> {
+    desk: &'a Desk,
+    id: Option<String>,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        if self.desk.asked_without_waiting(&id) {
+            return;
+        }
+        let Ok(mut client) = self.desk.cp.approval_client() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut req = tonic::Request::new(pb::CancelApprovalRequest { id: id.clone() });
+                req.set_timeout(RPC_TIMEOUT);
+                match client.cancel_approval(req).await {
+                    Ok(r) if r.get_ref().cancelled => {
+                        tracing::info!(approval = %id, "approval request withdrawn: the waiting call went away");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(approval = %id, error = %e.message(), "could not withdraw an approval request");
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn refuse(reason: Reason, message: impl Into<String>) -> Refusal {
+    Refusal::at(Stage::Approve, reason, message)
+}
+
+fn denied(tool: &str, id: &str, by: &str, comment: &str) -> Refusal {
+    refuse(
+        Reason::ApprovalDenied,
+        format!("{by} denied this call of {tool}: {comment}"),
+    )
+    .approval(id)
+}
+
+impl Desk {
+    /// A desk reached through `cp`, learning decisions from `state`.
+    pub fn new(cp: Arc<ControlPlane>, state: Arc<State>) -> Self {
+        Self {
+            cp,
+            state,
+            not_waited: Mutex::default(),
+        }
+    }
+
+    fn asked_without_waiting(&self, id: &str) -> bool {
+        self.not_waited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    fn remember_not_waited(&self, id: &str) {
+        let mut set = self.not_waited.lock().unwrap_or_else(|p| p.into_inner());
+        if set.len() >= MAX_NOT_WAITED {
+            set.clear();
+        }
+        set.insert(id.to_owned());
+    }
+
+    /// Obtains the approval `call` needs: returns the id of the approval
+    /// spent, or the refusal.
+    pub async fn obtain(&self, call: &Call<'_>, n: &Needed) -> Result<String, Refusal> {
+        let tool = call.tool.spec.name.as_str();
+        let binding = approval_binding(tool, call.args, call.session).map_err(|e| {
+            refuse(
+                Reason::InvalidArgument,
+                format!("the arguments cannot be canonicalized to bind an approval: {e}"),
+            )
+        })?;
+        let until = tokio::time::Instant::now() + call.tool.spec.approval_deadline();
+        let filing = pb::RequestApprovalRequest {
+            binding: binding.clone(),
+            session_id: call.session.to_owned(),
+            user_id: printable(call.user, 128),
+            tool: tool.to_owned(),
+            arguments_json: for_display(call.tool, call.policy, call.args),
+            reason: printable(call.reason, MAX_REASON),
+            trace_id: call.trace_id.to_owned(),
+            because: printable(&n.because.join(", "), MAX_REASON),
+            quorum: n.approvals,
+            deadline_seconds: u32::try_from(call.tool.spec.approval_deadline().as_secs())
+                .unwrap_or(u32::MAX),
+        };
+        loop {
+            let t = self.file(&filing, until).await?;
+            let decision = match t.status {
+                pb::ApprovalStatus::Approved => Decision::Approved,
+                pb::ApprovalStatus::Denied => Decision::Denied {
+                    by: t.decided_by,
+                    comment: t.comment,
+                },
+                _ if call.no_wait => {
+                    self.remember_not_waited(&t.id);
+                    return Err(refuse(
+                        Reason::ApprovalPending,
+                        format!(
+                            "{tool} waits for {} human approval{}; make the same call again once it is approved",
+                            n.approvals,
+                            if n.approvals == 1 { "" } else { "s" },
+                        ),
+                    )
+                    .rule(n.because.join(", "))
+                    .approval(&t.id));
+                }
+                _ => {
+                    let mut withdraw = Withdraw {
+                        desk: self,
+                        id: Some(t.id.clone()),
+                    };
+                    let decided = self
+                        .state
+                        .approvals
+                        .wait(&t.id, until.min(t.deadline))
+                        .await;
+                    withdraw.id = None;
+                    match decided {
+                        Some(d) => d,
+                        None if !self.state.link().connected => {
+                            return Err(refuse(
+                                Reason::ApprovalUnavailable,
+                                "the control plane was out of reach until the approval's deadline; no decision could be learned",
+                            )
+                            .approval(&t.id));
+                        }
+                        None => {
+                            return Err(refuse(
+                                Reason::ApprovalTimeout,
+                                format!(
+                                    "nobody decided on this call of {tool} before its deadline"
+                                ),
+                            )
+                            .approval(&t.id));
+                        }
+                    }
+                }
+            };
+            match decision {
+                Decision::Denied { by, comment } => {
+                    return Err(denied(tool, &t.id, &by, &comment));
+                }
+                Decision::Approved => {
+                    if let Some(id) = self.spend(&binding, until).await? {
+                        return Ok(id);
+                    }
+                    // An identical call spent it first: this one needs its
+                    // own approval.
+                }
+            }
+        }
+    }
+
+    /// Files the request (or finds the one standing), retrying while the
+    /// control plane is out of reach, until `until`.
+    async fn file(
+        &self,
+        filing: &pb::RequestApprovalRequest,
+        until: tokio::time::Instant,
+    ) -> Result<Ticket, Refusal> {
+        let r = self
+            .retrying(until, |mut c| {
+                let mut req = tonic::Request::new(filing.clone());
+                req.set_timeout(RPC_TIMEOUT);
+                async move { c.request_approval(req).await }
+            })
+            .await?;
+        let now = crate::now_unix();
+        let left = r
+            .deadline
+            .as_ref()
+            .map_or(0, |d| d.seconds.saturating_sub(now).max(0));
+        Ok(Ticket {
+            status: r.status(),
+            id: r.id,
+            deadline: tokio::time::Instant::now()
+                + Duration::from_secs(u64::try_from(left).unwrap_or(0)),
+            decided_by: r.decided_by,
+            comment: r.comment,
+        })
+    }
+
+    /// Spends the approval for `binding`: its id, or `None` when there was
+    /// none left to spend.
+    async fn spend(
+        &self,
+        binding: &str,
+        until: tokio::time::Instant,
+    ) -> Result<Option<String>, Refusal> {
+        // Spending may outlast the deadline a little: the decision is in.
+        let until = until.max(tokio::time::Instant::now() + RPC_TIMEOUT);
+        let r = self
+            .retrying(until, |mut c| {
+                let mut req = tonic::Request::new(pb::UseApprovalRequest {
+                    binding: binding.to_owned(),
+                });
+                req.set_timeout(RPC_TIMEOUT);
+                async move { c.use_approval(req).await }
+            })
+            .await?;
+        Ok(r.used.then_some(r.id))
+    }
+
+    /// Runs `rpc` until it answers, retrying what may pass (the control
+    /// plane unreachable or failing) with backoff until `until`.
+    async fn retrying<T, F, Fut>(&self, until: tokio::time::Instant, rpc: F) -> Result<T, Refusal>
+    where
+        F: Fn(ApprovalServiceClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let status = match self.cp.approval_client() {
+                Ok(c) => match tokio::time::timeout_at(until, rpc(c)).await {
+                    Ok(Ok(r)) => return Ok(r.into_inner()),
+                    Ok(Err(s)) => s,
+                    Err(_) => tonic::Status::deadline_exceeded("the approval's deadline passed"),
+                },
+                Err(s) => s,
+            };
+            let transient = matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
+            );
+            if !transient {
+                tracing::warn!(code = ?status.code(), error = %status.message(), "the approval desk refused");
+                let reason = if status.code() == Code::ResourceExhausted {
+                    Reason::RateLimited
+                } else {
+                    Reason::ApprovalUnavailable
+                };
+                return Err(refuse(
+                    reason,
+                    format!("the approval desk refused: {}", status.message()),
+                ));
+            }
+            if tokio::time::Instant::now() + backoff >= until {
+                tracing::warn!(code = ?status.code(), error = %status.message(), "the approval desk stayed out of reach");
+                return Err(refuse(
+                    Reason::ApprovalUnavailable,
+                    "the control plane could not be reached to ask for approval before the deadline",
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
 }

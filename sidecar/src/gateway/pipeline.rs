@@ -8,7 +8,7 @@
 //! 3. inspect input — attacks in argument strings ([`InputInspector`])
 //! 4. authorize — scopes, identity lists and overrides, Cedar, risk
 //! 5. limit — rate limits and quotas ([`Limiter`])
-//! 6. approve — high-risk calls need a human
+//! 6. approve — calls the policy marks wait for people ([`approve::Desk`])
 //! 7. execute — the upstream call, secrets injected by the sidecar
 //! 8. inspect output — injected secrets removed, size capped
 //! 9. record — every decision, allowed or not
@@ -53,6 +53,9 @@ pub struct Request<'a> {
     pub reason: &'a str,
     /// The agent's trace id.
     pub trace_id: &'a str,
+    /// A call that needs approval is refused with `APPROVAL_PENDING` at
+    /// once rather than wait for it.
+    pub no_wait: bool,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -62,6 +65,7 @@ impl std::fmt::Debug for Request<'_> {
             .field("tool", &self.tool)
             .field("arguments_bytes", &self.arguments.len())
             .field("trace_id", &self.trace_id)
+            .field("no_wait", &self.no_wait)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +132,8 @@ struct Admitted {
     policy: Arc<HeldPolicy>,
     tool: Arc<ToolEntry>,
     args: serde_json::Value,
+    /// The approval spent on it, if it needed one.
+    approval: String,
 }
 
 impl std::fmt::Debug for Admitted {
@@ -153,6 +159,9 @@ pub struct Gateway {
     authorization: Authorization,
     /// Stage 5: rate limits and quotas.
     pub limiter: Arc<Limiter>,
+    /// Stage 6: the control plane's approval desk (`None`: calls that need
+    /// approval are refused).
+    desk: Option<approve::Desk>,
     /// Stage 7: upstream calls (and their circuit breakers).
     pub executor: Executor,
     /// Stage 9: the record of every decision.
@@ -205,9 +214,17 @@ impl Gateway {
             input: Arc::new(PassThrough),
             authorization: Authorization::default(),
             limiter: Arc::new(limiter),
+            desk: None,
             executor: Executor::default(),
             recorder: Recorder::default(),
         }
+    }
+
+    /// Asks `desk` for the approvals calls need.
+    #[must_use]
+    pub fn with_desk(mut self, desk: approve::Desk) -> Self {
+        self.desk = Some(desk);
+        self
     }
 
     /// Keeps the sessions' call counts in `path` across restarts.
@@ -234,12 +251,19 @@ impl Gateway {
         let t0 = Instant::now();
         let call_id = call_id();
         let (claims, held) = self.admit_caller(creds, r, &call_id, t0).await?;
-        let e = self.event(r, Some(&claims), &call_id, &held);
-        let refusal = self.admit(&held, &claims, r).await.err();
-        match &refusal {
-            None => self.record(e, Outcome::Allowed, None, t0),
-            Some(d) => self.record(e, Outcome::Denied, Some(d), t0),
-        }
+        let mut e = self.event(r, Some(&claims), &call_id, &held);
+        let admitted = self.admit(&held, &claims, r).await;
+        let refusal = match &admitted {
+            Ok(a) => {
+                e.approval = &a.approval;
+                self.record(e, Outcome::Allowed, None, t0);
+                None
+            }
+            Err(d) => {
+                self.record(e, Outcome::Denied, Some(d), t0);
+                Some(d.clone())
+            }
+        };
         Ok(Decision { call_id, refusal })
     }
 
@@ -262,6 +286,7 @@ impl Gateway {
                 return Err(d);
             }
         };
+        e.approval = &a.approval;
         // 7. execute; from here the upstream may act, so an agent that goes
         // away is recorded as having abandoned the call.
         let mut abandoned = Abandoned {
@@ -364,8 +389,29 @@ impl Gateway {
         self.limiter.admit(&policy.limits, &key).await?;
         // 6. approve
         let risk = tool.risk.unwrap_or(warden_shared::policy::Risk::Critical);
-        approve::check(&policy, &tool, risk, &authorized)?;
-        Ok(Admitted { policy, tool, args })
+        let mut approval = String::new();
+        if let Some(n) = approve::needed(&policy, &tool, risk, &authorized) {
+            let Some(desk) = &self.desk else {
+                return Err(approve::required(&tool, &n));
+            };
+            let call = approve::Call {
+                tool: &tool,
+                policy: &policy.policy,
+                args: &args,
+                session: &claims.sid,
+                user: claims.user_id().unwrap_or_default(),
+                reason: r.reason,
+                trace_id: r.trace_id,
+                no_wait: r.no_wait,
+            };
+            approval = desk.obtain(&call, &n).await?;
+        }
+        Ok(Admitted {
+            policy,
+            tool,
+            args,
+            approval,
+        })
     }
 
     /// `ListTools`: the tools this session may call (never the critical
@@ -473,6 +519,7 @@ impl Gateway {
             upstream_status: 0,
             redactions: 0,
             micros: 0,
+            approval: "",
         }
     }
 

@@ -79,6 +79,8 @@ pub struct Event<'a> {
     pub redactions: u32,
     /// Time in the sidecar, µs.
     pub micros: u64,
+    /// The approval spent on the call, if it needed one.
+    pub approval: &'a str,
 }
 
 /// Lines waiting for the writer thread, at most.
@@ -101,6 +103,7 @@ struct Line {
     stage: &'static str,
     reason: &'static str,
     rule: String,
+    approval: String,
     arguments_bytes: usize,
     arguments_hmac: String,
     stated_reason: String,
@@ -126,6 +129,7 @@ impl Line {
             stage = self.stage,
             reason = self.reason,
             rule = %self.rule,
+            approval = %self.approval,
             arguments_bytes = self.arguments_bytes,
             arguments_hmac = %self.arguments_hmac,
             stated_reason = ?self.stated_reason,
@@ -251,6 +255,10 @@ impl Recorder {
             stage: e.denial.map_or("", super::Refusal::stage_str),
             reason: reason_code,
             rule: e.denial.map_or_else(String::new, |d| d.rule.clone()),
+            approval: e
+                .denial
+                .map_or(e.approval, |d| d.approval_id.as_str())
+                .to_owned(),
             arguments_bytes: e.arguments.len(),
             arguments_hmac: self.arguments_digest(e.arguments),
             stated_reason: e.reason.chars().take(MAX_REASON_CHARS).collect(),
@@ -342,6 +350,7 @@ mod tests {
             upstream_status: 0,
             redactions: 0,
             micros: 1,
+            approval: "",
         }
     }
 

@@ -119,6 +119,9 @@ fn refusal_meta(r: &Refusal) -> Value {
     if let Some(ms) = r.retry_after_ms {
         m["retry_after_ms"] = json!(ms);
     }
+    if !r.approval_id.is_empty() {
+        m["approval_id"] = json!(r.approval_id);
+    }
     m
 }
 
@@ -508,17 +511,24 @@ impl McpServer {
                 return rpc_error(id, INVALID_PARAMS, "arguments must be an object", None);
             }
         };
-        let trace_id = params
-            .get("_meta")
+        let meta = params.get("_meta");
+        let trace_id = meta
             .and_then(|m| m.get("traceId"))
             .and_then(Value::as_str)
             .unwrap_or_default();
+        // A call that needs approval waits for it unless the client asks
+        // not to (then: APPROVAL_PENDING and the request's id).
+        let no_wait = meta
+            .and_then(|m| m.get("warden.dev/noWait"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let r = pipeline::Request {
             rpc: "mcp tools/call",
             tool: name,
             arguments: &arguments,
             reason: "",
             trace_id,
+            no_wait,
         };
         match self.gateway.call_tool(creds, &r).await {
             Ok(a) => {

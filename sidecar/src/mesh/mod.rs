@@ -105,6 +105,9 @@ fn describe(p: &pb::StreamResponse) -> String {
         p.pair_keys
             .as_ref()
             .map(|k| format!("pair_keys({})", k.keys.len())),
+        p.approvals
+            .as_ref()
+            .map(|a| format!("approvals({})", a.decided.len())),
     ]
     .into_iter()
     .flatten()
@@ -190,7 +193,10 @@ pub async fn run(
                     let held = state.held();
                     pb::Hello {
                         held_version: held.version,
-                        held: Some(held.digests()),
+                        held: Some(pb::HeldParts {
+                            approvals: state.approvals.digest(),
+                            ..held.digests()
+                        }),
                     }
                 })),
             };
@@ -230,26 +236,41 @@ pub async fn run(
                     _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
                 };
                 match msg {
-                    Ok(Some(push)) => {
+                    Ok(Some(mut push)) => {
                         state.set_connected(true, now_unix());
                         let (version, nonce) = (push.version, push.nonce.clone());
-                        // Compiling a policy (schemas, Cedar) and writing the
-                        // snapshot are blocking work: off the runtime.
-                        let applied = {
-                            let (state, me, snapshots) =
-                                (Arc::clone(&state), me.clone(), snapshots.clone());
-                            tokio::task::spawn_blocking(move || {
-                                apply_at(&state, &me, &push, crate::now_ms())?;
-                                if let Err(e) = snapshots.save(&state.held().to_push()) {
-                                    tracing::error!(error = %e, "mesh: could not persist the snapshot");
-                                }
-                                Ok(describe(&push))
-                            })
-                            .await
-                            .unwrap_or_else(|_| {
-                                tracing::error!(version, "mesh: applying the push panicked");
-                                Err(held::PushError::Internal)
-                            })
+                        let parts = describe(&push);
+                        // Decisions on approval requests go straight to the
+                        // waiting calls; a push of nothing else needs no
+                        // snapshot rebuilt or written.
+                        let decided = push.approvals.take();
+                        let only_decided = decided.is_some()
+                            && push.carries_nothing()
+                            && state.held_version() != 0;
+                        let decided = decided
+                            .as_ref()
+                            .map_or(Ok(()), |a| state.approvals.apply(a));
+                        let applied = match decided {
+                            Err(e) => Err(e),
+                            Ok(()) if only_decided => Ok(parts),
+                            // Compiling a policy (schemas, Cedar) and writing
+                            // the snapshot are blocking work: off the runtime.
+                            Ok(()) => {
+                                let (state, me, snapshots) =
+                                    (Arc::clone(&state), me.clone(), snapshots.clone());
+                                tokio::task::spawn_blocking(move || {
+                                    apply_at(&state, &me, &push, crate::now_ms())?;
+                                    if let Err(e) = snapshots.save(&state.held().to_push()) {
+                                        tracing::error!(error = %e, "mesh: could not persist the snapshot");
+                                    }
+                                    Ok(parts)
+                                })
+                                .await
+                                .unwrap_or_else(|_| {
+                                    tracing::error!(version, "mesh: applying the push panicked");
+                                    Err(held::PushError::Internal)
+                                })
+                            }
                         };
                         let reply = match applied {
                             Ok(parts) => {
@@ -264,7 +285,10 @@ pub async fn run(
                                     nonce,
                                     reason: e.to_string(),
                                     part: part.into(),
-                                    held: Some(state.held().digests()),
+                                    held: Some(pb::HeldParts {
+                                        approvals: state.approvals.digest(),
+                                        ..state.held().digests()
+                                    }),
                                 })
                             }
                         };

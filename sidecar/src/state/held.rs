@@ -285,6 +285,9 @@ pub enum PushError {
     /// The pair keys.
     #[error("{0}")]
     PairKeys(String),
+    /// The decisions on approval requests.
+    #[error("{0}")]
+    Approvals(String),
     /// Applying it failed in this sidecar (a panic), not in the push.
     #[error("applying the push failed in the sidecar; see its log")]
     Internal,
@@ -301,6 +304,7 @@ impl PushError {
             Self::Policy(_) => P::Policy,
             Self::BlockedAgents(_) => P::BlockedAgents,
             Self::PairKeys(_) => P::PairKeys,
+            Self::Approvals(_) => P::Approvals,
             Self::Internal => P::Unspecified,
         }
     }
@@ -493,6 +497,8 @@ impl Held {
             blocked_agents_seq: self.blocked_agents.seq,
             blocked_agents_epoch: self.blocked_agents.epoch,
             pair_keys: self.raw.pairs.as_ref().map_or(0, |p| p.digest),
+            // Held apart, in [`super::approvals::Decisions`].
+            approvals: 0,
         }
     }
 
@@ -508,6 +514,8 @@ impl Held {
             keys: self.raw.keys.as_deref().cloned(),
             policy: self.raw.policy.as_deref().cloned(),
             pair_keys: self.raw.pairs.as_deref().cloned(),
+            // Not persisted: a restarted sidecar has no call waiting.
+            approvals: None,
             blocked_agents: (self.blocked_agents.seq != 0).then(|| pb::BlockedAgentsPart {
                 complete: true,
                 from_seq: 0,

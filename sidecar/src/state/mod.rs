@@ -3,6 +3,7 @@
 //! writes it (and a JWKS fetch for an unknown key adds keys), every call
 //! reads a snapshot, cheaply, and goes on with that one.
 
+pub mod approvals;
 pub mod held;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -42,6 +43,8 @@ pub struct State {
     writer: Mutex<()>,
     link: Mutex<Link>,
     max_policy_age: Option<i64>,
+    /// The decisions on this agent's approval requests.
+    pub approvals: approvals::Decisions,
 }
 
 impl State {
@@ -56,6 +59,7 @@ impl State {
                 since: crate::now_unix(),
             }),
             max_policy_age: max_policy_age.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+            approvals: approvals::Decisions::default(),
         }
     }
 

@@ -103,21 +103,31 @@ pub(super) async fn load(c: &mut SqliteConnection, id: &str, now: i64) -> Result
     }))
 }
 
-/// Files `new`, or returns the request standing for the same call.
+/// Files `new`, or returns the request standing for the same call of the
+/// same agent: pending, approved and unused, or denied and within its
+/// deadline.
 pub(super) async fn file(
     c: &mut SqliteConnection,
     new: &NewApproval,
     now: i64,
 ) -> Result<Approval> {
     let standing = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM approvals WHERE binding = ? AND state IN ('pending', 'approved') ORDER BY created_at DESC"
+        "SELECT {COLUMNS} FROM approvals WHERE binding = ? AND agent_id = ? AND state IN ('pending', 'approved', 'denied') ORDER BY created_at DESC"
     ))
     .bind(&new.binding)
+    .bind(new.agent_id.as_str())
     .fetch_all(&mut *c)
     .await?;
     for row in &standing {
         let (r, state, _) = request(row, now)?;
-        if matches!(state, ApprovalState::Pending | ApprovalState::Approved) {
+        // A denial stands until the request's deadline: asking again at
+        // once gets the same answer.
+        let stands = match state {
+            ApprovalState::Pending | ApprovalState::Approved => true,
+            ApprovalState::Denied => r.deadline > now,
+            _ => false,
+        };
+        if stands {
             return load(c, &r.id, now)
                 .await?
                 .ok_or_else(|| corrupt("vanished"));
@@ -201,16 +211,18 @@ pub(super) async fn decide(
     Ok(Decided::Recorded(state))
 }
 
-/// Spends the approved, usable request for `binding`.
+/// Spends `agent`'s approved, usable request for `binding`.
 pub(super) async fn spend(
     c: &mut SqliteConnection,
+    agent: &AgentId,
     binding: &str,
     now: i64,
 ) -> Result<Option<Approval>> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM approvals WHERE binding = ? AND state = 'approved' ORDER BY created_at"
+        "SELECT {COLUMNS} FROM approvals WHERE binding = ? AND agent_id = ? AND state = 'approved' ORDER BY created_at"
     ))
     .bind(binding)
+    .bind(agent.as_str())
     .fetch_all(&mut *c)
     .await?;
     for row in &rows {
@@ -230,4 +242,68 @@ pub(super) async fn spend(
         }
     }
     Ok(None)
+}
+
+/// Cancels `agent`'s request `id` if it is pending.
+pub(super) async fn cancel(
+    c: &mut SqliteConnection,
+    agent: &AgentId,
+    id: &str,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE approvals SET state = 'cancelled', decided_at = ? WHERE id = ? AND agent_id = ? AND state = 'pending' AND deadline > ?",
+    )
+    .bind(now)
+    .bind(id)
+    .bind(agent.as_str())
+    .bind(now)
+    .execute(&mut *c)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// `agent`'s requests decided since `since` that a waiting call may still
+/// need: approved and usable, or denied.
+pub(super) async fn decided(
+    c: &mut SqliteConnection,
+    agent: &AgentId,
+    since: i64,
+    limit: u32,
+    now: i64,
+) -> Result<Vec<Approval>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM approvals WHERE agent_id = ? AND state IN ('approved', 'denied') AND decided_at >= ? ORDER BY decided_at DESC, id DESC LIMIT ?"
+    ))
+    .bind(agent.as_str())
+    .bind(since)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *c)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (request, state, _) = request(row, now)?;
+        if !matches!(state, ApprovalState::Approved | ApprovalState::Denied) {
+            continue;
+        }
+        let decisions = if state == ApprovalState::Denied {
+            sqlx::query(
+                "SELECT approver, approve, comment, decided_at FROM approval_decisions WHERE approval_id = ? AND approve = 0",
+            )
+            .bind(&request.id)
+            .fetch_all(&mut *c)
+            .await?
+            .iter()
+            .map(decision)
+            .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        out.push(Approval {
+            request,
+            state,
+            decisions,
+        });
+    }
+    Ok(out)
 }

@@ -275,6 +275,10 @@ fn approval(id: &str, binding: &str, quorum: u32, deadline: i64) -> NewApproval 
     }
 }
 
+fn a1() -> AgentId {
+    AgentId::new("a1").unwrap()
+}
+
 fn decision(who: &str, approve: bool) -> ApprovalDecision {
     ApprovalDecision {
         approver: who.into(),
@@ -299,7 +303,7 @@ async fn an_approval_needs_its_quorum_of_distinct_people_and_is_used_once() {
         .unwrap();
     assert_eq!(again.request.id, "apr_1");
     // Nothing to use yet.
-    assert_eq!(s.use_approval("b1", 110).await.unwrap(), None);
+    assert_eq!(s.use_approval(&a1(), "b1", 110).await.unwrap(), None);
     // The same person twice counts once.
     assert_eq!(
         s.decide_approval("apr_1", &decision("alice", true), 110)
@@ -324,13 +328,13 @@ async fn an_approval_needs_its_quorum_of_distinct_people_and_is_used_once() {
         Decided::Recorded(ApprovalState::Approved)
     );
     // Used once; the identical call after that needs a new request.
-    let used = s.use_approval("b1", 120).await.unwrap().unwrap();
+    let used = s.use_approval(&a1(), "b1", 120).await.unwrap().unwrap();
     assert_eq!(
         (used.request.id.as_str(), used.state),
         ("apr_1", ApprovalState::Used)
     );
     assert_eq!(used.decisions.len(), 2);
-    assert_eq!(s.use_approval("b1", 121).await.unwrap(), None);
+    assert_eq!(s.use_approval(&a1(), "b1", 121).await.unwrap(), None);
     let fresh = s
         .request_approval(&approval("apr_3", "b1", 2, 500), 122)
         .await
@@ -340,7 +344,7 @@ async fn an_approval_needs_its_quorum_of_distinct_people_and_is_used_once() {
         ("apr_3", ApprovalState::Pending)
     );
     // Another call's binding has nothing.
-    assert_eq!(s.use_approval("b2", 122).await.unwrap(), None);
+    assert_eq!(s.use_approval(&a1(), "b2", 122).await.unwrap(), None);
     assert_eq!(
         s.decide_approval("apr_1", &decision("carol", true), 123)
             .await
@@ -369,8 +373,18 @@ async fn a_denial_decides_and_a_deadline_expires() {
     );
     let a = s.get_approval("apr_d", 111).await.unwrap().unwrap();
     assert_eq!(a.state, ApprovalState::Denied);
+    // Asked again before its deadline, the call stays denied; after it, a
+    // new request is filed.
+    let again = s
+        .request_approval(&approval("apr_d2", "bd", 2, 500), 111)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.request.id.as_str(), again.state),
+        ("apr_d", ApprovalState::Denied)
+    );
     assert_eq!(a.decisions[0].comment, "not today");
-    assert_eq!(s.use_approval("bd", 112).await.unwrap(), None);
+    assert_eq!(s.use_approval(&a1(), "bd", 112).await.unwrap(), None);
     // Past its deadline, a pending request is expired and cannot be decided.
     s.request_approval(&approval("apr_e", "be", 1, 200), 100)
         .await
@@ -411,5 +425,88 @@ async fn a_pending_request_survives_a_restart_and_can_still_be_decided() {
             .unwrap(),
         Decided::Recorded(ApprovalState::Approved)
     );
-    assert!(s.use_approval("br", 111).await.unwrap().is_some());
+    assert!(s.use_approval(&a1(), "br", 111).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn requests_are_the_agents_own_and_decided_ones_are_listed_for_it() {
+    let (s, _d) = store().await;
+    let other = AgentId::new("a2").unwrap();
+    s.request_approval(&approval("apr_x", "bx", 1, 400), 100)
+        .await
+        .unwrap();
+    // Another agent filing the same binding gets its own request, and
+    // cannot spend or cancel a1's.
+    let theirs = s
+        .request_approval(
+            &NewApproval {
+                agent_id: other.clone(),
+                ..approval("apr_y", "bx", 1, 400)
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(theirs.request.id, "apr_y");
+    s.decide_approval("apr_x", &decision("alice", true), 110)
+        .await
+        .unwrap();
+    assert!(!s.cancel_approval(&other, "apr_x", 111).await.unwrap());
+    assert_eq!(s.use_approval(&other, "bx", 111).await.unwrap(), None);
+    // a1's decided requests: the approval, not the other agent's.
+    let decided = s.decided_approvals(&a1(), 0, 100, 111).await.unwrap();
+    assert_eq!(decided.len(), 1);
+    assert_eq!(
+        (decided[0].request.id.as_str(), decided[0].state),
+        ("apr_x", ApprovalState::Approved)
+    );
+    // A denial is listed with the denier's reason; a used one drops out.
+    s.request_approval(&approval("apr_z", "bz", 1, 400), 100)
+        .await
+        .unwrap();
+    s.decide_approval("apr_z", &decision("bob", false), 112)
+        .await
+        .unwrap();
+    assert!(s.use_approval(&a1(), "bx", 113).await.unwrap().is_some());
+    let decided = s.decided_approvals(&a1(), 0, 100, 114).await.unwrap();
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].state, ApprovalState::Denied);
+    assert_eq!(decided[0].decisions[0].approver, "bob");
+    assert_eq!(decided[0].decisions[0].comment, "not today");
+    assert!(
+        s.decided_approvals(&a1(), 113, 100, 114)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Cancelling: only a pending request, once.
+    assert!(s.cancel_approval(&other, "apr_y", 115).await.unwrap());
+    assert!(!s.cancel_approval(&other, "apr_y", 116).await.unwrap());
+    assert_eq!(
+        s.get_approval("apr_y", 116).await.unwrap().unwrap().state,
+        ApprovalState::Cancelled
+    );
+    let cancelled = s
+        .list_approvals(Some(ApprovalState::Cancelled), 10, 116)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.len(), 1);
+    // Filing again after a cancel makes a new request.
+    let again = s
+        .request_approval(
+            &NewApproval {
+                agent_id: other,
+                ..approval("apr_w", "bx", 1, 400)
+            },
+            117,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.request.id, "apr_w");
+    // The expired filter finds a pending request past its deadline.
+    let expired = s
+        .list_approvals(Some(ApprovalState::Expired), 10, 401)
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 1, "{expired:?}");
 }

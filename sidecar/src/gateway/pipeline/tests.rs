@@ -57,6 +57,7 @@ fn call<'a>(tool: &'a str, arguments: &'a str) -> Request<'a> {
         arguments,
         reason: "a test",
         trace_id: "trace-1",
+        no_wait: false,
     }
 }
 
