@@ -417,3 +417,173 @@ async fn wardenctl_policy_commands() {
     let o = ctl(d, &addr, &["policy", "get", "--version", "1"]).await;
     assert_eq!(out(&o), std::fs::read_to_string(example).unwrap());
 }
+
+/// Files a request as a sidecar would (through the store) and tells the
+/// watchers, as the approval service does.
+async fn file(cp: &app::Running, id: &str, binding: &str, quorum: u32) {
+    use warden_control_plane::store::NewApproval;
+    let now = warden_control_plane::now_unix();
+    let a = cp
+        .state
+        .store
+        .request_approval(
+            &NewApproval {
+                id: id.into(),
+                binding: binding.into(),
+                agent_id: warden_shared::agent::AgentId::new("pay-bot").unwrap(),
+                session_id: "ses_1".into(),
+                user_id: "u-7".into(),
+                tool: "refund".into(),
+                arguments: r#"{"amount":500,"card":"[redacted]"}"#.into(),
+                reason: "the customer asked".into(),
+                trace_id: "t-1".into(),
+                because: "risk high".into(),
+                quorum,
+                created_at: now,
+                deadline: now + 300,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    cp.state.approval_changed(&a);
+}
+
+// Multi-threaded: the test blocks on the watch's output while the control
+// plane serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wardenctl_lists_shows_decides_and_watches_approvals() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, addr) = control_plane(dir.path()).await;
+    let d = dir.path();
+    file(&cp, "apr_one", "b1", 1).await;
+    file(&cp, "apr_two", "b2", 2).await;
+
+    // The duty feed: the pending requests first, then each change.
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_wardenctl"))
+        .arg("--config-dir")
+        .arg(d.join("cp/admin"))
+        .args(["--address", &addr, "--json", "approvals", "watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |what: &str| {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the watch printed no line for {what}"))
+    };
+    let mut initial = [next("the first pending"), next("the second pending")];
+    initial.sort_by_key(|v| v["id"].as_str().unwrap().to_owned());
+    assert_eq!(
+        initial.map(|v| (v["id"].clone(), v["initial"].clone())),
+        [
+            (serde_json::json!("apr_one"), serde_json::json!(true)),
+            (serde_json::json!("apr_two"), serde_json::json!(true))
+        ]
+    );
+
+    let o = ctl(d, &addr, &["approvals", "list"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    assert!(text.starts_with("ID "), "{text}");
+    assert!(
+        text.contains("apr_two") && text.contains("0/2") && text.contains("refund"),
+        "{text}"
+    );
+    let o = ctl(d, &addr, &["approvals", "show", "apr_one"]).await;
+    let text = out(&o);
+    assert!(
+        text.contains("tool:      refund")
+            && text.contains("\"card\": \"[redacted]\"")
+            && text.contains("because:   risk high"),
+        "{text}"
+    );
+
+    // Approve one; the watch sees it decided.
+    let o = ctl(
+        d,
+        &addr,
+        &[
+            "--json",
+            "approvals",
+            "approve",
+            "apr_one",
+            "--comment",
+            "ok",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["approvals"].as_u64()),
+        (Some("approved"), Some(1))
+    );
+    let seen = next("the approval");
+    assert_eq!(
+        (
+            seen["id"].as_str(),
+            seen["state"].as_str(),
+            seen["initial"].as_bool()
+        ),
+        (Some("apr_one"), Some("approved"), Some(false))
+    );
+
+    // A denial needs a reason; bad input is refused and changes nothing.
+    let o = ctl(d, &addr, &["approvals", "deny", "apr_two"]).await;
+    assert!(!o.status.success());
+    assert!(err(&o).contains("--reason"), "{}", err(&o));
+    let o = ctl(
+        d,
+        &addr,
+        &["approvals", "deny", "apr_two", "--reason", "  "],
+    )
+    .await;
+    assert!(!o.status.success());
+    let o = ctl(d, &addr, &["approvals", "show", "apr_none"]).await;
+    assert!(!o.status.success());
+    assert!(err(&o).contains("APPROVAL_NOT_FOUND"), "{}", err(&o));
+    let o = ctl(d, &addr, &["approvals", "list", "--state", "weird"]).await;
+    assert!(err(&o).contains("INVALID_ARGUMENT"), "{}", err(&o));
+    let o = ctl(d, &addr, &["approvals", "approve", "apr_one"]).await;
+    assert!(err(&o).contains("APPROVAL_NOT_PENDING"), "{}", err(&o));
+    let o = ctl(d, &addr, &["--json", "approvals", "list"]).await;
+    let pending: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(pending.as_array().unwrap().len(), 1);
+    assert_eq!(pending[0]["id"], "apr_two");
+
+    let o = ctl(
+        d,
+        &addr,
+        &["approvals", "deny", "apr_two", "--reason", "no ticket"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("denied by ops: no ticket"), "{}", out(&o));
+    let seen = next("the denial");
+    assert_eq!(
+        (seen["id"].as_str(), seen["state"].as_str()),
+        (Some("apr_two"), Some("denied"))
+    );
+    // A request filed now reaches the watch too.
+    file(&cp, "apr_three", "b3", 1).await;
+    let seen = next("the new request");
+    assert_eq!(
+        (seen["id"].as_str(), seen["state"].as_str()),
+        (Some("apr_three"), Some("pending"))
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+}

@@ -725,6 +725,17 @@ tools:
     input_schema: { type: object }
     scopes: ["repo:read"]
     risk: high
+  - name: merge_release
+    description: Merge a release branch (a builtin echo for the demo); a person approves each merge.
+    input_schema:
+      type: object
+      properties:
+        branch: { type: string }
+        signing_key: { type: string, writeOnly: true }
+      required: [branch]
+    scopes: ["repo:read"]
+    risk: high
+    upstream: { kind: builtin, address: echo }
 messaging:
   allow:
     - { from: "type:coder", to: "type:reviewer" }
@@ -904,6 +915,49 @@ async fn mcp(addr: SocketAddr, sidecar_dir: &Path) -> String {
     token
 }
 
+/// Within step 5: a high-risk call waits for a person.
+async fn approval(demo: &Demo, agent: &mut warden_tests::AgentClient) {
+    let merge = pb::CallToolRequest {
+        tool: "merge_release".into(),
+        arguments_json: r#"{"branch": "release-1.4", "signing_key": "sk-do-not-show"}"#.into(),
+        reason: "the release checklist is green".into(),
+        trace_id: "demo-trace".into(),
+        // The demo asks not to wait, to show the queue; without it the call
+        // would be held until the decision.
+        no_wait: true,
+    };
+    let s = agent.call_tool(merge.clone()).await.unwrap_err();
+    let id = warden_shared::refusal::metadata_of(&s)
+        .get("approval_id")
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "  ⏸ CallTool merge_release (high risk)              {:?} {} — {}",
+        s.code(),
+        reason(&s),
+        s.message()
+    );
+    println!("    an admin on duty sees the request (the signing key redacted) and approves it:");
+    demo.ctl_ok(&["approvals", "list"]);
+    demo.ctl_ok(&["approvals", "show", &id]);
+    demo.ctl_ok(&[
+        "approvals",
+        "approve",
+        &id,
+        "--comment",
+        "checked the changelog",
+    ]);
+    let r = agent.call_tool(merge.clone()).await.unwrap().into_inner();
+    println!(
+        "    CallTool merge_release again → ran once approved: {}",
+        String::from_utf8_lossy(&r.content)
+    );
+    refused(
+        "the same merge once more (an approval runs once)",
+        agent.call_tool(merge).await,
+    );
+}
+
 /// Step 5: the tool gateway, as the agent sees it.
 async fn gateway(
     demo: &Demo,
@@ -1039,6 +1093,7 @@ async fn gateway(
             .call_tool(call("search_tickets", r#"{"query": "more"}"#))
             .await,
     );
+    approval(demo, &mut agent).await;
     let a = agent
         .authorize(pb::AuthorizeRequest {
             tool: "send_email".into(),

@@ -64,7 +64,11 @@ pub struct ApprovalMesh {
 impl ApprovalMesh {
     /// Starts the control plane with [`POLICY`] and `a1`'s sidecar.
     pub async fn start() -> anyhow::Result<Self> {
-        let mesh = Mesh::start().await?;
+        Self::start_on(Mesh::start().await?).await
+    }
+
+    /// [`ApprovalMesh::start`] on a control plane already started.
+    pub async fn start_on(mesh: Mesh) -> anyhow::Result<Self> {
         let mut admin = mesh.admin().await?;
         admin.apply_policy(apply_policy(POLICY)).await?;
         admin

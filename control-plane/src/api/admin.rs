@@ -65,6 +65,75 @@ fn approval_id(id: &str) -> Result<&str, Status> {
     Ok(id)
 }
 
+/// Pending requests sent when a watch starts, at most.
+const WATCH_INITIAL: u32 = 1000;
+
+/// The stream `WatchApprovals` answers with.
+pub type ApprovalFeed = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::WatchApprovalsResponse, Status>> + Send>,
+>;
+
+/// Feeds one watcher: the pending requests, then every change; the pending
+/// list again whenever the watcher fell behind the changes.
+async fn feed(
+    state: Arc<State>,
+    mut events: tokio::sync::broadcast::Receiver<Arc<store::Approval>>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchApprovalsResponse, Status>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut stopping = state.stopping.subscribe();
+    loop {
+        let pending = match state
+            .store
+            .list_approvals(Some(ApprovalState::Pending), WATCH_INITIAL, now_unix())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(store_error(e))).await;
+                return;
+            }
+        };
+        // Oldest first, as a feed reads.
+        for a in pending.iter().rev() {
+            let item = pb::WatchApprovalsResponse {
+                initial: true,
+                approval: Some(approval_pb(a)),
+            };
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let event = tokio::select! {
+                _ = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+                () = tx.closed() => return,
+                e = events.recv() => e,
+            };
+            match event {
+                Ok(a) => {
+                    let item = pb::WatchApprovalsResponse {
+                        initial: false,
+                        approval: Some(approval_pb(&a)),
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+                // Missed changes: start over from the pending list.
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "an approval watcher fell behind; sending the pending list again"
+                    );
+                    break;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
 /// The admin service.
 #[derive(Debug, Clone)]
 pub struct AdminApi {
@@ -183,6 +252,8 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    type WatchApprovalsStream = ApprovalFeed;
+
     async fn register_agent(
         &self,
         req: Request<pb::RegisterAgentRequest>,
@@ -651,6 +722,21 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::DecideApprovalResponse {
             approval: Some(approval_pb(&a)),
         }))
+    }
+
+    async fn watch_approvals(
+        &self,
+        req: Request<pb::WatchApprovalsRequest>,
+    ) -> Result<Response<ApprovalFeed>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        tracing::info!(admin = %admin, "approval watch opened");
+        // Subscribed before the pending list is read: no change falls between.
+        let events = self.state.approval_events.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(feed(Arc::clone(&self.state), events, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 

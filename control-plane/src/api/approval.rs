@@ -247,10 +247,11 @@ impl ApprovalService for ApprovalApi {
             .use_approval(&agent, binding, now_unix())
             .await
             .map_err(store_error)?;
-        let id = used.map(|a| a.request.id).unwrap_or_default();
-        if !id.is_empty() {
-            tracing::info!(approval = %id, agent = %agent, "approval used");
+        if let Some(a) = &used {
+            tracing::info!(approval = %a.request.id, agent = %agent, "approval used");
+            self.state.approval_changed(a);
         }
+        let id = used.map(|a| a.request.id).unwrap_or_default();
         Ok(Response::new(pb::UseApprovalResponse {
             used: !id.is_empty(),
             id,
@@ -271,6 +272,9 @@ impl ApprovalService for ApprovalApi {
             .map_err(store_error)?;
         if cancelled {
             tracing::info!(approval = %id, agent = %agent, "approval cancelled: nobody waits for it");
+            if let Ok(Some(a)) = self.state.store.get_approval(&id, now_unix()).await {
+                self.state.approval_changed(&a);
+            }
         }
         Ok(Response::new(pb::CancelApprovalResponse { cancelled }))
     }

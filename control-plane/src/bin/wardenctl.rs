@@ -13,7 +13,7 @@ use warden_shared::proto::v1 as pb;
 #[command(
     name = "wardenctl",
     version,
-    about = "Administer a Warden mesh: agents, join tokens, signing keys"
+    about = "Administer a Warden mesh: agents, join tokens, signing keys, policies, approvals"
 )]
 struct Cli {
     /// Directory with ca.crt, admin.crt, admin.key and wardenctl.toml
@@ -59,6 +59,38 @@ enum Command {
     /// Policy documents (tool catalog, Cedar rules, overrides).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Calls waiting for people to approve them.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// List requests, newest first (the pending ones unless --state is given).
+    List {
+        /// pending, approved, denied, used, expired, cancelled or all.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        /// At most this many (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one request: the call, its arguments (sensitive values redacted), decisions.
+    Show { id: String },
+    /// Approve a request (one person counts once towards its quorum).
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Deny a request; the agent is told the reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Follow requests live: the pending ones, then each as it is filed or decided (Ctrl-C ends).
+    Watch,
 }
 
 #[derive(Subcommand)]
@@ -295,6 +327,93 @@ fn validate_offline(file: &std::path::Path, as_json: bool) -> anyhow::Result<()>
             }
             anyhow::bail!("{}: {e} [{}]", file.display(), e.kind())
         }
+    }
+}
+
+fn approval_json(a: &pb::Approval) -> serde_json::Value {
+    let arguments: serde_json::Value =
+        serde_json::from_str(&a.arguments_json).unwrap_or(serde_json::Value::Null);
+    json!({
+        "id": a.id, "state": a.state, "agent_id": a.agent_id, "session_id": a.session_id,
+        "user_id": a.user_id, "tool": a.tool, "arguments": arguments, "reason": a.reason,
+        "trace_id": a.trace_id, "because": a.because, "quorum": a.quorum,
+        "approvals": a.decisions.iter().filter(|d| d.approve).count(),
+        "created_at": ts(a.created_at.as_ref()), "deadline": ts(a.deadline.as_ref()),
+        "binding": a.binding,
+        "decisions": a.decisions.iter().map(|d| json!({
+            "approver": d.approver, "approve": d.approve, "comment": d.comment,
+            "decided_at": ts(d.decided_at.as_ref()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One line per request, for `list` and `watch`.
+fn approval_line(a: &pb::Approval) -> String {
+    format!(
+        "{:<28} {:<10} {:<16} {:<18} {:>3}/{:<3} {:<22} {}",
+        a.id,
+        a.state,
+        a.agent_id,
+        a.tool,
+        a.decisions.iter().filter(|d| d.approve).count(),
+        a.quorum,
+        ts(a.deadline.as_ref()),
+        a.because
+    )
+}
+
+const APPROVAL_HEADER: &str = "ID                           STATE      AGENT            TOOL               OK/NEED DEADLINE               BECAUSE";
+
+fn print_approval(a: &pb::Approval, as_json: bool) {
+    if as_json {
+        println!("{}", approval_json(a));
+        return;
+    }
+    println!("id:        {}", a.id);
+    println!(
+        "state:     {} ({} of {} approvals)",
+        a.state,
+        a.decisions.iter().filter(|d| d.approve).count(),
+        a.quorum
+    );
+    println!("agent:     {}  session: {}", a.agent_id, a.session_id);
+    if !a.user_id.is_empty() {
+        println!("user:      {}", a.user_id);
+    }
+    println!("tool:      {}", a.tool);
+    println!("because:   {}", a.because);
+    println!(
+        "reason:    {}",
+        if a.reason.is_empty() { "-" } else { &a.reason }
+    );
+    println!(
+        "created:   {}  deadline: {}",
+        ts(a.created_at.as_ref()),
+        ts(a.deadline.as_ref())
+    );
+    if !a.trace_id.is_empty() {
+        println!("trace:     {}", a.trace_id);
+    }
+    let args = serde_json::from_str::<serde_json::Value>(&a.arguments_json)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| a.arguments_json.clone());
+    println!("arguments:");
+    for line in args.lines() {
+        println!("  {line}");
+    }
+    for d in &a.decisions {
+        println!(
+            "{}  {} by {}{}",
+            ts(d.decided_at.as_ref()),
+            if d.approve { "approved" } else { "denied" },
+            d.approver,
+            if d.comment.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", d.comment)
+            }
+        );
     }
 }
 
@@ -625,6 +744,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Approvals(cmd) => match cmd {
+            ApprovalsCmd::List { state, limit } => {
+                anyhow::ensure!((1..=1000).contains(&limit), "--limit must be 1 to 1000");
+                let r = client
+                    .list_approvals(pb::ListApprovalsRequest { state, limit })
+                    .await?
+                    .into_inner();
+                if j {
+                    println!(
+                        "{}",
+                        serde_json::Value::Array(r.approvals.iter().map(approval_json).collect())
+                    );
+                } else {
+                    println!("{APPROVAL_HEADER}");
+                    for a in &r.approvals {
+                        println!("{}", approval_line(a));
+                    }
+                }
+            }
+            ApprovalsCmd::Show { id } => {
+                let r = client
+                    .get_approval(pb::GetApprovalRequest { id })
+                    .await?
+                    .into_inner();
+                print_approval(&r.approval.context("empty response")?, j);
+            }
+            ApprovalsCmd::Approve { id, comment } => {
+                let r = client
+                    .decide_approval(pb::DecideApprovalRequest {
+                        id,
+                        approve: true,
+                        comment,
+                    })
+                    .await?
+                    .into_inner();
+                print_approval(&r.approval.context("empty response")?, j);
+            }
+            ApprovalsCmd::Deny { id, reason } => {
+                anyhow::ensure!(
+                    !reason.trim().is_empty(),
+                    "--reason must say why: the agent is told"
+                );
+                let r = client
+                    .decide_approval(pb::DecideApprovalRequest {
+                        id,
+                        approve: false,
+                        comment: reason,
+                    })
+                    .await?
+                    .into_inner();
+                print_approval(&r.approval.context("empty response")?, j);
+            }
+            ApprovalsCmd::Watch => {
+                let mut feed = client
+                    .watch_approvals(pb::WatchApprovalsRequest {})
+                    .await?
+                    .into_inner();
+                if !j {
+                    println!("{APPROVAL_HEADER}");
+                }
+                while let Some(item) = feed.message().await? {
+                    let Some(a) = item.approval else { continue };
+                    if j {
+                        let mut v = approval_json(&a);
+                        v["initial"] = json!(item.initial);
+                        println!("{v}");
+                    } else {
+                        println!("{}", approval_line(&a));
+                    }
+                }
+                anyhow::bail!("the control plane ended the watch (it is stopping); run it again");
+            }
+        },
         Command::Keys(Keys::Rotate) => {
             let r = client
                 .rotate_signing_key(pb::RotateSigningKeyRequest {})
