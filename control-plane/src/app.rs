@@ -65,6 +65,10 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
     let messaging = crate::a2a::Messaging::new(
         crate::a2a::load_or_create(&config.data_dir).context("loading the messaging secret")?,
     );
+    let webhooks = Arc::new(
+        crate::webhooks::Webhooks::load(&config.approval_webhooks)
+            .context("loading approval_webhooks")?,
+    );
     let state = State {
         config,
         td,
@@ -77,6 +81,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         policy: crate::policy::InForce::default(),
         messaging,
         approval_events: tokio::sync::broadcast::channel(APPROVAL_EVENTS).0,
+        webhooks,
     };
     state
         .reload_policy()
@@ -170,14 +175,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let jwks_task = tokio::spawn(crate::jwks::serve(jwks, Arc::clone(&state), rx.clone()));
     let prune_task = tokio::spawn(prune(Arc::clone(&state), rx.clone()));
-    let blocked_task = tokio::spawn(refresh_blocked(Arc::clone(&state), rx));
+    let blocked_task = tokio::spawn(refresh_blocked(Arc::clone(&state), rx.clone()));
+    let webhooks_task = tokio::spawn({
+        let (hooks, store) = (Arc::clone(&state.webhooks), Arc::clone(&state.store));
+        async move {
+            hooks.run(store, rx).await;
+            Ok(())
+        }
+    });
     tracing::info!(%grpc_addr, %jwks_addr, trust_domain = %state.td, "control plane serving");
     Ok(Running {
         grpc_addr,
         jwks_addr,
         state,
         shutdown,
-        tasks: vec![grpc_task, jwks_task, prune_task, blocked_task],
+        tasks: vec![
+            grpc_task,
+            jwks_task,
+            prune_task,
+            blocked_task,
+            webhooks_task,
+        ],
     })
 }
 

@@ -87,6 +87,9 @@ pub struct Config {
     /// `text` or `json`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// Where approval requests and decisions are posted (Standard Webhooks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval_webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -133,6 +136,7 @@ impl Config {
             durable_sync: true,
             retention_days: default_retention(),
             log_format: default_log_format(),
+            approval_webhooks: Vec::new(),
         }
     }
 
@@ -194,6 +198,12 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(Error::Invalid("log_format must be text or json".into()));
+        }
+        if self.approval_webhooks.len() > 16 {
+            return Err(Error::Invalid("at most 16 approval_webhooks".into()));
+        }
+        for w in &self.approval_webhooks {
+            crate::webhooks::Endpoint::load(w).map_err(|e| Error::Invalid(e.to_string()))?;
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 /// Current time, unix seconds.
 pub fn now_unix() -> i64 {

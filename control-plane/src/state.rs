@@ -37,13 +37,30 @@ pub struct State {
     /// Approval requests as they are filed and decided, for whoever watches
     /// (`wardenctl approvals watch`).
     pub approval_events: tokio::sync::broadcast::Sender<Arc<crate::store::Approval>>,
+    /// Approval notifications to webhooks.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl State {
-    /// An approval request was filed or decided: tell the watchers.
+    /// An approval request was filed, decided, used or cancelled: tell
+    /// the watchers.
     pub fn approval_changed(&self, a: &crate::store::Approval) {
         // Nobody watching is not an error.
         let _ = self.approval_events.send(Arc::new(a.clone()));
+    }
+
+    /// An approval request was filed or decided: tell the watchers, and
+    /// put the webhooks' notifications in the outbox (before the caller is
+    /// answered, so that none is lost).
+    pub async fn approval_event(&self, event: crate::webhooks::Event, a: &crate::store::Approval) {
+        self.approval_changed(a);
+        if let Err(e) = self
+            .webhooks
+            .notify(self.store.as_ref(), event, a, crate::now_unix())
+            .await
+        {
+            tracing::error!(approval = %a.request.id, error = %e, "could not queue the approval's webhook notifications");
+        }
     }
 
     /// Reloads the latest policy version from the store and wakes every

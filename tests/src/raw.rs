@@ -109,7 +109,7 @@ pub fn held_after(pushes: &[&pb::StreamResponse]) -> pb::HeldParts {
             h.pair_keys = x.digest;
         }
         if let Some(x) = &p.approvals {
-            h.approvals = x.digest;
+            h.approvals_seq = x.seq;
         }
     }
     h

@@ -30,6 +30,8 @@ pub struct Seen {
     pub uri: String,
     /// Headers, lower-case names.
     pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
 /// A running upstream; stops when dropped.
@@ -70,10 +72,6 @@ async fn handle(
             )
         })
         .collect();
-    seen.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
-        uri: uri.to_string(),
-        headers: headers.clone(),
-    });
     let method = req.method().to_string();
     let body = req
         .into_body()
@@ -81,6 +79,11 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    seen.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
+        uri: uri.to_string(),
+        headers: headers.clone(),
+        body: body.to_vec(),
+    });
     let path = uri.path();
     let json = |status: u16, v: serde_json::Value| {
         let mut r = Response::new(Full::new(Bytes::from(v.to_string())));

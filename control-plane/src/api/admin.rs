@@ -685,9 +685,7 @@ impl AdminService for AdminApi {
             .await
             .map_err(store_error)?;
         match outcome {
-            store::Decided::Recorded(state) => {
-                tracing::warn!(admin = %admin, approval = %id, approve = r.approve, state = state.as_str(), "approval decided");
-            }
+            store::Decided::Recorded(_) => {}
             store::Decided::AlreadyDecided => {
                 return Err(status(
                     Reason::ApprovalAlreadyDecided,
@@ -714,11 +712,19 @@ impl AdminService for AdminApi {
             .await
             .map_err(store_error)?
             .ok_or_else(|| status(Reason::ApprovalNotFound, "no approval request with that id"))?;
+        let step = match a.state {
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            _ => "decision",
+        };
+        crate::api::approval::audit(step, "human", &admin, &a, &decision.comment);
         if a.state != ApprovalState::Pending {
             // The waiting sidecar learns it over its mesh stream.
             self.state.hub.agent_changed(&a.request.agent_id);
         }
-        self.state.approval_changed(&a);
+        self.state
+            .approval_event(crate::webhooks::Event::Decided, &a)
+            .await;
         Ok(Response::new(pb::DecideApprovalResponse {
             approval: Some(approval_pb(&a)),
         }))

@@ -4,7 +4,6 @@
 //! stream ([`part`]), and spends an approval once. Agent certificates only;
 //! every request is the calling agent's own.
 
-use std::fmt::Write;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -17,7 +16,6 @@ use warden_shared::refusal::{Reason, status};
 
 use crate::agents::{ensure_active, registered_agent, store_error};
 use crate::auth;
-use crate::digest::digest;
 use crate::state::State;
 use crate::store::{self, ApprovalState, NewApproval};
 use crate::{now_unix, timestamp};
@@ -25,8 +23,9 @@ use crate::{now_unix, timestamp};
 /// Pending requests one agent may have at once: an agent in a loop fills
 /// its own queue, not the desk.
 pub const MAX_PENDING_PER_AGENT: u64 = 2000;
-/// How long a decision stays in the pushed set (seconds).
-pub const DECIDED_HORIZON: i64 = 600;
+/// How far back a sidecar that holds no decisions is sent them (seconds):
+/// past the longest deadline a call can wait.
+pub const DECIDED_HORIZON: i64 = 3900;
 /// Most decisions in one push.
 pub const DECIDED_MAX: u32 = 2000;
 /// Largest arguments shown to approvers.
@@ -106,6 +105,33 @@ fn denial(a: &store::Approval) -> (String, String) {
         .unwrap_or_default()
 }
 
+/// One step of an approval request, as an audit event (target
+/// `warden::audit`): `requested`, `approved` or `denied` (a decision that
+/// settles it), `decision` (an approval short of the quorum), `used`,
+/// `cancelled`. The actor is the agent or the admin who took the step.
+pub fn audit(step: &str, actor_kind: &str, actor: &str, a: &store::Approval, comment: &str) {
+    let r = &a.request;
+    tracing::info!(
+        target: "warden::audit",
+        event = "approval",
+        step,
+        actor_kind,
+        actor,
+        approval = %r.id,
+        agent = %r.agent_id,
+        session = %r.session_id,
+        user = %r.user_id,
+        tool = %r.tool,
+        trace_id = %r.trace_id,
+        because = %r.because,
+        quorum = r.quorum,
+        approvals = a.decisions.iter().filter(|d| d.approve).count(),
+        state = a.state.as_str(),
+        comment = ?comment,
+        "approval {step}"
+    );
+}
+
 fn new_id() -> String {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
@@ -115,40 +141,58 @@ fn new_id() -> String {
     )
 }
 
-/// The decisions on `agent`'s recent requests, as pushed over its mesh
-/// stream.
-pub async fn part(state: &State, agent: &AgentId) -> Result<pb::ApprovalsPart, Status> {
+/// The decisions on `agent`'s requests that a sidecar holding `held` (the
+/// sequence number of its last) lacks, as pushed over its mesh stream:
+/// those after `held`, or, when `complete` (the sidecar holds nothing, or a
+/// number this store never gave), those of the last [`DECIDED_HORIZON`]
+/// seconds. `None`: nothing to send. At most [`DECIDED_MAX`] at once;
+/// `more` says whether more remain.
+pub async fn part(
+    state: &State,
+    agent: &AgentId,
+    held: u64,
+    complete: bool,
+) -> Result<(Option<pb::ApprovalsPart>, bool), Status> {
     let now = now_unix();
-    let decided = state
+    let (after, since) = if complete {
+        (0, now - DECIDED_HORIZON)
+    } else {
+        (held, 0)
+    };
+    let outcomes = state
         .store
-        .decided_approvals(agent, now - DECIDED_HORIZON, DECIDED_MAX, now)
+        .approval_outcomes(agent, after, since, DECIDED_MAX)
         .await
         .map_err(store_error)?;
-    let mut decided: Vec<pb::ApprovalOutcome> = decided
-        .iter()
-        .map(|a| {
-            let (decided_by, comment) = denial(a);
-            pb::ApprovalOutcome {
-                id: a.request.id.clone(),
-                status: status_pb(a.state).into(),
-                decided_by,
-                comment,
-            }
+    let more = outcomes.len() >= DECIDED_MAX as usize;
+    let Some(last) = outcomes.last().map(|o| o.seq) else {
+        // A sidecar holding decisions this store never made starts over.
+        return Ok((
+            (complete && held != 0).then(|| pb::ApprovalsPart {
+                seq: 0,
+                decided: Vec::new(),
+                complete: true,
+            }),
+            false,
+        ));
+    };
+    let decided = outcomes
+        .into_iter()
+        .map(|o| pb::ApprovalOutcome {
+            id: o.id,
+            status: status_pb(o.state).into(),
+            decided_by: o.denied_by,
+            comment: o.comment,
         })
         .collect();
-    decided.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut canon = String::new();
-    for o in &decided {
-        let _ = writeln!(
-            canon,
-            "{}\0{}\0{}\0{}",
-            o.id, o.status, o.decided_by, o.comment
-        );
-    }
-    Ok(pb::ApprovalsPart {
-        digest: digest(canon.as_bytes()),
-        decided,
-    })
+    Ok((
+        Some(pb::ApprovalsPart {
+            seq: last,
+            decided,
+            complete,
+        }),
+        more,
+    ))
 }
 
 #[tonic::async_trait]
@@ -213,17 +257,10 @@ impl ApprovalService for ApprovalApi {
             .await
             .map_err(store_error)?;
         if a.request.id == new.id {
-            tracing::warn!(
-                approval = %a.request.id,
-                agent = %agent,
-                tool = %a.request.tool,
-                session = %a.request.session_id,
-                because = %a.request.because,
-                quorum = a.request.quorum,
-                deadline = a.request.deadline,
-                "approval requested"
-            );
-            self.state.approval_changed(&a);
+            audit("requested", "agent", agent.as_str(), &a, "");
+            self.state
+                .approval_event(crate::webhooks::Event::Requested, &a)
+                .await;
         }
         let (decided_by, comment) = denial(&a);
         Ok(Response::new(pb::RequestApprovalResponse {
@@ -248,7 +285,7 @@ impl ApprovalService for ApprovalApi {
             .await
             .map_err(store_error)?;
         if let Some(a) = &used {
-            tracing::info!(approval = %a.request.id, agent = %agent, "approval used");
+            audit("used", "agent", agent.as_str(), a, "");
             self.state.approval_changed(a);
         }
         let id = used.map(|a| a.request.id).unwrap_or_default();
@@ -270,11 +307,15 @@ impl ApprovalService for ApprovalApi {
             .cancel_approval(&agent, &id, now_unix())
             .await
             .map_err(store_error)?;
-        if cancelled {
-            tracing::info!(approval = %id, agent = %agent, "approval cancelled: nobody waits for it");
-            if let Ok(Some(a)) = self.state.store.get_approval(&id, now_unix()).await {
-                self.state.approval_changed(&a);
-            }
+        if cancelled && let Ok(Some(a)) = self.state.store.get_approval(&id, now_unix()).await {
+            audit(
+                "cancelled",
+                "agent",
+                agent.as_str(),
+                &a,
+                "nobody waits for it",
+            );
+            self.state.approval_changed(&a);
         }
         Ok(Response::new(pb::CancelApprovalResponse { cancelled }))
     }

@@ -62,7 +62,6 @@ struct Digests {
     policy: u64,
     blocked: u64,
     pairs: u64,
-    approvals: u64,
 }
 
 impl From<&pb::HeldParts> for Digests {
@@ -74,7 +73,6 @@ impl From<&pb::HeldParts> for Digests {
             policy: h.policy,
             blocked: h.blocked_agents_seq,
             pairs: h.pair_keys,
-            approvals: h.approvals,
         }
     }
 }
@@ -103,6 +101,11 @@ struct Tracker {
     resync: bool,
     /// The digest and version of the policy part last read.
     policy: (u64, u64),
+    /// The last approval decision the sidecar holds (after the push in
+    /// flight), one it refused, and whether more wait to be sent.
+    approvals: u64,
+    approvals_refused: Option<u64>,
+    approvals_more: bool,
 }
 
 /// A push awaiting the sidecar's answer.
@@ -113,6 +116,8 @@ struct InFlight {
     carried: Digests,
     /// Whether its blocked-agents part was the complete list.
     blocked_complete: bool,
+    /// The last approval decision it carried, if it carried any.
+    approvals: Option<u64>,
 }
 
 fn nonce() -> String {
@@ -128,6 +133,7 @@ fn build(
     t: &Tracker,
     agent: Option<AgentParts>,
     pairs: Option<pb::PairKeysPart>,
+    approvals: Option<pb::ApprovalsPart>,
 ) -> (pb::StreamResponse, Digests) {
     let mut carried = Digests::default();
     let mut push = pb::StreamResponse::default();
@@ -147,10 +153,6 @@ fn build(
             carried.policy = p.digest;
             push.policy = Some(p);
         }
-        if new(a.approvals.digest, t.held.approvals, t.refused.approvals) {
-            carried.approvals = a.approvals.digest;
-            push.approvals = Some(a.approvals);
-        }
     }
     let ring = state.keys.current();
     if new(ring.digest, t.held.keys, t.refused.keys) {
@@ -166,6 +168,7 @@ fn build(
         carried.pairs = p.digest;
         push.pair_keys = Some(p);
     }
+    push.approvals = approvals.filter(|a| t.approvals_refused != Some(a.seq));
     if let Some(b) = state.hub.blocked_part(t.held.blocked)
         && b.seq != t.refused.blocked
     {
@@ -250,12 +253,13 @@ impl MeshService for MeshApi {
         }
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
-        let (held_version, held) = match inbound.message().await? {
+        let (held_version, held, approvals) = match inbound.message().await? {
             Some(pb::StreamRequest {
                 kind: Some(pb::stream_request::Kind::Hello(h)),
             }) => (
                 h.held_version,
                 h.held.as_ref().map(|h| held_here(&self.state, h)),
+                h.held.as_ref().map_or(0, |h| h.approvals_seq),
             ),
             _ => {
                 return Err(status(
@@ -273,6 +277,7 @@ impl MeshService for MeshApi {
                 let reg = state.sidecars.open(agent.clone(), peer, now_unix());
                 let tracker = Tracker {
                     held: held.unwrap_or_default(),
+                    approvals,
                     ..Tracker::default()
                 };
                 let ending = serve(Arc::clone(&state), agent, inbound, tx, &reg, tracker).await;
@@ -313,7 +318,32 @@ async fn serve(
             sub.global_changes.borrow_and_update();
             let policy = state.current_policy();
             let at = (agent_gen, policy.as_ref().map_or(0, |p| p.version));
-            let agent_parts = if t.resync || read_at != Some(at) {
+            let reread = t.resync || read_at != Some(at);
+            // Decisions on approval requests: after the one the sidecar
+            // holds; all recent ones on the stream's first evaluation if it
+            // holds none, or a number this store never gave.
+            let approvals = if first || reread || t.approvals_more {
+                let complete = first
+                    && (t.approvals == 0
+                        || state
+                            .store
+                            .last_decision_seq()
+                            .await
+                            .is_ok_and(|last| t.approvals > last));
+                match crate::api::approval::part(&state, &agent, t.approvals, complete).await {
+                    Ok((p, more)) => {
+                        t.approvals_more = more;
+                        p
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Box::new(e))).await;
+                        return "error";
+                    }
+                }
+            } else {
+                None
+            };
+            let agent_parts = if reread {
                 match Box::pin(parts::read(&state, &agent, policy.as_deref())).await {
                     Ok(p) => Some(p),
                     Err(e) => {
@@ -352,7 +382,8 @@ async fn serve(
                 ),
                 _ => None,
             };
-            let (mut push, carried) = build(&state, &t, agent_parts, pair_keys);
+            let approvals_seq = approvals.as_ref().map(|a| a.seq);
+            let (mut push, carried) = build(&state, &t, agent_parts, pair_keys, approvals);
             // The first push is sent even when empty: it tells the sidecar
             // that it is connected and current.
             if first || !push.carries_nothing() {
@@ -361,6 +392,7 @@ async fn serve(
                 push.nonce = nonce();
                 let version = push.version;
                 let blocked_complete = push.blocked_agents.as_ref().is_some_and(|b| b.complete);
+                let push_approvals = push.approvals.as_ref().and(approvals_seq);
                 if tx.send(Ok(Box::new(push))).await.is_err() {
                     return "sidecar gone";
                 }
@@ -369,6 +401,7 @@ async fn serve(
                     version,
                     carried,
                     blocked_complete,
+                    approvals: push_approvals,
                 });
                 deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
             }
@@ -393,6 +426,9 @@ async fn serve(
                     if let Some(f) = t.in_flight.take_if(|f| f.version == a.version) {
                         tracing::debug!(version = f.version, "push acknowledged");
                         merge(&mut t.held, &f.carried);
+                        if let Some(seq) = f.approvals {
+                            t.approvals = seq;
+                        }
                         reg.acked(f.version, now_unix());
                         if f.carried.policy != 0 && f.carried.policy == t.policy.0 {
                             reg.holds_policy(t.policy.1);
@@ -405,6 +441,7 @@ async fn serve(
                     reg.nacked(n.version, reason);
                     if let Some(f) = t.in_flight.take_if(|f| f.version == n.version) {
                         t.held = n.held.as_ref().map(|h| held_here(&state, h)).unwrap_or_default();
+                        t.approvals = n.held.as_ref().map_or(0, |h| h.approvals_seq);
                         refuse(&mut t, &f, n.part());
                         pairs_at = None;
                     }
@@ -430,7 +467,6 @@ fn merge(held: &mut Digests, c: &Digests) {
         (&mut held.policy, c.policy),
         (&mut held.blocked, c.blocked),
         (&mut held.pairs, c.pairs),
-        (&mut held.approvals, c.approvals),
     ] {
         if c != 0 {
             *h = c;
@@ -451,7 +487,7 @@ fn refuse(t: &mut Tracker, f: &InFlight, part: pb::MeshPart) {
         P::Keys => refused.keys = carried.keys,
         P::Policy => refused.policy = carried.policy,
         P::PairKeys => refused.pairs = carried.pairs,
-        P::Approvals => refused.approvals = carried.approvals,
+        P::Approvals => t.approvals_refused = f.approvals,
         P::BlockedAgents if f.blocked_complete => refused.blocked = carried.blocked,
         P::BlockedAgents => t.held.blocked = 0,
         // The sidecar could not tell which part (applying it panicked):
@@ -499,7 +535,6 @@ mod tests {
             policy: 4,
             blocked: 5,
             pairs: 6,
-            approvals: 7,
         };
         merge(
             &mut held,
@@ -518,7 +553,6 @@ mod tests {
                 policy: 4,
                 blocked: 10,
                 pairs: 6,
-                approvals: 7,
             }
         );
         let mut t = Tracker::default();
@@ -526,7 +560,10 @@ mod tests {
             version: 7,
             carried: held,
             blocked_complete: false,
+            approvals: Some(9),
         };
+        refuse(&mut t, &f, pb::MeshPart::Approvals);
+        assert_eq!(t.approvals_refused, Some(9));
         refuse(&mut t, &f, pb::MeshPart::Policy);
         assert_eq!(t.refused.policy, 4);
         assert_eq!(t.refused.keys, 0);

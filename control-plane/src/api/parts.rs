@@ -24,8 +24,6 @@ pub struct AgentParts {
     pub sessions: pb::RevokedSessionsPart,
     /// The policy in force with this agent's tools (`None`: no policy yet).
     pub policy: Option<pb::PolicyPart>,
-    /// The decisions on its recent approval requests.
-    pub approvals: pb::ApprovalsPart,
 }
 
 impl AgentParts {
@@ -125,7 +123,6 @@ pub async fn read(
         standing,
         sessions: sessions(revoked),
         policy: current.map(|p| policy(p, &a)),
-        approvals: crate::api::approval::part(state, agent).await?,
     })
 }
 

@@ -298,6 +298,21 @@ pub struct Approval {
     pub decisions: Vec<ApprovalDecision>,
 }
 
+/// A decision as pushed to the agent's sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The request.
+    pub id: String,
+    /// Approved, denied, or used already.
+    pub state: ApprovalState,
+    /// Its place in the order of decisions.
+    pub seq: u64,
+    /// Who denied it, and why (empty unless denied).
+    pub denied_by: String,
+    /// The denier's reason.
+    pub comment: String,
+}
+
 /// What a decision did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decided {
@@ -310,6 +325,51 @@ pub enum Decided {
     NotPending(ApprovalState),
     /// No such request.
     Unknown,
+}
+
+/// A webhook delivery to make (one event to one endpoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// `msg_…`: the `webhook-id`, the same on every attempt.
+    pub id: String,
+    /// The endpoint.
+    pub url: String,
+    /// The JSON posted.
+    pub body: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A delivery waiting in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// As enqueued.
+    pub id: String,
+    /// The endpoint.
+    pub url: String,
+    /// The JSON posted.
+    pub body: String,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// How one attempt at a delivery went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Answered with a 2xx status: done.
+    Delivered,
+    /// Failed; try again at `at` (unix seconds).
+    Retry {
+        /// When.
+        at: i64,
+        /// Why it failed.
+        error: String,
+    },
+    /// Failed for the last time: kept, undelivered.
+    Abandoned {
+        /// Why it failed.
+        error: String,
+    },
 }
 
 /// Durable control-plane state. Every mutation is atomic.
@@ -354,20 +414,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         binding: &str,
         now: i64,
     ) -> Result<Option<Approval>>;
+    /// Puts webhook deliveries in the outbox, due now.
+    async fn enqueue_webhooks(&self, deliveries: &[NewDelivery]) -> Result<()>;
+    /// Deliveries due at `now`, oldest first, at most `limit`.
+    async fn due_webhooks(&self, now: i64, limit: u32) -> Result<Vec<Delivery>>;
+    /// Records an attempt at delivery `id`.
+    async fn webhook_attempted(&self, id: &str, attempt: &Attempt, now: i64) -> Result<()>;
+    /// When the next delivery falls due (`None`: nothing waits).
+    async fn next_webhook_at(&self) -> Result<Option<i64>>;
     /// How many of `agent`'s requests are pending now.
     async fn pending_approvals(&self, agent: &AgentId, now: i64) -> Result<u64>;
     /// Cancels `agent`'s pending request `id`; whether it was pending.
     async fn cancel_approval(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool>;
-    /// `agent`'s requests decided since `since` (unix seconds) that still
-    /// matter to a waiting call: approved and usable, or denied; newest
-    /// first, at most `limit`.
-    async fn decided_approvals(
+    /// The decisions on `agent`'s requests after sequence number `after`,
+    /// made at or after `since` (unix seconds), in order, at most `limit`.
+    async fn approval_outcomes(
         &self,
         agent: &AgentId,
+        after: u64,
         since: i64,
         limit: u32,
-        now: i64,
-    ) -> Result<Vec<Approval>>;
+    ) -> Result<Vec<Outcome>>;
+    /// The highest decision sequence number (0: none).
+    async fn last_decision_seq(&self) -> Result<u64>;
     /// Agents the whole mesh must refuse: suspended ones, ones revoked after
     /// `since`, and active ones whose expiry passed between `since` and `now`.
     async fn blocked_agents(&self, now: i64, since: i64) -> Result<Vec<Agent>>;
@@ -420,7 +489,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn open_sessions(&self, agent: &AgentId, now: i64) -> Result<u32>;
 
     /// Deletes join tokens, sessions and certificate records that ended
-    /// (were spent, expired or lapsed) before `before`; returns how many.
+    /// (were spent, expired or lapsed) before `before`, and webhook
+    /// deliveries made (or abandoned) that were enqueued before it;
+    /// returns how many.
     async fn prune(&self, before: i64) -> Result<u64>;
 
     /// Stores `policy` as the next version unless it equals the latest, or

@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use warden_shared::agent::{AgentId, AgentStatus};
 
 use super::{
-    Agent, Approval, ApprovalDecision, ApprovalState, Decided, Error, IssuedCert, JoinTokenUse,
-    NewApproval, NewPolicy, NewSession, PolicyApply, PolicyMeta, Result, Store, StoredKey,
+    Agent, Approval, ApprovalDecision, ApprovalState, Attempt, Decided, Delivery, Error,
+    IssuedCert, JoinTokenUse, NewApproval, NewDelivery, NewPolicy, NewSession, Outcome,
+    PolicyApply, PolicyMeta, Result, Store, StoredKey,
 };
 
 mod writer;
@@ -461,6 +462,8 @@ impl Store for SqliteStore {
                     "DELETE FROM join_tokens WHERE expires_at < ?1 OR used_at < ?1",
                     "DELETE FROM sessions WHERE expires_at < ?1 OR ended_at < ?1",
                     "DELETE FROM certificates WHERE not_after < ?1",
+                    // Webhook deliveries done (delivered or abandoned).
+                    "DELETE FROM webhook_outbox WHERE next_at IS NULL AND created_at < ?1",
                 ] {
                     n += sqlx::query(sql)
                         .bind(before)
@@ -633,6 +636,81 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn enqueue_webhooks(&self, deliveries: &[NewDelivery]) -> Result<()> {
+        let deliveries = deliveries.to_vec();
+        self.write(move |c| {
+            Box::pin(async move {
+                for d in &deliveries {
+                    sqlx::query(
+                        "INSERT INTO webhook_outbox (id, url, body, created_at, attempts, next_at) VALUES (?, ?, ?, ?, 0, ?)",
+                    )
+                    .bind(&d.id)
+                    .bind(&d.url)
+                    .bind(&d.body)
+                    .bind(d.created_at)
+                    .bind(d.created_at)
+                    .execute(&mut *c)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn due_webhooks(&self, now: i64, limit: u32) -> Result<Vec<Delivery>> {
+        let rows = sqlx::query(
+            "SELECT id, url, body, attempts FROM webhook_outbox WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at, created_at, id LIMIT ?",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let attempts: i64 = r.try_get("attempts")?;
+                Ok(Delivery {
+                    id: r.try_get("id")?,
+                    url: r.try_get("url")?,
+                    body: r.try_get("body")?,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    async fn webhook_attempted(&self, id: &str, attempt: &Attempt, now: i64) -> Result<()> {
+        let (id, attempt) = (id.to_owned(), attempt.clone());
+        self.write(move |c| {
+            Box::pin(async move {
+                let (next_at, delivered_at, error) = match &attempt {
+                    Attempt::Delivered => (None, Some(now), ""),
+                    Attempt::Retry { at, error } => (Some(*at), None, error.as_str()),
+                    Attempt::Abandoned { error } => (None, None, error.as_str()),
+                };
+                sqlx::query(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, next_at = ?, delivered_at = ?, last_error = ? WHERE id = ?",
+                )
+                .bind(next_at)
+                .bind(delivered_at)
+                .bind(error)
+                .bind(&id)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn next_webhook_at(&self) -> Result<Option<i64>> {
+        let at: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(next_at) FROM webhook_outbox WHERE next_at IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(at)
+    }
+
     async fn pending_approvals(&self, agent: &AgentId, now: i64) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM approvals WHERE agent_id = ? AND state = 'pending' AND deadline > ?",
@@ -650,15 +728,22 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn decided_approvals(
+    async fn approval_outcomes(
         &self,
         agent: &AgentId,
+        after: u64,
         since: i64,
         limit: u32,
-        now: i64,
-    ) -> Result<Vec<Approval>> {
+    ) -> Result<Vec<Outcome>> {
         let mut c = self.pool.acquire().await?;
-        approvals::decided(&mut c, agent, since, limit, now).await
+        approvals::outcomes(&mut c, agent, after, since, limit).await
+    }
+
+    async fn last_decision_seq(&self) -> Result<u64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(decided_seq) FROM approvals")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>> {

@@ -194,7 +194,7 @@ pub async fn run(
                     pb::Hello {
                         held_version: held.version,
                         held: Some(pb::HeldParts {
-                            approvals: state.approvals.digest(),
+                            approvals_seq: state.approvals.seq(),
                             ..held.digests()
                         }),
                     }
@@ -286,7 +286,7 @@ pub async fn run(
                                     reason: e.to_string(),
                                     part: part.into(),
                                     held: Some(pb::HeldParts {
-                                        approvals: state.approvals.digest(),
+                                        approvals_seq: state.approvals.seq(),
                                         ..state.held().digests()
                                     }),
                                 })

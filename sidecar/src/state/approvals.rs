@@ -1,12 +1,13 @@
 //! The decisions on this agent's approval requests, as the control plane
-//! pushes them over the mesh stream (the whole recent set each time), and
-//! the calls waiting for them. Held apart from the [`super::held::Held`]
+//! pushes them over the mesh stream (each decision once, in order, after
+//! the last one held), and the calls waiting for them. Held apart from the [`super::held::Held`]
 //! snapshot: a decision must reach its waiting call in microseconds, not
 //! after a snapshot is rebuilt and written to disk, and a restarted sidecar
 //! has no waiting calls to hold them for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use warden_shared::proto::v1 as pb;
@@ -16,6 +17,10 @@ use super::held::PushError;
 /// Most decisions one push may carry (the control plane sends at most
 /// 2,000).
 const MAX_DECIDED: usize = 10_000;
+/// Decisions kept, at most: the oldest go first.
+const MAX_HELD: usize = 20_000;
+/// How long a decision is kept: past the longest a call waits (1 h).
+const KEEP: Duration = Duration::from_secs(3900);
 /// Longest id, name or comment accepted.
 const MAX_FIELD: usize = 1024;
 
@@ -35,8 +40,11 @@ pub enum Decision {
 
 #[derive(Debug, Default)]
 struct Set {
-    digest: u64,
+    /// The last decision held (0: none).
+    seq: u64,
     decided: HashMap<String, Decision>,
+    /// When each arrived, oldest first, for pruning.
+    arrived: VecDeque<(Instant, String)>,
 }
 
 /// The decided set and a signal for the calls waiting on it.
@@ -57,13 +65,18 @@ impl Default for Decisions {
 }
 
 impl Decisions {
-    /// The digest of the set held (0: none), for the mesh `Hello`.
-    pub fn digest(&self) -> u64 {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).digest
+    /// The last decision held (0: none), for the mesh `Hello`.
+    pub fn seq(&self) -> u64 {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).seq
     }
 
-    /// Replaces the set with a pushed one, or refuses it whole.
+    /// Adds the pushed decisions (or, for a complete part, replaces what is
+    /// held with them), or refuses the part whole.
     pub fn apply(&self, part: &pb::ApprovalsPart) -> Result<(), PushError> {
+        self.apply_at(part, Instant::now())
+    }
+
+    fn apply_at(&self, part: &pb::ApprovalsPart, now: Instant) -> Result<(), PushError> {
         let bad = |m: String| Err(PushError::Approvals(m));
         if part.decided.len() > MAX_DECIDED {
             return bad(format!(
@@ -71,7 +84,7 @@ impl Decisions {
                 part.decided.len()
             ));
         }
-        let mut decided = HashMap::with_capacity(part.decided.len());
+        let mut decided = Vec::with_capacity(part.decided.len());
         for o in &part.decided {
             if o.id.is_empty()
                 || [&o.id, &o.decided_by, &o.comment]
@@ -81,7 +94,9 @@ impl Decisions {
                 return bad("a decision with an empty or oversized field".to_owned());
             }
             let d = match o.status() {
-                pb::ApprovalStatus::Approved => Decision::Approved,
+                // Used: approved, and spent already (by an identical call);
+                // a call waiting for it finds nothing left to spend.
+                pb::ApprovalStatus::Approved | pb::ApprovalStatus::Used => Decision::Approved,
                 pb::ApprovalStatus::Denied => Decision::Denied {
                     by: o.decided_by.clone(),
                     comment: o.comment.clone(),
@@ -94,12 +109,29 @@ impl Decisions {
                     ));
                 }
             };
-            decided.insert(o.id.clone(), d);
+            decided.push((o.id.clone(), d));
         }
-        *self.set.lock().unwrap_or_else(|p| p.into_inner()) = Set {
-            digest: part.digest,
-            decided,
-        };
+        {
+            let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+            if part.complete {
+                *set = Set::default();
+            }
+            set.seq = part.seq;
+            for (id, d) in decided {
+                set.arrived.push_back((now, id.clone()));
+                set.decided.insert(id, d);
+            }
+            while set
+                .arrived
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > KEEP)
+                || set.arrived.len() > MAX_HELD
+            {
+                if let Some((_, id)) = set.arrived.pop_front() {
+                    set.decided.remove(&id);
+                }
+            }
+        }
         self.changed.send_modify(|g| *g += 1);
         Ok(())
     }
@@ -154,16 +186,15 @@ mod tests {
             tokio::spawn(async move { d.wait("apr_b", far).await })
         };
         d.apply(&pb::ApprovalsPart {
-            digest: 1,
+            seq: 1,
             decided: vec![outcome("apr_a", pb::ApprovalStatus::Approved)],
+            complete: true,
         })
         .unwrap();
         d.apply(&pb::ApprovalsPart {
-            digest: 2,
-            decided: vec![
-                outcome("apr_a", pb::ApprovalStatus::Approved),
-                outcome("apr_b", pb::ApprovalStatus::Denied),
-            ],
+            seq: 2,
+            decided: vec![outcome("apr_b", pb::ApprovalStatus::Denied)],
+            complete: false,
         })
         .unwrap();
         assert_eq!(
@@ -173,7 +204,17 @@ mod tests {
                 comment: "no".into()
             })
         );
-        assert_eq!(d.digest(), 2);
+        assert_eq!(d.seq(), 2);
+        assert_eq!(d.get("apr_a"), Some(Decision::Approved), "kept from before");
+        // A complete part replaces what is held.
+        d.apply(&pb::ApprovalsPart {
+            seq: 7,
+            decided: vec![outcome("apr_z", pb::ApprovalStatus::Used)],
+            complete: true,
+        })
+        .unwrap();
+        assert_eq!((d.seq(), d.get("apr_a")), (7, None));
+        assert_eq!(d.get("apr_z"), Some(Decision::Approved));
         // Nothing comes for an unknown request: the deadline ends the wait.
         let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
         assert_eq!(d.wait("apr_c", soon).await, None);
@@ -183,8 +224,9 @@ mod tests {
     fn a_malformed_set_is_refused_whole() {
         let d = Decisions::default();
         d.apply(&pb::ApprovalsPart {
-            digest: 5,
+            seq: 5,
             decided: vec![outcome("apr_a", pb::ApprovalStatus::Approved)],
+            complete: false,
         })
         .unwrap();
         for bad in [
@@ -194,12 +236,29 @@ mod tests {
         ] {
             let e = d
                 .apply(&pb::ApprovalsPart {
-                    digest: 6,
+                    seq: 6,
                     decided: bad,
+                    complete: true,
                 })
                 .unwrap_err();
             assert_eq!(e.part(), pb::MeshPart::Approvals);
         }
-        assert_eq!((d.digest(), d.get("apr_a")), (5, Some(Decision::Approved)));
+        assert_eq!((d.seq(), d.get("apr_a")), (5, Some(Decision::Approved)));
+    }
+
+    #[test]
+    fn old_decisions_are_forgotten() {
+        let d = Decisions::default();
+        let t0 = Instant::now();
+        let part = |seq: u64, id: &str| pb::ApprovalsPart {
+            seq,
+            decided: vec![outcome(id, pb::ApprovalStatus::Approved)],
+            complete: false,
+        };
+        d.apply_at(&part(1, "apr_old"), t0).unwrap();
+        d.apply_at(&part(2, "apr_new"), t0 + KEEP + Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(d.get("apr_old"), None);
+        assert_eq!(d.get("apr_new"), Some(Decision::Approved));
     }
 }

@@ -498,7 +498,7 @@ impl Held {
             blocked_agents_epoch: self.blocked_agents.epoch,
             pair_keys: self.raw.pairs.as_ref().map_or(0, |p| p.digest),
             // Held apart, in [`super::approvals::Decisions`].
-            approvals: 0,
+            approvals_seq: 0,
         }
     }
 

@@ -6,7 +6,7 @@ use sqlx::{Row, SqliteConnection};
 use warden_shared::agent::AgentId;
 
 use super::super::{
-    Approval, ApprovalDecision, ApprovalState, Decided, Error, NewApproval, Result,
+    Approval, ApprovalDecision, ApprovalState, Decided, Error, NewApproval, Outcome, Result,
 };
 
 /// How long an approved request stays usable after its approval when that
@@ -200,8 +200,9 @@ pub(super) async fn decide(
     } else {
         return Ok(Decided::Recorded(ApprovalState::Pending));
     };
+    // Writes are serialised (one writer), so the next number is unique.
     sqlx::query(
-        "UPDATE approvals SET state = ?, decided_at = ? WHERE id = ? AND state = 'pending'",
+        "UPDATE approvals SET state = ?, decided_at = ?, decided_seq = (SELECT COALESCE(MAX(decided_seq), 0) + 1 FROM approvals) WHERE id = ? AND state = 'pending'",
     )
     .bind(state.as_str())
     .bind(now)
@@ -263,47 +264,43 @@ pub(super) async fn cancel(
     Ok(done.rows_affected() == 1)
 }
 
-/// `agent`'s requests decided since `since` that a waiting call may still
-/// need: approved and usable, or denied.
-pub(super) async fn decided(
+/// The decisions on `agent`'s requests after `after`, made since `since`.
+pub(super) async fn outcomes(
     c: &mut SqliteConnection,
     agent: &AgentId,
+    after: u64,
     since: i64,
     limit: u32,
-    now: i64,
-) -> Result<Vec<Approval>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM approvals WHERE agent_id = ? AND state IN ('approved', 'denied') AND decided_at >= ? ORDER BY decided_at DESC, id DESC LIMIT ?"
-    ))
+) -> Result<Vec<Outcome>> {
+    let rows = sqlx::query(
+        "SELECT a.id, a.state, a.decided_seq, d.approver, d.comment FROM approvals a \
+         LEFT JOIN approval_decisions d ON d.approval_id = a.id AND d.approve = 0 \
+         WHERE a.agent_id = ? AND a.decided_seq > ? AND a.decided_at >= ? \
+         AND a.state IN ('approved', 'denied', 'used') \
+         ORDER BY a.decided_seq LIMIT ?",
+    )
     .bind(agent.as_str())
+    .bind(i64::try_from(after).unwrap_or(i64::MAX))
     .bind(since)
     .bind(i64::from(limit))
     .fetch_all(&mut *c)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let (request, state, _) = request(row, now)?;
-        if !matches!(state, ApprovalState::Approved | ApprovalState::Denied) {
-            continue;
-        }
-        let decisions = if state == ApprovalState::Denied {
-            sqlx::query(
-                "SELECT approver, approve, comment, decided_at FROM approval_decisions WHERE approval_id = ? AND approve = 0",
-            )
-            .bind(&request.id)
-            .fetch_all(&mut *c)
-            .await?
-            .iter()
-            .map(decision)
-            .collect::<Result<Vec<_>>>()?
-        } else {
-            Vec::new()
-        };
-        out.push(Approval {
-            request,
-            state,
-            decisions,
-        });
-    }
-    Ok(out)
+    rows.iter()
+        .map(|r| {
+            let state: String = r.try_get("state")?;
+            let seq: i64 = r.try_get("decided_seq")?;
+            Ok(Outcome {
+                id: r.try_get("id")?,
+                state: ApprovalState::parse(&state)
+                    .ok_or_else(|| corrupt(format!("state {state:?}")))?,
+                seq: u64::try_from(seq).map_err(|_| corrupt("decided_seq"))?,
+                denied_by: r
+                    .try_get::<Option<String>, _>("approver")?
+                    .unwrap_or_default(),
+                comment: r
+                    .try_get::<Option<String>, _>("comment")?
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
 }

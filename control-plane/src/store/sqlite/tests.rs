@@ -453,14 +453,16 @@ async fn requests_are_the_agents_own_and_decided_ones_are_listed_for_it() {
         .unwrap();
     assert!(!s.cancel_approval(&other, "apr_x", 111).await.unwrap());
     assert_eq!(s.use_approval(&other, "bx", 111).await.unwrap(), None);
-    // a1's decided requests: the approval, not the other agent's.
-    let decided = s.decided_approvals(&a1(), 0, 100, 111).await.unwrap();
+    // a1's decisions: the approval, not the other agent's.
+    let decided = s.approval_outcomes(&a1(), 0, 0, 100).await.unwrap();
     assert_eq!(decided.len(), 1);
     assert_eq!(
-        (decided[0].request.id.as_str(), decided[0].state),
+        (decided[0].id.as_str(), decided[0].state),
         ("apr_x", ApprovalState::Approved)
     );
-    // A denial is listed with the denier's reason; a used one drops out.
+    let first = decided[0].seq;
+    assert!(first > 0);
+    // A denial comes next, with the denier's reason; a used approval says so.
     s.request_approval(&approval("apr_z", "bz", 1, 400), 100)
         .await
         .unwrap();
@@ -468,17 +470,31 @@ async fn requests_are_the_agents_own_and_decided_ones_are_listed_for_it() {
         .await
         .unwrap();
     assert!(s.use_approval(&a1(), "bx", 113).await.unwrap().is_some());
-    let decided = s.decided_approvals(&a1(), 0, 100, 114).await.unwrap();
-    assert_eq!(decided.len(), 1);
-    assert_eq!(decided[0].state, ApprovalState::Denied);
-    assert_eq!(decided[0].decisions[0].approver, "bob");
-    assert_eq!(decided[0].decisions[0].comment, "not today");
+    let decided = s.approval_outcomes(&a1(), 0, 0, 100).await.unwrap();
+    assert_eq!(decided.len(), 2);
+    assert_eq!(decided[0].state, ApprovalState::Used);
+    assert_eq!(
+        (
+            decided[1].state,
+            decided[1].denied_by.as_str(),
+            decided[1].comment.as_str()
+        ),
+        (ApprovalState::Denied, "bob", "not today")
+    );
+    assert!(decided[1].seq > first);
+    assert_eq!(s.last_decision_seq().await.unwrap(), decided[1].seq);
+    // After a sequence number: only what came later; since a time: only
+    // what was decided then.
+    let later = s.approval_outcomes(&a1(), first, 0, 100).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].id, "apr_z");
     assert!(
-        s.decided_approvals(&a1(), 113, 100, 114)
+        s.approval_outcomes(&a1(), 0, 113, 100)
             .await
             .unwrap()
             .is_empty()
     );
+    assert_eq!(s.approval_outcomes(&a1(), 0, 0, 1).await.unwrap().len(), 1);
     // Cancelling: only a pending request, once.
     assert!(s.cancel_approval(&other, "apr_y", 115).await.unwrap());
     assert!(!s.cancel_approval(&other, "apr_y", 116).await.unwrap());
@@ -509,4 +525,57 @@ async fn requests_are_the_agents_own_and_decided_ones_are_listed_for_it() {
         .await
         .unwrap();
     assert_eq!(expired.len(), 1, "{expired:?}");
+}
+
+#[tokio::test]
+async fn the_webhook_outbox_keeps_deliveries_until_they_are_made() {
+    use crate::store::{Attempt, NewDelivery};
+    let (s, _d) = store().await;
+    let d = |id: &str, at: i64| NewDelivery {
+        id: id.into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        body: format!("{{\"n\":\"{id}\"}}"),
+        created_at: at,
+    };
+    s.enqueue_webhooks(&[d("msg_a", 100), d("msg_b", 101)])
+        .await
+        .unwrap();
+    assert_eq!(s.next_webhook_at().await.unwrap(), Some(100));
+    assert!(s.due_webhooks(99, 10).await.unwrap().is_empty());
+    let due = s.due_webhooks(101, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+        ["msg_a", "msg_b"]
+    );
+    assert_eq!(due[0].attempts, 0);
+    // a fails and waits; b is delivered.
+    s.webhook_attempted(
+        "msg_a",
+        &Attempt::Retry {
+            at: 200,
+            error: "connect: refused".into(),
+        },
+        101,
+    )
+    .await
+    .unwrap();
+    s.webhook_attempted("msg_b", &Attempt::Delivered, 101)
+        .await
+        .unwrap();
+    assert!(s.due_webhooks(150, 10).await.unwrap().is_empty());
+    assert_eq!(s.next_webhook_at().await.unwrap(), Some(200));
+    let again = s.due_webhooks(200, 10).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 1));
+    // Abandoned: no longer due, and pruned with the delivered one.
+    s.webhook_attempted(
+        "msg_a",
+        &Attempt::Abandoned {
+            error: "answered 500".into(),
+        },
+        201,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.next_webhook_at().await.unwrap(), None);
+    assert_eq!(s.prune(102).await.unwrap(), 2);
 }
