@@ -104,6 +104,7 @@ impl AgentService for AgentApi {
                 user_id: r.user_id,
                 context: r.context,
                 max_tool_calls: r.max_tool_calls,
+                wait_for_approval: r.wait_for_approval,
             },
         )
         .await?;
@@ -112,6 +113,7 @@ impl AgentService for AgentApi {
             session_id: resp.session_id,
             scopes: resp.scopes,
             expires_at: resp.expires_at,
+            step_up: resp.step_up,
         }))
     }
 

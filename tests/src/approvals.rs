@@ -50,6 +50,8 @@ tools:
     upstream: { kind: builtin, address: echo }
 cedar: |
   permit (principal, action, resource);
+privileged_scopes:
+  "payments:admin": { approvals: 1, deadline: 2m }
 "##;
 
 /// The approval test setup: agent `a1` and its sidecar.
@@ -77,7 +79,7 @@ impl ApprovalMesh {
                 agent_type: "payments-bot".into(),
                 owner: "team".into(),
                 max_concurrent_sessions: 64,
-                allowed_scopes: vec!["payments:refund".into()],
+                allowed_scopes: vec!["payments:refund".into(), "payments:admin".into()],
                 ..Default::default()
             })
             .await?;

@@ -489,3 +489,102 @@ async fn the_desk_is_the_agents_own_and_refuses_bad_input() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn privileged_scopes_join_a_session_only_once_a_person_approves() {
+    use warden_tests::{AgentAuth, agent_tcp, jwt_payload};
+    let m = ApprovalMesh::start().await.unwrap();
+    let mut c = agent_tcp(&m.sidecar, AgentAuth::default()).await.unwrap();
+    let start = |scopes: &[&str], wait: bool| pb::StartSessionRequest {
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        user_id: "u-1".into(),
+        wait_for_approval: wait,
+        ..Default::default()
+    };
+    let both = ["payments:refund", "payments:admin"];
+
+    // Not waiting: the session starts at once with the rest.
+    let s = c
+        .start_session(start(&both, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.scopes, ["payments:refund"]);
+    assert_eq!(jwt_payload(&s.token)["scope"], "payments:refund");
+    let step = s.step_up.unwrap();
+    assert_eq!(
+        (step.withheld_scopes.clone(), step.state.as_str()),
+        (vec!["payments:admin".to_owned()], "pending")
+    );
+    // The same queue, the same commands.
+    let listed = m.pending(1).await.unwrap();
+    let r = listed.iter().find(|a| a.id == step.approval_id).unwrap();
+    assert_eq!(
+        (r.tool.as_str(), r.because.as_str(), r.user_id.as_str()),
+        ("step-up", "privileged scopes payments:admin", "u-1")
+    );
+    let mut admin = m.mesh.admin().await.unwrap();
+    admin
+        .decide_approval(decide(&step.approval_id, true, ""))
+        .await
+        .unwrap();
+    // Approved: the next session for this user has them, once.
+    let s = c
+        .start_session(start(&both, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.step_up.is_none(), "{:?}", s.step_up);
+    assert_eq!(
+        jwt_payload(&s.token)["scope"],
+        "payments:refund payments:admin"
+    );
+    let s = c
+        .start_session(start(&both, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.scopes, ["payments:refund"]);
+    let again = s.step_up.unwrap().approval_id;
+    assert_ne!(again, step.approval_id);
+
+    // Waiting: StartSession returns once a person decides, with them.
+    let waiting = {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.start_session(start(&both, true)).await })
+    };
+    admin
+        .decide_approval(decide(&again, true, ""))
+        .await
+        .unwrap();
+    let s = waiting.await.unwrap().unwrap().into_inner();
+    assert!(s.step_up.is_none());
+    assert_eq!(s.scopes, both);
+
+    // Only privileged scopes, denied while the session waits (its request
+    // is filed by the waiting call itself): refused with the reason.
+    let waiting = {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.start_session(start(&["payments:admin"], true)).await })
+    };
+    let id = loop {
+        let p = m.pending(1).await.unwrap();
+        if let Some(a) = p.iter().find(|a| a.tool == "step-up") {
+            break a.id.clone();
+        }
+    };
+    admin
+        .decide_approval(decide(&id, false, "not during the freeze"))
+        .await
+        .unwrap();
+    let s = waiting.await.unwrap().unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str(), approval_id(&s)),
+        (Code::PermissionDenied, "APPROVAL_DENIED", id)
+    );
+    assert!(
+        s.message().contains("not during the freeze"),
+        "{}",
+        s.message()
+    );
+}

@@ -132,7 +132,8 @@ pub fn audit(step: &str, actor_kind: &str, actor: &str, a: &store::Approval, com
     );
 }
 
-fn new_id() -> String {
+/// A new request id (`apr_…`).
+pub fn new_id() -> String {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
     format!(

@@ -165,6 +165,117 @@ fn check_context(
     Ok(())
 }
 
+/// Spends `agent`'s approved step-up for `binding`, if there is one.
+async fn spend(state: &State, agent: &AgentId, binding: &str, now: i64) -> Result<bool, Status> {
+    let used = state
+        .store
+        .use_approval(agent, binding, now)
+        .await
+        .map_err(store_error)?;
+    if let Some(a) = &used {
+        crate::api::approval::audit("used", "agent", agent.as_str(), a, "");
+        state.approval_changed(a);
+    }
+    Ok(used.is_some())
+}
+
+/// Splits `granted` into what the session gets now and the step-up: the
+/// scopes covering one of the policy's `privileged_scopes` are granted only
+/// with an approved step-up request for exactly them (spent here, once);
+/// otherwise they are withheld and a request is filed (or the one standing
+/// is named).
+async fn step_up(
+    state: &State,
+    agent: &AgentId,
+    user: &str,
+    granted: Vec<Scope>,
+    now: i64,
+) -> Result<(Vec<Scope>, Option<pb::StepUp>), Status> {
+    let Some(policy) = state.current_policy() else {
+        return Ok((granted, None));
+    };
+    let privileged: Vec<(Scope, &warden_shared::policy::ApprovalSpec)> = policy
+        .document
+        .privileged_scopes
+        .iter()
+        .filter_map(|(s, a)| Scope::parse(s).ok().map(|s| (s, a)))
+        .collect();
+    let (held_back, rest): (Vec<Scope>, Vec<Scope>) = granted
+        .into_iter()
+        .partition(|g| privileged.iter().any(|(p, _)| g.covers(p)));
+    if held_back.is_empty() {
+        return Ok((rest, None));
+    }
+    let names: Vec<String> = held_back.iter().map(ToString::to_string).collect();
+    let binding = warden_shared::policy::step_up_binding(agent.as_str(), user, &names);
+    if spend(state, agent, &binding, now).await? {
+        let mut all = rest;
+        all.extend(held_back);
+        return Ok((all, None));
+    }
+    let specs: Vec<&warden_shared::policy::ApprovalSpec> = privileged
+        .iter()
+        .filter(|(p, _)| held_back.iter().any(|g| g.covers(p)))
+        .map(|(_, a)| *a)
+        .collect();
+    let quorum = specs.iter().map(|a| a.quorum()).max().unwrap_or(1);
+    let deadline = specs
+        .iter()
+        .map(|a| a.deadline())
+        .max()
+        .unwrap_or(warden_shared::policy::DEFAULT_APPROVAL_DEADLINE);
+    let new = crate::store::NewApproval {
+        id: crate::api::approval::new_id(),
+        binding,
+        agent_id: agent.clone(),
+        session_id: String::new(),
+        user_id: user.to_owned(),
+        tool: "step-up".into(),
+        arguments: serde_json::json!({ "scopes": names }).to_string(),
+        reason: String::new(),
+        trace_id: String::new(),
+        because: format!("privileged scopes {}", names.join(" ")),
+        quorum,
+        created_at: now,
+        deadline: now + i64::try_from(deadline.as_secs()).unwrap_or(3600),
+    };
+    let a = state
+        .store
+        .request_approval(&new, now)
+        .await
+        .map_err(store_error)?;
+    if a.request.id == new.id {
+        crate::api::approval::audit("requested", "agent", agent.as_str(), &a, "");
+        state
+            .approval_event(crate::webhooks::Event::Requested, &a)
+            .await;
+    }
+    // Approved between the first look and now: spend it.
+    if a.state == crate::store::ApprovalState::Approved
+        && spend(state, agent, &new.binding, now).await?
+    {
+        let mut all = rest;
+        all.extend(held_back);
+        return Ok((all, None));
+    }
+    let denial = a
+        .decisions
+        .iter()
+        .find(|d| !d.approve)
+        .filter(|_| a.state == crate::store::ApprovalState::Denied);
+    Ok((
+        rest,
+        Some(pb::StepUp {
+            withheld_scopes: names,
+            approval_id: a.request.id.clone(),
+            state: a.state.as_str().to_owned(),
+            deadline: Some(timestamp(a.request.deadline)),
+            decided_by: denial.map(|d| d.approver.clone()).unwrap_or_default(),
+            comment: denial.map(|d| d.comment.clone()).unwrap_or_default(),
+        }),
+    ))
+}
+
 #[tonic::async_trait]
 impl IdentityService for IdentityApi {
     async fn enroll(
@@ -302,6 +413,43 @@ impl IdentityService for IdentityApi {
                 format!("none of the requested scopes is allowed for agent {agent_id}"),
             ));
         }
+        // Step-up: privileged scopes only with people's approval.
+        let (granted, step_up) =
+            step_up(&self.state, &agent_id, &req.user_id, granted, now).await?;
+        if let Some(s) = &step_up {
+            let wait = req.wait_for_approval && s.state == "pending";
+            if wait || granted.is_empty() {
+                if !wait {
+                    let (reason, message) = if s.state == "denied" {
+                        (
+                            Reason::ApprovalDenied,
+                            format!(
+                                "{} denied the privileged scopes {}: {}",
+                                s.decided_by,
+                                s.withheld_scopes.join(" "),
+                                s.comment
+                            ),
+                        )
+                    } else {
+                        (
+                            Reason::ApprovalPending,
+                            format!(
+                                "the privileged scopes {} wait for approval; start the session again once they are approved",
+                                s.withheld_scopes.join(" ")
+                            ),
+                        )
+                    };
+                    return Err(warden_shared::refusal::Refusal::new(reason, message)
+                        .approval(&s.approval_id)
+                        .to_status());
+                }
+                // No session yet: the caller waits for the decision.
+                return Ok(Response::new(pb::IssueTokenResponse {
+                    step_up,
+                    ..Default::default()
+                }));
+            }
+        }
         let scope_str = granted
             .iter()
             .map(ToString::to_string)
@@ -391,6 +539,7 @@ impl IdentityService for IdentityApi {
             session_id: session.id,
             scopes: granted.iter().map(ToString::to_string).collect(),
             expires_at: Some(timestamp(exp)),
+            step_up,
         }))
     }
 

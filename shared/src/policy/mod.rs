@@ -65,6 +65,11 @@ pub struct Document {
     /// of kind `mcp`), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mcp_servers: BTreeMap<String, McpServer>,
+    /// Scopes a session gets only once people approve (step-up), with the
+    /// approval each needs: a requested scope that covers one of these
+    /// (`data:*` covers `data:delete`) waits for it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub privileged_scopes: BTreeMap<String, ApprovalSpec>,
 }
 
 /// An MCP server the sidecar connects to: over streamable HTTP (`url`) or
@@ -297,6 +302,38 @@ pub const DEFAULT_APPROVAL_DEADLINE: std::time::Duration = std::time::Duration::
 pub const MAX_APPROVAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The largest quorum.
 pub const MAX_APPROVALS: u32 = 5;
+
+impl ApprovalSpec {
+    /// Distinct people (default 1).
+    pub fn quorum(&self) -> u32 {
+        self.approvals.unwrap_or(1)
+    }
+
+    /// How long people have to decide (default 5 minutes).
+    pub fn deadline(&self) -> std::time::Duration {
+        self.deadline
+            .as_deref()
+            .and_then(parse_duration)
+            .unwrap_or(DEFAULT_APPROVAL_DEADLINE)
+    }
+
+    /// Whether the settings are within bounds; what is wrong if not.
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .approvals
+            .is_some_and(|n| !(1..=MAX_APPROVALS).contains(&n))
+        {
+            return Err(format!("approvals must be 1 to {MAX_APPROVALS}"));
+        }
+        if self.deadline.as_deref().is_some_and(|d| {
+            parse_duration(d)
+                .is_none_or(|d| d < std::time::Duration::from_secs(30) || d > MAX_APPROVAL_DEADLINE)
+        }) {
+            return Err("deadline must be a duration from 30s to 1h".into());
+        }
+        Ok(())
+    }
+}
 
 impl Tool {
     /// The quorum this tool's own settings ask for (default 1).
@@ -612,6 +649,28 @@ pub fn canonical_json(v: &serde_json::Value, out: &mut String) {
         }
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// The digest that binds a step-up approval to what it grants (hex
+/// SHA-256): the agent, the user the session is for, and the privileged
+/// scopes (sorted), each length-prefixed as in [`approval_binding`], after
+/// the label `warden.step-up.v1`.
+pub fn step_up_binding(agent: &str, user: &str, scopes: &[String]) -> String {
+    let mut sorted: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"warden.step-up.v1");
+    let joined = sorted.join(" ");
+    for part in [agent.as_bytes(), user.as_bytes(), joined.as_bytes()] {
+        ctx.update(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        ctx.update(part);
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The digest that binds an approval to one call (hex SHA-256): the tool,

@@ -580,6 +580,51 @@ unless { context.arguments.to like "*@example.com" };"#
         v["approval_rules"] = r#"@approvals("9") permit (principal, action, resource);"#.into()
     }));
     assert_eq!(e.kind(), "POLICY_APPROVAL", "{e}");
+    // Privileged scopes: real scopes, approvals and deadlines in bounds.
+    let ok = with(|v| {
+        v["privileged_scopes"] =
+            serde_json::json!({"data:*": {"approvals": 2, "deadline": "10m"}, "repo:admin": {}});
+    });
+    let p = Policy::parse(&ok).unwrap();
+    let spec = &p.document.privileged_scopes["data:*"];
+    assert_eq!((spec.quorum(), spec.deadline().as_secs()), (2, 600));
+    assert_eq!(p.document.privileged_scopes["repo:admin"].quorum(), 1);
+    for bad in [
+        serde_json::json!({"not a scope": {}}),
+        serde_json::json!({"data:*": {"approvals": 0}}),
+        serde_json::json!({"data:*": {"approvals": 6}}),
+        serde_json::json!({"data:*": {"deadline": "5s"}}),
+        serde_json::json!({"data:*": {"deadline": "2h"}}),
+        serde_json::json!({"data:*": {"quorum": 2}}),
+    ] {
+        let text = with(|v| v["privileged_scopes"] = bad.clone());
+        let e = Policy::parse(&text).expect_err(&bad.to_string());
+        assert!(
+            e.kind() == "POLICY_APPROVAL" || e.to_string().contains("unknown field"),
+            "{bad}: {} {e}",
+            e.kind()
+        );
+    }
+}
+
+#[test]
+fn step_up_bindings_name_the_agent_the_user_and_the_scopes() {
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let h = step_up_binding("a1", "u-1", &s(&["data:*", "repo:admin"]));
+    assert_eq!(h.len(), 64);
+    assert_eq!(
+        h,
+        step_up_binding("a1", "u-1", &s(&["repo:admin", "data:*"]))
+    );
+    assert_ne!(
+        h,
+        step_up_binding("a1", "u-2", &s(&["data:*", "repo:admin"]))
+    );
+    assert_ne!(
+        h,
+        step_up_binding("a2", "u-1", &s(&["data:*", "repo:admin"]))
+    );
+    assert_ne!(h, step_up_binding("a1", "u-1", &s(&["data:*"])));
 }
 
 #[test]

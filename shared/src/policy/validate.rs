@@ -209,23 +209,7 @@ fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
         check_upstream(t, u, doc).map_err(bad)?;
     }
     if let Some(a) = &t.approval {
-        if a.approvals
-            .is_some_and(|n| !(1..=super::MAX_APPROVALS).contains(&n))
-        {
-            return Err(bad(format!(
-                "approval.approvals must be 1 to {}",
-                super::MAX_APPROVALS
-            )));
-        }
-        if a.deadline.as_deref().is_some_and(|d| {
-            super::parse_duration(d).is_none_or(|d| {
-                d < std::time::Duration::from_secs(30) || d > super::MAX_APPROVAL_DEADLINE
-            })
-        }) {
-            return Err(bad(
-                "approval.deadline must be a duration from 30s to 1h".into()
-            ));
-        }
+        a.check().map_err(|e| bad(format!("approval.{e}")))?;
     }
     let l = &t.limits;
     if [l.calls_per_minute, l.max_argument_bytes, l.timeout_ms].contains(&Some(0)) {
@@ -771,6 +755,16 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
         check_tool(t, &document)?;
     }
     check_overrides(&document, &names)?;
+    if document.privileged_scopes.len() > 256 {
+        return Err(Error::Approval("at most 256 privileged_scopes".into()));
+    }
+    for (scope, a) in &document.privileged_scopes {
+        crate::scope::Scope::parse(scope).map_err(|e| {
+            Error::Approval(format!("privileged_scopes: {scope:?} is not a scope: {e}"))
+        })?;
+        a.check()
+            .map_err(|e| Error::Approval(format!("privileged_scopes.{scope}: {e}")))?;
+    }
     check_limits(&document, &names)?;
     document.messaging().map_err(Error::Messaging)?;
 

@@ -27,10 +27,13 @@ pub fn forward(s: Status) -> Status {
 }
 
 /// Asks the control plane for a session token for this sidecar's agent.
+/// With `wait_for_approval`, privileged scopes waiting for people are
+/// waited for (the decision arrives over the mesh stream, up to the
+/// request's deadline) before the session starts.
 pub async fn start(
     auth: &Authenticator,
     cp: &ControlPlane,
-    req: pb::IssueTokenRequest,
+    mut req: pb::IssueTokenRequest,
 ) -> Result<pb::IssueTokenResponse, Status> {
     // An expiry or a revocation is final: refuse without asking. (A
     // suspension is left to the control plane, which also knows about a
@@ -46,7 +49,26 @@ pub async fn start(
         }));
     }
     let mut client = cp.identity_client()?;
-    let resp = client.issue_token(req).await.map_err(forward)?.into_inner();
+    let mut resp = client
+        .issue_token(req.clone())
+        .await
+        .map_err(forward)?
+        .into_inner();
+    if resp.token.is_empty()
+        && let Some(s) = &resp.step_up
+    {
+        // No session yet: wait for the step-up's decision, then ask again
+        // (a moment before the deadline, while the request still stands).
+        let left = s.deadline.as_ref().map_or(0, |d| {
+            d.seconds.saturating_sub(now_unix()).saturating_sub(1)
+        });
+        let until = tokio::time::Instant::now()
+            + std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0));
+        tracing::info!(approval = %s.approval_id, scopes = ?s.withheld_scopes, "session waits for the approval of privileged scopes");
+        let _ = auth.state().approvals.wait(&s.approval_id, until).await;
+        req.wait_for_approval = false;
+        resp = client.issue_token(req).await.map_err(forward)?.into_inner();
+    }
     tracing::info!(session = %resp.session_id, scopes = ?resp.scopes, "session started");
     Ok(resp)
 }
