@@ -173,6 +173,10 @@ reasons! {
     /// The control plane could not be reached to file the request or learn
     /// its decision within the deadline.
     ApprovalUnavailable = "APPROVAL_UNAVAILABLE" => Unavailable,
+    /// The tool's calls are confirmed by the end user, and the client the
+    /// call came through cannot ask them (an MCP client without the
+    /// elicitation capability, or the gRPC agent API).
+    UserConfirmationUnavailable = "USER_CONFIRMATION_UNAVAILABLE" => FailedPrecondition,
     /// No approval request with that id.
     ApprovalNotFound = "APPROVAL_NOT_FOUND" => NotFound,
     /// The approval request is decided, used or expired already.

@@ -176,6 +176,7 @@ impl AgentService for AgentApi {
             reason: &m.reason,
             trace_id: &m.trace_id,
             no_wait: m.no_wait,
+            confirm: None,
         };
         let a = self.gateway.call_tool(&self.credentials(&req), &r).await?;
         Ok(Response::new(pb::CallToolResponse {
@@ -200,6 +201,7 @@ impl AgentService for AgentApi {
             reason: &m.reason,
             trace_id: &m.trace_id,
             no_wait: m.no_wait,
+            confirm: None,
         };
         let d = self.gateway.authorize(&self.credentials(&req), &r).await?;
         Ok(Response::new(pb::AuthorizeResponse {

@@ -12,15 +12,7 @@ import sys
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
-
-
-def seen(result):
-    meta = result.meta or {}
-    return {
-        "is_error": bool(result.isError),
-        "text": result.content[0].text if result.content else "",
-        "refusal": meta.get("warden.dev/refusal"),
-    }
+from mcp_seen import seen
 
 
 async def main(url: str, token: str) -> None:

@@ -17,6 +17,7 @@ from mcp.client.auth import TokenStorage
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
+from mcp_seen import seen
 
 
 class Memory(TokenStorage):
@@ -35,15 +36,6 @@ class Memory(TokenStorage):
 
     async def set_client_info(self, info):
         self.client = info
-
-
-def seen(result):
-    meta = result.meta or {}
-    return {
-        "is_error": bool(result.isError),
-        "text": result.content[0].text if result.content else "",
-        "refusal": meta.get("warden.dev/refusal"),
-    }
 
 
 async def main(url, client_id, secret, calls):

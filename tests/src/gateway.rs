@@ -112,6 +112,18 @@ tools:
     scopes: ["payments:refund"]
     risk: high
     upstream: { kind: builtin, address: echo }
+  - name: transfer
+    description: Moves money; the end user confirms each call.
+    input_schema:
+      type: object
+      properties:
+        order: { type: string }
+        card: { type: string, writeOnly: true }
+      required: [order]
+    scopes: ["payments:refund"]
+    risk: high
+    approval: { by: user, deadline: 1m }
+    upstream: { kind: builtin, address: echo }
   - name: delete_repo
     description: Critical.
     input_schema: { type: object }

@@ -46,6 +46,27 @@ async fn post(
     http(addr, "POST", "/mcp", &headers, body).await
 }
 
+/// Runs `tests/python/<script> URL TOKEN` (the official SDK as the client)
+/// and reads the JSON it prints.
+async fn sdk_client(script: &str, addr: SocketAddr, token: &str) -> Value {
+    let python = std::env::var("WARDEN_PYTHON").expect(NO_PYTHON);
+    let script = format!("{}/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let (url, token) = (format!("http://{addr}/mcp"), token.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(url)
+            .arg(token)
+            .output()
+            .expect("running python")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_slice(&out.stdout).expect(&stderr)
+}
+
 /// A JSON-RPC POST with the usual headers and `token`.
 async fn rpc(addr: SocketAddr, token: &str, msg: &Value) -> (u16, Value) {
     warden_tests::http1::mcp_rpc(addr, token, msg)
@@ -61,22 +82,7 @@ async fn the_python_sdk_lists_and_calls_tools_through_the_pipeline() {
         .session(&["echo:call", "payments:refund"], 0, &[])
         .await
         .unwrap();
-    let python = std::env::var("WARDEN_PYTHON").expect(NO_PYTHON);
-    let script = format!("{}/python/mcp_client.py", env!("CARGO_MANIFEST_DIR"));
-    let url = format!("http://{addr}/mcp");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .arg(url)
-            .arg(&s.token)
-            .output()
-            .expect("running python")
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let seen: Value = serde_json::from_slice(&out.stdout).expect(&stderr);
+    let seen = sdk_client("mcp_client.py", addr, &s.token).await;
     assert_eq!(seen["server"], "warden-sidecar");
     assert!(
         warden_sidecar::mcp::PROTOCOL_VERSIONS
@@ -568,4 +574,53 @@ async fn the_token_endpoint_follows_oauth_and_refuses_what_it_must() {
         names.contains(&"echo") && !names.contains(&"lookup"),
         "{names:?}"
     );
+}
+
+#[tokio::test]
+async fn the_end_user_confirms_a_call_through_the_sdks_elicitation() {
+    let g = GatewayMesh::start().await.unwrap();
+    let addr = g.sidecar.mcp_addr.expect("MCP front door");
+    let (s, mut grpc) = g
+        .session(&["echo:call", "payments:refund"], 0, &[])
+        .await
+        .unwrap();
+    let seen = sdk_client("mcp_elicit.py", addr, &s.token).await;
+    // A client that can ask gets a session; one that cannot, none.
+    assert_eq!(
+        (seen["has_session"].clone(), seen["plain_session"].clone()),
+        (json!(true), json!(false))
+    );
+    // Asked once per call of the confirmed tool, never for the others; the
+    // question shows the call with sensitive values redacted.
+    let asked = seen["asked"].as_array().unwrap();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    let first = asked[0]["message"].as_str().unwrap();
+    assert!(
+        first.contains("transfer") && first.contains("o-yes"),
+        "{first}"
+    );
+    assert!(!first.contains("4111111111111111"), "{first}");
+    assert_eq!(asked[0]["schema"]["properties"]["allow"]["type"], "boolean");
+    // An explicit yes runs the call; no, or a dismissal, refuses it.
+    assert_eq!(seen["accepted"]["is_error"], false, "{seen}");
+    assert!(seen["accepted"]["text"].as_str().unwrap().contains("o-yes"));
+    for k in ["declined", "cancelled"] {
+        assert_eq!(seen[k]["is_error"], true, "{k}: {seen}");
+        assert_eq!(seen[k]["refusal"]["reason"], "APPROVAL_DENIED", "{k}");
+        assert_eq!(seen[k]["refusal"]["rule"], "by user", "{k}");
+    }
+    assert_eq!(seen["unasked"]["is_error"], false);
+    // A client without the capability, and the gRPC API: a clear refusal.
+    assert_eq!(
+        seen["cannot_ask"]["refusal"]["reason"],
+        "USER_CONFIRMATION_UNAVAILABLE"
+    );
+    let s = grpc
+        .call_tool(warden_tests::gateway::call(
+            "transfer",
+            r#"{"order": "o-1"}"#,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(warden_tests::reason(&s), "USER_CONFIRMATION_UNAVAILABLE");
 }

@@ -294,6 +294,21 @@ pub struct ApprovalSpec {
     /// How long a call waits for them (`30s` … `1h`; default `5m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<String>,
+    /// Who approves: `people` (the approval queue, admins; the default) or
+    /// `user` (the agent's end user confirms each call, through the MCP
+    /// client that made it). A tool's setting only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<ApprovedBy>,
+}
+
+/// Who approves a tool's calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovedBy {
+    /// Admins, through the approval queue.
+    People,
+    /// The agent's end user, asked by the client the call came through.
+    User,
 }
 
 /// The default approval deadline.
@@ -325,6 +340,9 @@ impl ApprovalSpec {
         {
             return Err(format!("approvals must be 1 to {MAX_APPROVALS}"));
         }
+        if self.by == Some(ApprovedBy::User) && self.approvals.is_some_and(|n| n > 1) {
+            return Err("by: user is one person: approvals must be 1".into());
+        }
         if self.deadline.as_deref().is_some_and(|d| {
             parse_duration(d)
                 .is_none_or(|d| d < std::time::Duration::from_secs(30) || d > MAX_APPROVAL_DEADLINE)
@@ -351,6 +369,14 @@ impl Tool {
             .and_then(|a| a.deadline.as_deref())
             .and_then(parse_duration)
             .unwrap_or(DEFAULT_APPROVAL_DEADLINE)
+    }
+
+    /// Whether the agent's end user confirms this tool's calls (rather than
+    /// admins through the queue).
+    pub fn confirmed_by_user(&self) -> bool {
+        self.approval
+            .as_ref()
+            .is_some_and(|a| a.by == Some(ApprovedBy::User))
     }
 
     /// Whether a `critical` tool may run at all: only with a quorum of at

@@ -608,6 +608,27 @@ unless { context.arguments.to like "*@example.com" };"#
 }
 
 #[test]
+fn a_user_confirms_alone_and_only_a_tools_calls() {
+    let tool = |approval: serde_json::Value| {
+        with(move |v| {
+            v["tools"][0]["risk"] = "high".into();
+            v["tools"][0]["approval"] = approval;
+        })
+    };
+    let p = Policy::parse(&tool(serde_json::json!({"by": "user"}))).unwrap();
+    assert!(p.document.tools[0].confirmed_by_user());
+    let p = Policy::parse(&tool(serde_json::json!({"by": "people"}))).unwrap();
+    assert!(!p.document.tools[0].confirmed_by_user());
+    let e = err(&tool(serde_json::json!({"by": "user", "approvals": 2})));
+    assert!(e.to_string().contains("one person"), "{e}");
+    assert!(Policy::parse(&tool(serde_json::json!({"by": "robot"}))).is_err());
+    let e = err(&with(|v| {
+        v["privileged_scopes"] = serde_json::json!({"data:*": {"by": "user"}});
+    }));
+    assert_eq!(e.kind(), "POLICY_APPROVAL", "{e}");
+}
+
+#[test]
 fn step_up_bindings_name_the_agent_the_user_and_the_scopes() {
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     let h = step_up_binding("a1", "u-1", &s(&["data:*", "repo:admin"]));

@@ -762,6 +762,11 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
         crate::scope::Scope::parse(scope).map_err(|e| {
             Error::Approval(format!("privileged_scopes: {scope:?} is not a scope: {e}"))
         })?;
+        if a.by.is_some() {
+            return Err(Error::Approval(format!(
+                "privileged_scopes.{scope}: `by` is a tool's setting"
+            )));
+        }
         a.check()
             .map_err(|e| Error::Approval(format!("privileged_scopes.{scope}: {e}")))?;
     }

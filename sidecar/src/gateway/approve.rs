@@ -96,6 +96,78 @@ pub fn needed(
     (n.approvals > 0).then_some(n)
 }
 
+/// What the end user answered when asked to confirm a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// An explicit yes.
+    Accepted,
+    /// No, or dismissed.
+    Declined,
+    /// No answer (the deadline passed, the client went away): why.
+    Unanswered(String),
+}
+
+/// A front door that can ask the agent's end user to confirm a call (the
+/// MCP front door, through the client's elicitation).
+pub trait UserConfirm: Send + Sync {
+    /// Asks; answers within `deadline`.
+    fn confirm<'a>(
+        &'a self,
+        message: String,
+        deadline: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Confirmation> + Send + 'a>>;
+}
+
+/// Longest a confirmation question to the user may be.
+const MAX_QUESTION: usize = 4096;
+
+/// Has the end user confirm `call` through `asker`: runs on an explicit
+/// accept only.
+pub async fn confirm_by_user(
+    asker: Option<&dyn UserConfirm>,
+    call: &Call<'_>,
+    agent: &str,
+) -> Result<(), Refusal> {
+    let tool = call.tool.spec.name.as_str();
+    let Some(asker) = asker else {
+        return Err(refuse(
+            Reason::UserConfirmationUnavailable,
+            format!(
+                "{tool} runs only once its end user confirms the call, and this client cannot ask them: call it through an MCP client that supports elicitation"
+            ),
+        )
+        .rule("by user"));
+    };
+    let mut question = format!(
+        "Agent {agent} asks to call {tool} with {}",
+        for_display(call.tool, call.policy, call.args)
+    );
+    if !call.reason.is_empty() {
+        question.push_str(&format!(
+            " (its reason: {})",
+            printable(call.reason, MAX_REASON)
+        ));
+    }
+    question.push_str(". Allow this call, once?");
+    let question = printable(&question, MAX_QUESTION);
+    match asker
+        .confirm(question, call.tool.spec.approval_deadline())
+        .await
+    {
+        Confirmation::Accepted => Ok(()),
+        Confirmation::Declined => Err(refuse(
+            Reason::ApprovalDenied,
+            format!("the user declined this call of {tool}"),
+        )
+        .rule("by user")),
+        Confirmation::Unanswered(why) => Err(refuse(
+            Reason::ApprovalTimeout,
+            format!("the user did not confirm this call of {tool}: {why}"),
+        )
+        .rule("by user")),
+    }
+}
+
 /// The refusal for a call that needs approval where no desk is configured.
 pub fn required(tool: &ToolEntry, n: &Needed) -> Refusal {
     let because = n.because.join(", ");

@@ -56,6 +56,9 @@ pub struct Request<'a> {
     /// A call that needs approval is refused with `APPROVAL_PENDING` at
     /// once rather than wait for it.
     pub no_wait: bool,
+    /// How to ask the end user, for tools whose calls they confirm (`None`:
+    /// this front door cannot).
+    pub confirm: Option<&'a dyn approve::UserConfirm>,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -66,6 +69,7 @@ impl std::fmt::Debug for Request<'_> {
             .field("arguments_bytes", &self.arguments.len())
             .field("trace_id", &self.trace_id)
             .field("no_wait", &self.no_wait)
+            .field("can_confirm", &self.confirm.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -391,9 +395,6 @@ impl Gateway {
         let risk = tool.risk.unwrap_or(warden_shared::policy::Risk::Critical);
         let mut approval = String::new();
         if let Some(n) = approve::needed(&policy, &tool, risk, &authorized) {
-            let Some(desk) = &self.desk else {
-                return Err(approve::required(&tool, &n));
-            };
             let call = approve::Call {
                 tool: &tool,
                 policy: &policy.policy,
@@ -404,7 +405,14 @@ impl Gateway {
                 trace_id: r.trace_id,
                 no_wait: r.no_wait,
             };
-            approval = desk.obtain(&call, &n).await?;
+            if tool.spec.confirmed_by_user() {
+                approve::confirm_by_user(r.confirm, &call, &self.agent_id).await?;
+            } else {
+                let Some(desk) = &self.desk else {
+                    return Err(approve::required(&tool, &n));
+                };
+                approval = desk.obtain(&call, &n).await?;
+            }
         }
         Ok(Admitted {
             policy,

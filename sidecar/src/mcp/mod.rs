@@ -2,8 +2,11 @@
 //! transport on a loopback address, beside the gRPC agent API and in front
 //! of the same pipeline. One endpoint, `/mcp`, takes JSON-RPC requests by
 //! `POST` and answers each with `application/json`; notifications and
-//! responses get `202 Accepted`. The server is stateless (no
-//! `Mcp-Session-Id`, no server-to-client stream: `GET` is `405`).
+//! responses get `202 Accepted`. A client that declares the elicitation
+//! capability at `initialize` gets an `Mcp-Session-Id`, and its
+//! `tools/call`s are answered with an event stream, so that the sidecar can
+//! ask its user to confirm a call (`elicitation/create`) before the result;
+//! any other client is served statelessly (no session, `GET` is `405`).
 //!
 //! - Authentication is the session token as a bearer, on every request, as
 //!   the MCP authorization rules have a resource server do: a missing or
@@ -37,8 +40,10 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use warden_shared::refusal::{Reason, Refusal, Stage};
 
+use crate::gateway::approve::{Confirmation, UserConfirm};
 use crate::gateway::authenticate::Credentials;
 use crate::gateway::execute::mcp::RESULT_TYPE;
 use crate::gateway::pipeline::{self, Gateway};
@@ -70,6 +75,26 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 const INTERNAL_ERROR: i64 = -32603;
 
+/// MCP sessions kept at once (clients that can be asked questions); the
+/// one used least recently goes first.
+const MAX_SESSIONS: usize = 1024;
+/// An MCP session unused this long is forgotten.
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Questions to one session's user waiting for an answer, at most.
+const MAX_QUESTIONS: usize = 64;
+/// Events buffered for one event-stream answer.
+const STREAM_EVENTS: usize = 8;
+
+/// A client that can be asked questions: made at `initialize`, named by
+/// `Mcp-Session-Id`. The questions it was sent wait here for its answers.
+#[derive(Debug)]
+struct Session {
+    last_used: std::sync::Mutex<std::time::Instant>,
+    next: std::sync::atomic::AtomicU64,
+    pending:
+        std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Value>>>,
+}
+
 /// The front door's parts.
 #[derive(Debug)]
 pub struct McpServer {
@@ -77,12 +102,13 @@ pub struct McpServer {
     identity: Arc<Manager>,
     addr: SocketAddr,
     issuer: Option<oauth::Issuer>,
+    sessions: std::sync::Mutex<std::collections::HashMap<String, Arc<Session>>>,
 }
 
-type Answer = http::Response<Full<Bytes>>;
+type Answer = http::Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>;
 
 fn json_answer(status: StatusCode, body: &Value) -> Answer {
-    let mut r = http::Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = http::Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -92,7 +118,7 @@ fn json_answer(status: StatusCode, body: &Value) -> Answer {
 }
 
 fn empty(status: StatusCode) -> Answer {
-    let mut r = http::Response::new(Full::new(Bytes::new()));
+    let mut r = http::Response::new(Full::new(Bytes::new()).boxed());
     *r.status_mut() = status;
     r
 }
@@ -125,6 +151,197 @@ fn refusal_meta(r: &Refusal) -> Value {
     m
 }
 
+/// `tools/call`: the pipeline's answer as the protocol's result (a refusal
+/// is a tool error); `confirm` asks the user when the tool needs it.
+async fn call(
+    gateway: &Gateway,
+    creds: &Credentials<'_>,
+    id: &Value,
+    params: &Value,
+    confirm: Option<&dyn UserConfirm>,
+) -> Value {
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        return rpc_error(id, INVALID_PARAMS, "tools/call needs a tool name", None);
+    };
+    let arguments = match params.get("arguments") {
+        None | Some(Value::Null) => "{}".to_owned(),
+        Some(a @ Value::Object(_)) => a.to_string(),
+        Some(_) => {
+            return rpc_error(id, INVALID_PARAMS, "arguments must be an object", None);
+        }
+    };
+    let meta = params.get("_meta");
+    let trace_id = meta
+        .and_then(|m| m.get("traceId"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // A call that needs approval waits for it unless the client asks
+    // not to (then: APPROVAL_PENDING and the request's id).
+    let no_wait = meta
+        .and_then(|m| m.get("warden.dev/noWait"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let r = pipeline::Request {
+        rpc: "mcp tools/call",
+        tool: name,
+        arguments: &arguments,
+        reason: "",
+        trace_id,
+        no_wait,
+        confirm,
+    };
+    match gateway.call_tool(creds, &r).await {
+        Ok(a) => {
+            let meta = json!({"warden.dev/call": {
+                "call_id": a.call_id,
+                "upstream_status": a.upstream_status,
+                "content_type": a.content_type,
+                "redactions": a.redactions,
+            }});
+            // An MCP server's result (inspected) goes on as it is.
+            if a.content_type == RESULT_TYPE
+                && let Ok(Value::Object(mut result)) = serde_json::from_slice(&a.content)
+            {
+                result.insert("_meta".into(), meta);
+                return rpc_result(id, Value::Object(result));
+            }
+            let text = String::from_utf8_lossy(&a.content).into_owned();
+            rpc_result(
+                id,
+                json!({
+                    "content": [{"type": "text", "text": text}],
+                    "isError": a.upstream_status >= 400,
+                    "_meta": meta,
+                }),
+            )
+        }
+        Err(refusal) if refusal.reason == Reason::ToolUnknown => rpc_error(
+            id,
+            INVALID_PARAMS,
+            &format!("unknown tool: {name}"),
+            Some(refusal_meta(&refusal)),
+        ),
+        Err(refusal) => rpc_result(
+            id,
+            json!({
+                "content": [{"type": "text", "text": format!(
+                    "refused by Warden at {}: {}: {}",
+                    refusal.stage_str(),
+                    refusal.reason.as_str(),
+                    refusal.message
+                )}],
+                "isError": true,
+                "_meta": {"warden.dev/refusal": refusal_meta(&refusal)},
+            }),
+        ),
+    }
+}
+
+/// One server-sent event carrying `msg`.
+fn sse_event(msg: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {msg}\n\n"))
+}
+
+/// Whether an `initialize` declares the elicitation capability, in form
+/// mode (an empty object means form in the 2025-06-18 revision).
+fn can_elicit(params: &Value) -> bool {
+    params
+        .get("capabilities")
+        .and_then(|c| c.get("elicitation"))
+        .and_then(Value::as_object)
+        .is_some_and(|e| e.is_empty() || e.contains_key("form"))
+}
+
+/// Asks a session's user, on the event stream of the call that needs it.
+struct Asker {
+    session: Arc<Session>,
+    events: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+impl UserConfirm for Asker {
+    fn confirm<'a>(
+        &'a self,
+        message: String,
+        deadline: std::time::Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Confirmation> + Send + 'a>> {
+        Box::pin(async move {
+            let n = self
+                .session
+                .next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let qid = format!("warden-confirm-{n}");
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            {
+                let mut pending = self
+                    .session
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if pending.len() >= MAX_QUESTIONS {
+                    return Confirmation::Unanswered(
+                        "too many questions wait for this user".into(),
+                    );
+                }
+                pending.insert(qid.clone(), tx);
+            }
+            let question = json!({
+                "jsonrpc": "2.0",
+                "id": qid,
+                "method": "elicitation/create",
+                "params": {
+                    "message": message,
+                    "requestedSchema": {
+                        "type": "object",
+                        "properties": {
+                            "allow": {
+                                "type": "boolean",
+                                "title": "Allow this call",
+                                "description": "Yes runs the call once.",
+                            }
+                        },
+                        "required": ["allow"],
+                    },
+                },
+            });
+            let answered = async {
+                if self.events.send(sse_event(&question)).await.is_err() {
+                    return Confirmation::Unanswered("the client went away".into());
+                }
+                match tokio::time::timeout(deadline, rx).await {
+                    Ok(Ok(answer)) => read_answer(&answer),
+                    Ok(Err(_)) => Confirmation::Unanswered("the session ended".into()),
+                    Err(_) => Confirmation::Unanswered("no answer before the deadline".into()),
+                }
+            };
+            let c = answered.await;
+            self.session
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&qid);
+            c
+        })
+    }
+}
+
+/// The user's answer: an explicit `accept` with `allow: true` only.
+fn read_answer(answer: &Value) -> Confirmation {
+    let Some(result) = answer.get("result") else {
+        return Confirmation::Unanswered("the client answered with an error".into());
+    };
+    let accepted = result.get("action").and_then(Value::as_str) == Some("accept");
+    let allow = result
+        .get("content")
+        .and_then(|c| c.get("allow"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    if accepted && allow {
+        Confirmation::Accepted
+    } else {
+        Confirmation::Declined
+    }
+}
+
 /// Whether `origin` is a page served from this machine's loopback.
 fn loopback_origin(origin: &str) -> bool {
     let Some(rest) = origin
@@ -153,7 +370,46 @@ impl McpServer {
             identity,
             addr,
             issuer: None,
+            sessions: std::sync::Mutex::default(),
         }
+    }
+
+    /// A new session for a client that can be asked questions; its id.
+    fn open_session(&self) -> String {
+        let mut b = [0u8; 16];
+        rand::Rng::fill(&mut rand::rng(), &mut b);
+        let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let now = std::time::Instant::now();
+        let mut all = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, s| {
+            now.duration_since(*s.last_used.lock().unwrap_or_else(|p| p.into_inner()))
+                < SESSION_IDLE
+        });
+        if all.len() >= MAX_SESSIONS
+            && let Some(oldest) = all
+                .iter()
+                .min_by_key(|(_, s)| *s.last_used.lock().unwrap_or_else(|p| p.into_inner()))
+                .map(|(k, _)| k.clone())
+        {
+            all.remove(&oldest);
+        }
+        all.insert(
+            id.clone(),
+            Arc::new(Session {
+                last_used: std::sync::Mutex::new(now),
+                next: std::sync::atomic::AtomicU64::new(1),
+                pending: std::sync::Mutex::default(),
+            }),
+        );
+        id
+    }
+
+    /// The session `id` names, if it is known (and marks it used).
+    fn session(&self, id: &str) -> Option<Arc<Session>> {
+        let all = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let s = all.get(id)?;
+        *s.last_used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        Some(Arc::clone(s))
     }
 
     /// Serves the OAuth token endpoint with `issuer`, and names it in the
@@ -330,6 +586,8 @@ impl McpServer {
                 ),
             );
         }
+        let session_id =
+            header_str(h, header::HeaderName::from_static("mcp-session-id")).map(str::to_owned);
         // Every request carries the session token.
         let token = header_str(h, header::AUTHORIZATION)
             .and_then(|v| v.strip_prefix("Bearer "))
@@ -414,6 +672,40 @@ impl McpServer {
                 ),
             );
         }
+        // A session this sidecar does not know (forgotten, or from before a
+        // restart): the client starts a new one.
+        let session = match &session_id {
+            None => None,
+            Some(sid) => match self.session(sid) {
+                Some(s) => Some(s),
+                None => {
+                    return json_answer(
+                        StatusCode::NOT_FOUND,
+                        &rpc_error(
+                            &Value::Null,
+                            INVALID_REQUEST,
+                            "unknown Mcp-Session-Id: initialize again",
+                            None,
+                        ),
+                    );
+                }
+            },
+        };
+        // The answer to a question of ours goes to the call that asked it.
+        if m.get("method").is_none()
+            && (m.contains_key("result") || m.contains_key("error"))
+            && let (Some(s), Some(qid)) = (&session, id.as_ref().and_then(Value::as_str))
+        {
+            let waiting = s
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(qid);
+            if let Some(tx) = waiting {
+                let _ = tx.send(msg.clone());
+            }
+            return empty(StatusCode::ACCEPTED);
+        }
         let Some(id) = id else {
             // A notification, or a response to a request of ours (we send
             // none): accepted, nothing to answer.
@@ -442,8 +734,69 @@ impl McpServer {
             );
         };
         let params = m.get("params").cloned().unwrap_or(Value::Null);
+        if method == "tools/call"
+            && let Some(s) = session
+        {
+            // Answered as an event stream: a question to the user may come
+            // before the result.
+            return self.call_streamed(token, s, id, params);
+        }
         let reply = self.dispatch(&creds, &id, method, &params).await;
-        json_answer(StatusCode::OK, &reply)
+        let mut answer = json_answer(StatusCode::OK, &reply);
+        if method == "initialize"
+            && reply.get("result").is_some()
+            && can_elicit(&params)
+            && let Ok(v) = HeaderValue::from_str(&self.open_session())
+        {
+            answer.headers_mut().insert("mcp-session-id", v);
+        }
+        answer
+    }
+
+    /// `tools/call` for a client that can be asked questions: an event
+    /// stream carrying them (`elicitation/create`), then the result.
+    fn call_streamed(
+        &self,
+        token: Option<String>,
+        session: Arc<Session>,
+        id: Value,
+        params: Value,
+    ) -> Answer {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(STREAM_EVENTS);
+        let gateway = Arc::clone(&self.gateway);
+        let identity = self.identity.snapshot();
+        let asker = Asker {
+            session,
+            events: tx.clone(),
+        };
+        tokio::spawn(async move {
+            let creds = Credentials {
+                token: token.as_deref().ok_or_else(|| {
+                    Refusal::at(Stage::Authenticate, Reason::TokenMissing, "no token")
+                }),
+                identity,
+            };
+            let reply = tokio::select! {
+                r = tokio::time::timeout(REQUEST_TIMEOUT, call(&gateway, &creds, &id, &params, Some(&asker))) => r.unwrap_or_else(|_| {
+                    rpc_error(&id, INTERNAL_ERROR, "the request took too long", None)
+                }),
+                // The client went away: the call is abandoned.
+                () = tx.closed() => return,
+            };
+            let _ = tx.send(sse_event(&reply)).await;
+        });
+        let body = http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))),
+        );
+        let mut r = http::Response::new(BodyExt::boxed(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        r
     }
 
     async fn dispatch(
@@ -490,89 +843,12 @@ impl McpServer {
                 }
                 Err(r) => rpc_error(id, INTERNAL_ERROR, &r.message, Some(refusal_meta(&r))),
             },
-            "tools/call" => self.call(creds, id, params).await,
+            "tools/call" => call(&self.gateway, creds, id, params, None).await,
             _ => rpc_error(
                 id,
                 METHOD_NOT_FOUND,
                 &format!("method {method:?} is not served here"),
                 None,
-            ),
-        }
-    }
-
-    async fn call(&self, creds: &Credentials<'_>, id: &Value, params: &Value) -> Value {
-        let Some(name) = params.get("name").and_then(Value::as_str) else {
-            return rpc_error(id, INVALID_PARAMS, "tools/call needs a tool name", None);
-        };
-        let arguments = match params.get("arguments") {
-            None | Some(Value::Null) => "{}".to_owned(),
-            Some(a @ Value::Object(_)) => a.to_string(),
-            Some(_) => {
-                return rpc_error(id, INVALID_PARAMS, "arguments must be an object", None);
-            }
-        };
-        let meta = params.get("_meta");
-        let trace_id = meta
-            .and_then(|m| m.get("traceId"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        // A call that needs approval waits for it unless the client asks
-        // not to (then: APPROVAL_PENDING and the request's id).
-        let no_wait = meta
-            .and_then(|m| m.get("warden.dev/noWait"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let r = pipeline::Request {
-            rpc: "mcp tools/call",
-            tool: name,
-            arguments: &arguments,
-            reason: "",
-            trace_id,
-            no_wait,
-        };
-        match self.gateway.call_tool(creds, &r).await {
-            Ok(a) => {
-                let meta = json!({"warden.dev/call": {
-                    "call_id": a.call_id,
-                    "upstream_status": a.upstream_status,
-                    "content_type": a.content_type,
-                    "redactions": a.redactions,
-                }});
-                // An MCP server's result (inspected) goes on as it is.
-                if a.content_type == RESULT_TYPE
-                    && let Ok(Value::Object(mut result)) = serde_json::from_slice(&a.content)
-                {
-                    result.insert("_meta".into(), meta);
-                    return rpc_result(id, Value::Object(result));
-                }
-                let text = String::from_utf8_lossy(&a.content).into_owned();
-                rpc_result(
-                    id,
-                    json!({
-                        "content": [{"type": "text", "text": text}],
-                        "isError": a.upstream_status >= 400,
-                        "_meta": meta,
-                    }),
-                )
-            }
-            Err(refusal) if refusal.reason == Reason::ToolUnknown => rpc_error(
-                id,
-                INVALID_PARAMS,
-                &format!("unknown tool: {name}"),
-                Some(refusal_meta(&refusal)),
-            ),
-            Err(refusal) => rpc_result(
-                id,
-                json!({
-                    "content": [{"type": "text", "text": format!(
-                        "refused by Warden at {}: {}: {}",
-                        refusal.stage_str(),
-                        refusal.reason.as_str(),
-                        refusal.message
-                    )}],
-                    "isError": true,
-                    "_meta": {"warden.dev/refusal": refusal_meta(&refusal)},
-                }),
             ),
         }
     }
