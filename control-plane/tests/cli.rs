@@ -441,6 +441,7 @@ async fn file(cp: &app::Running, id: &str, binding: &str, quorum: u32) {
                 quorum,
                 created_at: now,
                 deadline: now + 300,
+                by_user: false,
             },
             now,
         )

@@ -176,7 +176,7 @@ impl AgentService for AgentApi {
             reason: &m.reason,
             trace_id: &m.trace_id,
             no_wait: m.no_wait,
-            confirm: None,
+            user: crate::gateway::approve::UserChannel::AgentApi,
         };
         let a = self.gateway.call_tool(&self.credentials(&req), &r).await?;
         Ok(Response::new(pb::CallToolResponse {
@@ -201,7 +201,7 @@ impl AgentService for AgentApi {
             reason: &m.reason,
             trace_id: &m.trace_id,
             no_wait: m.no_wait,
-            confirm: None,
+            user: crate::gateway::approve::UserChannel::AgentApi,
         };
         let d = self.gateway.authorize(&self.credentials(&req), &r).await?;
         Ok(Response::new(pb::AuthorizeResponse {
@@ -217,6 +217,43 @@ impl AgentService for AgentApi {
         _req: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
         Ok(Response::new(pb::PingResponse {}))
+    }
+
+    async fn confirm_call(
+        &self,
+        req: Request<pb::ConfirmCallRequest>,
+    ) -> Result<Response<pb::ConfirmCallResponse>, Status> {
+        let claims = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        if r.approval_id.is_empty()
+            || r.approval_id.len() > 128
+            || r.comment.len() > 1024
+            || r.comment.chars().any(char::is_control)
+        {
+            return Err(status(
+                Reason::InvalidArgument,
+                "approval_id (1-128 bytes) is required; comment is at most 1024 bytes of printable text",
+            ));
+        }
+        let mut client = self.cp.approval_client()?;
+        let decided = client
+            .decide_as_user(pb::DecideAsUserRequest {
+                id: r.approval_id,
+                session_id: claims.sid.clone(),
+                approve: r.allow,
+                comment: r.comment,
+            })
+            .await
+            .map_err(forward)?
+            .into_inner();
+        let state = match decided.status() {
+            pb::ApprovalStatus::Approved => "approved",
+            pb::ApprovalStatus::Denied => "denied",
+            _ => "pending",
+        };
+        Ok(Response::new(pb::ConfirmCallResponse {
+            state: state.to_owned(),
+        }))
     }
 
     async fn who_am_i(

@@ -249,7 +249,7 @@ fn pipeline_only(doc: &str, iterations: u32) -> f64 {
         reason: "",
         trace_id: "",
         no_wait: false,
-        confirm: None,
+        user: warden_sidecar::gateway::approve::UserChannel::None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

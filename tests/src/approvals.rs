@@ -42,6 +42,13 @@ tools:
     risk: high
     approval: { deadline: 30s }
     upstream: { kind: builtin, address: echo }
+  - name: transfer
+    description: Moves money; the end user confirms each call.
+    input_schema: { type: object, properties: { order: { type: string } } }
+    scopes: ["payments:refund"]
+    risk: high
+    approval: { by: user }
+    upstream: { kind: builtin, address: echo }
   - name: echo
     description: Low risk, never waits.
     input_schema: { type: object }

@@ -588,3 +588,83 @@ async fn privileged_scopes_join_a_session_only_once_a_person_approves() {
         s.message()
     );
 }
+
+#[tokio::test]
+async fn the_users_application_confirms_a_call_through_the_agent_api() {
+    let m = ApprovalMesh::start().await.unwrap();
+    let (_, mut agent) = m.session().await.unwrap();
+    // Asked not to wait: pending, for the user (not admins) to decide.
+    let s = agent
+        .call_tool(call("transfer", r#"{"order": "o-1"}"#, true))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&s), "APPROVAL_PENDING");
+    assert!(s.message().contains("ConfirmCall"), "{}", s.message());
+    let first = approval_id(&s);
+    let mut admin = m.mesh.admin().await.unwrap();
+    assert_refused(
+        admin.decide_approval(decide(&first, true, "")).await,
+        Code::PermissionDenied,
+        "WRONG_PRINCIPAL",
+    );
+    // Another session (another user's application) cannot confirm it.
+    let (_, mut other) = m.session().await.unwrap();
+    let confirm = |id: &str, allow: bool, comment: &str| pb::ConfirmCallRequest {
+        approval_id: id.into(),
+        allow,
+        comment: comment.into(),
+    };
+    assert_refused(
+        other.confirm_call(confirm(&first, true, "")).await,
+        Code::NotFound,
+        "APPROVAL_NOT_FOUND",
+    );
+    assert_refused(
+        agent.confirm_call(confirm("", true, "")).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(state_of(&m, &first).await, "pending");
+    // The user says yes: the same call made again runs, once.
+    let r = agent
+        .confirm_call(confirm(&first, true, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, "approved");
+    agent
+        .call_tool(call("transfer", r#"{"order": "o-1"}"#, true))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&m, &first).await, "used");
+
+    // A held call is released by the user's answer, here a no.
+    let held = {
+        let mut agent = agent.clone();
+        tokio::spawn(async move {
+            agent
+                .call_tool(call("transfer", r#"{"order": "o-2"}"#, false))
+                .await
+        })
+    };
+    let id = loop {
+        let p = m.pending(1).await.unwrap();
+        if let Some(a) = p.iter().find(|a| a.arguments_json.contains("o-2")) {
+            break a.id.clone();
+        }
+    };
+    let r = agent
+        .confirm_call(confirm(&id, false, "not this account"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, "denied");
+    let s = held.await.unwrap().unwrap_err();
+    assert_eq!(reason(&s), "APPROVAL_DENIED");
+    assert!(s.message().contains("not this account"), "{}", s.message());
+    assert_refused(
+        agent.confirm_call(confirm(&id, true, "")).await,
+        Code::FailedPrecondition,
+        "APPROVAL_NOT_PENDING",
+    );
+}

@@ -31,6 +31,7 @@ fn request(id: &str, binding: &str, quorum: u32) -> NewApproval {
         quorum,
         created_at: now,
         deadline: now + 300,
+        by_user: false,
     }
 }
 

@@ -580,7 +580,7 @@ async fn the_token_endpoint_follows_oauth_and_refuses_what_it_must() {
 async fn the_end_user_confirms_a_call_through_the_sdks_elicitation() {
     let g = GatewayMesh::start().await.unwrap();
     let addr = g.sidecar.mcp_addr.expect("MCP front door");
-    let (s, mut grpc) = g
+    let (s, _) = g
         .session(&["echo:call", "payments:refund"], 0, &[])
         .await
         .unwrap();
@@ -610,17 +610,10 @@ async fn the_end_user_confirms_a_call_through_the_sdks_elicitation() {
         assert_eq!(seen[k]["refusal"]["rule"], "by user", "{k}");
     }
     assert_eq!(seen["unasked"]["is_error"], false);
-    // A client without the capability, and the gRPC API: a clear refusal.
+    // A client without the capability: a clear refusal. (Over gRPC the
+    // user's application answers: tests/tests/approval_flow.rs.)
     assert_eq!(
         seen["cannot_ask"]["refusal"]["reason"],
         "USER_CONFIRMATION_UNAVAILABLE"
     );
-    let s = grpc
-        .call_tool(warden_tests::gateway::call(
-            "transfer",
-            r#"{"order": "o-1"}"#,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(warden_tests::reason(&s), "USER_CONFIRMATION_UNAVAILABLE");
 }

@@ -672,6 +672,20 @@ impl AdminService for AdminApi {
         let id = approval_id(&r.id)?.to_owned();
         let comment = text("comment", &r.comment, !r.approve)?;
         let now = now_unix();
+        // The agent's end user decides these, not admins.
+        if self
+            .state
+            .store
+            .get_approval(&id, now)
+            .await
+            .map_err(store_error)?
+            .is_some_and(|a| a.request.by_user)
+        {
+            return Err(status(
+                Reason::WrongPrincipal,
+                "this call is confirmed by the agent's end user, not by admins",
+            ));
+        }
         let decision = store::ApprovalDecision {
             approver: admin.to_string(),
             approve: r.approve,
@@ -712,19 +726,7 @@ impl AdminService for AdminApi {
             .await
             .map_err(store_error)?
             .ok_or_else(|| status(Reason::ApprovalNotFound, "no approval request with that id"))?;
-        let step = match a.state {
-            ApprovalState::Approved => "approved",
-            ApprovalState::Denied => "denied",
-            _ => "decision",
-        };
-        crate::api::approval::audit(step, "human", &admin, &a, &decision.comment);
-        if a.state != ApprovalState::Pending {
-            // The waiting sidecar learns it over its mesh stream.
-            self.state.hub.agent_changed(&a.request.agent_id);
-        }
-        self.state
-            .approval_event(crate::webhooks::Event::Decided, &a)
-            .await;
+        crate::api::approval::announce(&self.state, "human", &admin, &a, &decision.comment).await;
         Ok(Response::new(pb::DecideApprovalResponse {
             approval: Some(approval_pb(&a)),
         }))

@@ -132,6 +132,30 @@ pub fn audit(step: &str, actor_kind: &str, actor: &str, a: &store::Approval, com
     );
 }
 
+/// A decision was recorded on `a` by `actor`: audited, the waiting
+/// sidecar woken (it learns the decision over its mesh stream), watchers
+/// and webhooks told.
+pub async fn announce(
+    state: &State,
+    actor_kind: &str,
+    actor: &str,
+    a: &store::Approval,
+    comment: &str,
+) {
+    let step = match a.state {
+        ApprovalState::Approved => "approved",
+        ApprovalState::Denied => "denied",
+        _ => "decision",
+    };
+    audit(step, actor_kind, actor, a, comment);
+    if a.state != ApprovalState::Pending {
+        state.hub.agent_changed(&a.request.agent_id);
+    }
+    state
+        .approval_event(crate::webhooks::Event::Decided, a)
+        .await;
+}
+
 /// A new request id (`apr_…`).
 pub fn new_id() -> String {
     let mut b = [0u8; 16];
@@ -236,6 +260,7 @@ impl ApprovalService for ApprovalApi {
             quorum: r.quorum,
             created_at: now,
             deadline: now + i64::from(r.deadline_seconds),
+            by_user: r.by_user,
         };
         let pending = self
             .state
@@ -319,5 +344,77 @@ impl ApprovalService for ApprovalApi {
             self.state.approval_changed(&a);
         }
         Ok(Response::new(pb::CancelApprovalResponse { cancelled }))
+    }
+
+    async fn decide_as_user(
+        &self,
+        req: Request<pb::DecideAsUserRequest>,
+    ) -> Result<Response<pb::DecideAsUserResponse>, Status> {
+        let agent = self.agent(&req).await?;
+        let r = req.into_inner();
+        let id = text("id", &r.id, MAX_ID, true)?;
+        let session = text("session_id", &r.session_id, MAX_ID, true)?;
+        let comment = text("comment", &r.comment, MAX_REASON, false)?;
+        let now = now_unix();
+        let not_found = || {
+            status(
+                Reason::ApprovalNotFound,
+                "no such request for this session's user to decide",
+            )
+        };
+        // Only the agent's own request, filed for its user to decide, in the
+        // very session that confirms.
+        let a = self
+            .state
+            .store
+            .get_approval(&id, now)
+            .await
+            .map_err(store_error)?
+            .filter(|a| {
+                a.request.agent_id == agent && a.request.by_user && a.request.session_id == session
+            })
+            .ok_or_else(not_found)?;
+        let approver = if a.request.user_id.is_empty() {
+            format!("user of session {session}")
+        } else {
+            format!("user {}", a.request.user_id)
+        };
+        let decision = store::ApprovalDecision {
+            approver: approver.clone(),
+            approve: r.approve,
+            comment: if r.approve || !comment.is_empty() {
+                comment
+            } else {
+                "the user declined".to_owned()
+            },
+            decided_at: now,
+        };
+        match self
+            .state
+            .store
+            .decide_approval(&id, &decision, now)
+            .await
+            .map_err(store_error)?
+        {
+            store::Decided::Recorded(_) => {}
+            store::Decided::NotPending(s) => {
+                return Err(status(
+                    Reason::ApprovalNotPending,
+                    format!("the request is {}, not pending", s.as_str()),
+                ));
+            }
+            store::Decided::AlreadyDecided | store::Decided::Unknown => return Err(not_found()),
+        }
+        let a = self
+            .state
+            .store
+            .get_approval(&id, now)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(not_found)?;
+        announce(&self.state, "user", &approver, &a, &decision.comment).await;
+        Ok(Response::new(pb::DecideAsUserResponse {
+            status: status_pb(a.state).into(),
+        }))
     }
 }

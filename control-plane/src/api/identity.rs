@@ -238,6 +238,7 @@ async fn step_up(
         quorum,
         created_at: now,
         deadline: now + i64::try_from(deadline.as_secs()).unwrap_or(3600),
+        by_user: false,
     };
     let a = state
         .store

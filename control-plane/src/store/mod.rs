@@ -272,6 +272,9 @@ pub struct NewApproval {
     pub created_at: i64,
     /// Unix seconds: undecided by then, it expires.
     pub deadline: i64,
+    /// Decided by the agent's end user (through the agent API), not by
+    /// admins.
+    pub by_user: bool,
 }
 
 /// One person's decision.

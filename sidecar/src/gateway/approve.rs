@@ -118,25 +118,61 @@ pub trait UserConfirm: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Confirmation> + Send + 'a>>;
 }
 
+/// How the front door a call came through can reach the agent's end user.
+#[derive(Clone, Copy, Default)]
+pub enum UserChannel<'a> {
+    /// It cannot (an MCP client without elicitation).
+    #[default]
+    None,
+    /// It asks them itself (MCP elicitation).
+    Ask(&'a dyn UserConfirm),
+    /// The user's application answers through the agent API's
+    /// `ConfirmCall`: the request goes to the control plane, for the user
+    /// to decide, and the call waits as for people.
+    AgentApi,
+}
+
+impl std::fmt::Debug for UserChannel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "None",
+            Self::Ask(_) => "Ask",
+            Self::AgentApi => "AgentApi",
+        })
+    }
+}
+
 /// Longest a confirmation question to the user may be.
 const MAX_QUESTION: usize = 4096;
 
-/// Has the end user confirm `call` through `asker`: runs on an explicit
-/// accept only.
+/// Has the end user confirm `call` through `channel`: runs on an explicit
+/// yes only. Returns the approval spent, when the user decided through the
+/// agent API.
 pub async fn confirm_by_user(
-    asker: Option<&dyn UserConfirm>,
+    channel: UserChannel<'_>,
+    desk: Option<&Desk>,
     call: &Call<'_>,
     agent: &str,
-) -> Result<(), Refusal> {
+) -> Result<String, Refusal> {
     let tool = call.tool.spec.name.as_str();
-    let Some(asker) = asker else {
-        return Err(refuse(
-            Reason::UserConfirmationUnavailable,
-            format!(
-                "{tool} runs only once its end user confirms the call, and this client cannot ask them: call it through an MCP client that supports elicitation"
-            ),
-        )
-        .rule("by user"));
+    let asker = match (channel, desk) {
+        (UserChannel::Ask(a), _) => a,
+        (UserChannel::AgentApi, Some(desk)) => {
+            let n = Needed {
+                approvals: 1,
+                because: vec!["user confirms".to_owned()],
+            };
+            return desk.obtain(call, &n, true).await;
+        }
+        _ => {
+            return Err(refuse(
+                Reason::UserConfirmationUnavailable,
+                format!(
+                    "{tool} runs only once its end user confirms the call, and this client cannot ask them: call it through an MCP client that supports elicitation, or the agent API (the user's application answers with ConfirmCall)"
+                ),
+            )
+            .rule("by user"));
+        }
     };
     let mut question = format!(
         "Agent {agent} asks to call {tool} with {}",
@@ -154,7 +190,7 @@ pub async fn confirm_by_user(
         .confirm(question, call.tool.spec.approval_deadline())
         .await
     {
-        Confirmation::Accepted => Ok(()),
+        Confirmation::Accepted => Ok(String::new()),
         Confirmation::Declined => Err(refuse(
             Reason::ApprovalDenied,
             format!("the user declined this call of {tool}"),
@@ -386,9 +422,15 @@ impl Desk {
         set.insert(id.to_owned());
     }
 
-    /// Obtains the approval `call` needs: returns the id of the approval
+    /// Obtains the approval `call` needs (from its end user when `by_user`,
+    /// who answers through the agent API): returns the id of the approval
     /// spent, or the refusal.
-    pub async fn obtain(&self, call: &Call<'_>, n: &Needed) -> Result<String, Refusal> {
+    pub async fn obtain(
+        &self,
+        call: &Call<'_>,
+        n: &Needed,
+        by_user: bool,
+    ) -> Result<String, Refusal> {
         let tool = call.tool.spec.name.as_str();
         let binding = approval_binding(tool, call.args, call.session).map_err(|e| {
             refuse(
@@ -409,6 +451,7 @@ impl Desk {
             quorum: n.approvals,
             deadline_seconds: u32::try_from(call.tool.spec.approval_deadline().as_secs())
                 .unwrap_or(u32::MAX),
+            by_user,
         };
         loop {
             let t = self.file(&filing, until).await?;
@@ -420,12 +463,19 @@ impl Desk {
                 },
                 _ if call.no_wait => {
                     self.remember_not_waited(&t.id);
+                    let waits_for = if by_user {
+                        "its user's confirmation (ConfirmCall)".to_owned()
+                    } else {
+                        format!(
+                            "{} human approval{}",
+                            n.approvals,
+                            if n.approvals == 1 { "" } else { "s" }
+                        )
+                    };
                     return Err(refuse(
                         Reason::ApprovalPending,
                         format!(
-                            "{tool} waits for {} human approval{}; make the same call again once it is approved",
-                            n.approvals,
-                            if n.approvals == 1 { "" } else { "s" },
+                            "{tool} waits for {waits_for}; make the same call again once it is approved"
                         ),
                     )
                     .rule(n.because.join(", "))

@@ -56,9 +56,8 @@ pub struct Request<'a> {
     /// A call that needs approval is refused with `APPROVAL_PENDING` at
     /// once rather than wait for it.
     pub no_wait: bool,
-    /// How to ask the end user, for tools whose calls they confirm (`None`:
-    /// this front door cannot).
-    pub confirm: Option<&'a dyn approve::UserConfirm>,
+    /// How the end user is reached, for tools whose calls they confirm.
+    pub user: approve::UserChannel<'a>,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -69,7 +68,7 @@ impl std::fmt::Debug for Request<'_> {
             .field("arguments_bytes", &self.arguments.len())
             .field("trace_id", &self.trace_id)
             .field("no_wait", &self.no_wait)
-            .field("can_confirm", &self.confirm.is_some())
+            .field("user", &self.user)
             .finish_non_exhaustive()
     }
 }
@@ -406,12 +405,14 @@ impl Gateway {
                 no_wait: r.no_wait,
             };
             if tool.spec.confirmed_by_user() {
-                approve::confirm_by_user(r.confirm, &call, &self.agent_id).await?;
+                approval =
+                    approve::confirm_by_user(r.user, self.desk.as_ref(), &call, &self.agent_id)
+                        .await?;
             } else {
                 let Some(desk) = &self.desk else {
                     return Err(approve::required(&tool, &n));
                 };
-                approval = desk.obtain(&call, &n).await?;
+                approval = desk.obtain(&call, &n, false).await?;
             }
         }
         Ok(Admitted {

@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use warden_shared::refusal::{Reason, Refusal, Stage};
 
-use crate::gateway::approve::{Confirmation, UserConfirm};
+use crate::gateway::approve::{Confirmation, UserChannel, UserConfirm};
 use crate::gateway::authenticate::Credentials;
 use crate::gateway::execute::mcp::RESULT_TYPE;
 use crate::gateway::pipeline::{self, Gateway};
@@ -158,7 +158,7 @@ async fn call(
     creds: &Credentials<'_>,
     id: &Value,
     params: &Value,
-    confirm: Option<&dyn UserConfirm>,
+    user: UserChannel<'_>,
 ) -> Value {
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return rpc_error(id, INVALID_PARAMS, "tools/call needs a tool name", None);
@@ -188,7 +188,7 @@ async fn call(
         reason: "",
         trace_id,
         no_wait,
-        confirm,
+        user,
     };
     match gateway.call_tool(creds, &r).await {
         Ok(a) => {
@@ -777,7 +777,7 @@ impl McpServer {
                 identity,
             };
             let reply = tokio::select! {
-                r = tokio::time::timeout(REQUEST_TIMEOUT, call(&gateway, &creds, &id, &params, Some(&asker))) => r.unwrap_or_else(|_| {
+                r = tokio::time::timeout(REQUEST_TIMEOUT, call(&gateway, &creds, &id, &params, UserChannel::Ask(&asker))) => r.unwrap_or_else(|_| {
                     rpc_error(&id, INTERNAL_ERROR, "the request took too long", None)
                 }),
                 // The client went away: the call is abandoned.
@@ -843,7 +843,7 @@ impl McpServer {
                 }
                 Err(r) => rpc_error(id, INTERNAL_ERROR, &r.message, Some(refusal_meta(&r))),
             },
-            "tools/call" => call(&self.gateway, creds, id, params, None).await,
+            "tools/call" => call(&self.gateway, creds, id, params, UserChannel::None).await,
             _ => rpc_error(
                 id,
                 METHOD_NOT_FOUND,

@@ -13,7 +13,7 @@ use super::super::{
 /// ends later than its deadline.
 pub(super) const USE_WINDOW: i64 = 300;
 
-const COLUMNS: &str = "id, binding, agent_id, session_id, user_id, tool, arguments, reason, trace_id, because, quorum, created_at, deadline, state, decided_at, used_at";
+const COLUMNS: &str = "id, binding, agent_id, session_id, user_id, tool, arguments, reason, trace_id, because, quorum, created_at, deadline, state, decided_at, used_at, by_user";
 
 fn corrupt(detail: impl Into<String>) -> Error {
     Error::Corrupt {
@@ -55,6 +55,7 @@ pub(super) fn request(
             quorum: u32::try_from(quorum).map_err(|_| corrupt("quorum"))?,
             created_at: row.try_get("created_at")?,
             deadline,
+            by_user: row.try_get::<i64, _>("by_user")? != 0,
         },
         state,
         decided_at,
@@ -134,7 +135,7 @@ pub(super) async fn file(
         }
     }
     sqlx::query(
-        "INSERT INTO approvals (id, binding, agent_id, session_id, user_id, tool, arguments, reason, trace_id, because, quorum, created_at, deadline, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+        "INSERT INTO approvals (id, binding, agent_id, session_id, user_id, tool, arguments, reason, trace_id, because, quorum, created_at, deadline, state, by_user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
     )
     .bind(&new.id)
     .bind(&new.binding)
@@ -149,6 +150,7 @@ pub(super) async fn file(
     .bind(i64::from(new.quorum))
     .bind(new.created_at)
     .bind(new.deadline)
+    .bind(i64::from(new.by_user))
     .execute(&mut *c)
     .await?;
     Ok(Approval {

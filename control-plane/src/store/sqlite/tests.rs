@@ -272,6 +272,7 @@ fn approval(id: &str, binding: &str, quorum: u32, deadline: i64) -> NewApproval 
         quorum,
         created_at: 100,
         deadline,
+        by_user: false,
     }
 }
 

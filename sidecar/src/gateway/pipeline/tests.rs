@@ -58,7 +58,7 @@ fn call<'a>(tool: &'a str, arguments: &'a str) -> Request<'a> {
         reason: "a test",
         trace_id: "trace-1",
         no_wait: false,
-        confirm: None,
+        user: crate::gateway::approve::UserChannel::None,
     }
 }
 
