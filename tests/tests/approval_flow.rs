@@ -668,3 +668,33 @@ async fn the_users_application_confirms_a_call_through_the_agent_api() {
         "APPROVAL_NOT_PENDING",
     );
 }
+
+#[tokio::test]
+async fn a_session_revoked_during_the_wait_stops_the_call_it_was_approved_for() {
+    let m = ApprovalMesh::start().await.unwrap();
+    let (session, agent) = m.session().await.unwrap();
+    let held = {
+        let mut agent = agent.clone();
+        tokio::spawn(async move {
+            agent
+                .call_tool(call("refund", r#"{"order": "o-k", "amount": 1}"#, false))
+                .await
+        })
+    };
+    let id = m.pending(1).await.unwrap()[0].id.clone();
+    let mut admin = m.mesh.admin().await.unwrap();
+    admin
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: session.session_id.clone(),
+            reason: "the kill switch".into(),
+        })
+        .await
+        .unwrap();
+    admin.decide_approval(decide(&id, true, "")).await.unwrap();
+    let s = held.await.unwrap().unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::Unauthenticated, "SESSION_REVOKED"),
+        "{s:?}"
+    );
+}

@@ -126,7 +126,7 @@ pub struct Answer {
 pub struct Listing {
     /// The policy version they come from (0: none held).
     pub policy_version: u64,
-    /// The tools, never the critical ones.
+    /// The tools, never a critical one that cannot run.
     pub tools: Vec<Arc<ToolEntry>>,
 }
 
@@ -137,6 +137,24 @@ struct Admitted {
     args: serde_json::Value,
     /// The approval spent on it, if it needed one.
     approval: String,
+    /// Whether it waited for people (approvers or its user).
+    waited: bool,
+}
+
+impl Admitted {
+    /// A call that waited for people goes on only if its caller still may
+    /// call now: a kill switch, a revoked session or an expired token during
+    /// the wait stops it.
+    async fn still_allowed(
+        &self,
+        gateway: &Gateway,
+        creds: &Credentials<'_>,
+    ) -> Result<(), Refusal> {
+        if self.waited {
+            gateway.authenticate(creds).await?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Admitted {
@@ -255,7 +273,10 @@ impl Gateway {
         let call_id = call_id();
         let (claims, held) = self.admit_caller(creds, r, &call_id, t0).await?;
         let mut e = self.event(r, Some(&claims), &call_id, &held);
-        let admitted = self.admit(&held, &claims, r).await;
+        let admitted = match self.admit(&held, &claims, r).await {
+            Ok(a) => a.still_allowed(self, creds).await.map(|()| a),
+            Err(d) => Err(d),
+        };
         let refusal = match &admitted {
             Ok(a) => {
                 e.approval = &a.approval;
@@ -282,7 +303,11 @@ impl Gateway {
         let (claims, held) = self.admit_caller(creds, r, &call_id, t0).await?;
         let mut e = self.event(r, Some(&claims), &call_id, &held);
         // 1–6, up to the approval
-        let a = match self.admit(&held, &claims, r).await {
+        let admitted = match self.admit(&held, &claims, r).await {
+            Ok(a) => a.still_allowed(self, creds).await.map(|()| a),
+            Err(d) => Err(d),
+        };
+        let a = match admitted {
             Ok(a) => a,
             Err(d) => {
                 self.record(e, Outcome::Denied, Some(&d), t0);
@@ -393,7 +418,9 @@ impl Gateway {
         // 6. approve
         let risk = tool.risk.unwrap_or(warden_shared::policy::Risk::Critical);
         let mut approval = String::new();
-        if let Some(n) = approve::needed(&policy, &tool, risk, &authorized) {
+        let needed = approve::needed(&policy, &tool, risk, &authorized);
+        let waited = needed.is_some();
+        if let Some(n) = needed {
             let call = approve::Call {
                 tool: &tool,
                 policy: &policy.policy,
@@ -420,11 +447,13 @@ impl Gateway {
             tool,
             args,
             approval,
+            waited,
         })
     }
 
-    /// `ListTools`: the tools this session may call (never the critical
-    /// ones), after stage 1.
+    /// `ListTools`: the tools this session may call (a critical one only
+    /// when the document gives it a quorum: then it runs once approved),
+    /// after stage 1.
     pub async fn list_tools(&self, creds: &Credentials<'_>) -> Result<Listing, Refusal> {
         let (claims, held) = self.authenticate(creds).await?;
         let Some(policy) = &held.policy else {
@@ -434,8 +463,9 @@ impl Gateway {
             .catalog
             .iter()
             .filter(|t| {
-                t.risk
-                    .is_some_and(|r| r < warden_shared::policy::Risk::Critical)
+                t.risk.is_some_and(|r| {
+                    r < warden_shared::policy::Risk::Critical || t.spec.critical_with_quorum()
+                })
             })
             .filter(|t| authorize::scopes_cover(&claims, t).is_ok())
             .collect();

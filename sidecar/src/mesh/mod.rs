@@ -240,38 +240,41 @@ pub async fn run(
                         state.set_connected(true, now_unix());
                         let (version, nonce) = (push.version, push.nonce.clone());
                         let parts = describe(&push);
-                        // Decisions on approval requests go straight to the
-                        // waiting calls; a push of nothing else needs no
-                        // snapshot rebuilt or written.
+                        // Decisions on approval requests go to the waiting
+                        // calls once the rest is applied (a session revoked
+                        // in the same push stops the call it releases); a
+                        // push of nothing else needs no snapshot rebuilt or
+                        // written.
                         let decided = push.approvals.take();
                         let only_decided = decided.is_some()
                             && push.carries_nothing()
                             && state.held_version() != 0;
-                        let decided = decided
-                            .as_ref()
-                            .map_or(Ok(()), |a| state.approvals.apply(a));
-                        let applied = match decided {
-                            Err(e) => Err(e),
-                            Ok(()) if only_decided => Ok(parts),
+                        let applied = if only_decided {
+                            Ok(parts)
+                        } else {
                             // Compiling a policy (schemas, Cedar) and writing
                             // the snapshot are blocking work: off the runtime.
-                            Ok(()) => {
-                                let (state, me, snapshots) =
-                                    (Arc::clone(&state), me.clone(), snapshots.clone());
-                                tokio::task::spawn_blocking(move || {
-                                    apply_at(&state, &me, &push, crate::now_ms())?;
-                                    if let Err(e) = snapshots.save(&state.held().to_push()) {
-                                        tracing::error!(error = %e, "mesh: could not persist the snapshot");
-                                    }
-                                    Ok(parts)
-                                })
-                                .await
-                                .unwrap_or_else(|_| {
-                                    tracing::error!(version, "mesh: applying the push panicked");
-                                    Err(held::PushError::Internal)
-                                })
-                            }
+                            let (state, me, snapshots) =
+                                (Arc::clone(&state), me.clone(), snapshots.clone());
+                            tokio::task::spawn_blocking(move || {
+                                apply_at(&state, &me, &push, crate::now_ms())?;
+                                if let Err(e) = snapshots.save(&state.held().to_push()) {
+                                    tracing::error!(error = %e, "mesh: could not persist the snapshot");
+                                }
+                                Ok(parts)
+                            })
+                            .await
+                            .unwrap_or_else(|_| {
+                                tracing::error!(version, "mesh: applying the push panicked");
+                                Err(held::PushError::Internal)
+                            })
                         };
+                        let applied = applied.and_then(|parts| {
+                            decided
+                                .as_ref()
+                                .map_or(Ok(()), |a| state.approvals.apply(a))
+                                .map(|()| parts)
+                        });
                         let reply = match applied {
                             Ok(parts) => {
                                 tracing::info!(version, parts = %parts, "mesh: push applied");

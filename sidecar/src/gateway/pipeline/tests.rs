@@ -319,6 +319,10 @@ async fn approval_rules_and_quorums_decide_which_calls_wait_for_people() {
         Limiter::default(),
     );
     let token = f.token(&f.claims("ses_p", "pay:write"));
+    // A critical tool is listed only when it can run (with its quorum).
+    let listed = f.gateway.list_tools(&f.credentials(&token)).await.unwrap();
+    let names: Vec<&str> = listed.tools.iter().map(|t| t.spec.name.as_str()).collect();
+    assert_eq!(names, ["refund", "wipe"]);
     // A small refund matches no rule: it runs.
     assert_eq!(
         stop(&f.gateway, &f, &token, &call("refund", r#"{"amount":50}"#)).await,
