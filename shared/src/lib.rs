@@ -7,6 +7,7 @@ pub mod agent;
 pub mod codec;
 pub mod edge;
 pub mod jcs;
+pub mod merkle;
 pub mod policy;
 pub mod refusal;
 pub mod scope;

@@ -329,6 +329,32 @@ pub async fn agent_unix(path: &Path, auth: AgentAuth) -> anyhow::Result<AgentCli
     ))
 }
 
+/// Runs `tests/python/<script>` with the Python of `WARDEN_PYTHON` (set up
+/// by `tests/run.sh`), `input` on its standard input; returns what it
+/// printed. Panics when it fails.
+pub fn python_stdin(script: &str, input: &str) -> String {
+    use std::io::Write;
+    let python = std::env::var("WARDEN_PYTHON").expect(
+        "WARDEN_PYTHON must point at a Python with tests/python/requirements.txt installed; run the tests with ./tests/run.sh",
+    );
+    let path = format!("{}/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new(python)
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("writing to python");
+    let out = child.wait_with_output().expect("python");
+    assert!(out.status.success(), "{script} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The Warden reason of a status.
 pub fn reason(s: &tonic::Status) -> String {
     warden_shared::refusal::reason_of(s)

@@ -13,7 +13,6 @@
     reason = "a test fails on any unexpected error"
 )]
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -22,33 +21,12 @@ use warden_tests::approvals::{ApprovalMesh, call, decide};
 use warden_tests::upstream::{Upstream, reserve_port};
 use warden_tests::{Mesh, eventually, reason};
 
-const NO_PYTHON: &str = "WARDEN_PYTHON must point at a Python with tests/python/requirements.txt installed; run the tests with ./tests/run.sh";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Runs the Standard Webhooks library over `deliveries`.
 fn verify(deliveries: &[Value]) -> Vec<Value> {
-    let python = std::env::var("WARDEN_PYTHON").expect(NO_PYTHON);
-    let script = format!("{}/python/verify_webhook.py", env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let input = json!({"secret": SECRET, "deliveries": deliveries});
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.to_string().as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
+    let input = json!({"secret": SECRET, "deliveries": deliveries});
+    warden_tests::python_stdin("verify_webhook.py", &input.to_string())
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
