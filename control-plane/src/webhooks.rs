@@ -36,6 +36,8 @@ pub const BACKOFF: [Duration; 9] = [
     Duration::from_secs(3600),
     Duration::from_secs(3600),
 ];
+/// How soon the outbox is read again after the store failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Each attempt, connect to answer.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deliveries sent per pass.
@@ -354,6 +356,7 @@ impl Webhooks {
                 }
             };
             let full = due.len() == BATCH as usize;
+            let idle = due.is_empty();
             for d in due {
                 let Some(ep) = self.endpoints.iter().find(|e| e.url() == d.url) else {
                     // The endpoint was removed from the configuration.
@@ -398,8 +401,13 @@ impl Webhooks {
                     Duration::from_secs(u64::try_from(at - crate::now_unix()).unwrap_or(0))
                         .min(Duration::from_secs(3600))
                 }
-                _ => Duration::from_secs(3600),
+                Ok(None) => Duration::from_secs(3600),
+                // The store failing: try again soon, not in an hour.
+                Err(_) => STORE_RETRY,
             };
+            // Nothing was due yet something is: the store misreads (or a
+            // clock step); do not spin.
+            let wait = if idle { wait.max(STORE_RETRY) } else { wait };
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
