@@ -296,6 +296,33 @@ fn control_plane_refuses_bad_configuration_with_exit_64() {
         .unwrap();
     assert_eq!(o.status.code(), Some(64));
     assert!(err(&o).contains("unknown field"), "{}", err(&o));
+
+    // Approval webhooks: a plain-http endpoint off loopback, or a secret file
+    // that is not a Standard Webhooks secret, stops the start; the secret
+    // file's content is never echoed.
+    let secret = dir.path().join("hook-secret");
+    std::fs::write(&secret, "hunter2-not-a-whsec").unwrap();
+    for (url, why) in [
+        ("http://hooks.example.com/x", "loopback"),
+        ("http://127.0.0.1:9/x", "Standard Webhooks secret"),
+    ] {
+        std::fs::write(
+            data.join("control-plane.toml"),
+            format!(
+                "trust_domain = \"x\"\n[[approval_webhooks]]\nurl = {url:?}\nsecret_file = {:?}\n",
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_warden-control-plane"))
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(64), "{url}: {}", err(&o));
+        assert!(err(&o).contains(why), "{url}: {}", err(&o));
+        assert!(!err(&o).contains("hunter2"), "{}", err(&o));
+    }
 }
 
 #[test]

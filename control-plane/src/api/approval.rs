@@ -96,7 +96,7 @@ pub fn status_pb(s: ApprovalState) -> pb::ApprovalStatus {
 }
 
 /// Who denied `a`, and why (empty unless denied).
-fn denial(a: &store::Approval) -> (String, String) {
+pub fn denial(a: &store::Approval) -> (String, String) {
     a.decisions
         .iter()
         .find(|d| !d.approve)

@@ -259,11 +259,7 @@ async fn step_up(
         all.extend(held_back);
         return Ok((all, None));
     }
-    let denial = a
-        .decisions
-        .iter()
-        .find(|d| !d.approve)
-        .filter(|_| a.state == crate::store::ApprovalState::Denied);
+    let (decided_by, comment) = crate::api::approval::denial(&a);
     Ok((
         rest,
         Some(pb::StepUp {
@@ -271,8 +267,8 @@ async fn step_up(
             approval_id: a.request.id.clone(),
             state: a.state.as_str().to_owned(),
             deadline: Some(timestamp(a.request.deadline)),
-            decided_by: denial.map(|d| d.approver.clone()).unwrap_or_default(),
-            comment: denial.map(|d| d.comment.clone()).unwrap_or_default(),
+            decided_by,
+            comment,
         }),
     ))
 }
