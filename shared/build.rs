@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mesh.proto",
         "a2a.proto",
         "approval.proto",
+        "audit.proto",
     ]
     .map(|f| root.join("warden/v1").join(f));
     for file in &files {

@@ -12,11 +12,13 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use warden_shared::proto::v1::admin_service_server::AdminServiceServer;
 use warden_shared::proto::v1::approval_service_server::ApprovalServiceServer;
+use warden_shared::proto::v1::audit_service_server::AuditServiceServer;
 use warden_shared::proto::v1::identity_service_server::IdentityServiceServer;
 use warden_shared::spiffe::TrustDomain;
 
 use crate::api::admin::AdminApi;
 use crate::api::approval::ApprovalApi;
+use crate::api::audit::AuditApi;
 use crate::api::identity::IdentityApi;
 use crate::api::mesh::MeshApi;
 use crate::config::Config;
@@ -69,10 +71,18 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         crate::webhooks::Webhooks::load(&config.approval_webhooks)
             .context("loading approval_webhooks")?,
     );
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let audit = crate::audit::AuditLog::open(
+        Arc::clone(&store),
+        td.to_string(),
+        Duration::from_secs(u64::from(config.audit_head_interval_secs)),
+    )
+    .await
+    .context("opening the audit log")?;
     let state = State {
         config,
         td,
-        store: Arc::new(store),
+        store,
         ca,
         keys,
         hub: Arc::default(),
@@ -82,6 +92,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         messaging,
         approval_events: tokio::sync::broadcast::channel(APPROVAL_EVENTS).0,
         webhooks,
+        audit,
     };
     state
         .reload_policy()
@@ -143,6 +154,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     health_reporter
         .set_serving::<ApprovalServiceServer<ApprovalApi>>()
         .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<AuditApi>>()
+        .await;
 
     let (shutdown, rx) = watch::channel(false);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&state)))
@@ -152,6 +166,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mesh = MeshServiceServer::new(MeshApi::new(Arc::clone(&state)));
     let approval = ApprovalServiceServer::new(ApprovalApi::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES * 16);
     let mut stop = rx.clone();
     let grpc_task = tokio::spawn(async move {
         Server::builder()
@@ -163,6 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .add_service(identity)
             .add_service(mesh)
             .add_service(approval)
+            .add_service(audit)
             .serve_with_incoming_shutdown(
                 // Small responses must not wait on Nagle + delayed ACK (40 ms).
                 tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
@@ -253,6 +270,8 @@ impl Running {
         for t in self.tasks {
             t.await??;
         }
+        // What the last calls recorded is covered by a signed head.
+        self.state.audit.sign().await?;
         Ok(())
     }
 }

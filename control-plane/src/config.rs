@@ -90,6 +90,10 @@ pub struct Config {
     /// Where approval requests and decisions are posted (Standard Webhooks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approval_webhooks: Vec<crate::webhooks::WebhookConfig>,
+    /// How often the audit log's tree head is signed when the log grew,
+    /// seconds (1-3600).
+    #[serde(default = "default_head_interval")]
+    pub audit_head_interval_secs: u32,
 }
 
 fn default_listen() -> SocketAddr {
@@ -112,6 +116,9 @@ fn default_max_sessions() -> u32 {
 }
 fn default_retention() -> u32 {
     30
+}
+fn default_head_interval() -> u32 {
+    10
 }
 fn yes() -> bool {
     true
@@ -137,6 +144,7 @@ impl Config {
             retention_days: default_retention(),
             log_format: default_log_format(),
             approval_webhooks: Vec::new(),
+            audit_head_interval_secs: default_head_interval(),
         }
     }
 
@@ -198,6 +206,11 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(Error::Invalid("log_format must be text or json".into()));
+        }
+        if !(1..=3600).contains(&self.audit_head_interval_secs) {
+            return Err(Error::Invalid(
+                "audit_head_interval_secs must be between 1 and 3600".into(),
+            ));
         }
         if self.approval_webhooks.len() > 16 {
             return Err(Error::Invalid("at most 16 approval_webhooks".into()));

@@ -39,6 +39,8 @@ pub struct State {
     pub approval_events: tokio::sync::broadcast::Sender<Arc<crate::store::Approval>>,
     /// Approval notifications to webhooks.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The tamper-evident audit log.
+    pub audit: crate::audit::AuditLog,
 }
 
 impl State {

@@ -615,3 +615,129 @@ async fn wardenctl_lists_shows_decides_and_watches_approvals() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+#[tokio::test]
+async fn wardenctl_audit_queries_verifies_proves_and_checks_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cp, addr) = control_plane(dir.path()).await;
+    let d = dir.path();
+    for id in ["aud-1", "aud-2", "aud-3"] {
+        let o = ctl(
+            d,
+            &addr,
+            &["agents", "register", id, "--type", "t", "--owner", "o"],
+        )
+        .await;
+        assert!(o.status.success(), "{}", err(&o));
+    }
+    let o = ctl(d, &addr, &["audit", "query", "--kind", "agent.registered"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    assert!(text.starts_with("POSITION"), "{text}");
+    assert_eq!(text.matches("agent.registered").count(), 3, "{text}");
+    let o = ctl(
+        d,
+        &addr,
+        &[
+            "--json", "audit", "query", "--agent", "aud-2", "--since", "1h",
+        ],
+    )
+    .await;
+    let lines: Vec<serde_json::Value> = out(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out(&o));
+    assert_eq!(lines[0]["record"]["event"]["agent"], "aud-2");
+    assert_eq!(lines[0]["record"]["event"]["actor"]["kind"], "human");
+
+    // A proof, saved with the key, checks offline (no --address needed).
+    let o = ctl(d, &addr, &["--json", "audit", "key"]).await;
+    std::fs::write(d.join("key.json"), out(&o)).unwrap();
+    let o = ctl(d, &addr, &["audit", "prove", "1"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    std::fs::write(d.join("proof.json"), out(&o)).unwrap();
+    let check = |proof: &str| {
+        Command::new(env!("CARGO_BIN_EXE_wardenctl"))
+            .args(["audit", "check", proof, "--key"])
+            .arg(d.join("key.json"))
+            .output()
+            .unwrap()
+    };
+    let o = check(d.join("proof.json").to_str().unwrap());
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).starts_with("verified: entry 1 is in the log"),
+        "{}",
+        out(&o)
+    );
+    let forged = out(&ctl(d, &addr, &["audit", "prove", "1"]).await).replace("aud-2", "aud-9");
+    std::fs::write(d.join("forged.json"), forged).unwrap();
+    let o = check(d.join("forged.json").to_str().unwrap());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("does NOT verify"), "{}", err(&o));
+    let o = check(d.join("key.json").to_str().unwrap());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("is not a proof"), "{}", err(&o));
+
+    // Two heads and a consistency proof between them.
+    let o = ctl(d, &addr, &["--json", "audit", "sign"]).await;
+    let first: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let o = ctl(d, &addr, &["agents", "suspend", "aud-1", "--reason", "r"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let o = ctl(d, &addr, &["--json", "audit", "sign"]).await;
+    let second: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let (a, b) = (
+        first["tree_size"].to_string(),
+        second["tree_size"].to_string(),
+    );
+    let o = ctl(d, &addr, &["audit", "consistency", &a, &b]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    std::fs::write(d.join("consistency.json"), out(&o)).unwrap();
+    let o = check(d.join("consistency.json").to_str().unwrap());
+    assert!(out(&o).contains("extends"), "{} {}", out(&o), err(&o));
+
+    let o = ctl(d, &addr, &["audit", "verify"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).starts_with("verified: "), "{}", out(&o));
+
+    // Altered in the database file (past its trigger): verify exits 1 and
+    // names the position.
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            d.join("cp/warden.db").display()
+        ))
+        .await
+        .unwrap();
+        let refused = sqlx::query("UPDATE audit_log SET kind = 'x' WHERE position = 2")
+            .execute(&mut c)
+            .await;
+        assert!(
+            format!("{refused:?}").contains("append-only"),
+            "{refused:?}"
+        );
+        sqlx::query("DROP TRIGGER audit_log_no_update")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE audit_log SET record = CAST(replace(CAST(record AS TEXT), 'aud-3', 'aud-0') AS BLOB) WHERE position = 2",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+    let o = ctl(d, &addr, &["audit", "verify"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        err(&o).contains("does NOT verify: event 2 was altered"),
+        "{}",
+        err(&o)
+    );
+
+    let o = ctl(d, &addr, &["audit", "query", "--since", "yesterday"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("RFC 3339"), "{}", err(&o));
+}

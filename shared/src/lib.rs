@@ -4,6 +4,7 @@
 
 pub mod a2a;
 pub mod agent;
+pub mod audit;
 pub mod codec;
 pub mod edge;
 pub mod jcs;

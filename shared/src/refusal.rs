@@ -127,6 +127,9 @@ reasons! {
     PolicyVersionConflict = "POLICY_VERSION_CONFLICT" => FailedPrecondition,
     /// No such policy version (or none applied yet).
     PolicyVersionUnknown = "POLICY_VERSION_UNKNOWN" => NotFound,
+    /// No audit log entry at that position, or no signed tree head of that
+    /// size.
+    AuditNotFound = "AUDIT_NOT_FOUND" => NotFound,
     /// An internal failure; details are in the server log.
     Internal = "INTERNAL" => Internal,
     /// The control plane's store failed; retry later.

@@ -35,21 +35,12 @@ use rand::seq::SliceRandom;
 use tokio::sync::oneshot;
 use warden_shared::agent::AgentId;
 use warden_tests::approvals::{ApprovalMesh, call, decide};
-use warden_tests::bench::{env_or, median};
+use warden_tests::bench::{env_or, median, percentile as pct};
 use warden_tests::{AgentClient, Mesh};
 
 /// Agent connections the held calls are spread over (the sidecar serves at
 /// most 64 calls at once on one connection).
 const CONNECTIONS: usize = 20;
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
 
 /// Holds `pending` calls, approves `samples` of them one after the other
 /// (the rest denied); returns each approval's release latency in ms.

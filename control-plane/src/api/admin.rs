@@ -6,6 +6,7 @@ use base64::Engine;
 use rand::RngCore;
 use tonic::{Request, Response, Status};
 use warden_shared::agent::{AgentId, AgentStatus};
+use warden_shared::audit::{ActorKind, Event};
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::admin_service_server::AdminService;
 use warden_shared::refusal::{self, Reason, status};
@@ -209,6 +210,14 @@ pub fn to_proto(a: &Agent, state: &State) -> pb::Agent {
 }
 
 impl AdminApi {
+    /// Records an admin's act in the audit log.
+    async fn note(&self, kind: &str, admin: &str, fill: impl FnOnce(&mut Event)) {
+        let mut e = crate::audit::event(kind, ActorKind::Human, admin);
+        e.outcome = "ok".into();
+        fill(&mut e);
+        self.state.audit.note(e).await;
+    }
+
     async fn load_agent(&self, id: &AgentId) -> Result<Agent, Status> {
         crate::agents::agent_or(&self.state, id, Reason::AgentUnknown).await
     }
@@ -244,6 +253,18 @@ impl AdminApi {
             ));
         };
         tracing::warn!(agent = %id, admin, status = to.as_str(), reason = %reason, "agent status changed");
+        let kind = match to {
+            AgentStatus::Active => "agent.resumed",
+            AgentStatus::Suspended => "agent.suspended",
+            AgentStatus::Revoked => "agent.revoked",
+        };
+        self.note(kind, admin, |e| {
+            e.agent = id.to_string();
+            if !reason.is_empty() {
+                e.detail.insert("reason".into(), reason.clone());
+            }
+        })
+        .await;
         // Push it to the agent's sidecars now (the kill switch).
         self.state.agent_standing_changed(&id);
         Ok(to_proto(&updated, &self.state))
@@ -253,6 +274,8 @@ impl AdminApi {
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     type WatchApprovalsStream = ApprovalFeed;
+    type QueryAuditStream = super::audit::EntryFeed<pb::QueryAuditResponse>;
+    type ExportAuditStream = super::audit::EntryFeed<pb::ExportAuditResponse>;
 
     async fn register_agent(
         &self,
@@ -304,6 +327,12 @@ impl AdminService for AdminApi {
             Err(e) => return Err(store_error(e)),
         }
         tracing::info!(agent = %id, admin, "agent registered");
+        self.note("agent.registered", &admin, |e| {
+            e.agent = id.to_string();
+            e.detail.insert("owner".into(), agent.owner.clone());
+            e.detail.insert("type".into(), agent.agent_type.clone());
+        })
+        .await;
         // Peers that the messaging rules pair with it get its keys.
         self.state.messaging.agents_changed();
         self.state.hub.global_changed();
@@ -438,6 +467,14 @@ impl AdminService for AdminApi {
             .map_err(store_error)?
             .ok_or_else(|| status(Reason::SessionNotFound, "no live session with that id"))?;
         tracing::warn!(admin, session = %r.session_id, agent = %agent, reason = %reason, "session revoked");
+        self.note("session.revoked", &admin, |e| {
+            e.agent = agent.to_string();
+            e.session.clone_from(&r.session_id);
+            if !reason.is_empty() {
+                e.detail.insert("reason".into(), reason.clone());
+            }
+        })
+        .await;
         self.state.hub.agent_changed(&agent);
         Ok(Response::new(pb::RevokeSessionResponse {
             session_id: r.session_id,
@@ -478,6 +515,11 @@ impl AdminService for AdminApi {
             .await
             .map_err(store_error)?;
         tracing::info!(agent = %id, admin, expires_at, "join token created");
+        self.note("join_token.created", &admin, |e| {
+            e.agent = id.to_string();
+            e.detail.insert("expires_at".into(), expires_at.to_string());
+        })
+        .await;
         Ok(Response::new(pb::CreateJoinTokenResponse {
             join_token: token,
             agent_id: id.to_string(),
@@ -507,6 +549,10 @@ impl AdminService for AdminApi {
                 )
             })?;
         tracing::warn!(admin, kid = ring.active.kid(), "token signing key rotated");
+        self.note("key.rotated", &admin, |e| {
+            e.detail.insert("kid".into(), ring.active.kid().to_owned());
+        })
+        .await;
         self.state.hub.global_changed();
         Ok(Response::new(pb::RotateSigningKeyResponse {
             kid: ring.active.kid().to_owned(),
@@ -564,6 +610,12 @@ impl AdminService for AdminApi {
                 tracing::error!(error = %e, "could not reload the applied policy");
             }
             tracing::warn!(admin, version = meta.version, digest = %meta.digest, tools, "policy applied");
+            self.note("policy.applied", &admin, |e| {
+                e.detail.insert("version".into(), meta.version.to_string());
+                e.detail.insert("digest".into(), meta.digest.clone());
+                e.detail.insert("tools".into(), tools.to_string());
+            })
+            .await;
         }
         Ok(Response::new(pb::ApplyPolicyResponse {
             version: u64::try_from(meta.version).unwrap_or(0),
@@ -745,6 +797,72 @@ impl AdminService for AdminApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn query_audit(
+        &self,
+        req: Request<pb::QueryAuditRequest>,
+    ) -> Result<Response<Self::QueryAuditStream>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        super::audit::query(Arc::clone(&self.state), req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn export_audit(
+        &self,
+        req: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        super::audit::export(Arc::clone(&self.state), req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_tree_heads(
+        &self,
+        req: Request<pb::ListTreeHeadsRequest>,
+    ) -> Result<Response<pb::ListTreeHeadsResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        super::audit::list_heads(&self.state, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn sign_tree_head(
+        &self,
+        req: Request<pb::SignTreeHeadRequest>,
+    ) -> Result<Response<pb::SignTreeHeadResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        super::audit::sign(&self.state).await.map(Response::new)
+    }
+
+    async fn prove_inclusion(
+        &self,
+        req: Request<pb::ProveInclusionRequest>,
+    ) -> Result<Response<pb::ProveInclusionResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        super::audit::prove_inclusion(&self.state, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn prove_consistency(
+        &self,
+        req: Request<pb::ProveConsistencyRequest>,
+    ) -> Result<Response<pb::ProveConsistencyResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        super::audit::prove_consistency(&self.state, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_audit_keys(
+        &self,
+        req: Request<pb::GetAuditKeysRequest>,
+    ) -> Result<Response<pb::GetAuditKeysResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        super::audit::keys(&self.state).await.map(Response::new)
     }
 }
 

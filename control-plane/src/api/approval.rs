@@ -109,7 +109,14 @@ pub fn denial(a: &store::Approval) -> (String, String) {
 /// `warden::audit`): `requested`, `approved` or `denied` (a decision that
 /// settles it), `decision` (an approval short of the quorum), `used`,
 /// `cancelled`. The actor is the agent or the admin who took the step.
-pub fn audit(step: &str, actor_kind: &str, actor: &str, a: &store::Approval, comment: &str) {
+pub async fn audit(
+    state: &State,
+    step: &str,
+    actor_kind: &str,
+    actor: &str,
+    a: &store::Approval,
+    comment: &str,
+) {
     let r = &a.request;
     tracing::info!(
         target: "warden::audit",
@@ -130,6 +137,28 @@ pub fn audit(step: &str, actor_kind: &str, actor: &str, a: &store::Approval, com
         comment = ?comment,
         "approval {step}"
     );
+    let kind = match actor_kind {
+        "agent" => warden_shared::audit::ActorKind::Agent,
+        _ => warden_shared::audit::ActorKind::Human,
+    };
+    let mut e = crate::audit::event(&format!("approval.{step}"), kind, actor);
+    e.agent = r.agent_id.to_string();
+    e.session.clone_from(&r.session_id);
+    e.user.clone_from(&r.user_id);
+    e.tool.clone_from(&r.tool);
+    e.trace_id.clone_from(&r.trace_id);
+    e.approval.clone_from(&r.id);
+    e.outcome = a.state.as_str().to_owned();
+    e.detail.insert("quorum".into(), r.quorum.to_string());
+    e.detail.insert(
+        "approvals".into(),
+        a.decisions.iter().filter(|d| d.approve).count().to_string(),
+    );
+    if !comment.is_empty() {
+        e.detail
+            .insert("comment".into(), comment.chars().take(256).collect());
+    }
+    state.audit.note(e).await;
 }
 
 /// A decision was recorded on `a` by `actor`: audited, the waiting
@@ -147,7 +176,7 @@ pub async fn announce(
         ApprovalState::Denied => "denied",
         _ => "decision",
     };
-    audit(step, actor_kind, actor, a, comment);
+    audit(state, step, actor_kind, actor, a, comment).await;
     if a.state != ApprovalState::Pending {
         state.hub.agent_changed(&a.request.agent_id);
     }
@@ -283,7 +312,7 @@ impl ApprovalService for ApprovalApi {
             .await
             .map_err(store_error)?;
         if a.request.id == new.id {
-            audit("requested", "agent", agent.as_str(), &a, "");
+            audit(&self.state, "requested", "agent", agent.as_str(), &a, "").await;
             self.state
                 .approval_event(crate::webhooks::Event::Requested, &a)
                 .await;
@@ -311,7 +340,7 @@ impl ApprovalService for ApprovalApi {
             .await
             .map_err(store_error)?;
         if let Some(a) = &used {
-            audit("used", "agent", agent.as_str(), a, "");
+            audit(&self.state, "used", "agent", agent.as_str(), a, "").await;
             self.state.approval_changed(a);
         }
         let id = used.map(|a| a.request.id).unwrap_or_default();
@@ -335,12 +364,14 @@ impl ApprovalService for ApprovalApi {
             .map_err(store_error)?;
         if cancelled && let Ok(Some(a)) = self.state.store.get_approval(&id, now_unix()).await {
             audit(
+                &self.state,
                 "cancelled",
                 "agent",
                 agent.as_str(),
                 &a,
                 "nobody waits for it",
-            );
+            )
+            .await;
             self.state.approval_changed(&a);
         }
         Ok(Response::new(pb::CancelApprovalResponse { cancelled }))

@@ -11,6 +11,7 @@ use base64::Engine;
 use rand::RngCore;
 use tonic::{Request, Response, Status};
 use warden_shared::agent::AgentId;
+use warden_shared::audit::ActorKind;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::identity_service_server::IdentityService;
 use warden_shared::refusal::{Reason, status};
@@ -120,6 +121,20 @@ impl IdentityApi {
             .await
             .map_err(store_error)?;
         tracing::info!(agent = %agent, %serial, not_after, reason, "certificate issued");
+        let mut e = crate::audit::event(
+            if reason == "enroll" {
+                "agent.enrolled"
+            } else {
+                "certificate.renewed"
+            },
+            ActorKind::Agent,
+            agent.as_str(),
+        );
+        e.agent = agent.to_string();
+        e.outcome = "ok".into();
+        e.detail.insert("serial".into(), serial.clone());
+        e.detail.insert("not_after".into(), not_after.to_string());
+        self.state.audit.note(e).await;
         Ok(pb::Certificate {
             certificate_der: der,
             trust_bundle_der: vec![self.state.ca.cert_der().to_vec()],
@@ -173,7 +188,7 @@ async fn spend(state: &State, agent: &AgentId, binding: &str, now: i64) -> Resul
         .await
         .map_err(store_error)?;
     if let Some(a) = &used {
-        crate::api::approval::audit("used", "agent", agent.as_str(), a, "");
+        crate::api::approval::audit(state, "used", "agent", agent.as_str(), a, "").await;
         state.approval_changed(a);
     }
     Ok(used.is_some())
@@ -246,7 +261,7 @@ async fn step_up(
         .await
         .map_err(store_error)?;
     if a.request.id == new.id {
-        crate::api::approval::audit("requested", "agent", agent.as_str(), &a, "");
+        crate::api::approval::audit(state, "requested", "agent", agent.as_str(), &a, "").await;
         state
             .approval_event(crate::webhooks::Event::Requested, &a)
             .await;
@@ -531,6 +546,17 @@ impl IdentityService for IdentityApi {
                 status(Reason::Internal, "token signing failed")
             })?;
         tracing::info!(agent = %agent_id, session = %session.id, scopes = %claims.scope, exp, "session token issued");
+        let mut e = crate::audit::event("session.started", ActorKind::Agent, agent_id.as_str());
+        e.agent = agent_id.to_string();
+        e.session.clone_from(&session.id);
+        e.user.clone_from(&session.user_id);
+        e.outcome = "ok".into();
+        e.detail.insert("scopes".into(), claims.scope.clone());
+        e.detail.insert("expires_at".into(), exp.to_string());
+        if let Some(s) = &step_up {
+            e.approval.clone_from(&s.approval_id);
+        }
+        self.state.audit.note(e).await;
         Ok(Response::new(pb::IssueTokenResponse {
             token,
             session_id: session.id,
@@ -559,6 +585,11 @@ impl IdentityService for IdentityApi {
             ));
         }
         tracing::info!(agent = %agent_id, session = %req.get_ref().session_id, "session ended");
+        let mut e = crate::audit::event("session.ended", ActorKind::Agent, agent_id.as_str());
+        e.agent = agent_id.to_string();
+        e.session.clone_from(&req.get_ref().session_id);
+        e.outcome = "ok".into();
+        self.state.audit.note(e).await;
         Ok(Response::new(pb::ReleaseSessionResponse {}))
     }
 

@@ -13,7 +13,7 @@ use warden_shared::proto::v1 as pb;
 #[command(
     name = "wardenctl",
     version,
-    about = "Administer a Warden mesh: agents, join tokens, signing keys, policies, approvals"
+    about = "Administer a Warden mesh: agents, join tokens, signing keys, policies, approvals, the audit log"
 )]
 struct Cli {
     /// Directory with ca.crt, admin.crt, admin.key and wardenctl.toml
@@ -62,6 +62,104 @@ enum Command {
     /// Calls waiting for people to approve them.
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+    /// The tamper-evident audit log: read, verify, prove.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Entries matching filters, oldest first.
+    Query {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this session's.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only this tool's.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only with this outcome (allowed, denied, failed, cancelled, ok…).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only of this kind (tool.call, approval.decided, agent.revoked…).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Events at or after: RFC 3339, unix ms, or a duration ago (2h).
+        #[arg(long, value_parser = ctl::audit::parse_time)]
+        since: Option<i64>,
+        /// Events before: RFC 3339, unix ms, or a duration ago.
+        #[arg(long, value_parser = ctl::audit::parse_time)]
+        until: Option<i64>,
+        /// Entries after this position only.
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many (1-10000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Keep printing new entries as they arrive.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Every entry from a position, as JSON lines (the records exactly as
+    /// hashed), for archiving or a SIEM.
+    Export {
+        /// First position.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Stop before this position (default: the end).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Recomputes the Merkle tree from every entry and checks every signed
+    /// head; names the first altered, missing or reordered entry. Exits 1
+    /// when the log does not verify.
+    Verify {
+        /// The log's public keys (from `wardenctl audit key --json`);
+        /// without it, the keys the control plane names now.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Prints an inclusion proof (JSON) for the entry at POSITION, against a
+    /// signed head; check it offline with `wardenctl audit check`.
+    Prove {
+        /// The entry's position (as `audit query` prints it).
+        position: u64,
+        /// The size of the signed head to prove against (default: the latest,
+        /// signed now if none covers the entry yet).
+        #[arg(long)]
+        tree_size: Option<u64>,
+    },
+    /// Prints a consistency proof (JSON) between two signed heads: the
+    /// later log extends the earlier one unchanged.
+    Consistency {
+        /// Size of the earlier signed head.
+        old: u64,
+        /// Size of the later signed head.
+        new: u64,
+    },
+    /// Checks a proof file offline against the log's public keys.
+    Check {
+        /// A proof printed by `prove` or `consistency`.
+        proof: PathBuf,
+        /// The log's public keys (from `wardenctl audit key --json`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Signed tree heads.
+    Heads {
+        /// Heads of at least this size.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Signs a tree head over the log as it is now.
+    Sign,
+    /// The log's head-signing public keys (save `--json` for offline checks).
+    Key,
 }
 
 #[derive(Subcommand)]
@@ -431,6 +529,17 @@ fn version_line(v: &pb::PolicyVersion) -> String {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Policy(PolicyCmd::Validate { file }) = &cli.command {
         return validate_offline(file, cli.json);
+    }
+    if let Command::Audit(AuditCmd::Check { proof, key }) = &cli.command {
+        let keys = ctl::audit::Keys::load(key)?;
+        let proof = ctl::audit::load_proof(proof)?;
+        let shown = ctl::audit::check(&proof, &keys).context("the proof does NOT verify")?;
+        if cli.json {
+            println!("{}", json!({"verified": true, "shows": shown}));
+        } else {
+            println!("verified: {shown}");
+        }
+        return Ok(());
     }
     let dir = match cli.config_dir {
         Some(d) => d,
@@ -817,6 +926,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("the control plane ended the watch (it is stopping); run it again");
             }
         },
+        Command::Audit(cmd) => audit(&mut client, cmd, j).await?,
         Command::Keys(Keys::Rotate) => {
             let r = client
                 .rotate_signing_key(pb::RotateSigningKeyRequest {})
@@ -830,6 +940,183 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("active key: {}", r.kid);
                 println!("published:  {}", r.published_kids.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn head_line(h: &pb::TreeHead) -> String {
+    let when =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(h.timestamp_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| "-".into());
+    let root: String = h.root_hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{:<10} {:<29} {:<16} {root}", h.size, when, h.key_id)
+}
+
+fn head_json(h: &pb::TreeHead) -> serde_json::Value {
+    json!({
+        "tree_size": h.size,
+        "root_hash": h.root_hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "timestamp_ms": h.timestamp_ms,
+        "key_id": h.key_id,
+    })
+}
+
+async fn audit(client: &mut ctl::audit::Client, cmd: AuditCmd, j: bool) -> anyhow::Result<()> {
+    use ctl::audit as a;
+    match cmd {
+        AuditCmd::Query {
+            agent,
+            session,
+            tool,
+            outcome,
+            kind,
+            since,
+            until,
+            after,
+            limit,
+            follow,
+        } => {
+            anyhow::ensure!((1..=10_000).contains(&limit), "--limit must be 1 to 10000");
+            let mut feed = client
+                .query_audit(pb::QueryAuditRequest {
+                    agent: agent.unwrap_or_default(),
+                    session: session.unwrap_or_default(),
+                    tool: tool.unwrap_or_default(),
+                    outcome: outcome.unwrap_or_default(),
+                    kind: kind.unwrap_or_default(),
+                    since_ms: since.unwrap_or(0),
+                    until_ms: until.unwrap_or(0),
+                    after_position: after,
+                    limit,
+                    follow,
+                })
+                .await?
+                .into_inner();
+            if !j {
+                println!("{}", a::ENTRY_HEADER);
+            }
+            while let Some(page) = feed.message().await? {
+                for e in &page.entries {
+                    if j {
+                        println!("{}", a::entry_json(e));
+                    } else {
+                        println!("{}", a::entry_line(e));
+                    }
+                }
+            }
+            anyhow::ensure!(
+                !follow,
+                "the control plane ended the stream (it is stopping); run it again with --after"
+            );
+        }
+        AuditCmd::Export { from, to } => {
+            use std::io::Write;
+            let mut feed = client
+                .export_audit(pb::ExportAuditRequest {
+                    from,
+                    to: to.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            while let Some(page) = feed.message().await? {
+                for e in page.entries {
+                    out.write_all(&e.record)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            out.flush()?;
+        }
+        AuditCmd::Verify { key } => {
+            let keys = match key {
+                Some(k) => a::Keys::load(&k)?,
+                None => a::keys(client).await?,
+            };
+            let v = a::verify(client, &keys).await?;
+            if j {
+                println!(
+                    "{}",
+                    json!({
+                        "verified": v.finding.is_none(),
+                        "entries": v.entries,
+                        "heads": v.heads,
+                        "uncovered": v.uncovered,
+                        "finding": v.finding.as_ref().map(ToString::to_string),
+                    })
+                );
+            }
+            if let Some(f) = v.finding {
+                anyhow::bail!("the audit log does NOT verify: {f}");
+            }
+            if !j {
+                println!(
+                    "verified: {} entries against {} signed heads; {} entries since the last signed head",
+                    v.entries, v.heads, v.uncovered
+                );
+            }
+        }
+        AuditCmd::Prove {
+            position,
+            tree_size,
+        } => {
+            let p = a::prove(client, position, tree_size.unwrap_or(0)).await?;
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        }
+        AuditCmd::Consistency { old, new } => {
+            let p = a::consistency(client, old, new).await?;
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        }
+        AuditCmd::Check { .. } => unreachable!("checked offline before connecting"),
+        AuditCmd::Heads { from, limit } => {
+            anyhow::ensure!((1..=10_000).contains(&limit), "--limit must be 1 to 10000");
+            let r = client
+                .list_tree_heads(pb::ListTreeHeadsRequest {
+                    from_size: from,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            if j {
+                println!(
+                    "{}",
+                    json!({"log_size": r.log_size, "heads": r.heads.iter().map(head_json).collect::<Vec<_>>()})
+                );
+            } else {
+                println!("{:<10} {:<29} {:<16} ROOT", "SIZE", "SIGNED", "KEY");
+                for h in &r.heads {
+                    println!("{}", head_line(h));
+                }
+                println!("entries in the log: {}", r.log_size);
+            }
+        }
+        AuditCmd::Sign => {
+            let r = client
+                .sign_tree_head(pb::SignTreeHeadRequest {})
+                .await?
+                .into_inner();
+            let h = r.head.context("empty response")?;
+            if j {
+                println!("{}", head_json(&h));
+            } else {
+                println!("{}", head_line(&h));
+            }
+        }
+        AuditCmd::Key => {
+            let k = a::keys(client).await?;
+            if j {
+                println!("{}", serde_json::to_string_pretty(&k)?);
+            } else {
+                println!("log: {}", k.log_id);
+                for key in &k.keys {
+                    println!("{}  {}  {}", key.key_id, key.algorithm, key.public_key);
+                }
             }
         }
     }

@@ -1,6 +1,8 @@
 //! The admin client behind `wardenctl`: credentials from a config directory
 //! or flags, one mTLS channel.
 
+pub mod audit;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;

@@ -1,11 +1,13 @@
 //! The control plane's durable state, behind [`Store`] so that SQLite (the
 //! embedded default) and PostgreSQL (for replicas) are interchangeable.
 
+mod audit;
 mod sqlite;
 
 use async_trait::async_trait;
 use warden_shared::agent::{AgentId, AgentStatus};
 
+pub use audit::{AuditAppend, AuditEntry, AuditKey, AuditQuery, AuditRow, AuditStore, StoredHead};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -377,7 +379,7 @@ pub enum Attempt {
 
 /// Durable control-plane state. Every mutation is atomic.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+pub trait Store: AuditStore + Send + Sync + std::fmt::Debug + 'static {
     /// Inserts a new agent; [`Error::Conflict`] if the id exists.
     async fn create_agent(&self, agent: &Agent) -> Result<()>;
     /// Loads one agent.

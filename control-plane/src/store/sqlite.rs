@@ -766,6 +766,7 @@ impl Store for SqliteStore {
 }
 
 mod approvals;
+mod audit;
 
 #[cfg(test)]
 mod tests;

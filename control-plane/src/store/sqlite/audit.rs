@@ -1,0 +1,292 @@
+//! The audit log in SQLite. An append writes its entries and subtree heads
+//! with multi-row statements (one round trip per few hundred rows, not one
+//! per row) inside one savepoint of the writer's batch.
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use warden_shared::audit::TreeHead;
+use warden_shared::merkle::{Hash, Node};
+
+use super::super::audit::{AuditAppend, AuditEntry, AuditKey, AuditQuery, AuditStore, StoredHead};
+use super::super::{Error, Result};
+use super::SqliteStore;
+
+/// Rows per INSERT (8 columns: well under SQLite's 32,766 parameters).
+const LOG_CHUNK: usize = 500;
+/// Rows per INSERT into the tree (3 columns).
+const TREE_CHUNK: usize = 1000;
+
+fn corrupt(table: &'static str, detail: impl ToString) -> Error {
+    Error::Corrupt {
+        table,
+        detail: detail.to_string(),
+    }
+}
+
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn hash(table: &'static str, v: &[u8]) -> Result<Hash> {
+    v.try_into()
+        .map_err(|_| corrupt(table, "a hash is not 32 bytes"))
+}
+
+async fn append(c: &mut SqliteConnection, batch: AuditAppend) -> Result<()> {
+    for chunk in batch.rows.chunks(LOG_CHUNK) {
+        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            "INSERT INTO audit_log (position, record, time_ms, kind, agent, session, tool, outcome) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(int(r.position))
+                .push_bind(r.record.as_slice())
+                .push_bind(r.time_ms)
+                .push_bind(r.kind.as_str())
+                .push_bind(r.agent.as_str())
+                .push_bind(r.session.as_str())
+                .push_bind(r.tool.as_str())
+                .push_bind(r.outcome.as_str());
+        });
+        q.build().persistent(false).execute(&mut *c).await?;
+    }
+    for chunk in batch.nodes.chunks(TREE_CHUNK) {
+        let mut q: QueryBuilder<'_, Sqlite> =
+            QueryBuilder::new("INSERT INTO audit_tree (level, idx, hash) ");
+        q.push_values(chunk, |mut b, (n, h)| {
+            b.push_bind(i64::from(n.level))
+                .push_bind(int(n.index))
+                .push_bind(h.as_slice());
+        });
+        q.build().persistent(false).execute(&mut *c).await?;
+    }
+    for (source, seq) in &batch.sources {
+        sqlx::query(
+            "INSERT INTO audit_sources (source, last_seq) VALUES (?, ?)
+             ON CONFLICT (source) DO UPDATE SET last_seq = excluded.last_seq
+             WHERE excluded.last_seq > audit_sources.last_seq",
+        )
+        .bind(source)
+        .bind(int(*seq))
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(())
+}
+
+fn head_from_row(r: &SqliteRow) -> Result<StoredHead> {
+    let size: i64 = r.try_get("size")?;
+    let root: Vec<u8> = r.try_get("root")?;
+    Ok(StoredHead {
+        head: TreeHead {
+            size: u64::try_from(size).map_err(|e| corrupt("audit_heads", e))?,
+            root: hash("audit_heads", &root)?,
+            time_ms: r.try_get("time_ms")?,
+        },
+        kid: r.try_get("kid")?,
+        signature: r.try_get("signature")?,
+    })
+}
+
+fn entry_from_row(r: &SqliteRow, leaves: bool) -> Result<AuditEntry> {
+    let position: i64 = r.try_get("position")?;
+    let leaf = if leaves {
+        let h: Option<Vec<u8>> = r.try_get("hash")?;
+        h.map(|h| hash("audit_tree", &h)).transpose()?
+    } else {
+        None
+    };
+    Ok(AuditEntry {
+        position: u64::try_from(position).map_err(|e| corrupt("audit_log", e))?,
+        record: r.try_get("record")?,
+        leaf,
+    })
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn audit_append(&self, batch: AuditAppend) -> Result<()> {
+        self.write_all(move |c| Box::pin(async move { append(c, batch).await }))
+            .await
+    }
+
+    async fn audit_size(&self) -> Result<u64> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT MAX(position) + 1 FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+    }
+
+    async fn audit_nodes(&self, nodes: &[Node]) -> Result<Vec<Option<Hash>>> {
+        let mut c = self.pool.acquire().await?;
+        let mut out = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let h: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT hash FROM audit_tree WHERE level = ? AND idx = ?")
+                    .bind(i64::from(n.level))
+                    .bind(int(n.index))
+                    .fetch_optional(&mut *c)
+                    .await?;
+            out.push(h.map(|h| hash("audit_tree", &h)).transpose()?);
+        }
+        Ok(out)
+    }
+
+    async fn audit_source_seq(&self, source: &str) -> Result<u64> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM audit_sources WHERE source = ?")
+                .bind(source)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+    }
+
+    async fn audit_entries(
+        &self,
+        from: u64,
+        to: u64,
+        limit: u32,
+        leaves: bool,
+    ) -> Result<Vec<AuditEntry>> {
+        let sql = if leaves {
+            "SELECT l.position, l.record, t.hash FROM audit_log l
+             LEFT JOIN audit_tree t ON t.level = 0 AND t.idx = l.position
+             WHERE l.position >= ? AND l.position < ? ORDER BY l.position LIMIT ?"
+        } else {
+            "SELECT position, record FROM audit_log
+             WHERE position >= ? AND position < ? ORDER BY position LIMIT ?"
+        };
+        let rows = sqlx::query(sql)
+            .bind(int(from))
+            .bind(int(to))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| entry_from_row(r, leaves)).collect()
+    }
+
+    async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let mut b: QueryBuilder<'_, Sqlite> =
+            QueryBuilder::new("SELECT position, record FROM audit_log WHERE 1 = 1");
+        for (col, v) in [
+            ("agent", &q.agent),
+            ("session", &q.session),
+            ("tool", &q.tool),
+            ("outcome", &q.outcome),
+            ("kind", &q.kind),
+        ] {
+            if let Some(v) = v {
+                b.push(format_args!(" AND {col} = ")).push_bind(v.clone());
+            }
+        }
+        if let Some(t) = q.since_ms {
+            b.push(" AND time_ms >= ").push_bind(t);
+        }
+        if let Some(t) = q.until_ms {
+            b.push(" AND time_ms < ").push_bind(t);
+        }
+        if let Some(p) = q.after {
+            b.push(" AND position > ").push_bind(int(p));
+        }
+        b.push(" ORDER BY position LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = b.build().fetch_all(&self.pool).await?;
+        rows.iter().map(|r| entry_from_row(r, false)).collect()
+    }
+
+    async fn audit_add_head(&self, head: &StoredHead) -> Result<()> {
+        let h = head.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO audit_heads (size, root, time_ms, kid, signature) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(int(h.head.size))
+                .bind(h.head.root.as_slice())
+                .bind(h.head.time_ms)
+                .bind(&h.kid)
+                .bind(&h.signature)
+                .execute(&mut *c)
+                .await
+                .map_err(|e| {
+                    if super::is_unique_violation(&e) {
+                        Error::Conflict
+                    } else {
+                        e.into()
+                    }
+                })?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn audit_heads(&self, from_size: u64, limit: u32) -> Result<Vec<StoredHead>> {
+        let rows = sqlx::query(
+            "SELECT size, root, time_ms, kid, signature FROM audit_heads WHERE size >= ? ORDER BY size LIMIT ?",
+        )
+        .bind(int(from_size))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(head_from_row).collect()
+    }
+
+    async fn audit_head(&self, size: Option<u64>) -> Result<Option<StoredHead>> {
+        let row = match size {
+            Some(s) => {
+                sqlx::query(
+                    "SELECT size, root, time_ms, kid, signature FROM audit_heads WHERE size = ?",
+                )
+                .bind(int(s))
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT size, root, time_ms, kid, signature FROM audit_heads ORDER BY size DESC LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        row.as_ref().map(head_from_row).transpose()
+    }
+
+    async fn audit_add_key(&self, key: &AuditKey) -> Result<()> {
+        let k = key.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO audit_keys (kid, pkcs8, public_key, created_ms) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&k.kid)
+                .bind(&k.pkcs8)
+                .bind(&k.public_key)
+                .bind(k.created_ms)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn audit_keys(&self) -> Result<Vec<AuditKey>> {
+        let rows = sqlx::query(
+            "SELECT kid, pkcs8, public_key, created_ms FROM audit_keys ORDER BY created_ms, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditKey {
+                    kid: r.try_get("kid")?,
+                    pkcs8: r.try_get("pkcs8")?,
+                    public_key: r.try_get("public_key")?,
+                    created_ms: r.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+}
