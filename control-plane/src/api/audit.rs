@@ -262,6 +262,8 @@ pub async fn query(
     tokio::spawn(async move {
         let mut left = limit;
         loop {
+            // Marked seen before the read: an append after it wakes the wait.
+            grown.borrow_and_update();
             q.limit = if follow { PAGE } else { left.min(PAGE) };
             let page = match state.store.audit_query(&q).await.map_err(store_error) {
                 Ok(p) => p,
@@ -293,7 +295,6 @@ pub async fn query(
                 continue;
             }
             // Caught up: wait for the log to grow.
-            grown.borrow_and_update();
             tokio::select! {
                 r = grown.changed() => if r.is_err() { return },
                 _ = stopping.wait_for(|s| *s) => return,
