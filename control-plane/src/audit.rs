@@ -96,10 +96,7 @@ impl Signer {
 
 /// The key id of a public key: the first 8 bytes of its SHA-256, hex.
 pub fn key_id(public_key: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, public_key).as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    merkle::hex(&ring::digest::digest(&ring::digest::SHA256, public_key).as_ref()[..8])
 }
 
 async fn load_signer(store: &dyn Store) -> Result<Signer, Error> {

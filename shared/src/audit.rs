@@ -187,7 +187,21 @@ impl Event {
                 max: MAX_EVENT_BYTES,
             });
         }
-        let e: Self = serde_json::from_slice(bytes).map_err(|e| Error::Shape(e.to_string()))?;
+        // The parser's message can quote the offending value; only where it
+        // failed is kept, never what was there.
+        let e: Self = serde_json::from_slice(bytes).map_err(|e| {
+            Error::Shape(format!(
+                "{} error at line {} column {}",
+                match e.classify() {
+                    serde_json::error::Category::Io => "read",
+                    serde_json::error::Category::Syntax => "syntax",
+                    serde_json::error::Category::Data => "field or type",
+                    serde_json::error::Category::Eof => "end of input",
+                },
+                e.line(),
+                e.column()
+            ))
+        })?;
         e.check()?;
         Ok(e)
     }
@@ -564,6 +578,15 @@ mod tests {
         big.tool = "x".repeat(MAX_FIELD_BYTES + 1);
         assert!(matches!(big.check(), Err(Error::TooLarge { .. })));
         assert!(Event::from_json(&vec![b' '; MAX_EVENT_BYTES + 1]).is_err());
+        // A refusal says where the event is wrong, never what it held.
+        for bad in [
+            &br#"{"time_ms":"sk-live-SECRET","kind":"x","actor":{"kind":"agent","id":""}}"#[..],
+            br#"{"time_ms":1,"kind":"x","actor":{"kind":"agent","id":""},"sk-live-SECRET":1}"#,
+            br#"{"time_ms":1,"kind":"x","actor":{"kind":"sk-live-SECRET","id":""}}"#,
+        ] {
+            let e = Event::from_json(bad).unwrap_err().to_string();
+            assert!(!e.contains("SECRET") && e.contains("column"), "{e}");
+        }
     }
 
     #[test]

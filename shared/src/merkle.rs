@@ -25,6 +25,17 @@ fn sha256(parts: &[&[u8]]) -> Hash {
     out
 }
 
+/// Lower-case hex, as hashes and key ids are shown.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// The hash of one log entry as a leaf.
 pub fn leaf_hash(entry: &[u8]) -> Hash {
     sha256(&[&[0x00], entry])

@@ -183,6 +183,87 @@ async fn admin_acts_and_shipped_events_are_logged_signed_and_provable() {
         assert_eq!(err.code(), Code::InvalidArgument, "{spool_id}: {err:?}");
         assert_eq!(query(&mesh, kind("tool.call")).await.len(), before);
     }
+    // Too many events in one request, or another spool mid-stream.
+    let before = query(&mesh, kind("tool.call")).await.len();
+    let many: Vec<_> = (7..1008).map(|i| event(i, "a1", "x")).collect();
+    let err = ship(&mut client, spool, vec![many]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("at most 1000"), "{err:?}");
+    let reqs = vec![
+        pb::ShipRequest {
+            spool_id: spool.into(),
+            events: vec![],
+        },
+        pb::ShipRequest {
+            spool_id: "another-spool-0123456".into(),
+            events: vec![event(7, "a1", "x")],
+        },
+    ];
+    let mut acks = client
+        .ship(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acks.next().await.unwrap().unwrap().acked, 6);
+    let err = acks.next().await.unwrap().unwrap_err();
+    assert!(err.message().contains("same spool"), "{err:?}");
+    assert_eq!(query(&mesh, kind("tool.call")).await.len(), before);
+    // A rejected event's reason says where it is wrong, not what it held.
+    let mut leaky = event(7, "a1", "x");
+    leaky.event =
+        br#"{"time_ms":"sk-live-LEAKED","kind":"tool.call","actor":{"kind":"agent","id":"a1"}}"#
+            .to_vec();
+    assert_eq!(
+        ship(&mut client, spool, vec![vec![leaky]]).await.unwrap(),
+        vec![6, 7]
+    );
+    let rejected = query(&mesh, kind("audit.rejected")).await;
+    assert_eq!(rejected.len(), 3);
+    let text = serde_json::to_string(&rejected[2].1).unwrap();
+    assert!(
+        !text.contains("LEAKED") && text.contains("column"),
+        "{text}"
+    );
+
+    // Reading with bad arguments is refused.
+    let mut admin_reader = mesh.admin().await.unwrap();
+    assert_refused(
+        admin_reader
+            .query_audit(pb::QueryAuditRequest {
+                since_ms: -1,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_refused(
+        admin_reader
+            .export_audit(pb::ExportAuditRequest { from: 9, to: 3 })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_refused(
+        admin_reader
+            .list_tree_heads(pb::ListTreeHeadsRequest {
+                from_size: 0,
+                limit: 10_001,
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    for (old_size, new_size) in [(0, 3), (5, 3)] {
+        assert_refused(
+            admin_reader
+                .prove_consistency(pb::ProveConsistencyRequest { old_size, new_size })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+    }
+
     // An admin certificate cannot ship, an agent cannot read the log.
     let admin_ch = warden_control_plane::ctl::endpoint(&mesh.ctl)
         .unwrap()
@@ -306,6 +387,8 @@ async fn admin_acts_and_shipped_events_are_logged_signed_and_provable() {
 #[tokio::test]
 async fn a_query_follows_the_log_as_it_grows() {
     let mesh = Mesh::start().await.unwrap();
+    // Before the follow starts: not sent (following starts at the end).
+    mesh.register("f0", &["data:read"], 1).await.unwrap();
     let mut feed = mesh
         .admin()
         .await

@@ -148,7 +148,7 @@ impl AdminApi {
     }
 }
 
-fn invalid(m: impl Into<String>) -> Status {
+pub(super) fn invalid(m: impl Into<String>) -> Status {
     status(Reason::InvalidArgument, m)
 }
 

@@ -13,6 +13,7 @@ use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::audit_service_server::AuditService;
 use warden_shared::refusal::{Reason, status};
 
+use super::admin::invalid;
 use crate::agents::store_error;
 use crate::audit::{Incoming, over_stored};
 use crate::auth;
@@ -23,10 +24,6 @@ use crate::store::{AuditEntry, AuditQuery, StoredHead};
 const MAX_SHIP_EVENTS: usize = 1000;
 /// Most entries in one query or export response message.
 const PAGE: u32 = 500;
-
-fn invalid(msg: impl Into<String>) -> Status {
-    status(Reason::InvalidArgument, msg)
-}
 
 fn log_error(e: crate::audit::Error) -> Status {
     match e {
@@ -230,8 +227,10 @@ fn text_filter(name: &str, v: String) -> Result<Option<String>, Status> {
 /// A stream of audit entries.
 pub type EntryFeed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// `QueryAudit`: matching entries in pages; with `follow`, new ones as the
-/// log grows, until the caller goes or the control plane stops.
+/// `QueryAudit`: matching entries in pages, at most `limit`; with
+/// `follow`, every matching entry after `after_position` (default: the end
+/// of the log) as the log grows, until the caller goes or the control plane
+/// stops.
 pub async fn query(
     state: Arc<State>,
     r: pb::QueryAuditRequest,
@@ -256,8 +255,12 @@ pub async fn query(
         limit: 0,
     };
     let follow = r.follow;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut grown = state.audit.size.clone();
+    if follow && q.after.is_none() {
+        // Following starts at the end of the log, as `tail -f` does.
+        q.after = grown.borrow().checked_sub(1);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut stopping = state.stopping.subscribe();
     tokio::spawn(async move {
         let mut left = limit;

@@ -95,10 +95,11 @@ enum AuditCmd {
         /// Entries after this position only.
         #[arg(long)]
         after: Option<u64>,
-        /// At most this many (1-10000).
+        /// At most this many (1-10000); not with --follow.
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        /// Keep printing new entries as they arrive.
+        /// Print each new matching entry as it arrives (after --after, or
+        /// from now on).
         #[arg(long)]
         follow: bool,
     },
@@ -955,14 +956,14 @@ fn head_line(h: &pb::TreeHead) -> String {
                     .ok()
             })
             .unwrap_or_else(|| "-".into());
-    let root: String = h.root_hash.iter().map(|b| format!("{b:02x}")).collect();
+    let root = warden_shared::merkle::hex(&h.root_hash);
     format!("{:<10} {:<29} {:<16} {root}", h.size, when, h.key_id)
 }
 
 fn head_json(h: &pb::TreeHead) -> serde_json::Value {
     json!({
         "tree_size": h.size,
-        "root_hash": h.root_hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "root_hash": warden_shared::merkle::hex(&h.root_hash),
         "timestamp_ms": h.timestamp_ms,
         "key_id": h.key_id,
     })

@@ -11,16 +11,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tonic::transport::Channel;
 use warden_shared::audit::{self, Record, TreeHead, Verifier};
-use warden_shared::merkle::{self, Hash};
+use warden_shared::merkle::{self, Hash, hex};
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::admin_service_client::AdminServiceClient;
 
 /// The admin client.
 pub type Client = AdminServiceClient<Channel>;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn unhex(s: &str) -> anyhow::Result<Hash> {
     ensure!(s.len() == 64, "a hash is 64 hex digits: {s:?}");
