@@ -130,6 +130,9 @@ reasons! {
     /// No audit log entry at that position, or no signed tree head of that
     /// size.
     AuditNotFound = "AUDIT_NOT_FOUND" => NotFound,
+    /// The sidecar cannot record the call (its audit spool is full or
+    /// cannot be written), and its setting is to refuse calls then.
+    AuditUnavailable = "AUDIT_UNAVAILABLE" => Unavailable,
     /// An internal failure; details are in the server log.
     Internal = "INTERNAL" => Internal,
     /// The control plane's store failed; retry later.
@@ -264,6 +267,8 @@ pub enum Stage {
     Execute,
     /// Redaction of what the upstream returned.
     InspectOutput,
+    /// The record of the decision (the audit spool).
+    Record,
 }
 
 impl Stage {
@@ -278,6 +283,7 @@ impl Stage {
             Self::Approve => "approve",
             Self::Execute => "execute",
             Self::InspectOutput => "inspect_output",
+            Self::Record => "record",
         }
     }
 }

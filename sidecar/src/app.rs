@@ -149,6 +149,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         m.peers.clone().into_iter().collect(),
     ));
     let journal = config.data_dir.join("session-calls");
+    let a = &config.audit;
+    let spool_dir = config.data_dir.join("audit-spool");
+    let spool = crate::infra::spool::Spool::open(
+        &spool_dir,
+        a.spool_max_bytes,
+        match a.sync {
+            crate::config::AuditSync::Interval => crate::infra::spool::Sync::Every(
+                std::time::Duration::from_millis(a.sync_interval_ms),
+            ),
+            crate::config::AuditSync::Strict => crate::infra::spool::Sync::Strict,
+        },
+    )
+    .with_context(|| format!("opening the audit spool {}", spool_dir.display()))?;
     let gateway = Arc::new(
         crate::gateway::pipeline::Gateway::new(Arc::clone(&auth), limiter)
             .with_desk(crate::gateway::approve::Desk::new(
@@ -156,7 +169,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 Arc::clone(auth.state()),
             ))
             .with_call_journal(&journal)
-            .with_context(|| format!("opening {}", journal.display()))?,
+            .with_context(|| format!("opening {}", journal.display()))?
+            .with_audit_spool(
+                Arc::clone(&spool),
+                a.on_full,
+                a.sync == crate::config::AuditSync::Strict,
+            ),
     );
     gateway.executor.mcp.allow_commands(&config.mcp_commands);
     let api = AgentApi::new(
@@ -311,6 +329,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tasks.push(tokio::spawn(async move {
         crate::health::track(reporter, h, rx2).await;
         Ok(())
+    }));
+    // The audit spool drains to the control plane's log.
+    tasks.push(tokio::spawn({
+        let (spool, cp, stop) = (Arc::clone(&spool), Arc::clone(&cp), rx.clone());
+        async move {
+            crate::cp::ship::run(spool, cp, stop).await;
+            Ok(())
+        }
     }));
     // Unknown key ids ask for a fetch; the periodic one also drops keys
     // the control plane no longer publishes.

@@ -126,6 +126,19 @@ pub fn metrics(h: &Health) -> String {
             reason
         );
     }
+    if let Some((used, max)) = h.gateway.recorder.spool_usage() {
+        let _ = write!(
+            out,
+            "# HELP warden_audit_spool_bytes Audit events waiting to be shipped, bytes (and the bound).\n\
+             # TYPE warden_audit_spool_bytes gauge\n\
+             warden_audit_spool_bytes {used}\n\
+             warden_audit_spool_max_bytes {max}\n\
+             # HELP warden_audit_lost_events Audit events lost with on_full = continue, not yet recorded as a gap.\n\
+             # TYPE warden_audit_lost_events gauge\n\
+             warden_audit_lost_events {}\n",
+            h.gateway.recorder.lost()
+        );
+    }
     out.push_str(
         "# HELP warden_upstream_circuit Circuit breaker state by tool (1 for the current state).\n\
          # TYPE warden_upstream_circuit gauge\n",

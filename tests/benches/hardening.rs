@@ -279,15 +279,20 @@ fn audit_event() {
         redactions: 0,
         micros: 180,
         approval: "",
+        bytes_out: 1380,
     };
     // Chunks smaller than the queue, drained between chunks (not timed), so
     // the queued phase measures the hand-off, not the fallback.
     let n = 2_000;
     let (mut tq, mut ti, mut r) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS * 3 {
-        let q = time(n, || queued.record(black_box(&event)));
+        let q = time(n, || {
+            let _ = queued.record(black_box(&event));
+        });
         queued.flush();
-        let i = time(n, || inline.record(black_box(&event)));
+        let i = time(n, || {
+            let _ = inline.record(black_box(&event));
+        });
         tq.push(q);
         ti.push(i);
         r.push(q / i);
@@ -297,6 +302,52 @@ fn audit_event() {
         median(tq) / 1e3,
         median(ti) / 1e3,
         median(r)
+    );
+    spooled(&event);
+}
+
+/// The record stage with the audit spool (issue 15) against without it:
+/// each `record` timed alone, phases interleaved in chunks; p50 of each,
+/// and the median of the per-chunk p50 differences.
+fn spooled(event: &warden_sidecar::gateway::record::Event<'_>) {
+    use warden_sidecar::config::AuditOnFull;
+    use warden_sidecar::gateway::record::Recorder;
+    use warden_sidecar::infra::spool::{Spool, Sync};
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(
+        dir.path(),
+        1 << 36,
+        Sync::Every(std::time::Duration::from_millis(100)),
+    )
+    .unwrap();
+    let plain = Recorder::default();
+    let spooling = Recorder::default().with_spool(spool, AuditOnFull::Refuse, false);
+    let each = |r: &Recorder, n: usize| -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = black_box(r.record(black_box(event)));
+                t.elapsed().as_nanos() as f64
+            })
+            .collect()
+    };
+    let p50 = |v: &[f64]| median(v.to_vec());
+    let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS * 3 {
+        let x = each(&plain, 2_000);
+        plain.flush();
+        let y = each(&spooling, 2_000);
+        spooling.flush();
+        d.push(p50(&y) - p50(&x));
+        a.extend(x);
+        b.extend(y);
+    }
+    println!(
+        "record stage, p50 per call: without the spool {:.2} µs, with the spool (one write to the page cache) {:.2} µs; added {:.2} µs (median of {} interleaved chunks)",
+        p50(&a) / 1e3,
+        p50(&b) / 1e3,
+        median(d) / 1e3,
+        ROUNDS * 3
     );
 }
 

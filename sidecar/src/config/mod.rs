@@ -138,6 +138,69 @@ pub struct Config {
     /// where its agent's peers' sidecars are, the replay cache.
     #[serde(default)]
     pub messaging: Messaging,
+    /// The audit spool: its bound, how it syncs, what happens when full.
+    #[serde(default)]
+    pub audit: Audit,
+}
+
+/// How the audit spool makes events durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSync {
+    /// In batches every `sync_interval_ms` (a killed process loses nothing;
+    /// a machine crash at most that interval).
+    #[default]
+    Interval,
+    /// Before each call's answer leaves.
+    Strict,
+}
+
+/// What a call meets when its event cannot be spooled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOnFull {
+    /// Refused with `AUDIT_UNAVAILABLE`, as an audit device that cannot
+    /// write does.
+    #[default]
+    Refuse,
+    /// Served; the lost events are counted, alerted on and recorded as a gap.
+    Continue,
+}
+
+/// The `[audit]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// Most bytes of events waiting to be shipped (64 KiB to 64 GiB).
+    #[serde(default = "default_spool_bytes")]
+    pub spool_max_bytes: u64,
+    /// `interval` (default) or `strict`.
+    #[serde(default)]
+    pub sync: AuditSync,
+    /// With `interval`: how often, ms (1 to 10000).
+    #[serde(default = "default_sync_ms")]
+    pub sync_interval_ms: u64,
+    /// `refuse` (default) or `continue`.
+    #[serde(default)]
+    pub on_full: AuditOnFull,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            spool_max_bytes: default_spool_bytes(),
+            sync: AuditSync::default(),
+            sync_interval_ms: default_sync_ms(),
+            on_full: AuditOnFull::default(),
+        }
+    }
+}
+
+fn default_spool_bytes() -> u64 {
+    256 << 20
+}
+fn default_sync_ms() -> u64 {
+    100
 }
 
 /// The `[messaging]` table.
@@ -230,6 +293,7 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("redis", &self.redis)
             .field("messaging", &self.messaging)
+            .field("audit", &self.audit)
             .finish()
     }
 }
@@ -274,6 +338,7 @@ impl Config {
             log_format: default_log_format(),
             redis: None,
             messaging: Messaging::default(),
+            audit: Audit::default(),
         }
     }
 
@@ -350,6 +415,14 @@ impl Config {
         }
         if let Some(r) = &self.redis {
             r.validate().map_err(Error::Invalid)?;
+        }
+        if !(64 << 10..=64 << 30).contains(&self.audit.spool_max_bytes)
+            || !(1..=10_000).contains(&self.audit.sync_interval_ms)
+        {
+            return Err(Error::Invalid(
+                "audit.spool_max_bytes must be 64 KiB to 64 GiB and audit.sync_interval_ms 1 to 10000"
+                    .into(),
+            ));
         }
         let m = &self.messaging;
         if m.replay_cache == ReplayCacheKind::Redis && self.redis.is_none() {

@@ -219,7 +219,8 @@ struct Abandoned<'a> {
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         if let Some(e) = self.event.take() {
-            self.gateway.record(e, Outcome::Cancelled, None, self.t0);
+            // Nobody waits for the answer: a spool failure is logged there.
+            let _ = self.gateway.record(e, Outcome::Cancelled, None, self.t0);
         }
     }
 }
@@ -245,6 +246,19 @@ impl Gateway {
     #[must_use]
     pub fn with_desk(mut self, desk: approve::Desk) -> Self {
         self.desk = Some(desk);
+        self
+    }
+
+    /// Appends every decision to the audit spool before the call goes on.
+    #[must_use]
+    pub fn with_audit_spool(
+        mut self,
+        spool: Arc<crate::infra::spool::Spool>,
+        on_full: crate::config::AuditOnFull,
+        strict: bool,
+    ) -> Self {
+        let r = std::mem::replace(&mut self.recorder, Recorder::inline());
+        self.recorder = r.with_spool(spool, on_full, strict);
         self
     }
 
@@ -280,11 +294,11 @@ impl Gateway {
         let refusal = match &admitted {
             Ok(a) => {
                 e.approval = &a.approval;
-                self.record(e, Outcome::Allowed, None, t0);
-                None
+                // An allowed call the record cannot keep is refused.
+                self.recorded(e, Outcome::Allowed, None, t0).await.err()
             }
             Err(d) => {
-                self.record(e, Outcome::Denied, Some(d), t0);
+                let _ = self.recorded(e, Outcome::Denied, Some(d), t0).await;
                 Some(d.clone())
             }
         };
@@ -307,10 +321,10 @@ impl Gateway {
             Ok(a) => a.still_allowed(self, creds).await.map(|()| a),
             Err(d) => Err(d),
         };
-        let a = match admitted {
+        let a = match admitted.and_then(|a| self.recordable().map(|()| a)) {
             Ok(a) => a,
             Err(d) => {
-                self.record(e, Outcome::Denied, Some(&d), t0);
+                let _ = self.recorded(e, Outcome::Denied, Some(&d), t0).await;
                 return Err(d);
             }
         };
@@ -330,7 +344,7 @@ impl Gateway {
             Ok(o) => o,
             Err(d) => {
                 abandoned.event = None;
-                self.record(e, Outcome::Failed, Some(&d), t0);
+                let _ = self.recorded(e, Outcome::Failed, Some(&d), t0).await;
                 return Err(d);
             }
         };
@@ -344,13 +358,14 @@ impl Gateway {
             Ok(seen) => seen,
             Err(d) => {
                 // Executed, but its answer is withheld.
-                self.record(e, Outcome::Failed, Some(&d), t0);
+                let _ = self.recorded(e, Outcome::Failed, Some(&d), t0).await;
                 return Err(d);
             }
         };
-        // 9. record
+        // 9. record: the answer leaves only once its event is spooled.
         e.redactions = seen.redactions;
-        self.record(e, Outcome::Allowed, None, t0);
+        e.bytes_out = seen.content.len() as u64;
+        self.recorded(e, Outcome::Allowed, None, t0).await?;
         Ok(Answer {
             call_id,
             content: seen.content,
@@ -517,7 +532,7 @@ impl Gateway {
     ) -> Result<(Arc<Claims>, Arc<Held>), Refusal> {
         self.authenticate(creds).await.inspect_err(|d| {
             let e = self.event(r, None, call_id, &Held::default());
-            self.record(e, Outcome::Denied, Some(d), t0);
+            let _ = self.record(e, Outcome::Denied, Some(d), t0);
         })
     }
 
@@ -559,6 +574,7 @@ impl Gateway {
             redactions: 0,
             micros: 0,
             approval: "",
+            bytes_out: 0,
         }
     }
 
@@ -568,12 +584,38 @@ impl Gateway {
         outcome: Outcome,
         denial: Option<&'a Refusal>,
         t0: Instant,
-    ) {
+    ) -> Result<Option<u64>, Refusal> {
         e.outcome = outcome;
         e.denial = denial;
         e.micros = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.recorder.record(&e);
+        self.recorder.record(&e).map_err(record_refusal)
     }
+
+    /// Records a decision, and in strict mode waits until it is on disk.
+    async fn recorded<'a>(
+        &'a self,
+        e: Event<'a>,
+        outcome: Outcome,
+        denial: Option<&'a Refusal>,
+        t0: Instant,
+    ) -> Result<(), Refusal> {
+        let seq = self.record(e, outcome, denial, t0)?;
+        self.recorder.settle(seq).await.map_err(record_refusal)
+    }
+
+    /// Stage 9 before the upstream acts: in `refuse` mode, a call whose
+    /// record the spool could not take does not run.
+    fn recordable(&self) -> Result<(), Refusal> {
+        self.recorder.ready().map_err(record_refusal)
+    }
+}
+
+fn record_refusal(e: crate::infra::spool::SpoolError) -> Refusal {
+    Refusal::at(
+        Stage::Record,
+        Reason::AuditUnavailable,
+        format!("the call cannot be recorded, so it is refused: {e}"),
+    )
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Stage 9: every decision is recorded. Until the durable, tamper-evident
-//! audit trail lands (a later issue, behind [`Recorder`]), a record is a
-//! structured log event (target `warden::audit`) and a metric. The event
+//! Stage 9: every decision is recorded: as an audit event appended to the
+//! audit spool before the call's answer leaves (shipped from there to the
+//! control plane's tamper-evident log; see `infra::spool`), as a
+//! structured log line (target `warden::audit`) and as a metric. The line
 //! leaves the call as an owned line on a bounded queue to a writer thread,
 //! so a slow log reader does not hold a runtime worker while the queue has
 //! room; when it is full the call writes its line itself (nothing is
@@ -11,10 +12,20 @@
 //! without revealing them. The agent's stated reason is kept, truncated.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rand::Rng;
+use warden_shared::audit::{Actor, ActorKind, Arguments, ArgumentsMode};
+
+use crate::config::AuditOnFull;
+use crate::infra::spool::{Spool, SpoolError};
+
+/// How long a strict spool may take to sync an event before the call is
+/// refused.
+const SYNC_LIMIT: Duration = Duration::from_secs(5);
 
 /// The agent's stated reason is kept up to this many characters.
 const MAX_REASON_CHARS: usize = 256;
@@ -81,6 +92,8 @@ pub struct Event<'a> {
     pub micros: u64,
     /// The approval spent on the call, if it needed one.
     pub approval: &'a str,
+    /// Bytes of the answer the agent was given.
+    pub bytes_out: u64,
 }
 
 /// Lines waiting for the writer thread, at most.
@@ -190,6 +203,16 @@ fn handle(m: Message) {
     }
 }
 
+/// Where the recorder spools events, and how.
+#[derive(Debug)]
+struct Spooling {
+    spool: Arc<Spool>,
+    on_full: AuditOnFull,
+    strict: bool,
+    /// Events lost in `continue` mode since the last gap was recorded.
+    dropped: AtomicU64,
+}
+
 /// Records decisions.
 #[derive(Debug)]
 pub struct Recorder {
@@ -198,6 +221,72 @@ pub struct Recorder {
     /// To the writer thread; `None` writes inline (the thread could not
     /// be started).
     queue: Option<SyncSender<Message>>,
+    /// The audit spool (`None`: log lines only, as the in-process
+    /// fixtures run).
+    spooling: Option<Spooling>,
+}
+
+/// An event for the audit log, as the spool keeps it.
+fn audit_event(e: &Event<'_>, hmac: String, time_ms: i64) -> warden_shared::audit::Event {
+    let mut detail = BTreeMap::new();
+    detail.insert("rpc".to_owned(), e.rpc.to_owned());
+    if e.upstream_status != 0 {
+        detail.insert("upstream_status".into(), e.upstream_status.to_string());
+    }
+    if e.redactions != 0 {
+        detail.insert("redactions".into(), e.redactions.to_string());
+    }
+    if !e.reason.is_empty() {
+        detail.insert(
+            "stated_reason".into(),
+            e.reason.chars().take(MAX_REASON_CHARS).collect(),
+        );
+    }
+    let cut = |s: &str| -> String {
+        let mut end = s.len().min(warden_shared::audit::MAX_FIELD_BYTES);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_owned()
+    };
+    warden_shared::audit::Event {
+        time_ms,
+        kind: if e.rpc == "CallTool" {
+            "tool.call"
+        } else {
+            "tool.authorize"
+        }
+        .into(),
+        actor: Actor {
+            kind: ActorKind::Agent,
+            id: e.agent.to_owned(),
+        },
+        agent: e.agent.to_owned(),
+        session: e.session.to_owned(),
+        user: cut(e.user),
+        trace_id: e.trace_id.to_owned(),
+        call_id: e.call_id.to_owned(),
+        tool: e.tool.to_owned(),
+        outcome: e.outcome.as_str().into(),
+        stage: e.denial.map_or("", super::Refusal::stage_str).into(),
+        reason: e.denial.map_or("", |d| d.reason.as_str()).into(),
+        rule: e.denial.map_or_else(String::new, |d| cut(&d.rule)),
+        approval: e
+            .denial
+            .map_or(e.approval, |d| d.approval_id.as_str())
+            .to_owned(),
+        peer: String::new(),
+        duration_us: e.micros,
+        bytes_in: e.arguments.len() as u64,
+        bytes_out: e.bytes_out,
+        arguments: Some(Arguments {
+            mode: ArgumentsMode::Hash,
+            bytes: e.arguments.len() as u64,
+            hmac,
+            value: None,
+        }),
+        detail,
+    }
 }
 
 impl Default for Recorder {
@@ -227,7 +316,94 @@ impl Recorder {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k),
             counts: Mutex::default(),
             queue,
+            spooling: None,
         }
+    }
+
+    /// Appends every decision to `spool` before the call goes on; `strict`
+    /// waits until it is on disk.
+    #[must_use]
+    pub fn with_spool(mut self, spool: Arc<Spool>, on_full: AuditOnFull, strict: bool) -> Self {
+        self.spooling = Some(Spooling {
+            spool,
+            on_full,
+            strict,
+            dropped: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// Whether a call may go on to act: in `refuse` mode, only while the
+    /// spool has room for its record.
+    pub fn ready(&self) -> Result<(), SpoolError> {
+        match &self.spooling {
+            Some(s) if s.on_full == AuditOnFull::Refuse => s.spool.has_room(),
+            _ => Ok(()),
+        }
+    }
+
+    /// In strict mode, waits until the event `seq` is on disk.
+    pub async fn settle(&self, seq: Option<u64>) -> Result<(), SpoolError> {
+        match (&self.spooling, seq) {
+            (Some(s), Some(seq)) if s.strict => s.spool.wait_synced(seq, SYNC_LIMIT).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends `event` to the spool: its sequence number; in `continue`
+    /// mode a failure is counted (and recorded as a gap later), not
+    /// returned.
+    fn spool(
+        &self,
+        s: &Spooling,
+        event: &warden_shared::audit::Event,
+    ) -> Result<Option<u64>, SpoolError> {
+        let lost = s.dropped.load(Ordering::Relaxed);
+        if lost > 0 {
+            let mut gap = event.clone();
+            gap.kind = "audit.gap".into();
+            gap.outcome = "lost".into();
+            gap.arguments = None;
+            gap.detail = BTreeMap::from([("lost_events".to_owned(), lost.to_string())]);
+            if let Ok(bytes) = serde_json::to_vec(&gap)
+                && s.spool.append(&bytes).is_ok()
+            {
+                s.dropped.fetch_sub(lost, Ordering::Relaxed);
+                tracing::warn!(
+                    lost,
+                    "the audit spool takes events again; the gap is recorded"
+                );
+            }
+        }
+        let appended = serde_json::to_vec(event)
+            .map_err(|e| SpoolError::Io(e.to_string()))
+            .and_then(|bytes| s.spool.append(&bytes));
+        match appended {
+            Ok(seq) => Ok(Some(seq)),
+            Err(e) if s.on_full == AuditOnFull::Continue => {
+                let n = s.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_power_of_two() {
+                    tracing::error!(lost = n, error = %e, "ALERT: audit events are being lost (on_full = continue)");
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a call was refused: its audit event could not be spooled");
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes the spool holds, and its bound (`None` without a spool).
+    pub fn spool_usage(&self) -> Option<(u64, u64)> {
+        self.spooling.as_ref().map(|s| s.spool.usage())
+    }
+
+    /// Audit events lost in `continue` mode and not yet recorded as a gap.
+    pub fn lost(&self) -> u64 {
+        self.spooling
+            .as_ref()
+            .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
     }
 
     /// The keyed hash of an argument text (16 bytes, hex).
@@ -239,12 +415,19 @@ impl Recorder {
             .collect()
     }
 
-    /// Records one decision: the line is queued for the writer (or, with
-    /// the queue full, written here), the metric counted.
-    pub fn record(&self, e: &Event<'_>) {
+    /// Records one decision: the event appended to the spool (its
+    /// sequence number), the line queued for the writer (or, with the
+    /// queue full, written here), the metric counted.
+    pub fn record(&self, e: &Event<'_>) -> Result<Option<u64>, SpoolError> {
         let reason_code = e.denial.map_or("", |d| d.reason.as_str());
+        let now = crate::now_ms();
+        let hmac = self.arguments_digest(e.arguments);
+        let spooled = match &self.spooling {
+            Some(s) => self.spool(s, &audit_event(e, hmac.clone(), now)),
+            None => Ok(None),
+        };
         let line = Box::new(Line {
-            decided_at_ms: crate::now_ms(),
+            decided_at_ms: now,
             call_id: e.call_id.to_owned(),
             rpc: e.rpc.to_owned(),
             agent: e.agent.to_owned(),
@@ -260,7 +443,7 @@ impl Recorder {
                 .map_or(e.approval, |d| d.approval_id.as_str())
                 .to_owned(),
             arguments_bytes: e.arguments.len(),
-            arguments_hmac: self.arguments_digest(e.arguments),
+            arguments_hmac: hmac,
             stated_reason: e.reason.chars().take(MAX_REASON_CHARS).collect(),
             trace_id: e.trace_id.to_owned(),
             upstream_status: e.upstream_status,
@@ -287,6 +470,7 @@ impl Recorder {
             .unwrap_or_else(|p| p.into_inner())
             .entry((tool.to_owned(), e.outcome, reason_code))
             .or_default() += 1;
+        spooled
     }
 
     /// Waits until every line recorded so far is written (for shutdown and
@@ -351,6 +535,7 @@ mod tests {
             redactions: 0,
             micros: 1,
             approval: "",
+            bytes_out: 0,
         }
     }
 
@@ -367,7 +552,9 @@ mod tests {
             .json()
             .with_writer(move || w.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, || r.record(&event("call_fallback")));
+        tracing::subscriber::with_default(subscriber, || {
+            r.record(&event("call_fallback")).unwrap();
+        });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert!(
             text.contains("call_fallback") && text.contains("decided_at_ms"),
@@ -382,7 +569,7 @@ mod tests {
     fn queued_lines_are_all_written_before_flush_returns() {
         let r = Recorder::default();
         for i in 0..100 {
-            r.record(&event(&format!("call_{i}")));
+            r.record(&event(&format!("call_{i}"))).unwrap();
         }
         assert!(r.flush());
         assert!(Recorder::inline().flush());

@@ -1,6 +1,7 @@
 //! Infrastructure the stages share, below them all: the Redis connection
 //! (the limiter's and the replay cache's, with one timeout and breaker) and
-//! circuit breakers. It depends on `config` only.
+//! circuit breakers, and the audit spool. It depends on `config` only.
 
 pub mod breaker;
 pub mod redis;
+pub mod spool;

@@ -1,5 +1,7 @@
 //! The sidecar's mTLS client to the control plane, rebuilt whenever the
-//! certificate rotates.
+//! certificate rotates, and the audit shipper ([`ship`]).
+
+pub mod ship;
 
 use std::sync::{Arc, Mutex};
 
