@@ -45,10 +45,10 @@ pub enum ActorKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Actor {
-    /// Agent, person or system.
-    pub kind: ActorKind,
     /// Its identity: an agent id, an admin's name, a user id.
     pub id: String,
+    /// Agent, person or system.
+    pub kind: ActorKind,
 }
 
 /// How a call's arguments are kept in its event (per tool, by policy).
@@ -68,13 +68,13 @@ pub enum ArgumentsMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Arguments {
-    /// How.
-    pub mode: ArgumentsMode,
     /// Size as sent, bytes.
     pub bytes: u64,
     /// HMAC-SHA256 (truncated, hex) under the sidecar's audit key.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hmac: String,
+    /// How.
+    pub mode: ArgumentsMode,
     /// The value (`redacted` or `full`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<serde_json::Value>,
@@ -88,63 +88,63 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
-    /// When it happened, unix milliseconds.
-    pub time_ms: i64,
-    /// What happened: `tool.call`, `approval.decided`, `agent.revoked`…
-    pub kind: String,
     /// Who did it.
     pub actor: Actor,
     /// The agent concerned.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub agent: String,
-    /// Its session.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub session: String,
-    /// The end user the agent acts for.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub user: String,
-    /// The caller's trace id.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub trace_id: String,
-    /// The call's id.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub call_id: String,
-    /// The tool.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub tool: String,
-    /// `allowed`, `denied`, `failed`, `cancelled`, `ok`…
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub outcome: String,
-    /// The refusing stage.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub stage: String,
-    /// The refusal's reason code.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    /// The rule that decided.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub rule: String,
     /// The approval request concerned.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub approval: String,
-    /// The agent's peer address.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub peer: String,
-    /// Time taken, µs.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub duration_us: u64,
+    /// The call's arguments, as the tool's policy keeps them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<Arguments>,
     /// Bytes received from the caller.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_in: u64,
     /// Bytes answered.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_out: u64,
-    /// The call's arguments, as the tool's policy keeps them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arguments: Option<Arguments>,
+    /// The call's id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub call_id: String,
     /// Anything else, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub detail: BTreeMap<String, String>,
+    /// Time taken, µs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duration_us: u64,
+    /// What happened: `tool.call`, `approval.decided`, `agent.revoked`…
+    pub kind: String,
+    /// `allowed`, `denied`, `failed`, `cancelled`, `ok`…
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome: String,
+    /// The agent's peer address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer: String,
+    /// The refusal's reason code.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The rule that decided.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
+    /// Its session.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session: String,
+    /// The refusing stage.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stage: String,
+    /// When it happened, unix milliseconds.
+    pub time_ms: i64,
+    /// The tool.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tool: String,
+    /// The caller's trace id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
+    /// The end user the agent acts for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
 }
 
 /// Why an event or a record is refused.
@@ -202,12 +202,13 @@ impl Event {
                 e.column()
             ))
         })?;
-        e.check()?;
+        // The whole was bounded as it came; its fields are checked here.
+        e.check_fields()?;
         Ok(e)
     }
 
     /// Checks the bounds and forms of every field.
-    pub fn check(&self) -> Result<(), Error> {
+    pub fn check_fields(&self) -> Result<(), Error> {
         let kind_ok = !self.kind.is_empty()
             && self.kind.len() <= 64
             && self
@@ -268,13 +269,22 @@ impl Event {
             });
         }
         for (k, v) in &self.detail {
-            if k.is_empty() || k.len() > 64 || v.len() > MAX_FIELD_BYTES {
+            let name_ok = (1..=64).contains(&k.len())
+                && k.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !name_ok || v.len() > MAX_FIELD_BYTES {
                 return Err(Error::Field {
                     field: "detail",
-                    why: "names must be 1-64 bytes, values at most 1024",
+                    why: "names must be 1-64 of a-z, 0-9, '_'; values at most 1024 bytes",
                 });
             }
         }
+        Ok(())
+    }
+
+    /// [`Event::check_fields`] and the size bound of the whole event.
+    pub fn check(&self) -> Result<(), Error> {
+        self.check_fields()?;
         let len = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
         if len > MAX_EVENT_BYTES {
             return Err(Error::TooLarge {
@@ -291,22 +301,42 @@ impl Event {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
-    /// [`RECORD_VERSION`].
-    pub v: u32,
+    /// The event.
+    pub event: Event,
+    /// When the control plane took it, unix milliseconds.
+    pub received_ms: i64,
+    /// The event's number in its source, from 1.
+    pub seq: u64,
     /// The shipper: a sidecar's agent and spool (`<agent>/<spool id>`), or
     /// [`CONTROL_PLANE_SOURCE`].
     pub source: String,
-    /// The event's number in its source, from 1.
-    pub seq: u64,
-    /// When the control plane took it, unix milliseconds.
-    pub received_ms: i64,
-    /// The event.
-    pub event: Event,
+    /// [`RECORD_VERSION`].
+    pub v: u32,
 }
 
 impl Record {
     /// The exact bytes the log stores and hashes (RFC 8785).
+    ///
+    /// Without an arguments value, serde's own output already is the
+    /// canonical form: every struct declares its fields in sorted order,
+    /// `detail` keys are ASCII (so byte order is UTF-16 order), numbers are
+    /// integers below 2^53, and serde_json escapes strings as RFC 8785 does.
+    /// A free-form value goes through [`crate::jcs`].
     pub fn to_bytes(&self) -> Vec<u8> {
+        if self
+            .event
+            .arguments
+            .as_ref()
+            .is_none_or(|a| a.value.is_none())
+            && let Ok(b) = serde_json::to_vec(self)
+        {
+            return b;
+        }
+        self.canonical()
+    }
+
+    /// RFC 8785 through a `serde_json::Value` (the general path).
+    fn canonical(&self) -> Vec<u8> {
         let v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         crate::jcs::canonicalize(&v)
             .unwrap_or_default()
@@ -587,6 +617,69 @@ mod tests {
             let e = Event::from_json(bad).unwrap_err().to_string();
             assert!(!e.contains("SECRET") && e.contains("column"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_fast_record_bytes_are_the_canonical_ones() {
+        let texts = [
+            "plain",
+            "quote \" backslash \\ slash /",
+            "controls \u{1} \u{8} \t \n \r \u{c} \u{1f} \u{7f}",
+            "unicode é ü 日本 \u{2028} \u{e000} \u{ffff} 😀 \u{10ffff}",
+            "",
+        ];
+        for (i, t) in texts.iter().enumerate() {
+            let mut e = event(i as u64);
+            e.user = (*t).to_owned();
+            e.tool = t.chars().rev().collect();
+            e.trace_id = format!("{t}{i}");
+            e.duration_us = (1 << 53) - 1;
+            e.bytes_out = i as u64;
+            e.detail.insert("z_last".into(), (*t).to_owned());
+            e.detail.insert("a_first".into(), "x".into());
+            e.arguments = Some(Arguments {
+                mode: ArgumentsMode::Hash,
+                bytes: 9,
+                hmac: "00ff".into(),
+                value: None,
+            });
+            let r = Record {
+                v: RECORD_VERSION,
+                source: format!("a/{t}"),
+                seq: u64::MAX >> 11,
+                received_ms: 1_800_000_000_000,
+                event: e,
+            };
+            assert_eq!(
+                String::from_utf8(r.to_bytes()).unwrap(),
+                String::from_utf8(r.canonical()).unwrap(),
+                "{t:?}"
+            );
+        }
+        // A free-form value takes the general path.
+        let mut e = event(1);
+        e.arguments = Some(Arguments {
+            mode: ArgumentsMode::Full,
+            bytes: 1,
+            hmac: String::new(),
+            value: Some(serde_json::json!({"b": 1.5e30, "a": [1, "x"]})),
+        });
+        let r = Record {
+            v: 1,
+            source: "s".into(),
+            seq: 1,
+            received_ms: 1,
+            event: e,
+        };
+        assert_eq!(r.to_bytes(), r.canonical());
+        assert!(
+            String::from_utf8(r.to_bytes())
+                .unwrap()
+                .contains(r#"{"a":[1,"x"],"b":1.5e+30}"#)
+        );
+        let mut bad = event(0);
+        bad.detail.insert("Upper Case".into(), "x".into());
+        assert!(bad.check().is_err());
     }
 
     #[test]

@@ -118,18 +118,33 @@ impl AuditStore for SqliteStore {
     }
 
     async fn audit_nodes(&self, nodes: &[Node]) -> Result<Vec<Option<Hash>>> {
-        let mut c = self.pool.acquire().await?;
-        let mut out = Vec::with_capacity(nodes.len());
-        for n in nodes {
-            let h: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT hash FROM audit_tree WHERE level = ? AND idx = ?")
-                    .bind(i64::from(n.level))
-                    .bind(int(n.index))
-                    .fetch_optional(&mut *c)
-                    .await?;
-            out.push(h.map(|h| hash("audit_tree", &h)).transpose()?);
+        // One query per few hundred subtrees (a proof needs a few dozen).
+        let mut found = std::collections::HashMap::with_capacity(nodes.len());
+        for chunk in nodes.chunks(TREE_CHUNK) {
+            let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "SELECT level, idx, hash FROM audit_tree WHERE (level, idx) IN (VALUES ",
+            );
+            let mut values = q.separated(", ");
+            for n in chunk {
+                values
+                    .push("(")
+                    .push_bind_unseparated(i64::from(n.level))
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(int(n.index))
+                    .push_unseparated(")");
+            }
+            q.push(")");
+            for r in q.build().fetch_all(&self.pool).await? {
+                let level: i64 = r.try_get("level")?;
+                let idx: i64 = r.try_get("idx")?;
+                let h: Vec<u8> = r.try_get("hash")?;
+                found.insert((level, idx), hash("audit_tree", &h)?);
+            }
         }
-        Ok(out)
+        Ok(nodes
+            .iter()
+            .map(|n| found.get(&(i64::from(n.level), int(n.index))).copied())
+            .collect())
     }
 
     async fn audit_source_seq(&self, source: &str) -> Result<u64> {
