@@ -280,6 +280,8 @@ fn audit_event() {
         micros: 180,
         approval: "",
         bytes_out: 1380,
+        peer: "127.0.0.1:50123",
+        kept: None,
     };
     // Chunks smaller than the queue, drained between chunks (not timed), so
     // the queued phase measures the hand-off, not the fallback.

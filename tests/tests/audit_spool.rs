@@ -33,6 +33,20 @@ tools:
     scopes: ["payments:refund"]
     risk: low
     upstream: { kind: builtin, address: echo }
+  - name: echo_full
+    description: Returns its arguments; they are kept whole.
+    input_schema: { type: object, properties: { note: { type: string } } }
+    scopes: ["payments:refund"]
+    risk: low
+    upstream: { kind: builtin, address: echo }
+    audit_arguments: full
+  - name: echo_hash
+    description: Returns its arguments; only their hash is kept.
+    input_schema: { type: object, properties: { note: { type: string } } }
+    scopes: ["payments:refund"]
+    risk: low
+    upstream: { kind: builtin, address: echo }
+    audit_arguments: hash
 cedar: |
   permit (principal, action, resource);
 "#;
@@ -139,6 +153,24 @@ async fn every_call_is_in_the_log_once_and_no_event_holds_a_secret_or_token() {
         let r = c.call_tool(echo(i)).await.unwrap().into_inner();
         answered.insert(r.call_id);
     }
+    // The tool's policy says how its arguments are kept.
+    let kept_call = |tool: &str| pb::CallToolRequest {
+        tool: tool.into(),
+        arguments_json: r#"{"note": "kept-or-hashed"}"#.into(),
+        ..Default::default()
+    };
+    let full = c
+        .call_tool(kept_call("echo_full"))
+        .await
+        .unwrap()
+        .into_inner()
+        .call_id;
+    let hashed = c
+        .call_tool(kept_call("echo_hash"))
+        .await
+        .unwrap()
+        .into_inner()
+        .call_id;
     // Refused calls are recorded too.
     for _ in 0..3 {
         let r = c
@@ -151,16 +183,26 @@ async fn every_call_is_in_the_log_once_and_no_event_holds_a_secret_or_token() {
         assert_refused(r, Code::NotFound, "TOOL_UNKNOWN");
     }
     let arrived = eventually(Duration::from_secs(20), || async {
-        calls(&mesh).await.values().map(Vec::len).sum::<usize>() >= 23
+        calls(&mesh).await.values().map(Vec::len).sum::<usize>() >= 25
     })
     .await;
     assert!(arrived, "{:?}", calls(&mesh).await.keys());
     let by_call = calls(&mesh).await;
-    assert_eq!(by_call.len(), 23);
+    assert_eq!(by_call.len(), 25);
     assert!(
         by_call.values().all(|v| v.len() == 1),
         "a call recorded twice"
     );
+    let args = |id: &str| by_call[id][0].event.arguments.clone().unwrap();
+    assert_eq!(
+        args(&full).value,
+        Some(serde_json::json!({"note": "kept-or-hashed"}))
+    );
+    assert_eq!(
+        args(&hashed).mode,
+        warden_shared::audit::ArgumentsMode::Hash
+    );
+    assert_eq!(args(&hashed).value, None);
     for id in &answered {
         let r = &by_call[id][0];
         assert_eq!(
@@ -172,8 +214,14 @@ async fn every_call_is_in_the_log_once_and_no_event_holds_a_secret_or_token() {
             ("allowed", "echo", s.session_id.as_str())
         );
         let args = r.event.arguments.as_ref().unwrap();
-        assert!(args.bytes > 0 && args.hmac.len() == 32 && args.value.is_none());
+        assert!(args.bytes > 0 && args.hmac.len() == 32);
+        // `redacted`, the default: the value the schema marks writeOnly is out.
+        assert_eq!(args.mode, warden_shared::audit::ArgumentsMode::Redacted);
+        let v = args.value.as_ref().unwrap();
+        assert_eq!(v["card"], "[redacted]");
+        assert!(v["n"].is_u64());
         assert!(r.event.bytes_out > 0);
+        assert!(r.event.peer.starts_with("127.0.0.1:"), "{}", r.event.peer);
         assert!(r.source.starts_with("a1/"), "{}", r.source);
     }
     let denied: Vec<_> = by_call
@@ -185,7 +233,7 @@ async fn every_call_is_in_the_log_once_and_no_event_holds_a_secret_or_token() {
     // Sequence numbers follow the calls, one per event.
     let mut seqs: Vec<u64> = by_call.values().map(|v| v[0].seq).collect();
     seqs.sort_unstable();
-    assert_eq!(seqs, (1..=23).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=25).collect::<Vec<_>>());
     // Nothing in the whole log holds the session token or an argument.
     for (_, _, text) in records(&mut mesh.admin().await.unwrap()).await {
         assert!(!text.contains(&s.token), "a token in {text}");
@@ -397,6 +445,10 @@ async fn a_sidecar_killed_in_a_burst_loses_no_decided_call_and_records_none_twic
         answered.iter().filter(|id| !got.contains_key(*id)).count()
     );
     assert!(got.values().all(|v| v.len() == 1), "a call recorded twice");
+    assert!(
+        got.values().all(|v| v[0].event.peer == "unix"),
+        "calls came over the socket"
+    );
     let mut seqs: Vec<u64> = got.values().map(|v| v[0].seq).collect();
     seqs.sort_unstable();
     assert!(

@@ -274,6 +274,13 @@ pub struct Tool {
     /// Input/output filter settings.
     #[serde(default)]
     pub filters: Filters,
+    /// How the call's arguments are kept in its audit event: `redacted`
+    /// (the default: values the schema marks `writeOnly` or `x-sensitive`
+    /// and strings holding one of the tool's secrets removed), `hash` (a
+    /// keyed hash only) or `full` (as sent, the tool's secrets still
+    /// removed).
+    #[serde(default, skip_serializing_if = "is_redacted")]
+    pub audit_arguments: crate::audit::ArgumentsMode,
     /// What one call costs against quotas (default 1).
     #[serde(default = "one")]
     pub cost: u32,
@@ -545,6 +552,10 @@ pub struct Filters {
 
 fn yes() -> bool {
     true
+}
+
+fn is_redacted(m: &crate::audit::ArgumentsMode) -> bool {
+    *m == crate::audit::ArgumentsMode::Redacted
 }
 
 impl Default for Filters {

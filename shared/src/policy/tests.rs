@@ -666,3 +666,23 @@ fn approval_bindings_follow_the_call_not_its_formatting() {
         approval_binding("a", &serde_json::json!({}), "bc").unwrap()
     );
 }
+
+#[test]
+fn a_tools_audit_arguments_mode_is_redacted_unless_set() {
+    use crate::audit::ArgumentsMode;
+    let p = Policy::parse(EXAMPLE).unwrap();
+    assert!(
+        p.document
+            .tools
+            .iter()
+            .all(|t| t.audit_arguments == ArgumentsMode::Redacted)
+    );
+    for (mode, want) in [("hash", ArgumentsMode::Hash), ("full", ArgumentsMode::Full)] {
+        let p = Policy::parse(&with(|v| v["tools"][0]["audit_arguments"] = mode.into())).unwrap();
+        assert_eq!(p.document.tools[0].audit_arguments, want);
+    }
+    assert!(matches!(
+        err(&with(|v| v["tools"][0]["audit_arguments"] = "raw".into())),
+        Error::Yaml(_) | Error::UnknownField(_)
+    ));
+}

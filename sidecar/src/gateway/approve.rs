@@ -30,7 +30,6 @@ use warden_shared::refusal::Reason;
 
 use super::authorize::Authorized;
 use super::catalog::ToolEntry;
-use super::execute::secrets;
 use super::{Refusal, Stage};
 use crate::cp::ControlPlane;
 use crate::state::State;
@@ -254,7 +253,6 @@ impl std::fmt::Debug for Call<'_> {
 }
 
 /// Shown to approvers in place of a sensitive value.
-const REDACTED: &str = "[redacted]";
 /// Largest arguments shown to approvers.
 const MAX_DISPLAY: usize = 64 * 1024;
 /// Longest reason sent with a request.
@@ -269,17 +267,7 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// (`writeOnly: true` or `x-sensitive: true`) and strings holding one of
 /// the tool's secrets replaced by `[redacted]`.
 pub fn for_display(tool: &ToolEntry, policy: &Policy, args: &serde_json::Value) -> String {
-    let secrets: Vec<String> = tool
-        .spec
-        .secrets
-        .iter()
-        .filter_map(|s| policy.document.secrets.get(s))
-        .filter_map(|r| secrets::resolve(r).ok())
-        .map(|s| s.expose().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let mut shown = args.clone();
-    redact(&mut shown, Some(&tool.spec.input_schema), &secrets);
+    let shown = super::sensitive::without_sensitive(tool, policy, args, true);
     let text = serde_json::to_string(&shown).unwrap_or_default();
     if text.len() <= MAX_DISPLAY {
         text
@@ -289,35 +277,6 @@ pub fn for_display(tool: &ToolEntry, policy: &Policy, args: &serde_json::Value) 
             text.len()
         ))
         .unwrap_or_default()
-    }
-}
-
-fn redact(v: &mut serde_json::Value, schema: Option<&serde_json::Value>, secrets: &[String]) {
-    use serde_json::Value;
-    let flag = |k: &str| schema.and_then(|s| s.get(k)) == Some(&Value::Bool(true));
-    if flag("writeOnly") || flag("x-sensitive") {
-        *v = Value::String(REDACTED.to_owned());
-        return;
-    }
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                let sub = schema
-                    .and_then(|s| s.get("properties"))
-                    .and_then(|p| p.get(k))
-                    .or_else(|| schema.and_then(|s| s.get("additionalProperties")));
-                redact(x, sub, secrets);
-            }
-        }
-        Value::Array(a) => {
-            for x in a {
-                redact(x, schema.and_then(|s| s.get("items")), secrets);
-            }
-        }
-        Value::String(s) if secrets.iter().any(|secret| s.contains(secret.as_str())) => {
-            *s = REDACTED.to_owned();
-        }
-        _ => {}
     }
 }
 

@@ -92,6 +92,9 @@ pub struct Credentials<'a> {
     pub token: Result<&'a str, Refusal>,
     /// This sidecar's certificates when the request arrived.
     pub identity: Snapshot,
+    /// Where the request came from (`host:port`, or `unix` for the
+    /// socket), for the record.
+    pub peer: String,
 }
 
 impl std::fmt::Debug for Credentials<'_> {
@@ -108,6 +111,9 @@ impl<'a> Credentials<'a> {
         Self {
             token: bearer(req),
             identity,
+            peer: req
+                .remote_addr()
+                .map_or_else(|| "unix".to_owned(), |a| a.to_string()),
         }
     }
 }

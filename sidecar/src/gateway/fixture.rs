@@ -165,6 +165,7 @@ impl Fixture {
         Credentials {
             token: Ok(token),
             identity: self.identity.clone(),
+            peer: "fixture".into(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod limit;
 pub mod pipeline;
 pub mod record;
+pub mod sensitive;
 pub mod session;
 pub mod validate;
 

@@ -34,7 +34,7 @@ use super::execute::Executor;
 use super::execute::mcp::Standing;
 use super::inspect::{self, InputInspector, PassThrough};
 use super::limit::{CallKey, Limiter, SessionCalls};
-use super::record::{Event, Outcome, Recorder};
+use super::record::{Event, Kept, Outcome, Recorder};
 use super::validate::MAX_TRACE_ID;
 use super::{Refusal, Stage, approve, validate};
 use crate::state::held::{Held, HeldPolicy};
@@ -286,7 +286,7 @@ impl Gateway {
         let t0 = Instant::now();
         let call_id = call_id();
         let (claims, held) = self.admit_caller(creds, r, &call_id, t0).await?;
-        let mut e = self.event(r, Some(&claims), &call_id, &held);
+        let mut e = self.event(r, &creds.peer, Some(&claims), &call_id, &held);
         let admitted = match self.admit(&held, &claims, r).await {
             Ok(a) => a.still_allowed(self, creds).await.map(|()| a),
             Err(d) => Err(d),
@@ -294,6 +294,7 @@ impl Gateway {
         let refusal = match &admitted {
             Ok(a) => {
                 e.approval = &a.approval;
+                e.kept = Some(Kept::of(&a.tool, &a.policy.policy, &a.args));
                 // An allowed call the record cannot keep is refused.
                 self.recorded(e, Outcome::Allowed, None, t0).await.err()
             }
@@ -315,7 +316,7 @@ impl Gateway {
         let call_id = call_id();
         // 1. authenticate
         let (claims, held) = self.admit_caller(creds, r, &call_id, t0).await?;
-        let mut e = self.event(r, Some(&claims), &call_id, &held);
+        let mut e = self.event(r, &creds.peer, Some(&claims), &call_id, &held);
         // 1–6, up to the approval
         let admitted = match self.admit(&held, &claims, r).await {
             Ok(a) => a.still_allowed(self, creds).await.map(|()| a),
@@ -329,6 +330,7 @@ impl Gateway {
             }
         };
         e.approval = &a.approval;
+        e.kept = Some(Kept::of(&a.tool, &a.policy.policy, &a.args));
         // 7. execute; from here the upstream may act, so an agent that goes
         // away is recorded as having abandoned the call.
         let mut abandoned = Abandoned {
@@ -531,7 +533,7 @@ impl Gateway {
         t0: Instant,
     ) -> Result<(Arc<Claims>, Arc<Held>), Refusal> {
         self.authenticate(creds).await.inspect_err(|d| {
-            let e = self.event(r, None, call_id, &Held::default());
+            let e = self.event(r, &creds.peer, None, call_id, &Held::default());
             let _ = self.record(e, Outcome::Denied, Some(d), t0);
         })
     }
@@ -539,6 +541,7 @@ impl Gateway {
     fn event<'a>(
         &'a self,
         r: &Request<'a>,
+        peer: &'a str,
         claims: Option<&'a Claims>,
         call_id: &'a str,
         held: &Held,
@@ -575,6 +578,8 @@ impl Gateway {
             micros: 0,
             approval: "",
             bytes_out: 0,
+            peer,
+            kept: None,
         }
     }
 

@@ -94,6 +94,49 @@ pub struct Event<'a> {
     pub approval: &'a str,
     /// Bytes of the answer the agent was given.
     pub bytes_out: u64,
+    /// Where the request came from.
+    pub peer: &'a str,
+    /// The arguments as the tool's policy keeps them (`None`: not
+    /// validated, so only their keyed hash).
+    pub kept: Option<Kept>,
+}
+
+/// A call's arguments as its audit event keeps them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kept {
+    /// How.
+    pub mode: ArgumentsMode,
+    /// The value (`redacted`, `full`); `None` for `hash`, or when it was
+    /// too large to keep.
+    pub value: Option<serde_json::Value>,
+}
+
+/// Largest kept arguments value, as JSON: the rest of the event must fit
+/// in the control plane's bound.
+pub const MAX_KEPT_BYTES: usize = 8 * 1024;
+
+impl Kept {
+    /// The arguments `args` of `tool` as its `audit_arguments` setting says.
+    pub fn of(
+        tool: &super::catalog::ToolEntry,
+        policy: &warden_shared::policy::Policy,
+        args: &serde_json::Value,
+    ) -> Self {
+        let mode = tool.spec.audit_arguments;
+        let value = match mode {
+            ArgumentsMode::Hash => None,
+            ArgumentsMode::Redacted => Some(super::sensitive::without_sensitive(
+                tool, policy, args, true,
+            )),
+            ArgumentsMode::Full => Some(super::sensitive::without_sensitive(
+                tool, policy, args, false,
+            )),
+        };
+        // Too large to keep: the hash and size stand for it.
+        let value =
+            value.filter(|v| serde_json::to_vec(v).is_ok_and(|b| b.len() <= MAX_KEPT_BYTES));
+        Self { mode, value }
+    }
 }
 
 /// Lines waiting for the writer thread, at most.
@@ -275,15 +318,15 @@ fn audit_event(e: &Event<'_>, hmac: String, time_ms: i64) -> warden_shared::audi
             .denial
             .map_or(e.approval, |d| d.approval_id.as_str())
             .to_owned(),
-        peer: String::new(),
+        peer: cut(e.peer),
         duration_us: e.micros,
         bytes_in: e.arguments.len() as u64,
         bytes_out: e.bytes_out,
         arguments: Some(Arguments {
-            mode: ArgumentsMode::Hash,
+            mode: e.kept.as_ref().map_or(ArgumentsMode::Hash, |k| k.mode),
             bytes: e.arguments.len() as u64,
             hmac,
-            value: None,
+            value: e.kept.as_ref().and_then(|k| k.value.clone()),
         }),
         detail,
     }
@@ -536,6 +579,8 @@ mod tests {
             micros: 1,
             approval: "",
             bytes_out: 0,
+            peer: "",
+            kept: None,
         }
     }
 

@@ -461,6 +461,11 @@ impl McpServer {
 
     /// One HTTP request.
     pub async fn handle(&self, req: http::Request<Incoming>) -> Answer {
+        let peer = req
+            .extensions()
+            .get::<Peer>()
+            .map(|p| p.0.to_string())
+            .unwrap_or_default();
         let path = req.uri().path().to_owned();
         let h = req.headers();
         // A name that resolves here only by DNS rebinding is not ours.
@@ -604,6 +609,7 @@ impl McpServer {
         let creds = Credentials {
             token: token.as_deref().ok_or_else(missing),
             identity: self.identity.snapshot(),
+            peer: peer.clone(),
         };
         if let Err(r) = self.gateway.authenticate(&creds).await {
             return match r.code() {
@@ -739,7 +745,7 @@ impl McpServer {
         {
             // Answered as an event stream: a question to the user may come
             // before the result.
-            return self.call_streamed(token, s, id, params);
+            return self.call_streamed(token, peer, s, id, params);
         }
         let reply = self.dispatch(&creds, &id, method, &params).await;
         let mut answer = json_answer(StatusCode::OK, &reply);
@@ -758,6 +764,7 @@ impl McpServer {
     fn call_streamed(
         &self,
         token: Option<String>,
+        peer: String,
         session: Arc<Session>,
         id: Value,
         params: Value,
@@ -775,6 +782,7 @@ impl McpServer {
                     Refusal::at(Stage::Authenticate, Reason::TokenMissing, "no token")
                 }),
                 identity,
+                peer,
             };
             let reply = tokio::select! {
                 r = tokio::time::timeout(REQUEST_TIMEOUT, call(&gateway, &creds, &id, &params, UserChannel::Ask(&asker))) => r.unwrap_or_else(|_| {
@@ -854,6 +862,10 @@ impl McpServer {
     }
 }
 
+/// The client's address, as a request extension.
+#[derive(Clone, Copy, Debug)]
+struct Peer(std::net::SocketAddr);
+
 /// Serves `server` on `listener` until `shutdown`: at most
 /// [`MAX_CONNECTIONS`] at once, each request's headers within 10 s and the
 /// whole request within 5 minutes.
@@ -879,7 +891,7 @@ pub async fn serve(
             a = listener.accept() => a,
             () = stopping => return Ok(()),
         };
-        let (sock, _) = match accepted {
+        let (sock, addr) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of descriptors, say: not a reason to spin.
@@ -893,7 +905,8 @@ pub async fn serve(
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                req.extensions_mut().insert(Peer(addr));
                 let server = Arc::clone(&server);
                 async move {
                     let answer = tokio::time::timeout(REQUEST_TIMEOUT, server.handle(req))

@@ -148,6 +148,7 @@ async fn stage_one_refuses_what_is_not_a_valid_bound_token() {
             "none",
         )),
         identity: f.identity.clone(),
+        peer: String::new(),
     };
     let d = g.authorize(&none, &r).await.expect_err("refused");
     assert_eq!(d.reason, Reason::TokenMissing);
