@@ -701,6 +701,28 @@ async fn wardenctl_audit_queries_verifies_proves_and_checks_offline() {
     assert!(o.status.success(), "{}", err(&o));
     assert!(out(&o).starts_with("verified: "), "{}", out(&o));
 
+    // Retention: refused without --yes (archive first), then done.
+    let o = ctl(d, &addr, &["audit", "prune", "--below", "1"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("archive them first"), "{}", err(&o));
+    let o = ctl(d, &addr, &["audit", "export", "--to", "1"]).await;
+    std::fs::write(d.join("archive.jsonl"), out(&o)).unwrap();
+    let o = ctl(d, &addr, &["audit", "prune", "--below", "1", "--yes"]).await;
+    assert!(
+        out(&o).contains("pruned: 1 entries below 1"),
+        "{} {}",
+        out(&o),
+        err(&o)
+    );
+    let archive = d.join("archive.jsonl");
+    let o = ctl(
+        d,
+        &addr,
+        &["audit", "verify", "--archive", archive.to_str().unwrap()],
+    )
+    .await;
+    assert!(out(&o).starts_with("verified: "), "{} {}", out(&o), err(&o));
+
     // Altered in the database file (past its trigger): verify exits 1 and
     // names the position.
     {

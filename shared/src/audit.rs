@@ -413,6 +413,15 @@ pub enum Finding {
         /// The size of the last head that matched (0 if none).
         after: u64,
     },
+    /// The hashes kept for a pruned prefix do not match a signed head of
+    /// that size (the store's kept subtrees were altered).
+    #[error(
+        "the hashes kept for the entries pruned below {at} do not match the signed head of that size"
+    )]
+    KeptSubtrees {
+        /// The prune point.
+        at: u64,
+    },
     /// A head's signature does not verify.
     #[error("the tree head of size {size} has a bad signature")]
     BadSignature {
@@ -439,6 +448,10 @@ pub struct Verifier {
     matched: u64,
     /// Heads checked.
     pub heads_checked: u64,
+    /// Heads of a pruned prefix, not checked (no archive given).
+    pub heads_skipped: u64,
+    /// Where the entries start, when resumed after a prune.
+    pruned_at: Option<u64>,
     first: Option<Finding>,
 }
 
@@ -451,8 +464,28 @@ impl Verifier {
             heads,
             matched: 0,
             heads_checked: 0,
+            heads_skipped: 0,
+            pruned_at: None,
             first: None,
         }
+    }
+
+    /// A verifier for a log pruned below `at`, from the heads of the
+    /// pruned prefix's largest complete subtrees (`peaks`, largest first):
+    /// entries are read from `at` on; heads smaller than `at` are skipped
+    /// (check them against the archive with [`Verifier::new`]). `None` if
+    /// the number of peaks does not fit `at`.
+    pub fn resume(at: u64, peaks: Vec<Hash>, heads: Vec<(TreeHead, bool)>) -> Option<Self> {
+        let frontier = Frontier::restore(at, peaks)?;
+        let mut v = Self::new(heads);
+        let before = v.heads.len();
+        v.heads.retain(|(h, _)| h.size >= at);
+        v.heads_skipped = (before - v.heads.len()) as u64;
+        v.frontier = frontier;
+        v.matched = at;
+        v.pruned_at = Some(at);
+        v.reach();
+        Some(v)
     }
 
     fn found(&mut self, f: Finding) {
@@ -496,6 +529,8 @@ impl Verifier {
                 self.found(Finding::BadSignature { size: head.size });
             } else if head.size == 0 || self.frontier.root() == head.root {
                 self.matched = head.size;
+            } else if self.pruned_at == Some(head.size) {
+                self.found(Finding::KeptSubtrees { at: head.size });
             } else {
                 self.found(Finding::HeadMismatch {
                     size: head.size,
@@ -737,6 +772,55 @@ mod tests {
             v.entry(*p, r, None);
         }
         assert_eq!(v.finish().0, Some(Finding::BadSignature { size: 4 }));
+    }
+
+    #[test]
+    fn a_pruned_log_is_checked_from_its_kept_subtrees() {
+        let records: Vec<Vec<u8>> = (0..13).map(record).collect();
+        let leaves: Vec<Hash> = records.iter().map(|r| merkle::leaf_hash(r)).collect();
+        let heads = [head(&records[..3]), head(&records[..6]), head(&records)];
+        let peaks = |at: usize| -> Vec<Hash> {
+            Frontier::peaks_of(at as u64)
+                .iter()
+                .map(|n| {
+                    let start = (n.index << n.level) as usize;
+                    merkle::root(&leaves[start..start + (1 << n.level)])
+                })
+                .collect()
+        };
+        let run = |at: usize, peaks: Vec<Hash>, rows: &[(u64, Vec<u8>)]| {
+            let mut v =
+                Verifier::resume(at as u64, peaks, heads.iter().map(|h| (*h, true)).collect())
+                    .unwrap();
+            for (p, r) in rows {
+                v.entry(*p, r, None);
+            }
+            let skipped = v.heads_skipped;
+            (v.finish(), skipped)
+        };
+        let live: Vec<(u64, Vec<u8>)> = records
+            .iter()
+            .cloned()
+            .enumerate()
+            .skip(6)
+            .map(|(i, r)| (i as u64, r))
+            .collect();
+        // Pruned below 6: the head of 3 is skipped, that of 6 checked
+        // against the kept subtrees, that of 13 against them and the rest.
+        assert_eq!(run(6, peaks(6), &live), ((None, 0), 1));
+        let mut wrong = peaks(6);
+        wrong[0][0] ^= 1;
+        assert_eq!(
+            run(6, wrong, &live).0.0,
+            Some(Finding::KeptSubtrees { at: 6 })
+        );
+        let mut altered = live.clone();
+        altered[2].1 = record(99);
+        assert_eq!(
+            run(6, peaks(6), &altered).0.0,
+            Some(Finding::HeadMismatch { size: 13, after: 6 })
+        );
+        assert!(Verifier::resume(6, vec![], vec![]).is_none());
     }
 
     #[test]

@@ -361,7 +361,7 @@ async fn admin_acts_and_shipped_events_are_logged_signed_and_provable() {
 
     // The whole log verifies; after a restart too (the tree's right edge
     // is restored from the store and the log goes on).
-    let v = ctl_audit::verify(&mut admin, &keys).await.unwrap();
+    let v = ctl_audit::verify(&mut admin, &keys, None).await.unwrap();
     assert_eq!(v.finding, None);
     assert!(v.heads >= 2 && v.entries >= second.size, "{v:?}");
     drop(sc);
@@ -378,7 +378,7 @@ async fn admin_acts_and_shipped_events_are_logged_signed_and_provable() {
         .sign_tree_head(pb::SignTreeHeadRequest {})
         .await
         .unwrap();
-    let v = ctl_audit::verify(&mut admin, &keys).await.unwrap();
+    let v = ctl_audit::verify(&mut admin, &keys, None).await.unwrap();
     assert_eq!(v.finding, None, "{v:?}");
     assert_eq!(v.uncovered, 0);
     assert_eq!(query(&mesh, kind("agent.suspended")).await.len(), 2);
@@ -446,7 +446,12 @@ async fn verify_names_the_position_of_an_altered_missing_or_reordered_entry() {
         .unwrap();
     let keys = ctl_audit::keys(&mut admin).await.unwrap();
     let db = mesh.dir.path().join("cp/warden.db");
-    let mut check = async || ctl_audit::verify(&mut admin, &keys).await.unwrap().finding;
+    let mut check = async || {
+        ctl_audit::verify(&mut admin, &keys, None)
+            .await
+            .unwrap()
+            .finding
+    };
     assert_eq!(check().await, None);
 
     // Through SQL, the store refuses to change or remove audit rows.
@@ -478,4 +483,141 @@ async fn verify_names_the_position_of_an_altered_missing_or_reordered_entry() {
     assert_eq!(check().await, Some(Finding::Altered { position: 2 }));
     tamper(&db, json!({"op": "restore", "rows": old}));
     assert_eq!(check().await, None);
+}
+
+async fn sign(
+    admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+) -> u64 {
+    admin
+        .sign_tree_head(pb::SignTreeHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .head
+        .unwrap()
+        .size
+}
+
+#[tokio::test]
+async fn a_pruned_log_keeps_later_entries_provable_and_every_head_checkable() {
+    use warden_shared::audit::Finding;
+    let mesh = Mesh::start().await.unwrap();
+    let mut admin = mesh.admin().await.unwrap();
+    let register = async |from: usize, to: usize| {
+        for i in from..to {
+            mesh.register(&format!("r{i}"), &["data:read"], 1)
+                .await
+                .unwrap();
+        }
+    };
+    register(0, 5).await;
+    let h0 = sign(&mut admin).await;
+    register(5, 20).await;
+    let h1 = sign(&mut admin).await;
+    register(20, 30).await;
+    let h2 = sign(&mut admin).await;
+    assert!(h0 < 13 && 13 < h1 && h1 < h2, "{h0} {h1} {h2}");
+    let keys = ctl_audit::keys(&mut admin).await.unwrap();
+
+    // Archive the prefix, then prune it.
+    let mut archive = Vec::new();
+    let mut feed = admin
+        .export_audit(pb::ExportAuditRequest { from: 0, to: 13 })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(page) = feed.next().await {
+        for e in page.unwrap().entries {
+            archive.extend_from_slice(&e.record);
+            archive.push(b'\n');
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let archive_file = dir.path().join("archive.jsonl");
+    std::fs::write(&archive_file, &archive).unwrap();
+    for below in [0, h2 + 1] {
+        assert_refused(
+            admin.prune_audit(pb::PruneAuditRequest { below }).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+    }
+    let r = admin
+        .prune_audit(pb::PruneAuditRequest { below: 13 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.deleted, 13);
+    assert_refused(
+        admin.prune_audit(pb::PruneAuditRequest { below: 13 }).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(query(&mesh, kind("audit.pruned")).await.len(), 1);
+
+    // Without the archive: verified from the kept hashes, the head below
+    // the point skipped; with it, every head.
+    let v = ctl_audit::verify(&mut admin, &keys, None).await.unwrap();
+    assert_eq!(v.finding, None, "{v:?}");
+    assert_eq!((v.pruned_below, v.heads_skipped), (13, 1));
+    let v = ctl_audit::verify(&mut admin, &keys, Some(&archive_file))
+        .await
+        .unwrap();
+    assert_eq!(v.finding, None, "{v:?}");
+    assert_eq!(v.heads_skipped, 0);
+    assert!(v.heads >= 3);
+    // An altered archive does not verify.
+    let text = String::from_utf8(archive.clone()).unwrap();
+    let altered = text.replacen("\"r7\"", "\"r9\"", 1);
+    assert_ne!(altered, text);
+    std::fs::write(&archive_file, altered).unwrap();
+    let v = ctl_audit::verify(&mut admin, &keys, Some(&archive_file))
+        .await
+        .unwrap();
+    assert!(
+        matches!(v.finding, Some(Finding::HeadMismatch { .. })),
+        "{v:?}"
+    );
+
+    // Later entries stay provable; pruned ones are refused.
+    let proof = ctl_audit::prove(&mut admin, 20, 0).await.unwrap();
+    assert!(ctl_audit::check(&proof, &keys).is_ok());
+    let c = ctl_audit::consistency(&mut admin, h1, h2).await.unwrap();
+    assert!(ctl_audit::check(&c, &keys).is_ok());
+    assert_refused(
+        admin
+            .prove_inclusion(pb::ProveInclusionRequest {
+                position: 3,
+                tree_size: 0,
+            })
+            .await,
+        Code::NotFound,
+        "AUDIT_NOT_FOUND",
+    );
+    assert_refused(
+        admin
+            .prove_consistency(pb::ProveConsistencyRequest {
+                old_size: h0,
+                new_size: h2,
+            })
+            .await,
+        Code::NotFound,
+        "AUDIT_NOT_FOUND",
+    );
+
+    // Everything signed pruned, then a restart: the log keeps its length
+    // and goes on.
+    let h3 = sign(&mut admin).await;
+    admin
+        .prune_audit(pb::PruneAuditRequest { below: h3 })
+        .await
+        .unwrap();
+    let mesh = mesh.restart().await.unwrap();
+    let mut admin = mesh.admin().await.unwrap();
+    mesh.register("after", &["data:read"], 1).await.unwrap();
+    let h4 = sign(&mut admin).await;
+    assert!(h4 > h3);
+    let v = ctl_audit::verify(&mut admin, &keys, None).await.unwrap();
+    assert_eq!(v.finding, None, "{v:?}");
+    assert_eq!(v.pruned_below, h3);
 }

@@ -248,7 +248,7 @@ async fn every_call_is_in_the_log_once_and_no_event_holds_a_secret_or_token() {
     let keys = warden_control_plane::ctl::audit::keys(&mut admin)
         .await
         .unwrap();
-    let v = warden_control_plane::ctl::audit::verify(&mut admin, &keys)
+    let v = warden_control_plane::ctl::audit::verify(&mut admin, &keys, None)
         .await
         .unwrap();
     assert_eq!(v.finding, None);

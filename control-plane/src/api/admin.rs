@@ -864,6 +864,16 @@ impl AdminService for AdminApi {
         auth::admin(&req, &self.state.td)?;
         super::audit::keys(&self.state).await.map(Response::new)
     }
+
+    async fn prune_audit(
+        &self,
+        req: Request<pb::PruneAuditRequest>,
+    ) -> Result<Response<pb::PruneAuditResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        super::audit::prune(&self.state, &admin, req.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 fn policy_proto(m: &PolicyMeta) -> pb::PolicyVersion {

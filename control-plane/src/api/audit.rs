@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use warden_shared::audit::{self as model, ActorKind, Event};
-use warden_shared::merkle;
+use warden_shared::merkle::{self, Frontier};
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::audit_service_server::AuditService;
 use warden_shared::refusal::{Reason, status};
@@ -356,10 +356,67 @@ pub async fn list_heads(
         .audit_heads(r.from_size, limit)
         .await
         .map_err(store_error)?;
+    let pruned_below = state.store.audit_pruned().await.map_err(store_error)?;
+    let peaks_at = Frontier::peaks_of(pruned_below);
+    let peaks = crate::audit::read_nodes(state.store.as_ref(), &peaks_at)
+        .await
+        .map_err(log_error)?;
     Ok(pb::ListTreeHeadsResponse {
         heads: heads.iter().map(head_pb).collect(),
         log_size: *state.audit.size.borrow(),
+        pruned_below,
+        pruned_peaks: peaks_at.iter().map(|n| peaks[n].to_vec()).collect(),
     })
+}
+
+/// `PruneAudit`: retention, by `admin`.
+pub async fn prune(
+    state: &State,
+    admin: &str,
+    r: pb::PruneAuditRequest,
+) -> Result<pb::PruneAuditResponse, Status> {
+    let pruned = state.store.audit_pruned().await.map_err(store_error)?;
+    let signed = state
+        .store
+        .audit_head(None)
+        .await
+        .map_err(store_error)?
+        .map_or(0, |h| h.head.size);
+    if r.below <= pruned || r.below > signed {
+        return Err(invalid(format!(
+            "below must be above the current prune point ({pruned}) and at most the latest signed head's size ({signed}); sign a head first (SignTreeHead)"
+        )));
+    }
+    let deleted = state
+        .store
+        .audit_prune(r.below, admin, crate::now_unix_ms())
+        .await
+        .map_err(store_error)?;
+    tracing::warn!(admin, below = r.below, deleted, "audit log pruned");
+    let mut e = crate::audit::event(
+        "audit.pruned",
+        warden_shared::audit::ActorKind::Human,
+        admin,
+    );
+    e.outcome = "ok".into();
+    e.detail.insert("below".into(), r.below.to_string());
+    e.detail.insert("deleted".into(), deleted.to_string());
+    state.audit.note(e).await;
+    Ok(pb::PruneAuditResponse {
+        below: r.below,
+        deleted,
+    })
+}
+
+/// Refuses what needs entries or subtrees a prune removed.
+async fn not_pruned(state: &State, first: u64, what: &str) -> Result<(), Status> {
+    let pruned = state.store.audit_pruned().await.map_err(store_error)?;
+    if first < pruned {
+        return Err(not_found(format!(
+            "{what} needs entries below {pruned}, which were pruned: check it against the archive"
+        )));
+    }
+    Ok(())
 }
 
 /// `SignTreeHead`.
@@ -393,6 +450,7 @@ pub async fn prove_inclusion(
             .map_err(store_error)?
             .ok_or_else(|| not_found(format!("no signed head of size {}", r.tree_size)))?
     };
+    not_pruned(state, r.position, "this proof").await?;
     if r.position >= head.head.size {
         return Err(not_found(format!(
             "position {} is not in the log's head of size {}",
@@ -437,6 +495,7 @@ pub async fn prove_consistency(
             .ok_or_else(|| not_found(format!("no signed head of size {size}")))
     };
     let (old, new) = (head(r.old_size).await?, head(r.new_size).await?);
+    not_pruned(state, r.old_size, "a consistency proof from this head").await?;
     let (o, n) = (r.old_size, r.new_size);
     let path = over_stored(state.store.as_ref(), |f| {
         merkle::stored_consistency_proof(o, n, f).unwrap_or_default()

@@ -121,6 +121,22 @@ enum AuditCmd {
         /// without it, the keys the control plane names now.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// The pruned prefix as `audit export --to N` printed it: checked
+        /// with the rest against every signed head.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+    /// Retention: deletes the entries below POSITION (at most the latest
+    /// signed head's size), keeping the hashes that keep later entries
+    /// provable and every signed head checkable. Archive them first with
+    /// `audit export --to POSITION > FILE`.
+    Prune {
+        /// Entries below this position are deleted.
+        #[arg(long)]
+        below: u64,
+        /// Confirms the entries below were archived.
+        #[arg(long)]
+        yes: bool,
     },
     /// Prints an inclusion proof (JSON) for the entry at POSITION, against a
     /// signed head; check it offline with `wardenctl audit check`.
@@ -1035,12 +1051,12 @@ async fn audit(client: &mut ctl::audit::Client, cmd: AuditCmd, j: bool) -> anyho
             }
             out.flush()?;
         }
-        AuditCmd::Verify { key } => {
+        AuditCmd::Verify { key, archive } => {
             let keys = match key {
                 Some(k) => a::Keys::load(&k)?,
                 None => a::keys(client).await?,
             };
-            let v = a::verify(client, &keys).await?;
+            let v = a::verify(client, &keys, archive.as_deref()).await?;
             if j {
                 println!(
                     "{}",
@@ -1049,6 +1065,8 @@ async fn audit(client: &mut ctl::audit::Client, cmd: AuditCmd, j: bool) -> anyho
                         "entries": v.entries,
                         "heads": v.heads,
                         "uncovered": v.uncovered,
+                        "pruned_below": v.pruned_below,
+                        "heads_skipped": v.heads_skipped,
                         "finding": v.finding.as_ref().map(ToString::to_string),
                     })
                 );
@@ -1061,6 +1079,27 @@ async fn audit(client: &mut ctl::audit::Client, cmd: AuditCmd, j: bool) -> anyho
                     "verified: {} entries against {} signed heads; {} entries since the last signed head",
                     v.entries, v.heads, v.uncovered
                 );
+                if v.heads_skipped > 0 {
+                    println!(
+                        "entries below {} were pruned: {} earlier heads not checked (give --archive to check them)",
+                        v.pruned_below, v.heads_skipped
+                    );
+                }
+            }
+        }
+        AuditCmd::Prune { below, yes } => {
+            anyhow::ensure!(
+                yes,
+                "prune deletes the entries below {below} from the control plane: archive them first (wardenctl audit export --to {below} > FILE), then run again with --yes"
+            );
+            let r = client
+                .prune_audit(pb::PruneAuditRequest { below })
+                .await?
+                .into_inner();
+            if j {
+                println!("{}", json!({"below": r.below, "deleted": r.deleted}));
+            } else {
+                println!("pruned: {} entries below {}", r.deleted, r.below);
             }
         }
         AuditCmd::Prove {

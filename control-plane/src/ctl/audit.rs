@@ -295,11 +295,11 @@ pub async fn consistency(client: &mut Client, old: u64, new: u64) -> anyhow::Res
     })
 }
 
-/// Every signed head, smallest first.
-pub async fn all_heads(client: &mut Client) -> anyhow::Result<(Vec<pb::TreeHead>, u64)> {
+/// Every signed head, smallest first, and the last answer's prune point
+/// and kept subtrees.
+pub async fn all_heads(client: &mut Client) -> anyhow::Result<(Vec<pb::TreeHead>, u64, Vec<Hash>)> {
     let mut heads = Vec::new();
     let mut from = 0;
-    let mut size = 0;
     loop {
         let r = client
             .list_tree_heads(pb::ListTreeHeadsRequest {
@@ -308,14 +308,18 @@ pub async fn all_heads(client: &mut Client) -> anyhow::Result<(Vec<pb::TreeHead>
             })
             .await?
             .into_inner();
-        size = size.max(r.log_size);
         let n = r.heads.len();
         if let Some(last) = r.heads.last() {
             from = last.size + 1;
         }
         heads.extend(r.heads);
         if n < 10_000 {
-            return Ok((heads, size));
+            let peaks = r
+                .pruned_peaks
+                .iter()
+                .map(|h| hash(h))
+                .collect::<anyhow::Result<_>>()?;
+            return Ok((heads, r.pruned_below, peaks));
         }
     }
 }
@@ -327,21 +331,49 @@ pub struct Verified {
     pub entries: u64,
     /// Heads checked.
     pub heads: u64,
+    /// Entries below this were pruned (0: none).
+    pub pruned_below: u64,
+    /// Heads of the pruned prefix not checked (no archive).
+    pub heads_skipped: u64,
     /// Entries after the last signed head.
     pub uncovered: u64,
     /// The first problem, if any.
     pub finding: Option<audit::Finding>,
 }
 
-/// `audit verify`: every head's signature, then every entry in order.
-pub async fn verify(client: &mut Client, keys: &Keys) -> anyhow::Result<Verified> {
-    let (heads, _) = all_heads(client).await?;
+/// `audit verify`: every head's signature, then every entry in order. A
+/// log pruned below a point is read from there, from the hashes kept for
+/// the pruned prefix; with `archive` (the prefix as `audit export` printed
+/// it), from its first entry.
+pub async fn verify(
+    client: &mut Client,
+    keys: &Keys,
+    archive: Option<&Path>,
+) -> anyhow::Result<Verified> {
+    let (heads, pruned_below, peaks) = all_heads(client).await?;
     let mut checked = Vec::with_capacity(heads.len());
     for h in &heads {
         let j = HeadJson::from_pb(h);
         checked.push((j.head()?, keys.signed(&keys.log_id, &j)?));
     }
-    let mut v = Verifier::new(checked);
+    let mut v = match archive {
+        Some(path) => {
+            let mut v = Verifier::new(checked);
+            let text = std::fs::read(path)
+                .with_context(|| format!("reading the archive {}", path.display()))?;
+            for (i, line) in text
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .enumerate()
+            {
+                v.entry(i as u64, line, None);
+            }
+            v
+        }
+        None if pruned_below > 0 => Verifier::resume(pruned_below, peaks, checked)
+            .context("the control plane sent the wrong number of kept hashes")?,
+        None => Verifier::new(checked),
+    };
     let mut feed = client
         .export_audit(pb::ExportAuditRequest { from: 0, to: 0 })
         .await?
@@ -358,10 +390,13 @@ pub async fn verify(client: &mut Client, keys: &Keys) -> anyhow::Result<Verified
     }
     let entries = v.len();
     let heads = v.heads_checked;
+    let heads_skipped = v.heads_skipped;
     let (finding, uncovered) = v.finish();
     Ok(Verified {
         entries,
         heads,
+        pruned_below,
+        heads_skipped,
         uncovered,
         finding,
     })

@@ -133,4 +133,11 @@ pub trait AuditStore: Send + Sync {
     async fn audit_add_key(&self, key: &AuditKey) -> Result<()>;
     /// Every head-signing key, oldest first.
     async fn audit_keys(&self) -> Result<Vec<AuditKey>>;
+    /// Deletes the entries below `below` and the subtrees wholly inside
+    /// that prefix except the heads of its largest complete subtrees
+    /// ([`warden_shared::merkle::Frontier::peaks_of`]), and records the
+    /// point; entries deleted. The point must rise.
+    async fn audit_prune(&self, below: u64, by: &str, now_ms: i64) -> Result<u64>;
+    /// The prune point (0: nothing pruned).
+    async fn audit_pruned(&self) -> Result<u64>;
 }

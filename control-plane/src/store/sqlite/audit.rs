@@ -111,7 +111,55 @@ impl AuditStore for SqliteStore {
     }
 
     async fn audit_size(&self) -> Result<u64> {
-        let n: Option<i64> = sqlx::query_scalar("SELECT MAX(position) + 1 FROM audit_log")
+        // After a prune of everything, the log still has its length.
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(COALESCE((SELECT MAX(position) + 1 FROM audit_log), 0),
+                        COALESCE((SELECT MAX(below) FROM audit_pruned), 0))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+    }
+
+    async fn audit_prune(&self, below: u64, by: &str, now_ms: i64) -> Result<u64> {
+        let by = by.to_owned();
+        self.write_all(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO audit_pruned (below, pruned_ms, by_admin) VALUES (?, ?, ?)",
+                )
+                .bind(int(below))
+                .bind(now_ms)
+                .bind(&by)
+                .execute(&mut *c)
+                .await?;
+                let deleted = sqlx::query("DELETE FROM audit_log WHERE position < ?")
+                    .bind(int(below))
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                // At each level, the subtrees wholly below the point, but
+                // the largest complete one there (a head the prefix keeps).
+                for level in 0..64u32 {
+                    let whole = below >> level;
+                    if whole == 0 {
+                        break;
+                    }
+                    let keep = whole & 1;
+                    sqlx::query("DELETE FROM audit_tree WHERE level = ? AND idx < ?")
+                        .bind(i64::from(level))
+                        .bind(int(whole - keep))
+                        .execute(&mut *c)
+                        .await?;
+                }
+                Ok(deleted)
+            })
+        })
+        .await
+    }
+
+    async fn audit_pruned(&self) -> Result<u64> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT MAX(below) FROM audit_pruned")
             .fetch_one(&self.pool)
             .await?;
         Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
