@@ -18,9 +18,12 @@ if [ -z "${WARDEN_PYTHON:-}" ]; then
         "$py" -m venv "$venv"
     fi
     # Reinstall only when the requirements changed.
-    if ! cmp -s tests/python/requirements.txt "$venv/.requirements"; then
+    reqs="$(cat tests/python/requirements.txt tests/python/requirements-nodeps.txt)"
+    if [ "$reqs" != "$(cat "$venv/.requirements" 2>/dev/null)" ]; then
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-        cp tests/python/requirements.txt "$venv/.requirements"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+            -r tests/python/requirements-nodeps.txt
+        printf '%s' "$reqs" > "$venv/.requirements"
     fi
     export WARDEN_PYTHON="$venv/bin/python"
 fi

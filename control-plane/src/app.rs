@@ -193,6 +193,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let jwks_task = tokio::spawn(crate::jwks::serve(jwks, Arc::clone(&state), rx.clone()));
     let prune_task = tokio::spawn(prune(Arc::clone(&state), rx.clone()));
     let blocked_task = tokio::spawn(refresh_blocked(Arc::clone(&state), rx.clone()));
+    let exporter_stop = rx.clone();
     let webhooks_task = tokio::spawn({
         let (hooks, store) = (Arc::clone(&state.webhooks), Arc::clone(&state.store));
         async move {
@@ -200,19 +201,33 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Ok(())
         }
     });
+    let mut tasks = vec![
+        grpc_task,
+        jwks_task,
+        prune_task,
+        blocked_task,
+        webhooks_task,
+    ];
+    if let Some(c) = &config.audit_otlp {
+        let exporter =
+            crate::otlp::Exporter::load(c, &config.trust_domain).map_err(|e| anyhow::anyhow!(e))?;
+        let (store, grown, stop) = (
+            Arc::clone(&state.store),
+            state.audit.size.clone(),
+            exporter_stop,
+        );
+        tasks.push(tokio::spawn(async move {
+            exporter.run(store, grown, stop).await;
+            Ok(())
+        }));
+    }
     tracing::info!(%grpc_addr, %jwks_addr, trust_domain = %state.td, "control plane serving");
     Ok(Running {
         grpc_addr,
         jwks_addr,
         state,
         shutdown,
-        tasks: vec![
-            grpc_task,
-            jwks_task,
-            prune_task,
-            blocked_task,
-            webhooks_task,
-        ],
+        tasks,
     })
 }
 

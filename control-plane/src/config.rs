@@ -94,6 +94,9 @@ pub struct Config {
     /// seconds (1-3600).
     #[serde(default = "default_head_interval")]
     pub audit_head_interval_secs: u32,
+    /// Where the audit log is exported as OpenTelemetry log records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -145,6 +148,7 @@ impl Config {
             log_format: default_log_format(),
             approval_webhooks: Vec::new(),
             audit_head_interval_secs: default_head_interval(),
+            audit_otlp: None,
         }
     }
 
@@ -211,6 +215,9 @@ impl Config {
             return Err(Error::Invalid(
                 "audit_head_interval_secs must be between 1 and 3600".into(),
             ));
+        }
+        if let Some(o) = &self.audit_otlp {
+            crate::otlp::Exporter::load(o, &self.trust_domain).map_err(Error::Invalid)?;
         }
         if self.approval_webhooks.len() > 16 {
             return Err(Error::Invalid("at most 16 approval_webhooks".into()));

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod init;
 pub mod jwks;
 pub mod mesh;
+pub mod otlp;
 pub mod policy;
 pub mod state;
 pub mod store;

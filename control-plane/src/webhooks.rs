@@ -123,26 +123,7 @@ impl Endpoint {
             url: c.url.clone(),
             why,
         };
-        let url: http::Uri = c.url.parse().map_err(|_| bad("not a URL"))?;
-        let host = url.host().ok_or_else(|| bad("no host"))?;
-        match url.scheme_str() {
-            Some("https") => {}
-            Some("http") => {
-                let loopback = host == "localhost"
-                    || host
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if !loopback {
-                    return Err(bad("plain http only to a loopback address; use https"));
-                }
-            }
-            _ => return Err(bad("must be https:// (or http:// to loopback)")),
-        }
-        if url.authority().is_none_or(|a| a.as_str().contains('@')) {
-            return Err(bad("credentials in the URL are not accepted"));
-        }
+        let url = target(&c.url).map_err(bad)?;
         let secret = read_small(&c.secret_file)?;
         if secret.len() as u64 > MAX_SECRET_FILE {
             return Err(ConfigError::File {
@@ -159,33 +140,12 @@ impl Endpoint {
                     .into(),
             })?;
         let tls = if url.scheme_str() == Some("https") {
-            let mut roots = rustls::RootCertStore::empty();
-            if let Some(ca) = &c.ca_file {
-                let pem = read_small(ca)?;
-                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                    let cert = cert.map_err(|e| ConfigError::File {
-                        path: ca.clone(),
-                        why: e.to_string(),
-                    })?;
-                    roots.add(cert).map_err(|e| ConfigError::File {
-                        path: ca.clone(),
-                        why: e.to_string(),
-                    })?;
-                }
-            } else {
-                for cert in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(cert);
-                }
-            }
-            Some(Arc::new(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| bad_tls(c, &e))?
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-            ))
+            Some(
+                client_tls(c.ca_file.as_deref()).map_err(|(path, why)| ConfigError::File {
+                    path: path.unwrap_or_else(|| c.secret_file.clone()),
+                    why,
+                })?,
+            )
         } else {
             None
         };
@@ -202,11 +162,59 @@ impl Endpoint {
     }
 }
 
-fn bad_tls(c: &WebhookConfig, e: &rustls::Error) -> ConfigError {
-    ConfigError::File {
-        path: c.secret_file.clone(),
-        why: format!("TLS: {e}"),
+/// A URL Warden posts to: `https`, or `http` to a loopback address only,
+/// with a host and without credentials.
+pub(crate) fn target(text: &str) -> Result<http::Uri, &'static str> {
+    let url: http::Uri = text.parse().map_err(|_| "not a URL")?;
+    let host = url.host().ok_or("no host")?;
+    match url.scheme_str() {
+        Some("https") => {}
+        Some("http") => {
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                return Err("plain http only to a loopback address; use https");
+            }
+        }
+        _ => return Err("must be https:// (or http:// to loopback)"),
     }
+    if url.authority().is_none_or(|a| a.as_str().contains('@')) {
+        return Err("credentials in the URL are not accepted");
+    }
+    Ok(url)
+}
+
+/// A TLS client trusting `ca_file`'s certificates, or the system's roots;
+/// on error, the file at fault (if one is) and why.
+pub(crate) fn client_tls(
+    ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, (Option<PathBuf>, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca_file {
+        let fail = |why: String| (Some(ca.to_owned()), why);
+        let pem = read_small(ca).map_err(|e| fail(e.to_string()))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| fail(e.to_string()))?;
+            roots.add(cert).map_err(|e| fail(e.to_string()))?;
+        }
+    } else {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| (None, format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    ))
 }
 
 /// `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body` under `key`.
@@ -458,7 +466,23 @@ async fn post(ep: &Endpoint, id: &str, body: &[u8]) -> Result<(), String> {
         .header("webhook-signature", signature(&ep.key, id, timestamp, body))
         .body(Full::new(Bytes::copy_from_slice(body)))
         .map_err(|e| format!("request: {e}"))?;
-    let status = if let Some(tls) = &ep.tls {
+    let status = over(tcp, &host, ep.tls.as_ref(), req).await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("answered {status}"))
+    }
+}
+
+/// Sends `req` over `tcp` (through TLS to `host` when `tls` is given);
+/// the answer's status.
+pub(crate) async fn over(
+    tcp: tokio::net::TcpStream,
+    host: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    req: http::Request<Full<Bytes>>,
+) -> Result<http::StatusCode, String> {
+    if let Some(tls) = tls {
         let name = rustls::pki_types::ServerName::try_from(
             host.trim_start_matches('[')
                 .trim_end_matches(']')
@@ -469,14 +493,9 @@ async fn post(ep: &Endpoint, id: &str, body: &[u8]) -> Result<(), String> {
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        exchange(stream, req).await?
+        exchange(stream, req).await
     } else {
-        exchange(tcp, req).await?
-    };
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("answered {status}"))
+        exchange(tcp, req).await
     }
 }
 

@@ -133,22 +133,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             m.replay_cache_max,
         )),
     };
-    let messenger = Arc::new(crate::a2a::Messenger::new(
-        td.clone(),
-        agent.clone(),
-        Arc::clone(auth.state()),
-        replay,
-    ));
-    let inbox = Arc::new(crate::a2a::inbox::Inbox::new(
-        m.inbox_capacity,
-        m.inbox_max_bytes,
-    ));
-    let peer_tls = Arc::new(crate::a2a::peer::PeerTls::new(Arc::clone(&identity)));
-    let peers = Arc::new(crate::a2a::peer::PeerClient::new(
-        Arc::clone(&peer_tls),
-        m.peers.clone().into_iter().collect(),
-    ));
-    let journal = config.data_dir.join("session-calls");
     let a = &config.audit;
     let spool_dir = config.data_dir.join("audit-spool");
     let spool = crate::infra::spool::Spool::open(
@@ -162,6 +146,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
     )
     .with_context(|| format!("opening the audit spool {}", spool_dir.display()))?;
+    let messenger = Arc::new(
+        crate::a2a::Messenger::new(td.clone(), agent.clone(), Arc::clone(auth.state()), replay)
+            .with_spool(Arc::clone(&spool)),
+    );
+    let inbox = Arc::new(crate::a2a::inbox::Inbox::new(
+        m.inbox_capacity,
+        m.inbox_max_bytes,
+    ));
+    let peer_tls = Arc::new(crate::a2a::peer::PeerTls::new(Arc::clone(&identity)));
+    let peers = Arc::new(crate::a2a::peer::PeerClient::new(
+        Arc::clone(&peer_tls),
+        m.peers.clone().into_iter().collect(),
+    ));
+    let journal = config.data_dir.join("session-calls");
     let gateway = Arc::new(
         crate::gateway::pipeline::Gateway::new(Arc::clone(&auth), limiter)
             .with_desk(crate::gateway::approve::Desk::new(

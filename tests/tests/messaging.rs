@@ -403,14 +403,17 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         .apply_policy(apply_policy(&one_way))
         .await
         .unwrap();
+    // Both ends must have applied the push (the sender's sidecar is the
+    // one that refuses to sign).
     let dropped = eventually(Duration::from_secs(5), || async {
-        coder
-            .auth
-            .state()
-            .held()
-            .pair_keys
-            .of("reviewer", "coder")
-            .is_none()
+        [&coder, &rev1].iter().all(|sc| {
+            sc.auth
+                .state()
+                .held()
+                .pair_keys
+                .of("reviewer", "coder")
+                .is_none()
+        })
     })
     .await;
     assert!(dropped, "the reviewer->coder keys are still held");
@@ -507,6 +510,46 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
         Code::PermissionDenied,
         "AGENT_REVOKED",
     );
+
+    // Every message decision reaches the control plane's audit log, from
+    // the sidecar that made it: signatures (allowed and refused), deliveries,
+    // verifications; never the payload.
+    let kinds = || async {
+        let mut feed = mesh
+            .admin()
+            .await
+            .unwrap()
+            .export_audit(pb::ExportAuditRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seen = Vec::new();
+        while let Some(page) = feed.message().await.unwrap() {
+            for e in page.entries {
+                let text = String::from_utf8(e.record).unwrap();
+                assert!(!text.contains("still here?"), "a payload in {text}");
+                let r = warden_shared::audit::Record::from_bytes(text.as_bytes()).unwrap();
+                if r.event.kind.starts_with("message.") {
+                    seen.push((r.event.kind, r.event.agent, r.event.outcome));
+                }
+            }
+        }
+        seen
+    };
+    let shipped = warden_tests::eventually(Duration::from_secs(20), || async {
+        let seen = kinds().await;
+        let has =
+            |k: &str, a: &str, o: &str| seen.iter().any(|s| s == &(k.into(), a.into(), o.into()));
+        has("message.signed", "coder", "allowed")
+            && has("message.signed", "mallory", "denied")
+            && has("message.delivered", "reviewer", "allowed")
+            && has("message.verified", "reviewer", "denied")
+            && seen
+                .iter()
+                .any(|(k, a, _)| k != "message.signed" && a == "reviewer")
+    })
+    .await;
+    assert!(shipped, "{:?}", kinds().await);
 
     for sc in [coder, rev1, rev2, mallory] {
         sc.shutdown().await.unwrap();

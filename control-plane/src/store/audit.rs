@@ -140,4 +140,8 @@ pub trait AuditStore: Send + Sync {
     async fn audit_prune(&self, below: u64, by: &str, now_ms: i64) -> Result<u64>;
     /// The prune point (0: nothing pruned).
     async fn audit_pruned(&self) -> Result<u64>;
+    /// The next position exporter `name` sends (0: from the start).
+    async fn audit_export_position(&self, name: &str) -> Result<u64>;
+    /// Records that exporter `name` has sent everything before `position`.
+    async fn set_audit_export_position(&self, name: &str, position: u64) -> Result<()>;
 }

@@ -83,6 +83,8 @@ pub struct Messenger {
     me_spiffe: SpiffeId,
     state: Arc<State>,
     replay: replay::ReplayCache,
+    /// Where message decisions are recorded, shipped to the audit log.
+    spool: Option<Arc<crate::infra::spool::Spool>>,
 }
 
 impl Messenger {
@@ -99,7 +101,32 @@ impl Messenger {
             me,
             state,
             replay,
+            spool: None,
         }
+    }
+
+    /// Records every message decision in `spool` too.
+    #[must_use]
+    pub fn with_spool(mut self, spool: Arc<crate::infra::spool::Spool>) -> Self {
+        self.spool = Some(spool);
+        self
+    }
+
+    /// Appends a message decision to the audit spool (a failure is logged:
+    /// messages are not refused for it).
+    pub fn record(&self, event: &warden_shared::audit::Event) {
+        let Some(spool) = &self.spool else { return };
+        let appended = serde_json::to_vec(event)
+            .map_err(|e| e.to_string())
+            .and_then(|b| spool.append(&b).map_err(|e| e.to_string()));
+        if let Err(e) = appended {
+            tracing::error!(error = %e, kind = %event.kind, "a message decision could not be spooled for the audit log");
+        }
+    }
+
+    /// This agent's id.
+    pub fn agent_id(&self) -> &AgentId {
+        &self.me
     }
 
     /// This agent's SPIFFE ID.

@@ -32,11 +32,40 @@ fn hex(b: &[u8]) -> String {
     b.iter().take(32).map(|b| format!("{b:02x}")).collect()
 }
 
-fn audit(action: &str, sender: &str, recipient: &str, id: &str, outcome: Result<(), &Refusal>) {
+fn audit(
+    m: &Messenger,
+    action: &str,
+    sender: &str,
+    recipient: &str,
+    id: &str,
+    outcome: Result<(), &Refusal>,
+) {
     let reason = outcome.err().map_or("", |r| r.reason.as_str());
     // Unverified fields come from the network: bounded in the log.
     let short = |s: &str| -> String { s.chars().take(256).collect() };
     let (sender, recipient, id) = (short(sender), short(recipient), short(id));
+    let me = m.agent_id().to_string();
+    m.record(&warden_shared::audit::Event {
+        time_ms: now_ms(),
+        kind: format!("message.{action}"),
+        actor: warden_shared::audit::Actor {
+            kind: warden_shared::audit::ActorKind::Agent,
+            id: me.clone(),
+        },
+        agent: me,
+        outcome: if outcome.is_ok() { "allowed" } else { "denied" }.into(),
+        reason: reason.to_owned(),
+        detail: [
+            ("sender", &sender),
+            ("recipient", &recipient),
+            ("message_id", &id),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect(),
+        ..Default::default()
+    });
     let (sender, recipient, id) = (sender.as_str(), recipient.as_str(), id.as_str());
     tracing::info!(
         target: "warden::audit",
@@ -103,6 +132,7 @@ impl MessagingApi {
             .sign_with(held, recipient, payload, content_type, now_ms())
             .inspect(|e| {
                 audit(
+                    &self.messenger,
                     "signed",
                     &me,
                     &e.recipient.to_string(),
@@ -111,7 +141,7 @@ impl MessagingApi {
                 )
             })
             .map_err(|r| {
-                audit("signed", &me, recipient, "", Err(&r));
+                audit(&self.messenger, "signed", &me, recipient, "", Err(&r));
                 r.to_status()
             })
     }
@@ -289,11 +319,11 @@ async fn verify(
     };
     match result {
         Ok(v) => {
-            audit(action, &wire.sender, &me, &id, Ok(()));
+            audit(m, action, &wire.sender, &me, &id, Ok(()));
             Ok(v)
         }
         Err(r) => {
-            audit(action, &wire.sender, &me, &id, Err(&r));
+            audit(m, action, &wire.sender, &me, &id, Err(&r));
             Err(r.to_status())
         }
     }
@@ -340,6 +370,7 @@ impl MessagingPeerService for PeerApi {
                 ),
             );
             audit(
+                &self.messenger,
                 "delivered",
                 &wire.sender,
                 &self.messenger.spiffe_id().to_string(),

@@ -158,6 +158,33 @@ impl AuditStore for SqliteStore {
         .await
     }
 
+    async fn audit_export_position(&self, name: &str) -> Result<u64> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM audit_exports WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+    }
+
+    async fn set_audit_export_position(&self, name: &str, position: u64) -> Result<()> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO audit_exports (name, position) VALUES (?, ?)
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                )
+                .bind(&name)
+                .bind(int(position))
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn audit_pruned(&self) -> Result<u64> {
         let n: Option<i64> = sqlx::query_scalar("SELECT MAX(below) FROM audit_pruned")
             .fetch_one(&self.pool)
