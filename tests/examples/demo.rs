@@ -672,6 +672,29 @@ async fn main() {
     let (_, jwks) = http_get(jwks_addr, "/.well-known/jwks.json").await.unwrap();
     println!("    GET http://{jwks_addr}/.well-known/jwks.json → {jwks}");
 
+    step(
+        "10. The audit trail: every decision, from the sidecars' spools into a signed Merkle-tree log",
+    );
+    // Sidecars ship what their spools synced (every 100 ms by default).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    demo.ctl_ok(&["audit", "query", "--kind", "tool.call", "--limit", "8"]);
+    demo.ctl_ok(&["audit", "sign"]);
+    demo.ctl_ok(&["audit", "verify"]);
+    let key = demo.dir.join("audit-key.json");
+    let proof = demo.dir.join("proof.json");
+    std::fs::write(&key, demo.ctl(&["--json", "audit", "key"]).unwrap()).unwrap();
+    std::fs::write(&proof, demo.ctl(&["audit", "prove", "3"]).unwrap()).unwrap();
+    println!(
+        "    (the inclusion proof of entry 3 and the log's public key, saved; checked offline:)"
+    );
+    demo.ctl_ok(&[
+        "audit",
+        "check",
+        &proof.display().to_string(),
+        "--key",
+        &key.display().to_string(),
+    ]);
+
     step("Done — stopping processes and removing the temporary directory");
     drop(procs);
     drop(store);
