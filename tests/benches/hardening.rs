@@ -281,7 +281,11 @@ fn audit_event() {
         approval: "",
         bytes_out: 1380,
         peer: "127.0.0.1:50123",
-        kept: None,
+        // As the default `redacted` mode keeps them (stage 9 serialises it).
+        kept: Some(warden_sidecar::gateway::record::Kept {
+            mode: warden_shared::audit::ArgumentsMode::Redacted,
+            value: Some(serde_json::from_str(args).unwrap()),
+        }),
     };
     // Chunks smaller than the queue, drained between chunks (not timed), so
     // the queued phase measures the hand-off, not the fallback.
