@@ -35,35 +35,15 @@ use warden_shared::policy::InputSchema;
 use warden_sidecar::gateway::execute::secrets::Secret;
 use warden_sidecar::gateway::inspect::{REDACTED, redact_secrets};
 use warden_sidecar::gateway::limit::SessionCalls;
+use warden_tests::bench;
 
 /// Pairs of phases.
 const ROUNDS: usize = 9;
 
-/// ns per operation of `f` over `n` runs.
-fn time(n: usize, mut f: impl FnMut()) -> f64 {
-    let t = Instant::now();
-    for _ in 0..n {
-        f();
-    }
-    t.elapsed().as_nanos() as f64 / n as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Runs `a` and `b` interleaved; returns (median a, median b, median a/b).
-fn pairs(n: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64) {
-    let (mut ta, mut tb, mut r) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let x = time(n, &mut a);
-        let y = time(n, &mut b);
-        ta.push(x);
-        tb.push(y);
-        r.push(x / y);
-    }
-    (median(ta), median(tb), median(r))
+/// Runs `a` and `b` in interleaved pairs of phases of `n` runs; returns
+/// (median a, median b, median a/b) in ns.
+fn pairs(n: usize, a: impl FnMut(), b: impl FnMut()) -> (f64, f64, f64) {
+    bench::interleaved(ROUNDS, n, a, b)
 }
 
 /// The redaction before issue 11: each exact form replaced in its own pass.
@@ -292,11 +272,11 @@ fn audit_event() {
     let n = 2_000;
     let (mut tq, mut ti, mut r) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS * 3 {
-        let q = time(n, || {
+        let q = bench::ns_per_op(n, || {
             let _ = queued.record(black_box(&event));
         });
         queued.flush();
-        let i = time(n, || {
+        let i = bench::ns_per_op(n, || {
             let _ = inline.record(black_box(&event));
         });
         tq.push(q);
@@ -305,9 +285,9 @@ fn audit_event() {
     }
     println!(
         "audit event on the call's path: queued {:.2} µs, written inline {:.2} µs (×{:.2})",
-        median(tq) / 1e3,
-        median(ti) / 1e3,
-        median(r)
+        bench::median(tq) / 1e3,
+        bench::median(ti) / 1e3,
+        bench::median(r)
     );
     spooled(&event);
 }
@@ -337,7 +317,7 @@ fn spooled(event: &warden_sidecar::gateway::record::Event<'_>) {
             })
             .collect()
     };
-    let p50 = |v: &[f64]| median(v.to_vec());
+    let p50 = |v: &[f64]| bench::median(v.to_vec());
     let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS * 3 {
         let x = each(&plain, 2_000);
@@ -352,7 +332,7 @@ fn spooled(event: &warden_sidecar::gateway::record::Event<'_>) {
         "record stage, p50 per call: without the spool {:.2} µs, with the spool (one write to the page cache) {:.2} µs; added {:.2} µs (median of {} interleaved chunks)",
         p50(&a) / 1e3,
         p50(&b) / 1e3,
-        median(d) / 1e3,
+        bench::median(d) / 1e3,
         ROUNDS * 3
     );
 }

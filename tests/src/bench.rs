@@ -213,6 +213,36 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// ns per run of `f`, over `n` runs.
+pub fn ns_per_op(n: usize, mut f: impl FnMut()) -> f64 {
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// Runs `a` and `b` (each `n` times a phase) in `rounds` interleaved pairs
+/// of phases (A B A B …); returns the median ns per run of `a`, of `b`, and
+/// the median of the ratios a/b taken pair by pair.
+pub fn interleaved(
+    rounds: usize,
+    n: usize,
+    mut a: impl FnMut(),
+    mut b: impl FnMut(),
+) -> (f64, f64, f64) {
+    let (mut ta, mut tb, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let x = ns_per_op(n, &mut a);
+        let y = ns_per_op(n, &mut b);
+        ta.push(x);
+        tb.push(y);
+        r.push(x / y);
+    }
+    (median(ta), median(tb), median(r))
+}
+
+/// The median of `v` (the upper one of an even count); NaN when empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {

@@ -11,6 +11,7 @@
 pub mod cedar;
 pub mod messaging;
 pub mod schema;
+pub mod slice;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use schema::{InputSchema, closed};
+pub use slice::Slices;
 pub use validate::{
     BUILTINS, Error, MAX_ARGUMENT_BYTES, MAX_LIMITS, MAX_MCP_SERVERS, MAX_RESPONSE_BYTES,
     MAX_TIMEOUT_MS, valid_mcp_tool_name, valid_server_name, valid_tool_name,
@@ -740,10 +742,10 @@ pub fn approval_binding(
 pub struct Policy {
     /// The document.
     pub document: Document,
-    /// The Cedar rules.
-    pub cedar: ::cedar_policy::PolicySet,
-    /// The approval rules (a permit: approval needed).
-    pub approval_rules: ::cedar_policy::PolicySet,
+    /// The Cedar rules, whole and per tool.
+    pub cedar: Slices,
+    /// The approval rules (a permit: approval needed), whole and per tool.
+    pub approval_rules: Slices,
     /// The Cedar schema derived from the catalog.
     pub cedar_schema: ::cedar_policy::Schema,
     /// SHA-256 of the canonical JSON form, hex: equal for equal documents

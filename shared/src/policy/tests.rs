@@ -534,7 +534,7 @@ unless { context.arguments.to like "*@example.com" };"#
             .into();
     });
     let p = Policy::parse(&ok).unwrap();
-    assert_eq!(p.approval_rules.policies().count(), 1);
+    assert_eq!(p.approval_rules.whole().policies().count(), 1);
     assert_eq!(p.document.tools[0].approvals(), 2);
     assert_eq!(
         p.document.tools[0].approval_deadline(),

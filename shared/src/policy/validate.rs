@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use cedar_policy::{PolicySet, Schema, ValidationMode, Validator};
 
-use super::{Document, FORMAT_VERSION, MAX_DOCUMENT_BYTES, MAX_TOOLS, Policy, Tool};
+use super::{Document, FORMAT_VERSION, MAX_DOCUMENT_BYTES, MAX_TOOLS, Policy, Slices, Tool};
 use crate::agent::AgentId;
 use crate::scope::Scope;
 
@@ -826,6 +826,10 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    let names = || document.tools.iter().map(|t| t.name.as_str());
+    let cedar = Slices::new(cedar, names()).map_err(|e| Error::CedarValidation(e.to_string()))?;
+    let approval_rules =
+        Slices::new(approval_rules, names()).map_err(|e| Error::Approval(e.to_string()))?;
     Ok(Policy {
         document,
         cedar,

@@ -62,7 +62,7 @@ pub fn needed(
         n.approvals = tool.spec.approvals();
         n.because.push(format!("risk {}", risk.as_str()));
     }
-    let rules = &policy.policy.approval_rules;
+    let rules = policy.policy.approval_rules.for_tool(&tool.spec.name);
     if !rules.is_empty() {
         let response =
             Authorizer::new().is_authorized(&authorized.request, rules, &authorized.entities);

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, Request, RestrictedExpression,
+    Authorizer, Context, Decision, Entities, Entity, PolicySet, Request, RestrictedExpression,
 };
 use time::OffsetDateTime;
 use warden_shared::policy::Risk;
@@ -124,9 +124,24 @@ pub fn scopes_cover(claims: &Claims, tool: &ToolEntry) -> Result<(), String> {
 
 /// Runs the stage; `args` are the arguments as projected for the policy
 /// (see `warden_shared::policy::cedar::arguments`). Returns the request
-/// the rules allowed.
+/// the rules allowed. Only the rules that can apply to the tool are
+/// evaluated (its slice, `warden_shared::policy::slice`).
 pub fn check(
     policy: &HeldPolicy,
+    entities: &Entities,
+    tool: &ToolEntry,
+    caller: &Caller<'_>,
+    args: &serde_json::Value,
+    now: OffsetDateTime,
+) -> Result<Request, Refusal> {
+    let rules = policy.policy.cedar.for_tool(&tool.spec.name);
+    check_with(rules, entities, tool, caller, args, now)
+}
+
+/// [`check`] against the given `rules`: the tool's slice, or the whole set
+/// (the reference the slices are tested and benchmarked against).
+pub fn check_with(
+    rules: &PolicySet,
     entities: &Entities,
     tool: &ToolEntry,
     caller: &Caller<'_>,
@@ -148,7 +163,7 @@ pub fn check(
         )
         .rule("identity or override"));
     };
-    let request = cedar(policy, entities, tool, caller, args, now)?;
+    let request = cedar(rules, entities, tool, caller, args, now)?;
     // A critical tool goes on (to its approvals) only with a quorum of at
     // least two people in the document.
     if risk == Risk::Critical && !tool.spec.critical_with_quorum() {
@@ -272,7 +287,7 @@ fn context(
 }
 
 fn cedar(
-    policy: &HeldPolicy,
+    set: &PolicySet,
     entities: &Entities,
     tool: &ToolEntry,
     caller: &Caller<'_>,
@@ -299,21 +314,22 @@ fn cedar(
         None,
     )
     .map_err(|e| broken(e.to_string()))?;
-    let response = Authorizer::new().is_authorized(&request, &policy.policy.cedar, entities);
+    let response = Authorizer::new().is_authorized(&request, set, entities);
     // Fail closed: Cedar skips a rule that errors (an overflow, a missing
     // attribute), and a skipped forbid would let the call through.
-    let set = &policy.policy.cedar;
     let name_of = |id: &cedar_policy::PolicyId| {
         set.annotation(id, "id")
             .map_or_else(|| id.to_string(), str::to_owned)
     };
-    let failed: Vec<String> = response
+    // Sorted: Cedar reports them in no particular order.
+    let mut failed: Vec<String> = response
         .diagnostics()
         .errors()
         .map(|e| match e {
             cedar_policy::AuthorizationError::PolicyEvaluationError(p) => name_of(p.policy_id()),
         })
         .collect();
+    failed.sort();
     if !failed.is_empty() {
         // The error text can hold argument values: log the rule ids only.
         tracing::warn!(tool = %name, rules = ?failed, "policy rules failed to evaluate; refusing");
@@ -327,7 +343,8 @@ fn cedar(
         return Ok(request);
     }
     // The forbids that fired, by their @id annotation where they have one.
-    let rules: Vec<String> = response.diagnostics().reason().map(name_of).collect();
+    let mut rules: Vec<String> = response.diagnostics().reason().map(name_of).collect();
+    rules.sort();
     let rule = if rules.is_empty() {
         "no permit (default deny)".to_owned()
     } else {

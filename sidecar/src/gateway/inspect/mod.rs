@@ -12,6 +12,7 @@
 //! redaction is a later issue; it plugs in beside this.)
 
 mod scrub;
+mod secrets;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -93,8 +94,23 @@ pub async fn output(
 /// Removes every injected secret value, in each encoding [`scrub`] knows,
 /// from `content`; returns the content and how many values were removed,
 /// or [`Exhausted`] when the answer could not be searched within the work
-/// bound (it must then be refused, not passed on).
+/// bound (it must then be refused, not passed on). One pass over the answer
+/// finds every candidate for every secret ([`secrets`]).
 pub fn redact_secrets(content: Vec<u8>, secrets: &[Secret]) -> Result<(Vec<u8>, u32), Exhausted> {
+    match secrets::scrubber(secrets) {
+        Some(s) => s.redact(content, REDACTED.as_bytes()),
+        None => Ok((content, 0)),
+    }
+}
+
+/// [`redact_secrets`] as issue 11 built it: every pattern of every secret
+/// tried at each byte a match can start with. The reference the one-pass
+/// search is tested and benchmarked against; the sidecar does not use it.
+#[doc(hidden)]
+pub fn redact_secrets_reference(
+    content: Vec<u8>,
+    secrets: &[Secret],
+) -> Result<(Vec<u8>, u32), Exhausted> {
     let built: Vec<Arc<Vec<scrub::Pattern>>> = secrets
         .iter()
         .filter(|s| !s.expose().is_empty())
@@ -104,7 +120,7 @@ pub fn redact_secrets(content: Vec<u8>, secrets: &[Secret]) -> Result<(Vec<u8>, 
     if patterns.is_empty() {
         return Ok((content, 0));
     }
-    scrub::redact(&content, &patterns, REDACTED.as_bytes())
+    scrub::redact(content, &scrub::Reference(&patterns), REDACTED.as_bytes())
 }
 
 /// Most secret values whose patterns are kept.
@@ -112,9 +128,9 @@ const PATTERN_CACHE_MAX: usize = 256;
 
 type PatternCache = HashMap<[u8; 32], Arc<Vec<scrub::Pattern>>>;
 
-/// The patterns of a secret value, built once per value (building them
-/// costs more than searching a small answer): kept by the value's SHA-256,
-/// so a rotated secret gets its own, and the cache starts over when full.
+/// The patterns of a secret value, built once per value (for the
+/// reference search): kept by the value's SHA-256, and the cache starts
+/// over when full.
 fn patterns_of(secret: &Secret) -> Arc<Vec<scrub::Pattern>> {
     static CACHE: OnceLock<Mutex<PatternCache>> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);

@@ -36,6 +36,10 @@ use base64::Engine;
 
 /// Matcher steps allowed per byte searched (both views), plus a constant.
 pub(crate) const STEPS_PER_BYTE: usize = 64;
+/// Most spellings of a pattern's first units taken as its anchors.
+const ANCHORS_PER_PATTERN: usize = 40;
+/// Most units an anchor spans.
+const ANCHOR_UNITS: usize = 8;
 /// Shortest base64 core matched on its own (shorter ones would match
 /// ordinary text; the value's whole encodings are matched instead).
 const MIN_BASE64_CORE: usize = 8;
@@ -90,6 +94,67 @@ pub(crate) enum Pattern {
         /// Bytes a match can start with.
         first: Box<[bool; 256]>,
     },
+}
+
+/// A quicker way to the same answer as [`Pattern::match_at`].
+#[derive(Debug)]
+pub(crate) enum Shortcut {
+    /// Every unit has one spelling (hex): the bytes, letters in either
+    /// case.
+    Caseless(Vec<u8>),
+    /// Each unit's first spelling is plain (`raw` holds them all), every
+    /// other starts with a byte of `special`, and no plain byte is special.
+    /// Paths through the units can only part at a special byte, so where
+    /// the text up to the first difference from `raw` holds none, the plain
+    /// path is the only one: `raw` matches in full, or nothing does.
+    Plain {
+        raw: Vec<u8>,
+        special: Box<[bool; 256]>,
+    },
+    /// Run the units.
+    None,
+}
+
+impl Shortcut {
+    /// The end of the longest match at `i`: `Some(answer)`, or `None` when
+    /// the units must be run; spends a step of `budget` per byte compared.
+    pub(crate) fn decide(
+        &self,
+        h: &[u8],
+        i: usize,
+        budget: &mut usize,
+    ) -> Result<Option<Option<usize>>, Exhausted> {
+        let mut spend = |n: usize| {
+            *budget = budget.checked_sub(n.max(1)).ok_or(Exhausted)?;
+            Ok::<_, Exhausted>(())
+        };
+        match self {
+            Self::Caseless(b) => {
+                spend(b.len())?;
+                Ok(Some(
+                    h.get(i..i + b.len())
+                        .is_some_and(|s| s.eq_ignore_ascii_case(b))
+                        .then_some(i + b.len()),
+                ))
+            }
+            Self::Plain { raw, special } => {
+                let rest = &h[i..];
+                let same = rest.iter().zip(raw).take_while(|(a, b)| a == b).count();
+                spend(same + 1)?;
+                if same == raw.len() {
+                    return Ok(Some(Some(i + raw.len())));
+                }
+                // The plain prefix and the byte that differs (if any).
+                let seen = &rest[..(same + 1).min(rest.len())];
+                Ok(if seen.iter().any(|b| special[usize::from(*b)]) {
+                    None
+                } else {
+                    Some(None)
+                })
+            }
+            Self::None => Ok(None),
+        }
+    }
 }
 
 /// Most positions an NFA step tracks on the stack (more go to the heap).
@@ -167,6 +232,75 @@ impl Pattern {
         (!text.is_empty()).then(|| Self::Literal(text.into_bytes()))
     }
 
+    /// What every match starts with: the literal itself, or each spelling
+    /// of the pattern's first units (as many units as keep the spellings at
+    /// most [`ANCHORS_PER_PATTERN`], and at most [`ANCHOR_UNITS`]). Letters
+    /// are to be matched in either case.
+    pub(crate) fn anchors(&self) -> Vec<Vec<u8>> {
+        let units = match self {
+            Self::Literal(l) => return vec![l.clone()],
+            Self::Units { units, .. } => units,
+        };
+        let mut k = 1;
+        let mut n = units[0].len();
+        while k < units.len().min(ANCHOR_UNITS) && n * units[k].len() <= ANCHORS_PER_PATTERN {
+            n *= units[k].len();
+            k += 1;
+        }
+        let mut out: Vec<Vec<u8>> = vec![Vec::new()];
+        for unit in &units[..k] {
+            out = out
+                .iter()
+                .flat_map(|prefix| {
+                    unit.iter().map(move |a| {
+                        let mut p = prefix.clone();
+                        p.extend_from_slice(&a.bytes);
+                        p
+                    })
+                })
+                .collect();
+        }
+        out
+    }
+
+    /// What lets a search decide a candidate without running the units
+    /// (see [`Shortcut`]).
+    pub(crate) fn shortcut(&self) -> Shortcut {
+        let units = match self {
+            Self::Literal(_) => return Shortcut::None,
+            Self::Units { units, .. } => units,
+        };
+        if units.iter().all(|u| u.len() == 1) {
+            return Shortcut::Caseless(units.iter().flat_map(|u| u[0].bytes.clone()).collect());
+        }
+        let mut special = [false; 256];
+        let mut raw = Vec::new();
+        for unit in units {
+            let Some((plain, others)) = unit.split_first() else {
+                return Shortcut::None;
+            };
+            if plain.any_case {
+                return Shortcut::None;
+            }
+            raw.extend_from_slice(&plain.bytes);
+            for a in others {
+                let b = a.bytes[0];
+                special[usize::from(b)] = true;
+                if a.any_case {
+                    special[usize::from(b.to_ascii_lowercase())] = true;
+                    special[usize::from(b.to_ascii_uppercase())] = true;
+                }
+            }
+        }
+        if raw.iter().any(|b| special[usize::from(*b)]) {
+            return Shortcut::None;
+        }
+        Shortcut::Plain {
+            raw,
+            special: Box::new(special),
+        }
+    }
+
     /// Marks the bytes a match can start with.
     fn starts(&self, table: &mut [bool; 256]) {
         match self {
@@ -181,7 +315,12 @@ impl Pattern {
 
     /// The end of the longest match starting at `i`; every position tried
     /// spends a step of `budget`.
-    fn match_at(&self, h: &[u8], i: usize, budget: &mut usize) -> Result<Option<usize>, Exhausted> {
+    pub(crate) fn match_at(
+        &self,
+        h: &[u8],
+        i: usize,
+        budget: &mut usize,
+    ) -> Result<Option<usize>, Exhausted> {
         let (units, first) = match self {
             Self::Literal(l) => {
                 if h[i] != l[0] {
@@ -321,6 +460,24 @@ pub(crate) fn patterns(secret: &str) -> Vec<Pattern> {
     out
 }
 
+/// A search for secrets: every match, the longest at each position where
+/// one starts, left to right, a match's end the next position looked at.
+pub(crate) trait Search {
+    /// The matches in `h`, as byte ranges, spending steps of `budget`.
+    fn find(&self, h: &[u8], budget: &mut usize) -> Result<Vec<(usize, usize)>, Exhausted>;
+}
+
+/// The search of issue 11: at every byte a match can start with, every
+/// pattern tried (the reference the one-pass search is tested and
+/// benchmarked against).
+pub(crate) struct Reference<'a>(pub(crate) &'a [&'a Pattern]);
+
+impl Search for Reference<'_> {
+    fn find(&self, h: &[u8], budget: &mut usize) -> Result<Vec<(usize, usize)>, Exhausted> {
+        find(h, self.0, budget)
+    }
+}
+
 /// Every match of any of `patterns` in `h`, the longest at each position,
 /// as byte ranges.
 fn find(
@@ -445,6 +602,13 @@ impl Unescaped {
         let mut escapes = Vec::new();
         let mut i = 0;
         while i < h.len() {
+            // Copy the run up to the next possible escape at once.
+            let run = memchr::memchr2(b'\\', b'&', &h[i..]).unwrap_or(h.len() - i);
+            bytes.extend_from_slice(&h[i..i + run]);
+            i += run;
+            if i == h.len() {
+                break;
+            }
             let decoded = match h[i] {
                 b'\\' => json_escape(h, i),
                 b'&' => html_reference(h, i),
@@ -491,25 +655,26 @@ impl Unescaped {
     }
 }
 
-/// Replaces every match of any of `patterns` in `h`, as it is and in its
-/// unescaped view, with `with`; returns the result and the count.
+/// Replaces every match `search` finds in `h`, as it is and in its
+/// unescaped view, with `with`; returns the result and the count. An
+/// answer without a match is returned as it came.
 pub(crate) fn redact(
-    h: &[u8],
-    patterns: &[&Pattern],
+    h: Vec<u8>,
+    search: &impl Search,
     with: &[u8],
 ) -> Result<(Vec<u8>, u32), Exhausted> {
     let mut budget = STEPS_PER_BYTE.saturating_mul(h.len().saturating_mul(2)) + 4096;
-    let mut spans = find(h, patterns, &mut budget)?;
-    if h.iter().any(|b| matches!(b, b'\\' | b'&')) {
-        let view = Unescaped::new(h);
+    let mut spans = search.find(&h, &mut budget)?;
+    if memchr::memchr2(b'\\', b'&', &h).is_some() {
+        let view = Unescaped::new(&h);
         if !view.escapes.is_empty() {
-            for (s, e) in find(&view.bytes, patterns, &mut budget)? {
+            for (s, e) in search.find(&view.bytes, &mut budget)? {
                 spans.push((view.start(s), view.end(e)));
             }
         }
     }
     if spans.is_empty() {
-        return Ok((h.to_vec(), 0));
+        return Ok((h, 0));
     }
     spans.sort_unstable();
     let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());

@@ -322,3 +322,85 @@ async fn an_answer_that_exhausts_the_bound_is_withheld_at_inspect_output() {
     assert_eq!(seen.content, format!("key {REDACTED}").into_bytes());
     assert_eq!(seen.content_type, format!("text/plain; k={REDACTED}"));
 }
+
+/// A piece of a generated answer: text, or a secret in some encoding, whole
+/// or cut short, with each character spelled its own way.
+fn piece(secrets: &[String], kind: u8, which: usize, cut: usize, text: &str) -> String {
+    use base64::Engine;
+    use std::fmt::Write;
+    let s = &secrets[which % secrets.len()];
+    let whole = match kind {
+        0 => return text.to_owned(),
+        1 => s.clone(),
+        2 => encoders::json_ascii(s, which.is_multiple_of(2)),
+        3 => encoders::percent(s, b"-._~", which.is_multiple_of(2), which.is_multiple_of(3)),
+        4 => encoders::hex(s, which.is_multiple_of(2)),
+        5 => encoders::html(s),
+        6 => base64::engine::general_purpose::STANDARD.encode(s),
+        7 => base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{text}{s}")),
+        // Every other character escaped, in mixed styles.
+        _ => s.chars().enumerate().fold(String::new(), |mut o, (i, c)| {
+            match (i + which) % 4 {
+                0 => o.push(c),
+                1 => {
+                    let _ = write!(o, "\\u{:04X}", u32::from(c) & 0xffff);
+                }
+                2 => {
+                    let _ = write!(o, "&#{};", u32::from(c));
+                }
+                _ => {
+                    let _ = write!(o, "%{:02x}", u32::from(c) & 0xff);
+                }
+            }
+            o
+        }),
+    };
+    let keep = whole.len().saturating_sub(cut % 3);
+    let mut end = keep;
+    while !whole.is_char_boundary(end) {
+        end -= 1;
+    }
+    whole[..end].to_owned()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// The one-pass search finds what the reference finds, on answers mixing
+    /// text, escapes and every encoding of several secrets, whole or cut.
+    #[test]
+    fn one_pass_redaction_is_the_reference_redaction(
+        secrets in proptest::collection::vec("[a-zA-Z0-9 \"&%\\\\/+=<>é中-]{1,12}", 1..5),
+        pieces in proptest::collection::vec(
+            (0u8..9, 0usize..8, 0usize..4, "[a-zA-Z0-9 \"&#;%\\\\u+/=<>é-]{0,10}"),
+            0..12,
+        ),
+    ) {
+        let body: String = pieces
+            .iter()
+            .map(|(k, w, c, t)| piece(&secrets, *k, *w, *c, t))
+            .collect();
+        let s: Vec<Secret> = secrets.iter().map(|v| Secret::new(v.clone())).collect();
+        let reference = super::redact_secrets_reference(body.clone().into_bytes(), &s);
+        let one_pass = super::redact_secrets(body.clone().into_bytes(), &s);
+        // The reference spends steps where no match can start; the one
+        // pass may finish where it ran out, never the other way round.
+        if let Ok(r) = reference {
+            proptest::prop_assert_eq!(one_pass, Ok(r), "{:?} in {:?}", secrets, body);
+        }
+    }
+}
+
+#[test]
+fn the_same_secrets_in_another_order_share_nothing_wrong() {
+    // Sets are keyed by their values in order; both orders redact alike.
+    let a = [Secret::new("alpha-1".into()), Secret::new("beta-2".into())];
+    let b = [Secret::new("beta-2".into()), Secret::new("alpha-1".into())];
+    let body = b"x alpha-1 y beta-2 z".to_vec();
+    assert_eq!(redact_secrets(body.clone(), &a), redact_secrets(body, &b));
+    // A secret set with only empty values finds nothing.
+    assert_eq!(
+        redact_secrets(b"abc".to_vec(), &[Secret::new(String::new())]),
+        (b"abc".to_vec(), 0)
+    );
+}
