@@ -7,6 +7,7 @@ pub mod agent;
 pub mod audit;
 pub mod codec;
 pub mod edge;
+pub mod guard;
 pub mod jcs;
 pub mod merkle;
 pub mod policy;

@@ -1,0 +1,519 @@
+//! Personal data in text: e-mail addresses, phone numbers, payment card
+//! numbers (Luhn-checked), IBANs (ISO 13616 mod-97 checked, per-country
+//! length), US social security numbers (dashed or spaced, SSA-valid ranges)
+//! and IP addresses (v4 and v6).
+//!
+//! Each detector is a hand-written scanner over bytes: one pass, no
+//! backtracking, and a candidate must pass its checksum or structure rules,
+//! so numbers that merely look alike (order ids, versions, dates, hashes)
+//! are left alone.
+
+use super::{Finding, Kind};
+
+/// Every personal-data finding in `text`, in order, not overlapping (the
+/// first detector to claim a byte keeps it).
+pub fn scan(text: &str) -> Vec<Finding> {
+    let mut found = Vec::new();
+    emails(text, &mut found);
+    cards(text, &mut found);
+    ibans(text, &mut found);
+    ssns(text, &mut found);
+    phones(text, &mut found);
+    ips(text, &mut found);
+    super::settle(found)
+}
+
+fn is_local(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"._%+-".contains(&b)
+}
+
+fn is_label(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
+}
+
+fn emails(text: &str, out: &mut Vec<Finding>) {
+    let h = text.as_bytes();
+    for at in memchr::memchr_iter(b'@', h) {
+        let mut s = at;
+        while s > 0 && is_local(h[s - 1]) && at - s < 64 {
+            s -= 1;
+        }
+        // The local part neither starts nor ends with a dot.
+        while s < at && h[s] == b'.' {
+            s += 1;
+        }
+        if s == at || h[at - 1] == b'.' {
+            continue;
+        }
+        // Domain: labels of letters, digits and hyphens, dot-separated,
+        // ending with an alphabetic top-level label of 2 or more.
+        let mut e = at + 1;
+        let mut last_dot = None;
+        while e < h.len() && (is_label(h[e]) || (h[e] == b'.' && e > at + 1 && h[e - 1] != b'.')) {
+            if h[e] == b'.' {
+                last_dot = Some(e);
+            }
+            e += 1;
+        }
+        // A trailing dot ends the sentence, not the address.
+        if e > at + 1 && h[e - 1] == b'.' {
+            e -= 1;
+            last_dot = h[at + 1..e]
+                .iter()
+                .rposition(|&b| b == b'.')
+                .map(|p| p + at + 1);
+        }
+        let Some(dot) = last_dot else { continue };
+        let tld = &h[dot + 1..e];
+        if tld.len() < 2 || !tld.iter().all(u8::is_ascii_alphabetic) || dot == at + 1 {
+            continue;
+        }
+        out.push(Finding::new(Kind::Email, s, e));
+    }
+}
+
+/// The digits of a run starting at `i` that allows single spaces or dashes
+/// between digits: (end, digits). Stops at `max` digits.
+fn digit_run(h: &[u8], i: usize, max: usize) -> (usize, Vec<u8>) {
+    let mut digits = Vec::new();
+    let mut e = i;
+    let mut j = i;
+    while j < h.len() && digits.len() < max {
+        if h[j].is_ascii_digit() {
+            digits.push(h[j] - b'0');
+            j += 1;
+            e = j;
+        } else if (h[j] == b' ' || h[j] == b'-')
+            && j + 1 < h.len()
+            && h[j + 1].is_ascii_digit()
+            && !digits.is_empty()
+        {
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    (e, digits)
+}
+
+/// Whether the byte before `i` or at `e` continues a word or number (so
+/// the candidate is part of something longer).
+fn glued(h: &[u8], i: usize, e: usize) -> bool {
+    let before = i > 0 && (h[i - 1].is_ascii_alphanumeric() || h[i - 1] == b'_');
+    let after = e < h.len() && (h[e].is_ascii_alphanumeric() || h[e] == b'_');
+    before || after
+}
+
+/// The Luhn check.
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(k, &d)| {
+            let d = u32::from(d);
+            if k % 2 == 1 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// Whether `digits` start like a card of a known network with its length.
+fn card_network(digits: &[u8]) -> bool {
+    let n = digits.len();
+    let prefix = |k: usize| {
+        digits
+            .iter()
+            .take(k)
+            .fold(0u32, |a, &d| a * 10 + u32::from(d))
+    };
+    match digits[0] {
+        4 => matches!(n, 13 | 16 | 19),                     // Visa
+        5 => (51..=55).contains(&prefix(2)) && n == 16,     // Mastercard
+        2 => (2221..=2720).contains(&prefix(4)) && n == 16, // Mastercard 2-series
+        3 => match prefix(2) {
+            34 | 37 => n == 15, // American Express
+            35 => (3528..=3589).contains(&prefix(4)) && (16..=19).contains(&n), // JCB
+            36 | 38 | 39 | 30 => (14..=19).contains(&n), // Diners Club
+            _ => false,
+        },
+        6 => {
+            (prefix(4) == 6011
+                || prefix(2) == 65
+                || (644..=649).contains(&prefix(3))
+                || prefix(2) == 62)
+                && (16..=19).contains(&n)
+        }
+        _ => false,
+    }
+}
+
+fn cards(text: &str, out: &mut Vec<Finding>) {
+    let h = text.as_bytes();
+    let mut i = 0;
+    while i < h.len() {
+        if !h[i].is_ascii_digit() || (i > 0 && (h[i - 1].is_ascii_alphanumeric())) {
+            i += 1;
+            continue;
+        }
+        let (e, digits) = digit_run(h, i, 20);
+        if (13..=19).contains(&digits.len())
+            && !glued(h, i, e)
+            && card_network(&digits)
+            && luhn(&digits)
+            && consistent_groups(&h[i..e])
+        {
+            out.push(Finding::new(Kind::Card, i, e));
+            i = e;
+            continue;
+        }
+        i = e.max(i + 1);
+    }
+}
+
+/// Separators in a card number are all the same (spaces or dashes) and
+/// split it into groups of 4 (or the 4-6-5 of American Express), or there
+/// are none.
+fn consistent_groups(s: &[u8]) -> bool {
+    let seps: Vec<u8> = s.iter().copied().filter(|b| !b.is_ascii_digit()).collect();
+    if seps.is_empty() {
+        return true;
+    }
+    if seps.iter().any(|&b| b != seps[0]) {
+        return false;
+    }
+    let groups: Vec<usize> = s.split(|b| !b.is_ascii_digit()).map(<[u8]>::len).collect();
+    let (last, rest) = groups.split_last().expect("split gives a group");
+    (rest.iter().all(|&g| g == 4) && (1..=4).contains(last))
+        || groups == [4, 6, 5]
+        || groups == [4, 6, 4]
+}
+
+/// IBAN length per country (ISO 13616 registry).
+fn iban_length(country: &[u8]) -> Option<usize> {
+    const LENGTHS: &[(&[u8; 2], usize)] = &[
+        (b"AD", 24),
+        (b"AE", 23),
+        (b"AL", 28),
+        (b"AT", 20),
+        (b"AZ", 28),
+        (b"BA", 20),
+        (b"BE", 16),
+        (b"BG", 22),
+        (b"BH", 22),
+        (b"BR", 29),
+        (b"BY", 28),
+        (b"CH", 21),
+        (b"CR", 22),
+        (b"CY", 28),
+        (b"CZ", 24),
+        (b"DE", 22),
+        (b"DK", 18),
+        (b"DO", 28),
+        (b"EE", 20),
+        (b"EG", 29),
+        (b"ES", 24),
+        (b"FI", 18),
+        (b"FO", 18),
+        (b"FR", 27),
+        (b"GB", 22),
+        (b"GE", 22),
+        (b"GI", 23),
+        (b"GL", 18),
+        (b"GR", 27),
+        (b"GT", 28),
+        (b"HR", 21),
+        (b"HU", 28),
+        (b"IE", 22),
+        (b"IL", 23),
+        (b"IQ", 23),
+        (b"IS", 26),
+        (b"IT", 27),
+        (b"JO", 30),
+        (b"KW", 30),
+        (b"KZ", 20),
+        (b"LB", 28),
+        (b"LC", 32),
+        (b"LI", 21),
+        (b"LT", 20),
+        (b"LU", 20),
+        (b"LV", 21),
+        (b"MC", 27),
+        (b"MD", 24),
+        (b"ME", 22),
+        (b"MK", 19),
+        (b"MR", 27),
+        (b"MT", 31),
+        (b"MU", 30),
+        (b"NL", 18),
+        (b"NO", 15),
+        (b"PK", 24),
+        (b"PL", 28),
+        (b"PS", 29),
+        (b"PT", 25),
+        (b"QA", 29),
+        (b"RO", 24),
+        (b"RS", 22),
+        (b"SA", 24),
+        (b"SC", 31),
+        (b"SE", 24),
+        (b"SI", 19),
+        (b"SK", 24),
+        (b"SM", 27),
+        (b"ST", 25),
+        (b"SV", 28),
+        (b"TL", 23),
+        (b"TN", 24),
+        (b"TR", 26),
+        (b"UA", 29),
+        (b"VA", 22),
+        (b"VG", 24),
+        (b"XK", 20),
+    ];
+    LENGTHS
+        .iter()
+        .find(|(c, _)| c.as_slice() == country)
+        .map(|(_, n)| *n)
+}
+
+/// ISO 7064 mod 97-10 over the rearranged IBAN.
+fn iban_valid(chars: &[u8]) -> bool {
+    let rearranged = chars[4..].iter().chain(&chars[..4]);
+    let mut rem: u32 = 0;
+    for &c in rearranged {
+        let v = if c.is_ascii_digit() {
+            u32::from(c - b'0')
+        } else {
+            u32::from(c.to_ascii_uppercase() - b'A') + 10
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+fn ibans(text: &str, out: &mut Vec<Finding>) {
+    let h = text.as_bytes();
+    let mut i = 0;
+    while i + 4 <= h.len() {
+        let start_ok = h[i].is_ascii_uppercase()
+            && h[i + 1].is_ascii_uppercase()
+            && h[i + 2].is_ascii_digit()
+            && h[i + 3].is_ascii_digit()
+            && (i == 0 || !h[i - 1].is_ascii_alphanumeric());
+        let Some(len) = start_ok.then(|| iban_length(&h[i..i + 2])).flatten() else {
+            i += 1;
+            continue;
+        };
+        // Characters, allowing single spaces between groups of 4.
+        let mut chars = Vec::with_capacity(len);
+        let mut j = i;
+        let mut e = i;
+        while j < h.len() && chars.len() < len {
+            if h[j].is_ascii_alphanumeric() {
+                chars.push(h[j]);
+                j += 1;
+                e = j;
+            } else if h[j] == b' '
+                && chars.len() % 4 == 0
+                && j + 1 < h.len()
+                && h[j + 1].is_ascii_alphanumeric()
+            {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if chars.len() == len
+            && !(e < h.len() && h[e].is_ascii_alphanumeric())
+            && chars[4..]
+                .iter()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+            && iban_valid(&chars)
+        {
+            out.push(Finding::new(Kind::Iban, i, e));
+            i = e;
+        } else {
+            i += 1;
+        }
+    }
+}
+
+fn ssns(text: &str, out: &mut Vec<Finding>) {
+    let h = text.as_bytes();
+    if h.len() < 11 {
+        return;
+    }
+    for i in 0..=h.len() - 11 {
+        let s = &h[i..i + 11];
+        let sep = s[3];
+        if !(sep == b'-' || sep == b' ')
+            || s[6] != sep
+            || !s
+                .iter()
+                .enumerate()
+                .all(|(k, b)| k == 3 || k == 6 || b.is_ascii_digit())
+            || glued(h, i, i + 11)
+        {
+            continue;
+        }
+        let num = |r: std::ops::Range<usize>| {
+            s[r].iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'))
+        };
+        let (area, group, serial) = (num(0..3), num(4..6), num(7..11));
+        if area == 0 || area == 666 || area >= 900 || group == 0 || serial == 0 {
+            continue;
+        }
+        out.push(Finding::new(Kind::Ssn, i, i + 11));
+    }
+}
+
+fn phones(text: &str, out: &mut Vec<Finding>) {
+    let h = text.as_bytes();
+    let mut i = 0;
+    while i < h.len() {
+        let b = h[i];
+        let word_before = i > 0 && (h[i - 1].is_ascii_alphanumeric() || h[i - 1] == b'_');
+        if word_before || !(b == b'+' || b == b'(' || b.is_ascii_digit()) {
+            i += 1;
+            continue;
+        }
+        match phone_at(h, i) {
+            Some(e) => {
+                out.push(Finding::new(Kind::Phone, i, e));
+                i = e;
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// A phone number at `i`: `+` and 8 to 15 digits (E.164, separators
+/// allowed), or a North American number written with separators:
+/// `(NXX) NXX-XXXX`, `NXX-NXX-XXXX`, `NXX.NXX.XXXX`, `NXX NXX XXXX`.
+fn phone_at(h: &[u8], i: usize) -> Option<usize> {
+    let mut j = i;
+    let plus = h[i] == b'+';
+    if plus {
+        j += 1;
+    }
+    let mut digits = 0;
+    let mut groups = Vec::new();
+    let mut cur = 0;
+    let mut seps = Vec::new();
+    let mut e = j;
+    let mut paren = false;
+    while j < h.len() && digits < 16 {
+        let c = h[j];
+        if c.is_ascii_digit() {
+            digits += 1;
+            cur += 1;
+            j += 1;
+            e = j;
+        } else if c == b'(' && digits == 0 && !paren {
+            paren = true;
+            j += 1;
+        } else if c == b')' && paren && cur > 0 {
+            groups.push(cur);
+            cur = 0;
+            seps.push(b')');
+            j += 1;
+            if h.get(j) == Some(&b' ') {
+                j += 1;
+            }
+        } else if matches!(c, b'-' | b'.' | b' ')
+            && cur > 0
+            && h.get(j + 1).is_some_and(u8::is_ascii_digit)
+        {
+            groups.push(cur);
+            cur = 0;
+            seps.push(c);
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    if cur > 0 {
+        groups.push(cur);
+    }
+    if e < h.len() && (h[e].is_ascii_alphanumeric() || h[e] == b'_') {
+        return None;
+    }
+    if plus {
+        return ((8..=15).contains(&digits) && h[i + 1].is_ascii_digit() && h[i + 1] != b'0')
+            .then_some(e);
+    }
+    // North American: three groups 3-3-4 with one kind of separator (or a
+    // parenthesised area code), exchange and area codes not starting 0/1.
+    if groups != [3, 3, 4] || digits != 10 {
+        return None;
+    }
+    let same = seps.iter().all(|&s| s == seps[0]) || (seps[0] == b')' && seps.len() == 2);
+    let area = h[i + usize::from(paren)];
+    (same && area >= b'2' && (!paren || h[i] == b'(')).then_some(e)
+}
+
+fn ips(text: &str, out: &mut Vec<Finding>) {
+    let h = text.as_bytes();
+    let mut i = 0;
+    while i < h.len() {
+        let starts = h[i].is_ascii_hexdigit() || h[i] == b':';
+        let word_before =
+            i > 0 && (h[i - 1].is_ascii_alphanumeric() || matches!(h[i - 1], b'.' | b':' | b'_'));
+        if !starts || word_before {
+            i += 1;
+            continue;
+        }
+        let mut e = i;
+        while e < h.len()
+            && (h[e].is_ascii_hexdigit() || h[e] == b'.' || h[e] == b':')
+            && e - i < 45
+        {
+            e += 1;
+        }
+        // A trailing dot or colon ends a sentence or a label.
+        while e > i && matches!(h[e - 1], b'.' | b':') && !h[i..e].ends_with(b"::") {
+            e -= 1;
+        }
+        let glued_after = e < h.len() && (h[e].is_ascii_alphanumeric() || h[e] == b'_');
+        let token = &text[i..e];
+        let v4 = token.parse::<std::net::Ipv4Addr>().is_ok() && token.split('.').count() == 4;
+        let v6 = token.contains(':')
+            && token.matches(':').count() >= 2
+            && token.parse::<std::net::Ipv6Addr>().is_ok();
+        if !glued_after && (v4 || v6) && !version_like(h, i) {
+            out.push(Finding::new(Kind::Ip, i, e));
+            i = e;
+        } else {
+            i = e.max(i + 1);
+        }
+    }
+}
+
+/// Whether the text right before `i` names a version (`v1.2.3.4`,
+/// `version 1.2.3.4`).
+fn version_like(h: &[u8], i: usize) -> bool {
+    let before = &h[..i];
+    let trimmed = before.strip_suffix(b" ").unwrap_or(before);
+    let lower: Vec<u8> = trimmed
+        .iter()
+        .rev()
+        .take(8)
+        .rev()
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    lower.ends_with(b"version")
+        || lower.ends_with(b"ver")
+        || (i > 0 && matches!(h[i - 1], b'v' | b'V'))
+}
+
+#[cfg(test)]
+mod tests;
