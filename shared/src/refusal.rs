@@ -212,6 +212,9 @@ reasons! {
     /// The upstream's answer could not be searched for injected secrets
     /// within the work bound; it is withheld.
     OutputUninspectable = "OUTPUT_UNINSPECTABLE" => FailedPrecondition,
+    /// The upstream's answer holds a credential or personal data the
+    /// tool's filters block; it is withheld.
+    OutputBlocked = "OUTPUT_BLOCKED" => PermissionDenied,
     /// An envelope field is missing, of the wrong size or version.
     MessageMalformed = "MESSAGE_MALFORMED" => InvalidArgument,
     /// The envelope is addressed to another agent.

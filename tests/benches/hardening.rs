@@ -257,6 +257,7 @@ fn audit_event() {
         denial: None,
         upstream_status: 200,
         redactions: 0,
+        findings: "",
         micros: 180,
         approval: "",
         bytes_out: 1380,

@@ -68,7 +68,7 @@ impl Finding {
 
 /// Findings sorted by start, overlaps dropped (the earlier, then the longer,
 /// wins).
-pub(crate) fn settle(mut found: Vec<Finding>) -> Vec<Finding> {
+pub fn settle(mut found: Vec<Finding>) -> Vec<Finding> {
     found.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
     let mut out: Vec<Finding> = Vec::with_capacity(found.len());
     for f in found {
@@ -89,27 +89,38 @@ pub fn redact(text: &str, findings: &[Finding]) -> String {
 /// `text` with every finding masked: each character but the last four
 /// letters or digits becomes `*` (separators kept).
 pub fn mask(text: &str, findings: &[Finding]) -> String {
-    replace(text, findings, |_, s| {
-        let keep_from = s
-            .char_indices()
-            .filter(|(_, c)| c.is_ascii_alphanumeric())
-            .map(|(i, _)| i)
-            .rev()
-            .nth(3)
-            .unwrap_or(0);
-        s.char_indices()
-            .map(|(i, c)| {
-                if i >= keep_from || !c.is_alphanumeric() {
-                    c
-                } else {
-                    '*'
-                }
-            })
-            .collect()
-    })
+    replace(text, findings, |_, s| masked(s))
 }
 
-fn replace(text: &str, findings: &[Finding], with: impl Fn(&Finding, &str) -> String) -> String {
+/// `s` with each letter or digit but the last four as `*`.
+pub fn masked(s: &str) -> String {
+    // With four or fewer, nothing is kept.
+    let keep_from = s
+        .char_indices()
+        .filter(|(_, c)| c.is_alphanumeric())
+        .map(|(i, _)| i)
+        .rev()
+        .nth(3)
+        .filter(|_| s.chars().filter(|c| c.is_alphanumeric()).count() > 4)
+        .unwrap_or(usize::MAX);
+    s.char_indices()
+        .map(|(i, c)| {
+            if i >= keep_from || !c.is_alphanumeric() {
+                c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}
+
+/// `text` with each finding (sorted, not overlapping: [`settle`]) replaced
+/// by what `with` makes of it and its text.
+pub fn replace(
+    text: &str,
+    findings: &[Finding],
+    with: impl Fn(&Finding, &str) -> String,
+) -> String {
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     for f in findings {

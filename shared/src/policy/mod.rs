@@ -72,6 +72,11 @@ pub struct Document {
     /// (`data:*` covers `data:delete`) waits for it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub privileged_scopes: BTreeMap<String, ApprovalSpec>,
+    /// Credential rules in the gitleaks TOML format, added to the built-in
+    /// ones (a rule with a built-in rule's id replaces it) for every tool's
+    /// `filters.secrets`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret_rules: String,
 }
 
 /// An MCP server the sidecar connects to: over streamable HTTP (`url`) or
@@ -547,9 +552,48 @@ pub struct Filters {
     /// Check argument strings for prompt injection.
     #[serde(default = "yes")]
     pub injection_check: bool,
-    /// Redact secrets and PII from the output.
+    /// Redact secrets and PII from the output (`false` turns `secrets` and
+    /// `pii` off).
     #[serde(default = "yes")]
     pub redact_output: bool,
+    /// Credentials found in the output (built-in and `secret_rules`).
+    #[serde(default, skip_serializing_if = "Guard::is_redact")]
+    pub secrets: Guard,
+    /// Personal data found in the output (e-mail addresses, phone numbers,
+    /// payment cards, IBANs, US SSNs, IP addresses).
+    #[serde(default, skip_serializing_if = "Guard::is_redact")]
+    pub pii: Guard,
+}
+
+/// What stage 8 does with a finding in a tool's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Guard {
+    /// Replace it with `[REDACTED:<kind>]` (the default).
+    #[default]
+    Redact,
+    /// Keep its last four letters or digits, the rest `*`.
+    Mask,
+    /// Withhold the whole answer (`OUTPUT_BLOCKED`).
+    Block,
+    /// Leave it.
+    Off,
+}
+
+impl Guard {
+    fn is_redact(&self) -> bool {
+        *self == Self::Redact
+    }
+
+    /// As a word (`redact`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redact => "redact",
+            Self::Mask => "mask",
+            Self::Block => "block",
+            Self::Off => "off",
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -565,6 +609,8 @@ impl Default for Filters {
         Self {
             injection_check: true,
             redact_output: true,
+            secrets: Guard::Redact,
+            pii: Guard::Redact,
         }
     }
 }
@@ -748,6 +794,8 @@ pub struct Policy {
     pub approval_rules: Slices,
     /// The Cedar schema derived from the catalog.
     pub cedar_schema: ::cedar_policy::Schema,
+    /// The credential rules: built-in, and the document's `secret_rules`.
+    pub secret_rules: std::sync::Arc<crate::guard::secrets::Rules>,
     /// SHA-256 of the canonical JSON form, hex: equal for equal documents
     /// whatever their YAML formatting.
     pub digest: String,

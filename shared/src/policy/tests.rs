@@ -686,3 +686,38 @@ fn a_tools_audit_arguments_mode_is_redacted_unless_set() {
         Error::Yaml(_) | Error::UnknownField(_)
     ));
 }
+
+#[test]
+fn secret_rules_load_and_a_malformed_file_is_refused_naming_the_rule() {
+    let ok = with(|v| {
+        v["secret_rules"] =
+            "[[rules]]\nid = \"acme\"\nregex = '''acme_[a-z0-9]{16}'''\nkeywords = [\"acme_\"]\n"
+                .into()
+    });
+    let p = Policy::parse(&ok).unwrap();
+    assert!(!p.secret_rules.scan("x acme_0123456789abcdef y").is_empty());
+    let e = err(&with(|v| {
+        v["secret_rules"] = "[[rules]]\nid = \"acme\"\nregex = '''(unclosed'''\n".into()
+    }));
+    assert_eq!(e.kind(), "POLICY_SECRET_RULES");
+    assert!(
+        e.to_string()
+            .starts_with("secret_rules: rule acme: regex does not compile"),
+        "{e}"
+    );
+    // Filters take the four actions and nothing else.
+    let p = Policy::parse(&with(|v| {
+        v["tools"][0]["filters"]["pii"] = "mask".into();
+        v["tools"][0]["filters"]["secrets"] = "block".into();
+    }))
+    .unwrap();
+    assert_eq!(p.document.tools[0].filters.pii, crate::policy::Guard::Mask);
+    assert_eq!(
+        p.document.tools[0].filters.secrets,
+        crate::policy::Guard::Block
+    );
+    assert!(matches!(
+        err(&with(|v| v["tools"][0]["filters"]["pii"] = "hide".into())),
+        Error::Yaml(_) | Error::UnknownField(_)
+    ));
+}

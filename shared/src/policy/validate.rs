@@ -90,6 +90,9 @@ pub enum Error {
     /// The Cedar text does not parse.
     #[error("cedar policies do not parse: {0}")]
     CedarParse(String),
+    /// `secret_rules` is not a usable gitleaks rule file (names the rule).
+    #[error("secret_rules: {0}")]
+    SecretRules(String),
     /// The Cedar rules do not type-check against Warden's schema.
     #[error("cedar policies fail schema validation: {0}")]
     CedarValidation(String),
@@ -115,6 +118,7 @@ impl Error {
             Self::Approval(_) => "POLICY_APPROVAL",
             Self::CedarParse(_) => "POLICY_CEDAR_PARSE",
             Self::CedarValidation(_) => "POLICY_CEDAR_VALIDATION",
+            Self::SecretRules(_) => "POLICY_SECRET_RULES",
         }
     }
 }
@@ -826,6 +830,16 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    let builtin = crate::guard::secrets::Rules::builtin()
+        .map_err(|e| Error::SecretRules(format!("the built-in rules: {e}")))?;
+    let secret_rules = if document.secret_rules.is_empty() {
+        builtin
+    } else {
+        builtin.extend(
+            crate::guard::secrets::Rules::from_gitleaks_toml(&document.secret_rules)
+                .map_err(|e| Error::SecretRules(e.to_string()))?,
+        )
+    };
     let names = || document.tools.iter().map(|t| t.name.as_str());
     let cedar = Slices::new(cedar, names()).map_err(|e| Error::CedarValidation(e.to_string()))?;
     let approval_rules =
@@ -835,6 +849,7 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
         cedar,
         approval_rules,
         cedar_schema,
+        secret_rules: std::sync::Arc::new(secret_rules),
         digest,
     })
 }

@@ -353,7 +353,20 @@ impl Gateway {
         e.upstream_status = out.status;
         // 8. inspect output (still abandonable: a large answer waits for a
         // thread)
-        let inspected = inspect::output(out.content, out.content_type, out.secrets).await;
+        let filters = &a.tool.spec.filters;
+        let on = |g| {
+            if filters.redact_output {
+                g
+            } else {
+                warden_shared::policy::Guard::Off
+            }
+        };
+        let guards = inspect::Guards {
+            secrets: on(filters.secrets),
+            pii: on(filters.pii),
+            rules: Arc::clone(&a.policy.policy.secret_rules),
+        };
+        let inspected = inspect::output(out.content, out.content_type, out.secrets, guards).await;
         abandoned.event = None;
         drop(abandoned);
         let seen = match inspected {
@@ -366,6 +379,9 @@ impl Gateway {
         };
         // 9. record: the answer leaves only once its event is spooled.
         e.redactions = seen.redactions;
+        let findings: Vec<String> = seen.findings.iter().map(|n| n.line()).collect();
+        let findings = findings.join(" ");
+        e.findings = &findings;
         e.bytes_out = seen.content.len() as u64;
         self.recorded(e, Outcome::Allowed, None, t0).await?;
         Ok(Answer {
@@ -575,6 +591,7 @@ impl Gateway {
             denial: None,
             upstream_status: 0,
             redactions: 0,
+            findings: "",
             micros: 0,
             approval: "",
             bytes_out: 0,

@@ -88,6 +88,9 @@ pub struct Event<'a> {
     pub upstream_status: u16,
     /// Values redacted from the output.
     pub redactions: u32,
+    /// What stage 8's detectors found and did (`signal@where[span]:action`,
+    /// space-separated; never a value).
+    pub findings: &'a str,
     /// Time in the sidecar, µs.
     pub micros: u64,
     /// The approval spent on the call, if it needed one.
@@ -278,6 +281,9 @@ fn audit_event(e: &Event<'_>, hmac: String, time_ms: i64) -> warden_shared::audi
     }
     if e.redactions != 0 {
         detail.insert("redactions".into(), e.redactions.to_string());
+    }
+    if !e.findings.is_empty() {
+        detail.insert("findings".into(), e.findings.to_owned());
     }
     if !e.reason.is_empty() {
         detail.insert(
@@ -576,6 +582,7 @@ mod tests {
             denial: None,
             upstream_status: 0,
             redactions: 0,
+            findings: "",
             micros: 1,
             approval: "",
             bytes_out: 0,

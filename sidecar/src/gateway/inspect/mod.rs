@@ -11,11 +11,14 @@
 //! cannot hand the agent a credential. (Pattern-based secret and PII
 //! redaction is a later issue; it plugs in beside this.)
 
+pub mod detect;
 mod scrub;
 mod secrets;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+
+use warden_shared::refusal::Reason;
 
 use super::Refusal;
 use super::catalog::ToolEntry;
@@ -53,42 +56,59 @@ pub struct Inspected {
     pub content: Vec<u8>,
     /// The media type, secrets removed.
     pub content_type: String,
-    /// Values removed from both.
+    /// Values removed from both (injected secrets and detector findings).
     pub redactions: u32,
+    /// What the detectors found and did, for the audit event (never a
+    /// value).
+    pub findings: Vec<detect::Noted>,
+}
+
+/// What stage 8 looks for in one tool's answers besides the injected
+/// secrets: the tool's `filters` and the policy's credential rules.
+#[derive(Debug, Clone)]
+pub struct Guards {
+    /// The action on credentials.
+    pub secrets: warden_shared::policy::Guard,
+    /// The action on personal data.
+    pub pii: warden_shared::policy::Guard,
+    /// The policy's credential rules.
+    pub rules: Arc<warden_shared::guard::secrets::Rules>,
 }
 
 /// Stage 8 on an upstream's answer: every injected secret removed from the
-/// body and the content type.
+/// body and the content type, then the detectors run over the body as the
+/// tool's filters say.
 pub async fn output(
     content: Vec<u8>,
     content_type: String,
     secrets: Vec<Secret>,
+    guards: Guards,
 ) -> Result<Inspected, Refusal> {
     let big = content.len() > INLINE_BYTES;
+    let refused = |reason, e: String| Refusal::at(super::Stage::InspectOutput, reason, e);
     let run = move || {
-        let (content, n) = redact_secrets(content, &secrets)?;
-        let (content_type, m) = redact_secrets(content_type.into_bytes(), &secrets)?;
-        Ok::<_, Exhausted>(Inspected {
-            content,
+        let (content, n) = redact_secrets(content, &secrets)
+            .map_err(|e| refused(Reason::OutputUninspectable, e.to_string()))?;
+        let (content_type, m) = redact_secrets(content_type.into_bytes(), &secrets)
+            .map_err(|e| refused(Reason::OutputUninspectable, e.to_string()))?;
+        let checked = detect::check(content, &guards)?;
+        Ok::<_, Refusal>(Inspected {
+            content: checked.content,
             content_type: String::from_utf8_lossy(&content_type).into_owned(),
-            redactions: n.saturating_add(m),
+            redactions: n.saturating_add(m).saturating_add(checked.replaced),
+            findings: checked.noted,
         })
     };
-    let refused = |e: String| {
-        Refusal::at(
-            super::Stage::InspectOutput,
-            warden_shared::refusal::Reason::OutputUninspectable,
-            e,
-        )
-    };
-    let result = if big {
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|_| refused("output inspection failed".into()))?
+    if big {
+        tokio::task::spawn_blocking(run).await.map_err(|_| {
+            refused(
+                Reason::OutputUninspectable,
+                "output inspection failed".into(),
+            )
+        })?
     } else {
         run()
-    };
-    result.map_err(|e| refused(e.to_string()))
+    }
 }
 
 /// Removes every injected secret value, in each encoding [`scrub`] knows,

@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// The default filters (redact credentials and personal data), with the
+/// built-in rules.
+fn guards() -> Guards {
+    Guards {
+        secrets: warden_shared::policy::Guard::Redact,
+        pii: warden_shared::policy::Guard::Redact,
+        rules: Arc::new(warden_shared::guard::secrets::Rules::builtin().unwrap()),
+    }
+}
+
 /// The redaction, which must not run out of its bound on these answers.
 fn redact_secrets(content: Vec<u8>, secrets: &[Secret]) -> (Vec<u8>, u32) {
     super::redact_secrets(content, secrets).unwrap()
@@ -297,7 +307,7 @@ async fn an_answer_that_exhausts_the_bound_is_withheld_at_inspect_output() {
     let secret = Secret::new(format!("{}b", "a".repeat(4096)));
     // Large enough to be searched off the runtime, too.
     let body = "a".repeat(1 << 17).into_bytes();
-    let d = output(body, "text/plain".into(), vec![secret])
+    let d = output(body, "text/plain".into(), vec![secret], guards())
         .await
         .expect_err("withheld");
     assert_eq!(
@@ -315,6 +325,7 @@ async fn an_answer_that_exhausts_the_bound_is_withheld_at_inspect_output() {
         b"key sk-live-0123456789".to_vec(),
         "text/plain; k=sk-live-0123456789".into(),
         vec![s],
+        guards(),
     )
     .await
     .unwrap();
