@@ -215,6 +215,9 @@ reasons! {
     /// The upstream's answer holds a credential or personal data the
     /// tool's filters block; it is withheld.
     OutputBlocked = "OUTPUT_BLOCKED" => PermissionDenied,
+    /// An argument (stage 3) or the upstream's answer (stage 8) reads as a
+    /// prompt injection and the tool's filters block it.
+    PromptInjection = "PROMPT_INJECTION" => PermissionDenied,
     /// An envelope field is missing, of the wrong size or version.
     MessageMalformed = "MESSAGE_MALFORMED" => InvalidArgument,
     /// The envelope is addressed to another agent.

@@ -3,6 +3,8 @@
 //! [`Finding`]s (what, where), never the value; what to do with them
 //! (redact, mask, block, record) is the caller's policy.
 
+pub mod injection;
+pub mod normalize;
 pub mod pii;
 pub mod secrets;
 

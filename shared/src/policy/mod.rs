@@ -563,6 +563,76 @@ pub struct Filters {
     /// payment cards, IBANs, US SSNs, IP addresses).
     #[serde(default, skip_serializing_if = "Guard::is_redact")]
     pub pii: Guard,
+    /// What is done with text that reads as a prompt injection, in the
+    /// arguments and in the output (`injection_check: false` turns both
+    /// off).
+    #[serde(default, skip_serializing_if = "Injection::is_default")]
+    pub injection: Injection,
+}
+
+/// Prompt-injection actions of a tool, per direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Injection {
+    /// On argument strings (default `block`; `mark` acts as `flag`).
+    #[serde(default = "OnInjection::block")]
+    pub arguments: OnInjection,
+    /// On the upstream's answer (default `mark`).
+    #[serde(default = "OnInjection::mark")]
+    pub output: OnInjection,
+}
+
+impl Default for Injection {
+    fn default() -> Self {
+        Self {
+            arguments: OnInjection::Block,
+            output: OnInjection::Mark,
+        }
+    }
+}
+
+impl Injection {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What is done with text that reads as a prompt injection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInjection {
+    /// Refuse the call, or withhold the answer (`PROMPT_INJECTION`).
+    Block,
+    /// Remove the spans that carry it.
+    Redact,
+    /// Wrap the text in delimiters that tell the model it is data
+    /// ("spotlighting").
+    Mark,
+    /// Let it through; record the finding.
+    Flag,
+    /// Do not look.
+    Off,
+}
+
+impl OnInjection {
+    fn block() -> Self {
+        Self::Block
+    }
+
+    fn mark() -> Self {
+        Self::Mark
+    }
+
+    /// As a word (`block`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Redact => "redact",
+            Self::Mark => "mark",
+            Self::Flag => "flag",
+            Self::Off => "off",
+        }
+    }
 }
 
 /// What stage 8 does with a finding in a tool's output.
@@ -611,6 +681,7 @@ impl Default for Filters {
             redact_output: true,
             secrets: Guard::Redact,
             pii: Guard::Redact,
+            injection: Injection::default(),
         }
     }
 }

@@ -5,12 +5,14 @@
 //!    binding, the agent's standing), then the session's `max_tool_calls`
 //! 2. validate — a bounded trace id; the tool exists; the arguments are
 //!    bounded JSON matching its input schema
-//! 3. inspect input — attacks in argument strings ([`InputInspector`])
+//! 3. inspect input — prompt injection in argument strings
+//!    ([`inspect::injection`])
 //! 4. authorize — scopes, identity lists and overrides, Cedar, risk
 //! 5. limit — rate limits and quotas ([`Limiter`])
 //! 6. approve — calls the policy marks wait for people ([`approve::Desk`])
 //! 7. execute — the upstream call, secrets injected by the sidecar
-//! 8. inspect output — injected secrets removed, size capped
+//! 8. inspect output — injected secrets removed; credentials, personal data
+//!    and prompt injection handled as the tool's filters say
 //! 9. record — every decision, allowed or not
 //!
 //! [`Gateway::authorize`] runs stages 1–6 and records; [`Gateway::call_tool`]
@@ -32,7 +34,7 @@ use super::authorize::{self, Authorization, Caller};
 use super::catalog::ToolEntry;
 use super::execute::Executor;
 use super::execute::mcp::Standing;
-use super::inspect::{self, InputInspector, PassThrough};
+use super::inspect::{self, Noted};
 use super::limit::{CallKey, Limiter, SessionCalls};
 use super::record::{Event, Kept, Outcome, Recorder};
 use super::validate::MAX_TRACE_ID;
@@ -135,6 +137,8 @@ struct Admitted {
     policy: Arc<HeldPolicy>,
     tool: Arc<ToolEntry>,
     args: serde_json::Value,
+    /// What stage 3 found in the arguments.
+    findings: Vec<Noted>,
     /// The approval spent on it, if it needed one.
     approval: String,
     /// Whether it waited for people (approvers or its user).
@@ -174,8 +178,6 @@ pub struct Gateway {
     auth: Arc<Authenticator>,
     /// Stage 1: the sessions' call counts.
     calls: SessionCalls,
-    /// Stage 3.
-    input: Arc<dyn InputInspector>,
     /// Stage 4: Cedar entities of the policy in force.
     authorization: Authorization,
     /// Stage 5: rate limits and quotas.
@@ -226,14 +228,12 @@ impl Drop for Abandoned<'_> {
 }
 
 impl Gateway {
-    /// A gateway for the agent `auth` serves, with `limiter` and no input
-    /// inspection beyond validation.
+    /// A gateway for the agent `auth` serves, with `limiter`.
     pub fn new(auth: Arc<Authenticator>, limiter: Limiter) -> Self {
         Self {
             agent_id: auth.agent_id().to_owned(),
             auth,
             calls: SessionCalls::default(),
-            input: Arc::new(PassThrough),
             authorization: Authorization::default(),
             limiter: Arc::new(limiter),
             desk: None,
@@ -365,6 +365,8 @@ impl Gateway {
             secrets: on(filters.secrets),
             pii: on(filters.pii),
             rules: Arc::clone(&a.policy.policy.secret_rules),
+            injection: inspect::injection::action(&a.tool, true),
+            tool: a.tool.spec.name.clone(),
         };
         let inspected = inspect::output(out.content, out.content_type, out.secrets, guards).await;
         abandoned.event = None;
@@ -379,7 +381,12 @@ impl Gateway {
         };
         // 9. record: the answer leaves only once its event is spooled.
         e.redactions = seen.redactions;
-        let findings: Vec<String> = seen.findings.iter().map(|n| n.line()).collect();
+        let findings: Vec<String> = a
+            .findings
+            .iter()
+            .chain(&seen.findings)
+            .map(Noted::line)
+            .collect();
         let findings = findings.join(" ");
         e.findings = &findings;
         e.bytes_out = seen.content.len() as u64;
@@ -418,10 +425,13 @@ impl Gateway {
         {
             return Err(Refusal::at(Stage::Validate, Reason::ToolWithdrawn, why).rule("pin"));
         }
-        let args = validate::arguments(&tool, r.arguments)?;
+        let mut args = validate::arguments(&tool, r.arguments)?;
         // 3. inspect input
-        if tool.spec.filters.injection_check {
-            self.input.inspect(&tool, &args)?;
+        let findings = inspect::injection::arguments(&tool, &mut args)?;
+        if findings.iter().any(|n| n.action == "redact") {
+            // What is left must still be valid arguments.
+            let text = serde_json::to_string(&args).unwrap_or_default();
+            args = validate::arguments(&tool, &text)?;
         }
         // 4. authorize
         let standing = held.standing.as_deref().ok_or_else(|| {
@@ -479,6 +489,7 @@ impl Gateway {
             policy,
             tool,
             args,
+            findings,
             approval,
             waited,
         })

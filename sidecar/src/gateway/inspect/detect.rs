@@ -28,8 +28,8 @@ pub struct Noted {
     pub at: String,
     /// Byte span in that string.
     pub span: (usize, usize),
-    /// What was done.
-    pub action: Guard,
+    /// What was done (`redact`, `mask`, `block`, `mark`, `flag`).
+    pub action: &'static str,
 }
 
 impl Noted {
@@ -37,11 +37,7 @@ impl Noted {
     pub fn line(&self) -> String {
         format!(
             "{}@{}[{}..{}]:{}",
-            self.signal,
-            self.at,
-            self.span.0,
-            self.span.1,
-            self.action.as_str()
+            self.signal, self.at, self.span.0, self.span.1, self.action
         )
     }
 }
@@ -107,7 +103,7 @@ impl Pass<'_> {
                     signal: signal(&f.kind),
                     at: at.to_owned(),
                     span: (f.start, f.end),
-                    action: act,
+                    action: act.as_str(),
                 });
             }
             if act == Guard::Block {
@@ -133,41 +129,46 @@ impl Pass<'_> {
             }
         })))
     }
+}
 
-    /// Rewrites the strings of `v` in place; whether any changed.
-    fn json(&mut self, v: &mut serde_json::Value, at: &mut String) -> Result<bool, Refusal> {
-        use serde_json::Value as V;
-        let mut changed = false;
-        match v {
-            V::String(s) => {
-                let here = if at.is_empty() { "/" } else { at.as_str() };
-                if let Some(new) = self.text(s, here)? {
-                    *s = new;
-                    changed = true;
-                }
+/// Calls `f` on every string of `v` (not the object keys) with its JSON
+/// pointer; `f` returns a replacement, if any. Whether any changed.
+pub(super) fn each_string<E>(
+    v: &mut serde_json::Value,
+    at: &mut String,
+    f: &mut impl FnMut(&str, &str) -> Result<Option<String>, E>,
+) -> Result<bool, E> {
+    use serde_json::Value as V;
+    let mut changed = false;
+    match v {
+        V::String(s) => {
+            let here = if at.is_empty() { "/" } else { at.as_str() };
+            if let Some(new) = f(s, here)? {
+                *s = new;
+                changed = true;
             }
-            V::Array(a) => {
-                for (i, x) in a.iter_mut().enumerate() {
-                    let len = at.len();
-                    at.push('/');
-                    at.push_str(&i.to_string());
-                    changed |= self.json(x, at)?;
-                    at.truncate(len);
-                }
-            }
-            V::Object(o) => {
-                for (k, x) in o.iter_mut() {
-                    let len = at.len();
-                    at.push('/');
-                    at.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                    changed |= self.json(x, at)?;
-                    at.truncate(len);
-                }
-            }
-            _ => {}
         }
-        Ok(changed)
+        V::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                let len = at.len();
+                at.push('/');
+                at.push_str(&i.to_string());
+                changed |= each_string(x, at, f)?;
+                at.truncate(len);
+            }
+        }
+        V::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                let len = at.len();
+                at.push('/');
+                at.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                changed |= each_string(x, at, f)?;
+                at.truncate(len);
+            }
+        }
+        _ => {}
     }
+    Ok(changed)
 }
 
 /// Runs the detectors the filters turn on over `content`.
@@ -186,7 +187,7 @@ pub(super) fn check(content: Vec<u8>, g: &Guards) -> Result<Checked, Refusal> {
         });
     }
     let content = if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&content) {
-        if pass.json(&mut v, &mut String::new())? {
+        if each_string(&mut v, &mut String::new(), &mut |t, at| pass.text(t, at))? {
             serde_json::to_vec(&v).unwrap_or(content)
         } else {
             content

@@ -1,17 +1,16 @@
 //! Stages 3 and 8: inspection of what goes in and what comes out.
 //!
-//! Input: prompt-injection detection on argument strings is a later issue;
-//! [`InputInspector`] is the seam it plugs into, and [`PassThrough`] is what
-//! runs until then. It refuses nothing; `Authorize`'s `checks` still list
-//! the stage as passed (the README names it a seam).
+//! Input: prompt injection in argument strings ([`injection`]).
 //!
 //! Output: every secret value the sidecar injected into this call is
 //! removed from what the upstream returned, as raw text and in each
 //! encoding [`scrub`] knows, so that an upstream echoing a header back
-//! cannot hand the agent a credential. (Pattern-based secret and PII
-//! redaction is a later issue; it plugs in beside this.)
+//! cannot hand the agent a credential; then credentials and personal data
+//! ([`detect`]) and prompt injection ([`injection`]) are handled as the
+//! tool's filters say.
 
 pub mod detect;
+pub mod injection;
 mod scrub;
 mod secrets;
 
@@ -21,27 +20,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use warden_shared::refusal::Reason;
 
 use super::Refusal;
-use super::catalog::ToolEntry;
 use super::execute::secrets::Secret;
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[REDACTED]";
-
-/// Inspects a call's arguments before authorization.
-pub trait InputInspector: Send + Sync + std::fmt::Debug {
-    /// Refuses arguments that carry an attack.
-    fn inspect(&self, tool: &ToolEntry, args: &serde_json::Value) -> Result<(), Refusal>;
-}
-
-/// Refuses nothing (until injection detection lands).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PassThrough;
-
-impl InputInspector for PassThrough {
-    fn inspect(&self, _tool: &ToolEntry, _args: &serde_json::Value) -> Result<(), Refusal> {
-        Ok(())
-    }
-}
 
 pub use scrub::Exhausted;
 
@@ -73,7 +55,13 @@ pub struct Guards {
     pub pii: warden_shared::policy::Guard,
     /// The policy's credential rules.
     pub rules: Arc<warden_shared::guard::secrets::Rules>,
+    /// The action on prompt injection in the answer.
+    pub injection: warden_shared::policy::OnInjection,
+    /// The tool's name (for messages).
+    pub tool: String,
 }
+
+pub use detect::Noted;
 
 /// Stage 8 on an upstream's answer: every injected secret removed from the
 /// body and the content type, then the detectors run over the body as the
@@ -92,11 +80,15 @@ pub async fn output(
         let (content_type, m) = redact_secrets(content_type.into_bytes(), &secrets)
             .map_err(|e| refused(Reason::OutputUninspectable, e.to_string()))?;
         let checked = detect::check(content, &guards)?;
+        let (content, injected) =
+            injection::output(&guards.tool, guards.injection, checked.content)?;
+        let mut findings = checked.noted;
+        findings.extend(injected);
         Ok::<_, Refusal>(Inspected {
-            content: checked.content,
+            content,
             content_type: String::from_utf8_lossy(&content_type).into_owned(),
             redactions: n.saturating_add(m).saturating_add(checked.replaced),
-            findings: checked.noted,
+            findings,
         })
     };
     if big {

@@ -9,6 +9,8 @@ fn guards() -> Guards {
         secrets: warden_shared::policy::Guard::Redact,
         pii: warden_shared::policy::Guard::Redact,
         rules: Arc::new(warden_shared::guard::secrets::Rules::builtin().unwrap()),
+        injection: warden_shared::policy::OnInjection::Mark,
+        tool: "t".into(),
     }
 }
 

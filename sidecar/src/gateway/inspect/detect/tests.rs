@@ -13,6 +13,8 @@ fn guards(secrets: Guard, pii: Guard) -> Guards {
         secrets,
         pii,
         rules: Arc::new(Rules::builtin().unwrap()),
+        injection: warden_shared::policy::OnInjection::Mark,
+        tool: "t".into(),
     }
 }
 
