@@ -65,6 +65,29 @@ enum Command {
     /// The tamper-evident audit log: read, verify, prove.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The guardrail detectors, offline: score text, measure on a corpus.
+    #[command(subcommand)]
+    Guard(GuardCmd),
+}
+
+#[derive(Subcommand)]
+enum GuardCmd {
+    /// Precision, recall and false-positive rate of the detectors per
+    /// family, on a labelled corpus (JSON lines of family, label, text).
+    Eval {
+        /// The corpus, e.g. tests/corpus/guard/corpus.jsonl.
+        corpus: PathBuf,
+    },
+    /// What the detectors find in a text (read from the file, or `-` for
+    /// standard input): the injection score and its signals, credentials
+    /// and personal data, by kind and span (never the values).
+    Scan {
+        /// The text.
+        file: PathBuf,
+        /// A gitleaks rule file added to the built-in credential rules.
+        #[arg(long)]
+        secret_rules: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -547,6 +570,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Policy(PolicyCmd::Validate { file }) = &cli.command {
         return validate_offline(file, cli.json);
     }
+    if let Command::Guard(cmd) = &cli.command {
+        return ctl::guard::run(cmd_of(cmd), cli.json);
+    }
     if let Command::Audit(AuditCmd::Check { proof, key }) = &cli.command {
         let keys = ctl::audit::Keys::load(key)?;
         let proof = ctl::audit::load_proof(proof)?;
@@ -944,6 +970,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Audit(cmd) => audit(&mut client, cmd, j).await?,
+        // Run offline, above.
+        Command::Guard(_) => {}
         Command::Keys(Keys::Rotate) => {
             let r = client
                 .rotate_signing_key(pb::RotateSigningKeyRequest {})
@@ -1161,6 +1189,16 @@ async fn audit(client: &mut ctl::audit::Client, cmd: AuditCmd, j: bool) -> anyho
         }
     }
     Ok(())
+}
+
+fn cmd_of(cmd: &GuardCmd) -> ctl::guard::Cmd<'_> {
+    match cmd {
+        GuardCmd::Eval { corpus } => ctl::guard::Cmd::Eval { corpus },
+        GuardCmd::Scan { file, secret_rules } => ctl::guard::Cmd::Scan {
+            file,
+            secret_rules: secret_rules.as_deref(),
+        },
+    }
 }
 
 #[tokio::main]

@@ -2,6 +2,7 @@
 //! or flags, one mTLS channel.
 
 pub mod audit;
+pub mod guard;
 
 use std::path::{Path, PathBuf};
 

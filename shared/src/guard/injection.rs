@@ -132,7 +132,7 @@ const PATTERNS: &[(Signal, f32, &str)] = &[
     (
         Signal::Override,
         0.55,
-        r"\b(?:attention|important|urgent|note|message)\s*(?:!|:|to)\s*(?:the\s+)?(?:ai|assistant|agent|llm|language model|chatbot|model|gpt|claude)s?\b",
+        r"\b(?:attention|important|urgent|note|message|instructions?)\s*(?:!|:)?\s*(?:to|for)?\s*(?:the\s+|all\s+|any\s+)?(?:ai|assistant|agent|llm|language model|chatbot|model|gpt|claude)s?(?:\s+[a-z]+){0,4}\s*[:!,]",
     ),
     (
         Signal::Override,
@@ -177,7 +177,12 @@ const PATTERNS: &[(Signal, f32, &str)] = &[
     (
         Signal::Reveal,
         0.6,
-        r"\b(?:reveal|print|output|repeat|display|tell me|give me|leak|dump|disclose|expose|recite|spell out|write out|show me|share)\s+(?:me\s+)?(?:(?:all|the|your|any|my|of|exact|full|entire|original|initial|hidden|secret|internal|previous|complete|verbatim)\s+){0,4}(?:system\s+prompt|prompts?|instructions|initial instructions|api[\s_-]?keys?|secrets?|passwords?|credentials|access tokens?|environment variables|env vars|private keys?)\b",
+        r"\b(?:reveal|print|output|repeat|display|tell me|give me|leak|dump|disclose|expose|recite|spell out|write out|show me|share)\s+(?:me\s+)?(?:(?:all|the|any|my|of|exact|full|entire|complete|verbatim)\s+){0,3}(?:system\s+prompt|(?:your|the\s+(?:initial|hidden|original|secret|system|previous|above|preceding))\s+(?:(?:exact|full|entire|complete|original|initial|hidden|secret|system)\s+){0,2}(?:instructions|prompts?|rules|guidelines)|(?:your\s+|the\s+)?(?:api[\s_-]?keys?|secrets?|passwords?|credentials|access tokens?|environment variables|env vars|private keys?))\b",
+    ),
+    (
+        Signal::Reveal,
+        0.55,
+        r"\b(?:what(?:'s|\s+is|\s+are|\s+were)|tell me)\s+(?:your|the)\s+(?:system\s+prompt|(?:initial|hidden|original|secret|system)\s+(?:instructions|prompt|rules))\b",
     ),
     (
         Signal::Reveal,
@@ -196,8 +201,18 @@ const PATTERNS: &[(Signal, f32, &str)] = &[
     ),
     (
         Signal::Exfiltration,
-        0.6,
-        r"\b(?:send|post|upload|forward|e-?mail|transmit|exfiltrate|submit|leak|copy|append|encode|include)\b[^.\n]{0,100}?\b(?:to|at|into|in|via)\s+(?:https?://|www\.|(?:this|the following|my|our|an?|that)\s+(?:url|link|endpoint|webhook|server|address|e-?mail address|site|domain))",
+        0.4,
+        r"\b(?:send|post|upload|forward|e-?mail|transmit|exfiltrate|submit|leak|copy|append|encode|include)\b(?:[^.\n]|\.[a-z0-9])*?\b(?:to|at|into|in|via)\s+(?:https?://|www\.|(?:this|the following|my|our|an?|that)\s+(?:url|link|endpoint|webhook|server|address|e-?mail address|site|domain))",
+    ),
+    (
+        Signal::Exfiltration,
+        0.7,
+        r"\b(?:send|post|upload|forward|e-?mail|transmit|exfiltrate|submit|leak|copy|append|encode|include)\b(?:[^.\n]|\.[a-z0-9])*?(?:\b(?:history|conversation|chat|e-?mails|inbox|messages|secrets?|keys?|tokens?|passwords?|credentials|cookies|contents|database|documents|files|card numbers|credit cards?|personal data|user data)\b|\.env\b)(?:[^.\n]|\.[a-z0-9])*?\b(?:to|at|into|in|via)\s+(?:https?://|www\.|(?:this|the following|my|our|an?|that)\s+(?:url|link|endpoint|webhook|server|address|e-?mail address|site|domain))",
+    ),
+    (
+        Signal::Override,
+        0.55,
+        r"\b(?:do not|don'?t|never)\s+(?:tell|mention|inform|alert|notify|reveal (?:this|it) to|let)\s+(?:\w+\s+){0,2}(?:the\s+)?user\b|\bwithout\s+(?:telling|informing|notifying|alerting)\s+(?:the\s+)?user\b|\bkeep\s+(?:this|it)\s+(?:secret|hidden)\s+from\s+(?:the\s+)?user\b",
     ),
     (
         Signal::Exfiltration,
@@ -228,7 +243,7 @@ const PATTERNS: &[(Signal, f32, &str)] = &[
 
 /// Words that, shortly before a hit, say the text discusses attacks
 /// rather than makes one.
-const DISCUSSION: &str = r"\b(?:example|e\.g\.|such as|phrases? like|attacks?|attackers?|injections?|jailbreaks?|known as|called|for instance|detect(?:s|ed|ion|or)?|classif(?:y|ier)|payloads?|malicious|adversarial|red team|researchers?|paper|article|blog|quoted?|warns?|beware|prevent|defen[cs]e)\b";
+const DISCUSSION: &str = r"\b(?:example|e\.g\.|such as|phrases? like|attacks?|attackers?|injections?|jailbreaks?|known as|called|for instance|detect(?:s|ed|ion|or)?|classif(?:y|ier)|payloads?|malicious|adversarial|red team|researchers?|paper|article|blog|quoted?|warns?|beware|prevent|defen[cs]e|story|novel|fiction|character|villain|hero|plot)\b";
 
 struct Compiled {
     set: RegexSet,
@@ -440,12 +455,25 @@ pub fn scan(text: &str) -> Verdict {
         at = end;
     }
     hits.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
-    let mut best: std::collections::BTreeMap<Signal, f32> = std::collections::BTreeMap::new();
+    // Per signal: the strongest hit, and each further distinct hit adds
+    // half its weight of what is left (two weak role markers together say
+    // more than one).
+    let mut spans: std::collections::BTreeMap<(Signal, usize, usize), f32> =
+        std::collections::BTreeMap::new();
     for h in &hits {
-        let b = best.entry(h.signal).or_insert(0.0);
-        *b = b.max(h.score);
+        let s = spans.entry((h.signal, h.start, h.end)).or_insert(0.0);
+        *s = s.max(h.score);
     }
-    let score = 1.0 - best.values().map(|s| 1.0 - s).product::<f32>();
+    let mut by_signal: std::collections::BTreeMap<Signal, Vec<f32>> =
+        std::collections::BTreeMap::new();
+    for ((signal, _, _), score) in spans {
+        by_signal.entry(signal).or_default().push(score);
+    }
+    let best = by_signal.into_values().map(|mut v| {
+        v.sort_by(|a, b| b.total_cmp(a));
+        v.iter().skip(1).fold(v[0], |s, x| s + 0.5 * x * (1.0 - s))
+    });
+    let score = 1.0 - best.map(|s| 1.0 - s).product::<f32>();
     Verdict { score, hits }
 }
 

@@ -3,6 +3,7 @@
 //! [`Finding`]s (what, where), never the value; what to do with them
 //! (redact, mask, block, record) is the caller's policy.
 
+pub mod eval;
 pub mod injection;
 pub mod normalize;
 pub mod pii;
