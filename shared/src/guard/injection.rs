@@ -14,7 +14,7 @@
 
 use std::sync::OnceLock;
 
-use regex::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use super::normalize::{Normalized, normalize};
 
@@ -251,16 +251,25 @@ struct Compiled {
     discussion: Regex,
 }
 
+#[allow(
+    clippy::unwrap_used,
+    reason = "constant patterns; a test compiles them"
+)]
 fn compiled() -> &'static Compiled {
     static C: OnceLock<Compiled> = OnceLock::new();
     C.get_or_init(|| {
         let sources: Vec<&str> = PATTERNS.iter().map(|p| p.2).collect();
-        // The patterns are constants, tested: they compile.
-        #[allow(clippy::unwrap_used, reason = "constant patterns, tested")]
+        // ASCII classes and word boundaries: the text is normalised (what
+        // matters is folded to ASCII), and Unicode word boundaries would
+        // keep the matcher off its DFA.
+        let one = |p: &str| RegexBuilder::new(p).unicode(false).build().unwrap();
         Compiled {
-            set: RegexSet::new(&sources).unwrap(),
-            each: sources.iter().map(|s| Regex::new(s).unwrap()).collect(),
-            discussion: Regex::new(DISCUSSION).unwrap(),
+            set: RegexSetBuilder::new(&sources)
+                .unicode(false)
+                .build()
+                .unwrap(),
+            each: sources.iter().map(|s| one(s)).collect(),
+            discussion: one(DISCUSSION),
         }
     })
 }
@@ -268,21 +277,25 @@ fn compiled() -> &'static Compiled {
 /// Hits in normalised text, spans in its own bytes.
 fn phrase_hits(n: &Normalized, encoded: bool, out: &mut Vec<Hit>) {
     let c = compiled();
-    let text = &n.text;
+    let text = n.text.as_bytes();
     for k in c.set.matches(text) {
         let (signal, score, _) = PATTERNS[k];
         for m in c.each[k].find_iter(text) {
             let mut score = score;
             // What comes just before: a discussion, or an opening quote.
-            let mut from = m.start().saturating_sub(80);
-            while !text.is_char_boundary(from) {
-                from -= 1;
-            }
-            let before = &text[from..m.start()];
+            let before = &text[m.start().saturating_sub(80)..m.start()];
             if c.discussion.is_match(before) {
                 score *= 0.5;
             }
-            if before.ends_with(['"', '\'', '`', '“', '‘', '«']) {
+            let quotes: [&[u8]; 6] = [
+                b"\"",
+                b"'",
+                b"`",
+                "\u{201C}".as_bytes(),
+                "\u{2018}".as_bytes(),
+                "\u{AB}".as_bytes(),
+            ];
+            if quotes.iter().any(|q| before.ends_with(q)) {
                 score *= 0.6;
             }
             let (start, end) = n.original(m.start(), m.end());

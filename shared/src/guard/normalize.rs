@@ -80,12 +80,30 @@ pub fn normalize(input: &str) -> Normalized {
             n.ends.push(end);
         }
     };
-    for (at, c) in input.char_indices() {
+    let bytes = input.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        let b = bytes[at];
+        // The common case: a visible ASCII character, nothing pending.
+        if b.is_ascii_graphic() && tag_start.is_none() {
+            n.text.push(char::from(b.to_ascii_lowercase()));
+            n.map.push(at);
+            n.ends.push(at + 1);
+            space = false;
+            newline = false;
+            at += 1;
+            continue;
+        }
+        let Some(c) = input[at..].chars().next() else {
+            break;
+        };
+        let next = at + c.len_utf8();
         // Tag characters U+E0020..=U+E007E spell ASCII invisibly.
         if ('\u{E0020}'..='\u{E007E}').contains(&c) {
             n.hidden += 1;
             tag_start.get_or_insert(at);
             tags.push(char::from_u32(u32::from(c) - 0xE0000).unwrap_or(' '));
+            at = next;
             continue;
         }
         if let Some(s) = tag_start.take() {
@@ -103,6 +121,7 @@ pub fn normalize(input: &str) -> Normalized {
                 push(&mut n, ' ', at, at + c.len_utf8());
                 space = true;
             }
+            at = next;
             continue;
         }
         let end = at + c.len_utf8();
@@ -118,6 +137,7 @@ pub fn normalize(input: &str) -> Normalized {
                 newline = true;
             }
             space = true;
+            at = next;
             continue;
         }
         if c.is_whitespace() {
@@ -125,12 +145,14 @@ pub fn normalize(input: &str) -> Normalized {
                 push(&mut n, ' ', at, end);
                 space = true;
             }
+            at = next;
             continue;
         }
         space = false;
         newline = false;
         if c.is_ascii() {
             push(&mut n, c.to_ascii_lowercase(), at, end);
+            at = next;
             continue;
         }
         for k in std::iter::once(c).nfkc() {
@@ -144,6 +166,7 @@ pub fn normalize(input: &str) -> Normalized {
                 }
             }
         }
+        at = next;
     }
     if let Some(s) = tag_start {
         n.smuggled.push((s, input.len()));

@@ -72,28 +72,33 @@ fn emails(text: &str, out: &mut Vec<Finding>) {
     }
 }
 
+/// Most digits a card number has.
+const CARD_DIGITS: usize = 19;
+
 /// The digits of a run starting at `i` that allows single spaces or dashes
-/// between digits: (end, digits). Stops at `max` digits.
-fn digit_run(h: &[u8], i: usize, max: usize) -> (usize, Vec<u8>) {
-    let mut digits = Vec::new();
+/// between digits: (end, how many, the digits). Stops after 20 digits.
+fn digit_run(h: &[u8], i: usize) -> (usize, usize, [u8; CARD_DIGITS + 1]) {
+    let mut digits = [0u8; CARD_DIGITS + 1];
+    let mut n = 0;
     let mut e = i;
     let mut j = i;
-    while j < h.len() && digits.len() < max {
+    while j < h.len() && n <= CARD_DIGITS {
         if h[j].is_ascii_digit() {
-            digits.push(h[j] - b'0');
+            digits[n] = h[j] - b'0';
+            n += 1;
             j += 1;
             e = j;
         } else if (h[j] == b' ' || h[j] == b'-')
             && j + 1 < h.len()
             && h[j + 1].is_ascii_digit()
-            && !digits.is_empty()
+            && n > 0
         {
             j += 1;
         } else {
             break;
         }
     }
-    (e, digits)
+    (e, n, digits)
 }
 
 /// Whether the byte before `i` or at `e` continues a word or number (so
@@ -161,11 +166,12 @@ fn cards(text: &str, out: &mut Vec<Finding>) {
             i += 1;
             continue;
         }
-        let (e, digits) = digit_run(h, i, 20);
-        if (13..=19).contains(&digits.len())
+        let (e, n, digits) = digit_run(h, i);
+        let digits = &digits[..n];
+        if (13..=CARD_DIGITS).contains(&n)
             && !glued(h, i, e)
-            && card_network(&digits)
-            && luhn(&digits)
+            && card_network(digits)
+            && luhn(digits)
             && consistent_groups(&h[i..e])
         {
             out.push(Finding::new(Kind::Card, i, e));
@@ -400,15 +406,18 @@ fn phones(text: &str, out: &mut Vec<Finding>) {
 /// allowed), or a North American number written with separators:
 /// `(NXX) NXX-XXXX`, `NXX-NXX-XXXX`, `NXX.NXX.XXXX`, `NXX NXX XXXX`.
 fn phone_at(h: &[u8], i: usize) -> Option<usize> {
+    /// Most digit groups a phone number is written in.
+    const GROUPS: usize = 8;
     let mut j = i;
     let plus = h[i] == b'+';
     if plus {
         j += 1;
     }
     let mut digits = 0;
-    let mut groups = Vec::new();
+    let mut groups = [0usize; GROUPS];
+    let mut seps = [0u8; GROUPS];
+    let mut n = 0;
     let mut cur = 0;
-    let mut seps = Vec::new();
     let mut e = j;
     let mut paren = false;
     while j < h.len() && digits < 16 {
@@ -421,28 +430,25 @@ fn phone_at(h: &[u8], i: usize) -> Option<usize> {
         } else if c == b'(' && digits == 0 && !paren {
             paren = true;
             j += 1;
-        } else if c == b')' && paren && cur > 0 {
-            groups.push(cur);
+        } else if (c == b')' && paren && cur > 0)
+            || (matches!(c, b'-' | b'.' | b' ')
+                && cur > 0
+                && h.get(j + 1).is_some_and(u8::is_ascii_digit))
+        {
+            if n == GROUPS {
+                return None;
+            }
+            groups[n] = cur;
+            seps[n] = c;
+            n += 1;
             cur = 0;
-            seps.push(b')');
             j += 1;
-            if h.get(j) == Some(&b' ') {
+            if c == b')' && h.get(j) == Some(&b' ') {
                 j += 1;
             }
-        } else if matches!(c, b'-' | b'.' | b' ')
-            && cur > 0
-            && h.get(j + 1).is_some_and(u8::is_ascii_digit)
-        {
-            groups.push(cur);
-            cur = 0;
-            seps.push(c);
-            j += 1;
         } else {
             break;
         }
-    }
-    if cur > 0 {
-        groups.push(cur);
     }
     if e < h.len() && (h[e].is_ascii_alphanumeric() || h[e] == b'_') {
         return None;
@@ -453,10 +459,11 @@ fn phone_at(h: &[u8], i: usize) -> Option<usize> {
     }
     // North American: three groups 3-3-4 with one kind of separator (or a
     // parenthesised area code), exchange and area codes not starting 0/1.
-    if groups != [3, 3, 4] || digits != 10 {
+    if n != 2 || groups[0] != 3 || groups[1] != 3 || cur != 4 || digits != 10 {
         return None;
     }
-    let same = seps.iter().all(|&s| s == seps[0]) || (seps[0] == b')' && seps.len() == 2);
+    // One kind of separator, or a parenthesised area code.
+    let same = seps[0] == seps[1] || seps[0] == b')';
     let area = h[i + usize::from(paren)];
     (same && area >= b'2' && (!paren || h[i] == b'(')).then_some(e)
 }
@@ -485,10 +492,10 @@ fn ips(text: &str, out: &mut Vec<Finding>) {
         }
         let glued_after = e < h.len() && (h[e].is_ascii_alphanumeric() || h[e] == b'_');
         let token = &text[i..e];
-        let v4 = token.parse::<std::net::Ipv4Addr>().is_ok() && token.split('.').count() == 4;
-        let v6 = token.contains(':')
-            && token.matches(':').count() >= 2
-            && token.parse::<std::net::Ipv6Addr>().is_ok();
+        let dots = token.bytes().filter(|&b| b == b'.').count();
+        let colons = token.bytes().filter(|&b| b == b':').count();
+        let v4 = dots == 3 && h[i].is_ascii_digit() && token.parse::<std::net::Ipv4Addr>().is_ok();
+        let v6 = colons >= 2 && token.parse::<std::net::Ipv6Addr>().is_ok();
         if !glued_after && (v4 || v6) && !version_like(h, i) {
             out.push(Finding::new(Kind::Ip, i, e));
             i = e;
