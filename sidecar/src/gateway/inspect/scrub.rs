@@ -49,8 +49,9 @@ const MIN_BASE64_CORE: usize = 8;
 #[error("the answer could not be searched for secrets within the work bound")]
 pub struct Exhausted;
 
-/// One spelling of a unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One spelling of a unit (spelled from a secret: no `Debug`, so it
+/// cannot be logged by mistake).
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Alt {
     bytes: Vec<u8>,
     /// ASCII letters match in either case (hex digits).
@@ -84,7 +85,7 @@ impl Alt {
 }
 
 /// A secret in one family of encodings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Pattern {
     /// One exact spelling (base64).
     Literal(Vec<u8>),
@@ -97,7 +98,6 @@ pub(crate) enum Pattern {
 }
 
 /// A quicker way to the same answer as [`Pattern::match_at`].
-#[derive(Debug)]
 pub(crate) enum Shortcut {
     /// Every unit has one spelling (hex): the bytes, letters in either
     /// case.
@@ -113,6 +113,26 @@ pub(crate) enum Shortcut {
     },
     /// Run the units.
     None,
+}
+
+impl std::fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the bytes: they spell a secret.
+        match self {
+            Self::Literal(l) => write!(f, "Pattern::Literal([redacted; {}])", l.len()),
+            Self::Units { units, .. } => write!(f, "Pattern::Units([redacted; {}])", units.len()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Shortcut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Caseless(_) => "Shortcut::Caseless([redacted])",
+            Self::Plain { .. } => "Shortcut::Plain([redacted])",
+            Self::None => "Shortcut::None",
+        })
+    }
 }
 
 impl Shortcut {

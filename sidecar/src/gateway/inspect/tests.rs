@@ -417,3 +417,22 @@ fn the_same_secrets_in_another_order_share_nothing_wrong() {
         (b"abc".to_vec(), 0)
     );
 }
+
+#[test]
+fn patterns_and_matchers_never_print_the_secret() {
+    let value = "s3cret-Value-4711";
+    let shown = format!(
+        "{:?} {:?}",
+        scrub::patterns(value),
+        secrets::Scrubber::new([value]).unwrap()
+    );
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("4711"),
+        "{shown}"
+    );
+    let shortcuts: Vec<_> = scrub::patterns(value)
+        .iter()
+        .map(scrub::Pattern::shortcut)
+        .collect();
+    assert!(!format!("{shortcuts:?}").contains("s3cret"));
+}
