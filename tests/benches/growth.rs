@@ -199,15 +199,7 @@ fn stage4() {
 /// each secret once (raw, then JSON-escaped, then base64, in turn).
 fn answer(bytes: usize, secrets: &[String]) -> Vec<u8> {
     use base64::Engine;
-    let mut items = Vec::new();
-    let mut size = 0;
-    let mut i = 0;
-    while size < bytes {
-        let item = json!({"id": i, "name": format!("customer {i}"), "note": "ordinary text, \"quoted\", nothing to hide / ok"});
-        size += item.to_string().len() + 1;
-        items.push(item);
-        i += 1;
-    }
+    let items = bench::customer_items(bytes);
     let echoes: Vec<String> = secrets
         .iter()
         .enumerate()

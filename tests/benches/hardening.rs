@@ -98,15 +98,7 @@ mod previous {
 
 /// A JSON answer of about `bytes` bytes with the secret echoed once.
 fn answer(bytes: usize, secret: &str) -> Vec<u8> {
-    let mut items = Vec::new();
-    let mut size = 0;
-    let mut i = 0;
-    while size < bytes {
-        let item = json!({"id": i, "name": format!("customer {i}"), "note": "ordinary text, \"quoted\", nothing to hide / ok"});
-        size += item.to_string().len() + 1;
-        items.push(item);
-        i += 1;
-    }
+    let items = bench::customer_items(bytes);
     serde_json::to_vec(&json!({"items": items, "echo": format!("Bearer {secret}")})).unwrap()
 }
 

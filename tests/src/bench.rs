@@ -213,6 +213,21 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Customer records (JSON values with a `\"` escape in each) adding up to
+/// about `bytes` bytes: the body of an ordinary tool answer.
+pub fn customer_items(bytes: usize) -> Vec<serde_json::Value> {
+    let mut items = Vec::new();
+    let mut size = 0;
+    let mut i = 0;
+    while size < bytes {
+        let item = serde_json::json!({"id": i, "name": format!("customer {i}"), "note": "ordinary text, \"quoted\", nothing to hide / ok"});
+        size += item.to_string().len() + 1;
+        items.push(item);
+        i += 1;
+    }
+    items
+}
+
 /// ns per run of `f`, over `n` runs.
 pub fn ns_per_op(n: usize, mut f: impl FnMut()) -> f64 {
     let t = std::time::Instant::now();

@@ -171,6 +171,33 @@ pub(super) fn each_string<E>(
     Ok(changed)
 }
 
+/// An answer with its text rewritten by `f` (given each text and where it
+/// stands, returning a replacement, if any): each string of a JSON answer
+/// (which is written again only if one changed, so it stays JSON), or the
+/// whole of another UTF-8 answer (`body`); an answer that is not UTF-8
+/// comes back as it was.
+pub(super) fn rewrite<E>(
+    content: Vec<u8>,
+    f: &mut impl FnMut(&str, &str) -> Result<Option<String>, E>,
+) -> Result<Vec<u8>, E> {
+    Ok(
+        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&content) {
+            if each_string(&mut v, &mut String::new(), f)? {
+                serde_json::to_vec(&v).unwrap_or(content)
+            } else {
+                content
+            }
+        } else if let Ok(text) = std::str::from_utf8(&content) {
+            match f(text, "body")? {
+                Some(new) => new.into_bytes(),
+                None => content,
+            }
+        } else {
+            content
+        },
+    )
+}
+
 /// Runs the detectors the filters turn on over `content`.
 pub(super) fn check(content: Vec<u8>, g: &Guards) -> Result<Checked, Refusal> {
     let mut pass = Pass {
@@ -186,20 +213,7 @@ pub(super) fn check(content: Vec<u8>, g: &Guards) -> Result<Checked, Refusal> {
             noted: Vec::new(),
         });
     }
-    let content = if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&content) {
-        if each_string(&mut v, &mut String::new(), &mut |t, at| pass.text(t, at))? {
-            serde_json::to_vec(&v).unwrap_or(content)
-        } else {
-            content
-        }
-    } else if let Ok(text) = std::str::from_utf8(&content) {
-        match pass.text(text, "body")? {
-            Some(new) => new.into_bytes(),
-            None => content,
-        }
-    } else {
-        content
-    };
+    let content = rewrite(content, &mut |t, at| pass.text(t, at))?;
     if pass.count > pass.noted.len() {
         tracing::debug!(
             findings = pass.count,

@@ -9,7 +9,7 @@ use warden_shared::guard::injection::{self, Verdict};
 use warden_shared::policy::OnInjection;
 use warden_shared::refusal::Reason;
 
-use super::detect::{MAX_NOTED, Noted, each_string};
+use super::detect::{MAX_NOTED, Noted, each_string, rewrite};
 use crate::gateway::catalog::ToolEntry;
 use crate::gateway::{Refusal, Stage};
 
@@ -158,20 +158,7 @@ pub fn output(
         tool,
         noted: Vec::new(),
     };
-    let content = if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&content) {
-        if each_string(&mut v, &mut String::new(), &mut |t, at| pass.text(t, at))? {
-            serde_json::to_vec(&v).unwrap_or(content)
-        } else {
-            content
-        }
-    } else if let Ok(text) = std::str::from_utf8(&content) {
-        match pass.text(text, "body")? {
-            Some(new) => new.into_bytes(),
-            None => content,
-        }
-    } else {
-        content
-    };
+    let content = rewrite(content, &mut |t, at| pass.text(t, at))?;
     Ok((content, pass.noted))
 }
 
