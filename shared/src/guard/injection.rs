@@ -312,6 +312,9 @@ fn phrase_hits(n: &Normalized, encoded: bool, out: &mut Vec<Hit>) {
 
 /// Evidence from invisible characters.
 fn hidden_hits(n: &Normalized, raw: &str, out: &mut Vec<Hit>) {
+    if n.hidden == 0 {
+        return;
+    }
     for &(s, e) in &n.smuggled {
         out.push(Hit {
             signal: Signal::Hidden,

@@ -86,12 +86,19 @@ pub fn normalize(input: &str) -> Normalized {
         let b = bytes[at];
         // The common case: a visible ASCII character, nothing pending.
         if b.is_ascii_graphic() && tag_start.is_none() {
-            n.text.push(char::from(b.to_ascii_lowercase()));
-            n.map.push(at);
-            n.ends.push(at + 1);
+            // The whole run at once.
+            let run = bytes[at..]
+                .iter()
+                .position(|c| !c.is_ascii_graphic())
+                .unwrap_or(bytes.len() - at);
+            let from = n.text.len();
+            n.text.push_str(&input[at..at + run]);
+            n.text[from..].make_ascii_lowercase();
+            n.map.extend(at..at + run);
+            n.ends.extend(at + 1..=at + run);
             space = false;
             newline = false;
-            at += 1;
+            at += run;
             continue;
         }
         let Some(c) = input[at..].chars().next() else {
