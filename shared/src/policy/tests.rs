@@ -720,4 +720,29 @@ fn secret_rules_load_and_a_malformed_file_is_refused_naming_the_rule() {
         err(&with(|v| v["tools"][0]["filters"]["pii"] = "hide".into())),
         Error::Yaml(_) | Error::UnknownField(_)
     ));
+    // Injection actions: the five words, per direction, nothing else.
+    let p = Policy::parse(&with(|v| {
+        v["tools"][0]["filters"]["injection"] = serde_json::json!({"output": "redact"});
+    }))
+    .unwrap();
+    let i = p.document.tools[0].filters.injection;
+    assert_eq!(
+        (i.arguments, i.output),
+        (
+            crate::policy::OnInjection::Block,
+            crate::policy::OnInjection::Redact
+        )
+    );
+    assert!(matches!(
+        err(&with(
+            |v| v["tools"][0]["filters"]["injection"] = serde_json::json!({"output": "warn"})
+        )),
+        Error::Yaml(_) | Error::UnknownField(_)
+    ));
+    assert!(matches!(
+        err(&with(
+            |v| v["tools"][0]["filters"]["injection"] = serde_json::json!({"input": "block"})
+        )),
+        Error::Yaml(_) | Error::UnknownField(_)
+    ));
 }

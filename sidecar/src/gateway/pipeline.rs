@@ -161,6 +161,17 @@ impl Admitted {
     }
 }
 
+/// The audit event's `findings`: stage 3's, then stage 8's, one
+/// `signal@where[span]:action` each, space-separated.
+fn findings_line(input: &[Noted], output: &[Noted]) -> String {
+    input
+        .iter()
+        .chain(output)
+        .map(Noted::line)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl std::fmt::Debug for Admitted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admitted")
@@ -295,6 +306,8 @@ impl Gateway {
             Ok(a) => {
                 e.approval = &a.approval;
                 e.kept = Some(Kept::of(&a.tool, &a.policy.policy, &a.args));
+                let findings = findings_line(&a.findings, &[]);
+                e.findings = &findings;
                 // An allowed call the record cannot keep is refused.
                 self.recorded(e, Outcome::Allowed, None, t0).await.err()
             }
@@ -331,6 +344,9 @@ impl Gateway {
         };
         e.approval = &a.approval;
         e.kept = Some(Kept::of(&a.tool, &a.policy.policy, &a.args));
+        // Stage 3's findings are in the record whatever happens next.
+        let arg_findings = findings_line(&a.findings, &[]);
+        e.findings = &arg_findings;
         // 7. execute; from here the upstream may act, so an agent that goes
         // away is recorded as having abandoned the call.
         let mut abandoned = Abandoned {
@@ -381,13 +397,7 @@ impl Gateway {
         };
         // 9. record: the answer leaves only once its event is spooled.
         e.redactions = seen.redactions;
-        let findings: Vec<String> = a
-            .findings
-            .iter()
-            .chain(&seen.findings)
-            .map(Noted::line)
-            .collect();
-        let findings = findings.join(" ");
+        let findings = findings_line(&a.findings, &seen.findings);
         e.findings = &findings;
         e.bytes_out = seen.content.len() as u64;
         self.recorded(e, Outcome::Allowed, None, t0).await?;

@@ -272,6 +272,28 @@ pub struct Recorder {
     spooling: Option<Spooling>,
 }
 
+/// The findings (space-separated) that fit an audit field, whole, and how
+/// many more there were (`+N more`).
+fn findings_within_bound(all: &str) -> String {
+    let max = warden_shared::audit::MAX_FIELD_BYTES - " +9999 more".len();
+    let mut kept = String::new();
+    let mut left = 0;
+    for f in all.split(' ') {
+        if left == 0 && kept.len() + f.len() < max {
+            if !kept.is_empty() {
+                kept.push(' ');
+            }
+            kept.push_str(f);
+        } else {
+            left += 1;
+        }
+    }
+    if left > 0 {
+        kept.push_str(&format!(" +{left} more"));
+    }
+    kept
+}
+
 /// An event for the audit log, as the spool keeps it.
 fn audit_event(e: &Event<'_>, hmac: String, time_ms: i64) -> warden_shared::audit::Event {
     let mut detail = BTreeMap::new();
@@ -283,7 +305,7 @@ fn audit_event(e: &Event<'_>, hmac: String, time_ms: i64) -> warden_shared::audi
         detail.insert("redactions".into(), e.redactions.to_string());
     }
     if !e.findings.is_empty() {
-        detail.insert("findings".into(), e.findings.to_owned());
+        detail.insert("findings".into(), findings_within_bound(e.findings));
     }
     if !e.reason.is_empty() {
         detail.insert(
@@ -589,6 +611,40 @@ mod tests {
             peer: "",
             kept: None,
         }
+    }
+
+    #[test]
+    fn the_audit_event_carries_the_findings_and_redactions() {
+        let mut e = event("call_1");
+        e.redactions = 2;
+        e.findings = "pii.email@/to[0..16]:redact injection:0.85@/text[0..32]:flag";
+        let a = audit_event(&e, "hmac".into(), 0);
+        assert_eq!(a.detail["findings"], e.findings);
+        assert_eq!(a.detail["redactions"], "2");
+        // None found: no entry.
+        let a = audit_event(&event("call_2"), "hmac".into(), 0);
+        assert!(!a.detail.contains_key("findings"));
+        // Many: as many whole findings as the field holds, then a count;
+        // the event stays valid.
+        let many: Vec<String> = (0..40)
+            .map(|i| format!("pii.email@/items/{i}/email[0..16]:redact"))
+            .collect();
+        let many = many.join(" ");
+        let mut e = event("call_3");
+        e.findings = &many;
+        let a = audit_event(&e, "hmac".into(), 1_800_000_000_000);
+        let kept = &a.detail["findings"];
+        assert!(
+            kept.len() <= warden_shared::audit::MAX_FIELD_BYTES,
+            "{}",
+            kept.len()
+        );
+        assert!(
+            kept.starts_with("pii.email@/items/0/email[0..16]:redact "),
+            "{kept}"
+        );
+        assert!(kept.ends_with(" more"), "{kept}");
+        a.check().expect("a valid event");
     }
 
     #[test]
