@@ -218,6 +218,13 @@ reasons! {
     /// An argument (stage 3) or the upstream's answer (stage 8) reads as a
     /// prompt injection and the tool's filters block it.
     PromptInjection = "PROMPT_INJECTION" => PermissionDenied,
+    /// The policy's external injection classifier did not answer usably
+    /// (an error, a timeout, an answer of the wrong shape, too much text)
+    /// and its `on_failure` is `block`.
+    ClassifierUnavailable = "CLASSIFIER_UNAVAILABLE" => Unavailable,
+    /// An argument holds a credential and the tool's
+    /// `filters.argument_secrets` blocks it.
+    ArgumentSecret = "ARGUMENT_SECRET" => PermissionDenied,
     /// An envelope field is missing, of the wrong size or version.
     MessageMalformed = "MESSAGE_MALFORMED" => InvalidArgument,
     /// The envelope is addressed to another agent.

@@ -517,6 +517,19 @@ async fn mcp_servers_behind_the_sidecar_are_enforced_pinned_and_withdrawn() {
         alert.contains("remote") && alert.contains("weather") && alert.contains("ERROR"),
         "{alert}"
     );
+    // The new description is also read as a prompt injection (its own
+    // alert, its signals named).
+    let injection = text
+        .lines()
+        .find(|l| l.contains("mcp_tool_injection") && l.contains("remote.weather"))
+        .expect("an injection alert for the changed description");
+    assert!(injection.contains("override"), "{injection}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("mcp_tool_injection") && l.contains("remote.echo")),
+        "a plain description was taken for an injection"
+    );
     // The digest logged at first sight is the pin the policy would use.
     assert!(
         text.lines().any(|l| l.contains("first sight")

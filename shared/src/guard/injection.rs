@@ -89,6 +89,23 @@ impl Verdict {
     pub fn injection(&self) -> bool {
         self.score >= THRESHOLD
     }
+
+    /// Its signals with their best scores, strongest first:
+    /// `override 0.85, role 0.55`.
+    pub fn summary(&self) -> String {
+        let mut best: Vec<(&'static str, f32)> = Vec::new();
+        for h in &self.hits {
+            match best.iter_mut().find(|(s, _)| *s == h.signal.as_str()) {
+                Some(b) => b.1 = b.1.max(h.score),
+                None => best.push((h.signal.as_str(), h.score)),
+            }
+        }
+        best.sort_by(|a, b| b.1.total_cmp(&a.1));
+        best.iter()
+            .map(|(s, x)| format!("{s} {x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// (signal, score, pattern) over normalised text (lower case, whitespace

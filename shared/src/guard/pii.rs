@@ -15,12 +15,73 @@ use super::{Finding, Kind};
 pub fn scan(text: &str) -> Vec<Finding> {
     let mut found = Vec::new();
     emails(text, &mut found);
-    cards(text, &mut found);
-    ibans(text, &mut found);
-    ssns(text, &mut found);
-    phones(text, &mut found);
-    ips(text, &mut found);
+    let c = Candidates::of(text.as_bytes());
+    if !c.numbers.is_empty() {
+        cards(text, &c.numbers, &mut found);
+        ssns(text, &c.numbers, &mut found);
+        phones(text, &c.numbers, &mut found);
+    }
+    if !c.ibans.is_empty() {
+        ibans(text, &c.ibans, &mut found);
+    }
+    ips(text, &c.numbers, &mut found);
     super::settle(found)
+}
+
+/// Where the number-shaped detectors may start, found in one pass over
+/// the text (eight bytes at a time where they hold no digit).
+#[derive(Debug, Default)]
+struct Candidates {
+    /// Digits not preceded by an ASCII letter or digit: where a card, an
+    /// SSN, a phone number or an IPv4 address may start.
+    numbers: Vec<usize>,
+    /// Two capital letters, not preceded by a letter or digit, then two
+    /// digits: where an IBAN may start.
+    ibans: Vec<usize>,
+}
+
+impl Candidates {
+    fn of(h: &[u8]) -> Self {
+        /// Whether any of the eight bytes of `x` is an ASCII digit.
+        fn has_digit(x: u64) -> bool {
+            const ONES: u64 = u64::from_ne_bytes([1; 8]);
+            const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+            // A digit is exactly a byte that becomes 0..=9 once XORed with
+            // 0x30; a byte below 10 is found by the borrow into its top bit.
+            let y = x ^ (ONES * 0x30);
+            y.wrapping_sub(ONES * 10) & !y & HIGHS != 0
+        }
+        let mut c = Self::default();
+        let mut i = 0;
+        while i < h.len() {
+            if i + 8 <= h.len() {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&h[i..i + 8]);
+                if !has_digit(u64::from_ne_bytes(w)) {
+                    i += 8;
+                    continue;
+                }
+            }
+            let end = (i + 8).min(h.len());
+            while i < end {
+                if h[i].is_ascii_digit() {
+                    let prev = if i > 0 { h[i - 1] } else { b' ' };
+                    if !prev.is_ascii_alphanumeric() {
+                        c.numbers.push(i);
+                    } else if i >= 2
+                        && prev.is_ascii_uppercase()
+                        && h[i - 2].is_ascii_uppercase()
+                        && h.get(i + 1).is_some_and(u8::is_ascii_digit)
+                        && (i == 2 || !h[i - 3].is_ascii_alphanumeric())
+                    {
+                        c.ibans.push(i - 2);
+                    }
+                }
+                i += 1;
+            }
+        }
+        c
+    }
 }
 
 fn is_local(b: u8) -> bool {
@@ -158,12 +219,11 @@ fn card_network(digits: &[u8]) -> bool {
     }
 }
 
-fn cards(text: &str, out: &mut Vec<Finding>) {
+fn cards(text: &str, starts: &[usize], out: &mut Vec<Finding>) {
     let h = text.as_bytes();
-    let mut i = 0;
-    while i < h.len() {
-        if !h[i].is_ascii_digit() || (i > 0 && (h[i - 1].is_ascii_alphanumeric())) {
-            i += 1;
+    let mut next = 0;
+    for &i in starts {
+        if i < next {
             continue;
         }
         let (e, n, digits) = digit_run(h, i);
@@ -175,10 +235,8 @@ fn cards(text: &str, out: &mut Vec<Finding>) {
             && consistent_groups(&h[i..e])
         {
             out.push(Finding::new(Kind::Card, i, e));
-            i = e;
-            continue;
         }
-        i = e.max(i + 1);
+        next = e.max(i + 1);
     }
 }
 
@@ -306,17 +364,14 @@ fn iban_valid(chars: &[u8]) -> bool {
     rem == 1
 }
 
-fn ibans(text: &str, out: &mut Vec<Finding>) {
+fn ibans(text: &str, starts: &[usize], out: &mut Vec<Finding>) {
     let h = text.as_bytes();
-    let mut i = 0;
-    while i + 4 <= h.len() {
-        let start_ok = h[i].is_ascii_uppercase()
-            && h[i + 1].is_ascii_uppercase()
-            && h[i + 2].is_ascii_digit()
-            && h[i + 3].is_ascii_digit()
-            && (i == 0 || !h[i - 1].is_ascii_alphanumeric());
-        let Some(len) = start_ok.then(|| iban_length(&h[i..i + 2])).flatten() else {
-            i += 1;
+    let mut next = 0;
+    for &i in starts {
+        if i < next {
+            continue;
+        }
+        let Some(len) = iban_length(&h[i..i + 2]) else {
             continue;
         };
         // Characters, allowing single spaces between groups of 4.
@@ -346,19 +401,17 @@ fn ibans(text: &str, out: &mut Vec<Finding>) {
             && iban_valid(&chars)
         {
             out.push(Finding::new(Kind::Iban, i, e));
-            i = e;
-        } else {
-            i += 1;
+            next = e;
         }
     }
 }
 
-fn ssns(text: &str, out: &mut Vec<Finding>) {
+fn ssns(text: &str, starts: &[usize], out: &mut Vec<Finding>) {
     let h = text.as_bytes();
-    if h.len() < 11 {
-        return;
-    }
-    for i in 0..=h.len() - 11 {
+    for &i in starts {
+        if i + 11 > h.len() {
+            break;
+        }
         let s = &h[i..i + 11];
         let sep = s[3];
         if !(sep == b'-' || sep == b' ')
@@ -382,22 +435,27 @@ fn ssns(text: &str, out: &mut Vec<Finding>) {
     }
 }
 
-fn phones(text: &str, out: &mut Vec<Finding>) {
+fn phones(text: &str, numbers: &[usize], out: &mut Vec<Finding>) {
     let h = text.as_bytes();
-    let mut i = 0;
-    while i < h.len() {
-        let b = h[i];
+    // Digits, and the `+` or `(` a number may open with, in order.
+    let mut signs = memchr::memchr2_iter(b'+', b'(', h).peekable();
+    let mut digits = numbers.iter().copied().peekable();
+    let mut next = 0;
+    loop {
+        let i = match (signs.peek(), digits.peek()) {
+            (Some(&a), Some(&b)) if a < b => signs.next(),
+            (Some(_), None) => signs.next(),
+            (_, Some(_)) => digits.next(),
+            (None, None) => None,
+        };
+        let Some(i) = i else { break };
         let word_before = i > 0 && (h[i - 1].is_ascii_alphanumeric() || h[i - 1] == b'_');
-        if word_before || !(b == b'+' || b == b'(' || b.is_ascii_digit()) {
-            i += 1;
+        if i < next || word_before {
             continue;
         }
-        match phone_at(h, i) {
-            Some(e) => {
-                out.push(Finding::new(Kind::Phone, i, e));
-                i = e;
-            }
-            None => i += 1,
+        if let Some(e) = phone_at(h, i) {
+            out.push(Finding::new(Kind::Phone, i, e));
+            next = e;
         }
     }
 }
@@ -468,22 +526,44 @@ fn phone_at(h: &[u8], i: usize) -> Option<usize> {
     (same && area >= b'2' && (!paren || h[i] == b'(')).then_some(e)
 }
 
-fn ips(text: &str, out: &mut Vec<Finding>) {
+/// Whether `b` may stand in an IP address as written.
+fn ip_byte(b: u8) -> bool {
+    b.is_ascii_hexdigit() || b == b'.' || b == b':'
+}
+
+fn ips(text: &str, numbers: &[usize], out: &mut Vec<Finding>) {
     let h = text.as_bytes();
-    let mut i = 0;
-    while i < h.len() {
-        let starts = h[i].is_ascii_hexdigit() || h[i] == b':';
-        let word_before =
-            i > 0 && (h[i - 1].is_ascii_alphanumeric() || matches!(h[i - 1], b'.' | b':' | b'_'));
-        if !starts || word_before {
-            i += 1;
+    let word = |i: usize| {
+        i > 0 && (h[i - 1].is_ascii_alphanumeric() || matches!(h[i - 1], b'.' | b':' | b'_'))
+    };
+    // An address starts a run of hex digits, dots and colons: an IPv4 one
+    // with a digit, an IPv6 one anywhere in a run holding a colon within
+    // its first 45 bytes.
+    let mut starts: Vec<usize> = numbers.iter().copied().filter(|&i| !word(i)).collect();
+    let mut v6 = Vec::new();
+    let mut last = usize::MAX;
+    for c in memchr::memchr_iter(b':', h) {
+        let mut s = c;
+        while s > 0 && ip_byte(h[s - 1]) && c - s < 45 {
+            s -= 1;
+        }
+        if s != last && c - s < 45 && (h[s].is_ascii_hexdigit() || h[s] == b':') && !word(s) {
+            v6.push(s);
+        }
+        last = s;
+    }
+    if !v6.is_empty() {
+        starts.extend(v6);
+        starts.sort_unstable();
+        starts.dedup();
+    }
+    let mut next = 0;
+    for i in starts {
+        if i < next {
             continue;
         }
         let mut e = i;
-        while e < h.len()
-            && (h[e].is_ascii_hexdigit() || h[e] == b'.' || h[e] == b':')
-            && e - i < 45
-        {
+        while e < h.len() && ip_byte(h[e]) && e - i < 45 {
             e += 1;
         }
         // A trailing dot or colon ends a sentence or a label.
@@ -498,9 +578,9 @@ fn ips(text: &str, out: &mut Vec<Finding>) {
         let v6 = colons >= 2 && token.parse::<std::net::Ipv6Addr>().is_ok();
         if !glued_after && (v4 || v6) && !version_like(h, i) {
             out.push(Finding::new(Kind::Ip, i, e));
-            i = e;
+            next = e;
         } else {
-            i = e.max(i + 1);
+            next = e.max(i + 1);
         }
     }
 }
@@ -522,5 +602,7 @@ fn version_like(h: &[u8], i: usize) -> bool {
         || (i > 0 && matches!(h[i - 1], b'v' | b'V'))
 }
 
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 //! ([`cedar::schema_for`]).
 
 pub mod cedar;
+pub mod classifier;
 pub mod messaging;
 pub mod schema;
 pub mod slice;
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use classifier::Classifier;
 pub use schema::{InputSchema, closed};
 pub use slice::Slices;
 pub use validate::{
@@ -77,6 +79,10 @@ pub struct Document {
     /// `filters.secrets`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret_rules: String,
+    /// An external prompt-injection classifier asked beside the built-in
+    /// detector, wherever a tool's `filters.injection` looks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<Classifier>,
 }
 
 /// An MCP server the sidecar connects to: over streamable HTTP (`url`) or
@@ -568,6 +574,12 @@ pub struct Filters {
     /// off).
     #[serde(default, skip_serializing_if = "Injection::is_default")]
     pub injection: Injection,
+    /// Credentials in the argument strings (the same rules as `secrets`;
+    /// default `off`; `block` refuses the call with `ARGUMENT_SECRET`,
+    /// `redact` and `mask` change the arguments, which are validated
+    /// again).
+    #[serde(default = "Guard::off", skip_serializing_if = "Guard::is_off")]
+    pub argument_secrets: Guard,
 }
 
 /// Prompt-injection actions of a tool, per direction.
@@ -580,6 +592,11 @@ pub struct Injection {
     /// On the upstream's answer (default `mark`).
     #[serde(default = "OnInjection::mark")]
     pub output: OnInjection,
+    /// On an MCP server's description and input schema of the tool
+    /// (default `block`: the tool is withdrawn; `flag`: kept, alerted;
+    /// `off`).
+    #[serde(default = "OnInjection::block")]
+    pub description: OnInjection,
 }
 
 impl Default for Injection {
@@ -587,6 +604,7 @@ impl Default for Injection {
         Self {
             arguments: OnInjection::Block,
             output: OnInjection::Mark,
+            description: OnInjection::Block,
         }
     }
 }
@@ -655,6 +673,14 @@ impl Guard {
         *self == Self::Redact
     }
 
+    fn is_off(&self) -> bool {
+        *self == Self::Off
+    }
+
+    fn off() -> Self {
+        Self::Off
+    }
+
     /// As a word (`redact`, …).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -682,6 +708,7 @@ impl Default for Filters {
             secrets: Guard::Redact,
             pii: Guard::Redact,
             injection: Injection::default(),
+            argument_secrets: Guard::Off,
         }
     }
 }

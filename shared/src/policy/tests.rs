@@ -746,3 +746,82 @@ fn secret_rules_load_and_a_malformed_file_is_refused_naming_the_rule() {
         Error::Yaml(_) | Error::UnknownField(_)
     ));
 }
+
+#[test]
+fn the_classifier_and_the_newer_filters_are_validated() {
+    let p = Policy::parse(&with(|v| {
+        v["classifier"] = serde_json::json!({"url": "http://127.0.0.1:9000/predict"});
+    }))
+    .unwrap();
+    let c = p.document.classifier.as_ref().unwrap();
+    assert_eq!(
+        (c.timeout_ms, c.on_failure, c.threshold, c.max_chunks),
+        (300, crate::policy::classifier::OnFailure::Block, 0.5, 32)
+    );
+    assert!(c.counts("injection") && c.counts("JAILBREAK") && !c.counts("SAFE"));
+    for (bad, says) in [
+        (
+            serde_json::json!({"url": "ftp://x/"}),
+            "http:// or https://",
+        ),
+        (serde_json::json!({"url": "http://x/{a}"}), "placeholders"),
+        (
+            serde_json::json!({"url": "http://h/", "timeout_ms": 0}),
+            "timeout_ms",
+        ),
+        (
+            serde_json::json!({"url": "http://h/", "threshold": 1.5}),
+            "threshold",
+        ),
+        (
+            serde_json::json!({"url": "http://h/", "labels": []}),
+            "labels",
+        ),
+        (
+            serde_json::json!({"url": "http://h/", "max_chunks": 0}),
+            "max_chunks",
+        ),
+        (
+            serde_json::json!({"url": "http://h/", "headers": {"authorization": "Bearer ${secret:nope}"}}),
+            "undefined secret",
+        ),
+        (
+            serde_json::json!({"url": "http://h/", "tls": {}}),
+            "https://",
+        ),
+    ] {
+        let e = err(&with(|v| v["classifier"] = bad.clone()));
+        assert_eq!(e.kind(), "POLICY_CLASSIFIER", "{bad}: {e}");
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
+    assert!(matches!(
+        err(&with(
+            |v| v["classifier"] = serde_json::json!({"url": "http://h/", "on_failure": "maybe"})
+        )),
+        Error::Yaml(_) | Error::UnknownField(_)
+    ));
+    // The description action: block, flag or off.
+    let p = Policy::parse(&with(|v| {
+        v["tools"][0]["filters"]["injection"] = serde_json::json!({"description": "flag"});
+        v["tools"][0]["filters"]["argument_secrets"] = "block".into();
+    }))
+    .unwrap();
+    let f = &p.document.tools[0].filters;
+    assert_eq!(f.injection.description, crate::policy::OnInjection::Flag);
+    assert_eq!(f.argument_secrets, crate::policy::Guard::Block);
+    assert_eq!(
+        Policy::parse(&with(|_| {})).unwrap().document.tools[0]
+            .filters
+            .argument_secrets,
+        crate::policy::Guard::Off
+    );
+    let e = err(&with(|v| {
+        v["tools"][0]["filters"]["injection"] = serde_json::json!({"description": "mark"});
+    }));
+    assert_eq!(e.kind(), "POLICY_TOOL");
+    assert!(
+        e.to_string()
+            .contains("description must be block, flag or off"),
+        "{e}"
+    );
+}

@@ -93,6 +93,9 @@ pub enum Error {
     /// `secret_rules` is not a usable gitleaks rule file (names the rule).
     #[error("secret_rules: {0}")]
     SecretRules(String),
+    /// The external classifier's settings are invalid.
+    #[error("classifier: {0}")]
+    Classifier(String),
     /// The Cedar rules do not type-check against Warden's schema.
     #[error("cedar policies fail schema validation: {0}")]
     CedarValidation(String),
@@ -119,6 +122,7 @@ impl Error {
             Self::CedarParse(_) => "POLICY_CEDAR_PARSE",
             Self::CedarValidation(_) => "POLICY_CEDAR_VALIDATION",
             Self::SecretRules(_) => "POLICY_SECRET_RULES",
+            Self::Classifier(_) => "POLICY_CLASSIFIER",
         }
     }
 }
@@ -175,6 +179,14 @@ fn check_tool(t: &Tool, doc: &Document) -> Result<(), Error> {
     }
     if t.scopes.is_empty() {
         return Err(bad("needs at least one required scope".into()));
+    }
+    if matches!(
+        t.filters.injection.description,
+        super::OnInjection::Redact | super::OnInjection::Mark
+    ) {
+        return Err(bad(
+            "filters.injection.description must be block, flag or off (the agent reads the policy's description, never the server's)".into(),
+        ));
     }
     Scope::parse_all(&t.scopes).map_err(|e| bad(e.to_string()))?;
     if t.input_schema.get("type").and_then(|v| v.as_str()) != Some("object") {
@@ -358,6 +370,26 @@ fn check_mcp_servers(doc: &Document) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn check_classifier(doc: &Document) -> Result<(), Error> {
+    let Some(c) = &doc.classifier else {
+        return Ok(());
+    };
+    let bad = Error::Classifier;
+    let named = |e: Error| match e {
+        Error::McpServer { detail, .. } => bad(detail),
+        other => other,
+    };
+    for s in c.secret_uses() {
+        if !doc.secrets.contains_key(s) {
+            return Err(bad(format!("uses undefined secret {s:?}")));
+        }
+    }
+    let tls = check_url(&c.url, !c.secret_uses().is_empty()).map_err(named)?;
+    check_headers(&c.headers).map_err(named)?;
+    check_tls(c.tls.as_ref(), tls).map_err(named)?;
+    c.problem().map_or(Ok(()), |p| Err(bad(p)))
 }
 
 fn check_mcp_upstream(t: &Tool, u: &super::Upstream, doc: &Document) -> Result<(), String> {
@@ -751,6 +783,7 @@ pub(super) fn parse(yaml: &str) -> Result<Policy, Error> {
         check_secret_ref(name, r)?;
     }
     check_mcp_servers(&document)?;
+    check_classifier(&document)?;
     let mut names = BTreeSet::new();
     for t in &document.tools {
         if !names.insert(t.name.as_str()) {

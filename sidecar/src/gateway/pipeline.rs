@@ -298,7 +298,7 @@ impl Gateway {
         let call_id = call_id();
         let (claims, held) = self.admit_caller(creds, r, &call_id, t0).await?;
         let mut e = self.event(r, &creds.peer, Some(&claims), &call_id, &held);
-        let admitted = match self.admit(&held, &claims, r).await {
+        let admitted = match self.admit(&held, &claims, r, &call_id).await {
             Ok(a) => a.still_allowed(self, creds).await.map(|()| a),
             Err(d) => Err(d),
         };
@@ -331,7 +331,7 @@ impl Gateway {
         let (claims, held) = self.admit_caller(creds, r, &call_id, t0).await?;
         let mut e = self.event(r, &creds.peer, Some(&claims), &call_id, &held);
         // 1–6, up to the approval
-        let admitted = match self.admit(&held, &claims, r).await {
+        let admitted = match self.admit(&held, &claims, r, &call_id).await {
             Ok(a) => a.still_allowed(self, creds).await.map(|()| a),
             Err(d) => Err(d),
         };
@@ -384,7 +384,16 @@ impl Gateway {
             injection: inspect::injection::action(&a.tool, true),
             tool: a.tool.spec.name.clone(),
         };
-        let inspected = inspect::output(out.content, out.content_type, out.secrets, guards).await;
+        let ask = self.ask(&a.policy.policy);
+        let inspected = inspect::output(
+            out.content,
+            out.content_type,
+            out.secrets,
+            guards,
+            ask,
+            &call_id,
+        )
+        .await;
         abandoned.event = None;
         drop(abandoned);
         let seen = match inspected {
@@ -416,6 +425,7 @@ impl Gateway {
         held: &Held,
         claims: &Claims,
         r: &Request<'_>,
+        call_id: &str,
     ) -> Result<Admitted, Refusal> {
         let now = time::OffsetDateTime::now_utc();
         // 1. authenticate: the session's call cap
@@ -436,9 +446,23 @@ impl Gateway {
             return Err(Refusal::at(Stage::Validate, Reason::ToolWithdrawn, why).rule("pin"));
         }
         let mut args = validate::arguments(&tool, r.arguments)?;
-        // 3. inspect input
-        let findings = inspect::injection::arguments(&tool, &mut args)?;
-        if findings.iter().any(|n| n.action == "redact") {
+        // 3. inspect input: credentials (when the tool looks), injection
+        let filters = &tool.spec.filters;
+        let (changed, mut findings) = inspect::detect::arguments(
+            &mut args,
+            &inspect::Guards {
+                secrets: filters.argument_secrets,
+                pii: warden_shared::policy::Guard::Off,
+                rules: Arc::clone(&policy.policy.secret_rules),
+                injection: warden_shared::policy::OnInjection::Off,
+                tool: tool.spec.name.clone(),
+            },
+        )?;
+        findings.extend(
+            inspect::injection::arguments(&tool, &mut args, self.ask(&policy.policy), call_id)
+                .await?,
+        );
+        if changed || findings.iter().any(|n| n.action == "redact") {
             // What is left must still be valid arguments.
             let text = serde_json::to_string(&args).unwrap_or_default();
             args = validate::arguments(&tool, &text)?;
@@ -558,6 +582,22 @@ impl Gateway {
             policy_version: policy.version,
             tools,
         })
+    }
+
+    /// The policy's injection classifier, if it has one.
+    fn ask<'a>(
+        &'a self,
+        policy: &'a warden_shared::policy::Policy,
+    ) -> Option<inspect::classifier::Ask<'a>> {
+        policy
+            .document
+            .classifier
+            .as_ref()
+            .map(|spec| inspect::classifier::Ask {
+                spec,
+                secrets: &policy.document.secrets,
+                clients: self.executor.clients(),
+            })
     }
 
     /// Stage 1 for a tool call: a refusal (no claim known yet) is

@@ -104,3 +104,67 @@ fn findings_do_not_overlap_and_redaction_replaces_exactly_the_span() {
         "card **** **** **** 1111!"
     );
 }
+
+mod against_the_reference {
+    use proptest::prelude::*;
+
+    /// Pieces that make numbers, addresses and IBANs, their look-alikes,
+    /// and the bytes around them that decide whether they start or end.
+    const PIECES: &[&str] = &[
+        "0",
+        "1",
+        "4",
+        "5",
+        "7",
+        "9",
+        "12",
+        "4111",
+        "-",
+        " ",
+        ".",
+        ":",
+        "::",
+        "+",
+        "(",
+        ")",
+        "_",
+        "@",
+        "a",
+        "f",
+        "Z",
+        "GB",
+        "DE",
+        "82",
+        "v",
+        "version ",
+        "\n",
+        "é",
+        "x.io",
+        "mail",
+        "4111 1111 1111 1111",
+        "123-45-6789",
+        "+44 20 7946 0958",
+        "(415) 555-2671",
+        "192.168.0.1",
+        "fe80::1",
+        "2001:db8::8a2e:370:7334",
+        "GB82 WEST 1234 5698 7654 32",
+        "DE89370400440532013000",
+        "jane@example.com",
+        "3782-822463-10005",
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(PIECES), 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        #[test]
+        fn one_pass_finds_what_every_byte_finds(t in text()) {
+            let fast: Vec<_> = super::scan(&t).into_iter().map(|f| (f.kind, f.start, f.end)).collect();
+            let slow: Vec<_> = super::super::reference::scan(&t).into_iter().map(|f| (f.kind, f.start, f.end)).collect();
+            prop_assert_eq!(fast, slow, "{:?}", t);
+        }
+    }
+}

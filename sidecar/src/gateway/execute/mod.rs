@@ -85,6 +85,11 @@ impl Drop for Admitted<'_> {
 }
 
 impl Executor {
+    /// The HTTP clients (also the classifier's).
+    pub fn clients(&self) -> &http::Clients {
+        &self.clients
+    }
+
     /// Calls `tool`'s upstream, as `policy` (the one in force) defines it.
     pub async fn run(
         &self,

@@ -83,6 +83,7 @@ fn scan(g: &Guards, text: &str) -> Vec<Finding> {
 
 struct Pass<'a> {
     guards: &'a Guards,
+    stage: Stage,
     replaced: u32,
     noted: Vec<Noted>,
     count: usize,
@@ -107,16 +108,25 @@ impl Pass<'_> {
                 });
             }
             if act == Guard::Block {
-                return Err(Refusal::at(
-                    Stage::InspectOutput,
-                    Reason::OutputBlocked,
-                    format!(
-                        "the answer holds {} ({}), which this tool's filters block",
-                        signal(&f.kind),
-                        at
-                    ),
-                )
-                .rule(format!("filters {}", signal(&f.kind))));
+                let sig = signal(&f.kind);
+                return Err(if self.stage == Stage::InspectInput {
+                    Refusal::at(
+                        Stage::InspectInput,
+                        Reason::ArgumentSecret,
+                        format!(
+                            "argument {at} of {} holds {sig}, which this tool's filters block",
+                            self.guards.tool
+                        ),
+                    )
+                    .rule(format!("filters argument_secrets {sig}"))
+                } else {
+                    Refusal::at(
+                        Stage::InspectOutput,
+                        Reason::OutputBlocked,
+                        format!("the answer holds {sig} ({at}), which this tool's filters block"),
+                    )
+                    .rule(format!("filters {sig}"))
+                });
             }
         }
         self.replaced = self
@@ -128,6 +138,18 @@ impl Pass<'_> {
                 _ => format!("[REDACTED:{}]", f.kind.label()),
             }
         })))
+    }
+}
+
+/// Every string of `v` (not the object keys), in the order
+/// [`each_string`] visits them.
+pub(super) fn strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    use serde_json::Value as V;
+    match v {
+        V::String(s) => out.push(s),
+        V::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        V::Object(o) => o.values().for_each(|x| strings(x, out)),
+        _ => {}
     }
 }
 
@@ -202,6 +224,7 @@ pub(super) fn rewrite<E>(
 pub(super) fn check(content: Vec<u8>, g: &Guards) -> Result<Checked, Refusal> {
     let mut pass = Pass {
         guards: g,
+        stage: Stage::InspectOutput,
         replaced: 0,
         noted: Vec::new(),
         count: 0,
@@ -226,6 +249,24 @@ pub(super) fn check(content: Vec<u8>, g: &Guards) -> Result<Checked, Refusal> {
         replaced: pass.replaced,
         noted: pass.noted,
     })
+}
+
+/// Stage 3: credentials in the argument strings (the policy's rules), as
+/// `g.secrets` (the tool's `filters.argument_secrets`) says; returns
+/// whether `args` changed and what was found.
+pub fn arguments(args: &mut serde_json::Value, g: &Guards) -> Result<(bool, Vec<Noted>), Refusal> {
+    if g.secrets == Guard::Off {
+        return Ok((false, Vec::new()));
+    }
+    let mut pass = Pass {
+        guards: g,
+        stage: Stage::InspectInput,
+        replaced: 0,
+        noted: Vec::new(),
+        count: 0,
+    };
+    let changed = each_string(args, &mut String::new(), &mut |t, at| pass.text(t, at))?;
+    Ok((changed, pass.noted))
 }
 
 #[cfg(test)]

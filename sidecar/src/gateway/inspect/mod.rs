@@ -1,14 +1,18 @@
 //! Stages 3 and 8: inspection of what goes in and what comes out.
 //!
-//! Input: prompt injection in argument strings ([`injection`]).
+//! Input: prompt injection in argument strings ([`injection`], and the
+//! policy's external [`classifier`]); credentials in them when the tool's
+//! `filters.argument_secrets` looks ([`detect::arguments`]).
 //!
 //! Output: every secret value the sidecar injected into this call is
 //! removed from what the upstream returned, as raw text and in each
 //! encoding [`scrub`] knows, so that an upstream echoing a header back
 //! cannot hand the agent a credential; then credentials and personal data
-//! ([`detect`]) and prompt injection ([`injection`]) are handled as the
-//! tool's filters say.
+//! ([`detect`]) and prompt injection ([`injection`], and the classifier,
+//! which sees the answer only after credentials and personal data are
+//! redacted) are handled as the tool's filters say.
 
+pub mod classifier;
 pub mod detect;
 pub mod injection;
 mod scrub;
@@ -65,41 +69,72 @@ pub use detect::Noted;
 
 /// Stage 8 on an upstream's answer: every injected secret removed from the
 /// body and the content type, then the detectors run over the body as the
-/// tool's filters say.
+/// tool's filters say (the classifier, when `ask` is given, between the
+/// credential and personal-data pass and the injection pass).
 pub async fn output(
     content: Vec<u8>,
     content_type: String,
     secrets: Vec<Secret>,
     guards: Guards,
+    ask: Option<classifier::Ask<'_>>,
+    call_id: &str,
 ) -> Result<Inspected, Refusal> {
     let big = content.len() > INLINE_BYTES;
     let refused = |reason, e: String| Refusal::at(super::Stage::InspectOutput, reason, e);
-    let run = move || {
+    let guards = Arc::new(guards);
+    let g = Arc::clone(&guards);
+    let first = move || {
         let (content, n) = redact_secrets(content, &secrets)
             .map_err(|e| refused(Reason::OutputUninspectable, e.to_string()))?;
         let (content_type, m) = redact_secrets(content_type.into_bytes(), &secrets)
             .map_err(|e| refused(Reason::OutputUninspectable, e.to_string()))?;
-        let checked = detect::check(content, &guards)?;
-        let (content, injected) =
-            injection::output(&guards.tool, guards.injection, checked.content)?;
+        let checked = detect::check(content, &g)?;
+        Ok::<_, Refusal>((checked, content_type, n.saturating_add(m)))
+    };
+    let (checked, content_type, scrubbed) = blocking(big, first).await?;
+    let (outside, failed) = injection::classify_output(
+        ask,
+        &guards.tool,
+        guards.injection,
+        &checked.content,
+        call_id,
+    )
+    .await?;
+    let then = move || {
+        let (content, injected) = injection::output(
+            &guards.tool,
+            guards.injection,
+            checked.content,
+            outside.as_deref(),
+        )?;
         let mut findings = checked.noted;
+        findings.extend(failed);
         findings.extend(injected);
         Ok::<_, Refusal>(Inspected {
             content,
             content_type: String::from_utf8_lossy(&content_type).into_owned(),
-            redactions: n.saturating_add(m).saturating_add(checked.replaced),
+            redactions: scrubbed.saturating_add(checked.replaced),
             findings,
         })
     };
+    blocking(big, then).await
+}
+
+/// Runs `f` here, or on a blocking thread when the answer is `big`.
+async fn blocking<T: Send + 'static>(
+    big: bool,
+    f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
     if big {
-        tokio::task::spawn_blocking(run).await.map_err(|_| {
-            refused(
+        tokio::task::spawn_blocking(f).await.map_err(|_| {
+            Refusal::at(
+                super::Stage::InspectOutput,
                 Reason::OutputUninspectable,
-                "output inspection failed".into(),
+                "output inspection failed",
             )
         })?
     } else {
-        run()
+        f()
     }
 }
 

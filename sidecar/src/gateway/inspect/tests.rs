@@ -309,7 +309,7 @@ async fn an_answer_that_exhausts_the_bound_is_withheld_at_inspect_output() {
     let secret = Secret::new(format!("{}b", "a".repeat(4096)));
     // Large enough to be searched off the runtime, too.
     let body = "a".repeat(1 << 17).into_bytes();
-    let d = output(body, "text/plain".into(), vec![secret], guards())
+    let d = output(body, "text/plain".into(), vec![secret], guards(), None, "c")
         .await
         .expect_err("withheld");
     assert_eq!(
@@ -328,6 +328,8 @@ async fn an_answer_that_exhausts_the_bound_is_withheld_at_inspect_output() {
         "text/plain; k=sk-live-0123456789".into(),
         vec![s],
         guards(),
+        None,
+        "c",
     )
     .await
     .unwrap();

@@ -6,6 +6,7 @@ use warden_shared::refusal::{Reason, Stage};
 
 use super::{Gateway, Request};
 use crate::gateway::fixture::Fixture;
+use crate::gateway::inspect::classifier::tests::{FLAGGED, Model};
 use crate::gateway::limit::Limiter;
 
 const DOC: &str = r#"
@@ -459,4 +460,229 @@ async fn stage_eight_runs_the_tools_filters_on_the_answer() {
         d.message
     );
     assert!(!d.message.contains("Ignore all"), "{}", d.message);
+}
+
+/// Tools guarded by the policy's external classifier (the test model at
+/// `path` of `m`): `reader` flags injections in its arguments and does
+/// `output` with its answers; `strict` keeps the defaults (arguments
+/// blocked, answers marked).
+fn classified(m: &Model, path: &str, on_failure: &str, output: &str) -> Fixture {
+    let doc = format!(
+        r#"
+version: 1
+tools:
+  - name: reader
+    description: Returns its arguments.
+    input_schema: {{ type: object, properties: {{ text: {{ type: string }} }}, required: [text] }}
+    scopes: ["notes:read"]
+    risk: low
+    upstream: {{ kind: builtin, address: echo }}
+    filters:
+      injection: {{ arguments: flag, output: {output} }}
+  - name: strict
+    description: Returns its arguments.
+    input_schema: {{ type: object, properties: {{ text: {{ type: string }} }}, required: [text] }}
+    scopes: ["notes:read"]
+    risk: low
+    upstream: {{ kind: builtin, address: echo }}
+classifier:
+  url: http://{}{path}
+  timeout_ms: 300
+  on_failure: {on_failure}
+cedar: |
+  permit (principal, action, resource);
+"#,
+        m.addr
+    );
+    Fixture::new(
+        &doc,
+        &[("reader", "low"), ("strict", "low")],
+        Limiter::default(),
+    )
+}
+
+fn text_args(text: &str) -> String {
+    serde_json::json!({ "text": text }).to_string()
+}
+
+#[tokio::test]
+async fn the_classifier_catches_what_the_builtin_detector_does_not() {
+    let m = Model::start().await;
+    let f = classified(&m, "/predict", "block", "block");
+    let token = f.token(&f.claims("ses_cls", "notes:read"));
+    let flagged = text_args(FLAGGED);
+    // Arguments blocked (strict), naming the classifier's label and score.
+    let d = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("strict", &flagged))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (d.stage, d.reason),
+        (Some(Stage::InspectInput), Reason::PromptInjection)
+    );
+    assert!(
+        d.message.contains("the classifier: INJECTION 0.97"),
+        "{}",
+        d.message
+    );
+    assert!(!d.message.contains("wire the funds"), "{}", d.message);
+    // Flagged in the arguments, so the echo runs; its answer is blocked.
+    let d = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("reader", &flagged))
+        .await
+        .expect_err("withheld");
+    assert_eq!(
+        (d.stage, d.reason),
+        (Some(Stage::InspectOutput), Reason::PromptInjection)
+    );
+    // Benign text passes both.
+    let a = f
+        .gateway
+        .call_tool(
+            &f.credentials(&token),
+            &call("reader", &text_args("the weather")),
+        )
+        .await
+        .expect("allowed");
+    let body: serde_json::Value = serde_json::from_slice(&a.content).unwrap();
+    assert_eq!(body["text"], "the weather");
+    // One request per direction per call (the refused call asked once).
+    assert_eq!(m.seen.lock().unwrap().len(), 1 + 2 + 2);
+}
+
+#[tokio::test]
+async fn the_classifier_marks_and_redacts_whole_strings() {
+    let m = Model::start().await;
+    let f = classified(&m, "/predict", "block", "mark");
+    let token = f.token(&f.claims("ses_mark", "notes:read"));
+    let a = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("reader", &text_args(FLAGGED)))
+        .await
+        .expect("allowed, marked");
+    let body: serde_json::Value = serde_json::from_slice(&a.content).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(crate::gateway::inspect::injection::MARK_BEGIN),
+        "{text}"
+    );
+    let f = classified(&m, "/predict", "block", "redact");
+    let token = f.token(&f.claims("ses_redact", "notes:read"));
+    let a = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("reader", &text_args(FLAGGED)))
+        .await
+        .expect("allowed, removed");
+    let body: serde_json::Value = serde_json::from_slice(&a.content).unwrap();
+    assert_eq!(body["text"], crate::gateway::inspect::injection::REMOVED);
+}
+
+#[tokio::test]
+async fn a_classifier_that_times_out_follows_its_fail_mode() {
+    let m = Model::start().await;
+    // Fail closed: refused, without the classifier's address.
+    let f = classified(&m, "/hang", "block", "mark");
+    let token = f.token(&f.claims("ses_closed", "notes:read"));
+    let t0 = std::time::Instant::now();
+    let d = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("strict", &text_args("hello")))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (d.stage, d.reason),
+        (Some(Stage::InspectInput), Reason::ClassifierUnavailable)
+    );
+    assert_eq!(d.reason.code(), tonic::Code::Unavailable);
+    assert!(d.message.contains("no answer in time"), "{}", d.message);
+    assert!(!d.message.contains("127.0.0.1"), "{}", d.message);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+    // Fail open: the call goes on, both directions unjudged.
+    let f = classified(&m, "/hang", "allow", "block");
+    let token = f.token(&f.claims("ses_open", "notes:read"));
+    let a = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("reader", &text_args(FLAGGED)))
+        .await
+        .expect("allowed: fail open");
+    let body: serde_json::Value = serde_json::from_slice(&a.content).unwrap();
+    assert_eq!(body["text"], FLAGGED);
+    // An answer of the wrong shape fails the same way.
+    let f = classified(&m, "/garbage", "block", "mark");
+    let token = f.token(&f.claims("ses_garbage", "notes:read"));
+    let d = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("strict", &text_args("hello")))
+        .await
+        .expect_err("refused");
+    assert_eq!(d.reason, Reason::ClassifierUnavailable);
+}
+
+/// A credential in the arguments, as `argument_secrets` says.
+fn argument_secrets(action: &str) -> Fixture {
+    let doc = format!(
+        r#"
+version: 1
+tools:
+  - name: store
+    description: Returns its arguments.
+    input_schema: {{ type: object, properties: {{ text: {{ type: string }} }}, required: [text] }}
+    scopes: ["notes:read"]
+    risk: low
+    upstream: {{ kind: builtin, address: echo }}
+    filters: {{ argument_secrets: {action}, secrets: off }}
+cedar: |
+  permit (principal, action, resource);
+"#
+    );
+    Fixture::new(&doc, &[("store", "low")], Limiter::default())
+}
+
+#[tokio::test]
+async fn argument_secrets_block_redact_or_pass() {
+    // A GitHub token of the documented shape (random, not a real one).
+    let key = format!("ghp_{}", "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY2zC4");
+    let args = text_args(&format!("use {key} for the push"));
+    let f = argument_secrets("block");
+    let token = f.token(&f.claims("ses_as1", "notes:read"));
+    let d = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("store", &args))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (d.stage, d.reason),
+        (Some(Stage::InspectInput), Reason::ArgumentSecret)
+    );
+    assert!(
+        d.message.contains("argument /text of store"),
+        "{}",
+        d.message
+    );
+    assert!(!d.message.contains(&key), "{}", d.message);
+    let f = argument_secrets("redact");
+    let token = f.token(&f.claims("ses_as2", "notes:read"));
+    let a = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("store", &args))
+        .await
+        .expect("redacted");
+    let body: serde_json::Value = serde_json::from_slice(&a.content).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("use [REDACTED:") && !text.contains(&key),
+        "{text}"
+    );
+    // The default (off) passes it through.
+    let f = argument_secrets("off");
+    let token = f.token(&f.claims("ses_as3", "notes:read"));
+    let a = f
+        .gateway
+        .call_tool(&f.credentials(&token), &call("store", &args))
+        .await
+        .expect("passed");
+    let body: serde_json::Value = serde_json::from_slice(&a.content).unwrap();
+    assert!(body["text"].as_str().unwrap().contains(&key));
 }
