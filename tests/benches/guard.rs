@@ -20,7 +20,15 @@ use serde_json::json;
 use warden_shared::guard::{injection, pii, secrets::Rules};
 use warden_tests::bench;
 
-const ROUNDS: usize = 9;
+/// Interleaved pairs per figure (`WARDEN_BENCH_ROUNDS` sets another
+/// count: more pairs ride out a machine whose speed drifts).
+fn rounds() -> usize {
+    std::env::var("WARDEN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(9)
+}
 
 fn text(bytes: usize) -> String {
     let prose = [
@@ -53,8 +61,9 @@ fn text(bytes: usize) -> String {
 
 fn main() {
     let rules = Rules::builtin().unwrap();
+    let rounds = rounds();
     println!(
-        "guardrail detectors (injection + PII + credential rules) against a plain copy (median of {ROUNDS} interleaved pairs):"
+        "guardrail detectors (injection + PII + credential rules) against a plain copy (median of {rounds} interleaved pairs):"
     );
     for bytes in [4 * 1024, 64 * 1024, 1024 * 1024] {
         let t = text(bytes);
@@ -65,7 +74,7 @@ fn main() {
         };
         // Each detector alone, then all three.
         let (inj, copy, _) = bench::interleaved(
-            ROUNDS,
+            rounds,
             n,
             || {
                 black_box(injection::scan(black_box(&t)));
@@ -75,7 +84,7 @@ fn main() {
             },
         );
         let (p, _, _) = bench::interleaved(
-            ROUNDS,
+            rounds,
             n,
             || {
                 black_box(pii::scan(black_box(&t)));
@@ -85,7 +94,7 @@ fn main() {
             },
         );
         let (s, _, _) = bench::interleaved(
-            ROUNDS,
+            rounds,
             n,
             || {
                 black_box(rules.scan(black_box(&t)));
@@ -95,7 +104,7 @@ fn main() {
             },
         );
         let (all, copy2, r) = bench::interleaved(
-            ROUNDS,
+            rounds,
             n,
             || {
                 black_box(injection::scan(black_box(&t)));

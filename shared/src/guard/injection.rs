@@ -383,18 +383,33 @@ fn printable(bytes: &[u8]) -> Option<String> {
 /// Embedded encoded segments: (span in `raw`, decoded text).
 fn embedded(raw: &str) -> Vec<((usize, usize), String)> {
     use base64::Engine;
+    /// The bytes of base64 (either alphabet) and hex.
+    static B64: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_');
+            b += 1;
+        }
+        t
+    };
     let mut out = Vec::new();
     let h = raw.as_bytes();
     let mut i = 0;
     while i < h.len() {
-        let b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_');
-        if !b64(h[i]) {
+        if !B64[usize::from(h[i])] {
             i += 1;
             continue;
         }
-        let mut e = i;
-        while e < h.len() && b64(h[e]) {
+        let mut e = i + 1;
+        while e < h.len() && B64[usize::from(h[e])] {
             e += 1;
+        }
+        // Words and numbers are far shorter than an encoded segment.
+        if e - i < MIN_HEX.min(MIN_BASE64) {
+            i = e;
+            continue;
         }
         let mut end = e;
         while end < h.len() && h[end] == b'=' && end - e < 2 {
@@ -425,9 +440,11 @@ fn embedded(raw: &str) -> Vec<((usize, usize), String)> {
     }
     // Percent-encoding: the whole text decoded once when it has three or
     // more escapes.
-    let escapes = h
-        .windows(3)
-        .filter(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+    let escapes = memchr::memchr_iter(b'%', h)
+        .filter(|&k| {
+            h.get(k + 1).is_some_and(u8::is_ascii_hexdigit)
+                && h.get(k + 2).is_some_and(u8::is_ascii_hexdigit)
+        })
         .count();
     if escapes >= 3 {
         let mut bytes = Vec::with_capacity(h.len());

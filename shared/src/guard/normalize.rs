@@ -18,10 +18,8 @@ use unicode_normalization::UnicodeNormalization;
 pub struct Normalized {
     /// The normalised text.
     pub text: String,
-    /// For each byte of `text`, the input byte its character came from.
-    map: Vec<usize>,
-    /// For each byte of `text`, the end of that input character.
-    ends: Vec<usize>,
+    /// The way back, in runs of `text`'s bytes.
+    map: Vec<Seg>,
     /// End of the input.
     len: usize,
     /// Invisible characters removed (zero-width, bidi controls, tags).
@@ -30,15 +28,82 @@ pub struct Normalized {
     pub smuggled: Vec<(usize, usize)>,
 }
 
+/// A run of the normalised text's bytes and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seg {
+    /// Its first byte in the normalised text.
+    norm: usize,
+    /// Its length there.
+    len: usize,
+    /// Where it came from in the input.
+    orig: usize,
+    /// `None`: copied byte for byte from `orig`; `Some(end)`: every byte
+    /// came from the input character `orig..end`.
+    from: Option<usize>,
+}
+
 impl Normalized {
     /// The input span of a normalised span.
     pub fn original(&self, start: usize, end: usize) -> (usize, usize) {
-        let s = self.map.get(start).copied().unwrap_or(self.len);
+        let s = if start < self.text.len() {
+            self.locate(start).0
+        } else {
+            self.len
+        };
         if end <= start {
             return (s, s);
         }
-        let e = self.ends[end - 1];
+        let e = self.locate(end - 1).1;
         (s, e.max(s))
+    }
+
+    /// The input character (start, end) normalised byte `k` came from.
+    fn locate(&self, k: usize) -> (usize, usize) {
+        let i = self.map.partition_point(|s| s.norm <= k).saturating_sub(1);
+        match self.map.get(i) {
+            Some(s) => match s.from {
+                None => (s.orig + (k - s.norm), s.orig + (k - s.norm) + 1),
+                Some(end) => (s.orig, end),
+            },
+            None => (self.len, self.len),
+        }
+    }
+
+    /// Records that `len` bytes just added to `text` came from `at..end`
+    /// (copied when `copy`), joining the run before when they continue it.
+    fn mapped(&mut self, len: usize, at: usize, end: usize, copy: bool) {
+        let norm = self.text.len() - len;
+        let from = (!copy).then_some(end);
+        if let Some(last) = self.map.last_mut()
+            && last.norm + last.len == norm
+        {
+            let joins = match (last.from, from) {
+                (None, None) => last.orig + last.len == at,
+                (Some(e), Some(f)) => last.orig == at && e == f,
+                _ => false,
+            };
+            if joins {
+                last.len += len;
+                return;
+            }
+        }
+        self.map.push(Seg {
+            norm,
+            len,
+            orig: at,
+            from,
+        });
+    }
+
+    /// Removes the last byte of `text` (an ASCII space) and its mapping.
+    fn pop_space(&mut self) {
+        self.text.pop();
+        if let Some(last) = self.map.last_mut() {
+            last.len -= 1;
+            if last.len == 0 {
+                self.map.pop();
+            }
+        }
     }
 }
 
@@ -64,8 +129,6 @@ fn confusable(c: char) -> Option<char> {
 pub fn normalize(input: &str) -> Normalized {
     let mut n = Normalized {
         text: String::with_capacity(input.len()),
-        map: Vec::with_capacity(input.len()),
-        ends: Vec::with_capacity(input.len()),
         len: input.len(),
         ..Normalized::default()
     };
@@ -75,10 +138,7 @@ pub fn normalize(input: &str) -> Normalized {
     let mut tag_start = None;
     let push = |n: &mut Normalized, c: char, at: usize, end: usize| {
         n.text.push(c);
-        for _ in 0..c.len_utf8() {
-            n.map.push(at);
-            n.ends.push(end);
-        }
+        n.mapped(c.len_utf8(), at, end, c.is_ascii() && end == at + 1);
     };
     let bytes = input.as_bytes();
     let mut at = 0;
@@ -87,15 +147,23 @@ pub fn normalize(input: &str) -> Normalized {
         // The common case: a visible ASCII character, nothing pending.
         if b.is_ascii_graphic() && tag_start.is_none() {
             // The whole run at once.
-            let run = bytes[at..]
-                .iter()
-                .position(|c| !c.is_ascii_graphic())
-                .unwrap_or(bytes.len() - at);
+            // Visible ASCII, and single spaces between visible bytes
+            // (already what whitespace collapses to).
+            let mut e = at;
+            while e < bytes.len() {
+                if bytes[e].is_ascii_graphic() {
+                    e += 1;
+                } else if bytes[e] == b' ' && bytes.get(e + 1).is_some_and(u8::is_ascii_graphic) {
+                    e += 2;
+                } else {
+                    break;
+                }
+            }
+            let run = e - at;
             let from = n.text.len();
             n.text.push_str(&input[at..at + run]);
             n.text[from..].make_ascii_lowercase();
-            n.map.extend(at..at + run);
-            n.ends.extend(at + 1..=at + run);
+            n.mapped(run, at, at + run, true);
             space = false;
             newline = false;
             at += run;
@@ -136,9 +204,7 @@ pub fn normalize(input: &str) -> Normalized {
             if !newline {
                 // A line break replaces a pending space.
                 if space && n.text.ends_with(' ') {
-                    n.text.pop();
-                    n.map.pop();
-                    n.ends.pop();
+                    n.pop_space();
                 }
                 push(&mut n, '\n', at, end);
                 newline = true;
@@ -212,6 +278,27 @@ mod tests {
         assert_eq!(n.text, "helloignore rules world");
         assert_eq!(n.smuggled, vec![(5, 5 + smuggled.len())]);
         assert_eq!(n.hidden, 12);
+    }
+
+    #[test]
+    fn every_byte_maps_back_to_its_character() {
+        let input = "Ａb  c\u{200B}d\r\n\ne\u{0130}f";
+        let n = normalize(input);
+        // Byte by byte, the way back agrees with a walk of the input.
+        for (k, _) in n.text.char_indices() {
+            let (s, e) = n.original(k, k + 1);
+            assert!(
+                input.is_char_boundary(s) && s < e && e <= input.len(),
+                "{k}"
+            );
+        }
+        assert_eq!(n.original(0, 1), (0, 3), "fullwidth A");
+        let d = n.text.find('d').unwrap();
+        assert_eq!(&input[n.original(d, d + 1).0..n.original(d, d + 1).1], "d");
+        assert_eq!(
+            n.original(n.text.len(), n.text.len()),
+            (input.len(), input.len())
+        );
     }
 
     #[test]

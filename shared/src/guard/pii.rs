@@ -42,42 +42,40 @@ struct Candidates {
 
 impl Candidates {
     fn of(h: &[u8]) -> Self {
-        /// Whether any of the eight bytes of `x` is an ASCII digit.
-        fn has_digit(x: u64) -> bool {
-            const ONES: u64 = u64::from_ne_bytes([1; 8]);
-            const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-            // A digit is exactly a byte that becomes 0..=9 once XORed with
-            // 0x30; a byte below 10 is found by the borrow into its top bit.
-            let y = x ^ (ONES * 0x30);
-            y.wrapping_sub(ONES * 10) & !y & HIGHS != 0
-        }
+        const ONES: u64 = u64::from_le_bytes([1; 8]);
+        const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
         let mut c = Self::default();
-        let mut i = 0;
-        while i < h.len() {
-            if i + 8 <= h.len() {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(&h[i..i + 8]);
-                if !has_digit(u64::from_ne_bytes(w)) {
-                    i += 8;
-                    continue;
-                }
+        let mut look = |i: usize| {
+            let prev = if i > 0 { h[i - 1] } else { b' ' };
+            if !prev.is_ascii_alphanumeric() {
+                c.numbers.push(i);
+            } else if i >= 2
+                && prev.is_ascii_uppercase()
+                && h[i - 2].is_ascii_uppercase()
+                && h.get(i + 1).is_some_and(u8::is_ascii_digit)
+                && (i == 2 || !h[i - 3].is_ascii_alphanumeric())
+            {
+                c.ibans.push(i - 2);
             }
-            let end = (i + 8).min(h.len());
-            while i < end {
-                if h[i].is_ascii_digit() {
-                    let prev = if i > 0 { h[i - 1] } else { b' ' };
-                    if !prev.is_ascii_alphanumeric() {
-                        c.numbers.push(i);
-                    } else if i >= 2
-                        && prev.is_ascii_uppercase()
-                        && h[i - 2].is_ascii_uppercase()
-                        && h.get(i + 1).is_some_and(u8::is_ascii_digit)
-                        && (i == 2 || !h[i - 3].is_ascii_alphanumeric())
-                    {
-                        c.ibans.push(i - 2);
-                    }
-                }
-                i += 1;
+        };
+        let mut i = 0;
+        while i + 8 <= h.len() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&h[i..i + 8]);
+            // A digit is exactly a byte that becomes 0..=9 once XORed with
+            // 0x30: its low seven bits plus 0x76 stay below 0x80 (no carry
+            // leaves a byte), and its top bit is clear.
+            let y = u64::from_le_bytes(w) ^ (ONES * 0x30);
+            let mut digits = !(((y & !HIGHS) + ONES * 0x76) | y) & HIGHS;
+            while digits != 0 {
+                look(i + digits.trailing_zeros() as usize / 8);
+                digits &= digits - 1;
+            }
+            i += 8;
+        }
+        for (k, b) in h.iter().enumerate().skip(i) {
+            if b.is_ascii_digit() {
+                look(k);
             }
         }
         c
