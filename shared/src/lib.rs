@@ -10,6 +10,7 @@ pub mod edge;
 pub mod guard;
 pub mod jcs;
 pub mod merkle;
+pub mod oidc;
 pub mod policy;
 pub mod refusal;
 pub mod scope;
