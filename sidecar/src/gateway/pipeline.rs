@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use base64::Engine;
 use rand::Rng;
+use warden_shared::policy::Guard;
 use warden_shared::refusal::Reason;
 use warden_shared::token::Claims;
 
@@ -371,11 +372,7 @@ impl Gateway {
         // thread)
         let filters = &a.tool.spec.filters;
         let on = |g| {
-            if filters.redact_output {
-                g
-            } else {
-                warden_shared::policy::Guard::Off
-            }
+            if filters.redact_output { g } else { Guard::Off }
         };
         let guards = inspect::Guards {
             secrets: on(filters.secrets),
@@ -448,16 +445,20 @@ impl Gateway {
         let mut args = validate::arguments(&tool, r.arguments)?;
         // 3. inspect input: credentials (when the tool looks), injection
         let filters = &tool.spec.filters;
-        let (changed, mut findings) = inspect::detect::arguments(
-            &mut args,
-            &inspect::Guards {
-                secrets: filters.argument_secrets,
-                pii: warden_shared::policy::Guard::Off,
-                rules: Arc::clone(&policy.policy.secret_rules),
-                injection: warden_shared::policy::OnInjection::Off,
-                tool: tool.spec.name.clone(),
-            },
-        )?;
+        let (changed, mut findings) = if filters.argument_secrets == Guard::Off {
+            (false, Vec::new())
+        } else {
+            inspect::detect::arguments(
+                &mut args,
+                &inspect::Guards {
+                    secrets: filters.argument_secrets,
+                    pii: Guard::Off,
+                    rules: Arc::clone(&policy.policy.secret_rules),
+                    injection: warden_shared::policy::OnInjection::Off,
+                    tool: tool.spec.name.clone(),
+                },
+            )?
+        };
         findings.extend(
             inspect::injection::arguments(&tool, &mut args, self.ask(&policy.policy), call_id)
                 .await?,
