@@ -14,7 +14,8 @@
 
 use std::sync::OnceLock;
 
-use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::bytes::{Regex, RegexBuilder};
+use regex_automata::{Anchored, Input, meta, util::syntax};
 
 use super::normalize::{Normalized, normalize};
 
@@ -263,9 +264,18 @@ const PATTERNS: &[(Signal, f32, &str)] = &[
 const DISCUSSION: &str = r"\b(?:example|e\.g\.|such as|phrases? like|attacks?|attackers?|injections?|jailbreaks?|known as|called|for instance|detect(?:s|ed|ion|or)?|classif(?:y|ier)|payloads?|malicious|adversarial|red team|researchers?|paper|article|blog|quoted?|warns?|beware|prevent|defen[cs]e|story|novel|fiction|character|villain|hero|plot)\b";
 
 struct Compiled {
-    set: RegexSet,
-    each: Vec<Regex>,
+    /// Every pattern, searched leftmost-first: where any of them starts.
+    any: meta::Regex,
+    /// Each pattern alone.
+    each: Vec<meta::Regex>,
     discussion: Regex,
+}
+
+/// ASCII classes and word boundaries, over bytes: the text is normalised
+/// (what matters is folded to ASCII), and Unicode word boundaries would
+/// keep the matcher off its DFA.
+fn ascii() -> syntax::Config {
+    syntax::Config::new().unicode(false).utf8(false)
 }
 
 #[allow(
@@ -276,26 +286,59 @@ fn compiled() -> &'static Compiled {
     static C: OnceLock<Compiled> = OnceLock::new();
     C.get_or_init(|| {
         let sources: Vec<&str> = PATTERNS.iter().map(|p| p.2).collect();
-        // ASCII classes and word boundaries: the text is normalised (what
-        // matters is folded to ASCII), and Unicode word boundaries would
-        // keep the matcher off its DFA.
-        let one = |p: &str| RegexBuilder::new(p).unicode(false).build().unwrap();
+        let one = |p: &str| meta::Regex::builder().syntax(ascii()).build(p).unwrap();
         Compiled {
-            set: RegexSetBuilder::new(&sources)
+            any: meta::Regex::builder()
+                .syntax(ascii())
+                .build_many(&sources)
+                .unwrap(),
+            each: sources.iter().map(|s| one(s)).collect(),
+            discussion: RegexBuilder::new(DISCUSSION)
                 .unicode(false)
                 .build()
                 .unwrap(),
-            each: sources.iter().map(|s| one(s)).collect(),
-            discussion: one(DISCUSSION),
         }
     })
+}
+
+/// Which patterns match somewhere in `text`. Each place where some
+/// pattern starts is found by a leftmost search resumed one byte after the
+/// last such place, and there every pattern not yet seen is tried,
+/// anchored: every start of every pattern is visited, without the cost of
+/// an overlapping search of all patterns over the whole text.
+fn matching(c: &Compiled, text: &[u8]) -> Vec<usize> {
+    let mut seen = vec![false; c.each.len()];
+    let mut left = seen.len();
+    let mut from = 0;
+    while left > 0 && from <= text.len() {
+        let Some(m) = c.any.search(&Input::new(text).range(from..)) else {
+            break;
+        };
+        let s = m.start();
+        for (k, re) in c.each.iter().enumerate() {
+            if !seen[k]
+                && (k == m.pattern().as_usize()
+                    || re
+                        .search_half(&Input::new(text).range(s..).anchored(Anchored::Yes))
+                        .is_some())
+            {
+                seen[k] = true;
+                left -= 1;
+            }
+        }
+        from = s + 1;
+    }
+    seen.iter()
+        .enumerate()
+        .filter_map(|(k, s)| s.then_some(k))
+        .collect()
 }
 
 /// Hits in normalised text, spans in its own bytes.
 fn phrase_hits(n: &Normalized, encoded: bool, out: &mut Vec<Hit>) {
     let c = compiled();
     let text = n.text.as_bytes();
-    for k in c.set.matches(text) {
+    for k in matching(c, text) {
         let (signal, score, _) = PATTERNS[k];
         for m in c.each[k].find_iter(text) {
             let mut score = score;

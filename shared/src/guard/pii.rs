@@ -537,7 +537,7 @@ fn ips(text: &str, numbers: &[usize], out: &mut Vec<Finding>) {
     // An address starts a run of hex digits, dots and colons: an IPv4 one
     // with a digit, an IPv6 one anywhere in a run holding a colon within
     // its first 45 bytes.
-    let mut starts: Vec<usize> = numbers.iter().copied().filter(|&i| !word(i)).collect();
+    let v4 = numbers.iter().copied().filter(|&i| !word(i));
     let mut v6 = Vec::new();
     let mut last = usize::MAX;
     for c in memchr::memchr_iter(b':', h) {
@@ -545,16 +545,36 @@ fn ips(text: &str, numbers: &[usize], out: &mut Vec<Finding>) {
         while s > 0 && ip_byte(h[s - 1]) && c - s < 45 {
             s -= 1;
         }
-        if s != last && c - s < 45 && (h[s].is_ascii_hexdigit() || h[s] == b':') && !word(s) {
+        // An IPv6 address has a second colon within its first 45 bytes.
+        let second = || {
+            h[c + 1..(s + 45).min(h.len())]
+                .iter()
+                .take_while(|&&b| ip_byte(b))
+                .any(|&b| b == b':')
+        };
+        if s != last
+            && c - s < 45
+            && (h[s].is_ascii_hexdigit() || h[s] == b':')
+            && !word(s)
+            && second()
+        {
             v6.push(s);
         }
         last = s;
     }
-    if !v6.is_empty() {
-        starts.extend(v6);
-        starts.sort_unstable();
-        starts.dedup();
+    // Both lists are in order: merged, each start once.
+    let mut starts = Vec::with_capacity(numbers.len() + v6.len());
+    let mut v6 = v6.into_iter().peekable();
+    for i in v4 {
+        while let Some(&j) = v6.peek().filter(|&&j| j <= i) {
+            if j < i {
+                starts.push(j);
+            }
+            v6.next();
+        }
+        starts.push(i);
     }
+    starts.extend(v6);
     let mut next = 0;
     for i in starts {
         if i < next {

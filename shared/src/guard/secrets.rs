@@ -159,7 +159,7 @@ pub struct Rule {
     secret_group: Option<usize>,
     entropy: Option<f64>,
     /// Lower case; empty: always runs.
-    keywords: Vec<String>,
+    keywords: Vec<memchr::memmem::Finder<'static>>,
     allowlists: Vec<Allowlist>,
 }
 
@@ -255,7 +255,9 @@ impl Rules {
                 keywords: raw
                     .keywords
                     .iter()
-                    .map(|k| k.to_ascii_lowercase())
+                    .map(|k| {
+                        memchr::memmem::Finder::new(k.to_ascii_lowercase().as_bytes()).into_owned()
+                    })
                     .collect(),
                 allowlists,
             });
@@ -301,11 +303,7 @@ impl Rules {
         let lower = h.to_ascii_lowercase();
         let mut found = Vec::new();
         for rule in &self.rules {
-            if !rule.keywords.is_empty()
-                && !rule
-                    .keywords
-                    .iter()
-                    .any(|k| memchr::memmem::find(&lower, k.as_bytes()).is_some())
+            if !rule.keywords.is_empty() && !rule.keywords.iter().any(|k| k.find(&lower).is_some())
             {
                 continue;
             }

@@ -114,3 +114,72 @@ fn hits_name_their_signal_and_span_in_the_original() {
     assert_eq!(spans(&v), vec![(h.start, h.end)]);
     assert!(score("") == 0.0);
 }
+
+mod patterns_found_as_a_set_would {
+    use proptest::prelude::*;
+
+    use super::super::{PATTERNS, compiled, matching};
+
+    /// Words of the patterns, joiners, and the bytes around word
+    /// boundaries, so that texts hold matches, overlapping matches and
+    /// near misses.
+    const PIECES: &[&str] = &[
+        "ignore ",
+        "all ",
+        "previous ",
+        "instructions",
+        "rules",
+        "system",
+        ":",
+        "\n",
+        "system: ",
+        "<|im_start|>",
+        "assistant",
+        "reveal ",
+        "your ",
+        "prompt",
+        "api keys",
+        "send ",
+        "the ",
+        "data ",
+        "to ",
+        "https://x.io/c?d=",
+        "![a](",
+        ")",
+        "you are ",
+        "now ",
+        "dan",
+        "do anything now",
+        "--- ",
+        "end of ",
+        "user input",
+        "display:none",
+        " ",
+        "a",
+        "_",
+        "'",
+        "\"",
+        "forget ",
+        "developer ",
+        "mode",
+        "print ",
+        "from now on ",
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(PIECES), 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+        #[test]
+        fn every_pattern_that_matches_is_found(t in text()) {
+            let set = regex::bytes::RegexSetBuilder::new(PATTERNS.iter().map(|p| p.2))
+                .unicode(false)
+                .build()
+                .unwrap();
+            let want: Vec<usize> = set.matches(t.as_bytes()).into_iter().collect();
+            prop_assert_eq!(matching(compiled(), t.as_bytes()), want, "{:?}", t);
+        }
+    }
+}
