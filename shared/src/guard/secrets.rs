@@ -159,7 +159,7 @@ pub struct Rule {
     secret_group: Option<usize>,
     entropy: Option<f64>,
     /// Lower case; empty: always runs.
-    keywords: Vec<memchr::memmem::Finder<'static>>,
+    keywords: Vec<String>,
     allowlists: Vec<Allowlist>,
 }
 
@@ -168,6 +168,64 @@ pub struct Rule {
 pub struct Rules {
     rules: Vec<Rule>,
     global: Option<Allowlist>,
+    /// Every rule's keywords, found in one search.
+    keywords: Option<Keywords>,
+}
+
+/// The rules' keywords as one leftmost search over every keyword (a
+/// literal set the regex engine runs with its vectorised prefilter), and
+/// each keyword with its rule.
+#[derive(Debug)]
+struct Keywords {
+    any: regex_automata::meta::Regex,
+    each: Vec<(Vec<u8>, usize)>,
+}
+
+impl Keywords {
+    fn of(rules: &[Rule]) -> Option<Self> {
+        let each: Vec<(Vec<u8>, usize)> = rules
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.keywords.iter().map(move |k| (k.as_bytes().to_vec(), i)))
+            .filter(|(k, _)| !k.is_empty())
+            .collect();
+        let escaped: Vec<String> = each
+            .iter()
+            .map(|(k, _)| regex::escape(&String::from_utf8_lossy(k)))
+            .collect();
+        let any = regex_automata::meta::Regex::builder()
+            .syntax(
+                regex_automata::util::syntax::Config::new()
+                    .unicode(false)
+                    .utf8(false),
+            )
+            .build_many(&escaped)
+            .ok()?;
+        Some(Self { any, each })
+    }
+
+    /// Marks in `on` every rule a keyword of which `lower` holds: each
+    /// place where some keyword starts is found by a leftmost search
+    /// resumed one byte after the last, and every keyword is compared
+    /// there, so keywords inside or overlapping others are not missed.
+    fn mark(&self, lower: &[u8], on: &mut [bool]) {
+        let mut from = 0;
+        while from <= lower.len() {
+            let Some(m) = self
+                .any
+                .search(&regex_automata::Input::new(lower).range(from..))
+            else {
+                break;
+            };
+            let s = m.start();
+            for (k, r) in &self.each {
+                if !on[*r] && lower[s..].starts_with(k) {
+                    on[*r] = true;
+                }
+            }
+            from = s + 1;
+        }
+    }
 }
 
 /// Shannon entropy of `b`, bits per byte.
@@ -255,9 +313,7 @@ impl Rules {
                 keywords: raw
                     .keywords
                     .iter()
-                    .map(|k| {
-                        memchr::memmem::Finder::new(k.to_ascii_lowercase().as_bytes()).into_owned()
-                    })
+                    .map(|k| k.to_ascii_lowercase())
                     .collect(),
                 allowlists,
             });
@@ -267,7 +323,12 @@ impl Rules {
             .as_ref()
             .map(|a| Allowlist::compile(a, "[allowlist]"))
             .transpose()?;
-        Ok(Self { rules, global })
+        let keywords = Keywords::of(&rules);
+        Ok(Self {
+            rules,
+            global,
+            keywords,
+        })
     }
 
     /// The built-in rules (README: *Secret detection*); an error is a
@@ -284,6 +345,7 @@ impl Rules {
         if self.global.is_none() {
             self.global = other.global;
         }
+        self.keywords = Keywords::of(&self.rules);
         self
     }
 
@@ -301,12 +363,22 @@ impl Rules {
     pub fn scan(&self, text: &str) -> Vec<Finding> {
         let h = text.as_bytes();
         let lower = h.to_ascii_lowercase();
-        let mut found = Vec::new();
-        for rule in &self.rules {
-            if !rule.keywords.is_empty() && !rule.keywords.iter().any(|k| k.find(&lower).is_some())
-            {
-                continue;
+        // Which rules run: those without keywords, and those whose
+        // keywords the text holds (any case).
+        let mut on: Vec<bool> = self.rules.iter().map(|r| r.keywords.is_empty()).collect();
+        match &self.keywords {
+            Some(k) => k.mark(&lower, &mut on),
+            None => {
+                for (r, o) in self.rules.iter().zip(on.iter_mut()) {
+                    *o = *o
+                        || r.keywords
+                            .iter()
+                            .any(|k| memchr::memmem::find(&lower, k.as_bytes()).is_some());
+                }
             }
+        }
+        let mut found = Vec::new();
+        for (rule, _) in self.rules.iter().zip(&on).filter(|(_, o)| **o) {
             for caps in rule.regex.captures_iter(h) {
                 let Some(whole) = caps.get(0) else { continue };
                 let secret = match rule.secret_group {

@@ -159,3 +159,51 @@ fn entropy_is_in_bits_per_byte() {
     assert_eq!(entropy(b"aaaa"), 0.0);
     assert!((entropy(b"abcd") - 2.0).abs() < 1e-9);
 }
+
+mod keywords_found_in_one_search {
+    use proptest::prelude::*;
+
+    use super::super::Rules;
+
+    /// Keywords that overlap, nest and share prefixes, in any case.
+    const RULES: &str = r#"
+[[rules]]
+id = "a"
+regex = '''sk_live_[0-9]{4}'''
+keywords = ["sk_live_"]
+[[rules]]
+id = "b"
+regex = '''sk_[0-9]{4}'''
+keywords = ["sk_"]
+[[rules]]
+id = "c"
+regex = '''key=[0-9]{4}'''
+keywords = ["KEY", "ey="]
+[[rules]]
+id = "d"
+regex = '''live[0-9]{4}'''
+keywords = ["live"]
+"#;
+
+    const PIECES: &[&str] = &[
+        "sk_", "SK_", "live_", "LiVe", "k", "e", "y", "=", "key=", "1234", "_", " ", "s",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+        #[test]
+        fn every_rule_whose_keyword_is_there_runs(v in proptest::collection::vec(proptest::sample::select(PIECES), 0..24)) {
+            let t = v.concat();
+            let rules = Rules::from_gitleaks_toml(RULES).unwrap();
+            let lower = t.to_ascii_lowercase();
+            let mut fast = vec![false; 4];
+            rules.keywords.as_ref().unwrap().mark(lower.as_bytes(), &mut fast);
+            let slow: Vec<bool> = rules
+                .rules
+                .iter()
+                .map(|r| r.keywords.iter().any(|k| lower.contains(k.as_str())))
+                .collect();
+            prop_assert_eq!(fast, slow, "{:?}", t);
+        }
+    }
+}
