@@ -392,6 +392,15 @@ impl Server {
         Ok((epoch.unwrap_or_default(), tools, suspect))
     }
 
+    /// Whether this is the first alert on `what` (a tool, or what was found
+    /// in it) as offered with digest `offered`: each is alerted once.
+    fn first_alert(&self, what: String, offered: &str) -> bool {
+        self.alerted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((what, offered.to_owned()))
+    }
+
     /// Decides which admitted tools are withdrawn, from the list as last
     /// read and the pins, and alerts on each newly changed one.
     fn judge(&self) {
@@ -434,12 +443,7 @@ impl Server {
                         self.name
                     ),
                 );
-                let fresh_alert = self
-                    .alerted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((tool.clone(), offered.clone()));
-                if fresh_alert {
+                if self.first_alert(tool.clone(), offered) {
                     tracing::error!(
                         target: "warden::alert",
                         alert = "mcp_tool_changed",
@@ -469,12 +473,7 @@ impl Server {
                         })
                         .or_insert(why);
                 }
-                let fresh_alert = self
-                    .alerted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((format!("injection {tool}"), offered.clone()));
-                if fresh_alert {
+                if self.first_alert(format!("injection {tool}"), offered) {
                     tracing::error!(
                         target: "warden::alert",
                         alert = "mcp_tool_injection",
