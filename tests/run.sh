@@ -28,6 +28,16 @@ if [ -z "${WARDEN_PYTHON:-}" ]; then
     export WARDEN_PYTHON="$venv/bin/python"
 fi
 
+# A real headless browser for the consent pages' test: Debian's chromium and
+# chromedriver (Selenium drives them; nothing is downloaded at test time).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "==> installing chromium and chromium-driver (apt-get)"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # Redis for the limit tests (found, started or installed).
 TARGET="$target" ./tests/ensure-redis.sh
 

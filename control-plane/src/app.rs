@@ -40,8 +40,10 @@ const APPROVAL_EVENTS: usize = 1024;
 pub struct Running {
     /// Bound gRPC address.
     pub grpc_addr: SocketAddr,
-    /// Bound JWKS address.
+    /// Bound JWKS address (and the consent pages).
     pub jwks_addr: SocketAddr,
+    /// Bound token endpoint address (HTTPS).
+    pub oauth_addr: SocketAddr,
     /// Shared state (tests inspect the store and keys through it).
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
@@ -71,6 +73,9 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         crate::webhooks::Webhooks::load(&config.approval_webhooks)
             .context("loading approval_webhooks")?,
     );
+    let delegation =
+        crate::delegation::Delegation::load(&config.identity_providers, &config.public_url())
+            .context("loading identity_providers")?;
     let store: Arc<dyn crate::store::Store> = Arc::new(store);
     let audit = crate::audit::AuditLog::open(
         Arc::clone(&store),
@@ -93,6 +98,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<State> {
         approval_events: tokio::sync::broadcast::channel(APPROVAL_EVENTS).0,
         webhooks,
         audit,
+        delegation,
     };
     state
         .reload_policy()
@@ -140,6 +146,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding {}", config.jwks_listen))?;
     let grpc_addr = grpc.local_addr()?;
     let jwks_addr = jwks.local_addr()?;
+    let oauth = TcpListener::bind(config.oauth_listen)
+        .await
+        .with_context(|| format!("binding {}", config.oauth_listen))?;
+    let oauth_addr = oauth.local_addr()?;
+    let oauth_tls = crate::token_exchange::server_tls(&state, &server.cert_pem, &server.key_pem)
+        .context("the token endpoint's TLS settings")?;
+    state
+        .delegation
+        .listening(config.public_url.is_some(), jwks_addr);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -191,6 +206,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Ok(())
     });
     let jwks_task = tokio::spawn(crate::jwks::serve(jwks, Arc::clone(&state), rx.clone()));
+    let oauth_task = tokio::spawn(crate::token_exchange::serve(
+        oauth,
+        oauth_tls,
+        Arc::clone(&state),
+        rx.clone(),
+    ));
     let prune_task = tokio::spawn(prune(Arc::clone(&state), rx.clone()));
     let blocked_task = tokio::spawn(refresh_blocked(Arc::clone(&state), rx.clone()));
     let exporter_stop = rx.clone();
@@ -204,6 +225,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut tasks = vec![
         grpc_task,
         jwks_task,
+        oauth_task,
         prune_task,
         blocked_task,
         webhooks_task,
@@ -221,10 +243,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Ok(())
         }));
     }
-    tracing::info!(%grpc_addr, %jwks_addr, trust_domain = %state.td, "control plane serving");
+    tracing::info!(%grpc_addr, %jwks_addr, %oauth_addr, trust_domain = %state.td, "control plane serving");
     Ok(Running {
         grpc_addr,
         jwks_addr,
+        oauth_addr,
         state,
         shutdown,
         tasks,

@@ -23,7 +23,16 @@ pub struct Caller {
 
 /// Reads the caller's identity from its client certificate.
 pub fn caller<T>(req: &Request<T>, td: &TrustDomain) -> Result<Caller, Status> {
-    let certs = req.peer_certs().filter(|c| !c.is_empty()).ok_or_else(|| {
+    caller_of(req.peer_certs().as_deref().map(Vec::as_slice), td)
+}
+
+/// The caller whose verified chain is `certs` (leaf first), on any of the
+/// gRPC port's routes.
+pub fn caller_of(
+    certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    td: &TrustDomain,
+) -> Result<Caller, Status> {
+    let certs = certs.filter(|c| !c.is_empty()).ok_or_else(|| {
         status(
             Reason::NoClientCertificate,
             "this call requires a client certificate (mTLS)",
@@ -83,7 +92,11 @@ pub fn admin<T>(req: &Request<T>, td: &TrustDomain) -> Result<(Caller, String), 
 /// The caller, which must be an agent with an unexpired certificate (an
 /// HTTP/2 connection can outlive the certificate it was opened with).
 pub fn agent<T>(req: &Request<T>, td: &TrustDomain) -> Result<(Caller, AgentId), Status> {
-    let c = caller(req, td)?;
+    agent_of(caller(req, td)?)
+}
+
+/// `c`, which must be an agent with an unexpired certificate.
+pub fn agent_of(c: Caller) -> Result<(Caller, AgentId), Status> {
     if c.not_after <= time::OffsetDateTime::now_utc().unix_timestamp() {
         return Err(status(
             Reason::ClientCertificateExpired,

@@ -12,6 +12,8 @@ pub mod env {
     pub const LISTEN: &str = "WARDEN_CP_LISTEN";
     /// Overrides `jwks_listen`.
     pub const JWKS_LISTEN: &str = "WARDEN_CP_JWKS_LISTEN";
+    /// Overrides `oauth_listen`.
+    pub const OAUTH_LISTEN: &str = "WARDEN_CP_OAUTH_LISTEN";
     /// Overrides `data_dir`.
     pub const DATA_DIR: &str = "WARDEN_CP_DATA_DIR";
     /// Overrides `log_format` (`text` or `json`).
@@ -62,6 +64,10 @@ pub struct Config {
     /// JWKS HTTP listen address.
     #[serde(default = "default_jwks_listen")]
     pub jwks_listen: SocketAddr,
+    /// The RFC 8693 token endpoint's listen address (HTTPS, agents'
+    /// client certificates).
+    #[serde(default = "default_oauth_listen")]
+    pub oauth_listen: SocketAddr,
     /// DNS names in the control plane's server certificate.
     #[serde(default = "default_server_names")]
     pub server_names: Vec<String>,
@@ -97,6 +103,16 @@ pub struct Config {
     /// Where the audit log is exported as OpenTelemetry log records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_otlp: Option<crate::otlp::OtlpConfig>,
+    /// OpenID Connect providers whose users agents may act for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_providers: Vec<crate::delegation::ProviderConfig>,
+    /// The URL users reach the control plane's HTTP listener at (the
+    /// consent pages, the token endpoint); `http://<jwks_listen>` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// The longest a user's consent grant may last, days (1-365).
+    #[serde(default = "default_max_grant_days")]
+    pub max_grant_days: u32,
 }
 
 fn default_listen() -> SocketAddr {
@@ -104,6 +120,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_jwks_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7480))
+}
+fn default_oauth_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7444))
 }
 fn default_server_names() -> Vec<String> {
     vec!["localhost".into()]
@@ -123,6 +142,9 @@ fn default_retention() -> u32 {
 fn default_head_interval() -> u32 {
     10
 }
+fn default_max_grant_days() -> u32 {
+    30
+}
 fn yes() -> bool {
     true
 }
@@ -138,6 +160,7 @@ impl Config {
             data_dir: data_dir.into(),
             listen: default_listen(),
             jwks_listen: default_jwks_listen(),
+            oauth_listen: default_oauth_listen(),
             server_names: default_server_names(),
             cert_ttl_secs: default_cert_ttl(),
             join_token_ttl_secs: default_join_ttl(),
@@ -149,7 +172,17 @@ impl Config {
             approval_webhooks: Vec::new(),
             audit_head_interval_secs: default_head_interval(),
             audit_otlp: None,
+            identity_providers: Vec::new(),
+            public_url: None,
+            max_grant_days: default_max_grant_days(),
         }
+    }
+
+    /// Where users reach the HTTP listener.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.jwks_listen))
     }
 
     /// Reads `<data_dir>/control-plane.toml`, then applies environment
@@ -182,6 +215,9 @@ impl Config {
         }
         if let Some(a) = addr(env::JWKS_LISTEN)? {
             self.jwks_listen = a;
+        }
+        if let Some(a) = addr(env::OAUTH_LISTEN)? {
+            self.oauth_listen = a;
         }
         if let Ok(v) = std::env::var(env::LOG_FORMAT) {
             self.log_format = v;
@@ -224,6 +260,39 @@ impl Config {
         }
         for w in &self.approval_webhooks {
             crate::webhooks::Endpoint::load(w).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        if self.identity_providers.len() > 8 {
+            return Err(Error::Invalid("at most 8 identity_providers".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut issuers = std::collections::HashSet::new();
+        for p in &self.identity_providers {
+            if !names.insert(&p.name) || !issuers.insert(&p.issuer) {
+                return Err(Error::Invalid(format!(
+                    "identity provider {:?}: names and issuers must be unique",
+                    p.name
+                )));
+            }
+        }
+        crate::delegation::Delegation::load(&self.identity_providers, &self.public_url())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        if let Some(u) = &self.public_url {
+            let url: http::Uri = u
+                .parse()
+                .map_err(|_| Error::Invalid(format!("public_url {u:?} is not a URL")))?;
+            if !matches!(url.scheme_str(), Some("http" | "https"))
+                || url.host().is_none()
+                || url.query().is_some()
+            {
+                return Err(Error::Invalid(format!(
+                    "public_url {u:?} must be an http(s) URL without a query"
+                )));
+            }
+        }
+        if !(1..=365).contains(&self.max_grant_days) {
+            return Err(Error::Invalid(
+                "max_grant_days must be between 1 and 365".into(),
+            ));
         }
         Ok(())
     }

@@ -30,6 +30,8 @@ pub struct InitOptions {
     pub listen: std::net::SocketAddr,
     /// JWKS listen address.
     pub jwks_listen: std::net::SocketAddr,
+    /// Token endpoint (HTTPS) listen address written to the config.
+    pub oauth_listen: std::net::SocketAddr,
 }
 
 /// Creates a private directory (0700).
@@ -68,6 +70,7 @@ pub fn run(opts: &InitOptions) -> anyhow::Result<Config> {
     let mut config = Config::new(&opts.trust_domain, &opts.data_dir);
     config.listen = opts.listen;
     config.jwks_listen = opts.jwks_listen;
+    config.oauth_listen = opts.oauth_listen;
     config.validate()?;
     let mut text = toml::to_string_pretty(&config)?;
     // data_dir is implied by where the file lives.

@@ -1,5 +1,6 @@
-//! The JWK Set over plain HTTP (`GET /.well-known/jwks.json`), so any
-//! verifier (an upstream tool, PyJWT) can check session tokens offline.
+//! The control plane's HTTP listener: the JWK Set (`GET
+//! /.well-known/jwks.json`), so any verifier (an upstream tool, PyJWT) can
+//! check session tokens offline, and the consent pages ([`crate::consent`]).
 
 use std::sync::Arc;
 
@@ -33,7 +34,10 @@ pub async fn serve(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let app = Router::new().route(PATH, get(jwks)).with_state(state);
+    let app = Router::new()
+        .route(PATH, get(jwks))
+        .merge(crate::consent::routes())
+        .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -51,6 +51,9 @@ enum Command {
         /// JWKS HTTP listen address written to the config.
         #[arg(long, default_value = "127.0.0.1:7480")]
         jwks_listen: SocketAddr,
+        /// RFC 8693 token endpoint (HTTPS, agents' certificates) listen address written to the config.
+        #[arg(long, default_value = "127.0.0.1:7444")]
+        oauth_listen: SocketAddr,
     },
     /// Serve the gRPC API (mTLS) and the JWKS (HTTP) until SIGINT/SIGTERM.
     Serve {
@@ -88,6 +91,7 @@ async fn main() -> ExitCode {
             ca_key,
             listen,
             jwks_listen,
+            oauth_listen,
         } => {
             telemetry::init(false);
             let opts = init::InitOptions {
@@ -98,6 +102,7 @@ async fn main() -> ExitCode {
                 import_ca: ca_cert.zip(ca_key),
                 listen,
                 jwks_listen,
+                oauth_listen,
             };
             match init::run(&opts) {
                 Ok(c) => {

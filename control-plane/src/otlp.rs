@@ -61,15 +61,17 @@ impl std::fmt::Debug for Exporter {
 impl Exporter {
     /// Checks the configuration; `log_id` names the log (the trust domain).
     pub fn load(c: &OtlpConfig, log_id: &str) -> Result<Self, String> {
-        let url = crate::webhooks::target(&c.endpoint)
+        let url = crate::http_client::target(&c.endpoint)
             .map_err(|why| format!("audit_otlp.endpoint {:?}: {why}", c.endpoint))?;
         let tls = match url.scheme_str() {
-            Some("https") => Some(crate::webhooks::client_tls(c.ca_file.as_deref()).map_err(
-                |(path, why)| match path {
-                    Some(p) => format!("audit_otlp.ca_file {}: {why}", p.display()),
-                    None => format!("audit_otlp: {why}"),
-                },
-            )?),
+            Some("https") => Some(
+                crate::http_client::client_tls(c.ca_file.as_deref()).map_err(|(path, why)| {
+                    match path {
+                        Some(p) => format!("audit_otlp.ca_file {}: {why}", p.display()),
+                        None => format!("audit_otlp: {why}"),
+                    }
+                })?,
+            ),
             _ => None,
         };
         Ok(Self {
@@ -168,7 +170,8 @@ impl Exporter {
             )
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("request: {e}"))?;
-        let status = crate::webhooks::over(tcp, &host, self.tls.as_ref(), req).await?;
+        let (status, _) =
+            crate::http_client::over(tcp, &host, self.tls.as_ref(), req, None).await?;
         if status.is_success() {
             Ok(())
         } else {

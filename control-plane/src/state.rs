@@ -41,6 +41,8 @@ pub struct State {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The tamper-evident audit log.
     pub audit: crate::audit::AuditLog,
+    /// Trusted identity providers, for delegated sessions.
+    pub delegation: crate::delegation::Delegation,
 }
 
 impl State {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -123,7 +123,7 @@ impl Endpoint {
             url: c.url.clone(),
             why,
         };
-        let url = target(&c.url).map_err(bad)?;
+        let url = crate::http_client::target(&c.url).map_err(bad)?;
         let secret = read_small(&c.secret_file)?;
         if secret.len() as u64 > MAX_SECRET_FILE {
             return Err(ConfigError::File {
@@ -141,9 +141,11 @@ impl Endpoint {
             })?;
         let tls = if url.scheme_str() == Some("https") {
             Some(
-                client_tls(c.ca_file.as_deref()).map_err(|(path, why)| ConfigError::File {
-                    path: path.unwrap_or_else(|| c.secret_file.clone()),
-                    why,
+                crate::http_client::client_tls(c.ca_file.as_deref()).map_err(|(path, why)| {
+                    ConfigError::File {
+                        path: path.unwrap_or_else(|| c.secret_file.clone()),
+                        why,
+                    }
                 })?,
             )
         } else {
@@ -160,61 +162,6 @@ impl Endpoint {
     pub fn url(&self) -> String {
         self.url.to_string()
     }
-}
-
-/// A URL Warden posts to: `https`, or `http` to a loopback address only,
-/// with a host and without credentials.
-pub(crate) fn target(text: &str) -> Result<http::Uri, &'static str> {
-    let url: http::Uri = text.parse().map_err(|_| "not a URL")?;
-    let host = url.host().ok_or("no host")?;
-    match url.scheme_str() {
-        Some("https") => {}
-        Some("http") => {
-            let loopback = host == "localhost"
-                || host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if !loopback {
-                return Err("plain http only to a loopback address; use https");
-            }
-        }
-        _ => return Err("must be https:// (or http:// to loopback)"),
-    }
-    if url.authority().is_none_or(|a| a.as_str().contains('@')) {
-        return Err("credentials in the URL are not accepted");
-    }
-    Ok(url)
-}
-
-/// A TLS client trusting `ca_file`'s certificates, or the system's roots;
-/// on error, the file at fault (if one is) and why.
-pub(crate) fn client_tls(
-    ca_file: Option<&Path>,
-) -> Result<Arc<rustls::ClientConfig>, (Option<PathBuf>, String)> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = ca_file {
-        let fail = |why: String| (Some(ca.to_owned()), why);
-        let pem = read_small(ca).map_err(|e| fail(e.to_string()))?;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| fail(e.to_string()))?;
-            roots.add(cert).map_err(|e| fail(e.to_string()))?;
-        }
-    } else {
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-    }
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| (None, format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    ))
 }
 
 /// `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body` under `key`.
@@ -250,16 +197,6 @@ impl Event {
     }
 }
 
-fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// The event's JSON, as posted.
 pub fn payload(event: Event, a: &Approval, now: i64) -> String {
     let r = &a.request;
@@ -267,7 +204,7 @@ pub fn payload(event: Event, a: &Approval, now: i64) -> String {
         serde_json::from_str(&r.arguments).unwrap_or(serde_json::Value::Null);
     json!({
         "type": event.as_str(),
-        "timestamp": rfc3339(now),
+        "timestamp": crate::rfc3339(now),
         "data": {
             "id": r.id,
             "state": a.state.as_str(),
@@ -280,13 +217,13 @@ pub fn payload(event: Event, a: &Approval, now: i64) -> String {
             "trace_id": r.trace_id,
             "because": r.because,
             "quorum": r.quorum,
-            "created_at": rfc3339(r.created_at),
-            "deadline": rfc3339(r.deadline),
+            "created_at": crate::rfc3339(r.created_at),
+            "deadline": crate::rfc3339(r.deadline),
             "decisions": a.decisions.iter().map(|d| json!({
                 "approver": d.approver,
                 "approve": d.approve,
                 "comment": d.comment,
-                "decided_at": rfc3339(d.decided_at),
+                "decided_at": crate::rfc3339(d.decided_at),
             })).collect::<Vec<_>>(),
         },
     })
@@ -466,64 +403,12 @@ async fn post(ep: &Endpoint, id: &str, body: &[u8]) -> Result<(), String> {
         .header("webhook-signature", signature(&ep.key, id, timestamp, body))
         .body(Full::new(Bytes::copy_from_slice(body)))
         .map_err(|e| format!("request: {e}"))?;
-    let status = over(tcp, &host, ep.tls.as_ref(), req).await?;
+    let (status, _) = crate::http_client::over(tcp, &host, ep.tls.as_ref(), req, None).await?;
     if status.is_success() {
         Ok(())
     } else {
         Err(format!("answered {status}"))
     }
-}
-
-/// Sends `req` over `tcp` (through TLS to `host` when `tls` is given);
-/// the answer's status.
-pub(crate) async fn over(
-    tcp: tokio::net::TcpStream,
-    host: &str,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-    req: http::Request<Full<Bytes>>,
-) -> Result<http::StatusCode, String> {
-    if let Some(tls) = tls {
-        let name = rustls::pki_types::ServerName::try_from(
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-        )
-        .map_err(|e| format!("server name: {e}"))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        exchange(stream, req).await
-    } else {
-        exchange(tcp, req).await
-    }
-}
-
-async fn exchange<S>(stream: S, req: http::Request<Full<Bytes>>) -> Result<http::StatusCode, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("HTTP: {e}"))?;
-    let status = resp.status();
-    // Read (a bounded part of) the answer, then drop the connection.
-    let mut body = resp.into_body();
-    let mut seen = 0usize;
-    while seen < 64 * 1024 {
-        match body.frame().await {
-            Some(Ok(f)) => seen += f.data_ref().map_or(0, Bytes::len),
-            _ => break,
-        }
-    }
-    conn.abort();
-    Ok(status)
 }
 
 #[cfg(test)]

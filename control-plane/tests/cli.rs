@@ -23,6 +23,7 @@ async fn control_plane(dir: &Path) -> (app::Running, String) {
         import_ca: None,
         listen: any,
         jwks_listen: any,
+        oauth_listen: any,
     })
     .unwrap();
     let mut c = Config::load(&dir.join("cp")).unwrap();
@@ -843,4 +844,93 @@ fn wardenctl_guard_measures_the_corpus_and_scans_text_offline() {
     let o = run(&["guard", "eval", bad.to_str().unwrap()], None);
     assert!(!o.status.success());
     assert!(err(&o).contains("line 2"), "{}", err(&o));
+}
+
+#[tokio::test]
+async fn wardenctl_lists_and_revokes_grants() {
+    use warden_control_plane::store::{Grant, Grantee};
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, addr) = control_plane(dir.path()).await;
+    let d = dir.path();
+    let now = warden_control_plane::now_unix();
+    // Grants as the consent pages store them.
+    for (id, user, grantee) in [
+        (
+            "gr_one",
+            "https://idp.example#alice",
+            Grantee::Agent(warden_shared::agent::AgentId::new("coder-1").unwrap()),
+        ),
+        (
+            "gr_two",
+            "https://idp.example#bob",
+            Grantee::AgentType("coder".into()),
+        ),
+    ] {
+        warden_control_plane::grants::give(
+            &cp.state,
+            &Grant {
+                id: id.into(),
+                user_id: user.into(),
+                grantee,
+                scopes: vec!["repo:read".into()],
+                created_at: now,
+                expires_at: now + 3600,
+                revoked_at: None,
+                revoked_by: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let o = ctl(d, &addr, &["grants", "list"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let listed = out(&o);
+    assert!(
+        listed.contains("gr_one  https://idp.example#alice  agent:coder-1  repo:read  until"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("gr_two  https://idp.example#bob  type:coder"),
+        "{listed}"
+    );
+    let o = ctl(
+        d,
+        &addr,
+        &[
+            "--json",
+            "grants",
+            "list",
+            "--user",
+            "https://idp.example#bob",
+        ],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(out(&o).trim()).unwrap();
+    assert_eq!(v["id"], "gr_two");
+
+    let o = ctl(
+        d,
+        &addr,
+        &["grants", "revoke", "gr_one", "--reason", "left"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o)
+            .contains("revoked grant gr_one of https://idp.example#alice; 0 live session(s) ended"),
+        "{}",
+        out(&o)
+    );
+    let o = ctl(d, &addr, &["grants", "list"]).await;
+    assert!(!out(&o).contains("gr_one"));
+    let o = ctl(d, &addr, &["grants", "list", "--all"]).await;
+    assert!(
+        out(&o).contains("gr_one") && out(&o).contains("revoked") && out(&o).contains("admin:ops"),
+        "{}",
+        out(&o)
+    );
+    // Again, or an unknown id: a clear error, exit 1.
+    let o = ctl(d, &addr, &["grants", "revoke", "gr_one"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("GRANT_NOT_FOUND"), "{}", err(&o));
 }

@@ -72,7 +72,7 @@ impl Alg {
 
 /// Why a user token (or a provider's JWK Set) was refused. The messages
 /// name what failed, never the token.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum Error {
     /// Not a compact JWS of base64url JSON, or too long.
     #[error("the user token is malformed: {0}")]
@@ -270,6 +270,32 @@ fn number(claims: &serde_json::Map<String, serde_json::Value>, k: &str) -> Optio
         v.as_i64()
             .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
     })
+}
+
+/// The `iss` a token claims, read without verifying anything: only to
+/// choose which provider's keys and rules to verify it with.
+pub fn claimed_issuer(token: &str) -> Result<String, Error> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(Error::Malformed("too long"));
+    }
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or(Error::Malformed("not three dot-separated parts"))?;
+    #[derive(Deserialize)]
+    struct Iss {
+        #[serde(default)]
+        iss: Option<serde_json::Value>,
+    }
+    let claims: Iss = B64
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(Error::Malformed("the payload is not base64url JSON"))?;
+    match claims.iss {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        _ => Err(Error::WrongIssuer(String::new())),
+    }
 }
 
 /// Verifies `token` against the provider's `keys` and `expect`.

@@ -113,6 +113,38 @@ reasons! {
     TokenNotYetValid = "TOKEN_NOT_YET_VALID" => Unauthenticated,
     /// The token is bound (`cnf`) to another certificate.
     TokenKeyBindingMismatch = "TOKEN_KEY_BINDING_MISMATCH" => Unauthenticated,
+    /// The user token is not a well-formed JWT.
+    UserTokenMalformed = "USER_TOKEN_MALFORMED" => Unauthenticated,
+    /// The user token's `alg` is not on its provider's allow-list (`none`
+    /// and HMAC never are).
+    UserTokenAlgorithm = "USER_TOKEN_ALGORITHM" => Unauthenticated,
+    /// The user token names a key its provider's JWK Set does not hold,
+    /// even after fetching the set again.
+    UserTokenUnknownKey = "USER_TOKEN_UNKNOWN_KEY" => Unauthenticated,
+    /// The user token's signature does not verify.
+    UserTokenBadSignature = "USER_TOKEN_BAD_SIGNATURE" => Unauthenticated,
+    /// The user token comes from no configured identity provider.
+    UserTokenWrongIssuer = "USER_TOKEN_WRONG_ISSUER" => Unauthenticated,
+    /// The user token was issued for another audience.
+    UserTokenWrongAudience = "USER_TOKEN_WRONG_AUDIENCE" => Unauthenticated,
+    /// The user token has expired.
+    UserTokenExpired = "USER_TOKEN_EXPIRED" => Unauthenticated,
+    /// The user token is not valid yet (`nbf` or `iat` in the future).
+    UserTokenNotYetValid = "USER_TOKEN_NOT_YET_VALID" => Unauthenticated,
+    /// The user token has no usable subject.
+    UserTokenNoSubject = "USER_TOKEN_NO_SUBJECT" => Unauthenticated,
+    /// The stated `user_id` is not the user the user token proves.
+    UserMismatch = "USER_MISMATCH" => PermissionDenied,
+    /// The identity provider's keys could not be fetched.
+    IdentityProviderUnavailable = "IDENTITY_PROVIDER_UNAVAILABLE" => Unavailable,
+    /// The user has not consented to this agent acting for them (or not to
+    /// any requested scope); the consent URL is in the metadata.
+    ConsentRequired = "CONSENT_REQUIRED" => PermissionDenied,
+    /// The tool requires a user verified by an identity provider, and the
+    /// session's user was only stated by the agent (or there is none).
+    UserNotVerified = "USER_NOT_VERIFIED" => PermissionDenied,
+    /// No consent grant with that id.
+    GrantNotFound = "GRANT_NOT_FOUND" => NotFound,
     /// The request lacks the agent API metadata header.
     AgentHeaderMissing = "AGENT_HEADER_MISSING" => InvalidArgument,
     /// The sidecar holds no valid certificate (not enrolled, or lapsed).
@@ -319,6 +351,8 @@ pub struct Refusal {
     pub retry_after_ms: Option<u64>,
     /// The approval request concerned, if one is (`apr_…`).
     pub approval_id: String,
+    /// Where the user consents (for [`Reason::ConsentRequired`]).
+    pub consent_url: String,
 }
 
 impl Refusal {
@@ -331,6 +365,7 @@ impl Refusal {
             rule: String::new(),
             retry_after_ms: None,
             approval_id: String::new(),
+            consent_url: String::new(),
         }
     }
 
@@ -357,6 +392,13 @@ impl Refusal {
     }
 
     /// Says when retrying can succeed.
+    /// Names where the user consents.
+    #[must_use]
+    pub fn consent(mut self, url: impl Into<String>) -> Self {
+        self.consent_url = url.into();
+        self
+    }
+
     #[must_use]
     pub fn retry_after_ms(mut self, ms: u64) -> Self {
         self.retry_after_ms = Some(ms);
@@ -389,6 +431,9 @@ impl Refusal {
         }
         if !self.approval_id.is_empty() {
             meta.insert("approval_id".to_owned(), self.approval_id.clone());
+        }
+        if !self.consent_url.is_empty() {
+            meta.insert("consent_url".to_owned(), self.consent_url.clone());
         }
         Status::with_error_details(
             self.code(),

@@ -107,12 +107,61 @@ pub struct Claims {
     /// read it.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub ctx: std::collections::BTreeMap<String, String>,
+    /// RFC 8693 §4.1 actor: present only when the session acts for a user
+    /// whose identity provider vouched for them (`sub` is then that user,
+    /// issuer-qualified, and `act.sub` the agent's SPIFFE ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+    /// The verified user's attributes, as the control plane's configuration
+    /// maps them from the provider's token, and the grant the session was
+    /// issued under. Present exactly when `act` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usr: Option<Delegation>,
+}
+
+/// RFC 8693 `act` claim: who acts for the subject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The acting agent's SPIFFE ID.
+    pub sub: String,
+}
+
+/// What a delegated session knows of its user besides `sub`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation {
+    /// The consent grant the session was issued under.
+    pub grant: String,
+    /// Mapped `tier` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Mapped `email` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Mapped `groups` claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 impl Claims {
     /// The end user, if the session acts for one.
     pub fn user_id(&self) -> Option<&str> {
         (self.sub != self.client_id).then_some(self.sub.as_str())
+    }
+
+    /// Whether the user was proven by a trusted identity provider (the
+    /// session was issued per RFC 8693 with an `act` claim naming this
+    /// agent) rather than merely stated by the agent.
+    pub fn user_verified(&self) -> bool {
+        self.usr.is_some() && self.act.as_ref().is_some_and(|a| a.sub == self.client_id)
+    }
+
+    /// The user's tier: the provider's mapped claim when the user is
+    /// verified, else what the agent stated.
+    pub fn tier(&self) -> Option<&str> {
+        match &self.usr {
+            Some(d) if self.user_verified() => d.tier.as_deref(),
+            _ => self.ctx.get("tier").map(String::as_str),
+        }
     }
 
     /// The granted scopes as strings.

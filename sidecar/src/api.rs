@@ -105,6 +105,7 @@ impl AgentService for AgentApi {
                 context: r.context,
                 max_tool_calls: r.max_tool_calls,
                 wait_for_approval: r.wait_for_approval,
+                user_token: r.user_token,
             },
         )
         .await?;
@@ -279,6 +280,7 @@ impl AgentService for AgentApi {
             certificate_not_after: Some(ts(id.not_after)),
             certificate_serial: id.serial.clone(),
             max_tool_calls: claims.constraints.max_tool_calls,
+            user_verified: claims.user_verified(),
         }))
     }
 }

@@ -240,6 +240,7 @@ fn audit_event() {
         agent: "coder-1",
         session: "ses_0123456789abcdef0123",
         user: "usr_42",
+        user_verified: false,
         tool: "send_email",
         known_tool: true,
         arguments: args,

@@ -188,6 +188,7 @@ async fn main() {
         import_ca: None,
         listen: any,
         jwks_listen: any,
+        oauth_listen: any,
     })
     .unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())

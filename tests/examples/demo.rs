@@ -252,6 +252,8 @@ async fn main() {
             &cp_addr.to_string(),
             "--jwks-listen",
             &jwks_addr.to_string(),
+            "--oauth-listen",
+            &free_addr().to_string(),
             "--data-dir",
         ])
         .arg(dir.join("cp"))

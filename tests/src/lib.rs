@@ -26,6 +26,7 @@ pub mod approvals;
 pub mod bench;
 pub mod gateway;
 pub mod http1;
+pub mod idp;
 pub mod logs;
 pub mod messaging;
 pub mod raw;
@@ -84,6 +85,7 @@ impl Mesh {
             import_ca: None,
             listen: any_port(),
             jwks_listen: any_port(),
+            oauth_listen: any_port(),
         })?;
         let mut config = warden_control_plane::config::Config::load(&data)?;
         // Tests favour speed (durable_sync = false); durability is exercised
@@ -100,12 +102,13 @@ impl Mesh {
     /// Restarts the control plane on the same data directory and port.
     pub async fn restart(self) -> anyhow::Result<Self> {
         let Mesh { dir, cp, ctl } = self;
-        let (addr, jwks) = (cp.grpc_addr, cp.jwks_addr);
+        let (addr, jwks, oauth) = (cp.grpc_addr, cp.jwks_addr, cp.oauth_addr);
         cp.shutdown().await?;
         let mut config = warden_control_plane::config::Config::load(&dir.path().join("cp"))?;
         config.durable_sync = false;
         config.listen = addr;
         config.jwks_listen = jwks;
+        config.oauth_listen = oauth;
         let cp = app::start(config).await?;
         Ok(Self { dir, cp, ctl })
     }
@@ -342,6 +345,7 @@ pub fn python_stdin(script: &str, input: &str) -> String {
         .arg(path)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("running python");
     child
@@ -351,7 +355,11 @@ pub fn python_stdin(script: &str, input: &str) -> String {
         .write_all(input.as_bytes())
         .expect("writing to python");
     let out = child.wait_with_output().expect("python");
-    assert!(out.status.success(), "{script} failed");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

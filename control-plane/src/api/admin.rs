@@ -58,6 +58,28 @@ fn approval_pb(a: &store::Approval) -> pb::Approval {
     }
 }
 
+/// Most grants one ListGrants answers with.
+const MAX_LISTED_GRANTS: u32 = 10_000;
+
+/// A consent grant on the wire.
+pub(crate) fn grant_pb(g: &store::Grant) -> pb::Grant {
+    let (agent_id, agent_type) = match &g.grantee {
+        store::Grantee::Agent(a) => (a.to_string(), String::new()),
+        store::Grantee::AgentType(t) => (String::new(), t.clone()),
+    };
+    pb::Grant {
+        id: g.id.clone(),
+        user_id: g.user_id.clone(),
+        agent_id,
+        agent_type,
+        scopes: g.scopes.clone(),
+        created_at: Some(timestamp(g.created_at)),
+        expires_at: Some(timestamp(g.expires_at)),
+        revoked_at: g.revoked_at.map(timestamp),
+        revoked_by: g.revoked_by.clone(),
+    }
+}
+
 /// An approval id as given: `apr_` and at most 64 visible characters.
 fn approval_id(id: &str) -> Result<&str, Status> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
@@ -480,6 +502,52 @@ impl AdminService for AdminApi {
             session_id: r.session_id,
             agent_id: agent.to_string(),
             expires_at: Some(timestamp(exp)),
+        }))
+    }
+
+    async fn list_grants(
+        &self,
+        req: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        auth::admin(&req, &self.state.td)?;
+        let r = req.into_inner();
+        if r.user_id.len() > 512 {
+            return Err(invalid("user_id must be at most 512 bytes"));
+        }
+        let user = (!r.user_id.is_empty()).then_some(r.user_id.as_str());
+        let grants = self
+            .state
+            .store
+            .list_grants(user, r.all, now_unix(), MAX_LISTED_GRANTS)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(pb::ListGrantsResponse {
+            grants: grants.iter().map(grant_pb).collect(),
+        }))
+    }
+
+    async fn revoke_grant(
+        &self,
+        req: Request<pb::RevokeGrantRequest>,
+    ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
+        let (_, admin) = auth::admin(&req, &self.state.td)?;
+        let r = req.into_inner();
+        let reason = text("reason", &r.reason, false)?;
+        if r.grant_id.is_empty() || r.grant_id.len() > 64 {
+            return Err(invalid("grant_id must be 1-64 bytes"));
+        }
+        let (grant, sessions) = crate::grants::revoke(
+            &self.state,
+            &r.grant_id,
+            crate::grants::By::Admin(&admin),
+            &reason,
+        )
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| status(Reason::GrantNotFound, "no live grant with that id"))?;
+        Ok(Response::new(pb::RevokeGrantResponse {
+            grant: Some(grant_pb(&grant)),
+            session_ids: sessions,
         }))
     }
 

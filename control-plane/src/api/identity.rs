@@ -14,16 +14,17 @@ use warden_shared::agent::AgentId;
 use warden_shared::audit::ActorKind;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::identity_service_server::IdentityService;
-use warden_shared::refusal::{Reason, status};
+use warden_shared::refusal::{Reason, Refusal, status};
 use warden_shared::scope::{self, Scope};
 use warden_shared::svid;
-use warden_shared::token::{Claims, Confirmation, Constraints, TOKEN_TTL_SECS};
+use warden_shared::token::{Actor, Claims, Confirmation, Constraints, Delegation, TOKEN_TTL_SECS};
 
 use crate::agents::{ensure_active, join_token_hash, registered_agent, store_error};
 use crate::auth;
+use crate::delegation::VerifiedUser;
 use crate::identity::ca::{self, Signed};
 use crate::state::State;
-use crate::store::{Agent, IssuedCert, JoinTokenUse, NewSession};
+use crate::store::{Agent, Grant, IssuedCert, JoinTokenUse, NewSession};
 use crate::{now_unix, timestamp};
 
 /// Longest join token accepted.
@@ -73,7 +74,91 @@ impl IdentityApi {
     async fn agent(&self, id: &AgentId) -> Result<Agent, Status> {
         registered_agent(&self.state, id).await
     }
+}
 
+/// The verified user of a delegated request (`None` without a user
+/// token). Without one, `user_id` may not be spelled like a verified
+/// user; with one, it must be that user (or empty).
+async fn delegated(
+    state: &State,
+    user_id: &str,
+    user_token: &str,
+    now: i64,
+) -> Result<Option<VerifiedUser>, Status> {
+    let delegation = &state.delegation;
+    if user_token.is_empty() {
+        if delegation.looks_verified(user_id) {
+            return Err(status(
+                Reason::UserMismatch,
+                "user_id names a user of a trusted identity provider; only that user's token (user_token) can start a session for them",
+            ));
+        }
+        return Ok(None);
+    }
+    let user = delegation
+        .verify(user_token, now)
+        .await
+        .map_err(|r| r.to_status())?;
+    if !user_id.is_empty() && user_id != user.id {
+        return Err(status(
+            Reason::UserMismatch,
+            "user_id names another user than the one the user token proves",
+        ));
+    }
+    Ok(Some(user))
+}
+
+/// `granted` cut to what `user` consented to for `agent`, and the
+/// grant; `CONSENT_REQUIRED` (with the consent URL) without a live
+/// grant or when it covers none of the scopes.
+async fn consented(
+    state: &State,
+    user: &VerifiedUser,
+    agent: &Agent,
+    granted: Vec<Scope>,
+    requested: &[String],
+    now: i64,
+) -> Result<(Vec<Scope>, Grant), Status> {
+    let url = state.delegation.consent_url(agent.id.as_str(), requested);
+    let required = |why: String| {
+        Refusal::new(
+            Reason::ConsentRequired,
+            format!("{why}; the user can consent at {url}"),
+        )
+        .consent(url.clone())
+        .to_status()
+    };
+    let grant = state
+        .store
+        .live_grant(&user.id, &agent.id, &agent.agent_type, now)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| {
+            required(format!(
+                "the user has not consented to agent {} acting for them",
+                agent.id
+            ))
+        })?;
+    let consented = Scope::parse_all(&grant.scopes).map_err(|e| {
+        tracing::error!(grant = %grant.id, error = %e, "stored grant scopes do not parse");
+        status(Reason::Internal, "grant record is invalid")
+    })?;
+    let granted = scope::intersect(&granted, &consented).map_err(|e| {
+        status(
+            Reason::InvalidArgument,
+            format!("{e}; request narrower scopes"),
+        )
+    })?;
+    if granted.is_empty() {
+        return Err(required(format!(
+            "the user consented to none of the requested scopes for agent {}",
+            agent.id
+        )));
+    }
+    Ok((granted, grant))
+}
+
+impl IdentityApi {
     /// Signs a certificate for `agent`, never valid past the identity's
     /// expiry; nothing is recorded yet.
     fn sign_cert(&self, agent: &Agent, csr: &ca::CheckedCsr) -> Result<Signed, Status> {
@@ -396,174 +481,9 @@ impl IdentityService for IdentityApi {
         req: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
         let (caller, agent_id) = auth::agent(&req, &self.state.td)?;
-        let now = now_unix();
-        let agent = self.agent(&agent_id).await?;
-        ensure_active(&agent, now)?;
-        let req = req.into_inner();
-        check_context(&req.user_id, &req.context)?;
-        if req.scopes.is_empty() {
-            return Err(status(
-                Reason::InvalidArgument,
-                "request at least one scope",
-            ));
-        }
-        let requested = Scope::parse_all(&req.scopes)
-            .map_err(|e| status(Reason::InvalidArgument, e.to_string()))?;
-        let allowed = Scope::parse_all(&agent.allowed_scopes).map_err(|e| {
-            tracing::error!(agent = %agent_id, error = %e, "stored allowed_scopes do not parse");
-            status(Reason::Internal, "agent record is invalid")
-        })?;
-        let granted = scope::intersect(&requested, &allowed).map_err(|e| {
-            status(
-                Reason::InvalidArgument,
-                format!("{e}; request narrower scopes"),
-            )
-        })?;
-        if granted.is_empty() {
-            return Err(status(
-                Reason::ScopeNotAllowed,
-                format!("none of the requested scopes is allowed for agent {agent_id}"),
-            ));
-        }
-        // Step-up: privileged scopes only with people's approval.
-        let (granted, step_up) =
-            step_up(&self.state, &agent_id, &req.user_id, granted, now).await?;
-        if let Some(s) = &step_up {
-            let wait = req.wait_for_approval && s.state == "pending";
-            if wait || granted.is_empty() {
-                if !wait {
-                    let (reason, message) = if s.state == "denied" {
-                        (
-                            Reason::ApprovalDenied,
-                            format!(
-                                "{} denied the privileged scopes {}: {}",
-                                s.decided_by,
-                                s.withheld_scopes.join(" "),
-                                s.comment
-                            ),
-                        )
-                    } else {
-                        (
-                            Reason::ApprovalPending,
-                            format!(
-                                "the privileged scopes {} wait for approval; start the session again once they are approved",
-                                s.withheld_scopes.join(" ")
-                            ),
-                        )
-                    };
-                    return Err(warden_shared::refusal::Refusal::new(reason, message)
-                        .approval(&s.approval_id)
-                        .to_status());
-                }
-                // No session yet: the caller waits for the decision.
-                return Ok(Response::new(pb::IssueTokenResponse {
-                    step_up,
-                    ..Default::default()
-                }));
-            }
-        }
-        let scope_str = granted
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" ");
-
-        // The token never outlives the certificate it is bound to, nor the
-        // identity it speaks for.
-        let cert_not_after = caller.not_after;
-        let exp = (now + TOKEN_TTL_SECS)
-            .min(cert_not_after)
-            .min(agent.expires_at.unwrap_or(i64::MAX));
-        if exp <= now {
-            return Err(status(
-                Reason::ClientCertificateExpired,
-                "client certificate has expired",
-            ));
-        }
-        let max_tool_calls = match (req.max_tool_calls, self.state.config.default_max_tool_calls) {
-            (0, d) => d,
-            (r, 0) => r,
-            (r, d) => r.min(d),
-        };
-        let thumbprint = svid::thumbprint(&caller.cert_der);
-        let session = NewSession {
-            id: random_id("ses"),
-            agent_id: agent_id.clone(),
-            user_id: req.user_id.clone(),
-            scopes: scope_str.clone(),
-            context: serde_json::to_string(&req.context.iter().collect::<BTreeMap<_, _>>())
-                .unwrap_or_default(),
-            jti: random_id("tok"),
-            thumbprint: thumbprint.clone(),
-            max_tool_calls,
-            created_at: now,
-            expires_at: exp,
-        };
-        let opened = self
-            .state
-            .store
-            .open_session(&session, agent.max_sessions, now)
+        issue(&self.state, &caller, &agent_id, req.into_inner())
             .await
-            .map_err(store_error)?;
-        if !opened {
-            return Err(status(
-                Reason::SessionLimit,
-                format!(
-                    "agent {agent_id} already has {} open sessions (its maximum); end one first",
-                    agent.max_sessions
-                ),
-            ));
-        }
-        let spiffe = caller.id.to_string();
-        let claims = Claims {
-            iss: self.state.td.control_plane().to_string(),
-            sub: if req.user_id.is_empty() {
-                spiffe.clone()
-            } else {
-                req.user_id
-            },
-            aud: spiffe.clone(),
-            exp,
-            iat: now,
-            jti: session.jti,
-            client_id: spiffe,
-            scope: scope_str,
-            sid: session.id.clone(),
-            cnf: Confirmation {
-                x5t_s256: thumbprint,
-            },
-            constraints: Constraints { max_tool_calls },
-            ctx: req.context.into_iter().collect(),
-        };
-        let token = self
-            .state
-            .keys
-            .current()
-            .active
-            .sign(&claims)
-            .map_err(|e| {
-                tracing::error!(error = %e, "token signing failed");
-                status(Reason::Internal, "token signing failed")
-            })?;
-        tracing::info!(agent = %agent_id, session = %session.id, scopes = %claims.scope, exp, "session token issued");
-        let mut e = crate::audit::event("session.started", ActorKind::Agent, agent_id.as_str());
-        e.agent = agent_id.to_string();
-        e.session.clone_from(&session.id);
-        e.user.clone_from(&session.user_id);
-        e.outcome = "ok".into();
-        e.detail.insert("scopes".into(), claims.scope.clone());
-        e.detail.insert("expires_at".into(), exp.to_string());
-        if let Some(s) = &step_up {
-            e.approval.clone_from(&s.approval_id);
-        }
-        self.state.audit.note(e).await;
-        Ok(Response::new(pb::IssueTokenResponse {
-            token,
-            session_id: session.id,
-            scopes: granted.iter().map(ToString::to_string).collect(),
-            expires_at: Some(timestamp(exp)),
-            step_up,
-        }))
+            .map(Response::new)
     }
 
     async fn release_session(
@@ -606,4 +526,210 @@ impl IdentityService for IdentityApi {
             jwks_json: self.state.keys.current().jwks_json.clone(),
         }))
     }
+}
+
+/// Opens a session for `agent_id` (the caller, authenticated by its
+/// certificate) and issues its token: `IssueToken`, and the token-exchange
+/// endpoint.
+pub(crate) async fn issue(
+    state: &State,
+    caller: &auth::Caller,
+    agent_id: &AgentId,
+    req: pb::IssueTokenRequest,
+) -> Result<pb::IssueTokenResponse, Status> {
+    let agent_id = agent_id.clone();
+    let now = now_unix();
+    let agent = registered_agent(state, &agent_id).await?;
+    ensure_active(&agent, now)?;
+    check_context(&req.user_id, &req.context)?;
+    let delegated = delegated(state, &req.user_id, &req.user_token, now).await?;
+    let user_id = delegated
+        .as_ref()
+        .map_or_else(|| req.user_id.clone(), |u| u.id.clone());
+    if req.scopes.is_empty() {
+        return Err(status(
+            Reason::InvalidArgument,
+            "request at least one scope",
+        ));
+    }
+    let requested = Scope::parse_all(&req.scopes)
+        .map_err(|e| status(Reason::InvalidArgument, e.to_string()))?;
+    let allowed = Scope::parse_all(&agent.allowed_scopes).map_err(|e| {
+        tracing::error!(agent = %agent_id, error = %e, "stored allowed_scopes do not parse");
+        status(Reason::Internal, "agent record is invalid")
+    })?;
+    let granted = scope::intersect(&requested, &allowed).map_err(|e| {
+        status(
+            Reason::InvalidArgument,
+            format!("{e}; request narrower scopes"),
+        )
+    })?;
+    if granted.is_empty() {
+        return Err(status(
+            Reason::ScopeNotAllowed,
+            format!("none of the requested scopes is allowed for agent {agent_id}"),
+        ));
+    }
+    // A delegated session: only within the user's consent.
+    let (granted, grant) = match &delegated {
+        Some(u) => {
+            let (granted, grant) = consented(state, u, &agent, granted, &req.scopes, now).await?;
+            (granted, Some(grant))
+        }
+        None => (granted, None),
+    };
+    // Step-up: privileged scopes only with people's approval.
+    let (granted, step_up) = step_up(state, &agent_id, &user_id, granted, now).await?;
+    if let Some(s) = &step_up {
+        let wait = req.wait_for_approval && s.state == "pending";
+        if wait || granted.is_empty() {
+            if !wait {
+                let (reason, message) = if s.state == "denied" {
+                    (
+                        Reason::ApprovalDenied,
+                        format!(
+                            "{} denied the privileged scopes {}: {}",
+                            s.decided_by,
+                            s.withheld_scopes.join(" "),
+                            s.comment
+                        ),
+                    )
+                } else {
+                    (
+                        Reason::ApprovalPending,
+                        format!(
+                            "the privileged scopes {} wait for approval; start the session again once they are approved",
+                            s.withheld_scopes.join(" ")
+                        ),
+                    )
+                };
+                return Err(Refusal::new(reason, message)
+                    .approval(&s.approval_id)
+                    .to_status());
+            }
+            // No session yet: the caller waits for the decision.
+            return Ok(pb::IssueTokenResponse {
+                step_up,
+                ..Default::default()
+            });
+        }
+    }
+    let scope_str = granted
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+
+    // The token never outlives the certificate it is bound to, nor the
+    // identity it speaks for.
+    let cert_not_after = caller.not_after;
+    let exp = (now + TOKEN_TTL_SECS)
+        .min(cert_not_after)
+        .min(agent.expires_at.unwrap_or(i64::MAX))
+        .min(grant.as_ref().map_or(i64::MAX, |g| g.expires_at));
+    if exp <= now {
+        return Err(status(
+            Reason::ClientCertificateExpired,
+            "client certificate has expired",
+        ));
+    }
+    let max_tool_calls = match (req.max_tool_calls, state.config.default_max_tool_calls) {
+        (0, d) => d,
+        (r, 0) => r,
+        (r, d) => r.min(d),
+    };
+    let thumbprint = svid::thumbprint(&caller.cert_der);
+    let session = NewSession {
+        id: random_id("ses"),
+        agent_id: agent_id.clone(),
+        user_id: user_id.clone(),
+        scopes: scope_str.clone(),
+        context: serde_json::to_string(&req.context.iter().collect::<BTreeMap<_, _>>())
+            .unwrap_or_default(),
+        jti: random_id("tok"),
+        thumbprint: thumbprint.clone(),
+        max_tool_calls,
+        created_at: now,
+        expires_at: exp,
+        grant_id: grant.as_ref().map(|g| g.id.clone()),
+    };
+    let opened = state
+        .store
+        .open_session(&session, agent.max_sessions, now)
+        .await
+        .map_err(store_error)?;
+    if !opened {
+        return Err(status(
+            Reason::SessionLimit,
+            format!(
+                "agent {agent_id} already has {} open sessions (its maximum); end one first",
+                agent.max_sessions
+            ),
+        ));
+    }
+    let spiffe = caller.id.to_string();
+    let claims = Claims {
+        iss: state.td.control_plane().to_string(),
+        sub: if user_id.is_empty() {
+            spiffe.clone()
+        } else {
+            user_id.clone()
+        },
+        aud: spiffe.clone(),
+        exp,
+        iat: now,
+        jti: session.jti,
+        client_id: spiffe.clone(),
+        scope: scope_str,
+        sid: session.id.clone(),
+        cnf: Confirmation {
+            x5t_s256: thumbprint,
+        },
+        constraints: Constraints { max_tool_calls },
+        ctx: req.context.into_iter().collect(),
+        // RFC 8693 §4.1: the agent acts for the verified user.
+        act: delegated.as_ref().map(|_| Actor {
+            sub: spiffe.clone(),
+        }),
+        usr: delegated
+            .as_ref()
+            .zip(grant.as_ref())
+            .map(|(u, g)| Delegation {
+                grant: g.id.clone(),
+                tier: u.attributes.tier.clone(),
+                email: u.attributes.email.clone(),
+                groups: u.attributes.groups.clone(),
+            }),
+    };
+    let token = state.keys.current().active.sign(&claims).map_err(|e| {
+        tracing::error!(error = %e, "token signing failed");
+        status(Reason::Internal, "token signing failed")
+    })?;
+    tracing::info!(agent = %agent_id, session = %session.id, scopes = %claims.scope, exp, "session token issued");
+    let mut e = crate::audit::event("session.started", ActorKind::Agent, agent_id.as_str());
+    e.agent = agent_id.to_string();
+    e.session.clone_from(&session.id);
+    e.user.clone_from(&session.user_id);
+    e.outcome = "ok".into();
+    e.detail.insert("scopes".into(), claims.scope.clone());
+    e.detail.insert("expires_at".into(), exp.to_string());
+    if let Some(s) = &step_up {
+        e.approval.clone_from(&s.approval_id);
+    }
+    if let (Some(u), Some(g)) = (&delegated, &grant) {
+        e.detail.insert("user_verified".into(), "true".into());
+        e.detail.insert("act".into(), claims.client_id.clone());
+        e.detail.insert("grant".into(), g.id.clone());
+        e.detail.insert("provider".into(), u.provider.clone());
+    } else if !user_id.is_empty() {
+        e.detail.insert("user_verified".into(), "false".into());
+    }
+    state.audit.note(e).await;
+    Ok(pb::IssueTokenResponse {
+        token,
+        session_id: session.id,
+        scopes: granted.iter().map(ToString::to_string).collect(),
+        expires_at: Some(timestamp(exp)),
+        step_up,
+    })
 }

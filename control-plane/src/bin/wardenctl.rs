@@ -53,6 +53,9 @@ enum Command {
     /// Sessions.
     #[command(subcommand)]
     Sessions(Sessions),
+    /// Users' consent grants: which agents may act for which users.
+    #[command(subcommand)]
+    Grants(GrantsCmd),
     /// Sidecars connected over their mesh streams.
     #[command(subcommand)]
     Sidecars(SidecarsCmd),
@@ -242,6 +245,25 @@ enum Sessions {
     /// Revoke a session: its token is refused at every sidecar until it expires.
     Revoke {
         session_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantsCmd {
+    /// List live grants (newest first): id, user, agent or type, scopes, expiry.
+    List {
+        /// Only this user's (`<issuer>#<subject>`).
+        #[arg(long, default_value = "")]
+        user: String,
+        /// Include revoked and expired grants.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a grant; the sessions issued under it end at every sidecar.
+    Revoke {
+        grant_id: String,
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -875,6 +897,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     e.sort();
                     println!("stream endings: {}", e.join(", "));
                 }
+            }
+        }
+        Command::Grants(GrantsCmd::List { user, all }) => {
+            let r = client
+                .list_grants(pb::ListGrantsRequest { user_id: user, all })
+                .await?
+                .into_inner();
+            for g in &r.grants {
+                let grantee = if g.agent_id.is_empty() {
+                    format!("type:{}", g.agent_type)
+                } else {
+                    format!("agent:{}", g.agent_id)
+                };
+                if j {
+                    println!(
+                        "{}",
+                        json!({"id": g.id, "user_id": g.user_id, "agent_id": g.agent_id,
+                               "agent_type": g.agent_type, "scopes": g.scopes,
+                               "created_at": ts(g.created_at.as_ref()),
+                               "expires_at": ts(g.expires_at.as_ref()),
+                               "revoked_at": g.revoked_at.as_ref().map(|t| ts(Some(t))),
+                               "revoked_by": g.revoked_by})
+                    );
+                } else {
+                    let state = match &g.revoked_at {
+                        Some(t) => format!("revoked {} by {}", ts(Some(t)), g.revoked_by),
+                        None => format!("until {}", ts(g.expires_at.as_ref())),
+                    };
+                    println!(
+                        "{}  {}  {}  {}  {}",
+                        g.id,
+                        g.user_id,
+                        grantee,
+                        g.scopes.join(" "),
+                        state
+                    );
+                }
+            }
+            if !j && r.grants.is_empty() {
+                eprintln!("no grants");
+            }
+        }
+        Command::Grants(GrantsCmd::Revoke { grant_id, reason }) => {
+            let r = client
+                .revoke_grant(pb::RevokeGrantRequest { grant_id, reason })
+                .await?
+                .into_inner();
+            let g = r.grant.unwrap_or_default();
+            if j {
+                println!(
+                    "{}",
+                    json!({"grant_id": g.id, "user_id": g.user_id, "sessions": r.session_ids})
+                );
+            } else {
+                println!(
+                    "revoked grant {} of {}; {} live session(s) ended{}",
+                    g.id,
+                    g.user_id,
+                    r.session_ids.len(),
+                    if r.session_ids.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", r.session_ids.join(" "))
+                    }
+                );
             }
         }
         Command::Sessions(Sessions::Revoke { session_id, reason }) => {

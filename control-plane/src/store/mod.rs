@@ -113,6 +113,38 @@ pub struct NewSession {
     pub created_at: i64,
     /// Unix seconds.
     pub expires_at: i64,
+    /// The consent grant a delegated session is issued under.
+    pub grant_id: Option<String>,
+}
+
+/// Whom a consent grant lets act for its user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Grantee {
+    /// One agent.
+    Agent(AgentId),
+    /// Every agent of a type.
+    AgentType(String),
+}
+
+/// A user's consent that an agent act for them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// `gr_…`.
+    pub id: String,
+    /// `<issuer>#<subject>`.
+    pub user_id: String,
+    /// The agent or agent type.
+    pub grantee: Grantee,
+    /// The consented scopes.
+    pub scopes: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Unix seconds, once revoked.
+    pub revoked_at: Option<i64>,
+    /// `user:<id>` or `admin:<name>`, once revoked.
+    pub revoked_by: String,
 }
 
 /// An issued certificate, for the record.
@@ -490,6 +522,40 @@ pub trait Store: AuditStore + Send + Sync + std::fmt::Debug + 'static {
     async fn revoke_session(&self, id: &str, now: i64) -> Result<Option<(AgentId, i64)>>;
     /// An agent's revoked sessions whose tokens have not expired yet.
     async fn revoked_sessions(&self, agent: &AgentId, now: i64) -> Result<Vec<(String, i64)>>;
+    /// Stores a new consent grant.
+    async fn insert_grant(&self, grant: &Grant) -> Result<()>;
+    /// The live grant (not revoked, not expired) of `user` for `agent`:
+    /// one for the agent itself before one for its type, the newest first.
+    async fn live_grant(
+        &self,
+        user: &str,
+        agent: &AgentId,
+        agent_type: &str,
+        now: i64,
+    ) -> Result<Option<Grant>>;
+    /// A grant by id.
+    async fn get_grant(&self, id: &str) -> Result<Option<Grant>>;
+    /// Grants, newest first: `user`'s only when given; live ones only
+    /// unless `all`; at most `limit`.
+    async fn list_grants(
+        &self,
+        user: Option<&str>,
+        all: bool,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Grant>>;
+    /// Revokes a live grant and every live session issued under it, in one
+    /// transaction; returns the grant and the ended sessions with their
+    /// agents, `None` when there is no live grant with that id (and `user`,
+    /// when given).
+    async fn revoke_grant(
+        &self,
+        id: &str,
+        user: Option<&str>,
+        by: &str,
+        now: i64,
+    ) -> Result<Option<(Grant, Vec<(String, AgentId)>)>>;
+
     /// Number of open sessions of an agent.
     async fn open_sessions(&self, agent: &AgentId, now: i64) -> Result<u32>;
 

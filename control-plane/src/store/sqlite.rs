@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use warden_shared::agent::{AgentId, AgentStatus};
 
 use super::{
-    Agent, Approval, ApprovalDecision, ApprovalState, Attempt, Decided, Delivery, Error,
+    Agent, Approval, ApprovalDecision, ApprovalState, Attempt, Decided, Delivery, Error, Grant,
     IssuedCert, JoinTokenUse, NewApproval, NewDelivery, NewPolicy, NewSession, Outcome,
     PolicyApply, PolicyMeta, Result, Store, StoredKey,
 };
@@ -359,8 +359,8 @@ impl Store for SqliteStore {
         self.write(move |c| {
             Box::pin(async move {
                 let r = sqlx::query(
-                    "INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at)
-                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+                    "INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id)
+                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
                      WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions
                             WHERE agent_id = ? AND ended_at IS NULL AND expires_at > ? LIMIT ?)) < ?",
                 )
@@ -374,6 +374,7 @@ impl Store for SqliteStore {
                 .bind(i64::from(s.max_tool_calls))
                 .bind(s.created_at)
                 .bind(s.expires_at)
+                .bind(&s.grant_id)
                 .bind(s.agent_id.as_str())
                 .bind(now)
                 // Counting stops at the cap: the check costs O(max), not O(open).
@@ -443,6 +444,53 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn insert_grant(&self, grant: &Grant) -> Result<()> {
+        let g = grant.clone();
+        self.write(move |c| Box::pin(async move { grants::insert(c, &g).await }))
+            .await
+    }
+
+    async fn live_grant(
+        &self,
+        user: &str,
+        agent: &AgentId,
+        agent_type: &str,
+        now: i64,
+    ) -> Result<Option<Grant>> {
+        let mut c = self.pool.acquire().await?;
+        grants::live(&mut c, user, agent, agent_type, now).await
+    }
+
+    async fn get_grant(&self, id: &str) -> Result<Option<Grant>> {
+        let mut c = self.pool.acquire().await?;
+        grants::get(&mut c, id).await
+    }
+
+    async fn list_grants(
+        &self,
+        user: Option<&str>,
+        all: bool,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Grant>> {
+        let mut c = self.pool.acquire().await?;
+        grants::list(&mut c, user, all, now, limit).await
+    }
+
+    async fn revoke_grant(
+        &self,
+        id: &str,
+        user: Option<&str>,
+        by: &str,
+        now: i64,
+    ) -> Result<Option<(Grant, Vec<(String, AgentId)>)>> {
+        let (id, user, by) = (id.to_owned(), user.map(str::to_owned), by.to_owned());
+        self.write_all(move |c| {
+            Box::pin(async move { grants::revoke(c, &id, user.as_deref(), &by, now).await })
+        })
+        .await
+    }
+
     async fn open_sessions(&self, agent: &AgentId, now: i64) -> Result<u32> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM sessions WHERE agent_id = ? AND ended_at IS NULL AND expires_at > ?",
@@ -462,6 +510,7 @@ impl Store for SqliteStore {
                     "DELETE FROM join_tokens WHERE expires_at < ?1 OR used_at < ?1",
                     "DELETE FROM sessions WHERE expires_at < ?1 OR ended_at < ?1",
                     "DELETE FROM certificates WHERE not_after < ?1",
+                    "DELETE FROM grants WHERE expires_at < ?1 OR revoked_at < ?1",
                     // Webhook deliveries done (delivered or abandoned).
                     "DELETE FROM webhook_outbox WHERE next_at IS NULL AND created_at < ?1",
                 ] {
@@ -767,6 +816,7 @@ impl Store for SqliteStore {
 
 mod approvals;
 mod audit;
+mod grants;
 
 #[cfg(test)]
 mod tests;

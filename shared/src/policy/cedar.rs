@@ -3,8 +3,11 @@
 //! Entities: `Warden::Agent` (in `Warden::AgentType`, with `agent_type`,
 //! `owner`, `environment`), `Warden::Tool` (with `risk`). One action per tool,
 //! named like the tool (`Warden::Action::"send_email"`), whose context is
-//! `{ time: { unix, hour, weekday }, user?: String, tier?: String,
-//! arguments: {…} }`. The `arguments` record is derived from the tool's
+//! `{ time: { unix, hour, weekday }, user?: String, user_verified: Bool,
+//! tier?: String, groups?: Set<String>, email?: String, arguments: {…} }`
+//! (`user_verified` when an identity provider proved the user; `tier`,
+//! `groups` and `email` then come from the provider's token as the control
+//! plane maps them, `tier` otherwise from what the agent stated). The `arguments` record is derived from the tool's
 //! input JSON Schema: `string` → `String`, `integer` → `Long`, `boolean` →
 //! `Bool`, `array` → `Set<…>`, `object` with `properties` → a record
 //! (required properties required, others optional). The properties of an
@@ -298,7 +301,8 @@ pub fn schema_for(tools: &[Tool]) -> String {
         let _ = writeln!(
             s,
             "  action \"{}\" appliesTo {{ principal: [Agent], resource: [Tool], context: \
-             {{ \"time\": Time, \"user\"?: String, \"tier\"?: String, \"arguments\": {args} }} }};",
+             {{ \"time\": Time, \"user\"?: String, \"user_verified\": Bool, \"tier\"?: String, \
+             \"groups\"?: Set<String>, \"email\"?: String, \"arguments\": {args} }} }};",
             t.name
         );
     }

@@ -302,6 +302,11 @@ pub struct Tool {
     /// only with `approvals` of at least 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalSpec>,
+    /// Only for a session acting for a user whom a trusted identity
+    /// provider proved (a delegated session); a user the agent merely
+    /// stated is refused with `USER_NOT_VERIFIED`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified_user: bool,
 }
 
 /// The approval a tool's calls need.

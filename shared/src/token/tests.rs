@@ -16,6 +16,8 @@ fn claims(now: i64) -> Claims {
         },
         constraints: Constraints { max_tool_calls: 5 },
         ctx: Default::default(),
+        act: None,
+        usr: None,
     }
 }
 

@@ -163,6 +163,15 @@ pub fn check_with(
         )
         .rule("identity or override"));
     };
+    if tool.spec.verified_user && !caller.claims.user_verified() {
+        return Err(refuse(
+            Reason::UserNotVerified,
+            format!(
+                "{name} acts only for a user proven by an identity provider; start the session with the user's token (user_token)"
+            ),
+        )
+        .rule("verified_user"));
+    }
     let request = cedar(rules, entities, tool, caller, args, now)?;
     // A critical tool goes on (to its approvals) only with a quorum of at
     // least two people in the document.
@@ -277,11 +286,32 @@ fn context(
             RestrictedExpression::new_string(user.to_owned()),
         ));
     }
-    if let Some(tier) = caller.claims.ctx.get("tier") {
+    let verified = caller.claims.user_verified();
+    pairs.push((
+        "user_verified".to_owned(),
+        RestrictedExpression::new_bool(verified),
+    ));
+    if let Some(tier) = caller.claims.tier() {
         pairs.push((
             "tier".to_owned(),
-            RestrictedExpression::new_string(tier.clone()),
+            RestrictedExpression::new_string(tier.to_owned()),
         ));
+    }
+    if let Some(d) = caller.claims.usr.as_ref().filter(|_| verified) {
+        pairs.push((
+            "groups".to_owned(),
+            RestrictedExpression::new_set(
+                d.groups
+                    .iter()
+                    .map(|g| RestrictedExpression::new_string(g.clone())),
+            ),
+        ));
+        if let Some(email) = &d.email {
+            pairs.push((
+                "email".to_owned(),
+                RestrictedExpression::new_string(email.clone()),
+            ));
+        }
     }
     Context::from_pairs(pairs).map_err(|e| e.to_string())
 }

@@ -148,6 +148,8 @@ impl Fixture {
             },
             constraints: Default::default(),
             ctx: Default::default(),
+            act: None,
+            usr: None,
         }
     }
 

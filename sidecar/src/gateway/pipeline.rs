@@ -636,6 +636,7 @@ impl Gateway {
             agent: &self.agent_id,
             session: claims.map_or("", |c| c.sid.as_str()),
             user: claims.and_then(Claims::user_id).unwrap_or_default(),
+            user_verified: claims.is_some_and(Claims::user_verified),
             tool: if warden_shared::policy::valid_tool_name(r.tool) {
                 r.tool
             } else {

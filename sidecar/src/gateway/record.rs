@@ -69,6 +69,8 @@ pub struct Event<'a> {
     pub session: &'a str,
     /// The end user, if any.
     pub user: &'a str,
+    /// Whether an identity provider proved `user` (a delegated session).
+    pub user_verified: bool,
     /// The tool asked for.
     pub tool: &'a str,
     /// Whether the policy has that tool (metrics count unknown names as
@@ -157,6 +159,7 @@ struct Line {
     agent: String,
     session: String,
     user: String,
+    user_verified: bool,
     tool: String,
     outcome: &'static str,
     stage: &'static str,
@@ -183,6 +186,7 @@ impl Line {
             agent = %self.agent,
             session = %self.session,
             user = %self.user,
+            user_verified = self.user_verified,
             tool = ?self.tool,
             outcome = self.outcome,
             stage = self.stage,
@@ -306,6 +310,9 @@ fn audit_event(e: &Event<'_>, hmac: String, time_ms: i64) -> warden_shared::audi
     }
     if !e.findings.is_empty() {
         detail.insert("findings".into(), findings_within_bound(e.findings));
+    }
+    if !e.user.is_empty() {
+        detail.insert("user_verified".into(), e.user_verified.to_string());
     }
     if !e.reason.is_empty() {
         detail.insert(
@@ -504,6 +511,7 @@ impl Recorder {
             agent: e.agent.to_owned(),
             session: e.session.to_owned(),
             user: e.user.to_owned(),
+            user_verified: e.user_verified,
             tool: e.tool.to_owned(),
             outcome: e.outcome.as_str(),
             stage: e.denial.map_or("", super::Refusal::stage_str),
@@ -595,6 +603,7 @@ mod tests {
             agent: "a1",
             session: "ses_1",
             user: "",
+            user_verified: false,
             tool: "echo",
             known_tool: true,
             arguments: r#"{"secret-argument": "ARG-VALUE"}"#,

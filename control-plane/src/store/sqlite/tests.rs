@@ -22,6 +22,7 @@ fn session(id: &str, agent: &str, exp: i64) -> NewSession {
         max_tool_calls: 0,
         created_at: 100,
         expires_at: exp,
+        grant_id: None,
     }
 }
 

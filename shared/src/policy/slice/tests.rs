@@ -198,6 +198,7 @@ proptest! {
             let context = Context::from_json_value(
                 serde_json::json!({
                     "time": {"unix": 0, "hour": hour, "weekday": 1},
+                    "user_verified": false,
                     "arguments": args,
                 }),
                 Some((&policy.cedar_schema, &uid("Action", &name))),

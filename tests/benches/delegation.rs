@@ -1,0 +1,222 @@
+//! Delegation benchmark (issue 17): a delegated session start — the user's
+//! ID token verified (RS256, the provider's JWK Set cached), the consent
+//! grant looked up, the session opened and its token signed — against a
+//! plain one, in the same run, on the same mTLS channels, phases
+//! interleaved (plain, delegated, plain, delegated, …) and each ratio taken
+//! pair by pair. Measured at the control plane (`IssueToken`) and through a
+//! sidecar (`StartSession`, agent → sidecar → control plane).
+//!
+//! The identity provider is `tests/python/oidc_provider.py` (Authlib); the
+//! grant is given once on the consent pages, for the agents' type.
+//!
+//! Run: `WARDEN_PYTHON=… cargo bench -p warden-tests --bench delegation`
+//! (`./tests/run.sh` sets up that Python; `WARDEN_BENCH_ROUNDS` pairs, 5 by
+//! default).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark aborts on any unexpected error"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tonic::transport::Channel;
+use warden_shared::proto::v1 as pb;
+use warden_shared::proto::v1::identity_service_client::IdentityServiceClient;
+use warden_tests::bench::{Phase, median};
+use warden_tests::idp::Idp;
+use warden_tests::*;
+
+const WORKERS: usize = 32;
+const AGENTS: usize = 32;
+const PHASE: Duration = Duration::from_secs(3);
+
+/// Runs `op` from `WORKERS` tasks for `PHASE`.
+async fn drive<F, Fut>(op: F) -> Phase
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let op = Arc::clone(&op);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while start.elapsed() < PHASE {
+                let t = Instant::now();
+                op(w).await;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    Phase {
+        rate: lat.len() as f64 / start.elapsed().as_secs_f64(),
+        lat,
+        ..Phase::default()
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let rounds: usize = std::env::var("WARDEN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    println!(
+        "warden delegation benchmark ({WORKERS} concurrent callers, {} s per phase, {rounds} interleaved pairs, one process, 127.0.0.1)",
+        PHASE.as_secs()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let idp = Idp::start(dir.path()).await.unwrap();
+    let provider = idp.provider();
+    let mesh = Mesh::start_with(move |c| {
+        c.durable_sync = std::env::var("BENCH_NORMAL").is_err();
+        c.identity_providers = vec![provider];
+    })
+    .await
+    .unwrap();
+
+    let mut channels: Vec<Channel> = Vec::new();
+    let mut sidecars = Vec::new();
+    for a in 0..AGENTS {
+        let sc = mesh
+            .agent(&format!("bench-{a}"), &["data:*"], 10_000)
+            .await
+            .unwrap();
+        let id = sc.identity.snapshot().current.clone().unwrap();
+        let key = std::fs::read_to_string(sc.data_dir.join("identity/identity.pem")).unwrap();
+        channels.push(mesh.mtls_channel(&id.cert_pem, &key).await.unwrap());
+        sidecars.push(sc);
+    }
+    let channels = Arc::new(channels);
+    // Every agent is of type `test`: one grant for the type covers them.
+    let token = idp.mint(json!({"sub": "alice"})).await.unwrap();
+    let url = format!(
+        "http://{}/consent?agent=bench-0&scope=data%3Aread",
+        mesh.cp.jwks_addr
+    );
+    let input = json!({"action": "approve", "url": url, "user": "alice", "grantee": "type"});
+    let out =
+        tokio::task::spawn_blocking(move || python_stdin("consent_flow.py", &input.to_string()))
+            .await
+            .unwrap();
+    assert!(out.contains("agents of type test"), "consent failed: {out}");
+    let token = Arc::new(token);
+
+    let issue = |delegated: bool| {
+        let (ch, token) = (Arc::clone(&channels), Arc::clone(&token));
+        move |w: usize| {
+            let mut c = IdentityServiceClient::new(ch[w % AGENTS].clone());
+            let user_token = if delegated {
+                token.as_str().to_owned()
+            } else {
+                String::new()
+            };
+            async move {
+                let r = c
+                    .issue_token(pb::IssueTokenRequest {
+                        scopes: vec!["data:read".into()],
+                        user_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(!r.token.is_empty());
+            }
+        }
+    };
+    let sidecars = Arc::new(sidecars);
+    let clients = {
+        let mut v = Vec::new();
+        for sc in sidecars.iter() {
+            v.push(agent_tcp(sc, AgentAuth::default()).await.unwrap());
+        }
+        Arc::new(v)
+    };
+    let start_session = |delegated: bool| {
+        let (clients, token) = (Arc::clone(&clients), Arc::clone(&token));
+        move |w: usize| {
+            let mut c = clients[w % AGENTS].clone();
+            let user_token = if delegated {
+                token.as_str().to_owned()
+            } else {
+                String::new()
+            };
+            async move {
+                c.start_session(pb::StartSessionRequest {
+                    scopes: vec!["data:read".into()],
+                    user_token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+        }
+    };
+    // Warm-up: connections, the provider's keys, SQLite's pages.
+    drive(issue(true)).await;
+    drive(start_session(false)).await;
+    let reads = idp.jwks_reads().await.unwrap();
+
+    for (name, via_sidecar) in [
+        ("IssueToken at the control plane", false),
+        ("StartSession through a sidecar", true),
+    ] {
+        println!();
+        println!("{name} (store: SQLite, synchronous=FULL):");
+        println!(
+            "  pair   plain/s   delegated/s   ratio   plain p50/p99 µs   delegated p50/p99 µs"
+        );
+        let mut ratios = Vec::new();
+        let mut plain_rates = Vec::new();
+        let mut delegated_rates = Vec::new();
+        for r in 0..rounds {
+            let (plain, delegated) = if via_sidecar {
+                (
+                    drive(start_session(false)).await,
+                    drive(start_session(true)).await,
+                )
+            } else {
+                (drive(issue(false)).await, drive(issue(true)).await)
+            };
+            let ratio = delegated.rate / plain.rate;
+            println!(
+                "  {:>4}   {:>7.0}   {:>11.0}   {:>5.2}   {:>7.0} / {:<7.0}    {:>7.0} / {:<7.0}",
+                r + 1,
+                plain.rate,
+                delegated.rate,
+                ratio,
+                plain.pct(0.5),
+                plain.pct(0.99),
+                delegated.pct(0.5),
+                delegated.pct(0.99)
+            );
+            ratios.push(ratio);
+            plain_rates.push(plain.rate);
+            delegated_rates.push(delegated.rate);
+        }
+        println!(
+            "  median: plain {:.0}/s, delegated {:.0}/s (goal >= 3000/s), delegated/plain {:.2}",
+            median(plain_rates),
+            median(delegated_rates),
+            median(ratios)
+        );
+    }
+    println!();
+    println!(
+        "provider key fetches during the timed phases: {}",
+        idp.jwks_reads().await.unwrap() - reads
+    );
+    drop(sidecars);
+}
