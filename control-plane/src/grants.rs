@@ -47,6 +47,7 @@ fn audit_fill(e: &mut warden_shared::audit::Event, g: &Grant) {
 /// Stores a grant the user just gave, and records it.
 pub async fn give(state: &State, g: &Grant) -> Result<(), store::Error> {
     state.store.insert_grant(g).await?;
+    state.delegation.grants.forget_user(&g.user_id);
     tracing::info!(grant = %g.id, user = %g.user_id, grantee = %grantee_text(&g.grantee), scopes = %g.scopes.join(" "), "consent granted");
     let mut e = crate::audit::event("grant.given", ActorKind::Human, &g.user_id);
     audit_fill(&mut e, g);
@@ -80,6 +81,7 @@ pub async fn revoke(
     let Some((grant, sessions)) = state.store.revoke_grant(id, only_user, &who, now).await? else {
         return Ok(None);
     };
+    state.delegation.grants.forget(&grant.id);
     // The kill switch: each agent's streams are told at once.
     let agents: BTreeSet<_> = sessions.iter().map(|(_, a)| a.clone()).collect();
     for a in &agents {

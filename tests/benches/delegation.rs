@@ -7,7 +7,9 @@
 //! sidecar (`StartSession`, agent → sidecar → control plane).
 //!
 //! The identity provider is `tests/python/oidc_provider.py` (Authlib); the
-//! grant is given once on the consent pages, for the agents' type.
+//! grant is given once on the consent pages, for the agents' type. The
+//! sessions a phase opened are ended after it (untimed), so every phase
+//! starts from none open: the per-agent cap check counts open sessions.
 //!
 //! Run: `WARDEN_PYTHON=… cargo bench -p warden-tests --bench delegation`
 //! (`./tests/run.sh` sets up that Python; `WARDEN_BENCH_ROUNDS` pairs, 5 by
@@ -19,22 +21,29 @@
     reason = "a benchmark aborts on any unexpected error"
 )]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tonic::transport::Channel;
+use warden_shared::agent::AgentId;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::identity_service_client::IdentityServiceClient;
 use warden_tests::bench::{Phase, median};
 use warden_tests::idp::Idp;
 use warden_tests::*;
 
-const WORKERS: usize = 32;
+/// Concurrent callers (`WARDEN_BENCH_WORKERS`, 32 by default).
+fn workers() -> usize {
+    std::env::var("WARDEN_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(32)
+}
 const AGENTS: usize = 32;
 const PHASE: Duration = Duration::from_secs(3);
 
-/// Runs `op` from `WORKERS` tasks for `PHASE`.
+/// Runs `op` from `workers()` tasks for `PHASE`.
 async fn drive<F, Fut>(op: F) -> Phase
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -43,7 +52,7 @@ where
     let op = Arc::new(op);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..WORKERS {
+    for w in 0..workers() {
         let op = Arc::clone(&op);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -73,7 +82,8 @@ async fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
     println!(
-        "warden delegation benchmark ({WORKERS} concurrent callers, {} s per phase, {rounds} interleaved pairs, one process, 127.0.0.1)",
+        "warden delegation benchmark ({} concurrent callers, {} s per phase, {rounds} interleaved pairs, one process, 127.0.0.1)",
+        workers(),
         PHASE.as_secs()
     );
     let dir = tempfile::tempdir().unwrap();
@@ -113,10 +123,17 @@ async fn main() {
     assert!(out.contains("agents of type test"), "consent failed: {out}");
     let token = Arc::new(token);
 
+    // The sessions a phase opened: (agent index, session id).
+    let opened: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
     let issue = |delegated: bool| {
-        let (ch, token) = (Arc::clone(&channels), Arc::clone(&token));
+        let (ch, token, opened) = (
+            Arc::clone(&channels),
+            Arc::clone(&token),
+            Arc::clone(&opened),
+        );
         move |w: usize| {
             let mut c = IdentityServiceClient::new(ch[w % AGENTS].clone());
+            let opened = Arc::clone(&opened);
             let user_token = if delegated {
                 token.as_str().to_owned()
             } else {
@@ -133,6 +150,7 @@ async fn main() {
                     .unwrap()
                     .into_inner();
                 assert!(!r.token.is_empty());
+                opened.lock().unwrap().push((w % AGENTS, r.session_id));
             }
         }
     };
@@ -145,28 +163,61 @@ async fn main() {
         Arc::new(v)
     };
     let start_session = |delegated: bool| {
-        let (clients, token) = (Arc::clone(&clients), Arc::clone(&token));
+        let (clients, token, opened) = (
+            Arc::clone(&clients),
+            Arc::clone(&token),
+            Arc::clone(&opened),
+        );
         move |w: usize| {
             let mut c = clients[w % AGENTS].clone();
+            let opened = Arc::clone(&opened);
             let user_token = if delegated {
                 token.as_str().to_owned()
             } else {
                 String::new()
             };
             async move {
-                c.start_session(pb::StartSessionRequest {
-                    scopes: vec!["data:read".into()],
-                    user_token,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+                let r = c
+                    .start_session(pb::StartSessionRequest {
+                        scopes: vec!["data:read".into()],
+                        user_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                opened.lock().unwrap().push((w % AGENTS, r.session_id));
+            }
+        }
+    };
+    // Ends what a phase opened, off the clock.
+    let store = Arc::clone(&mesh.cp.state.store);
+    let end_all = || {
+        let (opened, store) = (Arc::clone(&opened), Arc::clone(&store));
+        async move {
+            let all = std::mem::take(&mut *opened.lock().unwrap());
+            let all = Arc::new(all);
+            let mut tasks = Vec::new();
+            for t in 0..workers() {
+                let (all, store) = (Arc::clone(&all), Arc::clone(&store));
+                tasks.push(tokio::spawn(async move {
+                    let now = warden_control_plane::now_unix();
+                    for (a, id) in all.iter().skip(t).step_by(workers()) {
+                        let agent = AgentId::new(&format!("bench-{a}")).unwrap();
+                        store.end_session(&agent, id, now).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
             }
         }
     };
     // Warm-up: connections, the provider's keys, SQLite's pages.
     drive(issue(true)).await;
+    end_all().await;
     drive(start_session(false)).await;
+    end_all().await;
     let reads = idp.jwks_reads().await.unwrap();
 
     for (name, via_sidecar) in [
@@ -182,14 +233,18 @@ async fn main() {
         let mut plain_rates = Vec::new();
         let mut delegated_rates = Vec::new();
         for r in 0..rounds {
-            let (plain, delegated) = if via_sidecar {
-                (
-                    drive(start_session(false)).await,
-                    drive(start_session(true)).await,
-                )
+            let plain = if via_sidecar {
+                drive(start_session(false)).await
             } else {
-                (drive(issue(false)).await, drive(issue(true)).await)
+                drive(issue(false)).await
             };
+            end_all().await;
+            let delegated = if via_sidecar {
+                drive(start_session(true)).await
+            } else {
+                drive(issue(true)).await
+            };
+            end_all().await;
             let ratio = delegated.rate / plain.rate;
             println!(
                 "  {:>4}   {:>7.0}   {:>11.0}   {:>5.2}   {:>7.0} / {:<7.0}    {:>7.0} / {:<7.0}",

@@ -128,17 +128,30 @@ async fn consented(
         .consent(url.clone())
         .to_status()
     };
-    let grant = state
-        .store
-        .live_grant(&user.id, &agent.id, &agent.agent_type, now)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            required(format!(
-                "the user has not consented to agent {} acting for them",
-                agent.id
-            ))
-        })?;
+    let held = state
+        .delegation
+        .grants
+        .get(&user.id, agent.id.as_str(), now);
+    let grant = match held {
+        Some(g) => Some(g),
+        None => {
+            let found = state
+                .store
+                .live_grant(&user.id, &agent.id, &agent.agent_type, now)
+                .await
+                .map_err(store_error)?;
+            if let Some(g) = &found {
+                state.delegation.grants.put(&user.id, agent.id.as_str(), g);
+            }
+            found
+        }
+    };
+    let grant = grant.ok_or_else(|| {
+        required(format!(
+            "the user has not consented to agent {} acting for them",
+            agent.id
+        ))
+    })?;
     let consented = Scope::parse_all(&grant.scopes).map_err(|e| {
         tracing::error!(grant = %grant.id, error = %e, "stored grant scopes do not parse");
         status(Reason::Internal, "grant record is invalid")
@@ -659,6 +672,25 @@ pub(crate) async fn issue(
         .await
         .map_err(store_error)?;
     if !opened {
+        // Revoked (or lapsed) between the lookup and the insert.
+        if let Some(g) = &grant {
+            state.delegation.grants.forget(&g.id);
+            let live = state
+                .store
+                .get_grant(&g.id)
+                .await
+                .map_err(store_error)?
+                .is_some_and(|g| g.revoked_at.is_none() && g.expires_at > now);
+            if !live {
+                let url = state.delegation.consent_url(agent_id.as_str(), &req.scopes);
+                return Err(Refusal::new(
+                    Reason::ConsentRequired,
+                    format!("the user's consent was revoked or has expired; the user can consent again at {url}"),
+                )
+                .consent(url)
+                .to_status());
+            }
+        }
         return Err(status(
             Reason::SessionLimit,
             format!(

@@ -23,6 +23,58 @@ pub struct Delegation {
     public_url: std::sync::RwLock<String>,
     /// The consent pages' sign-ins and signed-in browsers.
     pub browsers: browser::Browsers,
+    /// Live grants recently looked up, by user and agent (see [`Grants`]).
+    pub grants: Grants,
+}
+
+/// Most grants held by [`Grants`]; it starts over when full.
+const MAX_CACHED_GRANTS: usize = 16_384;
+
+/// Live grants as recently looked up, so that a delegated session start
+/// costs no read of the store when the same user starts another. Only
+/// live grants are held, each until it expires; giving a grant forgets the
+/// user's, revoking one forgets it. Correctness does not rest on it: the
+/// session's insert checks, in the same statement, that its grant is still
+/// live, so a grant revoked meanwhile never gains a session.
+#[derive(Debug, Default)]
+pub struct Grants {
+    held: std::sync::Mutex<std::collections::HashMap<(String, String), crate::store::Grant>>,
+}
+
+impl Grants {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), crate::store::Grant>>
+    {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live grant held for `user` and `agent`, if any.
+    pub fn get(&self, user: &str, agent: &str, now: i64) -> Option<crate::store::Grant> {
+        self.map()
+            .get(&(user.to_owned(), agent.to_owned()))
+            .filter(|g| g.revoked_at.is_none() && g.expires_at > now)
+            .cloned()
+    }
+
+    /// Holds a live grant found for `user` and `agent`.
+    pub fn put(&self, user: &str, agent: &str, grant: &crate::store::Grant) {
+        let mut m = self.map();
+        if m.len() >= MAX_CACHED_GRANTS {
+            m.clear();
+        }
+        m.insert((user.to_owned(), agent.to_owned()), grant.clone());
+    }
+
+    /// Forgets every grant held for `user` (they gave another).
+    pub fn forget_user(&self, user: &str) {
+        self.map().retain(|(u, _), _| u != user);
+    }
+
+    /// Forgets grant `id` (it was revoked).
+    pub fn forget(&self, id: &str) {
+        self.map().retain(|_, g| g.id != id);
+    }
 }
 
 /// A user a provider vouched for.
@@ -53,6 +105,7 @@ impl Delegation {
             providers,
             public_url: std::sync::RwLock::new(public_url.trim_end_matches('/').to_owned()),
             browsers: browser::Browsers::default(),
+            grants: Grants::default(),
         })
     }
 

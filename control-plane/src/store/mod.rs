@@ -512,8 +512,10 @@ pub trait Store: AuditStore + Send + Sync + std::fmt::Debug + 'static {
     /// Records an issued certificate.
     async fn record_certificate(&self, cert: &IssuedCert) -> Result<()>;
 
-    /// Opens a session unless the agent already has `max` open ones; returns
-    /// whether it was opened. The check and the insert are one statement.
+    /// Opens a session unless the agent already has `max` open ones, or
+    /// (for a delegated session) its grant is no longer live; returns
+    /// whether it was opened. The checks and the insert are one statement,
+    /// so a grant revoked after it was looked up never gains a session.
     async fn open_session(&self, session: &NewSession, max: u32, now: i64) -> Result<bool>;
     /// Ends an agent's open session; returns whether one was ended.
     async fn end_session(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool>;

@@ -359,10 +359,14 @@ impl Store for SqliteStore {
         self.write(move |c| {
             Box::pin(async move {
                 let r = sqlx::query(
+                    // Numbered throughout: sqlx binds `?` and `?NNN` mixed
+                    // in one statement to the wrong values.
                     "INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id)
-                     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
                      WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions
-                            WHERE agent_id = ? AND ended_at IS NULL AND expires_at > ? LIMIT ?)) < ?",
+                            WHERE agent_id = ?12 AND ended_at IS NULL AND expires_at > ?13 LIMIT ?14)) < ?15
+                       AND (?11 IS NULL OR EXISTS (SELECT 1 FROM grants
+                            WHERE id = ?11 AND revoked_at IS NULL AND expires_at > ?13))",
                 )
                 .bind(&s.id)
                 .bind(s.agent_id.as_str())

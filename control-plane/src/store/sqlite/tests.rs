@@ -1,5 +1,6 @@
 use super::*;
 
+use crate::store::Grantee;
 use crate::store::testing::agent;
 
 async fn store() -> (SqliteStore, tempfile::TempDir) {
@@ -580,4 +581,131 @@ async fn the_webhook_outbox_keeps_deliveries_until_they_are_made() {
     .unwrap();
     assert_eq!(s.next_webhook_at().await.unwrap(), None);
     assert_eq!(s.prune(102).await.unwrap(), 2);
+}
+
+fn grant(id: &str, user: &str, grantee: Grantee, exp: i64) -> Grant {
+    Grant {
+        id: id.into(),
+        user_id: user.into(),
+        grantee,
+        scopes: vec!["data:read".into()],
+        created_at: 100,
+        expires_at: exp,
+        revoked_at: None,
+        revoked_by: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn grants_are_found_for_an_agent_or_its_type_and_revoked_with_their_sessions() {
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 10)).await.unwrap();
+    let a1 = AgentId::new("a1").unwrap();
+    let alice = "https://idp#alice";
+    // The type's grant, then one for the agent itself: the agent's wins.
+    s.insert_grant(&grant(
+        "g-type",
+        alice,
+        Grantee::AgentType("coder".into()),
+        5000,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        s.live_grant(alice, &a1, "coder", 150)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "g-type"
+    );
+    s.insert_grant(&grant("g-a1", alice, Grantee::Agent(a1.clone()), 5000))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.live_grant(alice, &a1, "coder", 150)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "g-a1"
+    );
+    assert!(matches!(
+        s.insert_grant(&grant("g-a1", alice, Grantee::Agent(a1.clone()), 5000))
+            .await,
+        Err(Error::Conflict)
+    ));
+    // Another user, another type, an expired grant: none.
+    assert!(
+        s.live_grant("https://idp#bob", &a1, "coder", 150)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.live_grant(alice, &a1, "", 150).await.unwrap().unwrap().id == "g-a1");
+    assert!(
+        s.live_grant(alice, &a1, "coder", 6000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let mut s1 = session("s1", "a1", 1000);
+    s1.grant_id = Some("g-a1".into());
+    let mut s2 = session("s2", "a1", 1000);
+    s2.grant_id = Some("g-a1".into());
+    assert!(s.open_session(&s1, 10, 150).await.unwrap());
+    assert!(s.open_session(&s2, 10, 150).await.unwrap());
+    assert!(
+        s.open_session(&session("s3", "a1", 1000), 10, 150)
+            .await
+            .unwrap()
+    );
+    // Only the grant's user may revoke it as a user.
+    assert!(
+        s.revoke_grant("g-a1", Some("https://idp#bob"), "user:bob", 160)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (g, ended) = s
+        .revoke_grant("g-a1", Some(alice), "user:alice", 160)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (g.revoked_at, g.revoked_by.as_str()),
+        (Some(160), "user:alice")
+    );
+    assert_eq!(
+        ended,
+        [("s1".to_owned(), a1.clone()), ("s2".to_owned(), a1.clone())]
+    );
+    assert_eq!(
+        s.revoked_sessions(&a1, 170).await.unwrap().len(),
+        2,
+        "pushed to the sidecars like an admin's revocation"
+    );
+    // Revoking again changes nothing; a session under the revoked grant
+    // is not opened, even when the grant was looked up before.
+    assert!(
+        s.revoke_grant("g-a1", None, "admin:root", 170)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut late = session("s4", "a1", 1000);
+    late.grant_id = Some("g-a1".into());
+    assert!(!s.open_session(&late, 10, 170).await.unwrap());
+    // Lists: live ones by default, all on request.
+    let live = s.list_grants(Some(alice), false, 170, 0).await.unwrap();
+    assert_eq!(
+        live.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+        ["g-type"]
+    );
+    let all = s.list_grants(None, true, 170, 0).await.unwrap();
+    assert_eq!(all.len(), 2);
+    // Pruned once past retention.
+    s.prune(7000).await.unwrap();
+    assert!(s.get_grant("g-a1").await.unwrap().is_none());
 }
