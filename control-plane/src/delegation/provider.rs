@@ -24,6 +24,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_DOCUMENT: usize = 256 * 1024;
 /// Most groups carried from a token into a session.
 pub const MAX_GROUPS: usize = 32;
+/// Most bytes of group names carried from a token into a session.
+pub const MAX_GROUPS_BYTES: usize = 2048;
 /// Longest mapped claim value carried.
 pub const MAX_CLAIM_LEN: usize = 256;
 
@@ -169,6 +171,10 @@ impl Provider {
             .map_err(|e| bad(format!("issuer {:?}: {e}", config.issuer)))?;
         if config.issuer.contains('#') || config.issuer.contains('?') {
             return Err(bad("issuer must not have a query or fragment".into()));
+        }
+        // A user is `<issuer>#<subject>`: kept within the audit log's field bound.
+        if config.issuer.len() > 512 {
+            return Err(bad("issuer must be at most 512 bytes".into()));
         }
         if let Some(j) = &config.jwks_uri {
             crate::http_client::target(j).map_err(|e| bad(format!("jwks_uri {j:?}: {e}")))?;
@@ -506,12 +512,20 @@ impl Provider {
                 .collect(),
             _ => Vec::new(),
         };
+        // Bounded in count and in bytes, so that the session token stays
+        // well within the sidecars' token bound.
+        let mut budget = MAX_GROUPS_BYTES;
         let mut groups: Vec<String> = groups
             .into_iter()
             .filter(|g| {
                 !g.is_empty() && g.len() <= MAX_CLAIM_LEN && !g.chars().any(char::is_control)
             })
             .take(MAX_GROUPS)
+            .take_while(|g| {
+                let fits = g.len() <= budget;
+                budget = budget.saturating_sub(g.len());
+                fits
+            })
             .collect();
         groups.sort();
         groups.dedup();
@@ -543,4 +557,97 @@ pub enum Failure {
     /// The provider's keys could not be had.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> Provider {
+        Provider::load(&ProviderConfig {
+            name: "corp".into(),
+            issuer: "https://idp.example".into(),
+            jwks_uri: None,
+            audiences: vec!["warden".into()],
+            algorithms: default_algorithms(),
+            clock_skew_secs: 60,
+            claims: ClaimMap {
+                tier: Some("tier".into()),
+                groups: Some("roles".into()),
+                email: Some("email".into()),
+            },
+            ca_file: None,
+            client_id: None,
+            client_secret_file: None,
+        })
+        .unwrap()
+    }
+
+    fn user(claims: serde_json::Value) -> oidc::User {
+        oidc::User {
+            issuer: "https://idp.example".into(),
+            subject: "alice".into(),
+            expires_at: 0,
+            claims: claims.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn mapped_claims_are_bounded_and_malformed_ones_left_out() {
+        let p = provider();
+        let a = p.attributes(&user(serde_json::json!({
+            "tier": "gold", "email": "a@example.com", "roles": ["b", "a", "b", "", "x\ny"],
+        })));
+        assert_eq!(a.tier.as_deref(), Some("gold"));
+        assert_eq!(a.email.as_deref(), Some("a@example.com"));
+        assert_eq!(a.groups, ["a", "b"]);
+        // A string group, a number tier, an over-long email.
+        let a = p.attributes(&user(serde_json::json!({
+            "tier": 3, "email": "e".repeat(300), "roles": "ops",
+        })));
+        assert_eq!(
+            (a.tier, a.email, a.groups),
+            (None, None, vec!["ops".to_owned()])
+        );
+        // Many long groups: at most MAX_GROUPS and MAX_GROUPS_BYTES.
+        let many: Vec<String> = (0..100).map(|i| format!("{i:0>200}")).collect();
+        let a = p.attributes(&user(serde_json::json!({ "roles": many })));
+        assert!(a.groups.len() <= MAX_GROUPS);
+        assert!(a.groups.iter().map(String::len).sum::<usize>() <= MAX_GROUPS_BYTES);
+        assert_eq!(a.groups.len(), MAX_GROUPS_BYTES / 200);
+    }
+
+    #[test]
+    fn bad_provider_settings_are_refused_naming_the_setting() {
+        let base = provider().config().clone();
+        for (tweak, says) in [
+            (
+                Box::new(|c: &mut ProviderConfig| c.issuer = "http://idp.example".into())
+                    as Box<dyn Fn(&mut ProviderConfig)>,
+                "plain http only to a loopback address",
+            ),
+            (Box::new(|c| c.audiences.clear()), "audiences"),
+            (Box::new(|c| c.algorithms = vec!["HS256".into()]), "HS256"),
+            (Box::new(|c| c.algorithms = vec!["none".into()]), "none"),
+            (Box::new(|c| c.clock_skew_secs = 301), "clock_skew_secs"),
+            (Box::new(|c| c.name = "bad name".into()), "name"),
+            (
+                Box::new(|c| c.issuer = "https://idp.example/#x".into()),
+                "fragment",
+            ),
+            (
+                Box::new(|c| c.issuer = format!("https://idp.example/{}", "a".repeat(600))),
+                "512 bytes",
+            ),
+            (
+                Box::new(|c| c.client_secret_file = Some("/nonexistent/secret".into())),
+                "client_secret_file",
+            ),
+        ] {
+            let mut c = base.clone();
+            tweak(&mut c);
+            let e = Provider::load(&c).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
 }
