@@ -679,6 +679,47 @@ async fn a_third_party_oauth_client_exchanges_a_user_token_for_a_session_token()
         d("no_certificate").starts_with("NO_CLIENT_CERTIFICATE"),
         "{out}"
     );
+
+    // curl, as the README shows it: the sidecar's identity file as the
+    // client certificate and key.
+    let args = vec![
+        "-sS".to_owned(),
+        "--cert".into(),
+        sc.data_dir
+            .join("identity/identity.pem")
+            .display()
+            .to_string(),
+        "--cacert".into(),
+        mesh.ca_path().display().to_string(),
+        format!(
+            "https://localhost:{}/oauth/token",
+            mesh.cp.oauth_addr.port()
+        ),
+        "-d".into(),
+        "grant_type=urn:ietf:params:oauth:grant-type:token-exchange".into(),
+        "-d".into(),
+        format!("subject_token_type={id_type}"),
+        "--data-urlencode".into(),
+        format!("subject_token={alice}"),
+        "-d".into(),
+        "scope=data:read".into(),
+    ];
+    let curl = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let answer: Value = serde_json::from_slice(&curl.stdout)
+        .unwrap_or_else(|_| panic!("curl: {}", String::from_utf8_lossy(&curl.stderr)));
+    assert_eq!(answer["scope"], "data:read", "{answer}");
+    assert!(
+        answer["access_token"]
+            .as_str()
+            .is_some_and(|t| t.len() > 100)
+    );
 }
 
 /// Runs `tests/python/consent_browser.py` (Selenium, headless chromium).
