@@ -297,3 +297,76 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delegation::ProviderConfig;
+
+    fn provider(name: &str, issuer: &str) -> ProviderConfig {
+        ProviderConfig {
+            name: name.into(),
+            issuer: issuer.into(),
+            jwks_uri: None,
+            audiences: vec!["warden".into()],
+            algorithms: vec!["RS256".into()],
+            clock_skew_secs: 60,
+            claims: Default::default(),
+            ca_file: None,
+            client_id: None,
+            client_secret_file: None,
+        }
+    }
+
+    #[test]
+    fn delegation_settings_are_checked() {
+        let base = Config::new("warden.local", Path::new("/tmp"));
+        base.validate().unwrap();
+        let mut ok = base.clone();
+        ok.identity_providers = vec![
+            provider("a", "https://a.example"),
+            provider("b", "https://b.example"),
+        ];
+        ok.public_url = Some("https://warden.example.com/".into());
+        ok.validate().unwrap();
+        let refused = |tweak: &dyn Fn(&mut Config), says: &str| {
+            let mut c = ok.clone();
+            tweak(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{says}: {e}");
+        };
+        refused(
+            &|c| {
+                c.identity_providers
+                    .push(provider("a", "https://c.example"))
+            },
+            "names and issuers must be unique",
+        );
+        refused(
+            &|c| {
+                c.identity_providers
+                    .push(provider("c", "https://a.example"))
+            },
+            "names and issuers must be unique",
+        );
+        refused(
+            &|c| {
+                c.identity_providers = (0..9)
+                    .map(|i| provider(&format!("p{i}"), &format!("https://{i}.example")))
+                    .collect();
+            },
+            "at most 8 identity_providers",
+        );
+        refused(
+            &|c| c.identity_providers[0].algorithms = vec!["none".into()],
+            "algorithm \"none\" is not accepted",
+        );
+        refused(&|c| c.public_url = Some("ftp://x".into()), "public_url");
+        refused(
+            &|c| c.public_url = Some("https://x.example/?a=b".into()),
+            "without a query",
+        );
+        refused(&|c| c.max_grant_days = 0, "max_grant_days");
+        refused(&|c| c.max_grant_days = 366, "max_grant_days");
+    }
+}

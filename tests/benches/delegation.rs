@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tonic::transport::Channel;
 use warden_shared::agent::AgentId;
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::identity_service_client::IdentityServiceClient;
@@ -96,18 +95,7 @@ async fn main() {
     .await
     .unwrap();
 
-    let mut channels: Vec<Channel> = Vec::new();
-    let mut sidecars = Vec::new();
-    for a in 0..AGENTS {
-        let sc = mesh
-            .agent(&format!("bench-{a}"), &["data:*"], 10_000)
-            .await
-            .unwrap();
-        let id = sc.identity.snapshot().current.clone().unwrap();
-        let key = std::fs::read_to_string(sc.data_dir.join("identity/identity.pem")).unwrap();
-        channels.push(mesh.mtls_channel(&id.cert_pem, &key).await.unwrap());
-        sidecars.push(sc);
-    }
+    let (channels, sidecars) = warden_tests::bench::enrolled_agents(&mesh, AGENTS).await;
     let channels = Arc::new(channels);
     // Every agent is of type `test`: one grant for the type covers them.
     let token = idp.mint(json!({"sub": "alice"})).await.unwrap();
@@ -125,35 +113,6 @@ async fn main() {
 
     // The sessions a phase opened: (agent index, session id).
     let opened: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
-    let issue = |delegated: bool| {
-        let (ch, token, opened) = (
-            Arc::clone(&channels),
-            Arc::clone(&token),
-            Arc::clone(&opened),
-        );
-        move |w: usize| {
-            let mut c = IdentityServiceClient::new(ch[w % AGENTS].clone());
-            let opened = Arc::clone(&opened);
-            let user_token = if delegated {
-                token.as_str().to_owned()
-            } else {
-                String::new()
-            };
-            async move {
-                let r = c
-                    .issue_token(pb::IssueTokenRequest {
-                        scopes: vec!["data:read".into()],
-                        user_token,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert!(!r.token.is_empty());
-                opened.lock().unwrap().push((w % AGENTS, r.session_id));
-            }
-        }
-    };
     let sidecars = Arc::new(sidecars);
     let clients = {
         let mut v = Vec::new();
@@ -162,31 +121,46 @@ async fn main() {
         }
         Arc::new(v)
     };
-    let start_session = |delegated: bool| {
-        let (clients, token, opened) = (
+    // One session start: `IssueToken` at the control plane, or
+    // `StartSession` through the agent's sidecar; with the user's token
+    // when delegated.
+    let start = |via_sidecar: bool, delegated: bool| {
+        let (ch, clients, token, opened) = (
+            Arc::clone(&channels),
             Arc::clone(&clients),
             Arc::clone(&token),
             Arc::clone(&opened),
         );
         move |w: usize| {
-            let mut c = clients[w % AGENTS].clone();
+            let a = w % AGENTS;
+            let mut cp = IdentityServiceClient::new(ch[a].clone());
+            let mut sc = clients[a].clone();
             let opened = Arc::clone(&opened);
+            let scopes = vec!["data:read".to_owned()];
             let user_token = if delegated {
                 token.as_str().to_owned()
             } else {
                 String::new()
             };
             async move {
-                let r = c
-                    .start_session(pb::StartSessionRequest {
-                        scopes: vec!["data:read".into()],
+                let session_id = if via_sidecar {
+                    let r = sc.start_session(pb::StartSessionRequest {
+                        scopes,
                         user_token,
                         ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                opened.lock().unwrap().push((w % AGENTS, r.session_id));
+                    });
+                    r.await.unwrap().into_inner().session_id
+                } else {
+                    let r = cp.issue_token(pb::IssueTokenRequest {
+                        scopes,
+                        user_token,
+                        ..Default::default()
+                    });
+                    let r = r.await.unwrap().into_inner();
+                    assert!(!r.token.is_empty());
+                    r.session_id
+                };
+                opened.lock().unwrap().push((a, session_id));
             }
         }
     };
@@ -214,9 +188,9 @@ async fn main() {
         }
     };
     // Warm-up: connections, the provider's keys, SQLite's pages.
-    drive(issue(true)).await;
+    drive(start(false, true)).await;
     end_all().await;
-    drive(start_session(false)).await;
+    drive(start(true, false)).await;
     end_all().await;
     let reads = idp.jwks_reads().await.unwrap();
 
@@ -225,7 +199,14 @@ async fn main() {
         ("StartSession through a sidecar", true),
     ] {
         println!();
-        println!("{name} (store: SQLite, synchronous=FULL):");
+        println!(
+            "{name} (store: SQLite, synchronous={}):",
+            if std::env::var("BENCH_NORMAL").is_err() {
+                "FULL"
+            } else {
+                "NORMAL"
+            }
+        );
         println!(
             "  pair   plain/s   delegated/s   ratio   plain p50/p99 µs   delegated p50/p99 µs"
         );
@@ -233,17 +214,9 @@ async fn main() {
         let mut plain_rates = Vec::new();
         let mut delegated_rates = Vec::new();
         for r in 0..rounds {
-            let plain = if via_sidecar {
-                drive(start_session(false)).await
-            } else {
-                drive(issue(false)).await
-            };
+            let plain = drive(start(via_sidecar, false)).await;
             end_all().await;
-            let delegated = if via_sidecar {
-                drive(start_session(true)).await
-            } else {
-                drive(issue(true)).await
-            };
+            let delegated = drive(start(via_sidecar, true)).await;
             end_all().await;
             let ratio = delegated.rate / plain.rate;
             println!(

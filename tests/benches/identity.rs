@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use warden_shared::agent::AgentId;
@@ -100,18 +99,7 @@ async fn main() {
         .unwrap();
 
     // Agents with enrolled sidecar identities; their mTLS channels carry the load.
-    let mut channels: Vec<Channel> = Vec::new();
-    let mut sidecars = Vec::new();
-    for a in 0..AGENTS {
-        let sc = mesh
-            .agent(&format!("bench-{a}"), &["data:*"], 10_000)
-            .await
-            .unwrap();
-        let id = sc.identity.snapshot().current.clone().unwrap();
-        let key = std::fs::read_to_string(sc.data_dir.join("identity/identity.pem")).unwrap();
-        channels.push(mesh.mtls_channel(&id.cert_pem, &key).await.unwrap());
-        sidecars.push(sc);
-    }
+    let (channels, sidecars) = warden_tests::bench::enrolled_agents(&mesh, AGENTS).await;
     let channels = Arc::new(channels);
 
     // Warm-up: connections, JIT-free but caches and allocators settle.

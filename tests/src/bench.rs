@@ -357,3 +357,25 @@ pub async fn http_upstream(
     });
     addr
 }
+
+/// Registers `n` agents `bench-0…` (scopes `data:*`, 10,000 sessions each)
+/// with enrolled sidecars; returns an mTLS channel to the control plane
+/// under each agent's identity, and the sidecars.
+pub async fn enrolled_agents(
+    mesh: &crate::Mesh,
+    n: usize,
+) -> (Vec<tonic::transport::Channel>, Vec<crate::Sidecar>) {
+    let mut channels = Vec::new();
+    let mut sidecars = Vec::new();
+    for a in 0..n {
+        let sc = mesh
+            .agent(&format!("bench-{a}"), &["data:*"], 10_000)
+            .await
+            .unwrap();
+        let id = sc.identity.snapshot().current.clone().unwrap();
+        let key = std::fs::read_to_string(sc.data_dir.join("identity/identity.pem")).unwrap();
+        channels.push(mesh.mtls_channel(&id.cert_pem, &key).await.unwrap());
+        sidecars.push(sc);
+    }
+    (channels, sidecars)
+}

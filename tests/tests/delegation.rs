@@ -486,6 +486,27 @@ async fn a_revoked_grant_ends_its_live_sessions_at_the_sidecar() {
         Code::NotFound,
         "GRANT_NOT_FOUND",
     );
+    // Malformed admin requests: refused, nothing revoked.
+    assert_refused(
+        admin
+            .revoke_grant(pb::RevokeGrantRequest {
+                grant_id: String::new(),
+                reason: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_refused(
+        admin
+            .list_grants(pb::ListGrantsRequest {
+                user_id: "u".repeat(513),
+                all: true,
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
 
     // An admin revokes a fresh grant: the same path.
     let consent = consent_flow(json!({"action": "approve", "url": url, "user": "alice"})).await;
@@ -720,6 +741,18 @@ async fn a_third_party_oauth_client_exchanges_a_user_token_for_a_session_token()
             .as_str()
             .is_some_and(|t| t.len() > 100)
     );
+    // Only the three good exchanges opened sessions; every refusal opened none.
+    let open = mesh
+        .cp
+        .state
+        .store
+        .open_sessions(
+            &warden_shared::agent::AgentId::new("a1").unwrap(),
+            warden_control_plane::now_unix(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(open, 3);
 }
 
 /// Runs `tests/python/consent_browser.py` (Selenium, headless chromium).
