@@ -15,7 +15,9 @@ use warden_shared::audit::{
 };
 use warden_shared::merkle::{self, Frontier, Hash, Node};
 
-use crate::store::{self, AuditAppend, AuditKey, AuditRow, Store, StoredHead};
+use crate::store::{
+    self, AuditAppend, AuditGuard, AuditKey, AuditRow, BuildAppend, Store, StoredHead,
+};
 
 /// Events appended in one transaction, at most.
 const MAX_BATCH_EVENTS: usize = 8192;
@@ -54,6 +56,10 @@ enum Msg {
         source: String,
         events: Vec<Incoming>,
         done: oneshot::Sender<Result<u64, Error>>,
+    },
+    Guarded {
+        guarded: Box<(Event, AuditGuard)>,
+        done: oneshot::Sender<Result<bool, Error>>,
     },
     Sign {
         done: oneshot::Sender<Result<StoredHead, Error>>,
@@ -226,6 +232,21 @@ impl AuditLog {
         .map(|_| ())
     }
 
+    /// Does what `guard` says and records `event` for it in one
+    /// transaction: both or neither. Whether the guard took effect (the
+    /// event is recorded only if it did).
+    pub async fn record_guarded(&self, event: Event, guard: AuditGuard) -> Result<bool, Error> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Guarded {
+                guarded: Box::new((event, guard)),
+                done,
+            })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
     /// Records an event of the control plane's own, logging (not
     /// returning) a failure: for acts already done that must not be undone
     /// because their record failed.
@@ -283,9 +304,106 @@ struct Task {
     size: watch::Sender<u64>,
 }
 
-type Waiter = (oneshot::Sender<Result<u64, Error>>, String);
-/// A source's events and who waits for them.
-type Pending = (String, Vec<Incoming>, oneshot::Sender<Result<u64, Error>>);
+/// What waits in a batch.
+enum Pending {
+    /// A source's events.
+    Events(String, Vec<Incoming>, oneshot::Sender<Result<u64, Error>>),
+    /// One of the control plane's events and the write it stands for.
+    Guarded(
+        Box<(Event, AuditGuard)>,
+        oneshot::Sender<Result<bool, Error>>,
+    ),
+}
+
+impl Pending {
+    fn source(&self) -> &str {
+        match self {
+            Self::Events(source, ..) => source,
+            Self::Guarded(..) => CONTROL_PLANE_SOURCE,
+        }
+    }
+
+    fn fail(self, e: Error) {
+        match self {
+            Self::Events(.., done) => drop(done.send(Err(e))),
+            Self::Guarded(.., done) => drop(done.send(Err(e))),
+        }
+    }
+}
+
+/// Who is answered once a batch commits.
+enum Waiter {
+    /// With the source's last stored number.
+    Events(oneshot::Sender<Result<u64, Error>>, String),
+    /// With whether the guard (its index in the batch) took effect.
+    Guarded(oneshot::Sender<Result<bool, Error>>, usize),
+}
+
+/// A batch's events from one caller, as the append is built from them.
+struct Part {
+    source: String,
+    events: Vec<Incoming>,
+    /// The index of the guard the events stand for.
+    guard: Option<usize>,
+}
+
+/// The tree and the sources' numbers after an append.
+type Built = (Frontier, HashMap<String, u64>);
+
+/// Numbers a batch's events and hashes them into the tree, from the tree
+/// and each source's last stored number as they were: the append, and the
+/// tree and numbers after it. Events a source shipped before are skipped;
+/// events whose guard did not take effect are left out.
+fn build(
+    mut frontier: Frontier,
+    mut seqs: HashMap<String, u64>,
+    parts: Vec<Part>,
+    took: &[bool],
+    received_ms: i64,
+) -> (AuditAppend, Built) {
+    let mut append = AuditAppend::default();
+    for Part {
+        source,
+        events,
+        guard,
+    } in parts
+    {
+        if guard.is_some_and(|i| !took.get(i).copied().unwrap_or(false)) {
+            continue;
+        }
+        let mut last = seqs.get(&source).copied().unwrap_or(0);
+        for Incoming { seq, event } in events {
+            let seq = match seq {
+                Some(s) if s <= last => continue,
+                Some(s) => s,
+                None => last + 1,
+            };
+            last = seq;
+            let row = AuditRow {
+                position: frontier.size(),
+                time_ms: event.time_ms,
+                kind: event.kind.clone(),
+                agent: event.agent.clone(),
+                session: event.session.clone(),
+                tool: event.tool.clone(),
+                outcome: event.outcome.clone(),
+                record: Record {
+                    v: RECORD_VERSION,
+                    source: source.clone(),
+                    seq,
+                    received_ms,
+                    event,
+                }
+                .to_bytes(),
+            };
+            frontier.push(merkle::leaf_hash(&row.record), &mut append.nodes);
+            append.rows.push(row);
+        }
+        seqs.insert(source, last);
+    }
+    append.sources = seqs.iter().map(|(s, n)| (s.clone(), *n)).collect();
+    (append, (frontier, seqs))
+}
 
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, interval: Duration) {
@@ -350,7 +468,11 @@ impl Task {
                     done,
                 } => {
                     events += e.len();
-                    batch.push((source, e, done));
+                    batch.push(Pending::Events(source, e, done));
+                }
+                Msg::Guarded { guarded, done } => {
+                    events += 1;
+                    batch.push(Pending::Guarded(guarded, done));
                 }
                 Msg::Sign { done } => {
                     self.commit(std::mem::take(&mut batch)).await;
@@ -372,74 +494,237 @@ impl Task {
         if batch.is_empty() {
             return;
         }
-        let mut frontier = self.frontier.clone();
+        // Each source's last stored number, before the transaction.
         let mut seqs: HashMap<String, u64> = HashMap::new();
-        let mut append = AuditAppend::default();
-        let mut waiters: Vec<Waiter> = Vec::new();
-        let received_ms = crate::now_unix_ms();
-        for (source, events, done) in batch {
-            let mut last = match seqs.get(&source) {
-                Some(s) => *s,
-                None => match self.seq(&source).await {
-                    Ok(s) => s,
+        let mut parts = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        let mut guards = Vec::new();
+        for p in batch {
+            if !seqs.contains_key(p.source()) {
+                match self.seq(p.source()).await {
+                    Ok(s) => {
+                        seqs.insert(p.source().to_owned(), s);
+                    }
                     Err(e) => {
-                        let _ = done.send(Err(e));
+                        p.fail(e);
                         continue;
                     }
-                },
-            };
-            for Incoming { seq, event } in events {
-                let seq = match seq {
-                    Some(s) if s <= last => continue,
-                    Some(s) => s,
-                    None => last + 1,
-                };
-                last = seq;
-                let row = AuditRow {
-                    position: frontier.size(),
-                    time_ms: event.time_ms,
-                    kind: event.kind.clone(),
-                    agent: event.agent.clone(),
-                    session: event.session.clone(),
-                    tool: event.tool.clone(),
-                    outcome: event.outcome.clone(),
-                    record: Record {
-                        v: RECORD_VERSION,
-                        source: source.clone(),
-                        seq,
-                        received_ms,
-                        event,
-                    }
-                    .to_bytes(),
-                };
-                frontier.push(merkle::leaf_hash(&row.record), &mut append.nodes);
-                append.rows.push(row);
+                }
             }
-            seqs.insert(source.clone(), last);
-            waiters.push((done, source));
+            match p {
+                Pending::Events(source, events, done) => {
+                    waiters.push(Waiter::Events(done, source.clone()));
+                    parts.push(Part {
+                        source,
+                        events,
+                        guard: None,
+                    });
+                }
+                Pending::Guarded(guarded, done) => {
+                    let (event, guard) = *guarded;
+                    waiters.push(Waiter::Guarded(done, guards.len()));
+                    parts.push(Part {
+                        source: CONTROL_PLANE_SOURCE.into(),
+                        events: vec![Incoming { seq: None, event }],
+                        guard: Some(guards.len()),
+                    });
+                    guards.push(guard);
+                }
+            }
         }
-        append.sources = seqs.iter().map(|(s, n)| (s.clone(), *n)).collect();
-        let result = if append.rows.is_empty() {
-            Ok(())
+        if waiters.is_empty() {
+            return;
+        }
+        let (frontier, received_ms) = (self.frontier.clone(), crate::now_unix_ms());
+        let (result, built) = if guards.is_empty() {
+            let (append, built) = build(frontier, seqs, parts, &[], received_ms);
+            let result = if append.rows.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.store.audit_append(append).await.map(|()| Vec::new())
+            };
+            (result, Some(built))
         } else {
-            self.store.audit_append(append).await
+            // Built inside the transaction, once the guards have run; what it
+            // leaves the tree at comes back through `after`.
+            let after: Arc<std::sync::Mutex<Option<Built>>> = Arc::default();
+            let slot = Arc::clone(&after);
+            let make: BuildAppend = Box::new(move |took: &[bool]| {
+                let (append, built) = build(frontier, seqs, parts, took, received_ms);
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(built);
+                }
+                append
+            });
+            let result = self.store.audit_append_guarded(guards, make).await;
+            let built = after.lock().ok().and_then(|mut s| s.take());
+            (result, built)
         };
-        match result {
-            Ok(()) => {
+        match (result, built) {
+            (Ok(took), Some((frontier, seqs))) => {
                 self.frontier = frontier;
                 self.seqs.extend(seqs);
                 self.size.send_replace(self.frontier.size());
-                for (done, source) in waiters {
-                    let _ = done.send(Ok(self.seqs.get(&source).copied().unwrap_or(0)));
+                for w in waiters {
+                    match w {
+                        Waiter::Events(done, source) => {
+                            let _ = done.send(Ok(self.seqs.get(&source).copied().unwrap_or(0)));
+                        }
+                        Waiter::Guarded(done, i) => {
+                            let _ = done.send(Ok(took.get(i).copied().unwrap_or(false)));
+                        }
+                    }
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "could not append to the audit log");
-                let msg = e.to_string();
-                for (done, _) in waiters {
-                    let _ = done.send(Err(Error::Store(store::Error::Commit(msg.clone()))));
+            (result, _) => {
+                let msg = match result {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "the append was not built".to_owned(),
+                };
+                tracing::error!(error = %msg, "could not append to the audit log");
+                for w in waiters {
+                    let e = || Error::Store(store::Error::Commit(msg.clone()));
+                    match w {
+                        Waiter::Events(done, _) => drop(done.send(Err(e()))),
+                        Waiter::Guarded(done, _) => drop(done.send(Err(e()))),
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use crate::store::testing::{agent, session};
+    use warden_shared::agent::AgentId;
+
+    async fn log() -> (AuditLog, Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("w.db"), false)
+                .await
+                .unwrap(),
+        );
+        store.create_agent(&agent("a1", 5)).await.unwrap();
+        let log = AuditLog::open(Arc::clone(&store), "td".into(), Duration::from_secs(3600))
+            .await
+            .unwrap();
+        (log, store, dir)
+    }
+
+    fn opening(id: &str) -> (Event, AuditGuard) {
+        let mut e = event("session.started", ActorKind::Agent, "a1");
+        e.session = id.into();
+        let session = session(id, "a1", 1000);
+        (
+            e,
+            AuditGuard::OpenSession {
+                session,
+                max: 5,
+                now: 150,
+            },
+        )
+    }
+
+    /// Every stored record, decoded, and the root over them.
+    async fn stored(store: &dyn Store) -> (Vec<Record>, Hash) {
+        let size = store.audit_size().await.unwrap();
+        let entries = store.audit_entries(0, size, 10_000, false).await.unwrap();
+        assert_eq!(entries.len() as u64, size);
+        let leaves: Vec<Hash> = entries
+            .iter()
+            .map(|e| merkle::leaf_hash(&e.record))
+            .collect();
+        let records = entries
+            .iter()
+            .map(|e| Record::from_bytes(&e.record).unwrap())
+            .collect();
+        (records, merkle::root(&leaves))
+    }
+
+    #[tokio::test]
+    async fn a_guarded_event_is_recorded_only_with_its_write() {
+        let (log, store, _d) = log().await;
+        // Twelve openings race six plain events; the cap is five sessions.
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let (e, g) = opening(&format!("s{i}"));
+                log.record_guarded(e, g).await.map(|took| took as u64)
+            }));
+        }
+        for i in 0..6 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut e = event("agent.suspended", ActorKind::Human, "root");
+                e.detail.insert("n".into(), i.to_string());
+                log.record(e).await.map(|()| 0)
+            }));
+        }
+        let mut opened = 0;
+        for t in tasks {
+            opened += t.await.unwrap().unwrap();
+        }
+        assert_eq!(opened, 5);
+        let a1 = AgentId::new("a1").unwrap();
+        assert_eq!(store.open_sessions(&a1, 150).await.unwrap(), 5);
+
+        let (records, root) = stored(store.as_ref()).await;
+        assert_eq!(records.len(), 11, "5 sessions and 6 plain events");
+        assert_eq!(*log.size.borrow(), 11);
+        // Numbered without gaps: a refused opening takes no number.
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
+        // Each recorded opening is an open session (and there are five of each).
+        let recorded: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.event.kind == "session.started")
+            .collect();
+        assert_eq!(recorded.len(), 5);
+        for r in recorded {
+            assert!(
+                store.end_session(&a1, &r.event.session, 150).await.unwrap(),
+                "{} recorded but not opened",
+                r.event.session
+            );
+        }
+        // The tree the log holds is the tree over what was stored.
+        let head = log.sign().await.unwrap();
+        assert_eq!((head.head.size, head.head.root), (11, root));
+        let from_nodes = over_stored(store.as_ref(), |n| merkle::stored_root(11, n))
+            .await
+            .unwrap();
+        assert_eq!(from_nodes, root);
+    }
+
+    #[tokio::test]
+    async fn a_failed_guard_records_nothing_and_opens_nothing() {
+        let (log, store, _d) = log().await;
+        let (e, g) = opening("s1");
+        assert!(log.record_guarded(e, g).await.unwrap());
+        // The same session id again: the insert fails, so does the append.
+        let (mut e, mut g) = opening("s1");
+        e.detail.insert("again".into(), "1".into());
+        let AuditGuard::OpenSession { session, .. } = &mut g;
+        session.jti = "j-other".into();
+        assert!(matches!(
+            log.record_guarded(e, g).await,
+            Err(Error::Store(_))
+        ));
+        let (records, root) = stored(store.as_ref()).await;
+        assert_eq!(records.len(), 1);
+        assert_eq!(*log.size.borrow(), 1);
+        // The log goes on from where it was.
+        let (e, g) = opening("s2");
+        assert!(log.record_guarded(e, g).await.unwrap());
+        let (records, _) = stored(store.as_ref()).await;
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        let head = log.sign().await.unwrap();
+        assert_ne!(head.head.root, root);
+        assert_eq!(head.head.root, stored(store.as_ref()).await.1);
     }
 }

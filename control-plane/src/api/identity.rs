@@ -24,7 +24,7 @@ use crate::auth;
 use crate::delegation::VerifiedUser;
 use crate::identity::ca::{self, Signed};
 use crate::state::State;
-use crate::store::{Agent, Grant, IssuedCert, JoinTokenUse, NewSession};
+use crate::store::{Agent, AuditGuard, Grant, IssuedCert, JoinTokenUse, NewSession};
 use crate::{now_unix, timestamp};
 
 /// Longest join token accepted.
@@ -666,11 +666,76 @@ pub(crate) async fn issue(
         expires_at: exp,
         grant_id: grant.as_ref().map(|g| g.id.clone()),
     };
-    let opened = state
-        .store
-        .open_session(&session, agent.max_sessions, now)
-        .await
-        .map_err(store_error)?;
+    let spiffe = caller.id.to_string();
+    let claims = Claims {
+        iss: state.td.control_plane().to_string(),
+        sub: if user_id.is_empty() {
+            spiffe.clone()
+        } else {
+            user_id.clone()
+        },
+        aud: spiffe.clone(),
+        exp,
+        iat: now,
+        jti: session.jti.clone(),
+        client_id: spiffe.clone(),
+        scope: scope_str,
+        sid: session.id.clone(),
+        cnf: Confirmation {
+            x5t_s256: thumbprint,
+        },
+        constraints: Constraints { max_tool_calls },
+        ctx: req.context.into_iter().collect(),
+        // RFC 8693 §4.1: the agent acts for the verified user.
+        act: delegated.as_ref().map(|_| Actor {
+            sub: spiffe.clone(),
+        }),
+        usr: delegated
+            .as_ref()
+            .zip(grant.as_ref())
+            .map(|(u, g)| Delegation {
+                grant: g.id.clone(),
+                tier: u.attributes.tier.clone(),
+                email: u.attributes.email.clone(),
+                groups: u.attributes.groups.clone(),
+            }),
+    };
+    let token = state.keys.current().active.sign(&claims).map_err(|e| {
+        tracing::error!(error = %e, "token signing failed");
+        status(Reason::Internal, "token signing failed")
+    })?;
+    let mut e = crate::audit::event("session.started", ActorKind::Agent, agent_id.as_str());
+    e.agent = agent_id.to_string();
+    e.session.clone_from(&session.id);
+    e.user.clone_from(&session.user_id);
+    e.outcome = "ok".into();
+    e.detail.insert("scopes".into(), claims.scope.clone());
+    e.detail.insert("expires_at".into(), exp.to_string());
+    if let Some(s) = &step_up {
+        e.approval.clone_from(&s.approval_id);
+    }
+    if let (Some(u), Some(g)) = (&delegated, &grant) {
+        e.detail.insert("user_verified".into(), "true".into());
+        e.detail.insert("act".into(), claims.client_id.clone());
+        e.detail.insert("grant".into(), g.id.clone());
+        e.detail.insert("provider".into(), u.provider.clone());
+    } else if !user_id.is_empty() {
+        e.detail.insert("user_verified".into(), "false".into());
+    }
+    // The session and its audit event are committed together: no session
+    // without its record, and one durable commit for both.
+    let guard = AuditGuard::OpenSession {
+        session: session.clone(),
+        max: agent.max_sessions,
+        now,
+    };
+    let opened = state.audit.record_guarded(e, guard).await.map_err(|e| {
+        tracing::error!(error = %e, "could not open a session and record it");
+        status(
+            Reason::StoreUnavailable,
+            "the control plane's store failed; retry later",
+        )
+    })?;
     if !opened {
         // Revoked (or lapsed) between the lookup and the insert.
         if let Some(g) = &grant {
@@ -699,64 +764,7 @@ pub(crate) async fn issue(
             ),
         ));
     }
-    let spiffe = caller.id.to_string();
-    let claims = Claims {
-        iss: state.td.control_plane().to_string(),
-        sub: if user_id.is_empty() {
-            spiffe.clone()
-        } else {
-            user_id.clone()
-        },
-        aud: spiffe.clone(),
-        exp,
-        iat: now,
-        jti: session.jti,
-        client_id: spiffe.clone(),
-        scope: scope_str,
-        sid: session.id.clone(),
-        cnf: Confirmation {
-            x5t_s256: thumbprint,
-        },
-        constraints: Constraints { max_tool_calls },
-        ctx: req.context.into_iter().collect(),
-        // RFC 8693 §4.1: the agent acts for the verified user.
-        act: delegated.as_ref().map(|_| Actor {
-            sub: spiffe.clone(),
-        }),
-        usr: delegated
-            .as_ref()
-            .zip(grant.as_ref())
-            .map(|(u, g)| Delegation {
-                grant: g.id.clone(),
-                tier: u.attributes.tier.clone(),
-                email: u.attributes.email.clone(),
-                groups: u.attributes.groups.clone(),
-            }),
-    };
-    let token = state.keys.current().active.sign(&claims).map_err(|e| {
-        tracing::error!(error = %e, "token signing failed");
-        status(Reason::Internal, "token signing failed")
-    })?;
     tracing::info!(agent = %agent_id, session = %session.id, scopes = %claims.scope, exp, "session token issued");
-    let mut e = crate::audit::event("session.started", ActorKind::Agent, agent_id.as_str());
-    e.agent = agent_id.to_string();
-    e.session.clone_from(&session.id);
-    e.user.clone_from(&session.user_id);
-    e.outcome = "ok".into();
-    e.detail.insert("scopes".into(), claims.scope.clone());
-    e.detail.insert("expires_at".into(), exp.to_string());
-    if let Some(s) = &step_up {
-        e.approval.clone_from(&s.approval_id);
-    }
-    if let (Some(u), Some(g)) = (&delegated, &grant) {
-        e.detail.insert("user_verified".into(), "true".into());
-        e.detail.insert("act".into(), claims.client_id.clone());
-        e.detail.insert("grant".into(), g.id.clone());
-        e.detail.insert("provider".into(), u.provider.clone());
-    } else if !user_id.is_empty() {
-        e.detail.insert("user_verified".into(), "false".into());
-    }
-    state.audit.note(e).await;
     Ok(pb::IssueTokenResponse {
         token,
         session_id: session.id,

@@ -41,6 +41,26 @@ pub struct AuditAppend {
     pub sources: Vec<(String, u64)>,
 }
 
+/// A write an audit event stands for, run in the append's own transaction
+/// before its entries: the event is appended only if the write took effect,
+/// and neither is committed without the other.
+#[derive(Clone, Debug)]
+pub enum AuditGuard {
+    /// Opens a session, with the checks of [`super::Store::open_session`].
+    OpenSession {
+        /// The session.
+        session: super::NewSession,
+        /// The agent's most open sessions.
+        max: u32,
+        /// Unix seconds.
+        now: i64,
+    },
+}
+
+/// Makes an append once the guards have run, from their outcomes (one per
+/// guard, in order: whether it took effect).
+pub type BuildAppend = Box<dyn FnOnce(&[bool]) -> AuditAppend + Send>;
+
 /// A signed tree head as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredHead {
@@ -105,6 +125,13 @@ pub trait AuditStore: Send + Sync {
     /// Appends entries, subtree heads and source positions in one
     /// transaction.
     async fn audit_append(&self, batch: AuditAppend) -> Result<()>;
+    /// Runs `guards` in order, then appends what `build` makes of their
+    /// outcomes, all in one transaction; the outcomes.
+    async fn audit_append_guarded(
+        &self,
+        guards: Vec<AuditGuard>,
+        build: BuildAppend,
+    ) -> Result<Vec<bool>>;
     /// Entries in the log.
     async fn audit_size(&self) -> Result<u64>;
     /// Subtree heads, `None` for those not stored.

@@ -7,7 +7,10 @@ mod sqlite;
 use async_trait::async_trait;
 use warden_shared::agent::{AgentId, AgentStatus};
 
-pub use audit::{AuditAppend, AuditEntry, AuditKey, AuditQuery, AuditRow, AuditStore, StoredHead};
+pub use audit::{
+    AuditAppend, AuditEntry, AuditGuard, AuditKey, AuditQuery, AuditRow, AuditStore, BuildAppend,
+    StoredHead,
+};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -584,8 +587,25 @@ pub trait Store: AuditStore + Send + Sync + std::fmt::Debug + 'static {
 /// Records for tests.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::Agent;
+    use super::{Agent, NewSession};
     use warden_shared::agent::{AgentId, AgentStatus};
+
+    /// Session `id` of `agent`, created at 100, expiring at `exp`.
+    pub(crate) fn session(id: &str, agent: &str, exp: i64) -> NewSession {
+        NewSession {
+            id: id.into(),
+            agent_id: AgentId::new(agent).unwrap(),
+            user_id: String::new(),
+            scopes: "data:read".into(),
+            context: "{}".into(),
+            jti: format!("j-{id}"),
+            thumbprint: "t".into(),
+            max_tool_calls: 0,
+            created_at: 100,
+            expires_at: exp,
+            grant_id: None,
+        }
+    }
 
     /// An active agent `id` with at most `max` sessions.
     pub(crate) fn agent(id: &str, max: u32) -> Agent {

@@ -90,6 +90,47 @@ impl SqliteStore {
     }
 }
 
+/// Opens a session if its agent has fewer than `max` open and its grant (if
+/// any) is live: checked and inserted in one statement on the single
+/// writer, so concurrent opens cannot overshoot the cap nor outlive a
+/// revocation. Whether it was opened.
+async fn insert_session(
+    c: &mut SqliteConnection,
+    s: &NewSession,
+    max: u32,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        // Numbered throughout: sqlx binds `?` and `?NNN` mixed in one
+        // statement to the wrong values.
+        "INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+         WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions
+                WHERE agent_id = ?12 AND ended_at IS NULL AND expires_at > ?13 LIMIT ?14)) < ?15
+           AND (?11 IS NULL OR EXISTS (SELECT 1 FROM grants
+                WHERE id = ?11 AND revoked_at IS NULL AND expires_at > ?13))",
+    )
+    .bind(&s.id)
+    .bind(s.agent_id.as_str())
+    .bind(&s.user_id)
+    .bind(&s.scopes)
+    .bind(&s.context)
+    .bind(&s.jti)
+    .bind(&s.thumbprint)
+    .bind(i64::from(s.max_tool_calls))
+    .bind(s.created_at)
+    .bind(s.expires_at)
+    .bind(&s.grant_id)
+    .bind(s.agent_id.as_str())
+    .bind(now)
+    // Counting stops at the cap: the check costs O(max), not O(open).
+    .bind(i64::from(max))
+    .bind(i64::from(max))
+    .execute(&mut *c)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
@@ -353,43 +394,9 @@ impl Store for SqliteStore {
     }
 
     async fn open_session(&self, session: &NewSession, max: u32, now: i64) -> Result<bool> {
-        // Check and insert in one statement on the single writer, so
-        // concurrent opens cannot overshoot the cap.
         let s = session.clone();
-        self.write(move |c| {
-            Box::pin(async move {
-                let r = sqlx::query(
-                    // Numbered throughout: sqlx binds `?` and `?NNN` mixed
-                    // in one statement to the wrong values.
-                    "INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
-                     WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions
-                            WHERE agent_id = ?12 AND ended_at IS NULL AND expires_at > ?13 LIMIT ?14)) < ?15
-                       AND (?11 IS NULL OR EXISTS (SELECT 1 FROM grants
-                            WHERE id = ?11 AND revoked_at IS NULL AND expires_at > ?13))",
-                )
-                .bind(&s.id)
-                .bind(s.agent_id.as_str())
-                .bind(&s.user_id)
-                .bind(&s.scopes)
-                .bind(&s.context)
-                .bind(&s.jti)
-                .bind(&s.thumbprint)
-                .bind(i64::from(s.max_tool_calls))
-                .bind(s.created_at)
-                .bind(s.expires_at)
-                .bind(&s.grant_id)
-                .bind(s.agent_id.as_str())
-                .bind(now)
-                // Counting stops at the cap: the check costs O(max), not O(open).
-                .bind(i64::from(max))
-                .bind(i64::from(max))
-                .execute(&mut *c)
-                .await?;
-                Ok(r.rows_affected() == 1)
-            })
-        })
-        .await
+        self.write(move |c| Box::pin(async move { insert_session(c, &s, max, now).await }))
+            .await
     }
 
     async fn end_session(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool> {

@@ -8,7 +8,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use warden_shared::audit::TreeHead;
 use warden_shared::merkle::{Hash, Node};
 
-use super::super::audit::{AuditAppend, AuditEntry, AuditKey, AuditQuery, AuditStore, StoredHead};
+use super::super::audit::{
+    AuditAppend, AuditEntry, AuditGuard, AuditKey, AuditQuery, AuditStore, BuildAppend, StoredHead,
+};
 use super::super::{Error, Result};
 use super::SqliteStore;
 
@@ -108,6 +110,28 @@ impl AuditStore for SqliteStore {
     async fn audit_append(&self, batch: AuditAppend) -> Result<()> {
         self.write_all(move |c| Box::pin(async move { append(c, batch).await }))
             .await
+    }
+
+    async fn audit_append_guarded(
+        &self,
+        guards: Vec<AuditGuard>,
+        build: BuildAppend,
+    ) -> Result<Vec<bool>> {
+        self.write_all(move |c| {
+            Box::pin(async move {
+                let mut took = Vec::with_capacity(guards.len());
+                for g in &guards {
+                    took.push(match g {
+                        AuditGuard::OpenSession { session, max, now } => {
+                            super::insert_session(&mut *c, session, *max, *now).await?
+                        }
+                    });
+                }
+                append(c, build(&took)).await?;
+                Ok(took)
+            })
+        })
+        .await
     }
 
     async fn audit_size(&self) -> Result<u64> {

@@ -1,7 +1,7 @@
 use super::*;
 
 use crate::store::Grantee;
-use crate::store::testing::agent;
+use crate::store::testing::{agent, session};
 
 async fn store() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -9,22 +9,6 @@ async fn store() -> (SqliteStore, tempfile::TempDir) {
         .await
         .unwrap();
     (s, dir)
-}
-
-fn session(id: &str, agent: &str, exp: i64) -> NewSession {
-    NewSession {
-        id: id.into(),
-        agent_id: AgentId::new(agent).unwrap(),
-        user_id: String::new(),
-        scopes: "data:read".into(),
-        context: "{}".into(),
-        jti: format!("j-{id}"),
-        thumbprint: "t".into(),
-        max_tool_calls: 0,
-        created_at: 100,
-        expires_at: exp,
-        grant_id: None,
-    }
 }
 
 #[tokio::test]
