@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cedar_policy::{Authorizer, Decision as CedarDecision};
+use tokio::task::JoinHandle;
 use tonic::Code;
 use warden_shared::policy::{Policy, Risk, approval_binding};
 use warden_shared::proto::v1 as pb;
@@ -262,6 +263,8 @@ const MAX_REASON: usize = 1024;
 const MAX_NOT_WAITED: usize = 4096;
 /// Each call to the desk, at most.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts to withdraw the request of a call that went away.
+const WITHDRAW_ATTEMPTS: u32 = 4;
 
 /// The arguments as approvers see them: values the schema marks sensitive
 /// (`writeOnly: true` or `x-sensitive: true`) and strings holding one of
@@ -308,40 +311,96 @@ struct Ticket {
 pub struct Desk {
     cp: Arc<ControlPlane>,
     state: Arc<State>,
-    not_waited: Mutex<HashSet<String>>,
+    /// Requests filed by calls that asked not to wait: they stand until
+    /// decided, whoever else waits for them.
+    not_waited: Arc<Mutex<HashSet<String>>>,
 }
 
-/// Withdraws a request when the call waiting for it goes away first.
-struct Withdraw<'a> {
-    desk: &'a Desk,
-    id: Option<String>,
+/// What a waiting call has filed, for [`Withdraw`].
+enum Filed {
+    /// The filing, not answered yet.
+    InFlight(JoinHandle<Result<pb::RequestApprovalResponse, Refusal>>),
+    /// The pending request.
+    Pending(String),
 }
 
-impl Drop for Withdraw<'_> {
+/// Withdraws what a waiting call filed when the call goes away first: at
+/// once when the desk has answered the filing, or once it does (a call
+/// abandoned mid-filing must not leave its request standing until its
+/// deadline).
+struct Withdraw {
+    cp: Arc<ControlPlane>,
+    not_waited: Arc<Mutex<HashSet<String>>>,
+    filed: Option<Filed>,
+}
+
+impl Drop for Withdraw {
     fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
-        if self.desk.asked_without_waiting(&id) {
-            return;
-        }
-        let Ok(mut client) = self.desk.cp.approval_client() else {
+        let Some(filed) = self.filed.take() else {
             return;
         };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let mut req = tonic::Request::new(pb::CancelApprovalRequest { id: id.clone() });
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (cp, not_waited) = (Arc::clone(&self.cp), Arc::clone(&self.not_waited));
+        rt.spawn(async move {
+            let id = match filed {
+                Filed::Pending(id) => id,
+                Filed::InFlight(filing) => match filing.await {
+                    Ok(Ok(r)) if r.status() == pb::ApprovalStatus::Pending => r.id,
+                    _ => return,
+                },
+            };
+            if contains(&not_waited, &id) {
+                return;
+            }
+            withdraw(&cp, &id).await;
+        });
+    }
+}
+
+/// Withdraws request `id` for a call that went away: a few attempts, since
+/// nobody is left to see a failure.
+async fn withdraw(cp: &ControlPlane, id: &str) {
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1..=WITHDRAW_ATTEMPTS {
+        let answer = match cp.approval_client() {
+            Ok(mut c) => {
+                let mut req = tonic::Request::new(pb::CancelApprovalRequest { id: id.to_owned() });
                 req.set_timeout(RPC_TIMEOUT);
-                match client.cancel_approval(req).await {
-                    Ok(r) if r.get_ref().cancelled => {
-                        tracing::info!(approval = %id, "approval request withdrawn: the waiting call went away");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(approval = %id, error = %e.message(), "could not withdraw an approval request");
-                    }
+                c.cancel_approval(req).await
+            }
+            Err(s) => Err(s),
+        };
+        match answer {
+            Ok(r) => {
+                if r.get_ref().cancelled {
+                    tracing::info!(approval = %id, "approval request withdrawn: the waiting call went away");
                 }
-            });
+                return;
+            }
+            Err(e) if attempt < WITHDRAW_ATTEMPTS && transient(e.code()) => {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => {
+                tracing::warn!(approval = %id, error = %e.message(), "could not withdraw an approval request");
+                return;
+            }
         }
     }
+}
+
+/// Whether a failed desk call may pass if tried again.
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
+    )
+}
+
+fn contains(set: &Mutex<HashSet<String>>, id: &str) -> bool {
+    set.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
 }
 
 fn refuse(reason: Reason, message: impl Into<String>) -> Refusal {
@@ -362,15 +421,8 @@ impl Desk {
         Self {
             cp,
             state,
-            not_waited: Mutex::default(),
+            not_waited: Arc::default(),
         }
-    }
-
-    fn asked_without_waiting(&self, id: &str) -> bool {
-        self.not_waited
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
     }
 
     fn remember_not_waited(&self, id: &str) {
@@ -412,10 +464,16 @@ impl Desk {
                 .unwrap_or(u32::MAX),
             by_user,
         };
+        let mut withdraw = Withdraw {
+            cp: Arc::clone(&self.cp),
+            not_waited: Arc::clone(&self.not_waited),
+            filed: None,
+        };
         // An approval an identical call spent first sends this one round
         // again, for its own; a few rounds at most.
         for _ in 0..3 {
-            let t = self.file(&filing, until).await?;
+            let guard = (!call.no_wait).then_some(&mut withdraw);
+            let t = self.file(&filing, until, guard).await?;
             let decision = match t.status {
                 pb::ApprovalStatus::Approved => Decision::Approved,
                 pb::ApprovalStatus::Denied => Decision::Denied {
@@ -443,16 +501,13 @@ impl Desk {
                     .approval(&t.id));
                 }
                 _ => {
-                    let mut withdraw = Withdraw {
-                        desk: self,
-                        id: Some(t.id.clone()),
-                    };
+                    withdraw.filed = Some(Filed::Pending(t.id.clone()));
                     let decided = self
                         .state
                         .approvals
                         .wait(&t.id, until.min(t.deadline))
                         .await;
-                    withdraw.id = None;
+                    withdraw.filed = None;
                     match decided {
                         Some(d) => d,
                         None if !self.state.link().connected => {
@@ -499,14 +554,37 @@ impl Desk {
         &self,
         filing: &pb::RequestApprovalRequest,
         until: tokio::time::Instant,
+        withdraw: Option<&mut Withdraw>,
     ) -> Result<Ticket, Refusal> {
-        let r = self
-            .retrying(until, |mut c| {
+        // A task of its own, so that a call going away mid-filing can still
+        // withdraw what the desk files.
+        let (cp, filing) = (Arc::clone(&self.cp), filing.clone());
+        let task = tokio::spawn(async move {
+            retrying(&cp, until, |mut c| {
                 let mut req = tonic::Request::new(filing.clone());
                 req.set_timeout(RPC_TIMEOUT);
                 async move { c.request_approval(req).await }
             })
-            .await?;
+            .await
+        });
+        let answered = match withdraw {
+            Some(w) => {
+                let task = w.filed.insert(Filed::InFlight(task));
+                let Filed::InFlight(task) = task else {
+                    unreachable!("just inserted")
+                };
+                let answered = task.await;
+                w.filed = None;
+                answered
+            }
+            None => task.await,
+        };
+        let r = answered.map_err(|_| {
+            refuse(
+                Reason::ApprovalUnavailable,
+                "the filing of the approval request failed",
+            )
+        })??;
         let now = crate::now_unix();
         let left = r
             .deadline
@@ -531,60 +609,59 @@ impl Desk {
     ) -> Result<Option<String>, Refusal> {
         // Spending may outlast the deadline a little: the decision is in.
         let until = until.max(tokio::time::Instant::now() + RPC_TIMEOUT);
-        let r = self
-            .retrying(until, |mut c| {
-                let mut req = tonic::Request::new(pb::UseApprovalRequest {
-                    binding: binding.to_owned(),
-                });
-                req.set_timeout(RPC_TIMEOUT);
-                async move { c.use_approval(req).await }
-            })
-            .await?;
+        let r = retrying(&self.cp, until, |mut c| {
+            let mut req = tonic::Request::new(pb::UseApprovalRequest {
+                binding: binding.to_owned(),
+            });
+            req.set_timeout(RPC_TIMEOUT);
+            async move { c.use_approval(req).await }
+        })
+        .await?;
         Ok(r.used.then_some(r.id))
     }
+}
 
-    /// Runs `rpc` until it answers, retrying what may pass (the control
-    /// plane unreachable or failing) with backoff until `until`.
-    async fn retrying<T, F, Fut>(&self, until: tokio::time::Instant, rpc: F) -> Result<T, Refusal>
-    where
-        F: Fn(ApprovalServiceClient<tonic::transport::Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let status = match self.cp.approval_client() {
-                Ok(c) => match tokio::time::timeout_at(until, rpc(c)).await {
-                    Ok(Ok(r)) => return Ok(r.into_inner()),
-                    Ok(Err(s)) => s,
-                    Err(_) => tonic::Status::deadline_exceeded("the approval's deadline passed"),
-                },
-                Err(s) => s,
+/// Runs `rpc` until it answers, retrying what may pass (the control plane
+/// unreachable or failing) with backoff until `until`.
+async fn retrying<T, F, Fut>(
+    cp: &ControlPlane,
+    until: tokio::time::Instant,
+    rpc: F,
+) -> Result<T, Refusal>
+where
+    F: Fn(ApprovalServiceClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let status = match cp.approval_client() {
+            Ok(c) => match tokio::time::timeout_at(until, rpc(c)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) => s,
+                Err(_) => tonic::Status::deadline_exceeded("the approval's deadline passed"),
+            },
+            Err(s) => s,
+        };
+        if !transient(status.code()) {
+            tracing::warn!(code = ?status.code(), error = %status.message(), "the approval desk refused");
+            let reason = if status.code() == Code::ResourceExhausted {
+                Reason::RateLimited
+            } else {
+                Reason::ApprovalUnavailable
             };
-            let transient = matches!(
-                status.code(),
-                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
-            );
-            if !transient {
-                tracing::warn!(code = ?status.code(), error = %status.message(), "the approval desk refused");
-                let reason = if status.code() == Code::ResourceExhausted {
-                    Reason::RateLimited
-                } else {
-                    Reason::ApprovalUnavailable
-                };
-                return Err(refuse(
-                    reason,
-                    format!("the approval desk refused: {}", status.message()),
-                ));
-            }
-            if tokio::time::Instant::now() + backoff >= until {
-                tracing::warn!(code = ?status.code(), error = %status.message(), "the approval desk stayed out of reach");
-                return Err(refuse(
-                    Reason::ApprovalUnavailable,
-                    "the control plane could not be reached to ask for approval before the deadline",
-                ));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            return Err(refuse(
+                reason,
+                format!("the approval desk refused: {}", status.message()),
+            ));
         }
+        if tokio::time::Instant::now() + backoff >= until {
+            tracing::warn!(code = ?status.code(), error = %status.message(), "the approval desk stayed out of reach");
+            return Err(refuse(
+                Reason::ApprovalUnavailable,
+                "the control plane could not be reached to ask for approval before the deadline",
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
