@@ -105,10 +105,10 @@ cedar: |
   when { context.arguments.text == "forbidden" };
 "#;
 
-/// The sidecar process.
-fn child_main(config: &str) {
-    bench::json_logs(&std::env::var("WARDEN_BENCH_LOG").unwrap_or_else(|_| "info".into()));
-    let rt = match std::env::var("WARDEN_BENCH_RT").as_deref() {
+/// The runtime of the sidecar's process (and the relay's):
+/// `WARDEN_BENCH_RT=current|N`, tokio's default otherwise.
+fn child_runtime() -> tokio::runtime::Runtime {
+    match std::env::var("WARDEN_BENCH_RT").as_deref() {
         Ok("current") => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -119,9 +119,142 @@ fn child_main(config: &str) {
             .build()
             .unwrap(),
         Err(_) => tokio::runtime::Runtime::new().unwrap(),
-    };
+    }
+}
+
+/// The sidecar process.
+fn child_main(config: &str) {
+    bench::json_logs(&std::env::var("WARDEN_BENCH_LOG").unwrap_or_else(|_| "info".into()));
+    let rt = child_runtime();
     let cfg = bench::sidecar_config(config);
     rt.block_on(bench::serve_sidecar(cfg, |sc| sc.agent_addr.unwrap()));
+}
+
+/// The bare relay: the agent API's server as the sidecar runs it (tonic,
+/// the same per-connection limit, `TCP_NODELAY`), whose `CallTool` sends
+/// the arguments to the upstream with the sidecar's own HTTP client and
+/// answers with what came back, and nothing else: no token check, no
+/// stages, no audit event, no output inspection. It measures what the
+/// transport parts cost on their own on this machine, the figure any
+/// sidecar built from them can at best reach.
+struct Relay {
+    clients: warden_sidecar::gateway::execute::http::Clients,
+    upstream: warden_shared::policy::Upstream,
+    secrets: std::collections::HashMap<String, warden_sidecar::gateway::execute::secrets::Secret>,
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for Relay {
+    async fn ping(
+        &self,
+        _: tonic::Request<pb::PingRequest>,
+    ) -> Result<tonic::Response<pb::PingResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::PingResponse {}))
+    }
+
+    async fn call_tool(
+        &self,
+        req: tonic::Request<pb::CallToolRequest>,
+    ) -> Result<tonic::Response<pb::CallToolResponse>, tonic::Status> {
+        use warden_sidecar::gateway::execute::http;
+        let args: serde_json::Value = serde_json::from_str(&req.get_ref().arguments_json)
+            .map_err(|_| tonic::Status::invalid_argument("arguments"))?;
+        let out = http::call(
+            &self.clients,
+            http::Call {
+                upstream: &self.upstream,
+                args: &args,
+                secrets: &self.secrets,
+                call_id: "relay",
+                trace_id: "",
+                timeout: Duration::from_secs(5),
+                max_bytes: 1 << 20,
+            },
+        )
+        .await
+        .map_err(|_| tonic::Status::unavailable("upstream"))?;
+        Ok(tonic::Response::new(pb::CallToolResponse {
+            call_id: "relay".into(),
+            content: out.content,
+            content_type: out.content_type,
+            upstream_status: u32::from(out.status),
+            is_error: out.status >= 400,
+            redactions: 0,
+        }))
+    }
+
+    async fn start_session(
+        &self,
+        _: tonic::Request<pb::StartSessionRequest>,
+    ) -> Result<tonic::Response<pb::StartSessionResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("relay"))
+    }
+
+    async fn end_session(
+        &self,
+        _: tonic::Request<pb::EndSessionRequest>,
+    ) -> Result<tonic::Response<pb::EndSessionResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("relay"))
+    }
+
+    async fn who_am_i(
+        &self,
+        _: tonic::Request<pb::WhoAmIRequest>,
+    ) -> Result<tonic::Response<pb::WhoAmIResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("relay"))
+    }
+
+    async fn list_tools(
+        &self,
+        _: tonic::Request<pb::ListToolsRequest>,
+    ) -> Result<tonic::Response<pb::ListToolsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("relay"))
+    }
+
+    async fn authorize(
+        &self,
+        _: tonic::Request<pb::AuthorizeRequest>,
+    ) -> Result<tonic::Response<pb::AuthorizeResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("relay"))
+    }
+
+    async fn confirm_call(
+        &self,
+        _: tonic::Request<pb::ConfirmCallRequest>,
+    ) -> Result<tonic::Response<pb::ConfirmCallResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("relay"))
+    }
+}
+
+/// The relay's process: prints its address, serves until stdin closes.
+fn relay_main(upstream: &str) {
+    use warden_sidecar::gateway::execute::secrets::Secret;
+    let rt = child_runtime();
+    rt.block_on(async {
+        let relay = Relay {
+            clients: Default::default(),
+            upstream: serde_json::from_value(serde_json::json!({
+                "kind": "http",
+                "address": format!("http://{upstream}/ok"),
+                "method": "POST",
+                "headers": { "Authorization": "Bearer ${secret:key}" },
+            }))
+            .unwrap(),
+            secrets: [("key".to_owned(), Secret::new(SECRET.into()))].into(),
+        };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("READY {}", l.local_addr().unwrap());
+        let server = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(64)
+            .add_service(pb::agent_service_server::AgentServiceServer::new(relay))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                async {
+                    let _ = tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await;
+                },
+            );
+        server.await.unwrap();
+    });
 }
 
 /// The upstream process: prints its address, serves until stdin closes.
@@ -331,10 +464,15 @@ const RATIO_NAMES: [&str; 5] = [
     "CallTool max / two-hop ceiling      (goal ≥ 0.70)",
 ];
 
-fn summary(name: &str, rounds: &[Round]) {
+/// Prints the medians over `rounds` (the `Authorize` figures only when
+/// `authorize`: the relay has none).
+fn summary(name: &str, rounds: &[Round], authorize: bool) {
     println!("\n{name}: medians over {} rounds", rounds.len());
     let per: Vec<[f64; 5]> = rounds.iter().map(Round::ratios).collect();
     for (i, n) in RATIO_NAMES.iter().enumerate() {
+        if !authorize && i < 2 {
+            continue;
+        }
         let v: Vec<f64> = per.iter().map(|r| r[i]).collect();
         println!(
             "  {n}: {:.2}   (rounds: {})",
@@ -374,6 +512,11 @@ async fn main() {
     }
     if std::env::var("WARDEN_BENCH_UPSTREAM").is_ok() {
         return tokio::task::spawn_blocking(upstream_main).await.unwrap();
+    }
+    if let Ok(up) = std::env::var("WARDEN_BENCH_RELAY") {
+        return tokio::task::spawn_blocking(move || relay_main(&up))
+            .await
+            .unwrap();
     }
     // Logs as the sidecar writes them (JSON, info), to nowhere: the
     // in-process figure pays for formatting every audit event.
@@ -432,6 +575,19 @@ async fn main() {
             .unwrap();
         channels.push(ch);
     }
+    // The bare relay in a process of its own, reached the same way.
+    let (mut relay_child, relay_addr) = spawn_child("WARDEN_BENCH_RELAY", &up.to_string());
+    let relay_pid = relay_child.id();
+    let mut relay_channels = Vec::new();
+    for _ in 0..CALLERS {
+        let ch: Channel = Endpoint::from_shared(format!("http://{relay_addr}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .unwrap();
+        relay_channels.push(ch);
+    }
     let mut first = AgentServiceClient::with_interceptor(channels[0].clone(), AgentAuth::default());
     let session = first
         .start_session(pb::StartSessionRequest {
@@ -447,6 +603,13 @@ async fn main() {
     };
     let agents: Agents = Arc::new(
         channels
+            .iter()
+            .map(|c| AgentServiceClient::with_interceptor(c.clone(), auth.clone()))
+            .collect(),
+    );
+    // The same token goes to the relay, which does not look at it.
+    let relays: Agents = Arc::new(
+        relay_channels
             .iter()
             .map(|c| AgentServiceClient::with_interceptor(c.clone(), auth.clone()))
             .collect(),
@@ -474,6 +637,9 @@ async fn main() {
         assert!(agent_op(&agents, what)(0).await, "{what} fails");
     }
     assert!(direct(0).await, "the direct call fails");
+    for what in ["ping", "upstream_ok"] {
+        assert!(agent_op(&relays, what)(0).await, "the relay's {what} fails");
+    }
 
     // h2load's inputs: request bodies and headers.
     let files = tempfile::tempdir().unwrap();
@@ -548,7 +714,7 @@ async fn main() {
             .line(op);
         return;
     }
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("\nround {round}");
         let mut o = Round::default();
@@ -571,7 +737,30 @@ async fn main() {
         let c = with_cpu(pid, drive(None, agent_op(&agents, "upstream_ok"))).await;
         c.line("CallTool → HTTP upstream");
         (o.floor_max, o.direct_max, o.call_max) = (f.rate, d.rate, c.rate);
+
+        // The bare relay, against this round's direct phases.
+        let mut r = Round {
+            direct: o.direct.clone(),
+            direct_max: o.direct_max,
+            ..Round::default()
+        };
+        println!("  bare relay, own client, {RATE}/s:");
+        r.floor = with_cpu(relay_pid, drive(Some(RATE), agent_op(&relays, "ping"))).await;
+        r.floor.line("relay floor (Ping)");
+        r.call = with_cpu(
+            relay_pid,
+            drive(Some(RATE), agent_op(&relays, "upstream_ok")),
+        )
+        .await;
+        r.call.line("relay CallTool → HTTP upstream");
+        println!("  bare relay, own client, flat out:");
+        let f = with_cpu(relay_pid, drive(None, agent_op(&relays, "ping"))).await;
+        f.line("relay floor (Ping)");
+        let c = with_cpu(relay_pid, drive(None, agent_op(&relays, "upstream_ok"))).await;
+        c.line("relay CallTool → HTTP upstream");
+        (r.floor_max, r.call_max) = (f.rate, c.rate);
         ours.push(o);
+        relayed.push(r);
 
         let mut t = Round::default();
         let upstream_url = format!("http://{up}/ok");
@@ -618,14 +807,19 @@ async fn main() {
         (t.floor_max, t.direct_max, t.call_max) = (f.rate, d.rate, c.rate);
         theirs.push(t);
     }
-    summary("own client", &ours);
-    summary("h2load", &theirs);
+    summary("own client", &ours, true);
+    summary("h2load", &theirs, true);
+    summary(
+        "bare relay (own client; the same direct phases): tonic server + the sidecar's HTTP client, nothing else",
+        &relayed,
+        false,
+    );
     println!(
         "\nsidecar RSS: idle {:.1} MiB (goal ≤ 25), after the runs {:.1} MiB",
         idle_rss as f64 / 1024.0,
         rss_kib(pid) as f64 / 1024.0
     );
-    for c in [&mut child, &mut up_child] {
+    for c in [&mut child, &mut up_child, &mut relay_child] {
         drop(c.stdin.take());
         let _ = c.kill();
         let _ = c.wait();
