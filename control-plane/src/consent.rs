@@ -299,7 +299,9 @@ async fn asked(state: &State, agent: &str, scope_text: &str) -> Result<Asked, Re
         .get_agent(&id)
         .await
         .map_err(|e| store_failed(&e))?
-        .filter(|a| a.status == AgentStatus::Active)
+        .filter(|a| {
+            a.status == AgentStatus::Active && a.expires_at.is_none_or(|t| t > crate::now_unix())
+        })
         .ok_or_else(|| bad(format!("Agent {id} is not registered or not active.")))?;
     let names: Vec<String> = scope_text
         .split(' ')

@@ -91,15 +91,19 @@ pub async fn serve(
             s = Arc::clone(&slots).acquire_owned() => s?,
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
-        let (sock, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "token endpoint: accept failed");
-                    continue;
-                }
-            },
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            // (The guard `wait_for` returns must not live across awaits.)
+            () = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(()),
+        };
+        let (sock, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, say: not a reason to spin.
+                tracing::warn!(error = %e, "token endpoint: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let _ = sock.set_nodelay(true);
         let (acceptor, router, mut stop) = (acceptor.clone(), router.clone(), stop.clone());
