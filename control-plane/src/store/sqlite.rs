@@ -1,6 +1,7 @@
 //! SQLite backend: the embedded default. WAL journal, foreign keys on, and
 //! every multi-step change in one statement or one transaction.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -9,7 +10,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Connection, Row, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::mpsc;
 use warden_shared::agent::{AgentId, AgentStatus};
 
@@ -90,45 +91,69 @@ impl SqliteStore {
     }
 }
 
-/// Opens a session if its agent has fewer than `max` open and its grant (if
-/// any) is live: checked and inserted in one statement on the single
-/// writer, so concurrent opens cannot overshoot the cap nor outlive a
-/// revocation. Whether it was opened.
-async fn insert_session(
-    c: &mut SqliteConnection,
-    s: &NewSession,
-    max: u32,
-    now: i64,
-) -> Result<bool> {
-    let r = sqlx::query(
-        // Numbered throughout: sqlx binds `?` and `?NNN` mixed in one
-        // statement to the wrong values.
-        "INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
-         WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions
-                WHERE agent_id = ?12 AND ended_at IS NULL AND expires_at > ?13 LIMIT ?14)) < ?15
-           AND (?11 IS NULL OR EXISTS (SELECT 1 FROM grants
-                WHERE id = ?11 AND revoked_at IS NULL AND expires_at > ?13))",
-    )
-    .bind(&s.id)
-    .bind(s.agent_id.as_str())
-    .bind(&s.user_id)
-    .bind(&s.scopes)
-    .bind(&s.context)
-    .bind(&s.jti)
-    .bind(&s.thumbprint)
-    .bind(i64::from(s.max_tool_calls))
-    .bind(s.created_at)
-    .bind(s.expires_at)
-    .bind(&s.grant_id)
-    .bind(s.agent_id.as_str())
-    .bind(now)
-    // Counting stops at the cap: the check costs O(max), not O(open).
-    .bind(i64::from(max))
-    .bind(i64::from(max))
-    .execute(&mut *c)
-    .await?;
-    Ok(r.rows_affected() == 1)
+/// A session to open: the session, its agent's most open sessions, now.
+pub(super) type Opening<'a> = (&'a NewSession, u32, i64);
+
+/// Sessions per statement (14 parameters each: well under SQLite's 32,766).
+const OPEN_CHUNK: usize = 500;
+
+/// Opens sessions, each only if its agent has fewer than its `max` open and
+/// its grant (if any) is live, as if inserted one after another: whether
+/// each was opened. One statement per chunk, not one per session (each
+/// statement is a round trip to SQLite's thread): within a chunk, a
+/// session counts the agent's open sessions before the statement plus its
+/// agent's earlier sessions in the chunk that pass the grant check. The
+/// single writer runs it, so concurrent opens cannot overshoot a cap nor
+/// outlive a revocation.
+async fn insert_sessions(c: &mut SqliteConnection, open: &[Opening<'_>]) -> Result<Vec<bool>> {
+    let mut opened = Vec::with_capacity(open.len());
+    for chunk in open.chunks(OPEN_CHUNK) {
+        // Counting stops at the largest cap: O(max), not O(open).
+        let cap = chunk.iter().map(|(_, max, _)| *max).max().unwrap_or(0);
+        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            "WITH batch (ord, id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id, cap, now) AS (",
+        );
+        q.push_values(chunk.iter().enumerate(), |mut b, (i, (s, max, now))| {
+            b.push_bind(i64::try_from(i).unwrap_or(i64::MAX))
+                .push_bind(&s.id)
+                .push_bind(s.agent_id.as_str())
+                .push_bind(&s.user_id)
+                .push_bind(&s.scopes)
+                .push_bind(&s.context)
+                .push_bind(&s.jti)
+                .push_bind(&s.thumbprint)
+                .push_bind(i64::from(s.max_tool_calls))
+                .push_bind(s.created_at)
+                .push_bind(s.expires_at)
+                .push_bind(&s.grant_id)
+                .push_bind(i64::from(*max))
+                .push_bind(*now);
+        });
+        q.push(
+            "), live AS (
+               SELECT * FROM batch b WHERE b.grant_id IS NULL OR EXISTS (SELECT 1 FROM grants g
+                 WHERE g.id = b.grant_id AND g.revoked_at IS NULL AND g.expires_at > b.now)
+             ), ranked AS (
+               SELECT *, ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY ord) AS rn FROM live
+             )
+             INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id)
+             SELECT id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id
+             FROM ranked r
+             WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions s
+                    WHERE s.agent_id = r.agent_id AND s.ended_at IS NULL AND s.expires_at > r.now
+                    LIMIT ",
+        );
+        q.push_bind(i64::from(cap));
+        q.push(")) + r.rn <= r.cap ORDER BY r.ord RETURNING id");
+        let ids: Vec<String> = q
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_all(&mut *c)
+            .await?;
+        let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        opened.extend(chunk.iter().map(|(s, ..)| ids.contains(s.id.as_str())));
+    }
+    Ok(opened)
 }
 
 fn json_list(v: &[String]) -> String {
@@ -395,8 +420,10 @@ impl Store for SqliteStore {
 
     async fn open_session(&self, session: &NewSession, max: u32, now: i64) -> Result<bool> {
         let s = session.clone();
-        self.write(move |c| Box::pin(async move { insert_session(c, &s, max, now).await }))
-            .await
+        let opened = self
+            .write(move |c| Box::pin(async move { insert_sessions(c, &[(&s, max, now)]).await }))
+            .await?;
+        Ok(opened.first().copied().unwrap_or(false))
     }
 
     async fn end_session(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool> {

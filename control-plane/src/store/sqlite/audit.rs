@@ -119,14 +119,13 @@ impl AuditStore for SqliteStore {
     ) -> Result<Vec<bool>> {
         self.write_all(move |c| {
             Box::pin(async move {
-                let mut took = Vec::with_capacity(guards.len());
-                for g in &guards {
-                    took.push(match g {
-                        AuditGuard::OpenSession { session, max, now } => {
-                            super::insert_session(&mut *c, session, *max, *now).await?
-                        }
-                    });
-                }
+                let open: Vec<super::Opening<'_>> = guards
+                    .iter()
+                    .map(|g| match g {
+                        AuditGuard::OpenSession { session, max, now } => (session, *max, *now),
+                    })
+                    .collect();
+                let took = super::insert_sessions(&mut *c, &open).await?;
                 append(c, build(&took)).await?;
                 Ok(took)
             })

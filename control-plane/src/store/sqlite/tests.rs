@@ -693,3 +693,85 @@ async fn grants_are_found_for_an_agent_or_its_type_and_revoked_with_their_sessio
     s.prune(7000).await.unwrap();
     assert!(s.get_grant("g-a1").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn sessions_opened_together_hold_each_cap_as_if_opened_one_by_one() {
+    use crate::store::{AuditAppend, AuditGuard, AuditStore};
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 2)).await.unwrap();
+    s.create_agent(&agent("a2", 1)).await.unwrap();
+    let alice = "https://idp#alice";
+    let a1 = AgentId::new("a1").unwrap();
+    s.insert_grant(&grant("g-live", alice, Grantee::Agent(a1.clone()), 5000))
+        .await
+        .unwrap();
+    s.insert_grant(&grant("g-gone", alice, Grantee::Agent(a1.clone()), 5000))
+        .await
+        .unwrap();
+    s.revoke_grant("g-gone", None, "admin:root", 120)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.open_session(&session("s0", "a1", 1000), 2, 150)
+            .await
+            .unwrap()
+    );
+    let open = |id: &str, agent: &str, max: u32, grant: Option<&str>| {
+        let mut session = session(id, agent, 1000);
+        session.grant_id = grant.map(str::to_owned);
+        AuditGuard::OpenSession {
+            session,
+            max,
+            now: 150,
+        }
+    };
+    // a1 has one open of two: the revoked grant's session takes no slot,
+    // the next one takes the last, the one after finds none; a2 its own.
+    let guards = vec![
+        open("s1", "a1", 2, Some("g-gone")),
+        open("s2", "a1", 2, Some("g-live")),
+        open("s3", "a1", 2, None),
+        open("s4", "a2", 1, None),
+        open("s5", "a2", 1, None),
+    ];
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    let took = s
+        .audit_append_guarded(
+            guards,
+            Box::new(move |took: &[bool]| {
+                record.lock().unwrap().extend_from_slice(took);
+                AuditAppend::default()
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(took, [false, true, false, true, false]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        took,
+        "the append is built from the outcomes"
+    );
+    assert_eq!(s.open_sessions(&a1, 150).await.unwrap(), 2);
+    assert_eq!(
+        s.open_sessions(&AgentId::new("a2").unwrap(), 150)
+            .await
+            .unwrap(),
+        1
+    );
+    // A session that cannot be stored fails the whole append: nothing of
+    // it is kept.
+    let failing = vec![open("s6", "a2", 5, None), open("s4", "a2", 5, None)];
+    assert!(
+        s.audit_append_guarded(failing, Box::new(|_| AuditAppend::default()))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        s.open_sessions(&AgentId::new("a2").unwrap(), 150)
+            .await
+            .unwrap(),
+        1
+    );
+}
