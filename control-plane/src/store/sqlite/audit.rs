@@ -35,9 +35,12 @@ fn hash(table: &'static str, v: &[u8]) -> Result<Hash> {
         .map_err(|_| corrupt(table, "a hash is not 32 bytes"))
 }
 
+/// Writes an append: its entries, subtrees and sources' numbers, in one
+/// round trip to SQLite's thread (one query of several statements).
 async fn append(c: &mut SqliteConnection, batch: AuditAppend) -> Result<()> {
+    let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new("");
     for chunk in batch.rows.chunks(LOG_CHUNK) {
-        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+        q.push(
             "INSERT INTO audit_log (position, record, time_ms, kind, agent, session, tool, outcome) ",
         );
         q.push_values(chunk, |mut b, r| {
@@ -50,29 +53,31 @@ async fn append(c: &mut SqliteConnection, batch: AuditAppend) -> Result<()> {
                 .push_bind(r.tool.as_str())
                 .push_bind(r.outcome.as_str());
         });
-        q.build().persistent(false).execute(&mut *c).await?;
+        q.push("; ");
     }
     for chunk in batch.nodes.chunks(TREE_CHUNK) {
-        let mut q: QueryBuilder<'_, Sqlite> =
-            QueryBuilder::new("INSERT INTO audit_tree (level, idx, hash) ");
+        q.push("INSERT INTO audit_tree (level, idx, hash) ");
         q.push_values(chunk, |mut b, (n, h)| {
             b.push_bind(i64::from(n.level))
                 .push_bind(int(n.index))
                 .push_bind(h.as_slice());
         });
-        q.build().persistent(false).execute(&mut *c).await?;
+        q.push("; ");
     }
     for (source, seq) in &batch.sources {
-        sqlx::query(
-            "INSERT INTO audit_sources (source, last_seq) VALUES (?, ?)
-             ON CONFLICT (source) DO UPDATE SET last_seq = excluded.last_seq
-             WHERE excluded.last_seq > audit_sources.last_seq",
-        )
-        .bind(source)
-        .bind(int(*seq))
-        .execute(&mut *c)
-        .await?;
+        q.push("INSERT INTO audit_sources (source, last_seq) VALUES (");
+        q.push_bind(source.as_str());
+        q.push(", ");
+        q.push_bind(int(*seq));
+        q.push(
+            ") ON CONFLICT (source) DO UPDATE SET last_seq = excluded.last_seq
+             WHERE excluded.last_seq > audit_sources.last_seq; ",
+        );
     }
+    if q.sql().is_empty() {
+        return Ok(());
+    }
+    q.build().persistent(false).execute(&mut *c).await?;
     Ok(())
 }
 

@@ -162,8 +162,10 @@ async fn a_refused_write_does_not_affect_others_in_its_batch() {
 async fn a_multi_statement_write_is_all_or_nothing() {
     let (s, _d) = store().await;
     s.rotate_signing_key("k1", b"one", 100).await.unwrap();
-    // Same kid again: the INSERT fails, so the UPDATE retiring k1 must not stay.
-    assert!(s.rotate_signing_key("k1", b"again", 200).await.is_err());
+    // Same kid again: the INSERT fails, so the UPDATE retiring k1 must not
+    // stay; the caller gets the statement's own error, not a commit failure.
+    let refused = s.rotate_signing_key("k1", b"again", 200).await;
+    assert!(matches!(refused, Err(Error::Database(_))), "{refused:?}");
     let keys = s.signing_keys().await.unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(

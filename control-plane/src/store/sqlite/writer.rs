@@ -120,12 +120,15 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>)
             drop(batch);
             continue;
         }
+        // A job alone in its batch needs no savepoint (each is a round
+        // trip to SQLite's thread): undoing it is rolling back the batch.
+        let alone = batch.len() == 1;
+        let mut undo = false;
         let mut fatal = None;
         let mut jobs = batch.into_iter();
         for j in jobs.by_ref() {
-            if j.multi
-                && let Err(e) = exec(&mut conn, "SAVEPOINT w").await
-            {
+            let savepoint = j.multi && !alone;
+            if savepoint && let Err(e) = exec(&mut conn, "SAVEPOINT w").await {
                 // Dropping the job answers its caller with an error.
                 fatal = Some(format!("savepoint: {e}"));
                 break;
@@ -136,7 +139,8 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>)
                 fatal = Some("a write failed; the batch was rolled back".to_owned());
                 break;
             }
-            if j.multi {
+            undo = j.multi && alone && how != Outcome::Ok;
+            if savepoint {
                 if how != Outcome::Ok
                     && let Err(e) = exec(&mut conn, "ROLLBACK TO w").await
                 {
@@ -158,6 +162,13 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>)
                     tracing::error!(error = %e, "store: rollback failed");
                 }
                 Err(why)
+            }
+            // The job refused stays refused, with its own error.
+            None if undo => {
+                if let Err(e) = exec(&mut conn, "ROLLBACK").await {
+                    tracing::error!(error = %e, "store: rollback failed");
+                }
+                Ok(())
             }
             None => match exec(&mut conn, "COMMIT").await {
                 Ok(()) => Ok(()),
