@@ -20,6 +20,7 @@ use super::{
     PolicyApply, PolicyMeta, Result, Store, StoredKey,
 };
 
+mod cache;
 mod writer;
 
 /// SQLite-backed [`Store`]: reads on a pool, writes through one writer task
@@ -28,6 +29,7 @@ mod writer;
 pub struct SqliteStore {
     pool: SqlitePool,
     writes: mpsc::Sender<writer::Job>,
+    agents: std::sync::Arc<cache::Agents>,
 }
 
 impl SqliteStore {
@@ -53,7 +55,11 @@ impl SqliteStore {
         let conn = SqliteConnection::connect_with(&opts).await?;
         let (writes, rx) = mpsc::channel(writer::QUEUE);
         tokio::spawn(writer::run(conn, rx));
-        Ok(Self { pool, writes })
+        Ok(Self {
+            pool,
+            writes,
+            agents: std::sync::Arc::default(),
+        })
     }
 
     /// Queues a single-statement write and waits until it is committed.
@@ -211,8 +217,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_agent(&self, a: &Agent) -> Result<()> {
+        let id = a.id.clone();
         let a = a.clone();
-        self.write(move |c| {
+        let r = self.write(move |c| {
             Box::pin(async move {
                 let r = sqlx::query(
                     "INSERT INTO agents (id, agent_type, version, owner, environment, created_at, updated_at,
@@ -242,15 +249,25 @@ impl Store for SqliteStore {
                 }
             })
         })
-        .await
+        .await;
+        self.agents.forget(&id);
+        r
     }
 
     async fn get_agent(&self, id: &AgentId) -> Result<Option<Agent>> {
+        if let Some(a) = self.agents.get(id) {
+            return Ok(Some(a));
+        }
+        let generation = self.agents.generation();
         let row = sqlx::query("SELECT * FROM agents WHERE id = ?")
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(agent_from_row).transpose()
+        let agent = row.as_ref().map(agent_from_row).transpose()?;
+        if let Some(a) = &agent {
+            self.agents.keep(generation, a);
+        }
+        Ok(agent)
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>> {
@@ -284,25 +301,29 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<Option<Agent>> {
         let (id, reason) = (id.clone(), reason.to_owned());
-        self.write(move |c| {
-            Box::pin(async move {
-                // Revocation is final, enforced in the write itself so that a
-                // resume racing a revoke cannot bring the agent back.
-                let row = sqlx::query(
-                    "UPDATE agents SET status = ?, status_reason = ?, updated_at = ?
+        let forget = id.clone();
+        let r = self
+            .write(move |c| {
+                Box::pin(async move {
+                    // Revocation is final, enforced in the write itself so that a
+                    // resume racing a revoke cannot bring the agent back.
+                    let row = sqlx::query(
+                        "UPDATE agents SET status = ?, status_reason = ?, updated_at = ?
                      WHERE id = ? AND (status <> 'revoked' OR ? = 'revoked') RETURNING *",
-                )
-                .bind(status.as_str())
-                .bind(&reason)
-                .bind(now)
-                .bind(id.as_str())
-                .bind(status.as_str())
-                .fetch_optional(&mut *c)
-                .await?;
-                row.as_ref().map(agent_from_row).transpose()
+                    )
+                    .bind(status.as_str())
+                    .bind(&reason)
+                    .bind(now)
+                    .bind(id.as_str())
+                    .bind(status.as_str())
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    row.as_ref().map(agent_from_row).transpose()
+                })
             })
-        })
-        .await
+            .await;
+        self.agents.forget(&forget);
+        r
     }
 
     async fn insert_join_token(
