@@ -263,8 +263,8 @@ const MAX_REASON: usize = 1024;
 const MAX_NOT_WAITED: usize = 4096;
 /// Each call to the desk, at most.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts to withdraw the request of a call that went away.
-const WITHDRAW_ATTEMPTS: u32 = 4;
+/// How long the request of a call that went away is tried to be withdrawn.
+const WITHDRAW_FOR: Duration = Duration::from_secs(3);
 
 /// The arguments as approvers see them: values the schema marks sensitive
 /// (`writeOnly: true` or `x-sensitive: true`) and strings holding one of
@@ -359,34 +359,23 @@ impl Drop for Withdraw {
     }
 }
 
-/// Withdraws request `id` for a call that went away: a few attempts, since
-/// nobody is left to see a failure.
+/// Withdraws request `id` for a call that went away, retrying what may pass
+/// for a few seconds, since nobody is left to see a failure.
 async fn withdraw(cp: &ControlPlane, id: &str) {
-    let mut backoff = Duration::from_millis(100);
-    for attempt in 1..=WITHDRAW_ATTEMPTS {
-        let answer = match cp.approval_client() {
-            Ok(mut c) => {
-                let mut req = tonic::Request::new(pb::CancelApprovalRequest { id: id.to_owned() });
-                req.set_timeout(RPC_TIMEOUT);
-                c.cancel_approval(req).await
-            }
-            Err(s) => Err(s),
-        };
-        match answer {
-            Ok(r) => {
-                if r.get_ref().cancelled {
-                    tracing::info!(approval = %id, "approval request withdrawn: the waiting call went away");
-                }
-                return;
-            }
-            Err(e) if attempt < WITHDRAW_ATTEMPTS && transient(e.code()) => {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
-            Err(e) => {
-                tracing::warn!(approval = %id, error = %e.message(), "could not withdraw an approval request");
-                return;
-            }
+    let until = tokio::time::Instant::now() + WITHDRAW_FOR;
+    let cancelled = retrying(cp, until, |mut c| {
+        let mut req = tonic::Request::new(pb::CancelApprovalRequest { id: id.to_owned() });
+        req.set_timeout(RPC_TIMEOUT);
+        async move { c.cancel_approval(req).await }
+    })
+    .await;
+    match cancelled {
+        Ok(r) if r.cancelled => {
+            tracing::info!(approval = %id, "approval request withdrawn: the waiting call went away");
+        }
+        Ok(_) => {}
+        Err(r) => {
+            tracing::warn!(approval = %id, error = %r.message, "could not withdraw an approval request");
         }
     }
 }
