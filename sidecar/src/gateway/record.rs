@@ -663,6 +663,12 @@ mod tests {
         let (tx, rx) = sync_channel(1);
         drop(rx);
         let r = Recorder::with_queue(Some(tx));
+        // Tracing caches, process-wide, whether anyone listens at a call
+        // site, computed when the site is first hit: another test's writer
+        // thread (no subscriber) hitting the line's site while ours arrives
+        // can cache "nobody" over ours. Hit the site first (it is then
+        // registered), and rebuild the cache once ours is in place.
+        Recorder::inline().record(&event("call_warmup")).unwrap();
         let out = Captured::default();
         let w = out.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -670,6 +676,7 @@ mod tests {
             .with_writer(move || w.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
+            tracing::callsite::rebuild_interest_cache();
             r.record(&event("call_fallback")).unwrap();
         });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
