@@ -314,18 +314,10 @@ pub fn incoming(
     let per_peer: PerPeer = Arc::default();
     tokio::spawn(async move {
         loop {
-            let (tcp, addr) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors, say: do not spin.
-                        tracing::warn!(error = %e, "messaging listener: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                // (The guard `wait_for` returns must not live across awaits.)
-                () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            let Some((tcp, addr)) =
+                crate::infra::net::accept(&listener, &mut stop, "messages").await
+            else {
+                return;
             };
             let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
                 tracing::warn!(%addr, "messaging listener: {MAX_CONNECTIONS} connections open; connection dropped");

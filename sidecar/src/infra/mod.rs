@@ -1,7 +1,9 @@
 //! Infrastructure the stages share, below them all: the Redis connection
 //! (the limiter's and the replay cache's, with one timeout and breaker) and
-//! circuit breakers, and the audit spool. It depends on `config` only.
+//! circuit breakers, the audit spool, and accepting connections. It
+//! depends on `config` only.
 
 pub mod breaker;
+pub mod net;
 pub mod redis;
 pub mod spool;

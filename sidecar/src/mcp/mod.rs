@@ -884,21 +884,9 @@ pub async fn serve(
             s = Arc::clone(&slots).acquire_owned() => s?,
             () = stopping => return Ok(()),
         };
-        let stopping = async {
-            let _ = shutdown.wait_for(|s| *s).await;
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = stopping => return Ok(()),
-        };
-        let (sock, addr) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of descriptors, say: not a reason to spin.
-                tracing::warn!(error = %e, "mcp: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                continue;
-            }
+        let Some((sock, addr)) = crate::infra::net::accept(&listener, &mut shutdown, "mcp").await
+        else {
+            return Ok(());
         };
         let _ = sock.set_nodelay(true);
         let server = Arc::clone(&server);
