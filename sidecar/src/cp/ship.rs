@@ -49,9 +49,39 @@ fn spool_error(e: crate::infra::spool::SpoolError) -> Status {
     Status::internal(e.to_string())
 }
 
+// The spool's reads and its removal of shipped segments are file I/O that
+// can block (an unlink on a filesystem mounted with `discard` waits for the
+// device; measured at milliseconds): they run on the blocking pool, never
+// on a thread that serves calls.
+
+fn joined(e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("the audit spool's I/O task failed: {e}"))
+}
+
+/// The next batch of synced events from `cursor` (advanced).
+async fn read(spool: &Arc<Spool>, cursor: &mut Cursor) -> Result<Vec<(u64, Vec<u8>)>, Status> {
+    let (s, mut c) = (Arc::clone(spool), cursor.clone());
+    let (batch, c) = tokio::task::spawn_blocking(move || {
+        let batch = s.read(&mut c, PER_REQUEST, REQUEST_BYTES);
+        (batch, c)
+    })
+    .await
+    .map_err(joined)?;
+    *cursor = c;
+    batch.map_err(spool_error)
+}
+
+/// Lets the spool remove the segments the control plane holds.
+async fn remove_shipped(spool: &Arc<Spool>, seq: u64) -> Result<(), Status> {
+    let s = Arc::clone(spool);
+    tokio::task::spawn_blocking(move || s.acked(seq))
+        .await
+        .map_err(joined)
+}
+
 /// One stream: until it fails (`Err`) or `stop` (`Ok`).
 async fn once(
-    spool: &Spool,
+    spool: &Arc<Spool>,
     cp: &ControlPlane,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Status> {
@@ -73,16 +103,14 @@ async fn once(
         .await?
         .ok_or_else(|| Status::unavailable("the control plane ended the stream"))?
         .acked;
-    spool.acked(held);
+    remove_shipped(spool, held).await?;
     let mut cursor = Cursor::at(held + 1);
     let mut synced = spool.synced();
     let mut in_flight: VecDeque<u64> = VecDeque::new();
     loop {
         if in_flight.len() < WINDOW {
             synced.borrow_and_update();
-            let batch = spool
-                .read(&mut cursor, PER_REQUEST, REQUEST_BYTES)
-                .map_err(spool_error)?;
+            let batch = read(spool, &mut cursor).await?;
             if let Some((last, _)) = batch.last() {
                 in_flight.push_back(*last);
                 let events = batch
@@ -103,7 +131,7 @@ async fn once(
                 let acked = a?
                     .ok_or_else(|| Status::unavailable("the control plane ended the stream"))?
                     .acked;
-                spool.acked(acked);
+                remove_shipped(spool, acked).await?;
                 while in_flight.front().is_some_and(|s| *s <= acked) {
                     in_flight.pop_front();
                 }
@@ -113,7 +141,7 @@ async fn once(
                     return Ok(());
                 }
             }
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            () = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(()),
         }
     }
 }

@@ -4,11 +4,13 @@
 //! it in context (time, user, tier, arguments); and a critical tool never
 //! runs automatically.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, PolicySet, Request, RestrictedExpression,
+    Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicySet, Request,
+    RestrictedExpression,
 };
 use time::OffsetDateTime;
 use warden_shared::policy::Risk;
@@ -316,6 +318,24 @@ fn context(
     Context::from_pairs(pairs).map_err(|e| e.to_string())
 }
 
+/// The agent's entity id, parsed once per thread (a sidecar serves one
+/// agent) rather than on every call.
+fn principal(agent_id: &str) -> Result<EntityUid, String> {
+    thread_local! {
+        static PRINCIPAL: RefCell<Option<(String, EntityUid)>> = const { RefCell::new(None) };
+    }
+    PRINCIPAL.with_borrow_mut(|held| {
+        if let Some((id, uid)) = held.as_ref()
+            && id == agent_id
+        {
+            return Ok(uid.clone());
+        }
+        let parsed = uid("Agent", agent_id)?;
+        *held = Some((agent_id.to_owned(), parsed.clone()));
+        Ok(parsed)
+    })
+}
+
 fn cedar(
     set: &PolicySet,
     entities: &Entities,
@@ -334,7 +354,7 @@ fn cedar(
         )
         .rule("request")
     };
-    let principal = uid("Agent", caller.agent_id).map_err(broken)?;
+    let principal = principal(caller.agent_id).map_err(broken)?;
     let ctx = context(caller, args, now).map_err(broken)?;
     let request = Request::new(
         principal,
@@ -385,4 +405,18 @@ fn cedar(
         format!("the policy forbids this call to {name} ({rule})"),
     )
     .rule(rule))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_principal_is_the_agent_that_calls_whichever_called_before() {
+        for id in ["a1", "a2", "a2", "a1", "agent \"quoted\"::x"] {
+            let p = principal(id).unwrap();
+            assert_eq!(p, uid("Agent", id).unwrap());
+            assert_eq!(p.id().unescaped(), id);
+        }
+    }
 }

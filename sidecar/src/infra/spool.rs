@@ -533,6 +533,8 @@ fn syncer(spool: &Weak<Spool>) {
                 s.synced.send_replace(last);
             }
             Err(e) => {
+                // The closed segments are synced again next time too.
+                s.lock().closed.extend(files);
                 tracing::error!(error = %e, "the audit spool could not be synced to disk; retrying");
                 std::thread::sleep(Duration::from_millis(100));
             }
