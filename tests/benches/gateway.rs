@@ -228,6 +228,115 @@ impl pb::agent_service_server::AgentService for Relay {
     }
 }
 
+/// The `warden-sidecar` binary as shipped (`cargo build --release -p
+/// warden-sidecar`: the release profile, which benchmarks share the
+/// directory of), or where `WARDEN_BENCH_SIDECAR_BIN` says.
+fn sidecar_binary() -> Result<std::path::PathBuf, String> {
+    if let Ok(p) = std::env::var("WARDEN_BENCH_SIDECAR_BIN") {
+        return Ok(p.into());
+    }
+    // <target>/<profile>/deps/gateway-<hash> → <target>/<profile>/warden-sidecar
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("warden-sidecar"))
+        .ok_or("no directory above this binary")?;
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not found: build it with `cargo build --release -p warden-sidecar`, or set WARDEN_BENCH_SIDECAR_BIN",
+            bin.display()
+        ))
+    }
+}
+
+/// The idle RSS (KiB: total, anonymous) of the `warden-sidecar` binary
+/// itself, enrolled as an agent of its own and ready. The benchmark's
+/// sidecar is this binary re-executed: it maps the code of the control
+/// plane, the load generators and the test harness too, and its RSS counts
+/// pages of that code which the parent brought into memory.
+async fn binary_idle_rss(mesh: &Mesh) -> Result<(u64, u64), String> {
+    let bin = sidecar_binary()?;
+    mesh.register("idle", &["bench:call"], 4)
+        .await
+        .map_err(|e| e.to_string())?;
+    let token = mesh.join_token("idle").await.map_err(|e| e.to_string())?;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())
+    };
+    let health = free()?;
+    let mut child = std::process::Command::new(&bin)
+        .args(["--control-plane", &mesh.url()])
+        .arg("--ca-bundle")
+        .arg(mesh.ca_path())
+        .args(["--agent-id", "idle", "--trust-domain", TD])
+        .arg("--data-dir")
+        .arg(mesh.dir.path().join("sidecar-idle"))
+        .args(["--listen", &free()?.to_string()])
+        .args(["--health-listen", &health.to_string()])
+        .env("WARDEN_JOIN_TOKEN", token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    // Ready: enrolled, and holding its policy.
+    let ready = async {
+        loop {
+            if readyz(health).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(30), ready).await;
+    let rss = waited.map_err(|_| "the sidecar binary was not ready within 30 s".to_owned());
+    let rss = rss.map(|()| {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let kib = |k: &str| -> u64 {
+            s.lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (kib("VmRSS:"), kib("RssAnon:"))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    rss
+}
+
+/// Whether the sidecar's health listener at `addr` answers `/readyz` 200.
+async fn readyz(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.is_ok() && head.ends_with(b"200")
+}
+
+fn print_binary_rss(r: Result<&(u64, u64), &String>) {
+    match r {
+        Ok((total, anon)) => println!(
+            "warden-sidecar binary RSS idle: {:.1} MiB (goal ≤ 25; anonymous {:.1} MiB)",
+            *total as f64 / 1024.0,
+            *anon as f64 / 1024.0
+        ),
+        Err(e) => println!("warden-sidecar binary RSS idle: not measured ({e})"),
+    }
+}
+
 /// The relay's process: prints its address, serves until stdin closes.
 fn relay_main(upstream: &str) {
     use warden_sidecar::gateway::execute::secrets::Secret;
@@ -580,6 +689,7 @@ async fn main() {
     let (mut child, agent_addr) = spawn_child("WARDEN_BENCH_SIDECAR", &config.to_string());
     let pid = child.id();
     let idle_rss = rss_kib(pid);
+    let binary_rss = binary_idle_rss(&mesh).await;
 
     let mut channels = Vec::new();
     for _ in 0..CALLERS {
@@ -715,7 +825,11 @@ async fn main() {
         "warden gateway benchmark: {rounds} rounds; per round, at {RATE} calls/s and flat out, floor, Authorize, direct and CallTool, {} s each, by each load generator",
         phase_secs()
     );
-    println!("sidecar RSS idle: {:.1} MiB", idle_rss as f64 / 1024.0);
+    println!(
+        "sidecar RSS idle (this benchmark binary as the sidecar): {:.1} MiB",
+        idle_rss as f64 / 1024.0
+    );
+    print_binary_rss(binary_rss.as_ref());
     if let Ok(op) = std::env::var("WARDEN_BENCH_PROFILE") {
         // For a profiler attached to the sidecar: one operation flat out,
         // alone (`ping`, `authorize` or `upstream_ok`).
@@ -831,10 +945,11 @@ async fn main() {
         false,
     );
     println!(
-        "\nsidecar RSS: idle {:.1} MiB (goal ≤ 25), after the runs {:.1} MiB",
+        "\nsidecar RSS (this benchmark binary as the sidecar): idle {:.1} MiB, after the runs {:.1} MiB",
         idle_rss as f64 / 1024.0,
         rss_kib(pid) as f64 / 1024.0
     );
+    print_binary_rss(binary_rss.as_ref());
     for c in [&mut child, &mut up_child, &mut relay_child] {
         drop(c.stdin.take());
         let _ = c.kill();
