@@ -17,7 +17,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -303,8 +305,8 @@ impl Spool {
         &self.id
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     /// Bytes held (not yet acknowledged), and the bound.
@@ -511,11 +513,7 @@ fn syncer(spool: &Weak<Spool>) {
         let (files, last) = {
             let mut g = s.lock();
             if !g.asked {
-                g = s
-                    .wake
-                    .wait_timeout(g, wait)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
+                s.wake.wait_for(&mut g, wait);
             }
             g.asked = false;
             let last = g.next_seq - 1;
