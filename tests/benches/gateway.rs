@@ -56,7 +56,7 @@ use tonic::transport::{Channel, Endpoint};
 use warden_shared::proto::v1 as pb;
 use warden_shared::proto::v1::agent_service_client::AgentServiceClient;
 use warden_tests::bench::{
-    Phase, cpu_us, env_or, h2load, median, phase_secs, rss_kib, spawn_child,
+    Phase, cpu_us, env_or, h2load, median, phase_secs, rss_kib, spawn_child, status_kib,
 };
 use warden_tests::*;
 
@@ -294,17 +294,7 @@ async fn binary_idle_rss(mesh: &Mesh) -> Result<(u64, u64), String> {
     };
     let waited = tokio::time::timeout(Duration::from_secs(30), ready).await;
     let rss = waited.map_err(|_| "the sidecar binary was not ready within 30 s".to_owned());
-    let rss = rss.map(|()| {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-        let kib = |k: &str| -> u64 {
-            s.lines()
-                .find(|l| l.starts_with(k))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        };
-        (kib("VmRSS:"), kib("RssAnon:"))
-    });
+    let rss = rss.map(|()| (rss_kib(child.id()), status_kib(child.id(), "RssAnon:")));
     let _ = child.kill();
     let _ = child.wait();
     rss

@@ -51,8 +51,8 @@ fn spool_error(e: crate::infra::spool::SpoolError) -> Status {
 
 // The spool's reads and its removal of shipped segments are file I/O that
 // can block (an unlink on a filesystem mounted with `discard` waits for the
-// device; measured at milliseconds): they run on the blocking pool, never
-// on a thread that serves calls.
+// device: seen in the scheduler's stacks of a runtime worker): they run on
+// the blocking pool, never on a thread that serves calls.
 
 fn joined(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("the audit spool's I/O task failed: {e}"))
