@@ -43,7 +43,7 @@ pub enum Error {
 
 /// One event to append: from a source's spool (with its sequence number)
 /// or the control plane's own (numbered by the log).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Incoming {
     /// Its number in the source; `None` for the control plane's events.
     pub seq: Option<u64>,
@@ -340,6 +340,7 @@ enum Waiter {
 }
 
 /// A batch's events from one caller, as the append is built from them.
+#[derive(Clone)]
 struct Part {
     source: String,
     events: Vec<Incoming>,
@@ -545,12 +546,19 @@ impl Task {
             };
             (result, Some(built))
         } else {
-            // Built inside the transaction, once the guards have run; what it
+            // Built inside the transaction, once the guards have run (perhaps
+            // twice: first as if every guard took); what the last build
             // leaves the tree at comes back through `after`.
             let after: Arc<std::sync::Mutex<Option<Built>>> = Arc::default();
             let slot = Arc::clone(&after);
             let make: BuildAppend = Box::new(move |took: &[bool]| {
-                let (append, built) = build(frontier, seqs, parts, took, received_ms);
+                let (append, built) = build(
+                    frontier.clone(),
+                    seqs.clone(),
+                    parts.clone(),
+                    took,
+                    received_ms,
+                );
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(built);
                 }

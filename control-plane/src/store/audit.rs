@@ -58,8 +58,10 @@ pub enum AuditGuard {
 }
 
 /// Makes an append once the guards have run, from their outcomes (one per
-/// guard, in order: whether it took effect).
-pub type BuildAppend = Box<dyn FnOnce(&[bool]) -> AuditAppend + Send>;
+/// guard, in order: whether it took effect). It may be called more than
+/// once (a store may first try the append as if every guard took); the
+/// last call is what was written.
+pub type BuildAppend = Box<dyn Fn(&[bool]) -> AuditAppend + Send>;
 
 /// A signed tree head as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -92,6 +92,30 @@ impl SqliteStore {
             + 'static,
     {
         let (job, rx) = writer::job(f, multi);
+        self.queue(job, rx).await
+    }
+
+    /// Queues a multi-statement write that owns its transaction when it is
+    /// alone in its batch (see [`writer::Alone`]), and waits.
+    async fn write_framed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut SqliteConnection,
+                writer::Alone,
+            ) -> writer::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        let (job, rx) = writer::job_framed(f);
+        self.queue(job, rx).await
+    }
+
+    async fn queue<T>(
+        &self,
+        job: writer::Job,
+        rx: tokio::sync::oneshot::Receiver<Result<T>>,
+    ) -> Result<T> {
         self.writes.send(job).await.map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
@@ -114,43 +138,9 @@ const OPEN_CHUNK: usize = 500;
 async fn insert_sessions(c: &mut SqliteConnection, open: &[Opening<'_>]) -> Result<Vec<bool>> {
     let mut opened = Vec::with_capacity(open.len());
     for chunk in open.chunks(OPEN_CHUNK) {
-        // Counting stops at the largest cap: O(max), not O(open).
-        let cap = chunk.iter().map(|(_, max, _)| *max).max().unwrap_or(0);
-        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
-            "WITH batch (ord, id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id, cap, now) AS (",
-        );
-        q.push_values(chunk.iter().enumerate(), |mut b, (i, (s, max, now))| {
-            b.push_bind(i64::try_from(i).unwrap_or(i64::MAX))
-                .push_bind(&s.id)
-                .push_bind(s.agent_id.as_str())
-                .push_bind(&s.user_id)
-                .push_bind(&s.scopes)
-                .push_bind(&s.context)
-                .push_bind(&s.jti)
-                .push_bind(&s.thumbprint)
-                .push_bind(i64::from(s.max_tool_calls))
-                .push_bind(s.created_at)
-                .push_bind(s.expires_at)
-                .push_bind(&s.grant_id)
-                .push_bind(i64::from(*max))
-                .push_bind(*now);
-        });
-        q.push(
-            "), live AS (
-               SELECT * FROM batch b WHERE b.grant_id IS NULL OR EXISTS (SELECT 1 FROM grants g
-                 WHERE g.id = b.grant_id AND g.revoked_at IS NULL AND g.expires_at > b.now)
-             ), ranked AS (
-               SELECT *, ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY ord) AS rn FROM live
-             )
-             INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id)
-             SELECT id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id
-             FROM ranked r
-             WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions s
-                    WHERE s.agent_id = r.agent_id AND s.ended_at IS NULL AND s.expires_at > r.now
-                    LIMIT ",
-        );
-        q.push_bind(i64::from(cap));
-        q.push(")) + r.rn <= r.cap ORDER BY r.ord RETURNING id");
+        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new("");
+        push_open_sessions(&mut q, chunk);
+        q.push(" RETURNING id");
         let ids: Vec<String> = q
             .build_query_scalar()
             .persistent(false)
@@ -160,6 +150,48 @@ async fn insert_sessions(c: &mut SqliteConnection, open: &[Opening<'_>]) -> Resu
         opened.extend(chunk.iter().map(|(s, ..)| ids.contains(s.id.as_str())));
     }
     Ok(opened)
+}
+
+/// Pushes the statement of [`insert_sessions`] for one chunk (at most
+/// [`OPEN_CHUNK`] sessions), without its `RETURNING` clause.
+fn push_open_sessions<'a>(q: &mut QueryBuilder<'a, Sqlite>, chunk: &'a [Opening<'a>]) {
+    // Counting stops at the largest cap: O(max), not O(open).
+    let cap = chunk.iter().map(|(_, max, _)| *max).max().unwrap_or(0);
+    q.push(
+        "WITH batch (ord, id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id, cap, now) AS (",
+    );
+    q.push_values(chunk.iter().enumerate(), |mut b, (i, (s, max, now))| {
+        b.push_bind(i64::try_from(i).unwrap_or(i64::MAX))
+            .push_bind(&s.id)
+            .push_bind(s.agent_id.as_str())
+            .push_bind(&s.user_id)
+            .push_bind(&s.scopes)
+            .push_bind(&s.context)
+            .push_bind(&s.jti)
+            .push_bind(&s.thumbprint)
+            .push_bind(i64::from(s.max_tool_calls))
+            .push_bind(s.created_at)
+            .push_bind(s.expires_at)
+            .push_bind(&s.grant_id)
+            .push_bind(i64::from(*max))
+            .push_bind(*now);
+    });
+    q.push(
+        "), live AS (
+           SELECT * FROM batch b WHERE b.grant_id IS NULL OR EXISTS (SELECT 1 FROM grants g
+             WHERE g.id = b.grant_id AND g.revoked_at IS NULL AND g.expires_at > b.now)
+         ), ranked AS (
+           SELECT *, ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY ord) AS rn FROM live
+         )
+         INSERT INTO sessions (id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id)
+         SELECT id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id
+         FROM ranked r
+         WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions s
+                WHERE s.agent_id = r.agent_id AND s.ended_at IS NULL AND s.expires_at > r.now
+                LIMIT ",
+    );
+    q.push_bind(i64::from(cap));
+    q.push(")) + r.rn <= r.cap ORDER BY r.ord");
 }
 
 fn json_list(v: &[String]) -> String {

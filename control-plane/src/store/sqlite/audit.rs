@@ -13,6 +13,7 @@ use super::super::audit::{
 };
 use super::super::{Error, Result};
 use super::SqliteStore;
+use super::writer::Alone;
 
 /// Rows per INSERT (8 columns: well under SQLite's 32,766 parameters).
 const LOG_CHUNK: usize = 500;
@@ -35,10 +36,9 @@ fn hash(table: &'static str, v: &[u8]) -> Result<Hash> {
         .map_err(|_| corrupt(table, "a hash is not 32 bytes"))
 }
 
-/// Writes an append: its entries, subtrees and sources' numbers, in one
-/// round trip to SQLite's thread (one query of several statements).
-async fn append(c: &mut SqliteConnection, batch: AuditAppend) -> Result<()> {
-    let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new("");
+/// Pushes an append's statements (its entries, subtrees and sources'
+/// numbers), each ended by `; `; nothing if it is empty.
+fn push_append<'a>(q: &mut QueryBuilder<'a, Sqlite>, batch: &'a AuditAppend) {
     for chunk in batch.rows.chunks(LOG_CHUNK) {
         q.push(
             "INSERT INTO audit_log (position, record, time_ms, kind, agent, session, tool, outcome) ",
@@ -74,11 +74,83 @@ async fn append(c: &mut SqliteConnection, batch: AuditAppend) -> Result<()> {
              WHERE excluded.last_seq > audit_sources.last_seq; ",
         );
     }
-    if q.sql().is_empty() {
+}
+
+/// Writes an append in one round trip to SQLite's thread (one query of
+/// several statements); owning its transaction, the query also begins and
+/// commits it.
+async fn append(c: &mut SqliteConnection, batch: &AuditAppend, alone: Alone) -> Result<()> {
+    if batch.rows.is_empty() && batch.nodes.is_empty() && batch.sources.is_empty() {
         return Ok(());
+    }
+    let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(match alone {
+        Alone::Owns => "BEGIN IMMEDIATE; ",
+        Alone::No => "",
+    });
+    push_append(&mut q, batch);
+    if alone == Alone::Owns {
+        q.push("COMMIT");
     }
     q.build().persistent(false).execute(&mut *c).await?;
     Ok(())
+}
+
+/// A table no row can enter: inserting into it is how a query of several
+/// statements stops itself (a `CHECK` failure) when a guard did not take.
+const GUARD_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS guard_failed (x CHECK (0)); ";
+
+/// Runs an append's guards and its entries. Owning its transaction, it
+/// first tries everything in one round trip, the append built as if every
+/// guard took, with a statement after the sessions' insert that fails
+/// unless every one of them was inserted; if a guard did not take (or a
+/// constraint refused anything), that transaction is rolled back and the
+/// guards run again, one round trip each, before the append built from
+/// what they did.
+async fn append_guarded(
+    c: &mut SqliteConnection,
+    guards: &[AuditGuard],
+    build: BuildAppend,
+    alone: Alone,
+) -> Result<Vec<bool>> {
+    let open: Vec<super::Opening<'_>> = guards
+        .iter()
+        .map(|g| match g {
+            AuditGuard::OpenSession { session, max, now } => (session, *max, *now),
+        })
+        .collect();
+    if alone == Alone::Owns && !open.is_empty() && open.len() <= super::OPEN_CHUNK {
+        let all = vec![true; open.len()];
+        let batch = build(&all);
+        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(GUARD_TABLE);
+        q.push("BEGIN IMMEDIATE; ");
+        super::push_open_sessions(&mut q, &open);
+        q.push("; INSERT INTO temp.guard_failed SELECT 1 WHERE changes() <> ");
+        q.push_bind(i64::try_from(open.len()).unwrap_or(i64::MAX));
+        q.push("; ");
+        push_append(&mut q, &batch);
+        q.push("COMMIT");
+        match q.build().persistent(false).execute(&mut *c).await {
+            Ok(_) => return Ok(all),
+            Err(e) => {
+                let e = Error::from(e);
+                if super::writer::refused(&e) {
+                    // Rolls back the attempt; the guards run one by one below.
+                    sqlx::query("ROLLBACK").execute(&mut *c).await?;
+                } else {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if alone == Alone::Owns {
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await?;
+    }
+    let took = super::insert_sessions(&mut *c, &open).await?;
+    append(c, &build(&took), Alone::No).await?;
+    if alone == Alone::Owns {
+        sqlx::query("COMMIT").execute(&mut *c).await?;
+    }
+    Ok(took)
 }
 
 fn head_from_row(r: &SqliteRow) -> Result<StoredHead> {
@@ -113,7 +185,7 @@ fn entry_from_row(r: &SqliteRow, leaves: bool) -> Result<AuditEntry> {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn audit_append(&self, batch: AuditAppend) -> Result<()> {
-        self.write_all(move |c| Box::pin(async move { append(c, batch).await }))
+        self.write_framed(move |c, alone| Box::pin(async move { append(c, &batch, alone).await }))
             .await
     }
 
@@ -122,18 +194,8 @@ impl AuditStore for SqliteStore {
         guards: Vec<AuditGuard>,
         build: BuildAppend,
     ) -> Result<Vec<bool>> {
-        self.write_all(move |c| {
-            Box::pin(async move {
-                let open: Vec<super::Opening<'_>> = guards
-                    .iter()
-                    .map(|g| match g {
-                        AuditGuard::OpenSession { session, max, now } => (session, *max, *now),
-                    })
-                    .collect();
-                let took = super::insert_sessions(&mut *c, &open).await?;
-                append(c, build(&took)).await?;
-                Ok(took)
-            })
+        self.write_framed(move |c, alone| {
+            Box::pin(async move { append_guarded(c, &guards, build, alone).await })
         })
         .await
     }

@@ -743,7 +743,7 @@ async fn sessions_opened_together_hold_each_cap_as_if_opened_one_by_one() {
         .audit_append_guarded(
             guards,
             Box::new(move |took: &[bool]| {
-                record.lock().unwrap().extend_from_slice(took);
+                record.lock().unwrap().push(took.to_vec());
                 AuditAppend::default()
             }),
         )
@@ -751,8 +751,8 @@ async fn sessions_opened_together_hold_each_cap_as_if_opened_one_by_one() {
         .unwrap();
     assert_eq!(took, [false, true, false, true, false]);
     assert_eq!(
-        *seen.lock().unwrap(),
-        took,
+        seen.lock().unwrap().last(),
+        Some(&took),
         "the append is built from the outcomes"
     );
     assert_eq!(s.open_sessions(&a1, 150).await.unwrap(), 2);
@@ -776,4 +776,155 @@ async fn sessions_opened_together_hold_each_cap_as_if_opened_one_by_one() {
             .unwrap(),
         1
     );
+}
+
+/// An append whose rows stand for the guards that took, numbered from
+/// `from`: one row per session opened.
+fn rows_for(from: u64, took: &[bool]) -> crate::store::AuditAppend {
+    use crate::store::{AuditAppend, AuditRow};
+    let rows = took
+        .iter()
+        .filter(|t| **t)
+        .enumerate()
+        .map(|(i, _)| AuditRow {
+            position: from + i as u64,
+            record: format!("event {}", from + i as u64).into_bytes(),
+            time_ms: 1,
+            kind: "session.started".into(),
+            agent: "a1".into(),
+            session: String::new(),
+            tool: String::new(),
+            outcome: "allowed".into(),
+        })
+        .collect();
+    AuditAppend {
+        rows,
+        ..AuditAppend::default()
+    }
+}
+
+/// Opens sessions s0–s2 of agent a1 (at most `max` open) in one guarded
+/// append whose rows stand for the sessions opened: what took, and what
+/// each build was given.
+async fn open_three(s: &SqliteStore, max: u32) -> (Vec<bool>, Vec<Vec<bool>>) {
+    use crate::store::{AuditGuard, AuditStore};
+    let guards = (0..3)
+        .map(|i| AuditGuard::OpenSession {
+            session: session(&format!("s{i}"), "a1", 1000),
+            max,
+            now: 150,
+        })
+        .collect();
+    let builds = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&builds);
+    let took = s
+        .audit_append_guarded(
+            guards,
+            Box::new(move |took: &[bool]| {
+                record.lock().unwrap().push(took.to_vec());
+                rows_for(0, took)
+            }),
+        )
+        .await
+        .unwrap();
+    let builds = builds.lock().unwrap().clone();
+    (took, builds)
+}
+
+#[tokio::test]
+async fn a_guarded_append_alone_commits_in_one_try_when_every_guard_takes() {
+    use crate::store::AuditStore;
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 3)).await.unwrap();
+    let (took, builds) = open_three(&s, 3).await;
+    assert_eq!(took, [true, true, true]);
+    assert_eq!(builds, [vec![true; 3]], "built once");
+    assert_eq!(s.audit_size().await.unwrap(), 3);
+    assert_eq!(
+        s.open_sessions(&AgentId::new("a1").unwrap(), 150)
+            .await
+            .unwrap(),
+        3
+    );
+    // The writer is ready for the next write: the transaction was closed.
+    s.create_agent(&agent("a2", 1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_guard_that_does_not_take_undoes_the_first_try_entirely() {
+    use crate::store::AuditStore;
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 2)).await.unwrap();
+    let (took, builds) = open_three(&s, 2).await;
+    assert_eq!(took, [true, true, false]);
+    assert_eq!(
+        builds,
+        [vec![true; 3], vec![true, true, false]],
+        "tried as if all took, then built from what did"
+    );
+    // Only the second build's rows, and no session twice.
+    assert_eq!(s.audit_size().await.unwrap(), 2);
+    assert_eq!(
+        s.open_sessions(&AgentId::new("a1").unwrap(), 150)
+            .await
+            .unwrap(),
+        2
+    );
+    s.create_agent(&agent("a2", 1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn guarded_appends_queued_together_share_a_transaction_and_each_keeps_its_outcome() {
+    use crate::store::{AuditGuard, AuditStore};
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 10)).await.unwrap();
+    // Twenty appends at once: most are batched with others (no one owns the
+    // transaction), some may run alone; each sees its own guard's outcome.
+    let appends = (0..20u64).map(|i| {
+        let s = s.clone();
+        async move {
+            let guard = AuditGuard::OpenSession {
+                session: session(&format!("s{i}"), "a1", 1000),
+                max: 10,
+                now: 150,
+            };
+            s.audit_append_guarded(vec![guard], Box::new(move |took| rows_for(i, took)))
+                .await
+                .unwrap()
+        }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in appends {
+        tasks.spawn(a);
+    }
+    let took: Vec<Vec<bool>> = tasks.join_all().await;
+    let opened = took.iter().filter(|t| t[0]).count();
+    assert_eq!(opened, 10, "the cap holds across the batch");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows, 10,
+        "an entry for each session opened, none for the others"
+    );
+    assert_eq!(
+        s.open_sessions(&AgentId::new("a1").unwrap(), 150)
+            .await
+            .unwrap(),
+        10
+    );
+}
+
+#[tokio::test]
+async fn a_plain_append_alone_owns_its_transaction() {
+    use crate::store::AuditStore;
+    let (s, _d) = store().await;
+    s.audit_append(rows_for(0, &[true, true])).await.unwrap();
+    assert_eq!(s.audit_size().await.unwrap(), 2);
+    // A position taken twice is refused and leaves nothing behind.
+    assert!(s.audit_append(rows_for(1, &[true, true])).await.is_err());
+    assert_eq!(s.audit_size().await.unwrap(), 2);
+    s.audit_append(rows_for(2, &[true])).await.unwrap();
+    assert_eq!(s.audit_size().await.unwrap(), 3);
 }
