@@ -831,46 +831,43 @@ async fn open_three(s: &SqliteStore, max: u32) -> (Vec<bool>, Vec<Vec<bool>>) {
     (took, builds)
 }
 
-#[tokio::test]
-async fn a_guarded_append_alone_commits_in_one_try_when_every_guard_takes() {
+/// Opens s0–s2 of a1 under a cap of `cap` in a lone guarded append: what
+/// took and what each build was given, the entries and sessions left, and
+/// that the writer takes the next write (no transaction left open).
+async fn lone_append(cap: u32, took: &[bool], builds: &[Vec<bool>]) {
     use crate::store::AuditStore;
     let (s, _d) = store().await;
-    s.create_agent(&agent("a1", 3)).await.unwrap();
-    let (took, builds) = open_three(&s, 3).await;
-    assert_eq!(took, [true, true, true]);
-    assert_eq!(builds, [vec![true; 3]], "built once");
-    assert_eq!(s.audit_size().await.unwrap(), 3);
+    s.create_agent(&agent("a1", cap)).await.unwrap();
+    let (got, built) = open_three(&s, cap).await;
+    assert_eq!(got, took);
+    assert_eq!(built, builds, "the builds, the last one written");
+    let opened = took.iter().filter(|t| **t).count();
+    // Only the last build's rows, and no session twice.
+    assert_eq!(s.audit_size().await.unwrap(), opened as u64);
     assert_eq!(
         s.open_sessions(&AgentId::new("a1").unwrap(), 150)
             .await
             .unwrap(),
-        3
+        u32::try_from(opened).unwrap()
     );
-    // The writer is ready for the next write: the transaction was closed.
     s.create_agent(&agent("a2", 1)).await.unwrap();
 }
 
 #[tokio::test]
+async fn a_guarded_append_alone_commits_in_one_try_when_every_guard_takes() {
+    // Built once, as if every guard took.
+    lone_append(3, &[true; 3], &[vec![true; 3]]).await;
+}
+
+#[tokio::test]
 async fn a_guard_that_does_not_take_undoes_the_first_try_entirely() {
-    use crate::store::AuditStore;
-    let (s, _d) = store().await;
-    s.create_agent(&agent("a1", 2)).await.unwrap();
-    let (took, builds) = open_three(&s, 2).await;
-    assert_eq!(took, [true, true, false]);
-    assert_eq!(
-        builds,
-        [vec![true; 3], vec![true, true, false]],
-        "tried as if all took, then built from what did"
-    );
-    // Only the second build's rows, and no session twice.
-    assert_eq!(s.audit_size().await.unwrap(), 2);
-    assert_eq!(
-        s.open_sessions(&AgentId::new("a1").unwrap(), 150)
-            .await
-            .unwrap(),
-        2
-    );
-    s.create_agent(&agent("a2", 1)).await.unwrap();
+    // Tried as if all took, then built from what did.
+    lone_append(
+        2,
+        &[true, true, false],
+        &[vec![true; 3], vec![true, true, false]],
+    )
+    .await;
 }
 
 #[tokio::test]
