@@ -10,7 +10,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::mpsc;
 use warden_shared::agent::{AgentId, AgentStatus};
 
@@ -52,7 +52,8 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        let conn = SqliteConnection::connect_with(&opts).await?;
+        let mut conn = SqliteConnection::connect_with(&opts).await?;
+        sqlx::query(audit::GUARD_TABLE).execute(&mut conn).await?;
         let (writes, rx) = mpsc::channel(writer::QUEUE);
         tokio::spawn(writer::run(conn, rx));
         Ok(Self {
@@ -124,60 +125,24 @@ impl SqliteStore {
 /// A session to open: the session, its agent's most open sessions, now.
 pub(super) type Opening<'a> = (&'a NewSession, u32, i64);
 
-/// Sessions per statement (14 parameters each: well under SQLite's 32,766).
-const OPEN_CHUNK: usize = 500;
-
-/// Opens sessions, each only if its agent has fewer than its `max` open and
-/// its grant (if any) is live, as if inserted one after another: whether
-/// each was opened. One statement per chunk, not one per session (each
-/// statement is a round trip to SQLite's thread): within a chunk, a
-/// session counts the agent's open sessions before the statement plus its
-/// agent's earlier sessions in the chunk that pass the grant check. The
-/// single writer runs it, so concurrent opens cannot overshoot a cap nor
-/// outlive a revocation.
-async fn insert_sessions(c: &mut SqliteConnection, open: &[Opening<'_>]) -> Result<Vec<bool>> {
-    let mut opened = Vec::with_capacity(open.len());
-    for chunk in open.chunks(OPEN_CHUNK) {
-        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new("");
-        push_open_sessions(&mut q, chunk);
-        q.push(" RETURNING id");
-        let ids: Vec<String> = q
-            .build_query_scalar()
-            .persistent(false)
-            .fetch_all(&mut *c)
-            .await?;
-        let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        opened.extend(chunk.iter().map(|(s, ..)| ids.contains(s.id.as_str())));
-    }
-    Ok(opened)
-}
-
-/// Pushes the statement of [`insert_sessions`] for one chunk (at most
-/// [`OPEN_CHUNK`] sessions), without its `RETURNING` clause.
-fn push_open_sessions<'a>(q: &mut QueryBuilder<'a, Sqlite>, chunk: &'a [Opening<'a>]) {
-    // Counting stops at the largest cap: O(max), not O(open).
-    let cap = chunk.iter().map(|(_, max, _)| *max).max().unwrap_or(0);
-    q.push(
-        "WITH batch (ord, id, agent_id, user_id, scopes, context, jti, thumbprint, max_tool_calls, created_at, expires_at, grant_id, cap, now) AS (",
-    );
-    q.push_values(chunk.iter().enumerate(), |mut b, (i, (s, max, now))| {
-        b.push_bind(i64::try_from(i).unwrap_or(i64::MAX))
-            .push_bind(&s.id)
-            .push_bind(s.agent_id.as_str())
-            .push_bind(&s.user_id)
-            .push_bind(&s.scopes)
-            .push_bind(&s.context)
-            .push_bind(&s.jti)
-            .push_bind(&s.thumbprint)
-            .push_bind(i64::from(s.max_tool_calls))
-            .push_bind(s.created_at)
-            .push_bind(s.expires_at)
-            .push_bind(&s.grant_id)
-            .push_bind(i64::from(*max))
-            .push_bind(*now);
-    });
-    q.push(
-        "), live AS (
+/// The statement that opens sessions, each only if its agent has fewer than
+/// its `max` open and its grant (if any) is live, as if inserted one after
+/// another. Its first parameter is the sessions as a JSON array (see
+/// [`sessions_json`]), its second the largest cap among them (counting
+/// stops there: O(max), not O(open)). Within the array, a session counts
+/// its agent's open sessions before the statement plus its agent's earlier
+/// sessions in the array that pass the grant check. The text never changes
+/// with the number of sessions, so SQLite parses it once per connection.
+macro_rules! open_sessions_sql {
+    () => {
+        "WITH batch AS (
+           SELECT key AS ord, value->>0 AS id, value->>1 AS agent_id, value->>2 AS user_id,
+                  value->>3 AS scopes, value->>4 AS context, value->>5 AS jti,
+                  value->>6 AS thumbprint, value->>7 AS max_tool_calls, value->>8 AS created_at,
+                  value->>9 AS expires_at, value->>10 AS grant_id, value->>11 AS cap,
+                  value->>12 AS now
+           FROM json_each(?)
+         ), live AS (
            SELECT * FROM batch b WHERE b.grant_id IS NULL OR EXISTS (SELECT 1 FROM grants g
              WHERE g.id = b.grant_id AND g.revoked_at IS NULL AND g.expires_at > b.now)
          ), ranked AS (
@@ -188,10 +153,60 @@ fn push_open_sessions<'a>(q: &mut QueryBuilder<'a, Sqlite>, chunk: &'a [Opening<
          FROM ranked r
          WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM sessions s
                 WHERE s.agent_id = r.agent_id AND s.ended_at IS NULL AND s.expires_at > r.now
-                LIMIT ",
-    );
-    q.push_bind(i64::from(cap));
-    q.push(")) + r.rn <= r.cap ORDER BY r.ord");
+                LIMIT ?)) + r.rn <= r.cap ORDER BY r.ord"
+    };
+}
+pub(super) use open_sessions_sql;
+
+/// The sessions to open as [`open_sessions_sql`] reads them (one JSON array
+/// per session), and the largest of their caps.
+pub(super) fn sessions_json(open: &[Opening<'_>]) -> (String, i64) {
+    let cap = open.iter().map(|(_, max, _)| *max).max().unwrap_or(0);
+    let rows: Vec<_> = open
+        .iter()
+        .map(|(s, max, now)| {
+            (
+                &s.id,
+                s.agent_id.as_str(),
+                &s.user_id,
+                &s.scopes,
+                &s.context,
+                &s.jti,
+                &s.thumbprint,
+                s.max_tool_calls,
+                s.created_at,
+                s.expires_at,
+                &s.grant_id,
+                max,
+                now,
+            )
+        })
+        .collect();
+    (
+        serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()),
+        i64::from(cap),
+    )
+}
+
+/// Opens sessions (see [`open_sessions_sql`]): whether each was opened.
+/// One statement for them all, not one per session (each statement is a
+/// round trip to SQLite's thread). The single writer runs it, so
+/// concurrent opens cannot overshoot a cap nor outlive a revocation.
+async fn insert_sessions(c: &mut SqliteConnection, open: &[Opening<'_>]) -> Result<Vec<bool>> {
+    if open.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (json, cap) = sessions_json(open);
+    let ids: Vec<String> = sqlx::query_scalar(concat!(open_sessions_sql!(), " RETURNING id"))
+        .bind(json)
+        .bind(cap)
+        .fetch_all(&mut *c)
+        .await?;
+    let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    Ok(open
+        .iter()
+        .map(|(s, ..)| ids.contains(s.id.as_str()))
+        .collect())
 }
 
 fn json_list(v: &[String]) -> String {

@@ -1,12 +1,15 @@
-//! The audit log in SQLite. An append writes its entries and subtree heads
-//! with multi-row statements (one round trip per few hundred rows, not one
-//! per row) inside one savepoint of the writer's batch.
+//! The audit log in SQLite. An append writes its entries, subtree heads
+//! and sources' numbers with three statements of fixed text, each reading
+//! its rows from one JSON parameter: one round trip however many rows, and
+//! statements SQLite prepares once per connection. (A batch is bounded by
+//! the log's 8,192 events of at most 16 KiB each, well under SQLite's 1 GB
+//! value limit even in hex.)
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use warden_shared::audit::TreeHead;
-use warden_shared::merkle::{Hash, Node};
+use warden_shared::merkle::{self, Hash, Node};
 
 use super::super::audit::{
     AuditAppend, AuditEntry, AuditGuard, AuditKey, AuditQuery, AuditStore, BuildAppend, StoredHead,
@@ -15,9 +18,8 @@ use super::super::{Error, Result};
 use super::SqliteStore;
 use super::writer::Alone;
 
-/// Rows per INSERT (8 columns: well under SQLite's 32,766 parameters).
-const LOG_CHUNK: usize = 500;
-/// Rows per INSERT into the tree (3 columns).
+/// Rows per query when subtrees are read (3 values each: well under
+/// SQLite's 32,766 parameters).
 const TREE_CHUNK: usize = 1000;
 
 fn corrupt(table: &'static str, detail: impl ToString) -> Error {
@@ -36,44 +38,54 @@ fn hash(table: &'static str, v: &[u8]) -> Result<Hash> {
         .map_err(|_| corrupt(table, "a hash is not 32 bytes"))
 }
 
-/// Pushes an append's statements (its entries, subtrees and sources'
-/// numbers), each ended by `; `; nothing if it is empty.
-fn push_append<'a>(q: &mut QueryBuilder<'a, Sqlite>, batch: &'a AuditAppend) {
-    for chunk in batch.rows.chunks(LOG_CHUNK) {
-        q.push(
-            "INSERT INTO audit_log (position, record, time_ms, kind, agent, session, tool, outcome) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(int(r.position))
-                .push_bind(r.record.as_slice())
-                .push_bind(r.time_ms)
-                .push_bind(r.kind.as_str())
-                .push_bind(r.agent.as_str())
-                .push_bind(r.session.as_str())
-                .push_bind(r.tool.as_str())
-                .push_bind(r.outcome.as_str());
-        });
-        q.push("; ");
+/// An append's statements: its entries, its subtrees and the sources'
+/// numbers, each read from a JSON array (see [`append_json`]). The text
+/// never changes with the size of the append, so SQLite parses it once per
+/// connection, not once per batch.
+macro_rules! append_sql {
+    () => {
+        "INSERT INTO audit_log (position, record, time_ms, kind, agent, session, tool, outcome)
+           SELECT value->>0, unhex(value->>1), value->>2, value->>3, value->>4, value->>5,
+                  value->>6, value->>7
+           FROM json_each(?);
+         INSERT INTO audit_tree (level, idx, hash)
+           SELECT value->>0, value->>1, unhex(value->>2) FROM json_each(?);
+         INSERT INTO audit_sources (source, last_seq)
+           SELECT value->>0, value->>1 FROM json_each(?) WHERE true
+           ON CONFLICT (source) DO UPDATE SET last_seq = excluded.last_seq
+           WHERE excluded.last_seq > audit_sources.last_seq; "
+    };
+}
+
+/// An append as [`append_sql`] reads it: its entries, its subtrees and the
+/// sources' numbers, each a JSON array of arrays (blobs in hex).
+fn append_json(batch: &AuditAppend) -> [String; 3] {
+    fn json<T: serde::Serialize>(rows: &[T]) -> String {
+        serde_json::to_string(rows).unwrap_or_else(|_| "[]".into())
     }
-    for chunk in batch.nodes.chunks(TREE_CHUNK) {
-        q.push("INSERT INTO audit_tree (level, idx, hash) ");
-        q.push_values(chunk, |mut b, (n, h)| {
-            b.push_bind(i64::from(n.level))
-                .push_bind(int(n.index))
-                .push_bind(h.as_slice());
-        });
-        q.push("; ");
-    }
-    for (source, seq) in &batch.sources {
-        q.push("INSERT INTO audit_sources (source, last_seq) VALUES (");
-        q.push_bind(source.as_str());
-        q.push(", ");
-        q.push_bind(int(*seq));
-        q.push(
-            ") ON CONFLICT (source) DO UPDATE SET last_seq = excluded.last_seq
-             WHERE excluded.last_seq > audit_sources.last_seq; ",
-        );
-    }
+    let rows: Vec<_> = batch
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                int(r.position),
+                merkle::hex(&r.record),
+                r.time_ms,
+                &r.kind,
+                &r.agent,
+                &r.session,
+                &r.tool,
+                &r.outcome,
+            )
+        })
+        .collect();
+    let nodes: Vec<_> = batch
+        .nodes
+        .iter()
+        .map(|(n, h)| (n.level, int(n.index), merkle::hex(h)))
+        .collect();
+    let sources: Vec<_> = batch.sources.iter().map(|(s, n)| (s, int(*n))).collect();
+    [json(&rows), json(&nodes), json(&sources)]
 }
 
 /// Writes an append in one round trip to SQLite's thread (one query of
@@ -83,29 +95,41 @@ async fn append(c: &mut SqliteConnection, batch: &AuditAppend, alone: Alone) -> 
     if batch.rows.is_empty() && batch.nodes.is_empty() && batch.sources.is_empty() {
         return Ok(());
     }
-    let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(match alone {
-        Alone::Owns => "BEGIN IMMEDIATE; ",
-        Alone::No => "",
-    });
-    push_append(&mut q, batch);
-    if alone == Alone::Owns {
-        q.push("COMMIT");
-    }
-    q.build().persistent(false).execute(&mut *c).await?;
+    let sql = match alone {
+        Alone::Owns => concat!("BEGIN IMMEDIATE; ", append_sql!(), "COMMIT"),
+        Alone::No => append_sql!(),
+    };
+    let [rows, nodes, sources] = append_json(batch);
+    sqlx::query(sql)
+        .bind(rows)
+        .bind(nodes)
+        .bind(sources)
+        .execute(&mut *c)
+        .await?;
     Ok(())
 }
 
 /// A table no row can enter: inserting into it is how a query of several
 /// statements stops itself (a `CHECK` failure) when a guard did not take.
-const GUARD_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS guard_failed (x CHECK (0)); ";
+/// Made once on the writer's connection.
+pub(super) const GUARD_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS guard_failed (x CHECK (0))";
+
+/// A guarded append owning its transaction, tried in one query: the
+/// sessions' insert, a statement that fails unless every one of them was
+/// inserted, and the append built as if every guard took.
+const GUARDED_ALL: &str = concat!(
+    "BEGIN IMMEDIATE; ",
+    super::open_sessions_sql!(),
+    "; INSERT INTO temp.guard_failed SELECT 1 WHERE changes() <> ?; ",
+    append_sql!(),
+    "COMMIT"
+);
 
 /// Runs an append's guards and its entries. Owning its transaction, it
-/// first tries everything in one round trip, the append built as if every
-/// guard took, with a statement after the sessions' insert that fails
-/// unless every one of them was inserted; if a guard did not take (or a
-/// constraint refused anything), that transaction is rolled back and the
-/// guards run again, one round trip each, before the append built from
-/// what they did.
+/// first tries everything in one round trip ([`GUARDED_ALL`]); if a guard
+/// did not take (or a constraint refused anything), that transaction is
+/// rolled back and the guards run again, one round trip each, before the
+/// append built from what they did.
 async fn append_guarded(
     c: &mut SqliteConnection,
     guards: &[AuditGuard],
@@ -118,18 +142,20 @@ async fn append_guarded(
             AuditGuard::OpenSession { session, max, now } => (session, *max, *now),
         })
         .collect();
-    if alone == Alone::Owns && !open.is_empty() && open.len() <= super::OPEN_CHUNK {
+    if alone == Alone::Owns && !open.is_empty() {
         let all = vec![true; open.len()];
-        let batch = build(&all);
-        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(GUARD_TABLE);
-        q.push("BEGIN IMMEDIATE; ");
-        super::push_open_sessions(&mut q, &open);
-        q.push("; INSERT INTO temp.guard_failed SELECT 1 WHERE changes() <> ");
-        q.push_bind(i64::try_from(open.len()).unwrap_or(i64::MAX));
-        q.push("; ");
-        push_append(&mut q, &batch);
-        q.push("COMMIT");
-        match q.build().persistent(false).execute(&mut *c).await {
+        let (sessions, cap) = super::sessions_json(&open);
+        let [rows, nodes, sources] = append_json(&build(&all));
+        let tried = sqlx::query(GUARDED_ALL)
+            .bind(sessions)
+            .bind(cap)
+            .bind(i64::try_from(open.len()).unwrap_or(i64::MAX))
+            .bind(rows)
+            .bind(nodes)
+            .bind(sources)
+            .execute(&mut *c)
+            .await;
+        match tried {
             Ok(_) => return Ok(all),
             Err(e) => {
                 let e = Error::from(e);

@@ -925,3 +925,111 @@ async fn a_plain_append_alone_owns_its_transaction() {
     s.audit_append(rows_for(2, &[true])).await.unwrap();
     assert_eq!(s.audit_size().await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn entries_keep_every_byte_and_every_character_through_the_append() {
+    use crate::store::{AuditAppend, AuditQuery, AuditRow, AuditStore};
+    use warden_shared::merkle::Node;
+    let (s, _d) = store().await;
+    // Texts JSON must escape, characters outside ASCII, and a NUL.
+    let texts = [
+        "a\"b\\c",
+        "tool/ü ✓ 𝄞",
+        "line\nbreak\ttab",
+        "nul\0inside",
+        "",
+        "'; DROP TABLE audit_log; --",
+    ];
+    let append = |from: u64| AuditAppend {
+        rows: (0..texts.len())
+            .map(|i| {
+                // Every byte value, and bytes that are not UTF-8.
+                let mut record: Vec<u8> = (0..=255u8).collect();
+                record.extend([0xff, 0xfe, 0x00, b'"', i as u8]);
+                AuditRow {
+                    position: from + i as u64,
+                    record,
+                    time_ms: i64::MAX - i as i64,
+                    kind: texts[i].into(),
+                    agent: texts[(i + 1) % texts.len()].into(),
+                    session: texts[(i + 2) % texts.len()].into(),
+                    tool: texts[i].into(),
+                    outcome: texts[(i + 3) % texts.len()].into(),
+                }
+            })
+            .collect(),
+        nodes: vec![
+            (
+                Node {
+                    level: 0,
+                    index: from,
+                },
+                [0xa5; 32],
+            ),
+            (
+                Node {
+                    level: 63,
+                    index: from,
+                },
+                [0; 32],
+            ),
+        ],
+        sources: vec![(texts[1].to_owned(), u64::MAX >> 1)],
+    };
+    // Alone (owning its transaction), then beside another write (in one
+    // batch when the writer takes both together).
+    let first = append(0);
+    s.audit_append(first.clone()).await.unwrap();
+    let second = append(texts.len() as u64);
+    let key = crate::store::AuditKey {
+        kid: "k".into(),
+        pkcs8: vec![1],
+        public_key: vec![2],
+        created_ms: 1,
+    };
+    let (a, b) = tokio::join!(s.audit_append(second.clone()), s.audit_add_key(&key));
+    a.unwrap();
+    b.unwrap();
+    let size = 2 * texts.len() as u64;
+    let stored = s.audit_entries(0, size, 100, true).await.unwrap();
+    let written: Vec<&AuditRow> = first.rows.iter().chain(&second.rows).collect();
+    assert_eq!(stored.len(), written.len());
+    for (e, w) in stored.iter().zip(&written) {
+        assert_eq!((e.position, &e.record), (w.position, &w.record));
+    }
+    // The leaf hash stored for position 0 and the deepest one, exactly.
+    let nodes = [
+        Node { level: 0, index: 0 },
+        Node {
+            level: 63,
+            index: 0,
+        },
+        Node {
+            level: 63,
+            index: 6,
+        },
+    ];
+    assert_eq!(
+        s.audit_nodes(&nodes).await.unwrap(),
+        vec![Some([0xa5; 32]), Some([0; 32]), Some([0; 32])]
+    );
+    assert_eq!(s.audit_source_seq(texts[1]).await.unwrap(), u64::MAX >> 1);
+    // Each column holds its text exactly: a query by it finds its rows.
+    for (i, t) in texts.iter().enumerate() {
+        let q = AuditQuery {
+            tool: Some((*t).to_owned()),
+            agent: Some(texts[(i + 1) % texts.len()].to_owned()),
+            outcome: Some(texts[(i + 3) % texts.len()].to_owned()),
+            limit: 10,
+            ..AuditQuery::default()
+        };
+        let found: Vec<u64> = s
+            .audit_query(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(found, vec![i as u64, (i + texts.len()) as u64], "{t:?}");
+    }
+}
