@@ -940,8 +940,10 @@ async fn entries_keep_every_byte_and_every_character_through_the_append() {
         "",
         "'; DROP TABLE audit_log; --",
     ];
-    let append = |from: u64| AuditAppend {
-        rows: (0..texts.len())
+    let n = texts.len();
+    // Entry p carries texts[p % n] (the positions below start at multiples of n).
+    let append = |from: u64, count: usize| AuditAppend {
+        rows: (0..count)
             .map(|i| {
                 // Every byte value, and bytes that are not UTF-8.
                 let mut record: Vec<u8> = (0..=255u8).collect();
@@ -950,11 +952,11 @@ async fn entries_keep_every_byte_and_every_character_through_the_append() {
                     position: from + i as u64,
                     record,
                     time_ms: i64::MAX - i as i64,
-                    kind: texts[i].into(),
-                    agent: texts[(i + 1) % texts.len()].into(),
-                    session: texts[(i + 2) % texts.len()].into(),
-                    tool: texts[i].into(),
-                    outcome: texts[(i + 3) % texts.len()].into(),
+                    kind: texts[i % n].into(),
+                    agent: texts[(i + 1) % n].into(),
+                    session: texts[(i + 2) % n].into(),
+                    tool: texts[i % n].into(),
+                    outcome: texts[(i + 3) % n].into(),
                 }
             })
             .collect(),
@@ -974,13 +976,14 @@ async fn entries_keep_every_byte_and_every_character_through_the_append() {
                 [0; 32],
             ),
         ],
-        sources: vec![(texts[1].to_owned(), u64::MAX >> 1)],
+        sources: vec![(texts[1].to_owned(), from)],
     };
-    // Alone (owning its transaction), then beside another write (in one
-    // batch when the writer takes both together).
-    let first = append(0);
+    // Small and alone (owning its transaction); small beside another write
+    // (in one batch when the writer takes both together); and large (more
+    // than FIXED_MAX entries: the other way of writing them).
+    let first = append(0, n);
     s.audit_append(first.clone()).await.unwrap();
-    let second = append(texts.len() as u64);
+    let second = append(n as u64, n);
     let key = crate::store::AuditKey {
         kid: "k".into(),
         pkcs8: vec![1],
@@ -990,37 +993,43 @@ async fn entries_keep_every_byte_and_every_character_through_the_append() {
     let (a, b) = tokio::join!(s.audit_append(second.clone()), s.audit_add_key(&key));
     a.unwrap();
     b.unwrap();
-    let size = 2 * texts.len() as u64;
-    let stored = s.audit_entries(0, size, 100, true).await.unwrap();
-    let written: Vec<&AuditRow> = first.rows.iter().chain(&second.rows).collect();
+    let third = append(2 * n as u64, 100);
+    s.audit_append(third.clone()).await.unwrap();
+    let size = (2 * n + 100) as u64;
+    let stored = s.audit_entries(0, size, 200, true).await.unwrap();
+    let written: Vec<&AuditRow> = [&first, &second, &third]
+        .iter()
+        .flat_map(|a| &a.rows)
+        .collect();
     assert_eq!(stored.len(), written.len());
     for (e, w) in stored.iter().zip(&written) {
         assert_eq!((e.position, &e.record), (w.position, &w.record));
     }
-    // The leaf hash stored for position 0 and the deepest one, exactly.
+    // The subtrees, exactly, from both ways of writing them.
+    let at = |level, index| Node { level, index };
     let nodes = [
-        Node { level: 0, index: 0 },
-        Node {
-            level: 63,
-            index: 0,
-        },
-        Node {
-            level: 63,
-            index: 6,
-        },
+        at(0, 0),
+        at(63, 0),
+        at(0, 6),
+        at(63, 6),
+        at(0, 12),
+        at(63, 12),
     ];
     assert_eq!(
         s.audit_nodes(&nodes).await.unwrap(),
-        vec![Some([0xa5; 32]), Some([0; 32]), Some([0; 32])]
+        [
+            [0xa5; 32], [0; 32], [0xa5; 32], [0; 32], [0xa5; 32], [0; 32]
+        ]
+        .map(Some)
     );
-    assert_eq!(s.audit_source_seq(texts[1]).await.unwrap(), u64::MAX >> 1);
+    assert_eq!(s.audit_source_seq(texts[1]).await.unwrap(), 2 * n as u64);
     // Each column holds its text exactly: a query by it finds its rows.
     for (i, t) in texts.iter().enumerate() {
         let q = AuditQuery {
             tool: Some((*t).to_owned()),
-            agent: Some(texts[(i + 1) % texts.len()].to_owned()),
-            outcome: Some(texts[(i + 3) % texts.len()].to_owned()),
-            limit: 10,
+            agent: Some(texts[(i + 1) % n].to_owned()),
+            outcome: Some(texts[(i + 3) % n].to_owned()),
+            limit: 200,
             ..AuditQuery::default()
         };
         let found: Vec<u64> = s
@@ -1030,6 +1039,7 @@ async fn entries_keep_every_byte_and_every_character_through_the_append() {
             .iter()
             .map(|e| e.position)
             .collect();
-        assert_eq!(found, vec![i as u64, (i + texts.len()) as u64], "{t:?}");
+        let want: Vec<u64> = (0..size).filter(|p| *p as usize % n == i).collect();
+        assert_eq!(found, want, "{t:?}");
     }
 }
