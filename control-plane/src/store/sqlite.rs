@@ -158,9 +158,15 @@ macro_rules! open_sessions_sql {
 }
 pub(super) use open_sessions_sql;
 
+/// Rows as one JSON parameter. Serialising strings and numbers cannot fail;
+/// if it ever did, the write fails (nothing is written as if it were empty).
+pub(super) fn to_json<T: serde::Serialize + ?Sized>(rows: &T) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| Error::Database(sqlx::Error::Encode(Box::new(e))))
+}
+
 /// The sessions to open as [`open_sessions_sql`] reads them (one JSON array
 /// per session), and the largest of their caps.
-pub(super) fn sessions_json(open: &[Opening<'_>]) -> (String, i64) {
+pub(super) fn sessions_json(open: &[Opening<'_>]) -> Result<(String, i64)> {
     let cap = open.iter().map(|(_, max, _)| *max).max().unwrap_or(0);
     let rows: Vec<_> = open
         .iter()
@@ -182,10 +188,7 @@ pub(super) fn sessions_json(open: &[Opening<'_>]) -> (String, i64) {
             )
         })
         .collect();
-    (
-        serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()),
-        i64::from(cap),
-    )
+    Ok((to_json(&rows)?, i64::from(cap)))
 }
 
 /// Opens sessions (see [`open_sessions_sql`]): whether each was opened.
@@ -196,7 +199,7 @@ async fn insert_sessions(c: &mut SqliteConnection, open: &[Opening<'_>]) -> Resu
     if open.is_empty() {
         return Ok(Vec::new());
     }
-    let (json, cap) = sessions_json(open);
+    let (json, cap) = sessions_json(open)?;
     let ids: Vec<String> = sqlx::query_scalar(concat!(open_sessions_sql!(), " RETURNING id"))
         .bind(json)
         .bind(cap)

@@ -67,10 +67,8 @@ macro_rules! append_sql {
 
 /// An append as [`append_sql`] reads it: its entries, its subtrees and the
 /// sources' numbers, each a JSON array of arrays (blobs in hex).
-fn append_json(batch: &AuditAppend) -> [String; 3] {
-    fn json<T: serde::Serialize>(rows: &[T]) -> String {
-        serde_json::to_string(rows).unwrap_or_else(|_| "[]".into())
-    }
+fn append_json(batch: &AuditAppend) -> Result<[String; 3]> {
+    use super::to_json;
     let rows: Vec<_> = batch
         .rows
         .iter()
@@ -93,7 +91,7 @@ fn append_json(batch: &AuditAppend) -> [String; 3] {
         .map(|(n, h)| (n.level, int(n.index), merkle::hex(h)))
         .collect();
     let sources: Vec<_> = batch.sources.iter().map(|(s, n)| (s, int(*n))).collect();
-    [json(&rows), json(&nodes), json(&sources)]
+    Ok([to_json(&rows)?, to_json(&nodes)?, to_json(&sources)?])
 }
 
 /// Pushes an append's statements (its entries, subtrees and sources'
@@ -159,7 +157,7 @@ async fn append(c: &mut SqliteConnection, batch: &AuditAppend, alone: Alone) -> 
         Alone::Owns => concat!("BEGIN IMMEDIATE; ", append_sql!(), "COMMIT"),
         Alone::No => append_sql!(),
     };
-    let [rows, nodes, sources] = append_json(batch);
+    let [rows, nodes, sources] = append_json(batch)?;
     sqlx::query(sql)
         .bind(rows)
         .bind(nodes)
@@ -208,8 +206,8 @@ async fn append_guarded(
         .then(|| build(&all))
         .filter(|b| b.rows.len() <= FIXED_MAX);
     if let Some(batch) = first {
-        let (sessions, cap) = super::sessions_json(&open);
-        let [rows, nodes, sources] = append_json(&batch);
+        let (sessions, cap) = super::sessions_json(&open)?;
+        let [rows, nodes, sources] = append_json(&batch)?;
         let tried = sqlx::query(GUARDED_ALL)
             .bind(sessions)
             .bind(cap)
