@@ -737,18 +737,8 @@ async fn sessions_opened_together_hold_each_cap_as_if_opened_one_by_one() {
         open("s4", "a2", 1, None),
         open("s5", "a2", 1, None),
     ];
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = std::sync::Arc::clone(&seen);
-    let took = s
-        .audit_append_guarded(
-            guards,
-            Box::new(move |took: &[bool]| {
-                record.lock().unwrap().push(took.to_vec());
-                AuditAppend::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let (seen, build) = recording(|_| AuditAppend::default());
+    let took = s.audit_append_guarded(guards, build).await.unwrap();
     assert_eq!(took, [false, true, false, true, false]);
     assert_eq!(
         seen.lock().unwrap().last(),
@@ -776,6 +766,23 @@ async fn sessions_opened_together_hold_each_cap_as_if_opened_one_by_one() {
             .unwrap(),
         1
     );
+}
+
+/// What every build of a guarded append was given (in order), and the
+/// build, which makes its append with `make`.
+fn recording(
+    make: fn(&[bool]) -> crate::store::AuditAppend,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<bool>>>>,
+    crate::store::BuildAppend,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    let build: crate::store::BuildAppend = Box::new(move |took: &[bool]| {
+        record.lock().unwrap().push(took.to_vec());
+        make(took)
+    });
+    (seen, build)
 }
 
 /// An append whose rows stand for the guards that took, numbered from
@@ -815,18 +822,8 @@ async fn open_three(s: &SqliteStore, max: u32) -> (Vec<bool>, Vec<Vec<bool>>) {
             now: 150,
         })
         .collect();
-    let builds = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = std::sync::Arc::clone(&builds);
-    let took = s
-        .audit_append_guarded(
-            guards,
-            Box::new(move |took: &[bool]| {
-                record.lock().unwrap().push(took.to_vec());
-                rows_for(0, took)
-            }),
-        )
-        .await
-        .unwrap();
+    let (builds, build) = recording(|took| rows_for(0, took));
+    let took = s.audit_append_guarded(guards, build).await.unwrap();
     let builds = builds.lock().unwrap().clone();
     (took, builds)
 }
