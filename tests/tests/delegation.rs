@@ -546,11 +546,13 @@ async fn the_consent_pages_refuse_bad_requests_and_foreign_forms() {
     assert!(body.contains("not registered"), "{body}");
     let (status, _, body) = get("/consent?agent=a1&scope=%3A%3A".into()).await;
     assert_eq!(status, 400, "{body}");
-    // An agent whose registration has lapsed cannot be consented to.
-    mesh.register_expiring("brief", warden_control_plane::now_unix() + 1)
+    // An agent whose registration has lapsed cannot be consented to. (Two
+    // seconds ahead: one second could pass before the control plane checks
+    // that the expiry is in the future.)
+    mesh.register_expiring("brief", warden_control_plane::now_unix() + 2)
         .await
         .unwrap();
-    let lapsed = warden_tests::eventually(Duration::from_secs(5), || async move {
+    let lapsed = warden_tests::eventually(Duration::from_secs(10), || async move {
         let (status, _, body) = get("/consent?agent=brief&scope=data%3Aread".into()).await;
         status == 400 && body.contains("not active")
     })
