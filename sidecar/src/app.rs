@@ -146,9 +146,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
     )
     .with_context(|| format!("opening the audit spool {}", spool_dir.display()))?;
+    // Tool calls and messages write through one sink: one rule for a full
+    // spool, one count of lost events.
+    let sink = Arc::new(crate::infra::audit::Sink::new(
+        Arc::clone(&spool),
+        a.on_full,
+        a.sync == crate::config::AuditSync::Strict,
+    ));
     let messenger = Arc::new(
         crate::a2a::Messenger::new(td.clone(), agent.clone(), Arc::clone(auth.state()), replay)
-            .with_spool(Arc::clone(&spool)),
+            .with_spool(Arc::clone(&sink)),
     );
     let inbox = Arc::new(crate::a2a::inbox::Inbox::new(
         m.inbox_capacity,
@@ -168,11 +175,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ))
             .with_call_journal(&journal)
             .with_context(|| format!("opening {}", journal.display()))?
-            .with_audit_spool(
-                Arc::clone(&spool),
-                a.on_full,
-                a.sync == crate::config::AuditSync::Strict,
-            ),
+            .with_audit_spool(sink),
     );
     gateway.executor.mcp.allow_commands(&config.mcp_commands);
     let api = AgentApi::new(

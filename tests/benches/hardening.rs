@@ -292,6 +292,7 @@ fn audit_event() {
 fn spooled(event: &warden_sidecar::gateway::record::Event<'_>) {
     use warden_sidecar::config::AuditOnFull;
     use warden_sidecar::gateway::record::Recorder;
+    use warden_sidecar::infra::audit::Sink;
     use warden_sidecar::infra::spool::{Spool, Sync};
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(
@@ -301,7 +302,11 @@ fn spooled(event: &warden_sidecar::gateway::record::Event<'_>) {
     )
     .unwrap();
     let plain = Recorder::default();
-    let spooling = Recorder::default().with_spool(spool, AuditOnFull::Refuse, false);
+    let spooling = Recorder::default().with_spool(std::sync::Arc::new(Sink::new(
+        spool,
+        AuditOnFull::Refuse,
+        false,
+    )));
     let each = |r: &Recorder, n: usize| -> Vec<f64> {
         (0..n)
             .map(|_| {

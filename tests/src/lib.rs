@@ -101,9 +101,19 @@ impl Mesh {
 
     /// Restarts the control plane on the same data directory and port.
     pub async fn restart(self) -> anyhow::Result<Self> {
+        self.while_down(|| async {}).await
+    }
+
+    /// Stops the control plane, runs `f`, and starts it again on the same
+    /// data directory and ports.
+    pub async fn while_down<F: std::future::Future<Output = ()>>(
+        self,
+        f: impl FnOnce() -> F,
+    ) -> anyhow::Result<Self> {
         let Mesh { dir, cp, ctl } = self;
         let (addr, jwks, oauth) = (cp.grpc_addr, cp.jwks_addr, cp.oauth_addr);
         cp.shutdown().await?;
+        f().await;
         let mut config = warden_control_plane::config::Config::load(&dir.path().join("cp"))?;
         config.durable_sync = false;
         config.listen = addr;

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use tonic::Code;
-use warden_control_plane::app;
 use warden_shared::audit::Record;
 use warden_shared::proto::v1 as pb;
 /// One low-risk tool whose `card` argument is sensitive.
@@ -120,23 +119,6 @@ fn echo(i: usize) -> pb::CallToolRequest {
         trace_id: format!("trace-{i}"),
         no_wait: false,
     }
-}
-
-/// Stops the control plane, runs `f`, starts it again on the same ports.
-async fn with_control_plane_down<F: std::future::Future<Output = ()>>(
-    mesh: Mesh,
-    f: impl FnOnce() -> F,
-) -> Mesh {
-    let Mesh { dir, cp, ctl } = mesh;
-    let (addr, jwks) = (cp.grpc_addr, cp.jwks_addr);
-    cp.shutdown().await.unwrap();
-    f().await;
-    let mut config = warden_control_plane::config::Config::load(&dir.path().join("cp")).unwrap();
-    config.durable_sync = false;
-    config.listen = addr;
-    config.jwks_listen = jwks;
-    let cp = app::start(config).await.unwrap();
-    Mesh { dir, cp, ctl }
 }
 
 #[tokio::test]
@@ -266,19 +248,21 @@ async fn events_wait_in_the_spool_while_the_control_plane_is_down_and_a_full_spo
     c.call_tool(echo(0)).await.unwrap();
     let mut served = 1usize;
     let mut refusal = None;
-    let mesh = with_control_plane_down(mesh, || async {
-        // The sidecar serves on what it holds; the events wait.
-        for i in 1..1000 {
-            match c.call_tool(echo(i)).await {
-                Ok(_) => served += 1,
-                Err(e) => {
-                    refusal = Some(e);
-                    break;
+    let mesh = mesh
+        .while_down(|| async {
+            // The sidecar serves on what it holds; the events wait.
+            for i in 1..1000 {
+                match c.call_tool(echo(i)).await {
+                    Ok(_) => served += 1,
+                    Err(e) => {
+                        refusal = Some(e);
+                        break;
+                    }
                 }
             }
-        }
-    })
-    .await;
+        })
+        .await
+        .unwrap();
     let e = refusal.expect("the spool filled up");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert_eq!(warden_tests::reason(&e), "AUDIT_UNAVAILABLE");
@@ -468,12 +452,14 @@ async fn with_on_full_continue_calls_go_on_and_the_loss_is_recorded_as_a_gap() {
     let sc = warden_tests::start_sidecar(config).await.unwrap();
     let s = session(&mut agent_tcp(&sc, AgentAuth::default()).await.unwrap()).await;
     let mut c = with_token(&sc, &s.token).await.unwrap();
-    let mesh = with_control_plane_down(mesh, || async {
-        for i in 0..300 {
-            c.call_tool(echo(i)).await.unwrap();
-        }
-    })
-    .await;
+    let mesh = mesh
+        .while_down(|| async {
+            for i in 0..300 {
+                c.call_tool(echo(i)).await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
     let lost = sc.api.gateway().recorder.lost();
     assert!(lost > 0, "the spool holds far fewer than 300 events");
     // The next call after the spool drains records the gap first.

@@ -26,6 +26,18 @@ messaging:
 
 type Client = warden_tests::messaging::MessagingClient;
 
+/// A control plane holding `POLICY`.
+async fn with_policy() -> Mesh {
+    let mesh = Mesh::start().await.expect("a control plane");
+    mesh.admin()
+        .await
+        .expect("an admin client")
+        .apply_policy(apply_policy(POLICY))
+        .await
+        .expect("the policy applied");
+    mesh
+}
+
 async fn register(mesh: &Mesh, id: &str, agent_type: &str) -> anyhow::Result<()> {
     mesh.admin()
         .await?
@@ -123,13 +135,7 @@ fn holds_only_its_own_pairs(sc: &Sidecar, me: &str) -> usize {
 async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
     let redis = PrivateRedis::start().await.unwrap();
     let prefix = format!("warden-test-{}:", rand_suffix());
-    let mesh = Mesh::start().await.unwrap();
-    mesh.admin()
-        .await
-        .unwrap()
-        .apply_policy(apply_policy(POLICY))
-        .await
-        .unwrap();
+    let mesh = with_policy().await;
     for (id, t) in [
         ("coder", "coder"),
         ("reviewer", "reviewer"),
@@ -556,6 +562,164 @@ async fn messages_are_delivered_verified_and_every_abuse_is_refused() {
     }
 }
 
+/// Calls `f` until it is refused with `AUDIT_UNAVAILABLE` (its events
+/// filled the audit spool); the number of calls it took.
+async fn until_unrecordable<T, F>(mut f: impl FnMut() -> F) -> usize
+where
+    F: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    for n in 1..=2_000 {
+        if let Err(s) = f().await
+            && warden_tests::reason(&s) == "AUDIT_UNAVAILABLE"
+        {
+            return n;
+        }
+    }
+    panic!("2,000 refused messages did not fill a 64 KiB audit spool");
+}
+
+#[tokio::test]
+async fn a_message_whose_decision_cannot_be_recorded_is_refused_until_the_spool_drains() {
+    let mesh = with_policy().await;
+    register(&mesh, "coder", "coder").await.unwrap();
+    register(&mesh, "reviewer", "reviewer").await.unwrap();
+    let small = |c: &mut warden_sidecar::config::Config| c.audit.spool_max_bytes = 64 << 10;
+    let rev = mesh
+        .messaging_sidecar("reviewer", &[], small)
+        .await
+        .unwrap();
+    let coder = mesh
+        .messaging_sidecar("coder", &[("reviewer", &rev)], small)
+        .await
+        .unwrap();
+    let (mut c, mut r) = (client(&coder).await.unwrap(), client(&rev).await.unwrap());
+    // Signed while the spool has room, verified only later.
+    let early = signed(&mut c, "reviewer", "signed early").await;
+    let mut refused = Vec::new();
+    let mesh = mesh
+        .while_down(|| async {
+            // With the control plane away, events stay in the spools. Refused
+            // messages are recorded too, and fill them.
+            let n = until_unrecordable(|| {
+                let mut c = c.clone();
+                async move { c.sign_message(sign("nobody", "x")).await }
+            })
+            .await;
+            assert!(n > 20, "{n}");
+            // Now a message that would be signed is refused, and so is a
+            // send: nothing leaves unrecorded.
+            refused.push(c.sign_message(sign("reviewer", "late")).await.map(|_| ()));
+            refused.push(c.send_message(send("reviewer", "late")).await.map(|_| ()));
+            // The recipient's side: refused deliveries fill its spool,
+            // then a message it would accept is refused, its nonce not
+            // spent.
+            let garbage = pb::Envelope {
+                sender: "spiffe://warden.local/agent/coder".into(),
+                ..Default::default()
+            };
+            until_unrecordable(|| {
+                let mut r = r.clone();
+                let g = garbage.clone();
+                async move { r.verify_message(verify(&g)).await }
+            })
+            .await;
+            refused.push(r.verify_message(verify(&early)).await.map(|_| ()));
+        })
+        .await
+        .unwrap();
+    for (i, e) in refused.into_iter().enumerate() {
+        let s = match e {
+            Ok(v) => panic!("refusal {i}: served {v:?}"),
+            Err(s) => s,
+        };
+        assert_eq!(
+            (s.code(), warden_tests::reason(&s).as_str()),
+            (Code::Unavailable, "AUDIT_UNAVAILABLE"),
+            "refusal {i}: {}",
+            s.message()
+        );
+    }
+    // Once the spools drain, the same message verifies (once) and signing
+    // works again.
+    let verified = eventually(Duration::from_secs(30), || {
+        let mut r = r.clone();
+        let e = early.clone();
+        async move { r.verify_message(verify(&e)).await.is_ok() }
+    })
+    .await;
+    assert!(
+        verified,
+        "the early message verifies once the spool drained"
+    );
+    assert_refused(
+        r.verify_message(verify(&early)).await,
+        Code::AlreadyExists,
+        "MESSAGE_REPLAYED",
+    );
+    let signs = eventually(Duration::from_secs(30), || {
+        let mut c = c.clone();
+        async move { c.sign_message(sign("reviewer", "again")).await.is_ok() }
+    })
+    .await;
+    assert!(signs, "signing works again once the spool drained");
+    // The log holds the refusals of the early message and then its one
+    // verification.
+    let id: String = early.nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let allowed = ("allowed".to_owned(), String::new());
+    let logged = eventually(Duration::from_secs(30), || async {
+        verified_events(&mesh, &id)
+            .await
+            .last()
+            .is_some_and(|(_, r)| r == "MESSAGE_REPLAYED")
+    })
+    .await;
+    let events = verified_events(&mesh, &id).await;
+    assert!(logged, "{events:?}");
+    // Refused (once, or more while the spool drained), verified once, and
+    // the replay above refused.
+    let [refusals @ .., verified, replayed] = events.as_slice() else {
+        panic!("{events:?}");
+    };
+    assert_eq!(verified, &allowed, "{events:?}");
+    assert_eq!(
+        replayed,
+        &("denied".to_owned(), "MESSAGE_REPLAYED".to_owned()),
+        "{events:?}"
+    );
+    assert!(!refusals.is_empty(), "{events:?}");
+    assert!(
+        refusals
+            .iter()
+            .all(|(o, r)| o == "denied" && r == "AUDIT_UNAVAILABLE"),
+        "{events:?}"
+    );
+}
+
+/// The outcomes and reasons of the `message.verified` events of message
+/// `id` in the control plane's log.
+async fn verified_events(mesh: &Mesh, id: &str) -> Vec<(String, String)> {
+    let mut feed = mesh
+        .admin()
+        .await
+        .expect("an admin client")
+        .export_audit(pb::ExportAuditRequest::default())
+        .await
+        .expect("the audit log exported")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(page) = feed.next().await {
+        for e in page.expect("a page").entries {
+            let r = warden_shared::audit::Record::from_bytes(&e.record).expect("a record");
+            if r.event.kind == "message.verified"
+                && r.event.detail.get("message_id").map(String::as_str) == Some(id)
+            {
+                out.push((r.event.outcome, r.event.reason));
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn a_bad_messaging_section_is_refused_with_its_reason() {
     let mesh = Mesh::start().await.unwrap();
@@ -613,13 +777,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 
 #[tokio::test]
 async fn the_delivery_listener_refuses_clients_without_a_mesh_certificate() {
-    let mesh = Mesh::start().await.unwrap();
-    mesh.admin()
-        .await
-        .unwrap()
-        .apply_policy(apply_policy(POLICY))
-        .await
-        .unwrap();
+    let mesh = with_policy().await;
     register(&mesh, "reviewer", "reviewer").await.unwrap();
     let rev = sidecar(&mesh, "reviewer", &[], None, 4).await.unwrap();
     let addr = rev.messaging_addr.unwrap();

@@ -84,7 +84,15 @@ pub struct Messenger {
     state: Arc<State>,
     replay: replay::ReplayCache,
     /// Where message decisions are recorded, shipped to the audit log.
-    spool: Option<Arc<crate::infra::spool::Spool>>,
+    sink: Option<Arc<crate::infra::audit::Sink>>,
+}
+
+/// The refusal of a message whose decision cannot be recorded.
+fn unrecordable(e: crate::infra::spool::SpoolError) -> Refusal {
+    Refusal::new(
+        Reason::AuditUnavailable,
+        format!("the message cannot be recorded, so it is refused: {e}"),
+    )
 }
 
 impl Messenger {
@@ -101,26 +109,39 @@ impl Messenger {
             me,
             state,
             replay,
-            spool: None,
+            sink: None,
         }
     }
 
-    /// Records every message decision in `spool` too.
+    /// Records every message decision in `sink` too.
     #[must_use]
-    pub fn with_spool(mut self, spool: Arc<crate::infra::spool::Spool>) -> Self {
-        self.spool = Some(spool);
+    pub fn with_spool(mut self, sink: Arc<crate::infra::audit::Sink>) -> Self {
+        self.sink = Some(sink);
         self
     }
 
-    /// Appends a message decision to the audit spool (a failure is logged:
-    /// messages are not refused for it).
-    pub fn record(&self, event: &warden_shared::audit::Event) {
-        let Some(spool) = &self.spool else { return };
-        let appended = serde_json::to_vec(event)
-            .map_err(|e| e.to_string())
-            .and_then(|b| spool.append(&b).map_err(|e| e.to_string()));
-        if let Err(e) = appended {
-            tracing::error!(error = %e, kind = %event.kind, "a message decision could not be spooled for the audit log");
+    /// Whether a message may be signed or taken now: in the audit's
+    /// `refuse` mode, only while the spool has room for its event (checked
+    /// before the message's nonce is spent, so the sender can retry it).
+    pub fn ready(&self) -> Result<(), Refusal> {
+        self.sink
+            .as_ref()
+            .map_or(Ok(()), |s| s.ready().map_err(unrecordable))
+    }
+
+    /// Appends a message decision to the audit spool. An allowed one whose
+    /// event cannot be spooled is refused (`AUDIT_UNAVAILABLE`) in `refuse`
+    /// mode, and in strict mode waits until its event is on disk; for a
+    /// denied one a failure is only logged, and its own refusal stands.
+    pub async fn record(&self, event: &warden_shared::audit::Event) -> Result<(), Refusal> {
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        let allowed = event.outcome == "allowed";
+        match sink.append(event) {
+            Ok(seq) if allowed => sink.settle(seq).await.map_err(unrecordable),
+            Err(e) if allowed => Err(unrecordable(e)),
+            _ => Ok(()),
         }
     }
 

@@ -32,40 +32,49 @@ fn hex(b: &[u8]) -> String {
     b.iter().take(32).map(|b| format!("{b:02x}")).collect()
 }
 
-fn audit(
+/// Records a message decision: the audit event, then the log line. An
+/// allowed decision whose event cannot be recorded becomes a refusal
+/// (`Messenger::record`), and the line says so.
+async fn audit(
     m: &Messenger,
     action: &str,
     sender: &str,
     recipient: &str,
     id: &str,
     outcome: Result<(), &Refusal>,
-) {
+) -> Result<(), Refusal> {
     let reason = outcome.err().map_or("", |r| r.reason.as_str());
     // Unverified fields come from the network: bounded in the log.
     let short = |s: &str| -> String { s.chars().take(256).collect() };
     let (sender, recipient, id) = (short(sender), short(recipient), short(id));
     let me = m.agent_id().to_string();
-    m.record(&warden_shared::audit::Event {
-        time_ms: now_ms(),
-        kind: format!("message.{action}"),
-        actor: warden_shared::audit::Actor {
-            kind: warden_shared::audit::ActorKind::Agent,
-            id: me.clone(),
-        },
-        agent: me,
-        outcome: if outcome.is_ok() { "allowed" } else { "denied" }.into(),
-        reason: reason.to_owned(),
-        detail: [
-            ("sender", &sender),
-            ("recipient", &recipient),
-            ("message_id", &id),
-        ]
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (k.to_owned(), v.clone()))
-        .collect(),
-        ..Default::default()
-    });
+    let recorded = m
+        .record(&warden_shared::audit::Event {
+            time_ms: now_ms(),
+            kind: format!("message.{action}"),
+            actor: warden_shared::audit::Actor {
+                kind: warden_shared::audit::ActorKind::Agent,
+                id: me.clone(),
+            },
+            agent: me,
+            outcome: if outcome.is_ok() { "allowed" } else { "denied" }.into(),
+            reason: reason.to_owned(),
+            detail: [
+                ("sender", &sender),
+                ("recipient", &recipient),
+                ("message_id", &id),
+            ]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect(),
+            ..Default::default()
+        })
+        .await;
+    let reason = recorded
+        .as_ref()
+        .err()
+        .map_or(reason, |r| r.reason.as_str());
     let (sender, recipient, id) = (sender.as_str(), recipient.as_str(), id.as_str());
     tracing::info!(
         target: "warden::audit",
@@ -74,10 +83,11 @@ fn audit(
         sender,
         recipient,
         message_id = id,
-        allowed = outcome.is_ok(),
+        allowed = outcome.is_ok() && recorded.is_ok(),
         reason,
         "message {action}"
     );
+    recorded
 }
 
 /// The agent-facing messaging API.
@@ -120,30 +130,31 @@ impl MessagingApi {
         self.auth.authenticate(&creds).await.map_err(Status::from)
     }
 
-    fn sign(
+    async fn sign(
         &self,
         held: &Held,
         recipient: &str,
         payload: Vec<u8>,
         content_type: String,
     ) -> Result<Envelope, Status> {
-        let me = self.messenger.spiffe_id().to_string();
-        self.messenger
-            .sign_with(held, recipient, payload, content_type, now_ms())
-            .inspect(|e| {
-                audit(
-                    &self.messenger,
-                    "signed",
-                    &me,
-                    &e.recipient.to_string(),
-                    &hex(&e.nonce),
-                    Ok(()),
-                )
-            })
-            .map_err(|r| {
-                audit(&self.messenger, "signed", &me, recipient, "", Err(&r));
-                r.to_status()
-            })
+        let m = &self.messenger;
+        let me = m.spiffe_id().to_string();
+        match m
+            .ready()
+            .and_then(|()| m.sign_with(held, recipient, payload, content_type, now_ms()))
+        {
+            Ok(e) => {
+                let (to, id) = (e.recipient.to_string(), hex(&e.nonce));
+                audit(m, "signed", &me, &to, &id, Ok(()))
+                    .await
+                    .map_err(|r| r.to_status())?;
+                Ok(e)
+            }
+            Err(r) => {
+                let _ = audit(m, "signed", &me, recipient, "", Err(&r)).await;
+                Err(r.to_status())
+            }
+        }
     }
 }
 
@@ -160,7 +171,9 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::SignMessageResponse>, Status> {
         let (_, held) = self.authenticate(&req).await?;
         let r = req.into_inner();
-        let env = self.sign(&held, &r.recipient_agent, r.payload, r.content_type)?;
+        let env = self
+            .sign(&held, &r.recipient_agent, r.payload, r.content_type)
+            .await?;
         Ok(Response::new(pb::SignMessageResponse {
             envelope: Some(pb::Envelope::from(&env)),
         }))
@@ -193,7 +206,9 @@ impl MessagingService for MessagingApi {
                 ),
             ));
         }
-        let env = self.sign(&held, &r.recipient_agent, r.payload, r.content_type)?;
+        let env = self
+            .sign(&held, &r.recipient_agent, r.payload, r.content_type)
+            .await?;
         let wire = pb::Envelope::from(&env);
         let unreachable = |e: String| {
             tracing::warn!(recipient = %env.recipient, error = %e, "message delivery failed");
@@ -313,17 +328,24 @@ async fn verify(
 ) -> Result<Verified, Status> {
     let me = m.spiffe_id().to_string();
     let id = hex(&wire.nonce);
-    let result = match held {
-        Some(h) => m.verify_with(h, wire, now_ms()).await,
-        None => m.verify(wire, now_ms()).await,
+    // Checked before the nonce is spent: a message refused for want of
+    // room in the audit spool can be delivered again later.
+    let result = match m.ready() {
+        Err(r) => Err(r),
+        Ok(()) => match held {
+            Some(h) => m.verify_with(h, wire, now_ms()).await,
+            None => m.verify(wire, now_ms()).await,
+        },
     };
     match result {
         Ok(v) => {
-            audit(m, action, &wire.sender, &me, &id, Ok(()));
+            audit(m, action, &wire.sender, &me, &id, Ok(()))
+                .await
+                .map_err(|r| r.to_status())?;
             Ok(v)
         }
         Err(r) => {
-            audit(m, action, &wire.sender, &me, &id, Err(&r));
+            let _ = audit(m, action, &wire.sender, &me, &id, Err(&r)).await;
             Err(r.to_status())
         }
     }
@@ -369,14 +391,15 @@ impl MessagingPeerService for PeerApi {
                     wire.sender
                 ),
             );
-            audit(
+            let _ = audit(
                 &self.messenger,
                 "delivered",
                 &wire.sender,
                 &self.messenger.spiffe_id().to_string(),
                 &hex(&wire.nonce),
                 Err(&r),
-            );
+            )
+            .await;
             return Err(r.to_status());
         }
         if wire.payload.len() > self.inbox.max_bytes() {

@@ -263,14 +263,9 @@ impl Gateway {
 
     /// Appends every decision to the audit spool before the call goes on.
     #[must_use]
-    pub fn with_audit_spool(
-        mut self,
-        spool: Arc<crate::infra::spool::Spool>,
-        on_full: crate::config::AuditOnFull,
-        strict: bool,
-    ) -> Self {
+    pub fn with_audit_spool(mut self, sink: Arc<crate::infra::audit::Sink>) -> Self {
         let r = std::mem::replace(&mut self.recorder, Recorder::inline());
-        self.recorder = r.with_spool(spool, on_full, strict);
+        self.recorder = r.with_spool(sink);
         self
     }
 

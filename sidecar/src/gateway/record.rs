@@ -1,6 +1,7 @@
 //! Stage 9: every decision is recorded: as an audit event appended to the
 //! audit spool before the call's answer leaves (shipped from there to the
-//! control plane's tamper-evident log; see `infra::spool`), as a
+//! control plane's tamper-evident log; see `infra::spool`, and
+//! `infra::audit` for what a failure to spool means), as a
 //! structured log line (target `warden::audit`) and as a metric. The line
 //! leaves the call as an owned line on a bounded queue to a writer thread,
 //! so a slow log reader does not hold a runtime worker while the queue has
@@ -12,20 +13,14 @@
 //! without revealing them. The agent's stated reason is kept, truncated.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rand::Rng;
 use warden_shared::audit::{Actor, ActorKind, Arguments, ArgumentsMode};
 
-use crate::config::AuditOnFull;
-use crate::infra::spool::{Spool, SpoolError};
-
-/// How long a strict spool may take to sync an event before the call is
-/// refused.
-const SYNC_LIMIT: Duration = Duration::from_secs(5);
+use crate::infra::audit::Sink;
+use crate::infra::spool::SpoolError;
 
 /// The agent's stated reason is kept up to this many characters.
 const MAX_REASON_CHARS: usize = 256;
@@ -253,16 +248,6 @@ fn handle(m: Message) {
     }
 }
 
-/// Where the recorder spools events, and how.
-#[derive(Debug)]
-struct Spooling {
-    spool: Arc<Spool>,
-    on_full: AuditOnFull,
-    strict: bool,
-    /// Events lost in `continue` mode since the last gap was recorded.
-    dropped: AtomicU64,
-}
-
 /// Records decisions.
 #[derive(Debug)]
 pub struct Recorder {
@@ -271,9 +256,9 @@ pub struct Recorder {
     /// To the writer thread; `None` writes inline (the thread could not
     /// be started).
     queue: Option<SyncSender<Message>>,
-    /// The audit spool (`None`: log lines only, as the in-process
-    /// fixtures run).
-    spooling: Option<Spooling>,
+    /// The audit sink (`None`: log lines only, as the in-process fixtures
+    /// run).
+    spooling: Option<Arc<Sink>>,
 }
 
 /// The findings (space-separated) that fit an audit field, whole, and how
@@ -398,90 +383,35 @@ impl Recorder {
         }
     }
 
-    /// Appends every decision to `spool` before the call goes on; `strict`
-    /// waits until it is on disk.
+    /// Appends every decision to `sink` before the call goes on.
     #[must_use]
-    pub fn with_spool(mut self, spool: Arc<Spool>, on_full: AuditOnFull, strict: bool) -> Self {
-        self.spooling = Some(Spooling {
-            spool,
-            on_full,
-            strict,
-            dropped: AtomicU64::new(0),
-        });
+    pub fn with_spool(mut self, sink: Arc<Sink>) -> Self {
+        self.spooling = Some(sink);
         self
     }
 
     /// Whether a call may go on to act: in `refuse` mode, only while the
     /// spool has room for its record.
     pub fn ready(&self) -> Result<(), SpoolError> {
-        match &self.spooling {
-            Some(s) if s.on_full == AuditOnFull::Refuse => s.spool.has_room(),
-            _ => Ok(()),
-        }
+        self.spooling.as_ref().map_or(Ok(()), |s| s.ready())
     }
 
     /// In strict mode, waits until the event `seq` is on disk.
     pub async fn settle(&self, seq: Option<u64>) -> Result<(), SpoolError> {
-        match (&self.spooling, seq) {
-            (Some(s), Some(seq)) if s.strict => s.spool.wait_synced(seq, SYNC_LIMIT).await,
-            _ => Ok(()),
-        }
-    }
-
-    /// Appends `event` to the spool: its sequence number; in `continue`
-    /// mode a failure is counted (and recorded as a gap later), not
-    /// returned.
-    fn spool(
-        &self,
-        s: &Spooling,
-        event: &warden_shared::audit::Event,
-    ) -> Result<Option<u64>, SpoolError> {
-        let lost = s.dropped.load(Ordering::Relaxed);
-        if lost > 0 {
-            let mut gap = event.clone();
-            gap.kind = "audit.gap".into();
-            gap.outcome = "lost".into();
-            gap.arguments = None;
-            gap.detail = BTreeMap::from([("lost_events".to_owned(), lost.to_string())]);
-            if let Ok(bytes) = serde_json::to_vec(&gap)
-                && s.spool.append(&bytes).is_ok()
-            {
-                s.dropped.fetch_sub(lost, Ordering::Relaxed);
-                tracing::warn!(
-                    lost,
-                    "the audit spool takes events again; the gap is recorded"
-                );
-            }
-        }
-        let appended = serde_json::to_vec(event)
-            .map_err(|e| SpoolError::Io(e.to_string()))
-            .and_then(|bytes| s.spool.append(&bytes));
-        match appended {
-            Ok(seq) => Ok(Some(seq)),
-            Err(e) if s.on_full == AuditOnFull::Continue => {
-                let n = s.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n == 1 || n.is_power_of_two() {
-                    tracing::error!(lost = n, error = %e, "ALERT: audit events are being lost (on_full = continue)");
-                }
-                Ok(None)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "a call was refused: its audit event could not be spooled");
-                Err(e)
-            }
+        match &self.spooling {
+            Some(s) => s.settle(seq).await,
+            None => Ok(()),
         }
     }
 
     /// Bytes the spool holds, and its bound (`None` without a spool).
     pub fn spool_usage(&self) -> Option<(u64, u64)> {
-        self.spooling.as_ref().map(|s| s.spool.usage())
+        self.spooling.as_ref().map(|s| s.usage())
     }
 
     /// Audit events lost in `continue` mode and not yet recorded as a gap.
     pub fn lost(&self) -> u64 {
-        self.spooling
-            .as_ref()
-            .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+        self.spooling.as_ref().map_or(0, |s| s.lost())
     }
 
     /// The keyed hash of an argument text (16 bytes, hex).
@@ -501,7 +431,7 @@ impl Recorder {
         let now = crate::now_ms();
         let hmac = self.arguments_digest(e.arguments);
         let spooled = match &self.spooling {
-            Some(s) => self.spool(s, &audit_event(e, hmac.clone(), now)),
+            Some(s) => s.append(&audit_event(e, hmac.clone(), now)),
             None => Ok(None),
         };
         let line = Box::new(Line {
