@@ -599,34 +599,37 @@ async fn a_message_whose_decision_cannot_be_recorded_is_refused_until_the_spool_
     let mesh = mesh
         .while_down(|| async {
             // With the control plane away, events stay in the spools. Refused
-            // messages are recorded too, and fill them.
+            // messages are recorded too, and fill them. The recipient's first:
+            // refused verifications fill its spool, then a message it would
+            // accept is refused, its nonce not spent.
+            let garbage = pb::Envelope {
+                sender: "spiffe://warden.local/agent/coder".into(),
+                ..Default::default()
+            };
+            let n = until_unrecordable(|| {
+                let mut r = r.clone();
+                let g = garbage.clone();
+                async move { r.verify_message(verify(&g)).await }
+            })
+            .await;
+            assert!(n > 20, "{n}");
+            refused.push(r.verify_message(verify(&early)).await.map(|_| ()));
+            // A delivery to it is refused there, and the sender is told why.
+            refused.push(c.send_message(send("reviewer", "late")).await.map(|_| ()));
+            // Then the sender's: once its spool is full, a message it would
+            // sign is refused, and so is a send: nothing leaves unrecorded.
             let n = until_unrecordable(|| {
                 let mut c = c.clone();
                 async move { c.sign_message(sign("nobody", "x")).await }
             })
             .await;
             assert!(n > 20, "{n}");
-            // Now a message that would be signed is refused, and so is a
-            // send: nothing leaves unrecorded.
             refused.push(c.sign_message(sign("reviewer", "late")).await.map(|_| ()));
             refused.push(c.send_message(send("reviewer", "late")).await.map(|_| ()));
-            // The recipient's side: refused deliveries fill its spool,
-            // then a message it would accept is refused, its nonce not
-            // spent.
-            let garbage = pb::Envelope {
-                sender: "spiffe://warden.local/agent/coder".into(),
-                ..Default::default()
-            };
-            until_unrecordable(|| {
-                let mut r = r.clone();
-                let g = garbage.clone();
-                async move { r.verify_message(verify(&g)).await }
-            })
-            .await;
-            refused.push(r.verify_message(verify(&early)).await.map(|_| ()));
         })
         .await
         .unwrap();
+    assert!(rev.inbox.is_empty(), "the refused delivery was not taken");
     for (i, e) in refused.into_iter().enumerate() {
         let s = match e {
             Ok(v) => panic!("refusal {i}: served {v:?}"),

@@ -92,7 +92,7 @@ impl Sink {
                 Ok(None)
             }
             Err(e) => {
-                tracing::error!(error = %e, kind = %event.kind, "an audit event could not be spooled (on_full = refuse: the action it allows is refused)");
+                tracing::error!(error = %e, kind = %event.kind, "an audit event could not be spooled (on_full = refuse: an action it allows is refused)");
                 Err(e)
             }
         }
