@@ -717,7 +717,9 @@ mod tests {
         // The same session id again: the insert fails, so does the append.
         let (mut e, mut g) = opening("s1");
         e.detail.insert("again".into(), "1".into());
-        let AuditGuard::OpenSession { session, .. } = &mut g;
+        let AuditGuard::OpenSession { session, .. } = &mut g else {
+            panic!("opening() opens a session");
+        };
         session.jti = "j-other".into();
         assert!(matches!(
             log.record_guarded(e, g).await,

@@ -123,6 +123,23 @@ impl Mesh {
         Ok(Self { dir, cp, ctl })
     }
 
+    /// Every record of the control plane's audit log, in order.
+    pub async fn audit_records(&self) -> anyhow::Result<Vec<warden_shared::audit::Record>> {
+        let mut feed = self
+            .admin()
+            .await?
+            .export_audit(pb::ExportAuditRequest::default())
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(page) = feed.message().await? {
+            for e in page.entries {
+                out.push(warden_shared::audit::Record::from_bytes(&e.record)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// URL of the control plane.
     pub fn url(&self) -> String {
         format!("https://localhost:{}", self.cp.grpc_addr.port())

@@ -195,6 +195,19 @@ async fn one_session_over_the_cap_is_refused_until_one_ends() {
         .end_session(pb::EndSessionRequest {})
         .await
         .unwrap();
+    // The end was committed with its audit event: the log holds it, once.
+    let ended: Vec<_> = mesh
+        .audit_records()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.kind == "session.ended")
+        .map(|r| (r.event.session, r.event.agent, r.event.outcome))
+        .collect();
+    assert_eq!(
+        ended,
+        [(first.session_id.clone(), "a1".to_owned(), "ok".to_owned())]
+    );
     // The ended session's token is refused at once; its slot is free again.
     assert_refused(
         with_token.who_am_i(pb::WhoAmIRequest {}).await,

@@ -701,26 +701,16 @@ async fn a_message_whose_decision_cannot_be_recorded_is_refused_until_the_spool_
 /// The outcomes and reasons of the `message.verified` events of message
 /// `id` in the control plane's log.
 async fn verified_events(mesh: &Mesh, id: &str) -> Vec<(String, String)> {
-    let mut feed = mesh
-        .admin()
-        .await
-        .expect("an admin client")
-        .export_audit(pb::ExportAuditRequest::default())
+    mesh.audit_records()
         .await
         .expect("the audit log exported")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(page) = feed.next().await {
-        for e in page.expect("a page").entries {
-            let r = warden_shared::audit::Record::from_bytes(&e.record).expect("a record");
-            if r.event.kind == "message.verified"
+        .into_iter()
+        .filter(|r| {
+            r.event.kind == "message.verified"
                 && r.event.detail.get("message_id").map(String::as_str) == Some(id)
-            {
-                out.push((r.event.outcome, r.event.reason));
-            }
-        }
-    }
-    out
+        })
+        .map(|r| (r.event.outcome, r.event.reason))
+        .collect()
 }
 
 #[tokio::test]

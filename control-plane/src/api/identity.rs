@@ -523,24 +523,37 @@ impl IdentityService for IdentityApi {
     ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
         let (_, agent_id) = auth::agent(&req, &self.state.td)?;
         ensure_active(&self.agent(&agent_id).await?, now_unix())?;
+        let id = req.into_inner().session_id;
+        let mut e = crate::audit::event("session.ended", ActorKind::Agent, agent_id.as_str());
+        e.agent = agent_id.to_string();
+        e.session.clone_from(&id);
+        e.outcome = "ok".into();
+        // The end and its audit event are committed together: no session
+        // ended without its record.
+        let guard = AuditGuard::EndSession {
+            agent: agent_id.clone(),
+            id: id.clone(),
+            now: now_unix(),
+        };
         let ended = self
             .state
-            .store
-            .end_session(&agent_id, &req.get_ref().session_id, now_unix())
+            .audit
+            .record_guarded(e, guard)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not end a session and record it");
+                status(
+                    Reason::StoreUnavailable,
+                    "the control plane's store failed; retry later",
+                )
+            })?;
         if !ended {
             return Err(status(
                 Reason::SessionNotFound,
                 "no open session with that id for this agent",
             ));
         }
-        tracing::info!(agent = %agent_id, session = %req.get_ref().session_id, "session ended");
-        let mut e = crate::audit::event("session.ended", ActorKind::Agent, agent_id.as_str());
-        e.agent = agent_id.to_string();
-        e.session.clone_from(&req.get_ref().session_id);
-        e.outcome = "ok".into();
-        self.state.audit.note(e).await;
+        tracing::info!(agent = %agent_id, session = %id, "session ended");
         Ok(Response::new(pb::ReleaseSessionResponse {}))
     }
 

@@ -55,6 +55,16 @@ pub enum AuditGuard {
         /// Unix seconds.
         now: i64,
     },
+    /// Ends a session, with the checks of [`super::Store::end_session`]
+    /// (the agent's own, open and not expired).
+    EndSession {
+        /// The agent.
+        agent: warden_shared::agent::AgentId,
+        /// The session's id.
+        id: String,
+        /// Unix seconds.
+        now: i64,
+    },
 }
 
 /// Makes an append once the guards have run, from their outcomes (one per

@@ -195,6 +195,25 @@ pub(super) fn sessions_json(open: &[Opening<'_>]) -> Result<(String, i64)> {
 /// One statement for them all, not one per session (each statement is a
 /// round trip to SQLite's thread). The single writer runs it, so
 /// concurrent opens cannot overshoot a cap nor outlive a revocation.
+/// Ends the open, unexpired session `id` of `agent`: whether it did.
+async fn end_session(
+    c: &mut SqliteConnection,
+    agent: &AgentId,
+    id: &str,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE sessions SET ended_at = ? WHERE id = ? AND agent_id = ? AND ended_at IS NULL AND expires_at > ?",
+    )
+    .bind(now)
+    .bind(id)
+    .bind(agent.as_str())
+    .bind(now)
+    .execute(&mut *c)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 async fn insert_sessions(c: &mut SqliteConnection, open: &[Opening<'_>]) -> Result<Vec<bool>> {
     if open.is_empty() {
         return Ok(Vec::new());
@@ -499,21 +518,8 @@ impl Store for SqliteStore {
 
     async fn end_session(&self, agent: &AgentId, id: &str, now: i64) -> Result<bool> {
         let (agent, id) = (agent.clone(), id.to_owned());
-        self.write(move |c| {
-            Box::pin(async move {
-                let r = sqlx::query(
-                    "UPDATE sessions SET ended_at = ? WHERE id = ? AND agent_id = ? AND ended_at IS NULL AND expires_at > ?",
-                )
-                .bind(now)
-                .bind(&id)
-                .bind(agent.as_str())
-                .bind(now)
-                .execute(&mut *c)
-                .await?;
-                Ok(r.rows_affected() == 1)
-            })
-        })
-        .await
+        self.write(move |c| Box::pin(async move { end_session(c, &agent, &id, now).await }))
+            .await
     }
 
     async fn revoke_session(&self, id: &str, now: i64) -> Result<Option<(AgentId, i64)>> {

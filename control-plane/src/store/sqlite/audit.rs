@@ -183,11 +183,12 @@ const GUARDED_ALL: &str = concat!(
     "COMMIT"
 );
 
-/// Runs an append's guards and its entries. Owning its transaction, and
-/// with at most [`FIXED_MAX`] entries, it first tries everything in one
-/// round trip ([`GUARDED_ALL`]); if a guard did not take (or a constraint
-/// refused anything), that transaction is rolled back. Otherwise, or then,
-/// the guards run one round trip each, before the append built from what
+/// Runs an append's guards and its entries. Owning its transaction, with
+/// at most [`FIXED_MAX`] entries, and only sessions to open, it first tries
+/// everything in one round trip ([`GUARDED_ALL`]); if a guard did not take
+/// (or a constraint refused anything), that transaction is rolled back.
+/// Otherwise, or then, the guards run (the sessions to open in one round
+/// trip, each session to end in one), before the append built from what
 /// they did.
 async fn append_guarded(
     c: &mut SqliteConnection,
@@ -195,23 +196,26 @@ async fn append_guarded(
     build: BuildAppend,
     alone: Alone,
 ) -> Result<Vec<bool>> {
-    let open: Vec<super::Opening<'_>> = guards
+    let open: Vec<(usize, super::Opening<'_>)> = guards
         .iter()
-        .map(|g| match g {
-            AuditGuard::OpenSession { session, max, now } => (session, *max, *now),
+        .enumerate()
+        .filter_map(|(i, g)| match g {
+            AuditGuard::OpenSession { session, max, now } => Some((i, (session, *max, *now))),
+            AuditGuard::EndSession { .. } => None,
         })
         .collect();
-    let all = vec![true; open.len()];
-    let first = (alone == Alone::Owns && !open.is_empty())
+    let openings: Vec<super::Opening<'_>> = open.iter().map(|(_, o)| *o).collect();
+    let all = vec![true; guards.len()];
+    let first = (alone == Alone::Owns && !guards.is_empty() && open.len() == guards.len())
         .then(|| build(&all))
         .filter(|b| b.rows.len() <= FIXED_MAX);
     if let Some(batch) = first {
-        let (sessions, cap) = super::sessions_json(&open)?;
+        let (sessions, cap) = super::sessions_json(&openings)?;
         let [rows, nodes, sources] = append_json(&batch)?;
         let tried = sqlx::query(GUARDED_ALL)
             .bind(sessions)
             .bind(cap)
-            .bind(i64::try_from(open.len()).unwrap_or(i64::MAX))
+            .bind(i64::try_from(openings.len()).unwrap_or(i64::MAX))
             .bind(rows)
             .bind(nodes)
             .bind(sources)
@@ -233,7 +237,18 @@ async fn append_guarded(
     if alone == Alone::Owns {
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await?;
     }
-    let took = super::insert_sessions(&mut *c, &open).await?;
+    let mut took = vec![false; guards.len()];
+    if !openings.is_empty() {
+        let opened = super::insert_sessions(&mut *c, &openings).await?;
+        for ((i, _), t) in open.iter().zip(opened) {
+            took[*i] = t;
+        }
+    }
+    for (i, g) in guards.iter().enumerate() {
+        if let AuditGuard::EndSession { agent, id, now } = g {
+            took[i] = super::end_session(&mut *c, agent, id, *now).await?;
+        }
+    }
     append(c, &build(&took), Alone::No).await?;
     if alone == Alone::Owns {
         sqlx::query("COMMIT").execute(&mut *c).await?;

@@ -768,6 +768,65 @@ async fn sessions_opened_together_hold_each_cap_as_if_opened_one_by_one() {
     );
 }
 
+#[tokio::test]
+async fn a_session_ends_with_its_event_only_if_it_was_the_agents_and_open() {
+    use crate::store::{AuditGuard, AuditStore};
+    let (s, _d) = store().await;
+    s.create_agent(&agent("a1", 5)).await.unwrap();
+    s.create_agent(&agent("a2", 5)).await.unwrap();
+    for (id, a) in [("s1", "a1"), ("s2", "a1"), ("s3", "a2")] {
+        assert!(s.open_session(&session(id, a, 1000), 5, 150).await.unwrap());
+    }
+    let a1 = AgentId::new("a1").unwrap();
+    let end = |id: &str| AuditGuard::EndSession {
+        agent: a1.clone(),
+        id: id.into(),
+        now: 160,
+    };
+    // s1 ends; an unknown id, another agent's session and s1 a second time
+    // do not; a session opened beside them still opens.
+    let guards = vec![
+        end("s1"),
+        end("nope"),
+        end("s3"),
+        AuditGuard::OpenSession {
+            session: session("s4", "a1", 1000),
+            max: 5,
+            now: 160,
+        },
+        end("s1"),
+    ];
+    let (seen, build) = recording(|took| rows_for(0, took));
+    let took = s.audit_append_guarded(guards, build).await.unwrap();
+    assert_eq!(took, [true, false, false, true, false]);
+    assert_eq!(seen.lock().unwrap().last(), Some(&took));
+    assert_eq!(
+        s.audit_size().await.unwrap(),
+        2,
+        "one event per guard that took"
+    );
+    assert_eq!(s.open_sessions(&a1, 160).await.unwrap(), 2, "s2 and s4");
+    assert_eq!(
+        s.open_sessions(&AgentId::new("a2").unwrap(), 160)
+            .await
+            .unwrap(),
+        1
+    );
+    // An end whose append fails (its row's position is taken) is not kept
+    // either.
+    let failing = vec![end("s2")];
+    assert!(
+        s.audit_append_guarded(failing, Box::new(|took| rows_for(0, took)))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        s.open_sessions(&a1, 160).await.unwrap(),
+        2,
+        "s2 is still open"
+    );
+}
+
 /// What every build of a guarded append was given (in order), and the
 /// build, which makes its append with `make`.
 fn recording(
