@@ -191,10 +191,6 @@ pub(super) fn sessions_json(open: &[Opening<'_>]) -> Result<(String, i64)> {
     Ok((to_json(&rows)?, i64::from(cap)))
 }
 
-/// Opens sessions (see [`open_sessions_sql`]): whether each was opened.
-/// One statement for them all, not one per session (each statement is a
-/// round trip to SQLite's thread). The single writer runs it, so
-/// concurrent opens cannot overshoot a cap nor outlive a revocation.
 /// Ends the open, unexpired session `id` of `agent`: whether it did.
 async fn end_session(
     c: &mut SqliteConnection,
@@ -214,6 +210,10 @@ async fn end_session(
     Ok(r.rows_affected() == 1)
 }
 
+/// Opens sessions (see [`open_sessions_sql`]): whether each was opened.
+/// One statement for them all, not one per session (each statement is a
+/// round trip to SQLite's thread). The single writer runs it, so
+/// concurrent opens cannot overshoot a cap nor outlive a revocation.
 async fn insert_sessions(c: &mut SqliteConnection, open: &[Opening<'_>]) -> Result<Vec<bool>> {
     if open.is_empty() {
         return Ok(Vec::new());
