@@ -155,7 +155,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
     let messenger = Arc::new(
         crate::a2a::Messenger::new(td.clone(), agent.clone(), Arc::clone(auth.state()), replay)
-            .with_spool(Arc::clone(&sink)),
+            .with_sink(Arc::clone(&sink)),
     );
     let inbox = Arc::new(crate::a2a::inbox::Inbox::new(
         m.inbox_capacity,

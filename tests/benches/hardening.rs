@@ -302,7 +302,7 @@ fn spooled(event: &warden_sidecar::gateway::record::Event<'_>) {
     )
     .unwrap();
     let plain = Recorder::default();
-    let spooling = Recorder::default().with_spool(std::sync::Arc::new(Sink::new(
+    let spooling = Recorder::default().with_sink(std::sync::Arc::new(Sink::new(
         spool,
         AuditOnFull::Refuse,
         false,

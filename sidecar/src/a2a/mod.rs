@@ -115,7 +115,7 @@ impl Messenger {
 
     /// Records every message decision in `sink` too.
     #[must_use]
-    pub fn with_spool(mut self, sink: Arc<crate::infra::audit::Sink>) -> Self {
+    pub fn with_sink(mut self, sink: Arc<crate::infra::audit::Sink>) -> Self {
         self.sink = Some(sink);
         self
     }
@@ -133,11 +133,14 @@ impl Messenger {
     /// event cannot be spooled is refused (`AUDIT_UNAVAILABLE`) in `refuse`
     /// mode, and in strict mode waits until its event is on disk; for a
     /// denied one a failure is only logged, and its own refusal stands.
-    pub async fn record(&self, event: &warden_shared::audit::Event) -> Result<(), Refusal> {
+    pub async fn record(
+        &self,
+        event: &warden_shared::audit::Event,
+        allowed: bool,
+    ) -> Result<(), Refusal> {
         let Some(sink) = &self.sink else {
             return Ok(());
         };
-        let allowed = event.outcome == "allowed";
         match sink.append(event) {
             Ok(seq) if allowed => sink.settle(seq).await.map_err(unrecordable),
             Err(e) if allowed => Err(unrecordable(e)),

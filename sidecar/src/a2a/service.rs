@@ -49,27 +49,30 @@ async fn audit(
     let (sender, recipient, id) = (short(sender), short(recipient), short(id));
     let me = m.agent_id().to_string();
     let recorded = m
-        .record(&warden_shared::audit::Event {
-            time_ms: now_ms(),
-            kind: format!("message.{action}"),
-            actor: warden_shared::audit::Actor {
-                kind: warden_shared::audit::ActorKind::Agent,
-                id: me.clone(),
+        .record(
+            &warden_shared::audit::Event {
+                time_ms: now_ms(),
+                kind: format!("message.{action}"),
+                actor: warden_shared::audit::Actor {
+                    kind: warden_shared::audit::ActorKind::Agent,
+                    id: me.clone(),
+                },
+                agent: me,
+                outcome: if outcome.is_ok() { "allowed" } else { "denied" }.into(),
+                reason: reason.to_owned(),
+                detail: [
+                    ("sender", &sender),
+                    ("recipient", &recipient),
+                    ("message_id", &id),
+                ]
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_owned(), v.clone()))
+                .collect(),
+                ..Default::default()
             },
-            agent: me,
-            outcome: if outcome.is_ok() { "allowed" } else { "denied" }.into(),
-            reason: reason.to_owned(),
-            detail: [
-                ("sender", &sender),
-                ("recipient", &recipient),
-                ("message_id", &id),
-            ]
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.to_owned(), v.clone()))
-            .collect(),
-            ..Default::default()
-        })
+            outcome.is_ok(),
+        )
         .await;
     let reason = recorded
         .as_ref()

@@ -265,7 +265,7 @@ impl Gateway {
     #[must_use]
     pub fn with_audit_spool(mut self, sink: Arc<crate::infra::audit::Sink>) -> Self {
         let r = std::mem::replace(&mut self.recorder, Recorder::inline());
-        self.recorder = r.with_spool(sink);
+        self.recorder = r.with_sink(sink);
         self
     }
 

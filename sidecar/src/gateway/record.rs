@@ -385,7 +385,7 @@ impl Recorder {
 
     /// Appends every decision to `sink` before the call goes on.
     #[must_use]
-    pub fn with_spool(mut self, sink: Arc<Sink>) -> Self {
+    pub fn with_sink(mut self, sink: Arc<Sink>) -> Self {
         self.spooling = Some(sink);
         self
     }
